@@ -1,0 +1,148 @@
+"""DistillConfig: every option of one SiD run, typed and validated, plus the official presets.
+
+Values of the presets follow the official `run_sid.sh` (see sid_spec.md section 4). `digits` is the embedded default
+that runs on a laptop CPU in minutes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+DETECTORS = ("inception-2015-12-05", "digits-features-v1")
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the field."""
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    preset: str = "digits"                  # name of the preset these values started from (a label only)
+    teacher: str = "digits"                 # 'digits', 'edm:<name>', a local .pkl path or an http(s) URL
+    # SiD
+    alpha: float = 1.2                      # weight of the ||f_phi - f_psi||^2 term in the generator loss
+    tmax: int = 800                         # generator-loss noise: t ~ U[0, tmax/1000] on the rho=7 schedule
+    sigma_init: float = 2.5                 # generator input noise level, fixed in training and sampling
+    ls: float = 1.0                         # fake-score loss scale
+    lsg: float = 100.0                      # generator loss scale (never un-scaled, as in the official code)
+    # Optimisers
+    lr: float = 1e-5                        # fake-score Adam learning rate
+    glr: float = 1e-5                       # generator Adam learning rate
+    beta1: float = 0.0                      # fake-score Adam beta1
+    g_beta1: float = 0.0                    # generator Adam beta1 (0.9 on FFHQ)
+    beta2: float = 0.999                    # Adam beta2, both networks
+    adam_eps: float = 1e-8                  # Adam eps (the official fp16 mode uses 1e-6)
+    # Batch
+    batch: int = 256                        # global batch per phase (generator images per iteration)
+    batch_per_device: int = 16              # micro-batch per device per accumulation round
+    # Networks
+    precision: str = "fp32"                 # fp32 | tf32 | bf16 (autocast) | fp16 (official use_fp16 mode)
+    dropout: float = 0.13                   # dropout of fake score and generator (teacher always eval)
+    augment: float = 0.12                   # EDM augmentation probability on fake-score inputs (0 = off)
+    # EMA of the generator
+    ema_mimg: float = 0.5                   # EMA half-life in Mimg
+    ema_rampup: float = 0.05                # half-life is at most this fraction of images seen
+    # Schedule (all in kimg = iterations * batch / 1000)
+    duration_kimg: float = 500_000.0        # stop once this many generator images (thousands) were used
+    eval_every_kimg: float = 512.0          # evaluate (FID, checkpoint) this often, plus at 0 and at the end
+    # Evaluation
+    fid_images: int = 50_000                # generated images per FID evaluation
+    fid_detector: str = "inception-2015-12-05"  # feature network of the Frechet distance
+    fid_ref: str = "edm:cifar10-32x32"      # reference statistics: 'digits', 'edm:<name>', .npz path or URL
+    seed: int = 0                           # run seed; per-rank noise derives from (seed, rank, iteration)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        def bad(name: str, why: str) -> ConfigError:
+            return ConfigError(f"DistillConfig.{name}: {why}, got {getattr(self, name)!r}")
+
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("float", float) and not isinstance(value, (int, float)):
+                raise bad(f.name, "must be a number")
+            if f.type in ("int", int) and (not isinstance(value, int) or isinstance(value, bool)):
+                raise bad(f.name, "must be an integer")
+            if f.type in ("float", float) and not math.isfinite(value):
+                raise bad(f.name, "must be finite")
+        positive = ("sigma_init", "lr", "glr", "adam_eps", "batch", "batch_per_device", "ema_mimg",
+                    "duration_kimg", "eval_every_kimg", "fid_images", "ls", "lsg")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise bad(name, "must be > 0")
+        if not 1 <= self.tmax <= 1000:
+            raise bad("tmax", "must be in 1..1000")
+        for name in ("beta1", "g_beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise bad(name, "must be in [0, 1)")
+        for name in ("dropout", "augment", "ema_rampup"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise bad(name, "must be in [0, 1]")
+        if self.batch % self.batch_per_device:
+            raise bad("batch", f"must be divisible by batch_per_device={self.batch_per_device}")
+        if self.precision not in PRECISIONS:
+            raise bad("precision", f"must be one of {', '.join(PRECISIONS)}")
+        if self.fid_detector not in DETECTORS:
+            raise bad("fid_detector", f"must be one of {', '.join(DETECTORS)}")
+        if self.seed < 0:
+            raise bad("seed", "must be >= 0")
+        if not self.teacher:
+            raise bad("teacher", "must name a teacher")
+
+    # ------------------------------------------------------------------ helpers
+    def replace(self, **overrides: Any) -> DistillConfig:
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ConfigError(f"DistillConfig has no field {', '.join(unknown)}")
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def iterations(self) -> int:
+        """Iterations needed to reach duration_kimg (kimg = iterations * batch / 1000)."""
+        return math.ceil(self.duration_kimg * 1000 / self.batch)
+
+    def accumulation_rounds(self, world_size: int = 1) -> int:
+        per_rank = self.batch // world_size
+        if self.batch % world_size:
+            raise ConfigError(f"DistillConfig.batch: {self.batch} is not divisible by world_size={world_size}")
+        return max(1, math.ceil(per_rank / self.batch_per_device))
+
+
+_CIFAR = dict(alpha=1.2, batch=256, batch_per_device=16, lr=1e-5, glr=1e-5, precision="fp32", dropout=0.13,
+              augment=0.12, ema_mimg=0.5, eval_every_kimg=512.0, fid_images=50_000,
+              fid_detector="inception-2015-12-05", fid_ref="edm:cifar10-32x32")
+_FFHQ_LIKE = dict(batch=512, batch_per_device=32, precision="fp16", adam_eps=1e-6, dropout=0.05, augment=0.15,
+                  ema_mimg=0.5, duration_kimg=500_000.0, eval_every_kimg=512.0, fid_images=50_000,
+                  fid_detector="inception-2015-12-05")
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "cifar10-uncond": dict(_CIFAR, teacher="edm:cifar10-uncond", duration_kimg=500_000.0),
+    "cifar10-cond": dict(_CIFAR, teacher="edm:cifar10-cond", duration_kimg=800_000.0),
+    "imagenet64-cond": dict(teacher="edm:imagenet64-cond", alpha=1.2, batch=8192, batch_per_device=16, lr=4e-6,
+                            glr=4e-6, precision="fp16", adam_eps=1e-6, dropout=0.1, augment=0.0, ema_mimg=2.0,
+                            duration_kimg=1_000_000.0, eval_every_kimg=1024.0, fid_images=50_000,
+                            fid_detector="inception-2015-12-05", fid_ref="edm:imagenet-64x64"),
+    "ffhq64": dict(_FFHQ_LIKE, teacher="edm:ffhq64", alpha=1.2, lr=1e-5, glr=1e-5, g_beta1=0.9,
+                   fid_ref="edm:ffhq-64x64"),
+    "afhqv2-64": dict(_FFHQ_LIKE, teacher="edm:afhqv2-64", alpha=1.0, lr=5e-6, glr=5e-6, fid_ref="edm:afhqv2-64x64"),
+    # The embedded default: 8x8 digits, a small teacher and a project-trained feature network; minutes on a CPU.
+    "digits": dict(teacher="digits", alpha=1.2, batch=128, batch_per_device=128, lr=1e-4, glr=1e-4,
+                   precision="fp32", dropout=0.0, augment=0.0, ema_mimg=0.002, duration_kimg=25.6,
+                   eval_every_kimg=6.4, fid_images=2048, fid_detector="digits-features-v1", fid_ref="digits"),
+}
+
+
+def preset(name: str, **overrides: Any) -> DistillConfig:
+    """The config of a named preset, with overrides applied and validated."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
+    return DistillConfig(**{"preset": name, **PRESETS[name], **overrides})

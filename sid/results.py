@@ -1,0 +1,176 @@
+"""The Parquet results schema, its atomic writers and tolerant readers.
+
+`evaluations`: one row per evaluation of one trial (or one single run). `trials`: one row per trial with its final
+state. Both carry SCHEMA_VERSION in the Parquet file metadata. Writes go to a temporary file in the same folder and
+are renamed into place, so a reader never sees half a file; rows are keyed by (trial_id, kimg) so a resumed trial
+rewrites, never duplicates, an evaluation point.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = "1"
+
+# Columns copied from the run's config into every row.
+CONFIG_COLUMNS = ("preset", "teacher", "alpha", "tmax", "sigma_init", "lr", "glr", "batch", "precision", "seed")
+
+EVALUATION_SCHEMA = pa.schema([
+    ("study", pa.string()),            # study name ('' for a single run)
+    ("trial_id", pa.string()),         # Tune trial id, or the run folder's name for a single run
+    ("preset", pa.string()),
+    ("teacher", pa.string()),
+    ("alpha", pa.float64()),
+    ("tmax", pa.int64()),
+    ("sigma_init", pa.float64()),
+    ("lr", pa.float64()),              # fake-score learning rate
+    ("glr", pa.float64()),             # generator learning rate
+    ("batch", pa.int64()),             # global batch per phase
+    ("precision", pa.string()),
+    ("seed", pa.int64()),
+    ("world_size", pa.int64()),        # DDP ranks that ran the trial
+    ("kimg", pa.float64()),            # generator images used so far / 1000 (iterations * batch / 1000)
+    ("iteration", pa.int64()),
+    ("wall_s", pa.float64()),          # training wall time so far, evaluations excluded
+    ("device_s", pa.float64()),        # wall_s x devices (GPUs, or CPU workers)
+    ("fid", pa.float64()),             # Frechet distance of G_ema samples; NaN when it could not be computed
+    ("fid_detector", pa.string()),     # feature network: 'inception-2015-12-05' (FID) or 'digits-features-v1' (FD)
+    ("fid_images", pa.int64()),        # generated images behind this value
+    ("loss_fake_score", pa.float64()), # mean over the iterations since the previous evaluation
+    ("loss_generator", pa.float64()),
+    ("images_per_s", pa.float64()),    # generator images per second of training since the previous evaluation
+    ("nan_samples", pa.int64()),       # samples dropped by the NaN guard since the previous evaluation
+    ("status", pa.string()),           # 'ok' | 'diverged'
+    ("written_at", pa.timestamp("us", tz="UTC")),
+])
+
+TRIAL_STATES = ("completed", "stopped_early", "diverged", "error", "running")
+
+TRIAL_SCHEMA = pa.schema([
+    ("study", pa.string()),
+    ("trial_id", pa.string()),
+    *[EVALUATION_SCHEMA.field(c) for c in CONFIG_COLUMNS],
+    ("world_size", pa.int64()),
+    ("fid_detector", pa.string()),
+    ("state", pa.string()),            # one of TRIAL_STATES
+    ("best_fid", pa.float64()),        # lowest finite fid of the trial (NaN if none)
+    ("best_kimg", pa.float64()),       # kimg where best_fid occurred
+    ("last_kimg", pa.float64()),       # last evaluated kimg
+    ("evaluations", pa.int64()),       # number of evaluation rows
+    ("device_hours", pa.float64()),    # device_s of the last row / 3600
+    ("error", pa.string()),            # error message for state 'error', else ''
+])
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _table(rows: pd.DataFrame | Iterable[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
+    frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+    missing = [name for name in schema.names if name not in frame.columns]
+    if missing:
+        raise ValueError(f"rows lack schema columns: {', '.join(missing)}")
+    table = pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
+    return table.replace_schema_metadata({b"sid_schema_version": SCHEMA_VERSION.encode()})
+
+
+def write_atomic(table: pa.Table, path: str | os.PathLike) -> Path:
+    """Write a Parquet file so that readers see either the old file or the complete new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_evaluations(path: str | os.PathLike, rows: pd.DataFrame | Iterable[Mapping[str, Any]]) -> Path:
+    table = _table(rows, EVALUATION_SCHEMA)
+    return write_atomic(table, path)
+
+
+def upsert_evaluations(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Merge rows into the file at `path`, replacing any row with the same (trial_id, kimg); return the result."""
+    new = pd.DataFrame(list(rows))
+    old = read_parquet(path, EVALUATION_SCHEMA) if Path(path).exists() else None
+    merged = new if old is None or old.empty else pd.concat([old, new], ignore_index=True)
+    merged = merged.drop_duplicates(subset=["trial_id", "kimg"], keep="last").sort_values(["trial_id", "kimg"])
+    merged = merged.reset_index(drop=True)
+    write_evaluations(path, merged)
+    return merged
+
+
+def write_trials(path: str | os.PathLike, rows: pd.DataFrame | Iterable[Mapping[str, Any]]) -> Path:
+    return write_atomic(_table(rows, TRIAL_SCHEMA), path)
+
+
+def schema_version(path: str | os.PathLike) -> str | None:
+    meta = pq.read_schema(path).metadata or {}
+    value = meta.get(b"sid_schema_version")
+    return value.decode() if value is not None else None
+
+
+def read_parquet(path: str | os.PathLike, schema: pa.Schema | None = None) -> pd.DataFrame:
+    """Read one results file; raise ValueError naming the file if it is not readable Parquet."""
+    try:
+        frame = pq.read_table(path).to_pandas()
+    except (OSError, pa.ArrowException) as exc:
+        raise ValueError(f"{path}: not a readable Parquet file ({exc})") from exc
+    if schema is not None:
+        missing = [n for n in schema.names if n not in frame.columns]
+        if missing:
+            raise ValueError(f"{path}: missing columns {', '.join(missing)}")
+    return frame
+
+
+def _files(paths: Iterable[str | os.PathLike], pattern: str) -> list[Path]:
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found.extend(sorted(q for q in p.rglob(pattern) if not q.name.startswith(".")))
+        elif p.exists():
+            found.append(p)
+        else:
+            raise FileNotFoundError(f"no such results file or folder: {p}")
+    return found
+
+
+def _read_many(files: list[Path], schema: pa.Schema) -> pd.DataFrame:
+    frames = []
+    for f in files:
+        try:
+            frames.append(read_parquet(f, schema))
+        except ValueError as exc:
+            warnings.warn(f"skipping unreadable results file {f}: {exc}", stacklevel=3)
+    if not frames:
+        return schema.empty_table().to_pandas()
+    return pd.concat(frames, ignore_index=True)
+
+
+def read_evaluations(*paths: str | os.PathLike) -> pd.DataFrame:
+    """All evaluation rows under the given study folders / run folders / files; unreadable files are skipped
+    with a warning that names them."""
+    files = [f for f in _files(paths, "*.parquet") if f.name != "trials.parquet"]
+    return _read_many(files, EVALUATION_SCHEMA)
+
+
+def read_trials(*paths: str | os.PathLike) -> pd.DataFrame:
+    return _read_many(_files(paths, "trials.parquet"), TRIAL_SCHEMA)
