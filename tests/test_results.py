@@ -1,0 +1,79 @@
+import math
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from sid.results import (EVALUATION_SCHEMA, SCHEMA_VERSION, TRIAL_SCHEMA, now_utc, read_evaluations, read_trials,
+                         schema_version, upsert_evaluations, write_trials)
+
+
+def row(trial="t1", kimg=0.0, fid=10.0, **kw):
+    base = dict(study="s", trial_id=trial, preset="digits", teacher="digits", alpha=1.2, tmax=800, sigma_init=2.5,
+                lr=1e-4, glr=1e-4, batch=128, precision="fp32", seed=0, world_size=1, kimg=kimg,
+                iteration=int(kimg * 1000 / 128), wall_s=1.0, device_s=1.0, fid=fid, fid_detector="digits-features-v1",
+                fid_images=2048, loss_fake_score=1.0, loss_generator=-1.0, images_per_s=100.0, nan_samples=0,
+                status="ok", written_at=now_utc())
+    return {**base, **kw}
+
+
+def test_upsert_replaces_rows_with_the_same_trial_and_kimg(tmp_path):
+    path = tmp_path / "evaluations.parquet"
+    upsert_evaluations(path, [row(kimg=0.0, fid=30.0), row(kimg=6.4, fid=20.0)])
+    upsert_evaluations(path, [row(kimg=6.4, fid=19.0), row(kimg=12.8, fid=15.0)])  # a resumed trial re-reports 6.4
+    frame = read_evaluations(path)
+    assert frame["kimg"].tolist() == [0.0, 6.4, 12.8]
+    assert frame["fid"].tolist() == [30.0, 19.0, 15.0]
+    assert schema_version(path) == SCHEMA_VERSION
+
+
+def test_columns_and_types_follow_the_schema(tmp_path):
+    path = tmp_path / "evaluations.parquet"
+    upsert_evaluations(path, [row(fid=math.nan, status="diverged")])
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(path)
+    assert schema.names == EVALUATION_SCHEMA.names
+    assert schema.field("fid").type == pa.float64() and schema.field("written_at").type == pa.timestamp("us", tz="UTC")
+    assert math.isnan(read_evaluations(path)["fid"].iloc[0])
+
+
+def test_missing_columns_are_an_error(tmp_path):
+    bad = row()
+    del bad["fid"]
+    with pytest.raises(ValueError, match="fid"):
+        upsert_evaluations(tmp_path / "e.parquet", [bad])
+
+
+def test_truncated_file_is_skipped_with_a_warning_naming_it(tmp_path):
+    good, cut = tmp_path / "evaluations" / "a.parquet", tmp_path / "evaluations" / "b.parquet"
+    upsert_evaluations(good, [row(trial="a")])
+    upsert_evaluations(cut, [row(trial="b")])
+    cut.write_bytes(cut.read_bytes()[: len(cut.read_bytes()) // 2])
+    with pytest.warns(UserWarning, match="b.parquet"):
+        frame = read_evaluations(tmp_path)
+    assert frame["trial_id"].tolist() == ["a"]
+
+
+def test_failed_write_leaves_the_previous_file_intact(tmp_path):
+    path = tmp_path / "evaluations.parquet"
+    upsert_evaluations(path, [row(kimg=0.0)])
+    with pytest.raises(Exception):
+        upsert_evaluations(path, [row(kimg=1.0, fid="not a number")])
+    assert read_evaluations(path)["kimg"].tolist() == [0.0]
+    assert [p.name for p in tmp_path.iterdir()] == ["evaluations.parquet"]  # no temporary left behind
+
+
+def test_trials_table_round_trip(tmp_path):
+    trial = {k: row()[k] for k in TRIAL_SCHEMA.names if k in row()}
+    trial |= dict(state="completed", best_fid=5.0, best_kimg=12.8, last_kimg=25.6, evaluations=5, device_hours=0.01,
+                  error="")
+    write_trials(tmp_path / "trials.parquet", [trial])
+    frame = read_trials(tmp_path)
+    assert frame.loc[0, "state"] == "completed" and frame.loc[0, "best_fid"] == 5.0
+    assert isinstance(frame, pd.DataFrame) and list(frame.columns) == TRIAL_SCHEMA.names
+
+
+def test_missing_path_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such results"):
+        read_evaluations(tmp_path / "nope")
