@@ -1,0 +1,136 @@
+"""SiD losses (sid_spec.md section 2): the fake-score DSM loss, the generator loss and their two sigma samplers.
+
+Pure functions: noise levels and noise are arguments, so tests and the Distiller control every random draw.
+Networks are EDM preconditioned denoisers `net(x, sigma, class_labels=None, augment_labels=None) -> D(x; sigma)`
+with sigma of shape [N].
+
+Reduction: each loss returns the per-sample sum over pixels, shape [N]. The caller reduces as the official code does,
+`loss.sum() * scale / batch_per_device` (ls = 1 for the fake score, lsg = 100 for the generator).
+
+NaN guard: the official code drops samples whose images or network outputs contain NaN by row indexing before the
+sum, while the divisor still counts them. Here those samples contribute exactly 0 to the returned vector instead
+(same sum, same normaliser, fixed shape); `return_kept=True` also returns the mask, since a kept sample's loss
+can be exactly 0 too (alpha = 1, identical networks), and `finite_samples` computes such masks. Deliberate
+difference: +-inf is dropped as well as NaN; the official code would let an inf sample turn the whole batch's
+gradient non-finite (which its grad nan_to_num then zeroes), so only already-broken steps differ.
+Dropped samples' tensors are replaced by zeros *before* any arithmetic (images and noise before the networks see
+them, outputs before the loss), so backward sends exactly 0, never 0 * NaN = NaN, to the images and network outputs
+of those samples. A network whose forward turns a finite row into NaN may still produce NaN in its own backward;
+the Distiller's nan_to_num on grads covers that, as in the official loop.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+SIGMA_MIN = 0.002    # rho-schedule endpoints of the generator loss (EDM sampler defaults)
+SIGMA_MAX = 80.0
+RHO = 7.0
+P_MEAN = -1.2        # EDM log-normal noise distribution of the fake-score loss
+P_STD = 1.2
+SIGMA_DATA = 0.5     # EDM data standard deviation (loss weight)
+WEIGHT_FLOOR = 1e-5  # lower clip of the generator loss normaliser w_i
+
+
+def finite_samples(*tensors: Tensor) -> Tensor:
+    """Bool [N]: True for samples whose every element in every tensor is finite (the rows a loss keeps)."""
+    if not tensors:
+        raise ValueError("finite_samples needs at least one tensor of shape [N, ...]")
+    keep = torch.ones(tensors[0].shape[0], dtype=torch.bool, device=tensors[0].device)
+    for t in tensors:
+        if t.shape[0] != keep.shape[0]:
+            raise ValueError(f"finite_samples expected tensors with the same batch size {keep.shape[0]}, "
+                             f"got {tuple(t.shape)}")
+        keep &= torch.isfinite(t.detach()).reshape(t.shape[0], -1).all(dim=1)
+    return keep
+
+
+def _rows(v: Tensor, like: Tensor) -> Tensor:
+    """View a per-sample vector [N] so that it broadcasts against `like` [N, ...]."""
+    return v.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def _zero_dropped(keep: Tensor, t: Tensor) -> Tensor:
+    # torch.where's backward routes grad only to the chosen branch, so dropped rows get exactly 0, not 0 * NaN.
+    return torch.where(_rows(keep, t), t, torch.zeros((), dtype=t.dtype, device=t.device))
+
+
+def _finite_inputs(images: Tensor, sigma: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Validate shapes; return images and noise with non-finite samples zeroed, and the mask of kept samples."""
+    if images.ndim < 2:
+        raise ValueError(f"images must have shape [N, C, H, W] (at least [N, D]), got {tuple(images.shape)}")
+    if sigma.shape != images.shape[:1]:
+        raise ValueError(f"sigma must have shape [N] = ({images.shape[0]},), got {tuple(sigma.shape)}")
+    if noise.shape != images.shape:
+        raise ValueError(f"noise must have the shape of images {tuple(images.shape)}, got {tuple(noise.shape)}")
+    keep = finite_samples(images, noise)   # sigma comes from the samplers: finite and positive by construction
+    return _zero_dropped(keep, images), _zero_dropped(keep, noise), keep
+
+
+def _pixel_sum(t: Tensor) -> Tensor:
+    return t.reshape(t.shape[0], -1).sum(dim=1)
+
+
+def generator_loss(teacher, fake_score, images: Tensor, labels: Tensor | None = None, *, alpha: float,
+                   sigma: Tensor, noise: Tensor,
+                   return_kept: bool = False,  # also return Bool [N] of the samples the NaN guard kept
+                   ) -> Tensor | tuple[Tensor, Tensor]:
+    """SiD generator loss per sample [N] (sid_spec 2.2): sum over pixels of
+    (f_phi - f_psi) * ((f_phi - x_g) - alpha (f_phi - f_psi)) / w_i, with w_i = max(mean |x_g - f_phi|, 1e-5).
+
+    Gradient reaches `images` directly and through x_t = images + sigma * noise into both networks (their
+    parameters must be frozen by the caller; outputs are deliberately not detached). Only w_i is stop-gradient.
+    Augment labels are left at None: the official code passes zeros, which EDM's bias-free map_augment turns into
+    the same embedding as None, and networks without augment_dim ignore them either way.
+    """
+    images, noise, keep = _finite_inputs(images, sigma, noise)
+    x_t = images + _rows(sigma, images) * noise
+    y_real = teacher(x_t, sigma, class_labels=labels)
+    y_fake = fake_score(x_t, sigma, class_labels=labels)
+    keep = keep & finite_samples(y_real, y_fake)
+    y, y_real, y_fake = (_zero_dropped(keep, t) for t in (images, y_real, y_fake))
+    with torch.no_grad():
+        w = (y.float() - y_real.float()).abs().reshape(y.shape[0], -1).mean(dim=1).clamp_min(WEIGHT_FLOOR)
+    diff = y_real - y_fake
+    loss = _pixel_sum(diff * ((y_real - y) - alpha * diff) / _rows(w, y))
+    return (loss, keep) if return_kept else loss
+
+
+def fake_score_loss(fake_score, images: Tensor, labels: Tensor | None = None, *, sigma: Tensor, noise: Tensor,
+                    augment_labels: Tensor | None = None,
+                    return_kept: bool = False,  # also return Bool [N] of the samples the NaN guard kept
+                    ) -> Tensor | tuple[Tensor, Tensor]:
+    """Fake-score denoising score matching per sample [N] (sid_spec 2.1): sum over pixels of
+    lambda(sigma) (f_psi(y + sigma n; sigma) - y)^2, lambda = (sigma^2 + 0.25) / (0.5 sigma)^2.
+
+    `images` are the (possibly augmented) generator samples y; `augment_labels` the pipe's [N, 9] labels or None.
+    """
+    images, noise, keep = _finite_inputs(images, sigma, noise)
+    s = _rows(sigma, images)
+    weight = (s ** 2 + SIGMA_DATA ** 2) / (s * SIGMA_DATA) ** 2
+    y_fake = fake_score(images + s * noise, sigma, class_labels=labels, augment_labels=augment_labels)
+    keep = keep & finite_samples(y_fake)
+    y, y_fake = _zero_dropped(keep, images), _zero_dropped(keep, y_fake)
+    loss = _pixel_sum(weight * (y_fake - y) ** 2)
+    return (loss, keep) if return_kept else loss
+
+
+def _device(generator: torch.Generator | None, device) -> torch.device | None:
+    return torch.device(device) if device is not None else (generator.device if generator is not None else None)
+
+
+def sample_generator_sigma(n: int, tmax: float, *, generator: torch.Generator | None = None,
+                           device=None) -> Tensor:
+    """Noise levels [n] of the generator loss: t ~ U[0, tmax/1000], sigma = (smax^(1/rho) + (1 - t)(smin^(1/rho) -
+    smax^(1/rho)))^rho. Note the (1 - t): t = 0 gives sigma_min = 0.002, t = 0.8 (tmax 800) gives 24.408."""
+    if not 0 <= tmax <= 1000:
+        raise ValueError(f"tmax must be in [0, 1000] (thousandths of the rho schedule), got {tmax}")
+    t = torch.rand(n, generator=generator, device=_device(generator, device)) * (tmax / 1000)
+    hi, lo = SIGMA_MAX ** (1 / RHO), SIGMA_MIN ** (1 / RHO)
+    return (hi + (1 - t) * (lo - hi)) ** RHO
+
+
+def sample_fake_score_sigma(n: int, *, generator: torch.Generator | None = None, device=None) -> Tensor:
+    """Noise levels [n] of the fake-score loss: EDM log-normal, ln sigma ~ N(-1.2, 1.2^2) (median 0.301)."""
+    return (torch.randn(n, generator=generator, device=_device(generator, device)) * P_STD + P_MEAN).exp()

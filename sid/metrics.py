@@ -1,0 +1,278 @@
+"""Frechet distance of generated images against reference statistics, as SiD's training-time FID computes it
+(sid_spec.md section 5): uint8 quantisation by truncation, detector features accumulated in float64, biased (/N)
+covariance of the generated set, reference (mu, sigma) in EDM's fid-refs .npz format.
+
+Detectors share one protocol (uint8 NCHW in, float features [N, D] out; attributes `name`, `feature_dim`) and are
+looked up by name, so every number can carry the name of the detector that produced it. Only a Frechet distance on
+`inception-2015-12-05` features is an FID.
+
+    python -m sid.metrics ref --images DIR_OR_ZIP --detector NAME --out ref.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import os
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from sid.assets import fetch
+
+INCEPTION_NAME = "inception-2015-12-05"
+INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
+DIGITS_NAME = "digits-features-v1"   # sid.digits.DETECTOR_NAME, registered here so it resolves without importing it
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+# ---------------------------------------------------------------------------------------------- Frechet distance
+def _f64(x) -> np.ndarray:
+    return (x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)).astype(np.float64)
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 sqrtm(S1 S2)) in float64, never complex.
+
+    Tr sqrtm(S1 S2) = sum sqrt(eig(sqrt(S1) S2 sqrt(S1))): the inner matrix is symmetric PSD, so eigvalsh applies and
+    round-off negatives are clipped at 0. Same value as scipy.linalg.sqrtm(S1 @ S2).real (EDM/SiD) for SPD inputs,
+    and stable for the singular covariances of fewer images than feature dimensions."""
+    mu1, mu2, s1, s2 = _f64(mu1), _f64(mu2), _f64(sigma1), _f64(sigma2)
+    d = mu1.shape[0] if mu1.ndim == 1 else -1
+    if d < 1 or mu2.shape != (d,) or s1.shape != (d, d) or s2.shape != (d, d):
+        raise ValueError(f"frechet_distance expects mu [D] and sigma [D, D] for both sets, got mu {mu1.shape}, "
+                         f"{mu2.shape} and sigma {s1.shape}, {s2.shape}")
+    if not all(np.isfinite(a).all() for a in (mu1, mu2, s1, s2)):
+        raise ValueError("frechet_distance got non-finite statistics (NaN or inf in mu or sigma)")
+    s1, s2 = (s1 + s1.T) / 2, (s2 + s2.T) / 2
+    eigval, eigvec = np.linalg.eigh(s1)
+    root1 = (eigvec * np.sqrt(eigval.clip(min=0))) @ eigvec.T
+    inner = root1 @ s2 @ root1
+    tr_sqrt = np.sqrt(np.linalg.eigvalsh((inner + inner.T) / 2).clip(min=0)).sum()
+    return float(np.square(mu1 - mu2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt)
+
+
+class FeatureStats:
+    """Running sum and sum of outer products of features, in float64 on the features' device."""
+
+    def __init__(self) -> None:
+        self.num_items = 0
+        self.sum: Tensor | None = None
+        self.sum_outer: Tensor | None = None
+
+    def update(self, features: Tensor) -> None:
+        x = features.detach().to(torch.float64)
+        if x.ndim != 2 or (self.sum is not None and x.shape[1] != self.sum.shape[0]):
+            want = "[N, D]" if self.sum is None else f"[N, {self.sum.shape[0]}]"
+            raise ValueError(f"FeatureStats.update expects features {want}, got {tuple(features.shape)}")
+        if self.sum is None:
+            self.sum = x.new_zeros(x.shape[1])
+            self.sum_outer = x.new_zeros(x.shape[1], x.shape[1])
+        self.sum += x.sum(dim=0)
+        self.sum_outer += x.T @ x
+        self.num_items += x.shape[0]
+
+    def mean_cov(self, *, unbiased: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(mu [D], sigma [D, D]) as float64 numpy. Biased /N by default (SiD's training-time FID); unbiased /(N-1)
+        is what EDM's `fid.py ref` stores in its reference .npz files."""
+        n = self.num_items
+        if n < (2 if unbiased else 1):
+            raise ValueError(f"FeatureStats.mean_cov needs at least {2 if unbiased else 1} feature vectors, got {n}")
+        mu = self.sum / n
+        cov = (self.sum_outer - n * torch.outer(mu, mu)) / (n - 1 if unbiased else n)
+        return mu.cpu().numpy(), cov.cpu().numpy()
+
+
+def quantize(images: Tensor) -> Tensor:
+    """Float images in [-1, 1] -> uint8 exactly as SiD: clamp(x * 127.5 + 128, 0, 255) then truncate (so -1 -> 0,
+    1 -> 255, and each uint8 value k covers x in [(k - 128) / 127.5, (k - 127) / 127.5)). NaN pixels become 0, which
+    the official cast gives on CPU and CUDA in practice, made explicit here because a NaN cast is undefined."""
+    if not images.is_floating_point():
+        raise ValueError(f"quantize expects float images in [-1, 1], got {images.dtype}")
+    x = torch.nan_to_num(images.detach().to(torch.float32) * 127.5 + 128, nan=0.0)
+    return x.clamp(0, 255).to(torch.uint8)
+
+
+# ---------------------------------------------------------------------------------------------- reference statistics
+def load_reference_stats(source: str | os.PathLike, *, sha256: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) float64 from an EDM-style .npz (keys `mu`, `sigma`) at a path or URL (downloaded once)."""
+    path = fetch(str(source), sha256=sha256)
+    with np.load(path, allow_pickle=False) as data:
+        if "mu" not in data or "sigma" not in data:
+            raise ValueError(f"{source} is not reference statistics: expected an .npz with arrays 'mu' and 'sigma', "
+                             f"found {sorted(data.keys())}")
+        mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
+    if mu.ndim != 1 or sigma.shape != (mu.shape[0],) * 2:
+        raise ValueError(f"{source}: expected mu [D] and sigma [D, D], got {mu.shape} and {sigma.shape}")
+    return mu, sigma
+
+
+def save_reference_stats(path: str | os.PathLike, mu, sigma) -> Path:
+    """Write (mu, sigma) as an EDM-style .npz, atomically (temporary file + rename)."""
+    mu, sigma, path = _f64(mu), _f64(sigma), Path(path)
+    if mu.ndim != 1 or sigma.shape != (mu.shape[0],) * 2:
+        raise ValueError(f"save_reference_stats expects mu [D] and sigma [D, D], got {mu.shape} and {sigma.shape}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, mu=mu, sigma=sigma)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- detectors
+class Detector(Protocol):
+    name: str          # recorded with every value as fid_detector
+    feature_dim: int   # D of the features and of the reference statistics
+
+    def __call__(self, images: Tensor) -> Tensor: ...   # uint8 [N, C, H, W] -> float [N, D]
+
+
+class InceptionDetector:
+    """NVIDIA's TorchScript Inception-v3 (as EDM/SiD use it): 2048-d pool features, resizing done inside the net."""
+
+    name = INCEPTION_NAME
+    feature_dim = 2048
+
+    def __init__(self, source: str = INCEPTION_URL, *, device: torch.device | str = "cpu",
+                 sha256: str | None = None) -> None:
+        self.device = torch.device(device)
+        path = fetch(source, sha256=sha256)
+        with warnings.catch_warnings():   # TorchScript is deprecated, but the reference detector exists only as one
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.net = torch.jit.load(str(path), map_location=self.device).eval()
+
+    @torch.no_grad()
+    def __call__(self, images: Tensor) -> Tensor:
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
+            raise ValueError(f"{self.name} expects uint8 images [N, 1 or 3, H, W], got {images.dtype} "
+                             f"{tuple(images.shape)}")
+        if images.shape[1] == 1:
+            images = images.repeat(1, 3, 1, 1)
+        features = self.net(images.to(self.device), return_features=True)
+        if features.shape != (images.shape[0], self.feature_dim):
+            raise ValueError(f"{self.name} returned features {tuple(features.shape)}, expected "
+                             f"({images.shape[0]}, {self.feature_dim})")
+        return features
+
+
+_DETECTORS: dict[str, Callable[[torch.device], Detector]] = {}
+
+
+def register_detector(name: str, factory: Callable[[torch.device], Detector]) -> None:
+    """Make `get_detector(name, device)` return `factory(device)`."""
+    _DETECTORS[name] = factory
+
+
+def get_detector(name: str, device: torch.device | str = "cpu") -> Detector:
+    if name not in _DETECTORS:
+        raise ValueError(f"unknown detector {name!r}; registered: {', '.join(sorted(_DETECTORS))}")
+    return _DETECTORS[name](torch.device(device))
+
+
+def _digits_detector(device: torch.device) -> Detector:
+    from sid.digits import DigitsDetector   # lazy: the digits module pulls in the networks
+
+    return DigitsDetector().to(device)
+
+
+register_detector(INCEPTION_NAME, lambda device: InceptionDetector(device=device))
+register_detector(DIGITS_NAME, _digits_detector)
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def compute_fd(generate: Callable[[int, int], Tensor], num_images: int, detector: Detector, ref_mu, ref_sigma, *,
+               batch_size: int = 256) -> float:
+    """Frechet distance of `num_images` generated images to (ref_mu, ref_sigma). `generate(batch_index, n)` returns
+    n float images in [-1, 1], NCHW; the last batch is short when batch_size does not divide num_images."""
+    if num_images < 2 or batch_size < 1:
+        raise ValueError(f"compute_fd needs num_images >= 2 and batch_size >= 1, got {num_images} and {batch_size}")
+    stats = FeatureStats()
+    for index in range(math.ceil(num_images / batch_size)):
+        n = min(batch_size, num_images - index * batch_size)
+        images = generate(index, n)
+        if images.ndim != 4 or images.shape[0] != n:
+            raise ValueError(f"generate({index}, {n}) must return {n} images [N, C, H, W], got {tuple(images.shape)}")
+        stats.update(detector(quantize(images)))
+    mu, sigma = stats.mean_cov()
+    return frechet_distance(mu, sigma, ref_mu, ref_sigma)
+
+
+@torch.no_grad()
+def reference_stats_for_images(images: Iterable[Tensor], detector: Detector, *,
+                               unbiased: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) of the detector features of uint8 NCHW batches; unbiased /(N-1) like EDM's fid-refs files."""
+    stats = FeatureStats()
+    for batch in images:
+        stats.update(detector(batch))
+    return stats.mean_cov(unbiased=unbiased)
+
+
+def _encoded_images(source: Path) -> Iterator[tuple[str, Path | io.BytesIO]]:
+    """(name, file) of each PNG/JPEG in a folder (recursively) or a zip, in sorted name order."""
+    if source.is_dir():
+        for path in sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+            yield str(path), path
+    elif zipfile.is_zipfile(source):
+        with zipfile.ZipFile(source) as archive:
+            for name in sorted(n for n in archive.namelist() if Path(n).suffix.lower() in IMAGE_SUFFIXES):
+                yield name, io.BytesIO(archive.read(name))
+    else:
+        raise ValueError(f"--images must be a folder or a .zip of PNG/JPEG images, got {str(source)!r}")
+
+
+def iter_image_batches(source: str | os.PathLike, batch_size: int = 64) -> Iterator[Tensor]:
+    """uint8 [N, C, H, W] batches of the PNG/JPEG images in a folder (recursively) or a zip, in sorted name order.
+    Grayscale stays 1 channel; palette, RGBA, ... become RGB (detectors take 1 or 3 channels); one size for all."""
+    import PIL.Image
+
+    batch, shape = [], None
+    for name, file in _encoded_images(Path(source)):
+        with PIL.Image.open(file) as img:
+            arr = np.array(img if img.mode in ("L", "RGB") else img.convert("RGB"))
+        arr = arr[:, :, None] if arr.ndim == 2 else arr
+        if shape is not None and arr.shape != shape:
+            raise ValueError(f"{name} has shape {arr.shape} (H, W, C) but earlier images have {shape}")
+        shape = arr.shape
+        batch.append(arr)
+        if len(batch) == batch_size:
+            yield torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).contiguous()
+            batch = []
+    if shape is None:
+        raise ValueError(f"no {'/'.join(IMAGE_SUFFIXES)} images found in {str(source)!r}")
+    if batch:
+        yield torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).contiguous()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m sid.metrics", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    ref = sub.add_parser("ref", help="reference statistics (EDM .npz: mu, sigma) of a folder or zip of images")
+    ref.add_argument("--images", required=True, help="folder (searched recursively) or .zip of PNG/JPEG images")
+    ref.add_argument("--detector", required=True, help=f"detector name: {', '.join(sorted(_DETECTORS))}")
+    ref.add_argument("--out", required=True, help="output .npz path")
+    ref.add_argument("--batch", type=int, default=64, help="images per detector call")
+    ref.add_argument("--device", default="cpu", help="torch device of the detector, e.g. cuda")
+    args = parser.parse_args(argv)
+    try:
+        detector = get_detector(args.detector, args.device)
+        mu, sigma = reference_stats_for_images(iter_image_batches(args.images, args.batch), detector)
+    except (ValueError, FileNotFoundError) as e:
+        parser.error(str(e))
+    print(f"wrote {save_reference_stats(args.out, mu, sigma)} ({detector.name}, {mu.shape[0]} features)")
+
+
+if __name__ == "__main__":
+    main()
