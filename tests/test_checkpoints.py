@@ -1,0 +1,245 @@
+"""Safe loading of EDM/SiD snapshot pickles, made here following EDM's persistence protocol (offline)."""
+
+import contextlib
+import io
+import os
+import pickle
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sid.checkpoints import (EDM_FID_REFS, EDM_TEACHERS, CheckpointError, fetch_fid_ref, load_edm_pickle,
+                             read_snapshot)
+from sid.networks import EDMPrecond
+
+SONG = dict(img_resolution=8, img_channels=1, label_dim=0, model_type="SongUNet", model_channels=16,
+            channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], dropout=0.13, augment_dim=9)
+ADM = dict(img_resolution=8, img_channels=1, label_dim=10, model_type="DhariwalUNet", model_channels=64,
+           channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], dropout=0.1)
+
+
+class EasyDict(dict):
+    """dnnlib.util.EasyDict as EDM's dataset_kwargs use it."""
+
+
+EasyDict.__module__ = "dnnlib.util"
+
+
+class Persistent:
+    """An object EDM would pickle through torch_utils.persistence (e.g. its EDMLoss) with a given state."""
+
+    def __init__(self, class_name: str, state: dict):
+        self.class_name, self.state = class_name, state
+
+
+class EDMPickler(pickle.Pickler):
+    """Pickles sid.networks modules the way EDM's @persistent_class does: a call _reconstruct_persistent_obj(meta)
+    with the (here: booby-trapped) module source, the object's __dict__ and its _init_args/_init_kwargs."""
+
+    def __init__(self, file, module_src: str, top_kwargs: dict | None = None):
+        super().__init__(file)
+        self.module_src, self.top_kwargs = module_src, top_kwargs
+
+    def reducer_override(self, obj):
+        if isinstance(obj, Persistent):
+            return self.persistent(obj.class_name, obj.state)
+        if isinstance(obj, torch.nn.Module) and type(obj).__module__.startswith("sid.networks"):
+            # EDM attributes such as skip_scale are numpy scalars: exercise that path too.
+            state = {k: np.float64(v) if type(v) is float else v for k, v in obj.__dict__.items()}
+            kwargs = state.pop("init_kwargs", None)
+            if isinstance(obj, EDMPrecond) and self.top_kwargs is not None:
+                kwargs = self.top_kwargs
+            return self.persistent(type(obj).__name__, dict(state, _init_args=(), _init_kwargs=kwargs))
+        return NotImplemented
+
+    def persistent(self, class_name: str, state: dict):
+        meta = dict(type="class", version=6, module_src=self.module_src, class_name=class_name, state=state)
+        return sys.modules["torch_utils.persistence"]._reconstruct_persistent_obj, (meta,)
+
+
+@contextlib.contextmanager
+def edm_code_modules():
+    """Fake torch_utils.persistence and dnnlib.util, in sys.modules only while pickling (as on EDM's machines)."""
+    def _reconstruct_persistent_obj(meta):
+        raise AssertionError("the loader must never call EDM's reconstruct function")
+    _reconstruct_persistent_obj.__module__ = "torch_utils.persistence"
+    _reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
+    persistence = types.ModuleType("torch_utils.persistence")
+    persistence._reconstruct_persistent_obj = _reconstruct_persistent_obj
+    util = types.ModuleType("dnnlib.util")
+    util.EasyDict = EasyDict
+    modules = {"torch_utils": types.ModuleType("torch_utils"), "torch_utils.persistence": persistence,
+               "dnnlib": types.ModuleType("dnnlib"), "dnnlib.util": util}
+    sys.modules.update(modules)
+    try:
+        yield
+    finally:
+        for name in modules:
+            del sys.modules[name]
+
+
+@pytest.fixture
+def marker(tmp_path) -> Path:
+    """A file that appears only if code from a pickle runs."""
+    return tmp_path / "code-was-executed"
+
+
+def dump(path: Path, data, marker: Path, top_kwargs: dict | None = None) -> Path:
+    with edm_code_modules(), open(path, "wb") as f:
+        EDMPickler(f, f"open({str(marker)!r}, 'w').close()\n", top_kwargs).dump(data)
+    return path
+
+
+def random_net(config: dict) -> EDMPrecond:
+    torch.manual_seed(0)
+    net = EDMPrecond(**config).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.3)
+    return net.requires_grad_(False)
+
+
+def edm_snapshot(net: EDMPrecond) -> dict:
+    dataset_kwargs = EasyDict(class_name="training.dataset.ImageFolderDataset", path="cifar10.zip")
+    return dict(ema=net, augment_pipe=None, dataset_kwargs=dataset_kwargs,
+                loss_fn=Persistent("EDMLoss", dict(P_mean=-1.2, P_std=1.2, sigma_data=0.5)))
+
+
+@pytest.mark.parametrize("config", [SONG, ADM], ids=["song", "adm"])
+@pytest.mark.parametrize("layout", ["edm", "sid"])
+def test_snapshot_loads_without_running_its_code_and_computes_the_same_function(config, layout, tmp_path, marker):
+    net = random_net(config)
+    path = dump(tmp_path / "network-snapshot-000000.pkl", edm_snapshot(net) if layout == "edm" else dict(ema=net),
+                marker)
+    loaded = load_edm_pickle(path)
+    assert not marker.exists() and "torch_utils.persistence" not in sys.modules
+    assert isinstance(loaded, EDMPrecond) and not loaded.training
+    assert loaded.init_kwargs == net.init_kwargs
+    assert all(t.dtype == torch.float32 and t.device.type == "cpu" for t in loaded.state_dict().values())
+    assert not any(p.requires_grad for p in loaded.parameters())
+    x = torch.randn(3, 1, 8, 8)
+    labels = torch.eye(10)[:3] if config["label_dim"] else None
+    assert torch.equal(loaded(x, torch.tensor([0.1, 1.0, 10.0]), labels),
+                       net(x, torch.tensor([0.1, 1.0, 10.0]), labels))
+
+
+def test_snapshot_records_the_edm_extras_as_plain_data(tmp_path, marker):
+    data = read_snapshot(dump(tmp_path / "snap.pkl", edm_snapshot(random_net(SONG)), marker))
+    assert type(data["dataset_kwargs"]) is dict and data["dataset_kwargs"]["path"] == "cifar10.zip"
+    assert data["loss_fn"].class_name == "EDMLoss" and data["loss_fn"].state["P_std"] == 1.2
+    assert data["ema"].state["_modules"]["model"].state["_modules"]["enc"].class_name == "ModuleDict"
+
+
+def test_overrides_replace_recorded_constructor_arguments(tmp_path, marker):
+    net = load_edm_pickle(dump(tmp_path / "snap.pkl", dict(ema=random_net(SONG)), marker), dropout=0.05)
+    assert net.init_kwargs["dropout"] == 0.05 and net.model.enc["4x4_block0"].dropout == 0.05
+
+
+def test_teacher_names_resolve_through_fetch_and_the_cache(tmp_path, marker, monkeypatch):
+    path = dump(tmp_path / "edm-test.pkl", dict(ema=random_net(SONG)), marker)
+    monkeypatch.setenv("SID_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(EDM_TEACHERS, "edm:test", path.as_uri())
+    assert isinstance(load_edm_pickle("edm:test"), EDMPrecond)
+    assert len(list((tmp_path / "cache").glob("*-edm-test.pkl"))) == 1
+    assert isinstance(load_edm_pickle(path.as_uri()), EDMPrecond)
+
+
+def test_registered_edm_urls_follow_the_nvidia_cdn_layout():
+    assert set(EDM_TEACHERS) == {"edm:cifar10-uncond", "edm:cifar10-cond", "edm:imagenet64-cond", "edm:ffhq64",
+                                 "edm:afhqv2-64"}
+    assert set(EDM_FID_REFS) == {"edm:cifar10-32x32", "edm:imagenet-64x64", "edm:ffhq-64x64", "edm:afhqv2-64x64"}
+    prefix = "https://nvlabs-fi-cdn.nvidia.com/edm/"
+    assert all(u.startswith(prefix + "pretrained/edm-") and u.endswith(".pkl") for u in EDM_TEACHERS.values())
+    assert EDM_FID_REFS["edm:cifar10-32x32"] == prefix + "fid-refs/cifar10-32x32.npz"
+    assert EDM_TEACHERS["edm:imagenet64-cond"].endswith("imagenet-64x64-cond-adm.pkl")
+
+
+def test_fid_reference_paths_and_names(tmp_path):
+    stats = tmp_path / "ref.npz"
+    np.savez(stats, mu=np.zeros(2), sigma=np.eye(2))
+    assert fetch_fid_ref(str(stats)) == stats
+    with pytest.raises(CheckpointError, match="unknown FID reference statistics name 'edm:mnist'.*edm:cifar10-32x32"):
+        fetch_fid_ref("edm:mnist")
+
+
+class Evil:
+    def __init__(self, func, arg):
+        self.func, self.arg = func, arg
+
+    def __reduce__(self):
+        return self.func, (self.arg,)
+
+
+@pytest.mark.parametrize("func,code,where,global_name", [
+    (os.system, "touch {marker}", "top", "posix.system"),
+    (eval, "open({marker!r}, 'w').close()", "top", "builtins.eval"),
+    (exec, "open({marker!r}, 'w').close()", "state", "builtins.exec"),  # hidden inside a network's state
+])
+def test_pickle_naming_a_global_outside_the_allow_list_is_refused_before_anything_runs(
+        func, code, where, global_name, tmp_path, marker):
+    evil = Evil(func, code.format(marker=str(marker)))
+    net = random_net(SONG)
+    if where == "state":
+        net.model.payload = evil
+    path = dump(tmp_path / "evil.pkl", dict(ema=net, extra=evil) if where == "top" else dict(ema=net), marker)
+    with pytest.raises(CheckpointError, match=f"global '{global_name}'.*nothing was executed"):
+        load_edm_pickle(path)
+    assert not marker.exists()
+
+
+def test_getattr_gadget_is_refused(tmp_path, marker):
+    # builtins.getattr would let a pickle reach any attribute of an allowed object, e.g. torch.load's globals.
+    payload = pickle.PROTO + b"\x04" + b"\x8c\x08builtins\x8c\x07getattr\x93."
+    path = tmp_path / "gadget.pkl"
+    path.write_bytes(payload)
+    with pytest.raises(CheckpointError, match="'builtins.getattr'"):
+        load_edm_pickle(path)
+
+
+def _truncated(tmp_path, marker):
+    good = dump(tmp_path / "good.pkl", dict(ema=random_net(SONG)), marker).read_bytes()
+    return good[: len(good) // 2]
+
+
+def _zip(tmp_path, marker):
+    buffer = io.BytesIO()
+    torch.save(random_net(SONG).state_dict(), buffer)
+    return buffer.getvalue()
+
+
+def _pickled(data, top_kwargs=None):
+    def make(tmp_path, marker):
+        return dump(tmp_path / "made.pkl", data() if callable(data) else data, marker, top_kwargs).read_bytes()
+    return make
+
+
+@pytest.mark.parametrize("make,message", [
+    (None, "cannot get teacher .*no such file"),
+    (_truncated, "cannot unpickle .*truncated"),
+    (lambda tmp_path, marker: b"", "cannot unpickle"),
+    (_zip, "torch.save zip archive"),
+    (_pickled([1, 2, 3]), "expected an EDM/SiD network snapshot.*found list"),
+    (_pickled(dict(G_ema=1)), "dict with key 'ema'.*found a dict with keys \\['G_ema'\\]"),
+    (_pickled(dict(ema=Persistent("VPPrecond", {}))), "unknown architecture: 'ema' is VPPrecond"),
+    (_pickled(dict(ema=Persistent("EDMPrecond", {}))), "no recorded keyword constructor arguments"),
+    (_pickled(dict(ema=Persistent("EDMPrecond", dict(_init_args=(), _init_kwargs=SONG, _modules=dict(model=5))))),
+     "malformed snapshot: module model is a int"),
+    (_pickled(lambda: dict(ema=random_net(SONG)), dict(SONG, model_type="FancyUNet")),
+     "unknown architecture: cannot build.*model_type must be one of"),
+    (_pickled(lambda: dict(ema=random_net(SONG)), dict(SONG, model_channels=32)), "weights do not fit the SongUNet"),
+])
+def test_bad_input_gets_one_clear_checkpoint_error(make, message, tmp_path, marker):
+    path = tmp_path / "bad.pkl"
+    if make is not None:
+        path.write_bytes(make(tmp_path, marker))
+    with pytest.raises(CheckpointError, match=message):
+        load_edm_pickle(path)
+
+
+def test_unknown_teacher_name_lists_the_known_ones():
+    with pytest.raises(CheckpointError, match="unknown teacher name 'edm:mnist'; known names: edm:cifar10-uncond"):
+        load_edm_pickle("edm:mnist")
