@@ -7,7 +7,11 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "30")
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by subprocesses and Ray workers
 
 import torch  # noqa: E402
 
 torch.set_flush_denormal(True)
+# One thread per process: with several processes on 2 cores (Ray workers, subprocesses), torch's spinning
+# OpenMP threads made small convolutions ~100x slower here.
+torch.set_num_threads(1)

@@ -1,0 +1,1 @@
+"""Figures and tables of the SiD paper from Parquet results (each module is also a script)."""

@@ -1,0 +1,211 @@
+"""Shared pieces of the analysis scripts: loading results folders, per-trial summaries, metric labels, colours.
+
+Every script reads Parquet through `sid.results` (never Ray), so it runs on a laptop against a copied results
+folder. Colours are keyed by the sorted values of a column (alpha by default) over everything that was loaded, so
+one alpha keeps one colour in every figure made from the same folders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # figures are files; never open a window or need a display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+from sid.results import CONFIG_COLUMNS, read_evaluations, read_trials  # noqa: E402
+
+KEYS = ["study", "trial_id"]
+# Runs that differ only in seed form one setting; they are averaged over.
+SETTING = ["study", *(c for c in CONFIG_COLUMNS if c != "seed"), "fid_detector", "fid_images"]
+INCEPTION = "inception-2015-12-05"
+SPREAD = ("pi", 100)  # seaborn errorbar: min-max over runs (never below zero on a log axis, unlike +-s.d.)
+SPREAD_LABEL = "mean, min–max over runs"
+MAX_LEVELS = 8  # more distinct values than this get a continuous colour map
+LOG_PARAMS = ("lr", "glr")  # swept over decades: log axes
+SYMBOLS = {"alpha": "α", "sigma_init": "σ_init", "lr": "lr (fake score)", "glr": "glr (generator)", "tmax": "t_max"}
+
+
+class AnalysisError(ValueError):
+    """Input the analysis cannot use; the scripts turn it into one message and exit code 2."""
+
+
+def parser(doc: str, *, out_default: str = "figures") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("studies", nargs="+", metavar="STUDY_DIR", help="study folders, run folders or .parquet files")
+    p.add_argument("--out", default=out_default, help="folder for the output files")
+    p.add_argument("--detector", default=None, help="keep only this fid_detector (needed when several are present)")
+    p.add_argument("--fid-images", type=int, default=None, help="keep only evaluations with this many images")
+    return p
+
+
+def cli(p: argparse.ArgumentParser, body: Callable[[argparse.Namespace], None], argv: Sequence[str] | None) -> None:
+    """Parse argv and run body; bad input ends in one 'error: ...' line and exit code 2 (argparse's convention)."""
+    args = p.parse_args(argv)
+    try:
+        body(args)
+    except AnalysisError as exc:
+        p.error(str(exc))
+
+
+def load(paths: Sequence[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(evaluations, trials) under the given folders; trials are derived from evaluations where trials.parquet
+    is missing. Raises AnalysisError when there is nothing to plot."""
+    try:
+        evals = read_evaluations(*paths)
+        stored = read_trials(*paths)
+    except FileNotFoundError as exc:
+        raise AnalysisError(str(exc)) from exc
+    if evals.empty:
+        where = ", ".join(map(str, paths))
+        raise AnalysisError(f"no evaluation rows in {where}: expected <study>/evaluations/*.parquet "
+                            f"or <run>/evaluations.parquet written by sid.results")
+    return evals, summarise(evals, stored)
+
+
+def summarise(evals: pd.DataFrame, stored: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per trial: config, best_fid/best_kimg, final_fid, last_kimg, device_hours, state, diverged.
+
+    Values of a stored trials table win over those derived from the evaluations (it knows states such as
+    'stopped_early', and trials that failed before any evaluation); final_fid is always derived: the last finite
+    fid, NaN for a trial that diverged (by its state or by the status of any of its rows).
+    `evals` must not be empty (load() checks)."""
+    rows = []
+    for (study, trial), g in evals.sort_values("kimg").groupby(KEYS, sort=True):
+        finite = g[np.isfinite(g["fid"])]
+        diverged = bool((g["status"] == "diverged").any())
+        best = finite.loc[finite["fid"].idxmin()] if len(finite) else None
+        last = g.iloc[-1]
+        rows.append({
+            "study": study, "trial_id": trial,
+            **{c: last[c] for c in (*CONFIG_COLUMNS, "world_size", "fid_detector")},
+            "fid_images": int(best["fid_images"] if best is not None else last["fid_images"]),
+            "state": "diverged" if diverged else "completed", "evals_diverged": diverged,
+            "best_fid": best["fid"] if best is not None else math.nan,
+            "best_kimg": best["kimg"] if best is not None else math.nan,
+            "final_fid": math.nan if diverged or not len(finite) else finite["fid"].iloc[-1],
+            "last_kimg": last["kimg"], "evaluations": len(g), "device_hours": last["device_s"] / 3600,
+            "first_written": g["written_at"].min(),
+        })
+    trials = pd.DataFrame(rows)
+    if stored is not None and not stored.empty:
+        trials = stored.set_index(KEYS).combine_first(trials.set_index(KEYS)).reset_index()
+        # A trial that failed before its first evaluation has no rows: it was evaluated like its siblings.
+        trials["fid_images"] = trials["fid_images"].fillna(trials.groupby("study")["fid_images"].transform("max"))
+    trials["diverged"] = (trials["state"] == "diverged") | trials["evals_diverged"].fillna(False).astype(bool)
+    trials.loc[trials["diverged"], "final_fid"] = math.nan
+    return trials.drop(columns="evals_diverged")
+
+
+def select_metric(frame: pd.DataFrame, detector: str | None = None,
+                  images: int | None = None) -> tuple[pd.DataFrame, str]:
+    """Rows of one (detector, number of images) pair and its axis label; two pairs on one axis would compare
+    numbers that are not comparable, so several pairs without a choice is an error."""
+    if detector is not None:
+        frame = frame[frame["fid_detector"] == detector]
+    if images is not None:
+        frame = frame[frame["fid_images"] == images]
+    frame = frame.dropna(subset=["fid_detector", "fid_images"])  # only trials without any result lack these
+    pairs = sorted(set(zip(frame["fid_detector"], frame["fid_images"])))
+    if not pairs:
+        raise AnalysisError(f"no results with fid_detector={detector!r} and fid_images={images!r}")
+    if len(pairs) > 1:
+        listed = ", ".join(f"{d} ({n} images)" for d, n in pairs)
+        raise AnalysisError(f"results mix several metrics ({listed}); choose one with --detector and --fid-images")
+    return frame, metric_label(*pairs[0])
+
+
+def metric_label(detector: str, images: int) -> str:
+    """'FID (Inception, 50k)' only for the Inception detector; any other detector gives a Frechet distance that
+    is not FID and is named as such."""
+    images = int(images)
+    count = f"{images // 1000}k" if images % 1000 == 0 else f"{images:,}"
+    if detector == INCEPTION:
+        return f"FID (Inception, {count})"
+    return f"FD on {detector} ({count} images)"
+
+
+def wrap(label: str, width: int = 32) -> str:
+    """A long metric label on two lines, split before its '(...)' part, so it fits beside a short axis."""
+    return label.replace(" (", "\n(", 1) if len(label) > width else label
+
+
+def palette(values: Sequence[float | str]) -> dict:
+    """Colour per distinct value. Up to MAX_LEVELS values (a sweep): colour-blind-safe qualitative colours in
+    sorted order. More (a random search): a sequential map by value, shown with a colour bar (see hue_key)."""
+    levels = sorted(set(v for v in values if not (isinstance(v, float) and math.isnan(v))))
+    if len(levels) <= MAX_LEVELS:
+        return dict(zip(levels, sns.color_palette("colorblind", len(levels))))
+    norm, cmap = _continuous(levels)
+    return {v: cmap(norm(v)) for v in levels}
+
+
+def _continuous(levels: Sequence[float]) -> tuple[matplotlib.colors.Normalize, matplotlib.colors.Colormap]:
+    return matplotlib.colors.Normalize(min(levels), max(levels)), matplotlib.colormaps["viridis"]
+
+
+def hue_key(ax: plt.Axes, column: str, levels: Sequence, colours: dict, marker: str = "o") -> list[Line2D]:
+    """Legend handles for a few levels; for many, a colour bar beside `ax` and no handles."""
+    levels = sorted(set(levels))
+    if len(colours) <= MAX_LEVELS:
+        return [Line2D([], [], marker=marker, linestyle="" if marker else "-", linewidth=2.5, markersize=8,
+                       color=colours[v], label=level_name(column, v)) for v in levels]
+    norm, cmap = _continuous(list(colours))
+    bar = ax.figure.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, pad=0.02, fraction=0.05)
+    bar.set_label(SYMBOLS.get(column, column))
+    return []
+
+
+def fmt(value: object) -> str:
+    """A setting's value as text: 4 significant digits; floats keep one decimal (1.0 must not read as an integer
+    setting)."""
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.1f}" if float(value).is_integer() else f"{value:.4g}"
+    return str(value)
+
+
+def level_name(column: str, value: object) -> str:
+    return f"{short(column)} = {fmt(value)}"
+
+
+def style() -> None:
+    """Publication defaults: large enough fonts at single-column width, TrueType fonts embedded in PDFs."""
+    sns.set_theme(context="paper", style="whitegrid", font_scale=1.35,
+                  rc={"pdf.fonttype": 42, "savefig.dpi": 200, "savefig.bbox": "tight", "legend.framealpha": 0.9})
+
+
+def save(fig: plt.Figure, out: str | Path, name: str) -> list[Path]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}.{ext}" for ext in ("png", "pdf")]
+    for p in paths:
+        fig.savefig(p)
+    plt.close(fig)
+    print("\n".join(map(str, paths)))
+    return paths
+
+
+def log_ticks(axis: matplotlib.axis.Axis) -> None:
+    """Plain numbers (2, 5, 10, 20, ...) on a log axis instead of powers of ten."""
+    axis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
+def short(column: str) -> str:
+    return SYMBOLS.get(column, column).split(" ")[0]
+
+
+def log_headroom(ax: plt.Axes, fraction: float = 0.12) -> None:
+    """Extend a log y axis upwards so markers pinned to its top do not sit on data."""
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(lo, hi * (hi / lo) ** fraction)

@@ -1,0 +1,127 @@
+"""A small results tree in the Parquet schema of sid.results, for the analysis tests (the studies' own writers
+are built elsewhere). Values are synthetic but shaped like SiD runs: the Frechet distance falls as a power of
+the images seen, depends on alpha and seed, and one trial diverges.
+
+Layout written by write_results(root):
+  alpha_sweep/evaluations/<trial>.parquet + trials.parquet  digits detector; alphas 0.5/1.0/1.2/1.5 x seeds 0/1;
+                                                           alpha 1.5 seed 0 diverges; one NaN fid row; a third
+                                                           seed of alpha 1.0 failed before any evaluation;
+                                                           plus a cut-off file evaluations/zz_cut.parquet
+  hpo/evaluations/<trial>.parquet (no trials.parquet)      10 Optuna-like trials over alpha, lr, glr; one
+                                                           diverged before any finite value
+  cifar_run/evaluations.parquet                            a single run with the Inception detector
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sid.results import write_evaluations, write_trials
+
+ALPHAS = (0.5, 1.0, 1.2, 1.5)
+SEEDS = (0, 1)
+KIMG = (0.0, 6.4, 12.8, 25.6, 51.2, 102.4, 204.8)
+DIVERGED = ("alpha_sweep", "a1.5-s0")        # finite at the first two evaluations, then NaN with status 'diverged'
+NAN_ROW = ("alpha_sweep", "a1.0-s1", 51.2)   # an evaluation that could not be computed (status stays 'ok')
+ERRORED = ("alpha_sweep", "a1.0-s2")         # in trials.parquet only: failed before its first evaluation
+DIGITS = ("digits-features-v1", 2048)
+INCEPTION = ("inception-2015-12-05", 50_000)
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+@dataclass
+class Results:
+    root: Path
+    alpha_sweep: Path
+    hpo: Path
+    cifar_run: Path
+    cut_file: Path
+    evals: pd.DataFrame    # every readable row written (the cut file's rows are not in it)
+
+
+def distance(alpha: float, seed: int, kimg: float, lr: float = 1e-4, glr: float = 1e-4) -> float:
+    floor = 1.0 + 2.0 * abs(alpha - 1.15) + 0.5 * abs(math.log10(lr / 2e-4)) + 0.3 * abs(math.log10(glr / 1e-4))
+    return floor + 60.0 * (1.0 + kimg / 4.0) ** -1.1 + 0.15 * seed
+
+
+def row(study: str, trial: str, *, alpha: float, seed: int, kimg: float, fid: float, metric=DIGITS, order: int = 0,
+        lr: float = 1e-4, glr: float = 1e-4, batch: int = 128, status: str = "ok") -> dict:
+    wall = 0.5 * kimg * 1000 / batch
+    return dict(study=study, trial_id=trial, preset="digits", teacher="digits", alpha=alpha, tmax=800,
+                sigma_init=2.5, lr=lr, glr=glr, batch=batch, precision="fp32", seed=seed, world_size=1, kimg=kimg,
+                iteration=round(kimg * 1000 / batch), wall_s=wall, device_s=wall, fid=fid, fid_detector=metric[0],
+                fid_images=metric[1], loss_fake_score=0.1, loss_generator=-0.2, images_per_s=256.0, nan_samples=0,
+                status=status, written_at=T0 + timedelta(hours=order, seconds=wall))
+
+
+def alpha_sweep_rows() -> list[dict]:
+    rows = []
+    for i, (alpha, seed) in enumerate((a, s) for a in ALPHAS for s in SEEDS):
+        trial = f"a{alpha}-s{seed}"
+        for j, kimg in enumerate(KIMG):
+            fid, status = distance(alpha, seed, kimg), "ok"
+            if ("alpha_sweep", trial) == DIVERGED and j >= 2:
+                fid, status = math.nan, "diverged"
+            if ("alpha_sweep", trial, kimg) == NAN_ROW:
+                fid = math.nan
+            rows.append(row("alpha_sweep", trial, alpha=alpha, seed=seed, kimg=kimg, fid=fid, order=i, status=status))
+            if status == "diverged":
+                break
+    return rows
+
+
+def hpo_rows() -> list[dict]:
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(10):
+        alpha, lr, glr = float(rng.uniform(0.8, 1.5)), *(float(10 ** rng.uniform(-5, -3)) for _ in range(2))
+        for kimg in KIMG[:5]:
+            diverged = i == 3  # before its first evaluation: no finite value at all
+            fid = math.nan if diverged else distance(alpha, 0, kimg, lr, glr)
+            rows.append(row("hpo", f"hpo_{i:05d}", alpha=alpha, seed=0, kimg=kimg, fid=fid, order=i, lr=lr, glr=glr,
+                            status="diverged" if diverged else "ok"))
+            if diverged:
+                break
+    return rows
+
+
+def trials_table(evals: pd.DataFrame) -> pd.DataFrame:
+    out = []
+    for (study, trial), g in evals.groupby(["study", "trial_id"]):
+        finite = g[np.isfinite(g["fid"])]
+        best = finite.loc[finite["fid"].idxmin()]
+        first = g.iloc[0]
+        out.append({**{c: first[c] for c in ("preset", "teacher", "alpha", "tmax", "sigma_init", "lr", "glr", "batch",
+                                            "precision", "seed", "world_size", "fid_detector")},
+                    "study": study, "trial_id": trial,
+                    "state": "diverged" if (g["status"] == "diverged").any() else "completed",
+                    "best_fid": best["fid"], "best_kimg": best["kimg"], "last_kimg": g["kimg"].max(),
+                    "evaluations": len(g), "device_hours": g["device_s"].max() / 3600, "error": ""})
+    errored = {**out[0], "trial_id": ERRORED[1], "alpha": 1.0, "seed": 2, "state": "error", "best_fid": math.nan,
+               "best_kimg": math.nan, "last_kimg": math.nan, "evaluations": 0, "device_hours": 0.0,
+               "error": "RuntimeError: CUDA out of memory"}
+    return pd.DataFrame([*out, errored])
+
+
+def write_results(root: Path) -> Results:
+    sweep, hpo = pd.DataFrame(alpha_sweep_rows()), pd.DataFrame(hpo_rows())
+    cifar = pd.DataFrame([row("", "cifar_run", alpha=1.2, seed=0, kimg=k * 1000, fid=distance(1.2, 0, k * 10) + 0.6,
+                              metric=INCEPTION, batch=256) for k in KIMG])
+    for frame in (sweep, hpo):
+        for (study, trial), g in frame.groupby(["study", "trial_id"]):
+            write_evaluations(root / study / "evaluations" / f"{trial}.parquet", g)
+    write_trials(root / "alpha_sweep" / "trials.parquet", trials_table(sweep))
+    write_evaluations(root / "cifar_run" / "evaluations.parquet", cifar)
+    # A writer killed mid-file (or a copy cut short): readers must skip it with a warning naming it.
+    whole = write_evaluations(root / "scratch.parquet", sweep.assign(trial_id="cut", alpha=9.0))
+    cut = root / "alpha_sweep" / "evaluations" / "zz_cut.parquet"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    whole.unlink()
+    return Results(root=root, alpha_sweep=root / "alpha_sweep", hpo=root / "hpo", cifar_run=root / "cifar_run",
+                   cut_file=cut, evals=pd.concat([sweep, hpo, cifar], ignore_index=True))
