@@ -1,0 +1,228 @@
+"""SiD distillation: the Distiller (three networks, two optimisers, EMA, one iteration) and the loop in kimg.
+
+One iteration follows the official order (sid_spec.md 2.4): a fake-score update on fresh generator samples, then a
+generator update on another fresh batch, each accumulated over micro-batches, NaN grads mapped to finite values
+before each Adam step, then the EMA of the generator. Progress is counted like the official code:
+kimg = iterations * batch / 1000 (each iteration also generates a second batch for the fake-score update).
+
+Noise is drawn per micro-batch slot from a seed derived from (run seed, iteration, phase, global slot index), so a run
+gives the same numbers whether its global batch is split over ranks or accumulated in one process, and however often
+it was interrupted and resumed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from sid.config import DistillConfig
+from sid.losses import fake_score_loss, generator_loss, sample_fake_score_sigma, sample_generator_sigma
+
+PHASE_FAKE, PHASE_GENERATOR, PHASE_EVAL = 0, 1, 2
+
+
+def rebuild(net: nn.Module, **overrides) -> nn.Module:
+    """A new network of the same architecture and weights, with some constructor arguments changed
+    (this run's dropout, the official fp16 mode)."""
+    clone = type(net)(**{**net.init_kwargs, **overrides})
+    clone.load_state_dict(net.state_dict())
+    return clone
+
+
+def slot_seed(seed: int, iteration: int, phase: int, slot: int) -> int:
+    return int(np.random.SeedSequence([seed, iteration, phase, slot]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _grads_nan_to_num(params: Iterator[nn.Parameter]) -> None:
+    for p in params:
+        if p.grad is not None:
+            torch.nan_to_num(p.grad, nan=0.0, posinf=1e5, neginf=-1e5, out=p.grad)
+
+
+class Distiller:
+    """Owns teacher, fake score, generator, G_ema and both optimisers; `step()` runs one SiD iteration on this
+    rank's share of the global batch. Works with or without an initialised torch.distributed process group."""
+
+    def __init__(self, config: DistillConfig, teacher: nn.Module, *, device: str | torch.device = "cpu",
+                 rank: int = 0, world_size: int = 1, student: nn.Module | None = None) -> None:
+        """`student` gives the initial weights of fake score and generator; SiD (the default) copies the teacher."""
+        self.config, self.device, self.rank, self.world_size = config, torch.device(device), rank, world_size
+        self.rounds = config.accumulation_rounds(world_size)
+        self.batch_per_rank = config.batch // world_size
+        if self.batch_per_rank % self.rounds:
+            raise ValueError(f"batch {config.batch} over {world_size} ranks does not split into {self.rounds} "
+                             f"equal micro-batches of at most {config.batch_per_device}")
+        self.micro_batch = self.batch_per_rank // self.rounds
+        self.img_shape = (teacher.img_channels, teacher.img_resolution, teacher.img_resolution)
+        self.label_dim = teacher.label_dim
+        use_fp16 = config.precision == "fp16"  # the official mode: U-Net bodies in fp16 on CUDA
+        self.teacher = rebuild(teacher, use_fp16=use_fp16).to(self.device).eval().requires_grad_(False)
+        student = teacher if student is None else student
+        self.fake_score = rebuild(student, dropout=config.dropout, use_fp16=use_fp16).to(self.device)
+        self.generator = rebuild(student, dropout=config.dropout, use_fp16=use_fp16).to(self.device)
+        self.generator_ema = copy.deepcopy(self.generator).eval().requires_grad_(False)
+        adam = dict(eps=config.adam_eps, foreach=True)
+        self.fake_opt = torch.optim.Adam(self.fake_score.parameters(), lr=config.lr,
+                                         betas=(config.beta1, config.beta2), **adam)
+        self.gen_opt = torch.optim.Adam(self.generator.parameters(), lr=config.glr,
+                                        betas=(config.g_beta1, config.beta2), **adam)
+        self.augment = None
+        if config.augment > 0:
+            from sid.augment import AugmentPipe
+
+            self.augment = AugmentPipe(p=config.augment)
+        self.fake_ddp, self.gen_ddp = self.fake_score, self.generator
+        if world_size > 1 and torch.distributed.is_initialized():
+            ddp = dict(broadcast_buffers=False, find_unused_parameters=False)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.fake_ddp = nn.parallel.DistributedDataParallel(self.fake_score, device_ids=ids, **ddp)
+            self.gen_ddp = nn.parallel.DistributedDataParallel(self.generator, device_ids=ids, **ddp)
+        self.fake_score.eval().requires_grad_(False)
+        self.generator.eval().requires_grad_(False)
+        self.iteration = 0
+        self._stats = torch.zeros(3, dtype=torch.float64, device=self.device)  # fake loss, G loss, NaN samples
+        self._stat_iterations = 0
+
+    @property
+    def kimg(self) -> float:
+        return self.iteration * self.config.batch / 1000
+
+    # ------------------------------------------------------------------------------------------ noise
+    def _rng(self, phase: int, round_index: int) -> torch.Generator:
+        slot = self.rank * self.rounds + round_index
+        seed = slot_seed(self.config.seed, self.iteration, phase, slot)
+        if self.config.dropout > 0:
+            torch.manual_seed(seed)  # dropout masks come from the global generator: make them per-slot too
+        return torch.Generator(self.device).manual_seed(seed)
+
+    def _generator_inputs(self, n: int, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        z = torch.randn((n, *self.img_shape), generator=rng, device=self.device) * self.config.sigma_init
+        labels = None
+        if self.label_dim:  # uniform classes (the official loop draws dataset labels; CIFAR-10 is balanced)
+            classes = torch.randint(self.label_dim, (n,), generator=rng, device=self.device)
+            labels = nn.functional.one_hot(classes, self.label_dim).float()
+        return z, labels
+
+    def _sigma(self, n: int) -> torch.Tensor:
+        return torch.full((n,), self.config.sigma_init, device=self.device)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16")
+
+    @staticmethod
+    def _sync(module: nn.Module, last_round: bool) -> contextlib.AbstractContextManager:
+        """All-reduce gradients only on the last accumulation round."""
+        if isinstance(module, nn.parallel.DistributedDataParallel) and not last_round:
+            return module.no_sync()
+        return contextlib.nullcontext()
+
+    # ------------------------------------------------------------------------------------------ one iteration
+    def step(self) -> None:
+        cfg, n = self.config, self.micro_batch
+        # Phase A: fake-score update on fresh generator samples.
+        self.fake_score.train().requires_grad_(True)
+        self.fake_opt.zero_grad(set_to_none=True)
+        for r in range(self.rounds):
+            rng = self._rng(PHASE_FAKE, r)
+            z, labels = self._generator_inputs(n, rng)
+            with torch.no_grad(), self._autocast():
+                images = self.generator(z, self._sigma(n), labels).float()
+            augment_labels = None
+            if self.augment is not None:
+                images, augment_labels = self.augment(images, generator=rng)
+            sigma = sample_fake_score_sigma(n, generator=rng, device=self.device)
+            noise = torch.randn(images.shape, generator=rng, device=self.device)
+            with self._sync(self.fake_ddp, r == self.rounds - 1), self._autocast():
+                loss, kept = fake_score_loss(self.fake_ddp, images, labels, sigma=sigma, noise=noise,
+                                             augment_labels=augment_labels, return_kept=True)
+                (loss.sum() * (cfg.ls / self.batch_per_rank)).backward()
+            self._stats[0] += loss.detach().sum() / self.batch_per_rank
+            self._stats[2] += (~kept).sum()
+        self.fake_score.eval().requires_grad_(False)
+        _grads_nan_to_num(self.fake_score.parameters())
+        self.fake_opt.step()
+
+        # Phase B: generator update on another fresh batch, backpropagating through teacher and fake score.
+        self.generator.train().requires_grad_(True)
+        self.gen_opt.zero_grad(set_to_none=True)
+        for r in range(self.rounds):
+            rng = self._rng(PHASE_GENERATOR, r)
+            z, labels = self._generator_inputs(n, rng)
+            with self._sync(self.gen_ddp, r == self.rounds - 1), self._autocast():
+                images = self.gen_ddp(z, self._sigma(n), labels).float()
+                sigma = sample_generator_sigma(n, cfg.tmax, generator=rng, device=self.device)
+                noise = torch.randn(images.shape, generator=rng, device=self.device)
+                loss, kept = generator_loss(self.teacher, self.fake_score, images, labels, alpha=cfg.alpha,
+                                            sigma=sigma, noise=noise, return_kept=True)
+                (loss.sum() * (cfg.lsg / self.batch_per_rank)).backward()
+            self._stats[1] += loss.detach().sum() / self.batch_per_rank
+            self._stats[2] += (~kept).sum()
+        self.generator.eval().requires_grad_(False)
+        _grads_nan_to_num(self.generator.parameters())
+        self.gen_opt.step()
+
+        self._update_ema()
+        self.iteration += 1
+        self._stat_iterations += 1
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        cfg = self.config
+        nimg = self.iteration * cfg.batch
+        halflife = min(cfg.ema_mimg * 1e6, nimg * cfg.ema_rampup)
+        beta = 0.5 ** (cfg.batch / max(halflife, 1e-8))
+        torch._foreach_lerp_(list(self.generator_ema.parameters()), list(self.generator.parameters()), 1 - beta)
+
+    def pop_stats(self) -> dict[str, float]:
+        """Mean losses per iteration and NaN samples since the last call (one device sync)."""
+        fake, gen, nans = self._stats.tolist()
+        k = max(self._stat_iterations, 1)
+        out = dict(loss_fake_score=fake / k if self._stat_iterations else math.nan,
+                   loss_generator=gen / k if self._stat_iterations else math.nan, nan_samples=int(nans))
+        self._stats.zero_()
+        self._stat_iterations = 0
+        return out
+
+    # ------------------------------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample(self, batch_index: int, batch_size: int) -> torch.Tensor:
+        """G_ema images of a fixed evaluation batch: the same z at every evaluation of a run."""
+        rng = torch.Generator(self.device).manual_seed(slot_seed(self.config.seed, 0, PHASE_EVAL, batch_index))
+        z, labels = self._generator_inputs(batch_size, rng)
+        with self._autocast():
+            return self.generator_ema(z, self._sigma(batch_size), labels).float()
+
+    # ------------------------------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        """Everything needed to continue bit-exactly: networks, optimisers, EMA, iteration, RNG states."""
+        return dict(
+            config=self.config.to_dict(), iteration=self.iteration,
+            fake_score=self.fake_score.state_dict(), generator=self.generator.state_dict(),
+            generator_ema=self.generator_ema.state_dict(), generator_init_kwargs=dict(self.generator.init_kwargs),
+            fake_opt=self.fake_opt.state_dict(), gen_opt=self.gen_opt.state_dict(),
+            cpu_rng=torch.get_rng_state(),
+            cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        )
+
+    def load_state_dict(self, state: dict) -> None:
+        self.fake_score.load_state_dict(state["fake_score"])
+        self.generator.load_state_dict(state["generator"])
+        self.generator_ema.load_state_dict(state["generator_ema"])
+        self.fake_opt.load_state_dict(state["fake_opt"])
+        self.gen_opt.load_state_dict(state["gen_opt"])
+        self.iteration = int(state["iteration"])
+        torch.set_rng_state(state["cpu_rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+
+if __name__ == "__main__":
+    from sid.run import main
+
+    main()

@@ -1,0 +1,99 @@
+"""The distillation loop in kimg units: evaluate on the schedule, report rows, checkpoint, resume.
+
+The loop is the same for a single process and for each rank of a Ray Train run; what differs is `on_evaluation`,
+which receives the Parquet row and the Distiller (whose `state_dict()` plus the row's `wall_s` is the complete
+training state). Rank 0 computes the Frechet
+distance; other ranks report NaN and their rows are not written.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from sid.config import DistillConfig
+from sid.distill import Distiller
+from sid.results import CONFIG_COLUMNS, now_utc
+
+OnEvaluation = Callable[[dict[str, Any], Distiller], None]
+
+
+def evaluation_iterations(config: DistillConfig) -> list[int]:
+    """Iterations after which the run evaluates: 0, each multiple of eval_every_kimg, and the last one."""
+    last = config.iterations
+    every = config.eval_every_kimg * 1000 / config.batch
+    points = {0, last} | {min(last, math.ceil(k * every - 1e-9)) for k in range(1, math.ceil(last / every) + 1)}
+    return sorted(points)
+
+
+class Evaluator:
+    """Frechet distance of G_ema samples against the config's reference statistics."""
+
+    def __init__(self, config: DistillConfig, device: torch.device | str = "cpu", batch_size: int = 256) -> None:
+        from sid.metrics import get_detector
+        from sid.teachers import load_reference
+
+        self.config, self.batch_size = config, batch_size
+        self.detector = get_detector(config.fid_detector, device)
+        self.mu, self.sigma = load_reference(config.fid_ref)
+
+    def __call__(self, distiller: Distiller) -> float:
+        from sid.metrics import compute_fd
+
+        return compute_fd(distiller.sample, self.config.fid_images, self.detector, self.mu, self.sigma,
+                          batch_size=self.batch_size)
+
+
+def make_row(distiller: Distiller, *, fid: float, stats: dict, wall_s: float, images_per_s: float, study: str,
+             trial_id: str) -> dict[str, Any]:
+    cfg = distiller.config
+    finite = math.isfinite(fid) and all(math.isfinite(stats[k]) or distiller.iteration == 0
+                                        for k in ("loss_fake_score", "loss_generator"))
+    return dict(
+        study=study, trial_id=trial_id, **{c: getattr(cfg, c) for c in CONFIG_COLUMNS},
+        world_size=distiller.world_size, kimg=distiller.kimg, iteration=distiller.iteration, wall_s=wall_s,
+        device_s=wall_s * distiller.world_size, fid=fid, fid_detector=cfg.fid_detector, fid_images=cfg.fid_images,
+        images_per_s=images_per_s, **stats, status="ok" if finite else "diverged", written_at=now_utc(),
+    )
+
+
+def train(distiller: Distiller, *, evaluator: Evaluator | None, on_evaluation: OnEvaluation, study: str = "",
+          trial_id: str = "run", wall_s: float = 0.0, progress: bool = True) -> None:
+    """Run `distiller` to config.duration_kimg, evaluating on the schedule. A resumed distiller (iteration > 0,
+    restored right after an evaluation) continues without evaluating its current point again."""
+    cfg = distiller.config
+    points = evaluation_iterations(cfg)
+    resumed = distiller.iteration > 0
+    is_main = distiller.rank == 0
+    final_kimg = cfg.iterations * cfg.batch / 1000
+    bar = tqdm(total=final_kimg, initial=distiller.kimg, file=sys.stdout, disable=not (progress and is_main),
+               dynamic_ncols=True, bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} kimg [{elapsed}<{remaining}]")
+    last_wall, last_iteration = time.perf_counter(), distiller.iteration
+    while True:
+        if distiller.iteration in points and not (resumed and distiller.iteration == last_iteration):
+            if distiller.device.type == "cuda":
+                torch.cuda.synchronize(distiller.device)
+            elapsed = time.perf_counter() - last_wall
+            wall_s += elapsed
+            images = (distiller.iteration - last_iteration) * cfg.batch
+            stats = distiller.pop_stats()
+            fid = evaluator(distiller) if (evaluator is not None and is_main) else math.nan
+            row = make_row(distiller, fid=fid, stats=stats, wall_s=wall_s, study=study, trial_id=trial_id,
+                           images_per_s=images / elapsed if images else math.nan)
+            if is_main:
+                bar.write(f"kimg {row['kimg']:9.2f}  {cfg.fid_detector} FD({cfg.fid_images}) {fid:9.4f}  "
+                          f"loss_fake {stats['loss_fake_score']:10.4g}  loss_G {stats['loss_generator']:10.4g}  "
+                          f"{row['images_per_s']:8.1f} img/s  status {row['status']}")
+            on_evaluation(row, distiller)
+            last_wall, last_iteration = time.perf_counter(), distiller.iteration
+        if distiller.iteration >= cfg.iterations:
+            break
+        distiller.step()
+        bar.update(distiller.kimg - bar.n)
+    bar.close()
