@@ -1,0 +1,126 @@
+"""The one-run command: rows per evaluation, run folder contents, resume, and one clear error per bad input."""
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sid.config import preset
+from sid.loop import evaluation_iterations
+from sid.networks import EDMPrecond
+from sid.results import EVALUATION_SCHEMA, read_evaluations
+from sid.run import run_local
+from sid.teachers import load_network_file
+
+
+@pytest.fixture(scope="module")
+def teacher_file(tmp_path_factory):
+    torch.manual_seed(0)
+    net = EDMPrecond(img_resolution=8, img_channels=1, model_type="SongUNet", model_channels=16, channel_mult=[1],
+                     num_blocks=1, attn_resolutions=[], dropout=0.0)
+    path = tmp_path_factory.mktemp("teacher") / "tiny.pt"
+    torch.save(dict(init_kwargs=net.init_kwargs, state_dict=net.state_dict()), path)
+    return str(path)
+
+
+def tiny(teacher_file, **overrides):
+    base = dict(teacher=teacher_file, batch=16, batch_per_device=16, duration_kimg=0.096, eval_every_kimg=0.032,
+                fid_images=128, lr=1e-3, glr=1e-3)
+    return preset("digits", **{**base, **overrides})
+
+
+def test_run_writes_one_row_per_evaluation_point(tmp_path, teacher_file):
+    config = tiny(teacher_file)
+    path = run_local(config, tmp_path / "run", device=torch.device("cpu"), resume=False, progress=False)
+    rows = read_evaluations(path)
+    assert list(rows.columns) == EVALUATION_SCHEMA.names
+    assert rows["iteration"].tolist() == evaluation_iterations(config) == [0, 2, 4, 6]
+    assert rows["kimg"].tolist() == pytest.approx([0, 0.032, 0.064, 0.096])
+    assert rows["fid"].map(math.isfinite).all() and (rows["status"] == "ok").all()
+    assert rows["fid_detector"].eq("digits-features-v1").all() and rows["world_size"].eq(1).all()
+    assert math.isnan(rows["loss_generator"].iloc[0]) and rows["loss_fake_score"].iloc[1:].gt(0).all()
+    assert rows["wall_s"].is_monotonic_increasing and rows["images_per_s"].iloc[1:].gt(0).all()
+    assert rows.loc[0, "alpha"] == config.alpha and rows.loc[0, "trial_id"] == "run"
+    generator = load_network_file(tmp_path / "run" / "generator.pt")
+    assert generator.img_resolution == 8
+    assert sorted(p.name for p in (tmp_path / "run").glob("samples-*.png")) == [
+        f"samples-{i:07d}.png" for i in [0, 2, 4, 6]]
+
+
+def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, teacher_file):
+    full = tiny(teacher_file)
+    run_local(full, tmp_path / "straight", device=torch.device("cpu"), resume=False, progress=False)
+    # The "interrupted" run stops at 2/3 of the way (after its checkpoint), then continues to the full duration.
+    run_local(tiny(teacher_file, duration_kimg=0.064), tmp_path / "resumed", device=torch.device("cpu"),
+              resume=False, progress=False)
+    run_local(full, tmp_path / "resumed", device=torch.device("cpu"), resume=True, progress=False)
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
+    for name in ("generator", "fake_score", "generator_ema"):
+        for key in a[name]:
+            assert torch.equal(a[name][key], b[name][key]), (name, key)
+    rows_a, rows_b = read_evaluations(tmp_path / "straight"), read_evaluations(tmp_path / "resumed")
+    assert rows_b["kimg"].tolist() == rows_a["kimg"].tolist()  # no row lost, none duplicated
+    assert rows_b["fid"].tolist() == pytest.approx(rows_a["fid"].tolist(), rel=1e-6)
+
+
+def test_resume_with_a_different_config_is_refused(tmp_path, teacher_file):
+    run_local(tiny(teacher_file, duration_kimg=0.032), tmp_path / "run", device=torch.device("cpu"), resume=False,
+              progress=False)
+    with pytest.raises(ValueError, match="different config.*alpha"):
+        run_local(tiny(teacher_file, alpha=1.0), tmp_path / "run", device=torch.device("cpu"), resume=True,
+                  progress=False)
+
+
+def cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "sid.distill", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--preset", "cifar100"], "invalid choice: 'cifar100'"),
+    (["--alpha", "nan"], "DistillConfig.alpha: must be finite"),
+    (["--alpha", "abc"], "invalid float value: 'abc'"),
+    (["--lr", "0"], "DistillConfig.lr: must be > 0"),
+    (["--tmax", "2000"], "DistillConfig.tmax: must be in 1..1000"),
+    (["--sigma-init", "-1"], "DistillConfig.sigma_init: must be > 0"),
+    (["--batch", "100"], "DistillConfig.batch: must be divisible by batch_per_device=128"),
+    (["--precision", "fp8"], "DistillConfig.precision: must be one of"),
+    (["--workers", "0"], "--workers must be >= 1"),
+    (["--gpus-per-worker", "-1"], "--gpus-per-worker must be >= 0"),
+    (["--resume", "--out", "fresh"], "holds no checkpoint.pt"),
+    (["--out", "a_file"], "exists and is not a folder"),
+    (["--teacher", "missing.pt"], "missing.pt: no such network file"),
+])
+def test_bad_input_is_one_clear_error_with_exit_code_2(tmp_path, args, message):
+    (tmp_path / "a_file").write_text("x")
+    done = cli(*args, "--duration-kimg", "0.128", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_existing_run_needs_resume(tmp_path, teacher_file):
+    args = ["--teacher", teacher_file, "--batch", "16", "--batch-per-device", "16", "--duration-kimg", "0.016",
+            "--fid-images", "64", "--out", "run", "--no-progress"]
+    first = cli(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "kimg      0.02" in first.stdout and "FD(64)" in first.stdout
+    again = cli(*args, cwd=tmp_path)
+    assert again.returncode == 2 and "pass --resume" in again.stderr
+
+
+def test_digits_training_commands_write_loadable_networks(tmp_path):
+    from sid.digits import DigitsDetector
+
+    for command in ("train-teacher", "train-detector"):
+        done = subprocess.run([sys.executable, "-m", "sid.digits", command, "--steps", "3", "--out",
+                               str(tmp_path / f"{command}.pt")], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+    teacher = load_network_file(tmp_path / "train-teacher.pt")
+    assert (teacher.img_channels, teacher.img_resolution) == (1, 8)
+    features = DigitsDetector(tmp_path / "train-detector.pt")(torch.zeros(3, 1, 8, 8, dtype=torch.uint8))
+    assert features.shape == (3, 64) and features.dtype == torch.float64
