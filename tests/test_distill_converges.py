@@ -54,3 +54,15 @@ def test_generator_moves_to_the_modes_of_an_analytic_teacher():
     after = distance_to_modes(d.sample(0, 256), means)
     assert math.isfinite(after)
     assert after < 0.25 * before, (before, after)
+
+
+@pytest.mark.slow
+def test_digits_frechet_distance_falls_by_at_least_half(tmp_path):
+    from sid.results import read_evaluations
+    from sid.run import run_local
+
+    config = preset("digits", duration_kimg=2.56, eval_every_kimg=2.56, fid_images=1024)  # 20 iterations
+    rows = read_evaluations(run_local(config, tmp_path, device=torch.device("cpu"), resume=False, progress=False))
+    start, end = rows["fid"].iloc[0], rows["fid"].iloc[-1]
+    assert rows["kimg"].tolist() == pytest.approx([0.0, 2.56])
+    assert end < 0.5 * start, (start, end)
