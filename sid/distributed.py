@@ -1,0 +1,291 @@
+"""One SiD run sharded over Ray Train workers: DDP ranks on CPUs, GPUs and nodes (Ray 2.60, Train V2).
+
+Each Ray Train worker is one DDP rank running `sid.loop.train` on its share of the global batch (sid.distill does the
+split, the gradient all-reduce and the per-slot noise). Rank 0 computes the Frechet distance, writes the Parquet row
+and then reports a checkpoint; every rank calls `ray.train.report` at each evaluation point (it is a barrier). A
+restart (`FailureConfig.max_failures`) resumes from the newest reported checkpoint and re-runs to the next evaluation
+point, whose row it rewrites: rows are keyed by (trial_id, kimg), so none is lost and none duplicated.
+
+`build_trainer` is the reusable piece (the study layer calls it from a Tune driver function); `run_distributed` is the
+one-run entry behind `python -m sid.distill --workers N` / `--address`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import socket
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+
+from sid.config import DistillConfig
+from sid.distill import Distiller
+from sid.results import read_parquet, upsert_evaluations
+from sid.run import CHECKPOINT, EVALUATIONS, RunFolder, load_checkpoint
+
+STATE_FILE = "state.pt"        # the training state inside each Ray checkpoint folder
+RUN_NAME = "train"             # Ray Train run name of a one-run folder (storage: <out>/ray/train)
+STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+
+
+class ResourceError(ValueError):
+    """The cluster can never hold the requested worker group (raised before Ray Train would wait for it forever)."""
+
+
+# ---------------------------------------------------------------------------------------------- resources
+def check_request(workers: int, gpus_per_worker: float) -> None:
+    """Refuse requests that cannot work whatever the cluster: DDP ranks of one run sharing a GPU make NCCL fail with
+    'Duplicate GPU detected' (ray-project/ray#48012), and a rank drives exactly one device."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if gpus_per_worker < 0:
+        raise ValueError(f"gpus_per_worker must be >= 0, got {gpus_per_worker}")
+    if 0 < gpus_per_worker < 1 and workers > 1:
+        raise ValueError(f"gpus_per_worker={gpus_per_worker} with {workers} workers would put several DDP ranks of one "
+                         "run on one GPU (NCCL 'Duplicate GPU', ray-project/ray#48012); use whole GPUs per worker, "
+                         "or a fraction only with 1 worker (to share a GPU between trials)")
+    if gpus_per_worker > 1:
+        raise ValueError(f"gpus_per_worker={gpus_per_worker}: each DDP rank drives one GPU; ask for more workers "
+                         "instead")
+
+
+def worker_resources(gpus_per_worker: float, cpus_per_worker: float) -> dict[str, float]:
+    return {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker > 0 else {})}
+
+
+def _fits(node: dict[str, float], per_worker: dict[str, float]) -> int:
+    """How many workers of this size one node can hold."""
+    counts = [math.floor(node.get(k, 0.0) / v + 1e-9) for k, v in per_worker.items() if v > 0]
+    return min(counts) if counts else 1 << 30
+
+
+def _live_nodes() -> list[dict[str, float]]:
+    return [node["Resources"] for node in ray.nodes() if node["Alive"]]
+
+
+def _autoscaler_node_types() -> list[dict[str, float]]:
+    """Resources of each node type an autoscaler may add ([] on a fixed cluster). Ray Train reads the same
+    private GCS entry for its own check against the autoscaler's maximum."""
+    from ray._private.state import state
+
+    config = state.get_cluster_config()
+    return [dict(group.resources) for group in config.node_group_configs if group.max_count != 0] if config else []
+
+
+def default_placement(workers: int, per_worker: dict[str, float]) -> str:
+    """STRICT_PACK when one node (live or addable) holds every rank: NCCL stays on NVLink, and the autoscaler adds
+    one big node instead of one small node per rank (docs/cluster.md); PACK otherwise."""
+    shapes = _live_nodes() + _autoscaler_node_types()
+    return "STRICT_PACK" if any(_fits(shape, per_worker) >= workers for shape in shapes) else "PACK"
+
+
+def check_resources(workers: int, per_worker: dict[str, float], placement_strategy: str) -> None:
+    """Fail fast when the live nodes of a fixed cluster can never hold `workers` bundles of `per_worker`: Train
+    would wait for them and retry (hang). Under an autoscaler, nodes come on demand and Ray Train itself checks
+    the request against the autoscaler's maximum, so nothing is checked here."""
+    if placement_strategy not in STRATEGIES:
+        raise ValueError(f"placement_strategy must be one of {', '.join(STRATEGIES)}, got {placement_strategy!r}")
+    if _autoscaler_node_types():
+        return
+    nodes = _live_nodes()
+    fits = [_fits(node, per_worker) for node in nodes]
+    capacity = {"STRICT_PACK": max(fits, default=0),
+                "STRICT_SPREAD": sum(f > 0 for f in fits)}.get(placement_strategy, sum(fits))
+    if capacity >= workers:
+        return
+    asked = ", ".join(f"{k} {v * workers:g}" for k, v in per_worker.items())
+    per_node = "; ".join(", ".join(f"{k} {node.get(k, 0):g}" for k in per_worker) for node in nodes)
+    total = ray.cluster_resources()
+    exists = ", ".join(f"{k} {total.get(k, 0):g}" for k in per_worker)
+    raise ResourceError(f"asked for {workers} worker(s) x {per_worker} = {asked} ({placement_strategy}); the cluster "
+                        f"has {exists} on {len(nodes)} node(s) [{per_node}], room for {capacity} such worker(s). "
+                        "Use fewer workers or fewer CPUs/GPUs per worker, or add nodes")
+
+
+# ---------------------------------------------------------------------------------------------- per-worker loop
+def _record_worker(workers_dir: str | None, rank: int, world_size: int, device: torch.device) -> None:
+    """One small JSON per rank (pid, node, device): tells an operator which process to look at or kill."""
+    if not workers_dir:
+        return
+    path = Path(workers_dir) / f"rank{rank}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = dict(rank=rank, world_size=world_size, pid=os.getpid(), node_id=ray.get_runtime_context().get_node_id(),
+                hostname=socket.gethostname(), device=str(device), torch_threads=torch.get_num_threads())
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(info))
+    os.replace(tmp, path)
+
+
+def _restored_state(loop_config: dict[str, Any], config: DistillConfig) -> dict | None:
+    """The state to continue from: this Train run's newest checkpoint (a retry, a restored Tune trial), else the
+    run folder's checkpoint.pt when resuming a run started in another process."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            return load_checkpoint(Path(folder) / STATE_FILE, config)
+    if loop_config["resume_path"]:
+        return load_checkpoint(Path(loop_config["resume_path"]), config)
+    return None
+
+
+class _Reporter:
+    """on_evaluation of every rank: rank 0 writes the row (and the run folder's files) BEFORE reporting the
+    checkpoint, so a restart from that checkpoint never skips a row; all ranks then report (a barrier)."""
+
+    def __init__(self, loop_config: dict[str, Any]) -> None:
+        self.rows_path = Path(loop_config["rows_path"])
+        self.run_folder = RunFolder(Path(loop_config["run_folder"])) if loop_config["run_folder"] else None
+
+    def _write_row(self, row: dict[str, Any], distiller: Distiller) -> float:
+        """Write the row; return the trial's best finite fid up to this point (NaN if none)."""
+        if self.run_folder is not None:
+            self.run_folder(row, distiller)  # rows to <out>/evaluations.parquet, checkpoint.pt, generator.pt, PNG
+            rows = read_parquet(self.rows_path)
+        else:
+            rows = upsert_evaluations(self.rows_path, [row])
+        mine = rows[(rows["trial_id"] == row["trial_id"]) & (rows["kimg"] <= row["kimg"])]["fid"]
+        return float(mine.min()) if mine.notna().any() else math.nan
+
+    def __call__(self, row: dict[str, Any], distiller: Distiller) -> None:
+        metrics = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        metrics["best_fid"] = math.nan
+        with tempfile.TemporaryDirectory() as folder:
+            checkpoint = None
+            if distiller.rank == 0:
+                metrics["best_fid"] = self._write_row(row, distiller)
+                torch.save({**distiller.state_dict(), "wall_s": row["wall_s"]}, Path(folder) / STATE_FILE)
+                checkpoint = ray.train.Checkpoint.from_directory(folder)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """The function each Ray Train worker runs: one DDP rank of one SiD run (see build_trainer for loop_config)."""
+    from sid.loop import Evaluator, train
+    from sid.teachers import load_teacher
+
+    config = DistillConfig(**loop_config["config"])
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()  # the GPU Ray assigned to this worker (CUDA_VISIBLE_DEVICES-aware), or cpu
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)  # denormals made CPU iterations up to 10x slower
+    _record_worker(loop_config["workers_dir"], rank, world_size, device)
+    distiller = Distiller(config, load_teacher(config.teacher), device=device, rank=rank, world_size=world_size)
+    wall_s = 0.0
+    state = _restored_state(loop_config, config)
+    if state is not None:
+        distiller.load_state_dict(state)
+        wall_s = float(state["wall_s"])
+        if rank == 0:
+            print(f"continuing at kimg {distiller.kimg:g} (iteration {distiller.iteration})", flush=True)
+    train(distiller, evaluator=Evaluator(config, device) if rank == 0 else None, on_evaluation=_Reporter(loop_config),
+          study=loop_config["study"], trial_id=loop_config["trial_id"], wall_s=wall_s, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------- trainer
+def build_trainer(
+    config: DistillConfig,
+    *,
+    rows_path: str | os.PathLike,            # Parquet file the trial's rows are upserted into (rank 0 writes it)
+    workers: int,                             # DDP ranks (Ray Train workers)
+    gpus_per_worker: float,                   # 0 = CPU workers (gloo); 1 = one GPU per rank (nccl); < 1 only alone
+    storage_path: str | os.PathLike,          # Ray Train storage (checkpoints); shared storage on a multi-node cluster
+    name: str,                                # Ray Train run name: keep it stable per run/trial so a retry resumes
+    trial_id: str,                            # the rows' trial_id
+    study: str = "",                          # the rows' study ('' for a single run)
+    run_folder: str | os.PathLike | None = None,   # also write checkpoint.pt, generator.pt, samples (one-run folder)
+    resume_path: str | os.PathLike | None = None,  # checkpoint.pt to start from when this Train run has none
+    workers_dir: str | os.PathLike | None = None,  # where each rank records its pid/node/device (None = nowhere)
+    cpus_per_worker: float = 1.0,             # CPU reserved per worker (0.495 lets 2 trials of 2 workers share 2 cores)
+    max_failures: int = 2,                    # worker-group restarts from the newest checkpoint before giving up
+    controller_failure_limit: int = 2,        # failed worker-group starts before giving up (Ray's default -1 hangs)
+    placement_strategy: str | None = None,    # PACK, SPREAD, STRICT_PACK, STRICT_SPREAD; None: default_placement
+    callbacks: Sequence[ray.train.UserCallback] = (),  # e.g. [TuneReportCallback()] inside a Tune driver function
+) -> ray.train.torch.TorchTrainer:
+    """A Train V2 TorchTrainer for one SiD run. Needs a connected Ray (it checks the request against the cluster)."""
+    check_request(workers, gpus_per_worker)
+    if cpus_per_worker <= 0:
+        raise ValueError(f"cpus_per_worker must be > 0, got {cpus_per_worker}")
+    if not ray.is_initialized():
+        raise RuntimeError("build_trainer needs a connected Ray: call ray.init(...) first")
+    config.accumulation_rounds(workers)  # batch must split over the ranks: fail here, not inside every worker
+    per_worker = worker_resources(gpus_per_worker, cpus_per_worker)
+    placement_strategy = placement_strategy or default_placement(workers, per_worker)
+    check_resources(workers, per_worker, placement_strategy)
+    loop_config = dict(config=config.to_dict(), rows_path=str(rows_path), trial_id=trial_id, study=study,
+                       run_folder=str(run_folder) if run_folder else None,
+                       resume_path=str(resume_path) if resume_path else None,
+                       workers_dir=str(workers_dir) if workers_dir else None)
+    return ray.train.torch.TorchTrainer(
+        train_worker,
+        train_loop_config=loop_config,
+        torch_config=ray.train.torch.TorchConfig(backend="nccl" if gpus_per_worker > 0 else "gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0,
+                                               resources_per_worker=per_worker, placement_strategy=placement_strategy),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=_storage_uri(storage_path), callbacks=list(callbacks),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures,
+                                                   controller_failure_limit=controller_failure_limit)),
+    )
+
+
+def _storage_uri(path: str | os.PathLike) -> str:
+    """URIs (s3://, gs://, ...) go to Ray unchanged; local paths absolute (workers do not share the driver's cwd)."""
+    text = os.fspath(path)
+    return text if "://" in text else Path(text).resolve().as_posix()
+
+
+def default_cpus_per_worker(workers: int, gpus_per_worker: float) -> float:
+    """GPU ranks need one CPU; CPU ranks share the cluster's CPUs evenly (at least one each, at most the smallest
+    node's), so one CPU worker on a 2-core machine gets 2 torch threads like an in-process run."""
+    if gpus_per_worker > 0:
+        return 1.0
+    smallest = min(node.get("CPU", 0) for node in _live_nodes())
+    return float(max(1, min(math.floor(ray.cluster_resources().get("CPU", 1) / workers), smallest)))
+
+
+def run_distributed(config: DistillConfig, out: Path, *, workers: int, gpus_per_worker: float, address: str | None,
+                    resume: bool, max_failures: int = 2) -> Path:
+    """Run (or continue) one distillation through Ray Train; return the evaluations file <out>/evaluations.parquet.
+
+    The run folder looks like a single-process one (rows, checkpoint.pt, generator.pt, samples), so a run can be
+    continued with another number of workers or in one process. Ray's own checkpoints live in <out>/ray/train and
+    serve restarts within this invocation; a new invocation starts from <out>/checkpoint.pt, which is written before
+    each Ray checkpoint and so is never older. Uses the connected Ray if there is one, else starts/joins one."""
+    check_request(workers, gpus_per_worker)
+    out = Path(out).resolve()
+    if resume and not (out / CHECKPOINT).exists():
+        raise ValueError(f"resume: {out} holds no {CHECKPOINT} to continue from")
+    if not resume and (out / CHECKPOINT).exists():
+        raise ValueError(f"{out} already holds a run; resume it or choose another folder")
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out / "ray" / RUN_NAME, ignore_errors=True)  # older than (or as new as) checkpoint.pt: see above
+    started = not ray.is_initialized()
+    if started and address:
+        ray.init(address=address)
+    elif started:  # a local cluster sized for this machine (ray_notes pitfall 1: dashboard on; small object store)
+        ray.init(address="local", num_cpus=os.cpu_count(), object_store_memory=256 * 2**20, include_dashboard=True)
+    try:
+        cpus = default_cpus_per_worker(workers, gpus_per_worker)
+        trainer = build_trainer(config, rows_path=out / EVALUATIONS, workers=workers, gpus_per_worker=gpus_per_worker,
+                                storage_path=out / "ray", name=RUN_NAME, trial_id=out.name, run_folder=out,
+                                resume_path=out / CHECKPOINT if resume else None, workers_dir=out / "workers",
+                                cpus_per_worker=cpus, max_failures=max_failures)
+        print(f"Ray Train: {workers} worker(s) x {worker_resources(gpus_per_worker, cpus)} "
+              f"({trainer.scaling_config.placement_strategy}) on {len(_live_nodes())} node(s); "
+              f"rows -> {out / EVALUATIONS}", flush=True)
+        trainer.fit()
+    finally:
+        if started:
+            ray.shutdown()
+    return out / EVALUATIONS
