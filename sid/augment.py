@@ -113,11 +113,12 @@ class AugmentPipe:
             G_inv = G_inv @ _translate(-w[0] * (W * self.translate_frac_std), -w[1] * (H * self.translate_frac_std))
             labels[:, 7], labels[:, 8] = w[0], w[1]
 
+        # Always warp (no `if moved.any()`: that would read a device bool every micro-batch) and keep the
+        # untouched images where no geometric op was drawn, so resampling never blurs them.
         moved = labels[:, 2:].ne(0).any(dim=1)
-        if moved.any():
-            # Pixel units -> affine_grid's [-1, 1] units (align_corners=False: pixel i sits at (2i + 1)/W - 1).
-            theta = _scale(2 / W, 2 / H, one) @ G_inv @ _scale(W / 2, H / 2, one)
-            grid = F.affine_grid(theta[:, :2, :].to(images.dtype), list(images.shape), align_corners=False)
-            warped = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-            images = torch.where(moved.reshape(N, 1, 1, 1), warped, images)
+        # Pixel units -> affine_grid's [-1, 1] units (align_corners=False: pixel i sits at (2i + 1)/W - 1).
+        theta = _scale(2 / W, 2 / H, one) @ G_inv @ _scale(W / 2, H / 2, one)
+        grid = F.affine_grid(theta[:, :2, :].to(images.dtype), list(images.shape), align_corners=False)
+        warped = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        images = torch.where(moved.reshape(N, 1, 1, 1), warped, images)
         return images, labels

@@ -11,7 +11,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+PRECISIONS = ("fp32", "tf32", "bf16", "bf16-tf32", "fp16")  # see sid/fast.py
+MEMORY_FORMATS = ("contiguous", "channels_last")
+COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs")
 DETECTORS = ("inception-2015-12-05", "digits-features-v1")
 
 
@@ -38,9 +40,11 @@ class DistillConfig:
     adam_eps: float = 1e-8                  # Adam eps (the official fp16 mode uses 1e-6)
     # Batch
     batch: int = 256                        # global batch per phase (generator images per iteration)
-    batch_per_device: int = 16              # micro-batch per device per accumulation round
+    batch_per_device: int = 16              # micro-batch per device per accumulation round (0 = largest that fits)
     # Networks
-    precision: str = "fp32"                 # fp32 | tf32 | bf16 (autocast) | fp16 (official use_fp16 mode)
+    precision: str = "fp32"                 # fp32 | tf32 | bf16 (autocast) | bf16-tf32 | fp16 (official use_fp16)
+    memory_format: str = "contiguous"       # U-Net weights/activations layout: contiguous | channels_last
+    compile: str = "off"                    # torch.compile of the U-Nets: off | default | max-autotune-no-cudagraphs
     dropout: float = 0.13                   # dropout of fake score and generator (teacher always eval)
     augment: float = 0.12                   # EDM augmentation probability on fake-score inputs (0 = off)
     # EMA of the generator
@@ -51,6 +55,7 @@ class DistillConfig:
     eval_every_kimg: float = 512.0          # evaluate (FID, checkpoint) this often, plus at 0 and at the end
     # Evaluation
     fid_images: int = 50_000                # generated images per FID evaluation
+    fid_images_final: int = 0               # images of the last evaluation (0 = fid_images)
     fid_detector: str = "inception-2015-12-05"  # feature network of the Frechet distance
     fid_ref: str = "edm:cifar10-32x32"      # reference statistics: 'digits', 'edm:<name>', .npz path or URL
     seed: int = 0                           # run seed; per-rank noise derives from (seed, rank, iteration)
@@ -71,7 +76,7 @@ class DistillConfig:
                 raise bad(f.name, "must be an integer")
             if f.type in ("float", float) and not math.isfinite(value):
                 raise bad(f.name, "must be finite")
-        positive = ("sigma_init", "lr", "glr", "adam_eps", "batch", "batch_per_device", "ema_mimg",
+        positive = ("sigma_init", "lr", "glr", "adam_eps", "batch", "ema_mimg",
                     "duration_kimg", "eval_every_kimg", "fid_images", "ls", "lsg")
         for name in positive:
             if getattr(self, name) <= 0:
@@ -84,10 +89,17 @@ class DistillConfig:
         for name in ("dropout", "augment", "ema_rampup"):
             if not 0 <= getattr(self, name) <= 1:
                 raise bad(name, "must be in [0, 1]")
-        if self.batch % self.batch_per_device:
+        for name in ("batch_per_device", "fid_images_final"):
+            if getattr(self, name) < 0:
+                raise bad(name, "must be >= 0")
+        if self.batch_per_device and self.batch % self.batch_per_device:
             raise bad("batch", f"must be divisible by batch_per_device={self.batch_per_device}")
         if self.precision not in PRECISIONS:
             raise bad("precision", f"must be one of {', '.join(PRECISIONS)}")
+        if self.memory_format not in MEMORY_FORMATS:
+            raise bad("memory_format", f"must be one of {', '.join(MEMORY_FORMATS)}")
+        if self.compile not in COMPILE_MODES:
+            raise bad("compile", f"must be one of {', '.join(COMPILE_MODES)}")
         if self.fid_detector not in DETECTORS:
             raise bad("fid_detector", f"must be one of {', '.join(DETECTORS)}")
         if self.seed < 0:
@@ -114,6 +126,9 @@ class DistillConfig:
         per_rank = self.batch // world_size
         if self.batch % world_size:
             raise ConfigError(f"DistillConfig.batch: {self.batch} is not divisible by world_size={world_size}")
+        if not self.batch_per_device:
+            raise ConfigError("DistillConfig.batch_per_device: 0 (largest that fits) is measured on the device by the "
+                              "Distiller (sid.fast.fit_micro_batch), not known to the config")
         return max(1, math.ceil(per_rank / self.batch_per_device))
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sid import fast
 from sid.config import DistillConfig
 from sid.losses import fake_score_loss, generator_loss, sample_fake_score_sigma, sample_generator_sigma
 
@@ -53,11 +54,13 @@ class Distiller:
                  rank: int = 0, world_size: int = 1, student: nn.Module | None = None) -> None:
         """`student` gives the initial weights of fake score and generator; SiD (the default) copies the teacher."""
         self.config, self.device, self.rank, self.world_size = config, torch.device(device), rank, world_size
-        self.rounds = config.accumulation_rounds(world_size)
+        per_device = config.batch_per_device or fast.fit_micro_batch(  # 0: largest that fits, measured
+            config, teacher, device=self.device, world_size=world_size, student=student)
+        self.rounds = config.replace(batch_per_device=per_device).accumulation_rounds(world_size)
         self.batch_per_rank = config.batch // world_size
         if self.batch_per_rank % self.rounds:
             raise ValueError(f"batch {config.batch} over {world_size} ranks does not split into {self.rounds} "
-                             f"equal micro-batches of at most {config.batch_per_device}")
+                             f"equal micro-batches of at most {per_device}")
         self.micro_batch = self.batch_per_rank // self.rounds
         self.img_shape = (teacher.img_channels, teacher.img_resolution, teacher.img_resolution)
         self.label_dim = teacher.label_dim
@@ -67,7 +70,9 @@ class Distiller:
         self.fake_score = rebuild(student, dropout=config.dropout, use_fp16=use_fp16).to(self.device)
         self.generator = rebuild(student, dropout=config.dropout, use_fp16=use_fp16).to(self.device)
         self.generator_ema = copy.deepcopy(self.generator).eval().requires_grad_(False)
-        adam = dict(eps=config.adam_eps, foreach=True)
+        for net in (self.teacher, self.fake_score, self.generator, self.generator_ema):
+            fast.prepare_network(net, memory_format=config.memory_format, compile=config.compile)
+        adam = dict(eps=config.adam_eps, **fast.optimizer_kwargs(self.device))
         self.fake_opt = torch.optim.Adam(self.fake_score.parameters(), lr=config.lr,
                                          betas=(config.beta1, config.beta2), **adam)
         self.gen_opt = torch.optim.Adam(self.generator.parameters(), lr=config.glr,
@@ -112,8 +117,9 @@ class Distiller:
     def _sigma(self, n: int) -> torch.Tensor:
         return torch.full((n,), self.config.sigma_init, device=self.device)
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16")
+    def _autocast(self, scores: bool = False) -> contextlib.AbstractContextManager:
+        """`scores=True`: the teacher and fake score inside the generator loss (kept out of bf16 by 'bf16-tf32')."""
+        return fast.autocast(self.config.precision, self.device, scores=scores)
 
     @staticmethod
     def _sync(module: nn.Module, last_round: bool) -> contextlib.AbstractContextManager:
@@ -125,6 +131,7 @@ class Distiller:
     # ------------------------------------------------------------------------------------------ one iteration
     def step(self) -> None:
         cfg, n = self.config, self.micro_batch
+        fast.set_precision_flags(cfg.precision, self.device)
         # Phase A: fake-score update on fresh generator samples.
         self.fake_score.train().requires_grad_(True)
         self.fake_opt.zero_grad(set_to_none=True)
@@ -154,12 +161,14 @@ class Distiller:
         for r in range(self.rounds):
             rng = self._rng(PHASE_GENERATOR, r)
             z, labels = self._generator_inputs(n, rng)
-            with self._sync(self.gen_ddp, r == self.rounds - 1), self._autocast():
-                images = self.gen_ddp(z, self._sigma(n), labels).float()
+            with self._sync(self.gen_ddp, r == self.rounds - 1):
+                with self._autocast():
+                    images = self.gen_ddp(z, self._sigma(n), labels).float()
                 sigma = sample_generator_sigma(n, cfg.tmax, generator=rng, device=self.device)
                 noise = torch.randn(images.shape, generator=rng, device=self.device)
-                loss, kept = generator_loss(self.teacher, self.fake_score, images, labels, alpha=cfg.alpha,
-                                            sigma=sigma, noise=noise, return_kept=True)
+                with self._autocast(scores=True):
+                    loss, kept = generator_loss(self.teacher, self.fake_score, images, labels, alpha=cfg.alpha,
+                                                sigma=sigma, noise=noise, return_kept=True)
                 (loss.sum() * (cfg.lsg / self.batch_per_rank)).backward()
             self._stats[1] += loss.detach().sum() / self.batch_per_rank
             self._stats[2] += (~kept).sum()
@@ -195,6 +204,7 @@ class Distiller:
         """G_ema images of a fixed evaluation batch: the same z at every evaluation of a run."""
         rng = torch.Generator(self.device).manual_seed(slot_seed(self.config.seed, 0, PHASE_EVAL, batch_index))
         z, labels = self._generator_inputs(batch_size, rng)
+        fast.set_precision_flags(self.config.precision, self.device)
         with self._autocast():
             return self.generator_ema(z, self._sigma(batch_size), labels).float()
 

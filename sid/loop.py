@@ -35,19 +35,36 @@ def evaluation_iterations(config: DistillConfig) -> list[int]:
 class Evaluator:
     """Frechet distance of G_ema samples against the config's reference statistics."""
 
-    def __init__(self, config: DistillConfig, device: torch.device | str = "cpu", batch_size: int = 256) -> None:
+    def __init__(self, config: DistillConfig, device: torch.device | str = "cpu",
+                 batch_size: int = 0) -> None:  # images per generator/detector call; 0: by device (sid.fast)
+        from sid.fast import eval_batch_size
         from sid.metrics import get_detector
         from sid.teachers import load_reference
 
-        self.config, self.batch_size = config, batch_size
+        self.config, self.batch_size = config, batch_size or eval_batch_size(torch.device(device))
         self.detector = get_detector(config.fid_detector, device)
         self.mu, self.sigma = load_reference(config.fid_ref)
 
-    def __call__(self, distiller: Distiller) -> float:
+    def __call__(self, distiller: Distiller, num_images: int) -> float:
+        """The distance, or NaN if any G_ema image is non-finite: quantize maps NaN pixels to black, and a distance
+        to black images would pass a diverged generator off as a finite, merely poor, FID."""
         from sid.metrics import compute_fd
 
-        return compute_fd(distiller.sample, self.config.fid_images, self.detector, self.mu, self.sigma,
-                          batch_size=self.batch_size)
+        finite = True
+
+        def generate(index: int, n: int) -> torch.Tensor:
+            nonlocal finite
+            images = distiller.sample(index, n)
+            finite = finite and bool(images.isfinite().all())
+            return images
+
+        fd = compute_fd(generate, num_images, self.detector, self.mu, self.sigma, batch_size=self.batch_size)
+        return fd if finite else math.nan
+
+
+def fid_images_at(config: DistillConfig, iteration: int) -> int:
+    """Images behind the evaluation after `iteration`: fid_images_final at the last one (when set)."""
+    return config.fid_images_final or config.fid_images if iteration >= config.iterations else config.fid_images
 
 
 def make_row(distiller: Distiller, *, fid: float, stats: dict, wall_s: float, images_per_s: float, study: str,
@@ -58,7 +75,8 @@ def make_row(distiller: Distiller, *, fid: float, stats: dict, wall_s: float, im
     return dict(
         study=study, trial_id=trial_id, **{c: getattr(cfg, c) for c in CONFIG_COLUMNS},
         world_size=distiller.world_size, kimg=distiller.kimg, iteration=distiller.iteration, wall_s=wall_s,
-        device_s=wall_s * distiller.world_size, fid=fid, fid_detector=cfg.fid_detector, fid_images=cfg.fid_images,
+        device_s=wall_s * distiller.world_size, fid=fid, fid_detector=cfg.fid_detector,
+        fid_images=fid_images_at(cfg, distiller.iteration),
         images_per_s=images_per_s, **stats, status="ok" if finite else "diverged", written_at=now_utc(),
     )
 
@@ -83,11 +101,15 @@ def train(distiller: Distiller, *, evaluator: Evaluator | None, on_evaluation: O
             wall_s += elapsed
             images = (distiller.iteration - last_iteration) * cfg.batch
             stats = distiller.pop_stats()
-            fid = evaluator(distiller) if (evaluator is not None and is_main) else math.nan
+            if images and stats["nan_samples"] >= 2 * (distiller.iteration - last_iteration) * distiller.batch_per_rank:
+                # the NaN guard dropped every sample of both phases: the mean losses are 0/0, not the 0 summed
+                stats.update(loss_fake_score=math.nan, loss_generator=math.nan)
+            fid = evaluator(distiller, fid_images_at(cfg, distiller.iteration)) \
+                if (evaluator is not None and is_main) else math.nan
             row = make_row(distiller, fid=fid, stats=stats, wall_s=wall_s, study=study, trial_id=trial_id,
                            images_per_s=images / elapsed if images else math.nan)
             if is_main:
-                bar.write(f"kimg {row['kimg']:9.2f}  {cfg.fid_detector} FD({cfg.fid_images}) {fid:9.4f}  "
+                bar.write(f"kimg {row['kimg']:9.2f}  {cfg.fid_detector} FD({row['fid_images']}) {fid:9.4f}  "
                           f"loss_fake {stats['loss_fake_score']:10.4g}  loss_G {stats['loss_generator']:10.4g}  "
                           f"{row['images_per_s']:8.1f} img/s  status {row['status']}")
             on_evaluation(row, distiller)

@@ -1,0 +1,105 @@
+"""benchmarks/step_throughput.py: the command-line table on CPU, variant names, and the preset architectures."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sid.config import ConfigError, preset
+from sid.networks import EDMPrecond
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+from step_throughput import architecture, variant_config  # noqa: E402
+
+
+def run_script(*args: str) -> str:
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "step_throughput.py"), *args], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def table(out: str) -> dict[str, dict[str, str]]:
+    """The printed table as {variant: {column: value}} (the header line starts with 'variant')."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("variant"))
+    header = lines[start].split()
+    return {row.split()[0]: dict(zip(header, row.split())) for row in lines[start + 2:]}
+
+
+@pytest.mark.timeout(120)
+def test_cpu_throughput_table_lists_each_variant_with_its_ratio_to_official():
+    out = run_script("--device", "cpu", "--preset", "digits", "--iterations", "3", "--variants", "official,bf16",
+                     "--batch", "32", "--warmup", "1")
+    rows = table(out)
+    assert list(rows) == ["official", "bf16"]
+    assert rows["official"]["ratio"] == "1.00x" and rows["official"]["precision"] == "fp32"
+    ratio, rate = float(rows["bf16"]["ratio"].rstrip("x")), float(rows["bf16"]["img/s"])
+    assert ratio > 0 and rate > 0 and float(rows["bf16"]["s/kimg"]) == pytest.approx(1000 / rate, rel=0.01)
+    assert "GFLOP per generator image" in out
+
+
+@pytest.mark.timeout(120)
+def test_cpu_loss_curves_compare_each_variant_with_the_first():
+    out = run_script("--device", "cpu", "--preset", "digits", "--curves", "2", "--variants", "fp32,bf16",
+                     "--batch", "16")
+    rows = table(out)
+    assert float(rows["fp32"]["fake-loss-dev"]) == 0 and float(rows["bf16"]["fake-loss-dev"]) > 0
+    assert float(rows["bf16"]["G-update-dev"]) > 0 and rows["bf16"]["finite"] == "True"
+
+
+def test_curves_refuse_variants_whose_noise_would_differ():
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "step_throughput.py"), "--device", "cpu", "--preset",
+                           "digits", "--curves", "2", "--variants", "fp32,fp32-mb8", "--batch", "16"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "same batch and micro-batch" in done.stderr
+
+
+@pytest.mark.timeout(120)
+def test_cpu_fid_cost_table_has_each_generator_and_detector_precision():
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "fid_throughput.py"), "--device", "cpu", "--preset",
+                           "digits", "--images", "512", "--batch", "256", "--detector", "digits-features-v1",
+                           "--precisions", "fp32,bf16", "--detector-precisions", "fp32,bf16"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("generator"))
+    header = lines[start].split()
+    rows = [dict(zip(header, line.split())) for line in lines[start + 1:]]
+    assert [(r["generator"], r["detector"]) for r in rows] == [("fp32", "fp32"), ("fp32", "bf16"), ("bf16", "fp32"),
+                                                               ("bf16", "bf16")]
+    assert float(rows[0]["FD-rel-change"]) == 0 and float(rows[0]["FD"]) > 0
+    assert float(rows[1]["feature-err"]) > 0 and float(rows[2]["feature-err"]) == 0  # bf16 detector vs fp32
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("official", dict(precision="fp32", batch=64, batch_per_device=16, memory_format="contiguous")),
+    ("tf32", dict(precision="tf32", batch=64, batch_per_device=64)),
+    ("bf16-cl", dict(precision="bf16", batch_per_device=64, memory_format="channels_last")),
+    ("bf16-tf32-cl-fit-b256", dict(precision="bf16-tf32", batch=256, batch_per_device=0,
+                                   memory_format="channels_last")),
+    ("fp16-mb32", dict(precision="fp16", batch_per_device=32)),
+    ("tf32-compile", dict(precision="tf32", compile="default")),
+])
+def test_variant_names_map_to_configs(name, expected):
+    config = variant_config(name, preset("cifar10-uncond"), batch=64)
+    assert {k: getattr(config, k) for k in expected} == expected
+
+
+@pytest.mark.parametrize("name", ["bf8", "tf32-nhwc", "official-b", "cl"])
+def test_unknown_variant_names_are_refused(name):
+    with pytest.raises(ConfigError, match="variant"):
+        variant_config(name, preset("cifar10-uncond"), batch=64)
+
+
+@pytest.mark.parametrize("name,params", [  # sid_spec.md section 7 / the parity manifests
+    ("cifar10-uncond", 55_733_891), ("cifar10-cond", 55_735_299), ("ffhq64", 61_805_571),
+    ("afhqv2-64", 61_805_571), ("imagenet64-cond", 295_899_267),
+])
+def test_benchmark_networks_are_the_official_architectures(name, params):
+    with torch.device("meta"):
+        net = EDMPrecond(**architecture(name))
+    assert sum(p.numel() for p in net.parameters()) == params
