@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pandas as pd
 import pyarrow as pa
@@ -85,21 +85,36 @@ def _table(rows: pd.DataFrame | Iterable[Mapping[str, Any]], schema: pa.Schema) 
     return table.replace_schema_metadata({b"sid_schema_version": SCHEMA_VERSION.encode()})
 
 
-def write_atomic(table: pa.Table, path: str | os.PathLike) -> Path:
-    """Write a Parquet file so that readers see either the old file or the complete new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+class WriteError(OSError):
+    """A results or checkpoint file could not be written (disk full, read-only, ...); the message names the file
+    and the cause."""
+
+
+def write_file_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
+    """Write `path` through `write(f)` on a temporary file beside it, fsync'd and renamed into place, so that
+    readers see either the old file or the complete new one. A failure leaves no temporary file and raises
+    WriteError naming `path`."""
+    path, tmp = Path(path), None
     try:
-        pq.write_table(table, tmp)
-        with open(tmp, "rb") as f:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError with the OSError inside
+        cause = next((e for e in (exc, exc.__context__) if isinstance(e, OSError) and e.errno), None)
+        raise WriteError(f"cannot write {path}: {os.strerror(cause.errno) if cause else exc}") from exc
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
     return path
+
+
+def write_atomic(table: pa.Table, path: str | os.PathLike) -> Path:
+    """Write a Parquet file so that readers see either the old file or the complete new one."""
+    return write_file_atomic(path, lambda f: pq.write_table(table, f))
 
 
 def write_evaluations(path: str | os.PathLike, rows: pd.DataFrame | Iterable[Mapping[str, Any]]) -> Path:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 import time
 from pathlib import Path
@@ -21,16 +20,15 @@ from sid.cli import add_config_flags, add_preset_flag, config_from_args
 from sid.config import DistillConfig
 from sid.distill import Distiller
 from sid.loop import Evaluator, train
-from sid.results import upsert_evaluations
+from sid.results import EVALUATION_SCHEMA, read_parquet, upsert_evaluations, write_file_atomic
+from sid.teachers import load_plain
 
 CHECKPOINT = "checkpoint.pt"
 EVALUATIONS = "evaluations.parquet"
 
 
 def save_atomic(obj: object, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    write_file_atomic(path, lambda f: torch.save(obj, f))
 
 
 def save_image_grid(images: torch.Tensor, path: Path, scale: int = 4) -> None:
@@ -46,12 +44,14 @@ def save_image_grid(images: torch.Tensor, path: Path, scale: int = 4) -> None:
         grid[:, 1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + k * (w + 1): 1 + k * (w + 1) + w] = img
     pixels = ((grid + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).squeeze(-1).numpy()
     image = Image.fromarray(pixels)
-    image.resize((image.width * scale, image.height * scale), Image.NEAREST).save(path)
+    image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    write_file_atomic(path, lambda f: image.save(f, format="PNG"))
 
 
 class RunFolder:
     """The single-process sink: rows to Parquet first, then the checkpoint, so an interruption between the two
-    re-runs to the same point and rewrites the same row instead of losing it."""
+    re-runs to the same point and rewrites the same row instead of losing it. A diverged state is not saved: the
+    checkpoint and generator stay the last good ones."""
 
     def __init__(self, out: Path) -> None:
         self.out = out
@@ -60,6 +60,8 @@ class RunFolder:
     def __call__(self, row: dict, distiller: Distiller) -> None:
         upsert_evaluations(self.out / EVALUATIONS, [row])
         save_image_grid(distiller.sample(0, 64).cpu(), self.out / f"samples-{distiller.iteration:07d}.png")
+        if row["status"] != "ok":
+            return
         save_atomic(dict(init_kwargs=dict(distiller.generator_ema.init_kwargs),
                          state_dict=distiller.generator_ema.state_dict(), sigma_init=distiller.config.sigma_init,
                          config=distiller.config.to_dict(), kimg=distiller.kimg), self.out / "generator.pt")
@@ -68,8 +70,11 @@ class RunFolder:
 
 def load_checkpoint(path: Path, config: DistillConfig) -> dict:
     """A run's saved state, refused if it was made with a different config (duration_kimg may grow)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    saved = {**state["config"], "duration_kimg": config.duration_kimg}
+    state = load_plain(path, "training checkpoint of this project")
+    try:
+        saved = {**state["config"], "duration_kimg": config.duration_kimg}
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a training checkpoint of this project (no config: {exc!r})") from exc
     if saved != config.to_dict():
         diff = {k: (saved[k], v) for k, v in config.to_dict().items() if saved.get(k) != v}
         raise ValueError(f"{path} was written with a different config (saved vs now: {diff})")
@@ -77,9 +82,18 @@ def load_checkpoint(path: Path, config: DistillConfig) -> dict:
 
 
 def pick_device(name: str) -> torch.device:
+    """'auto' (CUDA if present), 'cpu', 'cuda' or 'cuda:N'; ValueError for a device this machine does not have."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {name!r}: expected auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def run_local(config: DistillConfig, out: Path, *, device: torch.device, resume: bool, progress: bool = True) -> Path:
@@ -92,6 +106,8 @@ def run_local(config: DistillConfig, out: Path, *, device: torch.device, resume:
     wall_s = 0.0
     if resume:
         state = load_checkpoint(out / CHECKPOINT, config)
+        if (out / EVALUATIONS).exists():  # a torn rows file (power loss, cut copy) stops the resume now, untouched
+            read_parquet(out / EVALUATIONS, EVALUATION_SCHEMA)
         distiller.load_state_dict(state)
         wall_s = state["wall_s"]
         print(f"resuming {out} at kimg {distiller.kimg:.1f}")
@@ -102,7 +118,8 @@ def run_local(config: DistillConfig, out: Path, *, device: torch.device, resume:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sid.distill", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                     allow_abbrev=False)  # a typo must not silently become another flag
     add_preset_flag(parser)
     parser.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<preset>)")
     parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
@@ -122,10 +139,15 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or Path("runs") / config.preset
     if args.workers < 1:
         parser.error(f"--workers must be >= 1, got {args.workers}")
-    if args.gpus_per_worker < 0:
+    if not args.gpus_per_worker >= 0:  # NaN included
         parser.error(f"--gpus-per-worker must be >= 0, got {args.gpus_per_worker}")
-    if out.exists() and not out.is_dir():
-        parser.error(f"--out {out} exists and is not a folder")
+    blocked = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        parser.error(f"--out {out}: {blocked} exists and is not a folder")
+    try:
+        device = pick_device(args.device)
+    except ValueError as exc:
+        parser.error(f"--device: {exc}")
     has_state = (out / CHECKPOINT).exists()
     if args.resume and not has_state:
         parser.error(f"--resume: {out} holds no {CHECKPOINT} to continue from")
@@ -134,9 +156,10 @@ def main(argv: list[str] | None = None) -> None:
     print("config:", ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(config).items()), flush=True)
     start = time.time()
     try:
+        for stale in out.glob(".*.tmp"):  # half-written by a killed run (files are written beside, then renamed)
+            stale.unlink()
         if args.workers == 1 and args.address is None:
-            path = run_local(config, out, device=pick_device(args.device), resume=args.resume,
-                             progress=not args.no_progress)
+            path = run_local(config, out, device=device, resume=args.resume, progress=not args.no_progress)
         else:
             from sid.distributed import run_distributed
 
@@ -145,6 +168,9 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:  # bad checkpoint/teacher/asset: one line, not a traceback
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except OSError as exc:  # results folder full, read-only, gone: rows written so far stay readable
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
     print(f"done in {time.time() - start:.0f} s; evaluations: {path}")
 
 

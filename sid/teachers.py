@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -11,29 +13,42 @@ from torch import nn
 from sid.networks import EDMPrecond
 
 
+def load_plain(path: str | Path, what: str) -> Any:
+    """torch.load of a file of plain data (tensors, containers, numbers): weights_only=True refuses a pickle that
+    names any other global before anything runs. Every failure is one ValueError naming the file and `what`."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such {what}") from None
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as exc:  # refused global, torn or foreign file
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        raise ValueError(f"{path}: not a {what} ({next((x for x in lines if 'GLOBAL' in x), lines[0])})") from exc
+
+
 def load_network_file(path: str | Path) -> EDMPrecond:
     """A network saved by this project (`{init_kwargs, state_dict, ...}`, e.g. a run's generator.pt or the digits
     teacher): plain data only, loaded with weights_only=True."""
+    saved = load_plain(path, "network file")
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
         net = EDMPrecond(**saved["init_kwargs"])
         net.load_state_dict(saved["state_dict"])
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such network file") from None
-    except (KeyError, TypeError, RuntimeError, OSError) as exc:
+    except (KeyError, TypeError, RuntimeError) as exc:
         raise ValueError(f"{path}: not a network file of this project ({{init_kwargs, state_dict}}): {exc}") from exc
     return net.eval().requires_grad_(False)
 
 
 def load_teacher(spec: str) -> nn.Module:
     """The teacher denoiser (EDMPrecond, eval, frozen, float32, CPU) named by a config's `teacher` field:
-    'digits', a project network file (*.pt), or an EDM/SiD pickle by name ('edm:...'), path or URL."""
+    'digits', a project network file (*.pt, path or URL), or an EDM/SiD pickle by name ('edm:...'), path or URL."""
     if spec == "digits":
         from sid.digits import TEACHER_FILE
 
         return load_network_file(TEACHER_FILE)
     if spec.endswith(".pt"):
-        return load_network_file(spec)
+        from sid.assets import is_url
+        from sid.checkpoints import EDM_TEACHERS, fetch_checkpoint
+
+        return load_network_file(fetch_checkpoint(spec, EDM_TEACHERS, "teacher") if is_url(spec) else spec)
     from sid.checkpoints import load_edm_pickle
 
     return load_edm_pickle(spec)
