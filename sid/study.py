@@ -1,0 +1,341 @@
+"""Hyperparameter studies: Ray Tune (grid or Optuna TPE, optional ASHA) over DistillConfig fields; every trial is one
+Ray Train run.
+
+A study is a search space over a few fields (alpha, lr, glr, sigma_init, seed; the rest fixed by a base config), a
+searcher, a scheduler, the resources of one trial and a storage folder. Each Tune trial is a driver function holding
+0.01 CPU that builds the trial's TorchTrainer (sid.distributed.build_trainer) and waits for it; the trial's rank 0
+writes every evaluation to Parquet before reporting it, and TuneReportCallback forwards the metrics to Tune. All of a
+study lives in <storage>/<name>/:
+
+    evaluations/<trial_id>.parquet   every evaluation of one trial, keyed (trial_id, kimg)
+    trials.parquet                   one row per trial: state, best FID, where, last kimg, device-hours
+    train/train-<trial_id>/          the trial's Ray Train run (checkpoints: what a resumed trial continues from)
+    trial-<trial_id>/, experiment_state-*.json, searcher-state-*.pkl, tuner.pkl    Tune's own files
+
+Ray 2.60 facts this relies on (ray_notes.md section 4): the dashboard must run so that trials stopped by Tune release
+their workers (pitfall 1); OptunaSearch gets metric and mode itself (5) and learns from `best_fid` (6); ASHA counts
+our monotonic `kimg` and Tune's per-trial history is not the record, the Parquet rows are (7).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import ray
+import ray.tune
+from ray.tune.search.sample import Categorical, Domain
+
+from sid.config import ConfigError, DistillConfig
+from sid.distributed import build_trainer, check_request, check_resources, default_placement, worker_resources
+from sid.results import read_parquet
+from sid.study_results import (EVALUATIONS_DIR, TRIALS_FILE, Divergence, TrialRecord, final_kimg,
+                               write_trials_table)
+
+DRIVER_CPU = 0.01                      # CPU held by each trial's driver function (Tune rejects 0)
+SEARCHABLE = ("alpha", "lr", "glr", "sigma_init", "seed")
+SEARCHERS = ("grid", "optuna")
+TRAIN_DIR = "train"                    # <study>/train/train-<trial_id>: the trials' Ray Train runs
+# Set (unless already set) before starting a local Ray: each report then costs ~0.1 s instead of ~2 s (the Train
+# controller polls its workers at this interval, ray_notes.md section 3), and no Train V2 migration banners.
+LOCAL_RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25", "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0"}
+
+
+class StudyError(ValueError):
+    """A study that cannot run as asked; the message says what was expected."""
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str                                  # the study's folder under `storage` (and its Tune experiment name)
+    base: DistillConfig                        # every field that is not searched
+    space: Mapping[str, Any]                   # field -> tune.grid_search([...]) (grid) or a tune domain (optuna)
+    searcher: str = "grid"                     # 'grid': every combination; 'optuna': TPE over the domains
+    num_samples: int = 1                       # optuna: trials to run; grid: repeats of the whole grid
+    asha: bool = False                         # stop trials whose FID trails the others' at the same kimg (ASHA)
+    grace_kimg: float | None = None            # ASHA's first rung (None: the first evaluation after kimg 0)
+    reduction_factor: float = 2.0              # ASHA keeps the best 1/reduction_factor of the trials at each rung
+    divergence: Divergence = field(default_factory=Divergence)  # when a trial is stopped at once as diverged
+    workers_per_trial: int = 1                 # DDP ranks (Ray Train workers) of each trial
+    gpus_per_worker: float | None = None       # None: 1 if the cluster has GPUs, else 0 (CPU workers)
+    cpus_per_worker: float = 1.0               # CPUs per worker, the trial's driver included (0.01 of them)
+    max_concurrent: int | None = None          # trials at once; None: as many as the cluster holds
+    storage: Path = Path("results")            # parent folder; on a multi-node cluster a path every node shares
+    optuna_seed: int = 0                       # seed of the TPE sampler
+    max_failures: int = 2                      # worker-group restarts per trial, from its newest checkpoint
+    placement_strategy: str | None = None      # placement of one trial's workers; None: sid.distributed's default
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.storage).resolve() / self.name
+
+    def trial_configs(self) -> list[DistillConfig]:
+        """The configs the space can produce at its corners (grid: all of them); raises StudyError if one is
+        invalid, so a study fails before starting rather than in every trial."""
+        corners = {}
+        for key, value in self.space.items():
+            if isinstance(value, dict) and set(value) == {"grid_search"}:
+                corners[key] = list(value["grid_search"])
+            elif isinstance(value, Categorical):
+                corners[key] = list(value.categories)
+            else:
+                corners[key] = [value.lower, value.upper]
+        configs = []
+        for combo in itertools.product(*corners.values()):
+            try:
+                configs.append(trial_config({"sid": {"base": self.base.to_dict()}, **dict(zip(corners, combo))}))
+            except (ConfigError, TypeError, ValueError) as exc:
+                raise StudyError(f"study {self.name!r}: {exc}") from None
+        return configs
+
+    def validate(self) -> None:
+        def bad(what: str) -> StudyError:
+            return StudyError(f"study {self.name!r}: {what}")
+
+        if not self.name or self.name.startswith(".") or "/" in self.name:
+            raise StudyError(f"study name must be a plain folder name, got {self.name!r}")
+        if not self.space:
+            raise bad("the search space is empty; give at least one of " + ", ".join(SEARCHABLE))
+        unknown = sorted(set(self.space) - set(SEARCHABLE))
+        if unknown:
+            raise bad(f"cannot search {', '.join(unknown)}; searchable fields: {', '.join(SEARCHABLE)}")
+        if self.searcher not in SEARCHERS:
+            raise bad(f"searcher must be one of {', '.join(SEARCHERS)}, got {self.searcher!r}")
+        for key, value in self.space.items():
+            is_grid = isinstance(value, dict) and set(value) == {"grid_search"}
+            if self.searcher == "grid" and not (is_grid and list(value["grid_search"])):
+                raise bad(f"grid searcher: {key} must be tune.grid_search([...]) with at least one value")
+            if self.searcher == "optuna" and not isinstance(value, Domain):
+                raise bad(f"optuna searcher: {key} must be a tune domain (tune.uniform, tune.loguniform, ...)")
+        if self.num_samples < 1:
+            raise bad(f"num_samples must be >= 1, got {self.num_samples}")
+        if self.reduction_factor <= 1:
+            raise bad(f"reduction_factor must be > 1, got {self.reduction_factor}")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            raise bad(f"max_concurrent must be >= 1, got {self.max_concurrent}")
+        try:
+            check_request(self.workers_per_trial, self.gpus_per_worker or 0.0)
+        except ValueError as exc:
+            raise bad(str(exc)) from None
+        if self.cpus_per_worker * self.workers_per_trial <= DRIVER_CPU:
+            raise bad(f"cpus_per_worker must leave room for the trial's driver ({DRIVER_CPU} CPU), "
+                      f"got {self.cpus_per_worker}")
+        if re.match(r"^\w+:/", str(self.storage)):
+            raise StudyError(f"storage must be a local or mounted shared folder (e.g. NFS), got {self.storage}: "
+                             "trials write their Parquet rows with plain file I/O")
+        teacher = self.base.teacher
+        if not re.match(r"^(\w+:|digits$)", teacher) and not Path(teacher).is_file():
+            raise bad(f"teacher {teacher}: no such file (on a cluster: a path every node sees)")
+        blocked = next((p for p in (self.folder, *self.folder.parents) if p.exists() and not p.is_dir()), None)
+        if blocked is not None:
+            raise StudyError(f"storage: {blocked} exists and is not a folder")
+        self.trial_configs()
+
+
+def trial_config(tune_config: Mapping[str, Any]) -> DistillConfig:
+    """A trial's DistillConfig: the study's base config with the trial's searched values."""
+    searched = {k: int(v) if k == "seed" else float(v) for k, v in tune_config.items() if k in SEARCHABLE}
+    return DistillConfig(**tune_config["sid"]["base"]).replace(**searched)
+
+
+def run_trial(tune_config: dict[str, Any]) -> None:
+    """Tune function trainable: run the trial's config as one Ray Train run and wait for it. The Train run's name is
+    stable per trial, so a restored trial continues from its newest checkpoint."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    settings = tune_config["sid"]
+    trial_id = ray.tune.get_context().get_trial_id()
+    folder = Path(settings["folder"])
+    build_trainer(trial_config(tune_config), rows_path=folder / EVALUATIONS_DIR / f"{trial_id}.parquet",
+                  workers=settings["workers"], gpus_per_worker=settings["gpus_per_worker"],
+                  storage_path=folder / TRAIN_DIR, name=f"train-{trial_id}", trial_id=trial_id,
+                  study=settings["study"], cpus_per_worker=settings["cpus_per_worker"],
+                  max_failures=settings["max_failures"], placement_strategy=settings["placement_strategy"],
+                  callbacks=[TuneReportCallback()]).fit()
+
+
+def trial_capacity(resources: Mapping[str, float], workers: int, gpus_per_worker: float,
+                   cpus_per_worker: float) -> int:
+    """Trials the cluster holds at once: GPUs // GPUs per trial for GPU trials (and enough CPUs), else
+    CPUs // CPUs per trial, so that no trial waits on resources it cannot get."""
+    def fit(kind: str, per_worker: float) -> int:
+        return math.floor(resources.get(kind, 0.0) / (workers * per_worker) + 1e-9)
+
+    return fit("CPU", cpus_per_worker) if gpus_per_worker == 0 else min(fit("CPU", cpus_per_worker),
+                                                                         fit("GPU", gpus_per_worker))
+
+
+class DivergenceStopper(ray.tune.Stopper):
+    """Stops a trial at its first result whose rows show divergence. It reads the trial's Parquet rows (written
+    before the report) rather than keeping state, so it judges the whole history, also after a restore."""
+
+    def __init__(self, folder: Path, divergence: Divergence) -> None:
+        self.folder, self.divergence = folder, divergence
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        if not math.isfinite(result.get("fid", 0.0)):
+            return True
+        path = self.folder / EVALUATIONS_DIR / f"{trial_id}.parquet"
+        return path.exists() and self.divergence.reason(read_parquet(path)) is not None
+
+    def stop_all(self) -> bool:
+        return False
+
+
+def _label(trial: ray.tune.experiment.Trial) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in trial.config.items() if k in SEARCHABLE)
+
+
+class StudyCallback(ray.tune.Callback):
+    """In the Tune driver: one progress line per evaluation and per trial end; trials.parquet rewritten at each trial
+    end and at the end of the study."""
+
+    def __init__(self, folder: Path, study: str, divergence: Divergence) -> None:
+        self.folder, self.study, self.divergence = folder, study, divergence
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        print(f"[{trial.trial_id}] start  {_label(trial)}", flush=True)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        get = lambda key: result.get(key, math.nan)  # noqa: E731
+        print(f"[{trial.trial_id}] kimg {get('kimg'):8.4g}  FD {get('fid'):9.4f}  best {get('best_fid'):9.4f}  "
+              f"loss_fake {get('loss_fake_score'):9.4g}  loss_G {get('loss_generator'):9.4g}  {_label(trial)}",
+              flush=True)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self.write(trials, ended=trial)  # Tune marks it TERMINATED only after this call
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self.write(trials)
+        print(f"[{trial.trial_id}] error  {self.record(trial, 'error').error}  {_label(trial)}", flush=True)
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self.write(trials)
+
+    @staticmethod
+    def tune_state(trial: Any, ended: bool) -> str:
+        """'error', 'terminated' (it ended by itself or a scheduler/stopper ended it: Tune then marks its last
+        result done), or 'running'. A trial Tune ends because the study was interrupted is TERMINATED without a done
+        result, and --resume continues it: 'running'."""
+        if trial.status == "ERROR":
+            return "error"
+        finished = ended or trial.status == "TERMINATED"
+        return "terminated" if finished and trial.last_result.get("done") else "running"
+
+    def write(self, trials: list, ended: Any = None) -> None:
+        records = [self.record(t, self.tune_state(t, t is ended)) for t in trials]
+        table = write_trials_table(self.folder, self.study, records, self.divergence)
+        if ended is not None and ended.last_result.get("done"):
+            row = table.set_index("trial_id").loc[ended.trial_id]
+            print(f"[{ended.trial_id}] {row['state']}  best {row['best_fid']:.4f} at kimg {row['best_kimg']:g}"
+                  f"  {_label(ended)}", flush=True)
+
+    @staticmethod
+    def record(trial: Any, state: str) -> TrialRecord:
+        error = ""
+        if state == "error":
+            text = Path(trial.error_file).read_text() if trial.error_file and Path(trial.error_file).exists() else ""
+            error = next((line for line in reversed(text.splitlines()) if line.strip()), "unknown error")[:500]
+        return TrialRecord(trial.trial_id, state, error, trial_config(trial.config), trial.config["sid"]["workers"])
+
+
+def _trial_dirname(trial: Any) -> str:
+    return f"trial-{trial.trial_id}"
+
+
+def _connect(address: str | None) -> bool:
+    """Connect to Ray unless connected; return whether this call did (and so must shut it down)."""
+    if ray.is_initialized():
+        return False
+    quiet = dict(log_to_driver=False, logging_level=logging.WARNING)  # our progress lines, not Tune's tables
+    if address:
+        ray.init(address=address, **quiet)
+        return True
+    for key, value in LOCAL_RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    # address='local': never attach to a stale cluster (pitfall 2); the dashboard's State API releases the workers
+    # of trials that Tune stops (pitfall 1); a small object store (nothing big goes through it).
+    ray.init(address="local", num_cpus=os.cpu_count(), object_store_memory=256 * 2**20, include_dashboard=True,
+             **quiet)
+    return True
+
+
+def _tuner(study: Study, trainable: Any, concurrency: int, cpus_per_worker: float) -> ray.tune.Tuner:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    base = study.base
+    settings = dict(base=base.to_dict(), study=study.name, folder=str(study.folder), workers=study.workers_per_trial,
+                    gpus_per_worker=study.gpus_per_worker, cpus_per_worker=cpus_per_worker,
+                    max_failures=study.max_failures, placement_strategy=study.placement_strategy)
+    search_alg, param_space = None, {**study.space, "sid": settings}
+    if study.searcher == "optuna":  # metric/mode given to OptunaSearch itself (pitfall 5)
+        search_alg = OptunaSearch(space=dict(study.space), metric="best_fid", mode="min", seed=study.optuna_seed)
+        param_space = {"sid": settings}
+    scheduler = FIFOScheduler()
+    if study.asha:
+        # Rungs a hair below the evaluation points so float kimg never misses one; trials that reach the end are
+        # not stopped again by ASHA (stop_last_trials=False), they end by themselves.
+        grace = study.grace_kimg or base.eval_every_kimg
+        scheduler = ASHAScheduler(time_attr="kimg", metric="fid", mode="min", max_t=final_kimg(base),
+                                  grace_period=min(grace, final_kimg(base)) * (1 - 1e-6),
+                                  reduction_factor=study.reduction_factor, stop_last_trials=False)
+    return ray.tune.Tuner(
+        trainable, param_space=param_space,
+        tune_config=ray.tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=study.num_samples,
+                                        max_concurrent_trials=concurrency, trial_dirname_creator=_trial_dirname),
+        run_config=ray.tune.RunConfig(
+            name=study.name, storage_path=str(study.folder.parent), verbose=0,
+            stop=DivergenceStopper(study.folder, study.divergence),
+            callbacks=[StudyCallback(study.folder, study.name, study.divergence)],
+            failure_config=ray.tune.FailureConfig(max_failures=0)),  # Train already restarts failed workers
+    )
+
+
+def run_study(study: Study, *, resume: bool = False, address: str | None = None) -> pd.DataFrame:
+    """Run (or, with resume, continue) a study; return its trials table (also in <folder>/trials.parquet).
+
+    Uses the connected Ray if there is one, else joins `address` ('auto': a running cluster) or starts a local one.
+    A resumed study keeps its saved definition (space, searcher and Optuna state, scheduler); unfinished and errored
+    trials continue from their Train checkpoints, and their rows are rewritten, never duplicated."""
+    study.validate()
+    folder = study.folder
+    restorable = ray.tune.Tuner.can_restore(folder) if folder.exists() else False
+    if resume and not restorable:
+        raise StudyError(f"--resume: {folder} holds no study to continue")
+    if not resume and folder.exists() and any(folder.iterdir()):
+        raise StudyError(f"{folder} already holds a study; pass --resume to continue it, or another --name")
+    started = _connect(address)
+    try:
+        if study.gpus_per_worker is None:
+            study = dataclasses.replace(study, gpus_per_worker=1.0 if ray.cluster_resources().get("GPU") else 0.0)
+        cpus = study.cpus_per_worker - DRIVER_CPU / study.workers_per_trial  # a trial holds exactly workers x cpus
+        per_worker = worker_resources(study.gpus_per_worker, cpus)
+        check_resources(study.workers_per_trial, per_worker,
+                        study.placement_strategy or default_placement(study.workers_per_trial, per_worker))
+        # Counts the nodes that exist now: on an autoscaling cluster (which may have none yet) give max_concurrent.
+        concurrency = study.max_concurrent or max(1, trial_capacity(
+            ray.cluster_resources(), study.workers_per_trial, study.gpus_per_worker, study.cpus_per_worker))
+        trainable = ray.tune.with_resources(run_trial, {"cpu": DRIVER_CPU})
+        if resume:
+            print(f"resuming {folder}", flush=True)
+            tuner = ray.tune.Tuner.restore(str(folder), trainable, resume_unfinished=True, resume_errored=True)
+        else:
+            print(f"study {study.name}: up to {concurrency} trial(s) at once, {study.workers_per_trial} worker(s) x "
+                  f"{worker_resources(study.gpus_per_worker, study.cpus_per_worker)} each; {folder}", flush=True)
+            tuner = _tuner(study, trainable, concurrency, cpus)
+        tuner.fit()
+    finally:
+        if started:
+            ray.shutdown()
+    return read_parquet(folder / TRIALS_FILE) if (folder / TRIALS_FILE).exists() else pd.DataFrame()

@@ -1,0 +1,129 @@
+"""Flags and main() shared by the study scripts: parse, build a sid.study.Study, run it, print the trials table.
+
+Every bad flag ends the program with one line naming what was expected and exit code 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+
+from sid.cli import add_config_flags, add_preset_flag, config_from_args  # noqa: E402
+from sid.config import DistillConfig  # noqa: E402
+
+# A study runs many trials, so on the embedded preset its default budget is smaller than one run's (25.6 kimg):
+# the default alpha sweep (5 trials, 2 at a time on 2 CPU cores) then finishes in under 10 minutes.
+STUDY_BUDGETS: dict[str, dict[str, Any]] = {"digits": dict(duration_kimg=9.6, eval_every_kimg=1.92, fid_images=1024)}
+SEARCHED_COLUMNS = ("alpha", "sigma_init", "lr", "glr", "seed")  # order of the searched columns in the table
+
+
+def build_parser(doc: str, *, swept: tuple[str, ...], asha: bool) -> argparse.ArgumentParser:
+    """The flags every study script has; config fields in `swept` get no fixed-value flag."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_preset_flag(parser)
+    group = parser.add_argument_group("study")
+    group.add_argument("--name", default=None,
+                       help="study name: its folder under --storage (default: <script>-<preset>)")
+    group.add_argument("--storage", type=Path, default=Path("results"),
+                       help="folder that holds the study folder (default: ./results); on a multi-node cluster a "
+                            "path every node sees (NFS)")
+    group.add_argument("--resume", action="store_true",
+                       help="continue the interrupted study <storage>/<name> with its saved settings: unfinished "
+                            "trials continue from their checkpoints, Optuna keeps its history")
+    group.add_argument("--address", default=None,
+                       help="Ray cluster: 'auto' joins a running cluster, or host:port (default: start a local Ray)")
+    group.add_argument("--workers-per-trial", type=int, default=1, help="DDP ranks (Ray Train workers) per trial")
+    group.add_argument("--gpus-per-worker", type=float, default=None,
+                       help="GPUs per worker: 1, or a fraction with 1 worker per trial to share GPUs between trials "
+                            "(default: 1 if the cluster has GPUs, else 0 = CPU workers)")
+    group.add_argument("--cpus-per-worker", type=float, default=1.0,
+                       help="CPUs per worker (default: 1); CPU trials at once = cluster CPUs // (workers x this)")
+    group.add_argument("--max-concurrent", type=int, default=None,
+                       help="trials at once (default: as many as the cluster holds: GPUs // GPUs per trial, or "
+                            "CPUs // CPUs per trial)")
+    group.add_argument("--asha", action=argparse.BooleanOptionalAction, default=asha,
+                       help="stop trials early whose FID trails the others' at the same kimg (ASHA)")
+    budget = ", ".join(f"{preset}: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in values.items())
+                       for preset, values in STUDY_BUDGETS.items())
+    parser.epilog = (f"Study budgets differ from a single run's where the preset's would be too long for a sweep "
+                     f"({budget}); flags override them. Results: <storage>/<name>/trials.parquet and "
+                     f"<storage>/<name>/evaluations/*.parquet (see docs/studies.md).")
+    add_config_flags(parser, skip=swept)
+    return parser
+
+
+def parse_numbers(parser: argparse.ArgumentParser, text: str, flag: str) -> list[float]:
+    """'0.5,1.0,1.2' -> [0.5, 1.0, 1.2]; anything else (empty, not a number, repeated) ends with exit code 2."""
+    items = [item.strip() for item in text.split(",")]
+    if not text.strip() or "" in items:
+        parser.error(f"{flag}: expected a comma-separated list of numbers such as 0.5,1.0,1.2, got {text!r}")
+    values = []
+    for item in items:
+        try:
+            values.append(float(item))
+        except ValueError:
+            parser.error(f"{flag}: {item!r} is not a number (expected a comma-separated list such as 0.5,1.0,1.2)")
+    if len(set(values)) < len(values):
+        parser.error(f"{flag}: values repeat in {text!r}; use --seeds for repeats")
+    return values
+
+
+def parse_range(parser: argparse.ArgumentParser, text: str, flag: str, *, log: bool) -> tuple[float, float]:
+    """'LOW,HIGH' with LOW < HIGH (and LOW > 0 on a log scale)."""
+    values = parse_numbers(parser, text, flag)
+    if len(values) != 2 or values[0] >= values[1] or (log and values[0] <= 0):
+        parser.error(f"{flag}: expected LOW,HIGH with LOW < HIGH{' and LOW > 0 (log scale)' if log else ''}, "
+                     f"got {text!r}")
+    return values[0], values[1]
+
+
+def study_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> DistillConfig:
+    """The base config: the preset, its study budget, then the flags."""
+    for key, value in STUDY_BUDGETS.get(args.preset, {}).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return config_from_args(parser, args)
+
+
+def seed_space(parser: argparse.ArgumentParser, seeds: int, base: DistillConfig) -> dict[str, Any]:
+    """--seeds K: the grid also runs seeds base.seed .. base.seed + K - 1."""
+    from ray import tune
+
+    if seeds < 1:
+        parser.error(f"--seeds: expected a count >= 1, got {seeds}")
+    return {"seed": tune.grid_search([base.seed + i for i in range(seeds)])} if seeds > 1 else {}
+
+
+def main(parser: argparse.ArgumentParser, args: argparse.Namespace, *, script: str,
+         space: Callable[[DistillConfig], Mapping[str, Any]], **study: Any) -> None:
+    """Build the study from the flags (space(base) gives its search space), run it, print the table and paths."""
+    from sid.distributed import ResourceError
+    from sid.study import Study, StudyError, run_study
+    from sid.study_results import EVALUATIONS_DIR, TRIALS_FILE, summary
+
+    base = study_config(parser, args)
+    spec = Study(name=args.name or f"{script}-{base.preset}", base=base, space=space(base), storage=args.storage,
+                 asha=args.asha, workers_per_trial=args.workers_per_trial, gpus_per_worker=args.gpus_per_worker,
+                 cpus_per_worker=args.cpus_per_worker, max_concurrent=args.max_concurrent, **study)
+    try:
+        trials = run_study(spec, resume=args.resume, address=args.address)
+    except (StudyError, ResourceError) as exc:  # bad study or a trial the cluster cannot hold: one line
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    print()
+    print(summary(trials, [k for k in SEARCHED_COLUMNS if k in spec.space]))
+    print(f"\ntrials:      {spec.folder / TRIALS_FILE}\nevaluations: {spec.folder / EVALUATIONS_DIR}/*.parquet")
+    unfinished = int((trials["state"] == "running").sum()) if not trials.empty else 0
+    if unfinished:
+        print(f"interrupted: {unfinished} trial(s) unfinished; continue with the same command and --resume")
+        sys.exit(130)
+    if trials.empty or (trials["state"] == "error").all():
+        print("error: no trial ran; see the errors above", file=sys.stderr)
+        sys.exit(1)
+

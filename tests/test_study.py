@@ -1,0 +1,298 @@
+"""Studies through real Ray Tune + Train, real Optuna and real Parquet: grid and TPE studies, ASHA stopping a bad
+trial, a killed and resumed study, and the scripts' bad-input table. Budgets are tiny (batch 8, 256 images per
+Frechet distance, evaluations every 2 iterations); the pure pieces (capacity, divergence rule, states) are tables.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import ray
+from ray import tune
+
+from sid.config import preset
+from sid.loop import evaluation_iterations
+from sid.results import CONFIG_COLUMNS, EVALUATION_SCHEMA, SCHEMA_VERSION, TRIAL_SCHEMA, read_evaluations
+from sid.study import Study, StudyCallback, run_study, trial_capacity
+from sid.study_results import Divergence, TrialRecord, trial_state
+
+ROOT = Path(__file__).resolve().parents[1]
+# 1 iteration = 0.008 kimg; evaluations at 0, 0.016, 0.032 kimg
+TINY = dict(batch=8, batch_per_device=8, fid_images=256, duration_kimg=0.032, eval_every_kimg=0.016)
+TINY_FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
+
+
+def expected_kimg(config) -> list[float]:
+    return [i * config.batch / 1000 for i in evaluation_iterations(config)]
+
+
+def session_processes(session: int) -> list[int]:
+    """Live processes of a session (a subprocess started with start_new_session and everything it started)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session and fields[0] != "Z":  # fields after the name: state, ppid, pgrp, session
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray for the in-process studies (they come last in this file, after the subprocess tests that start
+    their own, so that two clusters never share the 2 cores)."""
+    ray.init(address="local", num_cpus=2, object_store_memory=256 * 2**20, include_dashboard=True,
+             log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------- pure pieces
+@pytest.mark.parametrize("resources, workers, gpus, cpus, expected", [
+    ({"CPU": 2.0}, 1, 0.0, 1.0, 2),                # this machine: 2 trials of 1 CPU worker
+    ({"CPU": 2.0}, 2, 0.0, 0.5, 2),                # 2 workers of half a core each
+    ({"CPU": 2.0}, 2, 0.0, 1.0, 1),
+    ({"CPU": 1.5}, 1, 0.0, 1.0, 1),
+    ({"CPU": 64.0, "GPU": 8.0}, 1, 1.0, 1.0, 8),   # GPUs // GPUs per trial
+    ({"CPU": 64.0, "GPU": 8.0}, 4, 1.0, 1.0, 2),
+    ({"CPU": 64.0, "GPU": 8.0}, 1, 0.5, 1.0, 16),  # two trials share each GPU
+    ({"CPU": 4.0, "GPU": 8.0}, 1, 1.0, 1.0, 4),    # CPUs bound GPU trials too
+    ({"CPU": 64.0}, 1, 1.0, 1.0, 0),               # GPU trials on a CPU cluster: none
+])
+def test_trial_capacity_is_devices_over_devices_per_trial(resources, workers, gpus, cpus, expected):
+    assert trial_capacity(resources, workers, gpus, cpus) == expected
+
+
+def evaluation_rows(fids, losses=None) -> pd.DataFrame:
+    """One trial's rows: evaluation k at iteration 2k; losses NaN at iteration 0 as the loop writes them."""
+    losses = losses or [1.0] * (len(fids) - 1)
+    losses = [math.nan, *losses]
+    return pd.DataFrame(dict(kimg=[0.016 * k for k in range(len(fids))], iteration=[2 * k for k in range(len(fids))],
+                             fid=fids, loss_fake_score=losses, loss_generator=[1.0] * len(fids)))
+
+
+@pytest.mark.parametrize("fids, losses, words", [
+    ([50.0, 40.0, 30.0], None, None),
+    ([50.0, 60.0, 499.0], None, None),                         # 9.98x its start: not yet
+    ([50.0, 40.0, 501.0], None, ["501", "over 10x", "50"]),
+    ([50.0, math.nan, 30.0], None, ["nan", "kimg 0.016"]),
+    ([50.0, 40.0, math.inf], None, ["inf", "kimg 0.032"]),
+    ([50.0, 40.0, 30.0, 20.0], [1.0, math.nan, 1.0], None),     # one bad evaluation is tolerated
+    ([50.0, 40.0, 30.0, 20.0], [math.nan, 1.0, math.nan], None),  # not consecutive
+    ([50.0, 40.0, 30.0, 20.0], [1.0, math.nan, math.inf], ["losses non-finite at 2 consecutive"]),
+])
+def test_divergence_rule_names_the_first_sign_of_divergence(fids, losses, words):
+    reason = Divergence().reason(evaluation_rows(fids, losses))
+    if words is None:
+        assert reason is None
+    else:
+        assert reason is not None and all(w in reason for w in words), reason
+
+
+@pytest.mark.parametrize("tune_state, fids, expected", [
+    ("error", [50.0, math.nan], "error"),                     # Tune's error wins over the rows
+    ("terminated", [50.0, math.nan], "diverged"),
+    ("running", [50.0, 600.0], "diverged"),
+    ("terminated", [50.0, 40.0, 30.0], "completed"),          # reached kimg 0.032 = the last evaluation
+    ("terminated", [50.0, 40.0], "stopped_early"),
+    ("terminated", [], "stopped_early"),
+    ("running", [50.0, 40.0], "running"),
+])
+def test_trial_state_precedence(tune_state, fids, expected):
+    record = TrialRecord("t", tune_state, "boom" if tune_state == "error" else "", preset("digits", **TINY), 1)
+    rows = evaluation_rows(fids) if fids else evaluation_rows([1.0]).iloc[:0]
+    assert trial_state(record, rows, Divergence())[0] == expected
+
+
+@pytest.mark.parametrize("status, done, ended, expected", [
+    ("RUNNING", True, True, "terminated"),     # ended by itself or stopped by ASHA/the divergence rule
+    ("RUNNING", False, True, "running"),       # stopped because the study was interrupted: --resume continues it
+    ("TERMINATED", True, False, "terminated"),
+    ("TERMINATED", False, False, "running"),   # the same, as on_experiment_end sees it after the interrupt
+    ("ERROR", False, False, "error"),
+    ("PENDING", False, False, "running"),
+])
+def test_tune_state_tells_an_interrupted_trial_from_a_finished_one(status, done, ended, expected):
+    from ray.tune.experiment import Trial
+
+    trial = Trial("run_trial", config={}, stub=True)
+    trial.set_status(status)
+    if done:
+        trial.update_last_result({"done": True, "kimg": 0.032})
+    assert StudyCallback.tune_state(trial, ended) == expected
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+def load_script(name: str, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "studies"))
+    spec = importlib.util.spec_from_file_location(name, ROOT / "studies" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("script, flags, words", [
+    ("alpha_sweep", ["--preset", "nope"], ["--preset", "invalid choice: 'nope'"]),
+    ("alpha_sweep", ["--alphas", ""], ["--alphas", "comma-separated list of numbers"]),
+    ("alpha_sweep", ["--alphas", "1.0,abc"], ["--alphas", "'abc' is not a number"]),
+    ("alpha_sweep", ["--alphas", "1.0,1.0"], ["--alphas", "repeat"]),
+    ("alpha_sweep", ["--storage", "FILE"], ["storage", "is not a folder"]),
+    ("alpha_sweep", ["--storage", "s3://bucket/sid"], ["storage", "local or mounted shared folder"]),
+    ("alpha_sweep", ["--teacher", "/nowhere/teacher.pt"], ["teacher /nowhere/teacher.pt", "no such file"]),
+    ("alpha_sweep", ["--seeds", "0"], ["--seeds", ">= 1"]),
+    ("alpha_sweep", ["--resume"], ["--resume", "holds no study"]),
+    ("alpha_sweep", ["--workers-per-trial", "0"], ["workers must be >= 1"]),
+    ("alpha_sweep", ["--gpus-per-worker", "0.5", "--workers-per-trial", "2"], ["Duplicate GPU"]),
+    ("sigma_init_sweep", ["--sigma-inits", "0,2.5"], ["sigma_init", "must be > 0"]),
+    ("hpo", ["--lr-range", "1e-3,1e-5"], ["--lr-range", "LOW < HIGH"]),
+    ("hpo", ["--num-samples", "0"], ["--num-samples", ">= 1"]),
+])
+def test_bad_input_is_one_error_with_exit_code_2_and_writes_nothing(tmp_path, monkeypatch, capsys, script, flags,
+                                                                      words):
+    (tmp_path / "FILE").write_text("not a folder")
+    flags = [str(tmp_path / "FILE") if f == "FILE" else f for f in flags]
+    storage = [] if "--storage" in flags else ["--storage", str(tmp_path / "results")]
+    connected = ray.is_initialized()
+    with pytest.raises(SystemExit) as exited:
+        load_script(script, monkeypatch).main([*flags, *storage])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "error:" in error and all(w in error for w in words), error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["FILE"]
+    assert ray.is_initialized() == connected  # failed before starting Ray
+
+
+@pytest.mark.timeout(60)
+def test_bad_alpha_list_exits_2_from_the_command_line(tmp_path):
+    done = subprocess.run([sys.executable, "studies/alpha_sweep.py", "--alphas", "1.0,abc", "--storage",
+                           str(tmp_path / "results")], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "'abc' is not a number" in done.stderr and not list(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------------------------------------- resume
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_killed_study_resumes_without_losing_or_duplicating_rows(tmp_path):
+    storage, name = tmp_path / "results", "resumed"
+    evaluations = storage / name / "evaluations"
+    # 12 iterations, 7 evaluations per trial, one trial at a time: the kill lands inside the first trial
+    command = [sys.executable, "studies/alpha_sweep.py", "--alphas", "0.5,1.0", "--storage", str(storage), "--name",
+               name, "--max-concurrent", "1", *TINY_FLAGS, "--duration-kimg=0.096"]
+    log = tmp_path / "killed.log"
+    with log.open("w") as out:  # a file, not a pipe nobody reads while waiting
+        process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 150
+        while process.poll() is None and time.time() < deadline:
+            files = list(evaluations.glob("*.parquet"))
+            if files and len(read_evaluations(*files)) >= 2:
+                break
+            time.sleep(0.1)
+        assert process.poll() is None, f"the study ended before it could be killed:\n{log.read_text()[-3000:]}"
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+        deadline = time.time() + 60  # Ray's processes die with their driver (fate sharing)
+        while session_processes(process.pid) and time.time() < deadline:
+            time.sleep(0.5)
+        assert not session_processes(process.pid)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    before = read_evaluations(evaluations)
+    assert before["trial_id"].nunique() == 1 and len(before) < 7
+
+    resumed = subprocess.run([*command, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resuming" in resumed.stdout and "alpha" in resumed.stdout and "trials.parquet" in resumed.stdout
+    trials = pd.read_parquet(storage / name / "trials.parquet")
+    assert sorted(trials["alpha"]) == [0.5, 1.0] and (trials["state"] == "completed").all()
+    rows = read_evaluations(evaluations)
+    assert not rows.duplicated(["trial_id", "kimg"]).any()
+    base = preset("digits", **{**TINY, "duration_kimg": 0.096})
+    for trial_id, mine in rows.groupby("trial_id"):
+        assert sorted(mine["kimg"]) == pytest.approx(expected_kimg(base)), trial_id
+    killed = rows[rows["trial_id"].isin(before["trial_id"])].set_index("kimg")["fid"]
+    # rows written before the kill are still there (a point run again after the resume gives the same value)
+    assert killed.loc[before["kimg"]].tolist() == pytest.approx(before["fid"].tolist())
+
+
+# ---------------------------------------------------------------------------------------------- studies
+def params(folder: Path, trial_id: str) -> dict:
+    return json.loads((folder / f"trial-{trial_id}" / "params.json").read_text())
+
+
+def check_study_files(folder: Path, trials: pd.DataFrame, searched: list[str]) -> pd.DataFrame:
+    """The documented files, columns and types; one row per (trial, evaluation point); configs as Tune ran them;
+    trials.parquet derived from evaluations/. Returns all evaluation rows."""
+    assert pq.read_schema(folder / "trials.parquet").remove_metadata() == TRIAL_SCHEMA
+    files = sorted((folder / "evaluations").glob("*.parquet"))
+    assert [f.stem for f in files] == sorted(trials["trial_id"])
+    for f in files:
+        schema = pq.read_schema(f)
+        assert schema.remove_metadata() == EVALUATION_SCHEMA
+        assert schema.metadata[b"sid_schema_version"].decode() == SCHEMA_VERSION
+    rows = read_evaluations(folder / "evaluations")
+    assert not rows.duplicated(["trial_id", "kimg"]).any()
+    for trial in trials.itertuples():
+        mine = rows[rows["trial_id"] == trial.trial_id].sort_values("kimg")
+        tuned = params(folder, trial.trial_id)
+        base = preset("digits", **TINY)
+        for column in CONFIG_COLUMNS:  # every row carries the config Tune gave this trial
+            want = tuned[column] if column in searched else getattr(base, column)
+            want = pytest.approx(want) if isinstance(want, float) else want
+            assert mine[column].tolist() == [want] * len(mine), column
+        assert getattr(trial, "evaluations") == len(mine)
+        assert trial.best_fid == mine["fid"].min() and trial.best_kimg == mine.loc[mine["fid"].idxmin(), "kimg"]
+        assert trial.last_kimg == mine["kimg"].max()
+        assert trial.device_hours == pytest.approx(mine["device_s"].iloc[-1] / 3600)
+        if trial.state == "completed":
+            assert mine["kimg"].tolist() == pytest.approx(expected_kimg(base))
+    assert set(rows["study"]) == {folder.name} and (rows["world_size"] == 1).all()
+    return rows
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(200)
+def test_grid_study_with_asha_stops_the_bad_learning_rate_and_records_every_evaluation(tmp_path, local_ray):
+    # One trial at a time, the bad one second: it meets the first trial's FD at the first rung (kimg 0.016) and is
+    # stopped; the third is compared with the median of both and goes on. The divergence rule is off here so that
+    # the stop is ASHA's.
+    study = Study(name="grid", base=preset("digits", **TINY), space={"glr": tune.grid_search([1e-4, 1.0, 5e-5])},
+                  asha=True, max_concurrent=1, divergence=Divergence(fid_factor=math.inf, loss_patience=10**6),
+                  storage=tmp_path)
+    trials = run_study(study)
+    rows = check_study_files(study.folder, trials, ["glr"])
+    states = trials.set_index("glr")["state"]
+    assert states[1.0] == "stopped_early" and (states[[1e-4, 5e-5]] == "completed").all()
+    assert len(rows) == 2 + 2 * len(expected_kimg(study.base))  # the stopped trial: kimg 0 and its first rung
+    at_rung = rows[np.isclose(rows["kimg"], 0.016)].set_index("glr")["fid"]
+    assert at_rung[1.0] > at_rung[[1e-4, 5e-5]].max()  # it was stopped for being worse there
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(180)
+def test_optuna_study_samples_within_the_space_and_keeps_its_state(tmp_path, local_ray):
+    space = {"alpha": tune.uniform(0.5, 1.5), "lr": tune.loguniform(1e-5, 1e-3)}
+    study = Study(name="tpe", base=preset("digits", **TINY), space=space, searcher="optuna", num_samples=3,
+                  storage=tmp_path)
+    trials = run_study(study)
+    assert len(trials) == 3 and (trials["state"] == "completed").all()
+    assert trials["alpha"].between(0.5, 1.5).all() and trials["lr"].between(1e-5, 1e-3).all()
+    assert trials["alpha"].nunique() == 3 and trials["lr"].nunique() == 3
+    check_study_files(study.folder, trials, ["alpha", "lr"])
+    assert list(study.folder.glob("searcher-state-*.pkl"))  # what --resume gives back to Optuna
