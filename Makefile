@@ -4,21 +4,30 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+DEMO   := results/alpha_sweep-digits
+
+.PHONY: setup demo figures test bench clean
 
 setup: $(STAMP)
 
-# torch is pinned in requirements.lock to the CPU build on this machine kind; on a GPU box install your CUDA torch
-# into the venv first (the pin then matches or is skipped with SID_KEEP_TORCH=1).
+# requirements.lock pins what the tests ran with. torch is pinned separately: on a GPU machine install your CUDA
+# build into .venv first and set SID_KEEP_TORCH=1, so that the pin (a CPU build here) does not replace it.
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	if [ -z "$$SID_KEEP_TORCH" ]; then $(PY) -m pip install -q -c requirements.lock torch; fi
-	$(PY) -m pip install -q -c requirements.lock -e ".[test]"
+	grep -v '^torch==' requirements.lock > $(VENV)/constraints.txt
+	if [ -z "$$SID_KEEP_TORCH" ]; then $(PY) -m pip install -q "$$(grep '^torch==' requirements.lock)"; fi
+	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e ".[test]"
 	touch $(STAMP)
 
+# The default study; a second `make demo` resumes it (or, when finished, prints its table again).
 demo: setup
-	$(PY) studies/alpha_sweep.py
+	$(PY) studies/alpha_sweep.py $(if $(wildcard $(DEMO)/tuner.pkl),--resume,)
+	$(MAKE) figures
+
+figures: setup
+	$(PY) analysis/fid_vs_images.py $(DEMO) --out figures
+	$(PY) analysis/ablation.py $(DEMO) --x alpha --out figures
+	$(PY) analysis/best_table.py $(DEMO) --out figures
 
 test: setup
 	$(PY) -m pytest -q

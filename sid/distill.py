@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import math
 from collections.abc import Iterator
 
@@ -26,6 +27,7 @@ from sid.config import DistillConfig
 from sid.losses import fake_score_loss, generator_loss, sample_fake_score_sigma, sample_generator_sigma
 
 PHASE_FAKE, PHASE_GENERATOR, PHASE_EVAL = 0, 1, 2
+DDP_ARGS = inspect.signature(nn.parallel.DistributedDataParallel).parameters
 
 
 def rebuild(net: nn.Module, **overrides) -> nn.Module:
@@ -84,7 +86,10 @@ class Distiller:
             self.augment = AugmentPipe(p=config.augment)
         self.fake_ddp, self.gen_ddp = self.fake_score, self.generator
         if world_size > 1 and torch.distributed.is_initialized():
-            ddp = dict(broadcast_buffers=False, find_unused_parameters=False)
+            # Buffers (resample filters) are constants: never re-broadcast them in forward. torch >= 2.13 names
+            # this forward_sync_buffers and warns on the older broadcast_buffers.
+            sync = "forward_sync_buffers" if "forward_sync_buffers" in DDP_ARGS else "broadcast_buffers"
+            ddp = {sync: False, "find_unused_parameters": False}
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.fake_ddp = nn.parallel.DistributedDataParallel(self.fake_score, device_ids=ids, **ddp)
             self.gen_ddp = nn.parallel.DistributedDataParallel(self.generator, device_ids=ids, **ddp)

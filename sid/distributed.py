@@ -178,6 +178,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()  # the GPU Ray assigned to this worker (CUDA_VISIBLE_DEVICES-aware), or cpu
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # denormals made CPU iterations up to 10x slower
+        # One thread per assigned CPU, rounded: Ray floors it in OMP_NUM_THREADS (1.99 CPUs -> 1 thread).
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+        torch.set_num_threads(max(1, round(cpus)))
     _record_worker(loop_config["workers_dir"], rank, world_size, device)
     distiller = Distiller(config, load_teacher(config.teacher), device=device, rank=rank, world_size=world_size)
     wall_s = 0.0
