@@ -88,8 +88,9 @@ def plot(trials: pd.DataFrame, *, x: str = "alpha", stat: str = "best", detector
                               markersize=9, label="no finite value (diverged or failed)"))
     ax.set_title(", ".join(s or "single run" for s in sorted(data["study"].unique())), fontsize="medium")
     # Under the axes: the data (and pinned markers) can fill every corner inside them.
-    ax.legend(handles=handles, fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.17),
-              ncol=min(len(handles), 3), frameon=False)
+    if handles:  # none for one seed per alpha with nothing diverged: the colours are the x axis
+        ax.legend(handles=handles, fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.17),
+                  ncol=min(len(handles), 3), frameon=False)
     fig.tight_layout()
     return fig
 

@@ -319,3 +319,17 @@ def test_imported_run_plots_beside_ours(tmp_path):
     evals, trials = common.load([tmp_path / "official"])
     ax = fid_vs_images.plot(evals, trials).axes[0]
     assert ax.get_ylabel() == "FID (Inception, 50k)" and len(gid(ax.get_lines(), "curve:")) == 1
+
+
+@pytest.mark.parametrize("name", ["ablation", "fid_vs_images", "best_table"])
+def test_one_seed_per_alpha_and_nothing_diverged_renders(tmp_path, name):
+    # The shape of the default digits sweep: the ablation then has no legend entry at all.
+    from fixtures_results import KIMG, distance, row
+
+    from sid.results import write_evaluations
+
+    for alpha in ALPHAS:
+        rows = [row("sweep", f"a{alpha}", alpha=alpha, seed=0, kimg=k, fid=distance(alpha, 0, k)) for k in KIMG]
+        write_evaluations(tmp_path / "sweep" / "evaluations" / f"a{alpha}.parquet", rows)
+    sys.modules[f"analysis.{name}"].main([str(tmp_path / "sweep"), "--out", str(tmp_path / "out")])
+    assert any((tmp_path / "out").iterdir())
