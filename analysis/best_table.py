@@ -73,7 +73,8 @@ def _layout(frame: pd.DataFrame) -> tuple[list[str], list[list[str]], list[bool]
 def _kimg(lo: float, hi: float) -> str:
     if math.isnan(lo):
         return "—"
-    return f"{lo:,.0f}" if round(lo) == round(hi) else f"{lo:,.0f}–{hi:,.0f}"
+    fmt = "{:,.0f}" if hi >= 100 else "{:.3g}"  # digits runs live at a few kimg: 9.6 must not print as 10
+    return fmt.format(lo) if fmt.format(lo) == fmt.format(hi) else f"{fmt.format(lo)}–{fmt.format(hi)}"
 
 
 def to_markdown(frame: pd.DataFrame) -> str:
