@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from sid.assets import AssetError
 from sid.cli import add_config_flags, add_preset_flag, config_from_args
 from sid.config import DistillConfig
 from sid.distill import Distiller
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:  # bad checkpoint/teacher/asset: one line, not a traceback
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except OSError as exc:  # results folder full, read-only, gone: rows written so far stay readable
+    except (OSError, AssetError) as exc:  # results disk full or read-only, a download failed: not the input's fault
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
     print(f"done in {time.time() - start:.0f} s; evaluations: {path}")

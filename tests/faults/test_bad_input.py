@@ -1,0 +1,223 @@
+"""Bad input everywhere a user types: every flag of `python -m sid.distill` (every DistillConfig field among them)
+and of the three study scripts, given an invalid value, ends with one `error:` line and exit code 2, no traceback,
+and nothing written. The commands' main(argv) run in this process (a subprocess costs ~3 s here); a guard fails
+the case at once if validation let it through to training or to starting Ray."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+
+import pytest
+import ray
+from _util import ROOT
+
+import sid.run
+import sid.study
+from sid.config import DistillConfig
+
+FLOATS = [f.name for f in dataclasses.fields(DistillConfig) if f.type in ("float", float)]
+INTS = [f.name for f in dataclasses.fields(DistillConfig) if f.type in ("int", int)]
+UNCONSTRAINED = {"preset", "alpha"}  # preset is --preset (below); any finite alpha is a valid SiD loss weight
+# Values outside each field's domain (beyond the type errors that every numeric field gets below).
+OUT_OF_RANGE = {
+    "teacher": [("", "must name a teacher"), ("missing.pt", "missing.pt: no such network file"),
+                ("missing.pkl", "no such file: 'missing.pkl'"), ("ftp://host/t.pkl", "unsupported URL scheme")],
+    "tmax": [("0", "must be in 1..1000"), ("1001", "must be in 1..1000")],
+    "sigma_init": [("0", "must be > 0"), ("-2.5", "must be > 0")],
+    "ls": [("0", "must be > 0")],
+    "lsg": [("-1", "must be > 0")],
+    "lr": [("0", "must be > 0"), ("-1e-4", "must be > 0")],
+    "glr": [("-1e-4", "must be > 0")],
+    "beta1": [("1", "must be in [0, 1)"), ("-0.1", "must be in [0, 1)")],
+    "g_beta1": [("1.5", "must be in [0, 1)")],
+    "beta2": [("1", "must be in [0, 1)")],
+    "adam_eps": [("0", "must be > 0")],
+    "batch": [("0", "must be > 0"), ("-128", "must be > 0"), ("100", "divisible by batch_per_device=128")],
+    "batch_per_device": [("-1", "must be >= 0")],
+    "precision": [("fp8", "must be one of fp32")],
+    "memory_format": [("nhwc", "must be one of contiguous")],
+    "compile": [("yes", "must be one of off")],
+    "dropout": [("1.5", "must be in [0, 1]"), ("-0.1", "must be in [0, 1]")],
+    "augment": [("2", "must be in [0, 1]")],
+    "ema_mimg": [("0", "must be > 0")],
+    "ema_rampup": [("-0.05", "must be in [0, 1]")],
+    "duration_kimg": [("0", "must be > 0"), ("-1", "must be > 0")],
+    "eval_every_kimg": [("0", "must be > 0")],
+    "fid_images": [("0", "must be > 0"), ("-1", "must be > 0"),
+                   pytest.param("1", "fid_images", marks=pytest.mark.xfail(
+                       strict=True, reason="sid/config.py validate(): fid_images must be >= 2 (a Frechet distance "
+                                           "needs a covariance); 1 passes and fails at the first evaluation"))],
+    "fid_images_final": [("-1", "must be >= 0")],
+    "fid_detector": [("inception", "must be one of inception-2015-12-05")],
+    "fid_ref": [("missing.npz", "no such file: 'missing.npz'"), ("edm:nope", "known names")],
+    "seed": [("-1", "must be >= 0")],
+}
+
+
+def flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def row(prefix: list, case) -> object:
+    """A table row `prefix + case`; a case given as pytest.param keeps its marks (a known bug, xfail)."""
+    values, marks = (case.values, case.marks) if hasattr(case, "marks") else (tuple(case), ())
+    return pytest.param(*prefix, *values, marks=marks, id=" ".join(map(str, [*prefix, values[0]])))
+
+
+DISTILL_CASES = [
+    *[(flag(f), v, w) for f in FLOATS for v, w in [("abc", "invalid float value: 'abc'"), ("nan", "must be finite"),
+                                                   ("inf", "must be finite"), ("-inf", "must be finite")]],
+    *[(flag(f), v, w) for f in INTS for v, w in [("abc", "invalid int value: 'abc'"), ("1.5", "invalid int value")]],
+    *[row([flag(f)], c) for f, cases in OUT_OF_RANGE.items() for c in cases],
+    ("--preset", "cifar100", "invalid choice: 'cifar100'"),
+    ("--workers", "0", "--workers must be >= 1"),
+    ("--workers", "two", "invalid int value: 'two'"),
+    ("--gpus-per-worker", "-1", "--gpus-per-worker must be >= 0"),
+    ("--gpus-per-worker", "nan", "--gpus-per-worker must be >= 0"),
+    ("--device", "gpu", "--device: unknown device 'gpu'"),
+    ("--device", "cuda:7", "--device: device 'cuda:7': this machine has"),
+    ("--out", "FILE", "FILE exists and is not a folder"),
+    ("--out", "FILE/run", "FILE exists and is not a folder"),
+    ("--resume", None, "holds no checkpoint.pt to continue from"),
+    ("--out", "HELD", "already holds a run; pass --resume"),
+    ("--resume --out", "TORN", "TORN/checkpoint.pt: not a training checkpoint of this project"),
+]
+
+
+def test_every_config_field_has_out_of_range_cases_or_is_declared_unconstrained():
+    fields = {f.name for f in dataclasses.fields(DistillConfig)}
+    assert set(OUT_OF_RANGE) | UNCONSTRAINED == fields and not set(OUT_OF_RANGE) & UNCONSTRAINED
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A working folder with a file where a folder is expected, a folder holding a run (HELD) and one holding a
+    torn checkpoint (TORN); returns a function listing what is there, to show that a case wrote nothing."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "FILE").write_text("not a folder")
+    (tmp_path / "HELD").mkdir()
+    (tmp_path / "HELD" / "checkpoint.pt").write_bytes(b"")
+    (tmp_path / "TORN").mkdir()
+    (tmp_path / "TORN" / "checkpoint.pt").write_bytes(b"PK\x03\x04 cut off by a power loss")
+    return lambda: sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
+
+
+def expect_one_error(run, capsys, written, words: str) -> None:
+    before = written()
+    with pytest.raises(SystemExit) as exited:
+        run()
+    err = capsys.readouterr().err
+    assert exited.value.code == 2, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert "error:" in last and words in last, last
+    assert written() == before  # nothing written
+    assert not ray.is_initialized()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name, value, words", DISTILL_CASES)
+def test_distill_flag_with_a_bad_value_is_one_error_with_exit_code_2(workdir, monkeypatch, capsys, name, value,
+                                                                      words):
+    def started(*args, **kwargs):
+        raise AssertionError("validation let a bad value through: training started")
+
+    monkeypatch.setattr(sid.run, "train", started)
+    argv = name.split()
+    if value is not None:
+        argv[-1] += f"={value}"  # --alpha=-inf: argparse would take a separate '-inf' for a flag
+    expect_one_error(lambda: sid.run.main(argv), capsys, workdir, words)
+
+
+# ---------------------------------------------------------------------------------------------- study scripts
+def load_script(name: str, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "studies"))
+    spec = importlib.util.spec_from_file_location(name, ROOT / "studies" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def xfail(reason: str):
+    return pytest.mark.xfail(strict=True, reason=reason)
+
+
+NAN_CPUS = xfail("sid/study.py Study.validate(): a NaN or infinite cpus_per_worker passes the `<= DRIVER_CPU` test "
+                 "and Ray starts; require math.isfinite(cpus_per_worker)")
+NAN_GPUS = xfail("sid/distributed.py check_request(): NaN passes `gpus_per_worker < 0`; test `not gpus_per_worker "
+                 ">= 0` and math.isfinite")
+COMMON = [
+    (["--preset", "nope"], "invalid choice: 'nope'"),
+    (["--storage", "FILE"], "FILE exists and is not a folder"),
+    (["--storage", "FILE/results"], "FILE exists and is not a folder"),
+    (["--storage", "s3://bucket/sid"], "local or mounted shared folder"),
+    (["--resume"], "holds no study to continue"),
+    (["--name", "HELD"], "already holds a study; pass --resume"),
+    (["--name", "../up"], "plain folder name"),
+    (["--name", ".hidden"], "plain folder name"),
+    (["--max-concurrent", "0"], "max_concurrent must be >= 1"),
+    (["--max-concurrent", "many"], "invalid int value: 'many'"),
+    (["--workers-per-trial", "0"], "workers must be >= 1"),
+    (["--cpus-per-worker", "0"], "cpus_per_worker must leave room"),
+    pytest.param(["--cpus-per-worker", "nan"], "cpus_per_worker", marks=NAN_CPUS),
+    pytest.param(["--cpus-per-worker", "inf"], "cpus_per_worker", marks=NAN_CPUS),
+    (["--gpus-per-worker", "-1"], "gpus_per_worker must be >= 0"),
+    (["--gpus-per-worker", "2"], "each DDP rank drives one GPU"),
+    pytest.param(["--gpus-per-worker", "nan"], "gpus_per_worker", marks=NAN_GPUS),
+    (["--duration-kimg", "-1"], "DistillConfig.duration_kimg: must be > 0"),
+    (["--fid-images", "abc"], "invalid int value: 'abc'"),
+    (["--seed", "-1"], "DistillConfig.seed: must be >= 0"),
+    (["--beta2", "nan"], "DistillConfig.beta2: must be finite"),
+    (["--teacher", "/nowhere/teacher.pt"], "no such file"),
+]
+SPECIFIC = {
+    "alpha_sweep": [
+        (["--alphas", ""], "comma-separated list of numbers"), (["--alphas", "1.0,,1.2"], "comma-separated"),
+        (["--alphas", "1.0,abc"], "'abc' is not a number"), (["--alphas", "1.0,1.0"], "repeat"),
+        (["--alphas", "nan"], "DistillConfig.alpha: must be finite"),
+        (["--alphas", "1.0,inf"], "DistillConfig.alpha: must be finite"),
+        (["--seeds", "0"], "--seeds: expected a count >= 1"), (["--seeds", "-2"], "--seeds: expected a count >= 1"),
+        (["--seeds", "x"], "invalid int value: 'x'"), (["--lr", "0"], "DistillConfig.lr: must be > 0"),
+    ],
+    "sigma_init_sweep": [
+        (["--sigma-inits", ""], "comma-separated list of numbers"),
+        (["--sigma-inits", "0,2.5"], "DistillConfig.sigma_init: must be > 0"),
+        (["--sigma-inits", "-1"], "DistillConfig.sigma_init: must be > 0"),
+        (["--sigma-inits", "nan"], "DistillConfig.sigma_init: must be finite"),
+        (["--seeds", "0"], "--seeds: expected a count >= 1"),
+    ],
+    "hpo": [
+        (["--alpha-range", "1.0"], "--alpha-range: expected LOW,HIGH"),
+        (["--alpha-range", "1.5,0.5"], "LOW < HIGH"), (["--alpha-range", "0.5,0.5"], "repeat"),
+        pytest.param(["--alpha-range", "0.5,nan"], "--alpha-range", marks=xfail(
+            "studies/_common.py parse_range(): NaN passes `values[0] >= values[1]`; tune.uniform(0.5, nan) then "
+            "raises a ValueError traceback; test `not values[0] < values[1]` and math.isfinite")),
+        (["--lr-range", "0,1e-3"], "LOW > 0 (log scale)"), (["--glr-range", "-1,1"], "LOW > 0 (log scale)"),
+        (["--sigma-init-range", "0,4"], "DistillConfig.sigma_init: must be > 0"),
+        (["--num-samples", "0"], "--num-samples: expected a count >= 1"),
+        (["--num-samples", "ten"], "invalid int value: 'ten'"),
+        pytest.param(["--optuna-seed", "-1"], "--optuna-seed", marks=xfail(
+            "studies/hpo.py main(): --optuna-seed -1 reaches OptunaSearch after Ray started (numpy: 'Seed must be "
+            "between 0 and 2**32 - 1'); check 0 <= seed < 2**32 with parser.error")),
+        pytest.param(["--lr", "1e-4"], "unrecognized arguments: --lr", marks=xfail(  # searched: no fixed-value flag
+            "studies/_common.py build_parser(): argparse abbreviations turn --lr into --lr-range (and --alpha into "
+            "--alphas in alpha_sweep.py); pass allow_abbrev=False")),
+    ],
+}
+STUDY_CASES = [row([script], c) for script in ("alpha_sweep", "sigma_init_sweep", "hpo")
+               for c in [*COMMON, *SPECIFIC[script]]]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("script, argv, words", STUDY_CASES)
+def test_study_flag_with_a_bad_value_is_one_error_with_exit_code_2(workdir, monkeypatch, capsys, script, argv,
+                                                                    words):
+    def started(*args, **kwargs):
+        raise AssertionError("validation let a bad value through: Ray was about to start")
+
+    monkeypatch.setattr(sid.study, "_connect", started)
+    main = load_script(script, monkeypatch).main
+    storage = [] if "--storage" in argv else ["--storage", "."]
+    argv = [f"{argv[0]}={argv[1]}", *argv[2:]] if len(argv) > 1 else argv  # --glr-range=-1,1 (see above)
+    expect_one_error(lambda: main([*argv, *storage]), capsys, workdir, words)
