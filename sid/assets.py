@@ -65,6 +65,7 @@ def fetch(source: str, *, sha256: str | None = None, cache_dir: str | Path | Non
     dest.parent.mkdir(parents=True, exist_ok=True)
     sidecar = dest.with_name(dest.name + ".sha256")
     with FileLock(str(dest) + ".lock"):
+        expected = sha256
         if dest.is_file() and sidecar.is_file():
             digest, recorded = sha256_of(dest), sidecar.read_text().strip()
             if digest == recorded:
@@ -72,7 +73,8 @@ def fetch(source: str, *, sha256: str | None = None, cache_dir: str | Path | Non
                 return dest
             print(f"sid.assets: cached {dest} is corrupt (sha256 {digest}, recorded {recorded}); downloading again",
                   file=sys.stderr)
-        digest = _download(source, dest, sha256)
+            expected = sha256 or recorded  # the source must still serve the file first recorded, not another one
+        digest = _download(source, dest, expected)
         sidecar.write_text(digest + "\n")  # after the rename: a crash in between only costs a re-download
     return dest
 

@@ -89,6 +89,10 @@ class DistillConfig:
         for name in ("dropout", "augment", "ema_rampup"):
             if not 0 <= getattr(self, name) <= 1:
                 raise bad(name, "must be in [0, 1]")
+        if self.fid_images < 2:  # a Frechet distance needs a covariance
+            raise bad("fid_images", "must be >= 2")
+        if self.fid_images_final == 1:
+            raise bad("fid_images_final", "must be 0 (= fid_images) or >= 2")
         for name in ("batch_per_device", "fid_images_final"):
             if getattr(self, name) < 0:
                 raise bad(name, "must be >= 0")

@@ -47,7 +47,7 @@ def check_request(workers: int, gpus_per_worker: float) -> None:
     'Duplicate GPU detected' (ray-project/ray#48012), and a rank drives exactly one device."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    if gpus_per_worker < 0:
+    if not (math.isfinite(gpus_per_worker) and gpus_per_worker >= 0):
         raise ValueError(f"gpus_per_worker must be >= 0, got {gpus_per_worker}")
     if 0 < gpus_per_worker < 1 and workers > 1:
         raise ValueError(f"gpus_per_worker={gpus_per_worker} with {workers} workers would put several DDP ranks of one "
@@ -162,8 +162,9 @@ class _Reporter:
             checkpoint = None
             if distiller.rank == 0:
                 metrics["best_fid"] = self._write_row(row, distiller)
-                torch.save({**distiller.state_dict(), "wall_s": row["wall_s"]}, Path(folder) / STATE_FILE)
-                checkpoint = ray.train.Checkpoint.from_directory(folder)
+                if row["status"] == "ok":  # a diverged state is no checkpoint: Train's newest stays the last good one
+                    torch.save({**distiller.state_dict(), "wall_s": row["wall_s"]}, Path(folder) / STATE_FILE)
+                    checkpoint = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(metrics, checkpoint=checkpoint)
 
 

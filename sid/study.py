@@ -126,7 +126,7 @@ class Study:
             check_request(self.workers_per_trial, self.gpus_per_worker or 0.0)
         except ValueError as exc:
             raise bad(str(exc)) from None
-        if self.cpus_per_worker * self.workers_per_trial <= DRIVER_CPU:
+        if not math.isfinite(self.cpus_per_worker) or self.cpus_per_worker * self.workers_per_trial <= DRIVER_CPU:
             raise bad(f"cpus_per_worker must leave room for the trial's driver ({DRIVER_CPU} CPU), "
                       f"got {self.cpus_per_worker}")
         if re.match(r"^\w+:/", str(self.storage)):
@@ -155,7 +155,16 @@ def run_trial(tune_config: dict[str, Any]) -> None:
     settings = tune_config["sid"]
     trial_id = ray.tune.get_context().get_trial_id()
     folder = Path(settings["folder"])
-    build_trainer(trial_config(tune_config), rows_path=folder / EVALUATIONS_DIR / f"{trial_id}.parquet",
+    config, rows_path = trial_config(tune_config), folder / EVALUATIONS_DIR / f"{trial_id}.parquet"
+    rows = read_parquet(rows_path) if rows_path.exists() else None
+    if rows is not None and len(rows) and rows["iteration"].max() >= config.iterations:
+        # The trial finished just before the study was interrupted: its Train run has nothing left to report, so
+        # report its last evaluation again, else Tune and Optuna would see a trial without a result.
+        last = rows.sort_values("kimg").iloc[-1]
+        metrics = {k: float(v) for k, v in last.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        ray.tune.report({**metrics, "best_fid": float(rows["fid"].min())})
+        return
+    build_trainer(config, rows_path=rows_path,
                   workers=settings["workers"], gpus_per_worker=settings["gpus_per_worker"],
                   storage_path=folder / TRAIN_DIR, name=f"train-{trial_id}", trial_id=trial_id,
                   study=settings["study"], cpus_per_worker=settings["cpus_per_worker"],

@@ -6,6 +6,7 @@ Every bad flag ends the program with one line naming what was expected and exit 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -25,7 +26,8 @@ SEARCHED_COLUMNS = ("alpha", "sigma_init", "lr", "glr", "seed")  # order of the 
 
 def build_parser(doc: str, *, swept: tuple[str, ...], asha: bool) -> argparse.ArgumentParser:
     """The flags every study script has; config fields in `swept` get no fixed-value flag."""
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)  # else --lr would silently mean --lr-range
     add_preset_flag(parser)
     group = parser.add_argument_group("study")
     group.add_argument("--name", default=None,
@@ -69,6 +71,9 @@ def parse_numbers(parser: argparse.ArgumentParser, text: str, flag: str) -> list
             values.append(float(item))
         except ValueError:
             parser.error(f"{flag}: {item!r} is not a number (expected a comma-separated list such as 0.5,1.0,1.2)")
+    bad = [item for item, value in zip(items, values) if not math.isfinite(value)]
+    if bad:
+        parser.error(f"{flag}: {bad[0]!r} is not a finite number")
     if len(set(values)) < len(values):
         parser.error(f"{flag}: values repeat in {text!r}; use --seeds for repeats")
     return values

@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> None:
         space[field] = tune.loguniform(low, high) if log else tune.uniform(low, high)
     if args.num_samples < 1:
         parser.error(f"--num-samples: expected a count >= 1, got {args.num_samples}")
+    if not 0 <= args.optuna_seed < 2**32:
+        parser.error(f"--optuna-seed: expected 0 <= seed < 2**32, got {args.optuna_seed}")
     _common.main(parser, args, script="hpo", searcher="optuna", space=lambda base: space,
                  num_samples=args.num_samples, optuna_seed=args.optuna_seed)
 

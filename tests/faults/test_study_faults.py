@@ -121,8 +121,6 @@ def test_nan_trial_is_marked_diverged_and_the_study_goes_on(faulty_study):
     assert trial_rows(study, good["trial_id"])["written_at"].max() > mine["written_at"].max()
 
 
-@pytest.mark.xfail(strict=True, reason="sid/distributed.py _Reporter.__call__ reports a checkpoint for diverged "
-                                       "rows too, so Train's 2 newest can both be diverged states (fix in the report)")
 @pytest.mark.timeout(300)
 def test_diverged_trial_keeps_its_last_good_state_as_its_newest_checkpoint(faulty_study):
     study, trials, _ = faulty_study
@@ -144,10 +142,6 @@ def optuna_history(folder) -> tuple[dict, list]:
     return {tune_id: history[trial.number] for tune_id, trial in state["_ot_trials"].items()}, history
 
 
-@pytest.mark.xfail(strict=True, reason="sid/study.py run_trial(): a trial that finished in the last seconds before "
-                                       "the kill is restored as unfinished, its Train run has nothing left to report, "
-                                       "and Tune's metric check (OptunaSearch's best_fid) fails the resumed study "
-                                       "with a traceback (fix in the report)")
 @pytest.mark.timeout(480)
 def test_hpo_driver_killed_right_after_a_trial_ended_resumes_with_its_trials_and_optuna_history(tmp_path, teacher):
     storage, name, samples = tmp_path / "results", "hpo", 3

@@ -178,8 +178,6 @@ def test_tampered_cached_teacher_is_never_used(tmp_path, monkeypatch, capsys, ma
     assert cached.read_bytes() == (tmp_path / "teacher.pt").read_bytes()
 
 
-@pytest.mark.xfail(strict=True, reason="sid/assets.py fetch(): a re-download is not checked against the sha256 "
-                                       "recorded at the first download (fix in the report and docs/reliability.md)")
 @pytest.mark.timeout(60)
 def test_teacher_whose_source_changed_since_its_recorded_sha256_is_an_error(tmp_path, monkeypatch):
     monkeypatch.setenv("SID_CACHE", str(tmp_path / "cache"))
