@@ -5,7 +5,6 @@ Frechet distance, evaluations every 2 iterations); the pure pieces (capacity, di
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -27,6 +26,7 @@ from sid.loop import evaluation_iterations
 from sid.results import CONFIG_COLUMNS, EVALUATION_SCHEMA, SCHEMA_VERSION, TRIAL_SCHEMA, read_evaluations
 from sid.study import Study, StudyCallback, run_study, trial_capacity
 from sid.study_results import Divergence, TrialRecord, trial_state
+from shared_helpers import load_script, session_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 # 1 iteration = 0.008 kimg; evaluations at 0, 0.016, 0.032 kimg
@@ -36,19 +36,6 @@ TINY_FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
 
 def expected_kimg(config) -> list[float]:
     return [i * config.batch / 1000 for i in evaluation_iterations(config)]
-
-
-def session_processes(session: int) -> list[int]:
-    """Live processes of a session (a subprocess started with start_new_session and everything it started)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == session and fields[0] != "Z":  # fields after the name: state, ppid, pgrp, session
-            found.append(int(stat.parent.name))
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -137,14 +124,6 @@ def test_tune_state_tells_an_interrupted_trial_from_a_finished_one(status, done,
 
 
 # ---------------------------------------------------------------------------------------------- bad input
-def load_script(name: str, monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "studies"))
-    spec = importlib.util.spec_from_file_location(name, ROOT / "studies" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("script, flags, words", [
     ("alpha_sweep", ["--preset", "nope"], ["--preset", "invalid choice: 'nope'"]),

@@ -18,6 +18,7 @@ import torch
 from sid.config import preset
 from sid.loop import evaluation_iterations
 from sid.results import read_evaluations
+from shared_helpers import session_processes  # noqa: F401 (re-exported for the fault tests)
 
 ROOT = Path(__file__).resolve().parents[2]
 # A small random 8x8 teacher: these tests are about faults, not quality, and its iterations take ~0.05 s here.
@@ -78,19 +79,6 @@ def wait_until(condition: Callable[[], bool], process: subprocess.Popen | None, 
         if time.time() > deadline:
             raise AssertionError(f"no fault point within {timeout} s:\n{log.read_text()[-3000:]}")
         time.sleep(0.05)
-
-
-def session_processes(session: int) -> list[int]:
-    """Live processes of a session: a command started by `start` and everything it started (Ray included)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == session and fields[0] != "Z":  # fields after the name: state, ppid, pgrp, session
-            found.append(int(stat.parent.name))
-    return found
 
 
 def kill_session(process: subprocess.Popen, timeout: float = 60) -> None:

@@ -6,11 +6,11 @@ the case at once if validation let it through to training or to starting Ray."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 
 import pytest
 import ray
 from _util import ROOT
+from shared_helpers import load_script
 
 import sid.run
 import sid.study
@@ -129,14 +129,6 @@ def test_distill_flag_with_a_bad_value_is_one_error_with_exit_code_2(workdir, mo
 
 
 # ---------------------------------------------------------------------------------------------- study scripts
-def load_script(name: str, monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "studies"))
-    spec = importlib.util.spec_from_file_location(name, ROOT / "studies" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 COMMON = [
     (["--preset", "nope"], "invalid choice: 'nope'"),
     (["--storage", "FILE"], "FILE exists and is not a folder"),
