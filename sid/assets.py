@@ -66,14 +66,17 @@ def fetch(source: str, *, sha256: str | None = None, cache_dir: str | Path | Non
     sidecar = dest.with_name(dest.name + ".sha256")
     with FileLock(str(dest) + ".lock"):
         expected = sha256
-        if dest.is_file() and sidecar.is_file():
-            digest, recorded = sha256_of(dest), sidecar.read_text().strip()
-            if digest == recorded:
-                _check_digest(f"{dest} (cached copy of {source}; delete it to download again)", digest, sha256)
-                return dest
-            print(f"sid.assets: cached {dest} is corrupt (sha256 {digest}, recorded {recorded}); downloading again",
-                  file=sys.stderr)
-            expected = sha256 or recorded  # the source must still serve the file first recorded, not another one
+        if sidecar.is_file():
+            recorded = sidecar.read_text().strip()
+            if dest.is_file():
+                digest = sha256_of(dest)
+                if digest == recorded:
+                    _check_digest(f"{dest} (cached copy of {source}; delete it to download again)", digest, sha256)
+                    return dest
+                print(f"sid.assets: cached {dest} is corrupt (sha256 {digest}, recorded {recorded}); downloading "
+                      "again", file=sys.stderr)
+            # The source must still serve the file first recorded (delete the .sha256 sidecar to accept another).
+            expected = sha256 or recorded
         digest = _download(source, dest, expected)
         sidecar.write_text(digest + "\n")  # after the rename: a crash in between only costs a re-download
     return dest

@@ -90,6 +90,15 @@ def test_corrupted_cache_file_is_detected_and_downloaded_again(source, tmp_path,
     assert "corrupt" in capsys.readouterr().err
 
 
+def test_deleted_cache_copy_must_be_downloaded_again_with_the_recorded_sha256(source, tmp_path):
+    cached = fetch(source.as_uri(), cache_dir=tmp_path)
+    cached.unlink()                   # the copy is gone, its .sha256 record stays
+    source.write_bytes(b"another file behind the same URL")
+    with pytest.raises(AssetError, match="sha256 mismatch"):
+        fetch(source.as_uri(), cache_dir=tmp_path)
+    assert not cached.exists()
+
+
 @pytest.mark.timeout(60)
 def test_two_processes_fetching_the_same_url_download_once(source, tmp_path):
     cache = tmp_path / "cache"
