@@ -52,7 +52,12 @@ class WorkerKiller(threading.Thread):
         while not self.done.is_set():
             found = rows(self.folder / "evaluations")
             mine = found[found["glr"] == GOOD_GLR] if not found.empty else found
-            if len(mine) >= self.after:
+            # Also wait until Train's controller has registered a checkpoint of the run (its snapshot file):
+            # a row is written before its checkpoint is reported, and a kill in between would rightly restart
+            # the trial from scratch.
+            registered = not found.empty and len(mine) and any(
+                (self.folder / "train").glob(f"train-{mine['trial_id'].iloc[0]}/checkpoint_manager_snapshot.json"))
+            if len(mine) >= self.after and registered:
                 run = f"/train-{mine['trial_id'].iloc[0]}"
                 workers = [pid for pid, command in descendants(os.getpid()).items()
                            if command.startswith("ray::RayTrainWorker") and working_dir(pid).endswith(run)]
