@@ -50,16 +50,15 @@ class Evaluator:
         to black images would pass a diverged generator off as a finite, merely poor, FID."""
         from sid.metrics import compute_fd
 
-        finite = True
+        finite = torch.ones((), dtype=torch.bool, device=distiller.device)  # read once, not a sync per batch
 
         def generate(index: int, n: int) -> torch.Tensor:
-            nonlocal finite
             images = distiller.sample(index, n)
-            finite = finite and bool(images.isfinite().all())
+            finite.logical_and_(images.isfinite().all())
             return images
 
         fd = compute_fd(generate, num_images, self.detector, self.mu, self.sigma, batch_size=self.batch_size)
-        return fd if finite else math.nan
+        return fd if bool(finite) else math.nan
 
 
 def fid_images_at(config: DistillConfig, iteration: int) -> int:
