@@ -192,7 +192,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         if rank == 0:
             print(f"continuing at kimg {distiller.kimg:g} (iteration {distiller.iteration})", flush=True)
     train(distiller, evaluator=Evaluator(config, device) if rank == 0 else None, on_evaluation=_Reporter(loop_config),
-          study=loop_config["study"], trial_id=loop_config["trial_id"], wall_s=wall_s, progress=False)
+          study=loop_config["study"], trial_id=loop_config["trial_id"], wall_s=wall_s, progress=False,
+          resumed=state is not None)
 
 
 # ---------------------------------------------------------------------------------------------- trainer

@@ -81,12 +81,12 @@ def make_row(distiller: Distiller, *, fid: float, stats: dict, wall_s: float, im
 
 
 def train(distiller: Distiller, *, evaluator: Evaluator | None, on_evaluation: OnEvaluation, study: str = "",
-          trial_id: str = "run", wall_s: float = 0.0, progress: bool = True) -> None:
-    """Run `distiller` to config.duration_kimg, evaluating on the schedule. A resumed distiller (iteration > 0,
-    restored right after an evaluation) continues without evaluating its current point again."""
+          trial_id: str = "run", wall_s: float = 0.0, progress: bool = True, resumed: bool = False) -> None:
+    """Run `distiller` to config.duration_kimg, evaluating on the schedule. A `resumed` distiller was restored from a
+    checkpoint, which is always taken right after an evaluation (kimg 0 included), so it continues without
+    evaluating its current point again."""
     cfg = distiller.config
     points = evaluation_iterations(cfg)
-    resumed = distiller.iteration > 0
     is_main = distiller.rank == 0
     final_kimg = cfg.iterations * cfg.batch / 1000
     bar = tqdm(total=final_kimg, initial=distiller.kimg, file=sys.stdout, disable=not (progress and is_main),

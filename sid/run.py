@@ -113,7 +113,7 @@ def run_local(config: DistillConfig, out: Path, *, device: torch.device, resume:
         wall_s = state["wall_s"]
         print(f"resuming {out} at kimg {distiller.kimg:.1f}")
     train(distiller, evaluator=Evaluator(config, device), on_evaluation=RunFolder(out), trial_id=out.name,
-          wall_s=wall_s, progress=progress)
+          wall_s=wall_s, progress=progress, resumed=resume)
     return out / EVALUATIONS
 
 

@@ -66,6 +66,21 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, teac
     assert rows_b["fid"].tolist() == pytest.approx(rows_a["fid"].tolist(), rel=1e-6)
 
 
+@pytest.mark.parametrize("resumed,evaluated", [(False, [0, 2, 4, 6]), (True, [2, 4, 6])])
+def test_a_distiller_restored_at_kimg_0_does_not_evaluate_kimg_0_again(teacher_file, resumed, evaluated):
+    # A checkpoint is taken right after each evaluation, kimg 0 included: a Ray Train restart can restore that
+    # first one, whose iteration is 0, so "resumed" cannot be inferred from the iteration.
+    from sid.distill import Distiller
+    from sid.loop import Evaluator, train
+    from sid.teachers import load_teacher
+
+    config = tiny(teacher_file)
+    rows = []
+    train(Distiller(config, load_teacher(config.teacher)), evaluator=Evaluator(config),
+          on_evaluation=lambda row, _: rows.append(row), progress=False, resumed=resumed)
+    assert [row["iteration"] for row in rows] == evaluated
+
+
 def test_resume_with_a_different_config_is_refused(tmp_path, teacher_file):
     run_local(tiny(teacher_file, duration_kimg=0.032), tmp_path / "run", device=torch.device("cpu"), resume=False,
               progress=False)
