@@ -18,7 +18,7 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +215,9 @@ def build_trainer(
     controller_failure_limit: int = 2,        # failed worker-group starts before giving up (Ray's default -1 hangs)
     placement_strategy: str | None = None,    # PACK, SPREAD, STRICT_PACK, STRICT_SPREAD; None: default_placement
     callbacks: Sequence[ray.train.UserCallback] = (),  # e.g. [TuneReportCallback()] inside a Tune driver function
+    loop: Callable[[dict[str, Any]], None] = train_worker,  # what each worker runs (sid.dry_run: place, load, stop)
+    loop_extra: Mapping[str, Any] | None = None,  # more loop_config entries for `loop`
+    backend: str | None = None,               # torch.distributed backend; None: nccl on GPUs, gloo on CPUs
 ) -> ray.train.torch.TorchTrainer:
     """A Train V2 TorchTrainer for one SiD run. Needs a connected Ray (it checks the request against the cluster)."""
     check_request(workers, gpus_per_worker)
@@ -229,11 +232,11 @@ def build_trainer(
     loop_config = dict(config=config.to_dict(), rows_path=str(rows_path), trial_id=trial_id, study=study,
                        run_folder=str(run_folder) if run_folder else None,
                        resume_path=str(resume_path) if resume_path else None,
-                       workers_dir=str(workers_dir) if workers_dir else None)
+                       workers_dir=str(workers_dir) if workers_dir else None, **(loop_extra or {}))
     return ray.train.torch.TorchTrainer(
-        train_worker,
+        loop,
         train_loop_config=loop_config,
-        torch_config=ray.train.torch.TorchConfig(backend="nccl" if gpus_per_worker > 0 else "gloo"),
+        torch_config=ray.train.torch.TorchConfig(backend=backend or ("nccl" if gpus_per_worker > 0 else "gloo")),
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0,
                                                resources_per_worker=per_worker, placement_strategy=placement_strategy),
         run_config=ray.train.RunConfig(

@@ -9,6 +9,7 @@ rewrites, never duplicates, an evaluation point.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -83,6 +84,12 @@ def _table(rows: pd.DataFrame | Iterable[Mapping[str, Any]], schema: pa.Schema) 
         raise ValueError(f"rows lack schema columns: {', '.join(missing)}")
     table = pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
     return table.replace_schema_metadata({b"sid_schema_version": SCHEMA_VERSION.encode()})
+
+
+def is_uri(path: str | os.PathLike) -> bool:
+    """'s3://bucket/x' (also as Path, which folds it to 's3:/bucket/x'): results go to local or mounted folders only,
+    since they are written with plain file I/O and atomic renames."""
+    return re.match(r"^[A-Za-z][\w+.-]+:/", os.fspath(path)) is not None
 
 
 class WriteError(OSError):

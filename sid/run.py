@@ -21,7 +21,7 @@ from sid.cli import add_config_flags, add_preset_flag, config_from_args
 from sid.config import DistillConfig
 from sid.distill import Distiller
 from sid.loop import Evaluator, train
-from sid.results import EVALUATION_SCHEMA, read_parquet, upsert_evaluations, write_file_atomic
+from sid.results import EVALUATION_SCHEMA, is_uri, read_parquet, upsert_evaluations, write_file_atomic
 from sid.teachers import load_plain
 
 CHECKPOINT = "checkpoint.pt"
@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                      allow_abbrev=False)  # a typo must not silently become another flag
     add_preset_flag(parser)
-    parser.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<preset>)")
+    parser.add_argument("--out", default=None, help="run folder (default: runs/<preset>)")
     parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (single-process runs)")
     parser.add_argument("--workers", type=int, default=1, help="DDP workers; > 1 runs through Ray Train")
@@ -137,11 +137,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     config = config_from_args(parser, args)
-    out = args.out or Path("runs") / config.preset
+    out = Path(args.out) if args.out else Path("runs") / config.preset
     if args.workers < 1:
         parser.error(f"--workers must be >= 1, got {args.workers}")
     if not args.gpus_per_worker >= 0:  # NaN included
         parser.error(f"--gpus-per-worker must be >= 0, got {args.gpus_per_worker}")
+    if is_uri(args.out or ""):
+        parser.error(f"--out {args.out}: expected a local or mounted shared folder (rows and checkpoints are written "
+                     "with plain file I/O), not a URL")
     blocked = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
     if blocked is not None:
         parser.error(f"--out {out}: {blocked} exists and is not a folder")

@@ -37,7 +37,7 @@ from ray.tune.search.sample import Categorical, Domain
 
 from sid.config import ConfigError, DistillConfig
 from sid.distributed import build_trainer, check_request, check_resources, default_placement, worker_resources
-from sid.results import read_parquet
+from sid.results import is_uri, read_parquet
 from sid.study_results import (EVALUATIONS_DIR, TRIALS_FILE, Divergence, TrialRecord, final_kimg,
                                write_trials_table)
 
@@ -129,7 +129,7 @@ class Study:
         if not math.isfinite(self.cpus_per_worker) or self.cpus_per_worker * self.workers_per_trial <= DRIVER_CPU:
             raise bad(f"cpus_per_worker must leave room for the trial's driver ({DRIVER_CPU} CPU), "
                       f"got {self.cpus_per_worker}")
-        if re.match(r"^\w+:/", str(self.storage)):
+        if is_uri(self.storage):
             raise StudyError(f"storage must be a local or mounted shared folder (e.g. NFS), got {self.storage}: "
                              "trials write their Parquet rows with plain file I/O")
         teacher = self.base.teacher
@@ -200,7 +200,7 @@ class DivergenceStopper(ray.tune.Stopper):
         return False
 
 
-def _label(trial: ray.tune.experiment.Trial) -> str:
+def trial_label(trial: ray.tune.experiment.Trial) -> str:
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                     for k, v in trial.config.items() if k in SEARCHABLE)
 
@@ -213,12 +213,12 @@ class StudyCallback(ray.tune.Callback):
         self.folder, self.study, self.divergence = folder, study, divergence
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        print(f"[{trial.trial_id}] start  {_label(trial)}", flush=True)
+        print(f"[{trial.trial_id}] start  {trial_label(trial)}", flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         get = lambda key: result.get(key, math.nan)  # noqa: E731
         print(f"[{trial.trial_id}] kimg {get('kimg'):8.4g}  FD {get('fid'):9.4f}  best {get('best_fid'):9.4f}  "
-              f"loss_fake {get('loss_fake_score'):9.4g}  loss_G {get('loss_generator'):9.4g}  {_label(trial)}",
+              f"loss_fake {get('loss_fake_score'):9.4g}  loss_G {get('loss_generator'):9.4g}  {trial_label(trial)}",
               flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
@@ -226,7 +226,7 @@ class StudyCallback(ray.tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self.write(trials)
-        print(f"[{trial.trial_id}] error  {self.record(trial, 'error').error}  {_label(trial)}", flush=True)
+        print(f"[{trial.trial_id}] error  {self.record(trial, 'error').error}  {trial_label(trial)}", flush=True)
 
     def on_experiment_end(self, trials, **info) -> None:
         self.write(trials)
@@ -247,7 +247,7 @@ class StudyCallback(ray.tune.Callback):
         if ended is not None and ended.last_result.get("done"):
             row = table.set_index("trial_id").loc[ended.trial_id]
             print(f"[{ended.trial_id}] {row['state']}  best {row['best_fid']:.4f} at kimg {row['best_kimg']:g}"
-                  f"  {_label(ended)}", flush=True)
+                  f"  {trial_label(ended)}", flush=True)
 
     @staticmethod
     def record(trial: Any, state: str) -> TrialRecord:
@@ -258,11 +258,11 @@ class StudyCallback(ray.tune.Callback):
         return TrialRecord(trial.trial_id, state, error, trial_config(trial.config), trial.config["sid"]["workers"])
 
 
-def _trial_dirname(trial: Any) -> str:
+def trial_dirname(trial: Any) -> str:
     return f"trial-{trial.trial_id}"
 
 
-def _connect(address: str | None) -> bool:
+def connect(address: str | None) -> bool:
     """Connect to Ray unless connected; return whether this call did (and so must shut it down)."""
     if ray.is_initialized():
         return False
@@ -279,14 +279,34 @@ def _connect(address: str | None) -> bool:
     return True
 
 
+def trial_settings(study: Study, folder: Path, cpus_per_worker: float) -> dict[str, Any]:
+    """What every trial's driver needs besides its searched values (param_space['sid'])."""
+    return dict(base=study.base.to_dict(), study=study.name, folder=str(folder), workers=study.workers_per_trial,
+                gpus_per_worker=study.gpus_per_worker, cpus_per_worker=cpus_per_worker,
+                max_failures=study.max_failures, placement_strategy=study.placement_strategy)
+
+
+def plan(study: Study) -> tuple[Study, float, int]:
+    """On the connected Ray: the study with gpus_per_worker resolved, the CPUs of each worker (the driver's share
+    taken off) and the trials to run at once. Raises ResourceError when no node can ever hold a trial."""
+    if study.gpus_per_worker is None:
+        study = dataclasses.replace(study, gpus_per_worker=1.0 if ray.cluster_resources().get("GPU") else 0.0)
+    cpus = study.cpus_per_worker - DRIVER_CPU / study.workers_per_trial  # a trial holds exactly workers x cpus
+    per_worker = worker_resources(study.gpus_per_worker, cpus)
+    check_resources(study.workers_per_trial, per_worker,
+                    study.placement_strategy or default_placement(study.workers_per_trial, per_worker))
+    # Counts the nodes that exist now: on an autoscaling cluster (which may have none yet) give max_concurrent.
+    concurrency = study.max_concurrent or max(1, trial_capacity(
+        ray.cluster_resources(), study.workers_per_trial, study.gpus_per_worker, study.cpus_per_worker))
+    return study, cpus, concurrency
+
+
 def _tuner(study: Study, trainable: Any, concurrency: int, cpus_per_worker: float) -> ray.tune.Tuner:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
     base = study.base
-    settings = dict(base=base.to_dict(), study=study.name, folder=str(study.folder), workers=study.workers_per_trial,
-                    gpus_per_worker=study.gpus_per_worker, cpus_per_worker=cpus_per_worker,
-                    max_failures=study.max_failures, placement_strategy=study.placement_strategy)
+    settings = trial_settings(study, study.folder, cpus_per_worker)
     search_alg, param_space = None, {**study.space, "sid": settings}
     if study.searcher == "optuna":  # metric/mode given to OptunaSearch itself (pitfall 5)
         search_alg = OptunaSearch(space=dict(study.space), metric="best_fid", mode="min", seed=study.optuna_seed)
@@ -302,7 +322,7 @@ def _tuner(study: Study, trainable: Any, concurrency: int, cpus_per_worker: floa
     return ray.tune.Tuner(
         trainable, param_space=param_space,
         tune_config=ray.tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=study.num_samples,
-                                        max_concurrent_trials=concurrency, trial_dirname_creator=_trial_dirname),
+                                        max_concurrent_trials=concurrency, trial_dirname_creator=trial_dirname),
         run_config=ray.tune.RunConfig(
             name=study.name, storage_path=str(study.folder.parent), verbose=0,
             stop=DivergenceStopper(study.folder, study.divergence),
@@ -324,17 +344,9 @@ def run_study(study: Study, *, resume: bool = False, address: str | None = None)
         raise StudyError(f"--resume: {folder} holds no study to continue")
     if not resume and folder.exists() and any(folder.iterdir()):
         raise StudyError(f"{folder} already holds a study; pass --resume to continue it, or another --name")
-    started = _connect(address)
+    started = connect(address)
     try:
-        if study.gpus_per_worker is None:
-            study = dataclasses.replace(study, gpus_per_worker=1.0 if ray.cluster_resources().get("GPU") else 0.0)
-        cpus = study.cpus_per_worker - DRIVER_CPU / study.workers_per_trial  # a trial holds exactly workers x cpus
-        per_worker = worker_resources(study.gpus_per_worker, cpus)
-        check_resources(study.workers_per_trial, per_worker,
-                        study.placement_strategy or default_placement(study.workers_per_trial, per_worker))
-        # Counts the nodes that exist now: on an autoscaling cluster (which may have none yet) give max_concurrent.
-        concurrency = study.max_concurrent or max(1, trial_capacity(
-            ray.cluster_resources(), study.workers_per_trial, study.gpus_per_worker, study.cpus_per_worker))
+        study, cpus, concurrency = plan(study)
         trainable = ray.tune.with_resources(run_trial, {"cpu": DRIVER_CPU})
         if resume:
             print(f"resuming {folder}", flush=True)

@@ -38,6 +38,10 @@ def build_parser(doc: str, *, swept: tuple[str, ...], asha: bool) -> argparse.Ar
     group.add_argument("--resume", action="store_true",
                        help="continue the interrupted study <storage>/<name> with its saved settings: unfinished "
                             "trials continue from their checkpoints, Optuna keeps its history")
+    group.add_argument("--dry-run", action="store_true",
+                       help="train nothing: start every trial's workers where the study would, load the assets "
+                            "through each node's cache, and print where each trial ran and how many ran at once "
+                            "(folder <storage>/<name>-dry-run)")
     group.add_argument("--address", default=None,
                        help="Ray cluster: 'auto' joins a running cluster, or host:port (default: start a local Ray)")
     group.add_argument("--workers-per-trial", type=int, default=1, help="DDP ranks (Ray Train workers) per trial")
@@ -116,6 +120,9 @@ def main(parser: argparse.ArgumentParser, args: argparse.Namespace, *, script: s
     spec = Study(name=args.name or f"{script}-{base.preset}", base=base, space=space(base), storage=args.storage,
                  asha=args.asha, workers_per_trial=args.workers_per_trial, gpus_per_worker=args.gpus_per_worker,
                  cpus_per_worker=args.cpus_per_worker, max_concurrent=args.max_concurrent, **study)
+    if args.dry_run:
+        dry_run(parser, spec, args)
+        return
     try:
         trials = run_study(spec, resume=args.resume, address=args.address)
     except (StudyError, ResourceError) as exc:  # bad study or a trial the cluster cannot hold: one line
@@ -132,3 +139,24 @@ def main(parser: argparse.ArgumentParser, args: argparse.Namespace, *, script: s
         print("error: no trial ran; see the errors above", file=sys.stderr)
         sys.exit(1)
 
+
+
+def dry_run(parser: argparse.ArgumentParser, spec: Any, args: argparse.Namespace) -> None:
+    """--dry-run: place every trial without training; exit 1 if a trial's workers did not all run as asked."""
+    from sid.distributed import ResourceError
+    from sid.dry_run import PLACEMENTS_FILE, PlacementError, dry_run_folder, dry_run_study, summary
+    from sid.study import StudyError
+
+    if args.resume:
+        parser.error("--dry-run trains nothing, so there is nothing to --resume")
+    try:
+        table = dry_run_study(spec, address=args.address)
+    except (StudyError, ResourceError) as exc:  # bad study or a trial the cluster cannot hold: nothing ran
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except PlacementError as exc:
+        print(f"{parser.prog}: {exc}", file=sys.stderr)
+        sys.exit(1)
+    print()
+    print(summary(table))
+    print(f"\nplacements: {dry_run_folder(spec) / PLACEMENTS_FILE}")

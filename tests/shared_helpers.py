@@ -1,11 +1,27 @@
-"""Helpers shared by tests/ and tests/faults/: the processes of a killed command, and loading a study script."""
+"""Helpers shared by tests/ and tests/faults/: a tiny teacher file, the processes of a killed command, and loading a
+study script."""
 
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
+# A small random 8x8 teacher: tests about faults and placement need no quality, and its iterations take ~0.05 s.
+TEACHER_KWARGS = dict(img_resolution=8, img_channels=1, label_dim=0, model_type="SongUNet", model_channels=16,
+                      channel_mult=[1], num_blocks=1, attn_resolutions=[], dropout=0.0)
+
+
+def make_teacher(path: Path) -> str:
+    """Write the tiny teacher as a project network file; return its path."""
+    from sid.networks import EDMPrecond
+
+    torch.manual_seed(0)
+    net = EDMPrecond(**TEACHER_KWARGS)
+    torch.save(dict(init_kwargs=net.init_kwargs, state_dict=net.state_dict()), path)
+    return str(path)
 
 
 def session_processes(session: int) -> list[int]:

@@ -162,6 +162,15 @@ def test_storage_cache_and_auth_are_named_once(name: str) -> None:
     assert "setup_commands" in load(name), "Ray's AWS defaults would install a ray nightly"
 
 
+def test_every_aws_node_mounts_the_file_system_that_holds_the_storage() -> None:
+    text = (ROOT / AWS).read_text()
+    assert Counter(re.findall(r"export (\w+)=", text))["SID_NFS"] == 1
+    storage = re.search(r"export SID_STORAGE=(\S+)", text).group(1)
+    mounts = [re.search(r'mount -t nfs4 .*"\$SID_NFS" (\S+?);', c) for c in load(AWS)["setup_commands"]]
+    (point,) = [m.group(1) for m in mounts if m]  # setup_commands run on the head and on every worker
+    assert storage.startswith(point + "/"), "studies write rows and checkpoints with plain file I/O: no s3://"
+
+
 # ---------------------------------------------------------------------------------------------------- placement
 def launches(gangs: list[tuple[int, dict[str, float], bool]], edit: Callable[[dict], None] = lambda c: None
              ) -> dict[str, int]:

@@ -1,11 +1,12 @@
 import math
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pytest
 
-from sid.results import (EVALUATION_SCHEMA, SCHEMA_VERSION, TRIAL_SCHEMA, now_utc, read_evaluations, read_trials,
-                         schema_version, upsert_evaluations, write_trials)
+from sid.results import (EVALUATION_SCHEMA, SCHEMA_VERSION, TRIAL_SCHEMA, is_uri, now_utc, read_evaluations,
+                         read_trials, schema_version, upsert_evaluations, write_trials)
 
 
 def row(trial="t1", kimg=0.0, fid=10.0, **kw):
@@ -77,3 +78,18 @@ def test_trials_table_round_trip(tmp_path):
 def test_missing_path_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such results"):
         read_evaluations(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("path, expected", [
+    ("s3://bucket/results", True),
+    (Path("s3://bucket/results"), True),  # Path folds '//' to '/'
+    ("gs://bucket/x", True),
+    ("hdfs://namenode/x", True),
+    ("file:///tmp/x", True),
+    ("results", False),
+    ("/shared/sid-studies", False),
+    ("runs/a:b", False),
+    ("", False),
+])
+def test_is_uri(path, expected):
+    assert is_uri(path) == expected

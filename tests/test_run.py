@@ -107,6 +107,8 @@ def cli(*args, cwd):
     (["--gpus-per-worker", "-1"], "--gpus-per-worker must be >= 0"),
     (["--resume", "--out", "fresh"], "holds no checkpoint.pt"),
     (["--out", "a_file"], "exists and is not a folder"),
+    (["--out", "s3://bucket/run"], "--out s3://bucket/run: expected a local or mounted shared folder"),
+    (["--out", "gs://bucket/run", "--workers", "2"], "not a URL"),
     (["--teacher", "missing.pt"], "missing.pt: no such network file"),
 ])
 def test_bad_input_is_one_clear_error_with_exit_code_2(tmp_path, args, message):

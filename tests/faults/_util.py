@@ -18,24 +18,11 @@ import torch
 from sid.config import preset
 from sid.loop import evaluation_iterations
 from sid.results import read_evaluations
-from shared_helpers import session_processes  # noqa: F401 (re-exported for the fault tests)
+from shared_helpers import make_teacher, session_processes  # noqa: F401 (re-exported for the fault tests)
 
 ROOT = Path(__file__).resolve().parents[2]
-# A small random 8x8 teacher: these tests are about faults, not quality, and its iterations take ~0.05 s here.
-TEACHER_KWARGS = dict(img_resolution=8, img_channels=1, label_dim=0, model_type="SongUNet", model_channels=16,
-                      channel_mult=[1], num_blocks=1, attn_resolutions=[], dropout=0.0)
 # The digits preset at tiny budgets: 1 iteration = 0.008 kimg, an evaluation every 2 iterations.
 TINY = dict(batch=8, batch_per_device=8, fid_images=256, eval_every_kimg=0.016, duration_kimg=0.096)
-
-
-def make_teacher(path: Path) -> str:
-    """Write the tiny teacher as a project network file; return its path."""
-    from sid.networks import EDMPrecond
-
-    torch.manual_seed(0)
-    net = EDMPrecond(**TEACHER_KWARGS)
-    torch.save(dict(init_kwargs=net.init_kwargs, state_dict=net.state_dict()), path)
-    return str(path)
 
 
 def tiny_config(teacher: str, **overrides):
