@@ -196,10 +196,11 @@ def dry_run_study(study: Study, *, address: str | None = None, hold_s: float = D
         tuner = ray.tune.Tuner(
             ray.tune.with_resources(probe_trial, {"cpu": DRIVER_CPU}),
             param_space={**study.space, "sid": {**trial_settings(study, folder, cpus), "hold_s": hold_s}},
+            # No searcher: a grid's values as given, an Optuna study's domains sampled at random (nothing to learn).
             tune_config=ray.tune.TuneConfig(num_samples=study.num_samples, max_concurrent_trials=concurrency,
-                                            trial_dirname_creator=trial_dirname),  # optuna domains: sampled
+                                            trial_dirname_creator=trial_dirname),
             run_config=ray.tune.RunConfig(name=folder.name, storage_path=str(folder.parent), verbose=0,
-                                          callbacks=[_Progress()], failure_config=ray.tune.FailureConfig()))
+                                          callbacks=[_Progress()]))
         results = tuner.fit()
     finally:
         if started:

@@ -137,16 +137,21 @@ def test_fractional_gpu_trials_share_gpus_at_most_two_to_one(gpu_cluster, teache
 
 
 @pytest.mark.timeout(120)
-def test_the_study_script_dry_run_prints_where_each_trial_ran(gpu_cluster, teacher_url, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("script, searched", [
+    ("alpha_sweep", ["--alphas", "1.0"]),
+    ("hpo", ["--num-samples", "1"]),  # Optuna's domains, sampled: the dry run has nothing to learn from
+])
+def test_the_study_script_dry_run_prints_where_each_trial_ran(gpu_cluster, teacher_url, tmp_path, monkeypatch, capsys,
+                                                              script, searched):
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
-    load_script("alpha_sweep", monkeypatch).main(
-        ["--dry-run", "--teacher", teacher_url, "--alphas", "1.0", "--workers-per-trial", "2", "--storage",
-         str(tmp_path), *flags])
+    load_script(script, monkeypatch).main(
+        ["--dry-run", "--teacher", teacher_url, *searched, "--workers-per-trial", "2", "--storage", str(tmp_path),
+         *flags])
     out = capsys.readouterr().out
     assert "up to 4 trial(s) at once, 2 worker(s) x {'CPU': 0.995, 'GPU': 1.0}" in out
     assert "2 worker(s), GPU " in out and "at most 1 trial(s) ran at once" in out
-    assert f"placements: {tmp_path.resolve() / 'alpha_sweep-digits-dry-run' / PLACEMENTS_FILE}" in out
-    assert not (tmp_path / "alpha_sweep-digits").exists()  # the study's own folder stays free
+    assert f"placements: {tmp_path.resolve() / f'{script}-digits-dry-run' / PLACEMENTS_FILE}" in out
+    assert not (tmp_path / f"{script}-digits").exists()  # the study's own folder stays free
 
 
 @pytest.mark.timeout(60)
