@@ -67,7 +67,7 @@ def whole_gpu_trials(gpu_cluster, teacher_url, tmp_path_factory):
 
 @pytest.mark.timeout(240)
 def test_each_worker_holds_one_gpu_and_the_cpu_the_flags_ask_for(whole_gpu_trials):
-    spec, table = whole_gpu_trials
+    _, table = whole_gpu_trials
     assert len(table) == 3 * 4 and table.groupby("trial_id").size().eq(4).all()
     held = table["resources"].map(json.loads)
     assert held.map(lambda r: r["GPU"]).eq(1.0).all()
@@ -94,7 +94,7 @@ def test_a_trial_that_fits_one_node_is_packed_on_one_node_on_distinct_gpus(whole
 
 
 @pytest.mark.timeout(240)
-def test_concurrent_trials_never_exceed_the_gpus_and_no_gpu_is_held_twice(whole_gpu_trials, capsys):
+def test_concurrent_trials_never_exceed_the_gpus_and_no_gpu_is_held_twice(whole_gpu_trials):
     _, table = whole_gpu_trials
     spans = [(g["start"].min(), g["end"].max()) for _, g in table.groupby("trial_id")]
     assert max_overlap(spans) <= NODES * GPUS_PER_NODE // 4
