@@ -181,42 +181,27 @@ SPECIFIC = {
         (["--lr", "1e-4"], "unrecognized arguments: --lr"),  # searched: no fixed-value flag, no abbreviation
     ],
 }
-STUDY_CASES = [row([script], c) for script in ("alpha_sweep", "sigma_init_sweep", "hpo")
+STUDY_CASES = [row([script, []], c) for script in ("alpha_sweep", "sigma_init_sweep", "hpo")
                for c in [*COMMON, *SPECIFIC[script]]]
+# A dry run validates the same study; only the study folder and --resume differ: it writes <name>-dry-run (so HELD is
+# no obstacle) and has nothing to resume.
+STUDY_CASES += [row(["alpha_sweep", ["--dry-run"]], c) for c in COMMON
+                if c[0] not in (["--resume"], ["--name", "HELD"])]
+STUDY_CASES += [row(["alpha_sweep", ["--dry-run"]], (["--resume"], "nothing to --resume"))]
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("script, argv, words", STUDY_CASES)
-def test_study_flag_with_a_bad_value_is_one_error_with_exit_code_2(workdir, monkeypatch, capsys, script, argv,
+@pytest.mark.parametrize("script, mode, argv, words", STUDY_CASES)
+def test_study_flag_with_a_bad_value_is_one_error_with_exit_code_2(workdir, monkeypatch, capsys, script, mode, argv,
                                                                     words):
-    def started(*args, **kwargs):
-        raise AssertionError("validation let a bad value through: Ray was about to start")
-
-    monkeypatch.setattr(sid.study, "connect", started)
-    main = load_script(script, monkeypatch).main
-    storage = [] if "--storage" in argv else ["--storage", "."]
-    argv = [f"{argv[0]}={argv[1]}", *argv[2:]] if len(argv) > 1 else argv  # --glr-range=-1,1 (see above)
-    expect_one_error(lambda: main([*argv, *storage]), capsys, workdir, words)
-
-
-# A dry run validates the same study (and starts Ray through its own import of connect); only the study folder and
-# --resume differ: it writes <name>-dry-run and has nothing to resume.
-DRY_RUN_CASES = [
-    *[(argv, words) for argv, words in COMMON if argv not in (["--resume"], ["--name", "HELD"])],
-    (["--resume"], "nothing to --resume"),
-]
-
-
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("argv, words", DRY_RUN_CASES)
-def test_dry_run_with_a_bad_value_is_one_error_with_exit_code_2(workdir, monkeypatch, capsys, argv, words):
     import sid.dry_run
 
     def started(*args, **kwargs):
         raise AssertionError("validation let a bad value through: Ray was about to start")
 
-    monkeypatch.setattr(sid.dry_run, "connect", started)
-    main = load_script("alpha_sweep", monkeypatch).main
+    monkeypatch.setattr(sid.study, "connect", started)
+    monkeypatch.setattr(sid.dry_run, "connect", started)  # its own import of it
+    main = load_script(script, monkeypatch).main
     storage = [] if "--storage" in argv else ["--storage", "."]
-    argv = [f"{argv[0]}={argv[1]}", *argv[2:]] if len(argv) > 1 else argv
-    expect_one_error(lambda: main(["--dry-run", *argv, *storage]), capsys, workdir, words)
+    argv = [f"{argv[0]}={argv[1]}", *argv[2:]] if len(argv) > 1 else argv  # --glr-range=-1,1 (see above)
+    expect_one_error(lambda: main([*mode, *argv, *storage]), capsys, workdir, words)
