@@ -217,10 +217,3 @@ def test_bad_hold_time_is_refused_before_ray_starts(tmp_path, hold_s):
     with pytest.raises(StudyError, match="hold_s"):
         dry_run_study(study("digits", tmp_path, "x", [1.0]), hold_s=hold_s)
     assert not dry_run_folder(study("digits", tmp_path, "x", [1.0])).exists()
-
-
-def test_dry_run_with_resume_is_refused_with_exit_2(tmp_path, monkeypatch, capsys):
-    with pytest.raises(SystemExit) as exited:
-        load_script("alpha_sweep", monkeypatch).main(["--dry-run", "--resume", "--storage", str(tmp_path)])
-    assert exited.value.code == 2 and "nothing to --resume" in capsys.readouterr().err
-    assert not list(tmp_path.iterdir())
