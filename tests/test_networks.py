@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from sid.networks import DhariwalUNet, EDMPrecond, SongUNet
 from sid.networks.layers import Conv2d, UNetBlock
 
-PARITY = Path(__file__).resolve().parents[2] / "shared" / "parity"  # ../shared/parity beside the checkout
+PARITY = Path(__file__).resolve().parent / "data" / "parity"  # EDM's own outputs; see its README.md
 PARITY_CASES = ["songunet_ddpmpp_uncond_16px", "songunet_ddpmpp_cond_16px", "dhariwalunet_adm_cond_16px"]
 MANIFESTS = ["manifest_cifar10_ddpmpp_uncond", "manifest_ffhq64_ddpmpp_uncond", "manifest_imagenet64_adm_cond"]
 
