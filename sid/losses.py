@@ -81,8 +81,8 @@ def generator_loss(teacher, fake_score, images: Tensor, labels: Tensor | None = 
 
     Gradient reaches `images` directly and through x_t = images + sigma * noise into both networks (their
     parameters must be frozen by the caller; outputs are deliberately not detached). Only w_i is stop-gradient.
-    Augment labels are left at None: the official code passes zeros, which EDM's bias-free map_augment turns into
-    the same embedding as None, and networks without augment_dim ignore them either way.
+    Augment labels are left at None, which EDMPrecond turns into the official zeros where the network has an
+    augment layer (its weight then stays in the graph, as DDP needs).
     """
     images, noise, keep = _finite_inputs(images, sigma, noise)
     x_t = images + _rows(sigma, images) * noise

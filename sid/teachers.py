@@ -64,3 +64,33 @@ def load_reference(spec: str) -> tuple[np.ndarray, np.ndarray]:
     from sid.metrics import load_reference_stats
 
     return load_reference_stats(fetch_fid_ref(spec))
+
+
+# Constructor arguments of the EDM teachers (EDM's `_init_kwargs` in each pickle; EDM's train.py settings): what a
+# preset's networks look like, known without downloading them. tests/test_presets.py builds each one scaled down, so
+# every preset's architecture (augment layer, labels, attention, encoder/decoder types) runs in the suite.
+_DDPMPP = dict(model_type="SongUNet", embedding_type="positional", encoder_type="standard", decoder_type="standard",
+               channel_mult_noise=1, resample_filter=[1, 1], model_channels=128, augment_dim=9)
+EDM_ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "edm:cifar10-uncond": dict(_DDPMPP, img_resolution=32, img_channels=3, label_dim=0, channel_mult=[2, 2, 2],
+                               dropout=0.13, use_fp16=False),
+    "edm:cifar10-cond": dict(_DDPMPP, img_resolution=32, img_channels=3, label_dim=10, channel_mult=[2, 2, 2],
+                             dropout=0.13, use_fp16=False),
+    "edm:ffhq64": dict(_DDPMPP, img_resolution=64, img_channels=3, label_dim=0, channel_mult=[1, 2, 2, 2],
+                       dropout=0.05, use_fp16=False),
+    "edm:afhqv2-64": dict(_DDPMPP, img_resolution=64, img_channels=3, label_dim=0, channel_mult=[1, 2, 2, 2],
+                          dropout=0.25, use_fp16=False),
+    "edm:imagenet64-cond": dict(model_type="DhariwalUNet", img_resolution=64, img_channels=3, label_dim=1000,
+                                model_channels=192, channel_mult=[1, 2, 3, 4], dropout=0.1, use_fp16=True),
+}
+
+
+def teacher_architecture(spec: str) -> dict[str, Any]:
+    """The constructor arguments of a named teacher ('digits' or an EDM_ARCHITECTURES name), without loading it."""
+    if spec == "digits":
+        from sid.digits import TEACHER_KWARGS
+
+        return dict(TEACHER_KWARGS)
+    if spec not in EDM_ARCHITECTURES:
+        raise ValueError(f"no recorded architecture for teacher {spec!r}; known: digits, {', '.join(EDM_ARCHITECTURES)}")
+    return dict(EDM_ARCHITECTURES[spec])

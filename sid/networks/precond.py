@@ -36,6 +36,7 @@ class EDMPrecond(nn.Module):
         self.sigma_data = sigma_data
         self.model = MODEL_TYPES[model_type](img_resolution=img_resolution, in_channels=img_channels,
                                              out_channels=img_channels, label_dim=label_dim, **model_kwargs)
+        self.augment_dim = int(model_kwargs.get("augment_dim", 0))  # width of the U-Net's map_augment (0: none)
         # Every U-Net argument, defaults included, so the rebuilt network does not depend on future defaults.
         unet_kwargs = {k: v for k, v in self.model.init_kwargs.items()
                        if k not in ("img_resolution", "in_channels", "out_channels", "label_dim")}
@@ -46,7 +47,10 @@ class EDMPrecond(nn.Module):
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, class_labels: torch.Tensor | None = None,
                 augment_labels: torch.Tensor | None = None) -> torch.Tensor:
         """x: (N, C, R, R); sigma: a scalar, (N,) or (N, 1, 1, 1); class_labels: (N, label_dim) one-hot or None
-        (zeros); augment_labels: (N, augment_dim) or None. Returns D(x; sigma) in float32."""
+        (zeros); augment_labels: (N, augment_dim) or None (zeros). Returns D(x; sigma) in float32.
+
+        None becomes zeros, as the official loop passes them: the bias-free map_augment then adds exactly 0, and its
+        weight stays in the graph, which DDP with find_unused_parameters=False needs (EDM's `-vp` nets have 9)."""
         x = x.to(torch.float32)
         n = x.shape[0]
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1, 1, 1, 1)
@@ -59,6 +63,8 @@ class EDMPrecond(nn.Module):
             class_labels = torch.zeros([n, self.label_dim], device=x.device)
         else:
             class_labels = class_labels.to(torch.float32).reshape(-1, self.label_dim)
+        if self.augment_dim and augment_labels is None:
+            augment_labels = torch.zeros([n, self.augment_dim], device=x.device)
         dtype = torch.float16 if self.use_fp16 and x.device.type == "cuda" else torch.float32
 
         c_skip = self.sigma_data ** 2 / (sigma ** 2 + self.sigma_data ** 2)

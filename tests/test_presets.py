@@ -1,0 +1,184 @@
+"""Every preset's architecture, scaled down, through what users run: one SiD iteration, DDP over 2 ranks against one
+process accumulating the same micro-batches, and a resume in the middle.
+
+Parametrized over sid.config.PRESETS: a preset added later is covered without a new test (its teacher needs an entry
+in sid.teachers.EDM_ARCHITECTURES, or this file fails for it). The scaled-down networks keep everything of the real
+one that changes the computation graph (model type, embedding/encoder/decoder types, augment_dim, label_dim, attention,
+the preset's dropout, augment probability and precision flags) and shrink widths, blocks and resolution for a CPU.
+The DDP ranks are two processes of torch.multiprocessing on gloo, started once for all presets.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from sid.config import PRESETS, preset
+from sid.distill import Distiller
+from sid.networks import EDMPrecond
+from sid.teachers import EDM_ARCHITECTURES, load_network_file, teacher_architecture
+
+NAMES = list(PRESETS)
+ITERATIONS = 3
+NETS = ("generator", "fake_score", "generator_ema")
+MANIFESTS = {"edm:cifar10-uncond": "manifest_cifar10_ddpmpp_uncond", "edm:ffhq64": "manifest_ffhq64_ddpmpp_uncond",
+             "edm:imagenet64-cond": "manifest_imagenet64_adm_cond"}
+
+
+def scaled_architecture(name: str) -> dict:
+    """The preset's teacher architecture with small widths: 16 px (digits keeps its 8 px), one block per level."""
+    arch = teacher_architecture(PRESETS[name]["teacher"])
+    if name == "digits":
+        return arch
+    # ADM attends with 64 channels per head: 32 base channels keep attention at 8 px (64 channels, one head).
+    channels = 32 if arch["model_type"] == "DhariwalUNet" else 16
+    return dict(arch, img_resolution=16, model_channels=channels, num_blocks=1)
+
+
+def tiny_config(name: str, teacher: str, **overrides):
+    """The preset's own settings (dropout, augment, precision, Adam) with a tiny batch: 4 = 2 ranks x 2."""
+    return preset(name, teacher=teacher, batch=4, batch_per_device=2, duration_kimg=0.012, **overrides)
+
+
+def make_teacher(name: str, folder: Path) -> str:
+    """A teacher file with the scaled architecture and random weights (EDM zero-initialises output layers, which
+    would leave every earlier parameter without gradient)."""
+    torch.manual_seed(0)
+    net = EDMPrecond(**scaled_architecture(name))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    path = folder / f"{name}.pt"
+    torch.save(dict(init_kwargs=net.init_kwargs, state_dict=net.state_dict()), path)
+    return str(path)
+
+
+def distiller(name: str, teacher: str, **kwargs) -> Distiller:
+    return Distiller(tiny_config(name, teacher), load_network_file(teacher), **kwargs)
+
+
+def states(d: Distiller) -> dict:
+    return {net: {k: v.detach().clone() for k, v in getattr(d, net).state_dict().items()} for net in NETS}
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("teachers")
+    return {name: make_teacher(name, folder) for name in NAMES}
+
+
+@pytest.fixture(scope="module")
+def one_process(teachers) -> dict[str, dict]:
+    """Each preset's networks after ITERATIONS iterations in one process (2 micro-batches of 2 per iteration)."""
+    out = {}
+    for name in NAMES:
+        d = distiller(name, teachers[name])
+        for _ in range(ITERATIONS):
+            d.step()
+        out[name] = states(d)
+    return out
+
+
+def _ddp_rank(rank: int, world_size: int, port: int, teachers: dict[str, str], out: str) -> None:
+    """One DDP rank: every preset in turn; rank 0 saves the networks (or the error) per preset."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    for name, teacher in teachers.items():
+        try:
+            d = distiller(name, teacher, rank=rank, world_size=world_size)
+            for _ in range(ITERATIONS):
+                d.step()
+            result = states(d)
+        except Exception:  # recorded per preset, so one broken preset fails its own test only
+            result = traceback.format_exc()
+        if rank == 0:
+            torch.save(result, Path(out) / f"{name}.pt")
+        dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_ranks(teachers, tmp_path_factory) -> Path:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_ddp_rank, args=(2, port, teachers, str(out)), nprocs=2, join=True)
+    return out
+
+
+def relative_difference(a: dict, b: dict) -> float:
+    return max(((a[k] - b[k]).abs().max() / b[k].abs().max().clamp_min(1e-12)).item() for k in b
+               if b[k].is_floating_point())
+
+
+# ---------------------------------------------------------------------------------------------- tests
+@pytest.mark.parametrize("teacher", sorted(MANIFESTS))
+def test_recorded_edm_architectures_match_the_full_size_manifests(teacher):
+    manifest = json.loads((Path(__file__).parent / "data" / "parity" / f"{MANIFESTS[teacher]}.json").read_text())
+    with torch.device("meta"):
+        net = EDMPrecond(**EDM_ARCHITECTURES[teacher])
+    assert {k: list(v.shape) for k, v in net.state_dict().items()} == manifest["tensors"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_scaled_architecture_keeps_what_shapes_the_graph(name):
+    real, small = teacher_architecture(PRESETS[name]["teacher"]), scaled_architecture(name)
+    for key in ("model_type", "label_dim", "augment_dim", "embedding_type", "encoder_type", "decoder_type",
+                "channel_mult", "img_channels"):
+        assert small.get(key) == real.get(key), key
+    net = EDMPrecond(**small)
+    assert any("attn" in k or "qkv" in k for k in net.state_dict()), "the scaled network lost its attention"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_one_iteration_gives_every_parameter_a_finite_gradient(name, teachers):
+    config = tiny_config(name, teachers[name])
+    d = distiller(name, teachers[name])
+    assert d.fake_opt.param_groups[0]["eps"] == (1e-6 if config.precision == "fp16" else 1e-8)
+    d.step()
+    stats = d.pop_stats()
+    assert torch.isfinite(torch.tensor([stats["loss_fake_score"], stats["loss_generator"]])).all(), stats
+    for net in ("generator", "fake_score"):
+        for key, p in getattr(d, net).named_parameters():
+            assert p.grad is not None, f"{net}.{key} got no gradient (DDP would stop at the next iteration)"
+            assert p.grad.isfinite().all(), f"{net}.{key}"
+            # The generator's augment layer is fed the official zeros: in the graph, with an exactly zero gradient.
+            if not (net == "generator" and "map_augment" in key):
+                assert p.grad.abs().sum() > 0, f"{net}.{key} has an all-zero gradient"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("name", NAMES)
+def test_two_ddp_ranks_equal_one_process_accumulating_the_same_micro_batches(name, one_process, two_ranks):
+    result = torch.load(two_ranks / f"{name}.pt", weights_only=True)
+    assert not isinstance(result, str), f"DDP failed for {name}:\n{result}"
+    for net in NETS:
+        difference = relative_difference(result[net], one_process[name][net])
+        assert difference <= 1e-4, (net, difference)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_resume_in_the_middle_is_bit_exact(name, teachers, one_process):
+    first = distiller(name, teachers[name])
+    first.step()
+    buffer = io.BytesIO()
+    torch.save({**first.state_dict(), "wall_s": 0.0}, buffer)  # what a checkpoint file holds
+    buffer.seek(0)
+    resumed = distiller(name, teachers[name])
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    for _ in range(ITERATIONS - 1):
+        resumed.step()
+    for net, expected in one_process[name].items():
+        got = getattr(resumed, net).state_dict()
+        assert all(torch.equal(got[k], v) for k, v in expected.items()), net
