@@ -10,6 +10,11 @@ Read per alpha from each official run folder:
   training_options.json                   batch_size, seed, tmax, init_sigma, optimiser lrs, use_fp16, resume_pkl
 
 kimg comes from the stats line of the same tick (exact cur_nimg / 1000) or else from the snapshot name (floored).
+Losses are converted to this project's definition (the mean over generator images of the per-image loss, summed
+over pixels, unscaled): the official value is the last accumulation round's sum times ls (or lsg) / per-GPU batch,
+so it is multiplied by (batch / num_gpus) / (scale x micro-batch), with batch_gpu, loss_scaling and loss_scaling_G
+from training_options.json (official defaults ls 1, lsg 100, micro-batch = per-GPU batch when the file lacks them).
+Both are estimates of the same per-image mean; the official one averages one micro-batch per iteration.
 wall_s is the run's total time minus its maintenance time (snapshots and metrics), matching our 'evaluations
 excluded'; device_s = wall_s x num_gpus. Config values: flags first, then training_options.json, then the
 official CLI defaults. Each (run, alpha) becomes one trial: <out>/evaluations/<run>-alpha<alpha>.parquet.
@@ -48,6 +53,7 @@ EDM_PICKLES = {"edm-cifar10-32x32-uncond-vp.pkl": "cifar10-uncond", "edm-cifar10
 # sid_train.py's defaults, for values neither the options file nor a flag gives.
 OFFICIAL_DEFAULTS = dict(preset="official", teacher="unknown", tmax=800, sigma_init=2.5, lr=1e-5, glr=1e-5,
                          batch=512, precision="fp32", seed=0)
+LOSS_DEFAULTS = dict(batch_gpu=None, ls=1.0, lsg=100.0)  # micro-batch (None: the per-GPU batch), loss scales
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -71,7 +77,8 @@ def options(run: Path) -> dict[str, Any]:
         return {}
     o = json.loads(path.read_text())
     found = dict(batch=o.get("batch_size"), seed=o.get("seed"), tmax=o.get("tmax"), sigma_init=o.get("init_sigma"),
-                 lr=o.get("fake_score_optimizer_kwargs", {}).get("lr"), glr=o.get("g_optimizer_kwargs", {}).get("lr"))
+                 lr=o.get("fake_score_optimizer_kwargs", {}).get("lr"), glr=o.get("g_optimizer_kwargs", {}).get("lr"),
+                 batch_gpu=o.get("batch_gpu"), ls=o.get("loss_scaling"), lsg=o.get("loss_scaling_G"))
     if "use_fp16" in o.get("network_kwargs", {}):
         found["precision"] = "fp16" if o["network_kwargs"]["use_fp16"] else "fp32"
     if o.get("resume_pkl"):
@@ -102,12 +109,19 @@ def stats_by_kimg(path: Path) -> pd.DataFrame:
     return frame[~frame.index.duplicated(keep="last")]  # a resumed run repeats ticks: its newest line wins
 
 
+def per_image_loss_factors(config: dict[str, Any], world: int) -> tuple[float, float]:
+    """Factors that turn the official fake-score and generator losses into per-image means (module docstring)."""
+    per_gpu = config["batch"] / world
+    micro = min(config["batch_gpu"] or per_gpu, per_gpu)  # EDM's loop caps batch_gpu at the per-GPU batch
+    return per_gpu / (config["ls"] * micro), per_gpu / (config["lsg"] * micro)
+
+
 def import_run(run: Path, *, study: str, overrides: dict[str, Any] | None = None) -> dict[str, pd.DataFrame]:
     """Evaluation rows of one official run folder, per trial id (one trial per alpha logged there)."""
     run = Path(run)
     if not run.is_dir():
         raise common.AnalysisError(f"{run}: not a folder (expected an official SiD run folder)")
-    config = {**OFFICIAL_DEFAULTS, **options(run), **(overrides or {})}
+    config = {**OFFICIAL_DEFAULTS, **LOSS_DEFAULTS, **options(run), **(overrides or {})}
     trials = {}
     for path in sorted(run.glob("metric-fid*-alpha-*.jsonl")):
         match = METRIC_FILE.fullmatch(path.name)
@@ -124,6 +138,7 @@ def import_run(run: Path, *, study: str, overrides: dict[str, Any] | None = None
             kimg = float(tick["kimg"]) if tick is not None else float(snapshot.group(1))
             world = int(r.get("num_gpus", 1))
             wall = float(tick["wall_s"]) if tick is not None else math.nan
+            fake_scale, g_scale = per_image_loss_factors(config, world)
             fid = float(r["results"][metric])
             rows.append(dict(
                 study=study, trial_id=f"{run.name}-alpha{float(alpha_text):g}", alpha=float(alpha_text),
@@ -131,8 +146,8 @@ def import_run(run: Path, *, study: str, overrides: dict[str, Any] | None = None
                                           "seed")},
                 world_size=world, kimg=kimg, iteration=round(kimg * 1000 / config["batch"]), wall_s=wall,
                 device_s=wall * world, fid=fid, fid_detector=common.INCEPTION, fid_images=int(thousands) * 1000,
-                loss_fake_score=tick["loss_fake_score"] if tick is not None else math.nan,
-                loss_generator=tick["loss_generator"] if tick is not None else math.nan,
+                loss_fake_score=tick["loss_fake_score"] * fake_scale if tick is not None else math.nan,
+                loss_generator=tick["loss_generator"] * g_scale if tick is not None else math.nan,
                 images_per_s=tick["images_per_s"] if tick is not None else math.nan,
                 nan_samples=None,  # the official code does not count them
                 status="ok" if math.isfinite(fid) else "diverged",

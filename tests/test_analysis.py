@@ -275,7 +275,8 @@ def write_official_run(run: Path, *, alpha: float = 1.2, snapshot: str = "fakes_
                 f.write(json.dumps(dict(stat, timestamp=1.7e9)) + "\n" + "\n")
             f.write('{"Progress/tick": {"num": 1, "me')  # killed while writing
     (run / "training_options.json").write_text(json.dumps(dict(
-        batch_size=256, seed=7, tmax=800, init_sigma=2.5, alpha=alpha, network_kwargs=dict(use_fp16=False),
+        batch_size=256, batch_gpu=16, loss_scaling=1, loss_scaling_G=100,
+        seed=7, tmax=800, init_sigma=2.5, alpha=alpha, network_kwargs=dict(use_fp16=False),
         fake_score_optimizer_kwargs=dict(lr=1e-5), g_optimizer_kwargs=dict(lr=2e-5),
         resume_pkl="https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-cifar10-32x32-uncond-vp.pkl")))
     return ticks
@@ -300,6 +301,10 @@ def test_import_official_logs_into_the_schema(tmp_path, snapshot):
     assert (first["preset"], first["teacher"], first["batch"], first["seed"], first["glr"], first["world_size"]) == (
         "cifar10-uncond", "edm:cifar10-uncond", 256, 7, 2e-5, 4)
     assert (first["fid_detector"], first["fid_images"], first["status"]) == ("inception-2015-12-05", 50_000, "ok")
+    # Official losses: the last micro-batch's (16 images) sum x ls or lsg / per-GPU batch (256 / 4 GPUs = 64); ours:
+    # the per-image mean, unscaled. 0.1 * i logged -> 0.1 * i * 64 / (1 * 16); -0.2 * i -> -0.2 * i * 64 / (100 * 16).
+    np.testing.assert_allclose(rows["loss_fake_score"], [0.1 * i * 4 for i in range(3)])
+    np.testing.assert_allclose(rows["loss_generator"], [-0.2 * i * 0.04 for i in range(3)])
 
 
 def test_imported_run_without_stats_uses_snapshot_kimg_and_flags(tmp_path):
