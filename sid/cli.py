@@ -27,8 +27,9 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
     for f in dataclasses.fields(DistillConfig):
         if f.name in skip or f.name == "preset":
             continue
-        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=_TYPES[str(f.type)], default=None,
-                           metavar=str(f.type).upper(), help=comments.get(f.name, ""))
+        kind = str(f.type).split(" |")[0]  # 'float | None': None is the field's own default, not a flag value
+        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=_TYPES[kind], default=None,
+                           metavar=kind.upper(), help=comments.get(f.name, ""))
 
 
 def add_preset_flag(parser: argparse.ArgumentParser) -> None:

@@ -15,6 +15,13 @@ PRECISIONS = ("fp32", "tf32", "bf16", "bf16-tf32", "fp16")  # see sid/fast.py
 MEMORY_FORMATS = ("contiguous", "channels_last")
 COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs")
 DETECTORS = ("inception-2015-12-05", "digits-features-v1")
+EVAL_SCHEDULES = ("every", "official")
+SNAPSHOT_KINDS = ("all", "best", "last")  # keep_snapshots: 'all', or a comma list of 'best' and 'last'
+ADAM_EPS = {"fp16": 1e-6}                # the official rule: 1e-6 with fp16, else ADAM_EPS_DEFAULT
+ADAM_EPS_DEFAULT = 1e-8
+# The official code's progress ticks (sid_spec.md section 3): a tick ends once 10 kimg more were used; it evaluates at
+# ticks 10, 20, ..., 100 (the early, fast part of the curve) and every 50 ticks.
+OFFICIAL_TICK_KIMG, OFFICIAL_DENSE_TICKS, OFFICIAL_SNAP_TICKS = 10.0, range(10, 101, 10), 50
 
 
 class ConfigError(ValueError):
@@ -37,7 +44,7 @@ class DistillConfig:
     beta1: float = 0.0                      # fake-score Adam beta1
     g_beta1: float = 0.0                    # generator Adam beta1 (0.9 on FFHQ)
     beta2: float = 0.999                    # Adam beta2, both networks
-    adam_eps: float = 1e-8                  # Adam eps (the official fp16 mode uses 1e-6)
+    adam_eps: float | None = None           # Adam eps; None: the official rule, 1e-6 with precision fp16, else 1e-8
     # Batch
     batch: int = 256                        # global batch per phase (generator images per iteration)
     batch_per_device: int = 16              # micro-batch per device per accumulation round (0 = largest that fits)
@@ -52,7 +59,9 @@ class DistillConfig:
     ema_rampup: float = 0.05                # half-life is at most this fraction of images seen
     # Schedule (all in kimg = iterations * batch / 1000)
     duration_kimg: float = 500_000.0        # stop once this many generator images (thousands) were used
-    eval_every_kimg: float = 512.0          # evaluate (FID, checkpoint) this often, plus at 0 and at the end
+    eval_every_kimg: float = 512.0          # eval_schedule 'every': evaluate this often, plus at 0 and at the end
+    eval_schedule: str = "every"            # 'every' (eval_every_kimg) or 'official' (SiD's ticks: dense early)
+    keep_snapshots: str = "best,last"       # G_ema files kept per evaluation: 'all', or 'best', 'last', 'best,last'
     # Evaluation
     fid_images: int = 50_000                # generated images per FID evaluation
     fid_images_final: int = 0               # images of the last evaluation (0 = fid_images)
@@ -61,6 +70,8 @@ class DistillConfig:
     seed: int = 0                           # run seed; per-rank noise derives from (seed, rank, iteration)
 
     def __post_init__(self) -> None:
+        if self.adam_eps is None:  # frozen: resolved once here, so to_dict(), checkpoints and rows hold the value
+            object.__setattr__(self, "adam_eps", ADAM_EPS.get(self.precision, ADAM_EPS_DEFAULT))
         self.validate()
 
     # ------------------------------------------------------------------ validation
@@ -69,12 +80,14 @@ class DistillConfig:
             return ConfigError(f"DistillConfig.{name}: {why}, got {getattr(self, name)!r}")
 
         for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.type in ("float", float) and not isinstance(value, (int, float)):
+            value, kind = getattr(self, f.name), str(f.type).split(" |")[0]
+            if kind == "float" and (not isinstance(value, (int, float)) or isinstance(value, bool)):
                 raise bad(f.name, "must be a number")
-            if f.type in ("int", int) and (not isinstance(value, int) or isinstance(value, bool)):
+            if kind == "int" and (not isinstance(value, int) or isinstance(value, bool)):
                 raise bad(f.name, "must be an integer")
-            if f.type in ("float", float) and not math.isfinite(value):
+            if kind == "str" and not isinstance(value, str):
+                raise bad(f.name, "must be a string")
+            if kind == "float" and not math.isfinite(value):
                 raise bad(f.name, "must be finite")
         positive = ("sigma_init", "lr", "glr", "adam_eps", "batch", "ema_mimg",
                     "duration_kimg", "eval_every_kimg", "fid_images", "ls", "lsg")
@@ -106,6 +119,11 @@ class DistillConfig:
             raise bad("compile", f"must be one of {', '.join(COMPILE_MODES)}")
         if self.fid_detector not in DETECTORS:
             raise bad("fid_detector", f"must be one of {', '.join(DETECTORS)}")
+        if self.eval_schedule not in EVAL_SCHEDULES:
+            raise bad("eval_schedule", f"must be one of {', '.join(EVAL_SCHEDULES)}")
+        kinds = self.keep_snapshots.split(",")
+        if not (kinds == ["all"] or (kinds and set(kinds) <= {"best", "last"} and len(set(kinds)) == len(kinds))):
+            raise bad("keep_snapshots", "must be 'all', 'best', 'last' or 'best,last'")
         if self.seed < 0:
             raise bad("seed", "must be >= 0")
         if not self.teacher:
@@ -116,6 +134,9 @@ class DistillConfig:
         unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
         if unknown:
             raise ConfigError(f"DistillConfig has no field {', '.join(unknown)}")
+        if "precision" in overrides and "adam_eps" not in overrides \
+                and self.adam_eps == ADAM_EPS.get(self.precision, ADAM_EPS_DEFAULT):
+            overrides["adam_eps"] = None  # it followed the rule: keep following it under the new precision
         return dataclasses.replace(self, **overrides)
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,6 +146,35 @@ class DistillConfig:
     def iterations(self) -> int:
         """Iterations needed to reach duration_kimg (kimg = iterations * batch / 1000)."""
         return math.ceil(self.duration_kimg * 1000 / self.batch)
+
+    @property
+    def final_kimg(self) -> float:
+        """kimg of the last evaluation (duration_kimg rounded up to whole iterations)."""
+        return self.iterations * self.batch / 1000
+
+    def evaluation_iterations(self) -> list[int]:
+        """Iterations after which the run evaluates: 0, the schedule's points, and the last iteration."""
+        last = self.iterations
+        if self.eval_schedule == "official":
+            return sorted({0, last} | {i for i in self._official_ticks() if i < last})
+        every = self.eval_every_kimg * 1000 / self.batch
+        return sorted({0, last} | {min(last, math.ceil(k * every - 1e-9)) for k in range(1, math.ceil(last / every) + 1)})
+
+    def _official_ticks(self) -> list[int]:
+        """Iterations that end an evaluated official tick. Tick 0 ends after the first iteration, each later one at
+        the first iteration with nimg >= its start + 10 kimg: 40 iterations (10.24 kimg) at batch 256, so tick 10
+        ends at iteration 401 (102.7 kimg)."""
+        per_tick = math.ceil(OFFICIAL_TICK_KIMG * 1000 / self.batch)
+        last_tick = (self.iterations - 1) // per_tick
+        return [1 + t * per_tick for t in range(1, last_tick + 1)
+                if t in OFFICIAL_DENSE_TICKS or t % OFFICIAL_SNAP_TICKS == 0]
+
+    def evaluation_kimg(self) -> list[float]:
+        return [i * self.batch / 1000 for i in self.evaluation_iterations()]
+
+    def fid_images_at(self, iteration: int) -> int:
+        """Images behind the evaluation after `iteration`: fid_images_final at the last one (when set)."""
+        return self.fid_images_final or self.fid_images if iteration >= self.iterations else self.fid_images
 
     def accumulation_rounds(self, world_size: int = 1) -> int:
         per_rank = self.batch // world_size
@@ -137,18 +187,20 @@ class DistillConfig:
 
 
 _CIFAR = dict(alpha=1.2, batch=256, batch_per_device=16, lr=1e-5, glr=1e-5, precision="fp32", dropout=0.13,
-              augment=0.12, ema_mimg=0.5, eval_every_kimg=512.0, fid_images=50_000,
+              augment=0.12, ema_mimg=0.5, eval_every_kimg=512.0, eval_schedule="official", fid_images=50_000,
               fid_detector="inception-2015-12-05", fid_ref="edm:cifar10-32x32")
-_FFHQ_LIKE = dict(batch=512, batch_per_device=32, precision="fp16", adam_eps=1e-6, dropout=0.05, augment=0.15,
-                  ema_mimg=0.5, duration_kimg=500_000.0, eval_every_kimg=512.0, fid_images=50_000,
+_FFHQ_LIKE = dict(batch=512, batch_per_device=32, precision="fp16", dropout=0.05, augment=0.15,
+                  ema_mimg=0.5, duration_kimg=500_000.0, eval_every_kimg=512.0, eval_schedule="official",
+                  fid_images=50_000,
                   fid_detector="inception-2015-12-05")
 
 PRESETS: dict[str, dict[str, Any]] = {
     "cifar10-uncond": dict(_CIFAR, teacher="edm:cifar10-uncond", duration_kimg=500_000.0),
     "cifar10-cond": dict(_CIFAR, teacher="edm:cifar10-cond", duration_kimg=800_000.0),
     "imagenet64-cond": dict(teacher="edm:imagenet64-cond", alpha=1.2, batch=8192, batch_per_device=16, lr=4e-6,
-                            glr=4e-6, precision="fp16", adam_eps=1e-6, dropout=0.1, augment=0.0, ema_mimg=2.0,
-                            duration_kimg=1_000_000.0, eval_every_kimg=1024.0, fid_images=50_000,
+                            glr=4e-6, precision="fp16", dropout=0.1, augment=0.0, ema_mimg=2.0,
+                            duration_kimg=1_000_000.0, eval_every_kimg=1024.0, eval_schedule="official",
+                            fid_images=50_000,
                             fid_detector="inception-2015-12-05", fid_ref="edm:imagenet-64x64"),
     "ffhq64": dict(_FFHQ_LIKE, teacher="edm:ffhq64", alpha=1.2, lr=1e-5, glr=1e-5, g_beta1=0.9,
                    fid_ref="edm:ffhq-64x64"),

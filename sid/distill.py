@@ -226,6 +226,13 @@ class Distiller:
         )
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue from `state`; a ValueError naming both architectures if it was made with another network."""
+        saved, built = dict(state.get("generator_init_kwargs") or {}), dict(self.generator.init_kwargs)
+        if saved != built:
+            diff = ", ".join(f"{k}: saved {saved.get(k)!r}, this run {built.get(k)!r}"
+                             for k in sorted(set(saved) | set(built)) if saved.get(k) != built.get(k))
+            raise ValueError(f"the training state was made with another network architecture ({diff}); expected "
+                             f"the architecture of this run's teacher")
         self.fake_score.load_state_dict(state["fake_score"])
         self.generator.load_state_dict(state["generator"])
         self.generator_ema.load_state_dict(state["generator_ema"])

@@ -29,8 +29,7 @@ import torch
 
 from sid.config import DistillConfig
 from sid.distill import Distiller
-from sid.results import read_parquet, upsert_evaluations
-from sid.run import CHECKPOINT, EVALUATIONS, RunFolder, load_checkpoint
+from sid.run_state import CHECKPOINT, EVALUATIONS, RunFolder, load_checkpoint, run_rank
 
 STATE_FILE = "state.pt"        # the training state inside each Ray checkpoint folder
 RUN_NAME = "train"             # Ray Train run name of a one-run folder (storage: <out>/ray/train)
@@ -138,62 +137,50 @@ def _restored_state(loop_config: dict[str, Any], config: DistillConfig) -> dict 
 
 
 class _Reporter:
-    """on_evaluation of every rank: rank 0 writes the row (and the run folder's files) BEFORE reporting the
-    checkpoint, so a restart from that checkpoint never skips a row; all ranks then report (a barrier)."""
+    """After each evaluation, on every rank: report the metrics and (rank 0, a good state) a checkpoint. Rank 0 wrote
+    the row and files before, so a restart from this checkpoint never skips a row; the report is a barrier."""
 
-    def __init__(self, loop_config: dict[str, Any]) -> None:
-        self.rows_path = Path(loop_config["rows_path"])
-        self.run_folder = RunFolder(Path(loop_config["run_folder"])) if loop_config["run_folder"] else None
+    def __init__(self, folder: RunFolder | None) -> None:  # rank 0's folder; None on the other ranks
+        self.folder = folder
 
-    def _write_row(self, row: dict[str, Any], distiller: Distiller) -> float:
-        """Write the row; return the trial's best finite fid up to this point (NaN if none)."""
-        if self.run_folder is not None:
-            self.run_folder(row, distiller)  # rows to <out>/evaluations.parquet, checkpoint.pt, generator.pt, PNG
-            rows = read_parquet(self.rows_path)
-        else:
-            rows = upsert_evaluations(self.rows_path, [row])
-        mine = rows[(rows["trial_id"] == row["trial_id"]) & (rows["kimg"] <= row["kimg"])]["fid"]
-        return float(mine.min()) if mine.notna().any() else math.nan
-
-    def __call__(self, row: dict[str, Any], distiller: Distiller) -> None:
+    def __call__(self, row: dict[str, Any], distiller: Distiller, best_fid: float) -> None:
         metrics = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        metrics["best_fid"] = math.nan
-        with tempfile.TemporaryDirectory() as folder:
+        metrics["best_fid"] = best_fid
+        with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
-            if distiller.rank == 0:
-                metrics["best_fid"] = self._write_row(row, distiller)
-                if row["status"] == "ok":  # a diverged state is no checkpoint: Train's newest stays the last good one
-                    torch.save({**distiller.state_dict(), "wall_s": row["wall_s"]}, Path(folder) / STATE_FILE)
-                    checkpoint = ray.train.Checkpoint.from_directory(folder)
+            if self.folder is not None and row["status"] == "ok":  # a diverged state is no checkpoint
+                state = Path(tmp) / STATE_FILE
+                if self.folder.state_path is not None:  # the run folder's checkpoint.pt: the state is saved once
+                    _link_or_copy(self.folder.state_path, state)
+                else:
+                    torch.save({**distiller.state_dict(), "wall_s": row["wall_s"]}, state)
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def _link_or_copy(source: Path, dest: Path) -> None:
+    try:
+        os.link(source, dest)
+    except OSError:
+        shutil.copyfile(source, dest)
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
     """The function each Ray Train worker runs: one DDP rank of one SiD run (see build_trainer for loop_config)."""
-    from sid.loop import Evaluator, train
-    from sid.teachers import load_teacher
-
     config = DistillConfig(**loop_config["config"])
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()  # the GPU Ray assigned to this worker (CUDA_VISIBLE_DEVICES-aware), or cpu
     if device.type == "cpu":
-        torch.set_flush_denormal(True)  # denormals made CPU iterations up to 10x slower
         # One thread per assigned CPU, rounded: Ray floors it in OMP_NUM_THREADS (1.99 CPUs -> 1 thread).
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         torch.set_num_threads(max(1, round(cpus)))
     _record_worker(loop_config["workers_dir"], rank, world_size, device)
-    distiller = Distiller(config, load_teacher(config.teacher), device=device, rank=rank, world_size=world_size)
-    wall_s = 0.0
-    state = _restored_state(loop_config, config)
-    if state is not None:
-        distiller.load_state_dict(state)
-        wall_s = float(state["wall_s"])
-        if rank == 0:
-            print(f"continuing at kimg {distiller.kimg:g} (iteration {distiller.iteration})", flush=True)
-    train(distiller, evaluator=Evaluator(config, device) if rank == 0 else None, on_evaluation=_Reporter(loop_config),
-          study=loop_config["study"], trial_id=loop_config["trial_id"], wall_s=wall_s, progress=False,
-          resumed=state is not None)
+    folder = RunFolder(Path(loop_config["run_folder"]), rows_path=Path(loop_config["rows_path"]),
+                       keep_state=loop_config["keep_state"]) if rank == 0 else None
+    run_rank(config, folder, device=device, rank=rank, world_size=world_size,
+             state=_restored_state(loop_config, config), study=loop_config["study"],
+             trial_id=loop_config["trial_id"], after=_Reporter(folder), progress=False)
 
 
 # ---------------------------------------------------------------------------------------------- trainer
@@ -207,7 +194,8 @@ def build_trainer(
     name: str,                                # Ray Train run name: keep it stable per run/trial so a retry resumes
     trial_id: str,                            # the rows' trial_id
     study: str = "",                          # the rows' study ('' for a single run)
-    run_folder: str | os.PathLike | None = None,   # also write checkpoint.pt, generator.pt, samples (one-run folder)
+    run_folder: str | os.PathLike | None = None,  # snapshots, best.pt, sample grids (sid/run_state.py; train_worker)
+    keep_state: bool = False,                 # also checkpoint.pt in run_folder (one-run folders; Ray gets a link)
     resume_path: str | os.PathLike | None = None,  # checkpoint.pt to start from when this Train run has none
     workers_dir: str | os.PathLike | None = None,  # where each rank records its pid/node/device (None = nowhere)
     cpus_per_worker: float = 1.0,             # CPU reserved per worker (0.495 lets 2 trials of 2 workers share 2 cores)
@@ -230,7 +218,7 @@ def build_trainer(
     placement_strategy = placement_strategy or default_placement(workers, per_worker)
     check_resources(workers, per_worker, placement_strategy)
     loop_config = dict(config=config.to_dict(), rows_path=str(rows_path), trial_id=trial_id, study=study,
-                       run_folder=str(run_folder) if run_folder else None,
+                       run_folder=str(run_folder) if run_folder else None, keep_state=keep_state,
                        resume_path=str(resume_path) if resume_path else None,
                        workers_dir=str(workers_dir) if workers_dir else None, **(loop_extra or {}))
     return ray.train.torch.TorchTrainer(
@@ -266,7 +254,7 @@ def run_distributed(config: DistillConfig, out: Path, *, workers: int, gpus_per_
                     resume: bool, max_failures: int = 2) -> Path:
     """Run (or continue) one distillation through Ray Train; return the evaluations file <out>/evaluations.parquet.
 
-    The run folder looks like a single-process one (rows, checkpoint.pt, generator.pt, samples), so a run can be
+    The run folder looks like a single-process one (rows, checkpoint.pt, snapshots, samples), so a run can be
     continued with another number of workers or in one process. Ray's own checkpoints live in <out>/ray/train and
     serve restarts within this invocation; a new invocation starts from <out>/checkpoint.pt, which is written before
     each Ray checkpoint and so is never older. Uses the connected Ray if there is one, else starts/joins one."""
@@ -287,6 +275,7 @@ def run_distributed(config: DistillConfig, out: Path, *, workers: int, gpus_per_
         cpus = default_cpus_per_worker(workers, gpus_per_worker)
         trainer = build_trainer(config, rows_path=out / EVALUATIONS, workers=workers, gpus_per_worker=gpus_per_worker,
                                 storage_path=out / "ray", name=RUN_NAME, trial_id=out.name, run_folder=out,
+                                keep_state=True,
                                 resume_path=out / CHECKPOINT if resume else None, workers_dir=out / "workers",
                                 cpus_per_worker=cpus, max_failures=max_failures)
         print(f"Ray Train: {workers} worker(s) x {worker_resources(gpus_per_worker, cpus)} "

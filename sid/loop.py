@@ -24,14 +24,6 @@ from sid.results import CONFIG_COLUMNS, now_utc
 OnEvaluation = Callable[[dict[str, Any], Distiller], None]
 
 
-def evaluation_iterations(config: DistillConfig) -> list[int]:
-    """Iterations after which the run evaluates: 0, each multiple of eval_every_kimg, and the last one."""
-    last = config.iterations
-    every = config.eval_every_kimg * 1000 / config.batch
-    points = {0, last} | {min(last, math.ceil(k * every - 1e-9)) for k in range(1, math.ceil(last / every) + 1)}
-    return sorted(points)
-
-
 class Evaluator:
     """Frechet distance of G_ema samples against the config's reference statistics."""
 
@@ -61,11 +53,6 @@ class Evaluator:
         return fd if bool(finite) else math.nan
 
 
-def fid_images_at(config: DistillConfig, iteration: int) -> int:
-    """Images behind the evaluation after `iteration`: fid_images_final at the last one (when set)."""
-    return config.fid_images_final or config.fid_images if iteration >= config.iterations else config.fid_images
-
-
 def make_row(distiller: Distiller, *, fid: float, stats: dict, wall_s: float, images_per_s: float, study: str,
              trial_id: str) -> dict[str, Any]:
     cfg = distiller.config
@@ -75,7 +62,7 @@ def make_row(distiller: Distiller, *, fid: float, stats: dict, wall_s: float, im
         study=study, trial_id=trial_id, **{c: getattr(cfg, c) for c in CONFIG_COLUMNS},
         world_size=distiller.world_size, kimg=distiller.kimg, iteration=distiller.iteration, wall_s=wall_s,
         device_s=wall_s * distiller.world_size, fid=fid, fid_detector=cfg.fid_detector,
-        fid_images=fid_images_at(cfg, distiller.iteration),
+        fid_images=cfg.fid_images_at(distiller.iteration),
         images_per_s=images_per_s, **stats, status="ok" if finite else "diverged", written_at=now_utc(),
     )
 
@@ -86,10 +73,9 @@ def train(distiller: Distiller, *, evaluator: Evaluator | None, on_evaluation: O
     checkpoint, which is always taken right after an evaluation (kimg 0 included), so it continues without
     evaluating its current point again."""
     cfg = distiller.config
-    points = evaluation_iterations(cfg)
+    points = cfg.evaluation_iterations()
     is_main = distiller.rank == 0
-    final_kimg = cfg.iterations * cfg.batch / 1000
-    bar = tqdm(total=final_kimg, initial=distiller.kimg, file=sys.stdout, disable=not (progress and is_main),
+    bar = tqdm(total=cfg.final_kimg, initial=distiller.kimg, file=sys.stdout, disable=not (progress and is_main),
                dynamic_ncols=True, bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} kimg [{elapsed}<{remaining}]")
     last_wall, last_iteration = time.perf_counter(), distiller.iteration
     while True:
@@ -103,7 +89,7 @@ def train(distiller: Distiller, *, evaluator: Evaluator | None, on_evaluation: O
             if images and stats["nan_samples"] >= 2 * (distiller.iteration - last_iteration) * distiller.batch_per_rank:
                 # the NaN guard dropped every sample of both phases: the mean losses are 0/0, not the 0 summed
                 stats.update(loss_fake_score=math.nan, loss_generator=math.nan)
-            fid = evaluator(distiller, fid_images_at(cfg, distiller.iteration)) \
+            fid = evaluator(distiller, cfg.fid_images_at(distiller.iteration)) \
                 if (evaluator is not None and is_main) else math.nan
             row = make_row(distiller, fid=fid, stats=stats, wall_s=wall_s, study=study, trial_id=trial_id,
                            images_per_s=images / elapsed if images else math.nan)

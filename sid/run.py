@@ -1,9 +1,8 @@
 """One distillation run from the command line: `python -m sid.distill --preset digits --out runs/digits`.
 
 With `--workers 1` and no `--address` the run happens in this process; otherwise it runs through Ray Train
-(sid.distributed). A run folder holds `evaluations.parquet` (one row per evaluation), `checkpoint.pt` (the complete
-training state, rewritten at each evaluation), `generator.pt` (G_ema weights + constructor arguments) and
-`samples-<iteration>.png` grids. `--resume` continues a folder's run from its checkpoint.
+(sid.distributed). The run folder's files are described in sid/run_state.py: `evaluations.parquet`, `checkpoint.pt`,
+`snapshots/generator-<kimg>.pt`, `best.pt` and `samples-<iteration>.png`. `--resume` continues a folder's run.
 """
 
 from __future__ import annotations
@@ -19,67 +18,8 @@ import torch
 from sid.assets import AssetError
 from sid.cli import add_config_flags, add_preset_flag, config_from_args
 from sid.config import DistillConfig
-from sid.distill import Distiller
-from sid.loop import Evaluator, train
-from sid.results import EVALUATION_SCHEMA, is_uri, read_parquet, upsert_evaluations, write_file_atomic
-from sid.teachers import load_plain
-
-CHECKPOINT = "checkpoint.pt"
-EVALUATIONS = "evaluations.parquet"
-
-
-def save_atomic(obj: object, path: Path) -> None:
-    write_file_atomic(path, lambda f: torch.save(obj, f))
-
-
-def save_image_grid(images: torch.Tensor, path: Path, scale: int = 4) -> None:
-    """Images in [-1, 1] (N, C, H, W) tiled into a square-ish PNG, upscaled `scale` times for small images."""
-    from PIL import Image
-
-    n, c, h, w = images.shape
-    cols = int(n**0.5) or 1
-    rows = -(-n // cols)
-    grid = torch.full((c, rows * (h + 1) + 1, cols * (w + 1) + 1), -1.0)
-    for i, img in enumerate(images.clamp(-1, 1)):
-        r, k = divmod(i, cols)
-        grid[:, 1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + k * (w + 1): 1 + k * (w + 1) + w] = img
-    pixels = ((grid + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).squeeze(-1).numpy()
-    image = Image.fromarray(pixels)
-    image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
-    write_file_atomic(path, lambda f: image.save(f, format="PNG"))
-
-
-class RunFolder:
-    """The single-process sink: rows to Parquet first, then the checkpoint, so an interruption between the two
-    re-runs to the same point and rewrites the same row instead of losing it. A diverged state is not saved: the
-    checkpoint and generator stay the last good ones."""
-
-    def __init__(self, out: Path) -> None:
-        self.out = out
-        out.mkdir(parents=True, exist_ok=True)
-
-    def __call__(self, row: dict, distiller: Distiller) -> None:
-        upsert_evaluations(self.out / EVALUATIONS, [row])
-        save_image_grid(distiller.sample(0, 64).cpu(), self.out / f"samples-{distiller.iteration:07d}.png")
-        if row["status"] != "ok":
-            return
-        save_atomic(dict(init_kwargs=dict(distiller.generator_ema.init_kwargs),
-                         state_dict=distiller.generator_ema.state_dict(), sigma_init=distiller.config.sigma_init,
-                         config=distiller.config.to_dict(), kimg=distiller.kimg), self.out / "generator.pt")
-        save_atomic({**distiller.state_dict(), "wall_s": row["wall_s"]}, self.out / CHECKPOINT)
-
-
-def load_checkpoint(path: Path, config: DistillConfig) -> dict:
-    """A run's saved state, refused if it was made with a different config (duration_kimg may grow)."""
-    state = load_plain(path, "training checkpoint of this project")
-    try:
-        saved = {**state["config"], "duration_kimg": config.duration_kimg}
-    except (KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: not a training checkpoint of this project (no config: {exc!r})") from exc
-    if saved != config.to_dict():
-        diff = {k: (saved[k], v) for k, v in config.to_dict().items() if saved.get(k) != v}
-        raise ValueError(f"{path} was written with a different config (saved vs now: {diff})")
-    return state
+from sid.results import is_uri
+from sid.run_state import CHECKPOINT, EVALUATIONS, RunFolder, check_rows_readable, load_checkpoint, run_rank
 
 
 def pick_device(name: str) -> torch.device:
@@ -99,22 +39,14 @@ def pick_device(name: str) -> torch.device:
 
 def run_local(config: DistillConfig, out: Path, *, device: torch.device, resume: bool, progress: bool = True) -> Path:
     """Run (or continue) one distillation in this process; return the evaluations file."""
-    from sid.teachers import load_teacher
-
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)  # denormals made CPU iterations up to 10x slower
-    distiller = Distiller(config, load_teacher(config.teacher), device=device)
-    wall_s = 0.0
+    folder = RunFolder(out)
+    state = None
     if resume:
         state = load_checkpoint(out / CHECKPOINT, config)
-        if (out / EVALUATIONS).exists():  # a torn rows file (power loss, cut copy) stops the resume now, untouched
-            read_parquet(out / EVALUATIONS, EVALUATION_SCHEMA)
-        distiller.load_state_dict(state)
-        wall_s = state["wall_s"]
-        print(f"resuming {out} at kimg {distiller.kimg:.1f}")
-    train(distiller, evaluator=Evaluator(config, device), on_evaluation=RunFolder(out), trial_id=out.name,
-          wall_s=wall_s, progress=progress, resumed=resume)
-    return out / EVALUATIONS
+        check_rows_readable(folder)
+        print(f"resuming {out}")
+    run_rank(config, folder, device=device, state=state, trial_id=out.name, progress=progress)
+    return folder.rows_path
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -38,8 +38,7 @@ from ray.tune.search.sample import Categorical, Domain
 from sid.config import ConfigError, DistillConfig
 from sid.distributed import build_trainer, check_request, check_resources, default_placement, worker_resources
 from sid.results import is_uri, read_parquet
-from sid.study_results import (EVALUATIONS_DIR, TRIALS_FILE, Divergence, TrialRecord, final_kimg,
-                               write_trials_table)
+from sid.study_results import EVALUATIONS_DIR, RUNS_DIR, TRIALS_FILE, Divergence, TrialRecord, write_trials_table
 
 DRIVER_CPU = 0.01                      # CPU held by each trial's driver function (Tune rejects 0)
 SEARCHABLE = ("alpha", "lr", "glr", "sigma_init", "seed")
@@ -167,6 +166,7 @@ def run_trial(tune_config: dict[str, Any]) -> None:
     build_trainer(config, rows_path=rows_path,
                   workers=settings["workers"], gpus_per_worker=settings["gpus_per_worker"],
                   storage_path=folder / TRAIN_DIR, name=f"train-{trial_id}", trial_id=trial_id,
+                  run_folder=folder / RUNS_DIR / trial_id,
                   study=settings["study"], cpus_per_worker=settings["cpus_per_worker"],
                   max_failures=settings["max_failures"], placement_strategy=settings["placement_strategy"],
                   callbacks=[TuneReportCallback()]).fit()
@@ -315,9 +315,9 @@ def _tuner(study: Study, trainable: Any, concurrency: int, cpus_per_worker: floa
     if study.asha:
         # Rungs a hair below the evaluation points so float kimg never misses one; trials that reach the end are
         # not stopped again by ASHA (stop_last_trials=False), they end by themselves.
-        grace = study.grace_kimg or base.eval_every_kimg
-        scheduler = ASHAScheduler(time_attr="kimg", metric="fid", mode="min", max_t=final_kimg(base),
-                                  grace_period=min(grace, final_kimg(base)) * (1 - 1e-6),
+        grace = study.grace_kimg or base.evaluation_kimg()[1]  # default: the first evaluation after kimg 0
+        scheduler = ASHAScheduler(time_attr="kimg", metric="fid", mode="min", max_t=base.final_kimg,
+                                  grace_period=min(grace, base.final_kimg) * (1 - 1e-6),
                                   reduction_factor=study.reduction_factor, stop_last_trials=False)
     return ray.tune.Tuner(
         trainable, param_space=param_space,

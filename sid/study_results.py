@@ -15,10 +15,10 @@ from typing import NamedTuple
 import pandas as pd
 
 from sid.config import DistillConfig
-from sid.loop import evaluation_iterations
 from sid.results import CONFIG_COLUMNS, read_evaluations, write_trials
 
 EVALUATIONS_DIR = "evaluations"   # <study>/evaluations/<trial_id>.parquet: every evaluation of one trial
+RUNS_DIR = "runs"                 # <study>/runs/<trial_id>/: the trial's snapshots, best.pt, sample grids
 TRIALS_FILE = "trials.parquet"    # <study>/trials.parquet: one row per trial
 
 
@@ -65,11 +65,6 @@ class TrialRecord(NamedTuple):
     world_size: int               # DDP ranks of the trial
 
 
-def final_kimg(config: DistillConfig) -> float:
-    """The kimg of a run's last evaluation (duration_kimg rounded up to whole iterations)."""
-    return evaluation_iterations(config)[-1] * config.batch / 1000
-
-
 def trial_state(record: TrialRecord, rows: pd.DataFrame, divergence: Divergence) -> tuple[str, str]:
     """(state, note): error > diverged > completed (reached its last evaluation) > stopped_early (ended before it) >
     running (unfinished: an interrupted study)."""
@@ -79,7 +74,7 @@ def trial_state(record: TrialRecord, rows: pd.DataFrame, divergence: Divergence)
     if reason is not None:
         return "diverged", reason
     if record.tune_state == "terminated":
-        done = not rows.empty and rows["kimg"].max() >= final_kimg(record.config) - 1e-9
+        done = not rows.empty and rows["kimg"].max() >= record.config.final_kimg - 1e-9
         return ("completed" if done else "stopped_early"), ""
     return "running", ""
 

@@ -3,7 +3,6 @@ import math
 import pytest
 
 from sid.config import PRESETS, ConfigError, DistillConfig, preset
-from sid.loop import evaluation_iterations
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -64,5 +63,5 @@ def test_accumulation_rounds(batch, per_device, world, rounds):
 ])
 def test_evaluation_schedule(duration, every, batch, expected):
     cfg = preset("digits", duration_kimg=duration, eval_every_kimg=every, batch=batch, batch_per_device=batch)
-    assert evaluation_iterations(cfg) == expected
+    assert cfg.evaluation_iterations() == expected
     assert cfg.iterations == expected[-1]

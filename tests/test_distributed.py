@@ -38,9 +38,8 @@ TEACHER_KWARGS = dict(img_resolution=8, img_channels=1, label_dim=0, model_type=
 
 
 def expected_kimg(config) -> list[float]:
-    from sid.loop import evaluation_iterations
-
-    return [i * config.batch / 1000 for i in evaluation_iterations(config)]
+    
+    return [i * config.batch / 1000 for i in config.evaluation_iterations()]
 
 
 def worker_info(out: Path, rank: int) -> dict:

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from sid.config import preset
-from sid.loop import evaluation_iterations
 from sid.networks import EDMPrecond
 from sid.results import EVALUATION_SCHEMA, read_evaluations
 from sid.run import run_local
+from sid.run_state import snapshot_name
 from sid.teachers import load_network_file
 
 
@@ -36,15 +36,20 @@ def test_run_writes_one_row_per_evaluation_point(tmp_path, teacher_file):
     path = run_local(config, tmp_path / "run", device=torch.device("cpu"), resume=False, progress=False)
     rows = read_evaluations(path)
     assert list(rows.columns) == EVALUATION_SCHEMA.names
-    assert rows["iteration"].tolist() == evaluation_iterations(config) == [0, 2, 4, 6]
+    assert rows["iteration"].tolist() == config.evaluation_iterations() == [0, 2, 4, 6]
     assert rows["kimg"].tolist() == pytest.approx([0, 0.032, 0.064, 0.096])
     assert rows["fid"].map(math.isfinite).all() and (rows["status"] == "ok").all()
     assert rows["fid_detector"].eq("digits-features-v1").all() and rows["world_size"].eq(1).all()
     assert math.isnan(rows["loss_generator"].iloc[0]) and rows["loss_fake_score"].iloc[1:].gt(0).all()
     assert rows["wall_s"].is_monotonic_increasing and rows["images_per_s"].iloc[1:].gt(0).all()
     assert rows.loc[0, "alpha"] == config.alpha and rows.loc[0, "trial_id"] == "run"
-    generator = load_network_file(tmp_path / "run" / "generator.pt")
+    best = rows.loc[rows["fid"].idxmin()]
+    generator = load_network_file(tmp_path / "run" / "best.pt")
     assert generator.img_resolution == 8
+    saved = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    assert (saved["kimg"], saved["fid"], saved["fid_detector"]) == (best["kimg"], best["fid"], "digits-features-v1")
+    kept = {snapshot_name(k) for k in {best["kimg"], rows["kimg"].iloc[-1]}}  # the default: best and last
+    assert {p.name for p in (tmp_path / "run" / "snapshots").iterdir()} == kept
     assert sorted(p.name for p in (tmp_path / "run").glob("samples-*.png")) == [
         f"samples-{i:07d}.png" for i in [0, 2, 4, 6]]
 

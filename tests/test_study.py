@@ -22,7 +22,6 @@ import ray
 from ray import tune
 
 from sid.config import preset
-from sid.loop import evaluation_iterations
 from sid.results import CONFIG_COLUMNS, EVALUATION_SCHEMA, SCHEMA_VERSION, TRIAL_SCHEMA, read_evaluations
 from sid.study import Study, StudyCallback, run_study, trial_capacity
 from sid.study_results import Divergence, TrialRecord, trial_state
@@ -35,7 +34,7 @@ TINY_FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
 
 
 def expected_kimg(config) -> list[float]:
-    return [i * config.batch / 1000 for i in evaluation_iterations(config)]
+    return [i * config.batch / 1000 for i in config.evaluation_iterations()]
 
 
 @pytest.fixture(scope="module")

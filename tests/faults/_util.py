@@ -16,7 +16,6 @@ import pandas as pd
 import torch
 
 from sid.config import preset
-from sid.loop import evaluation_iterations
 from sid.results import read_evaluations
 from shared_helpers import make_teacher, session_processes  # noqa: F401 (re-exported for the fault tests)
 
@@ -35,7 +34,7 @@ def flags(**values) -> list[str]:
 
 
 def expected_kimg(config) -> list[float]:
-    return [i * config.batch / 1000 for i in evaluation_iterations(config)]
+    return [i * config.batch / 1000 for i in config.evaluation_iterations()]
 
 
 def rows(*paths: Path) -> pd.DataFrame:

@@ -12,6 +12,7 @@ import ray
 from _util import ROOT
 from shared_helpers import load_script
 
+import sid.loop
 import sid.run
 import sid.study
 from sid.config import DistillConfig
@@ -44,6 +45,8 @@ OUT_OF_RANGE = {
     "ema_rampup": [("-0.05", "must be in [0, 1]")],
     "duration_kimg": [("0", "must be > 0"), ("-1", "must be > 0")],
     "eval_every_kimg": [("0", "must be > 0")],
+    "eval_schedule": [("ticks", "must be one of every, official")],
+    "keep_snapshots": [("none", "must be 'all', 'best', 'last' or 'best,last'"), ("best,all", "must be 'all'")],
     "fid_images": [("0", "must be > 0"), ("-1", "must be > 0"),
                    ("1", "must be >= 2")],
     "fid_images_final": [("-1", "must be >= 0")],
@@ -121,7 +124,7 @@ def test_distill_flag_with_a_bad_value_is_one_error_with_exit_code_2(workdir, mo
     def started(*args, **kwargs):
         raise AssertionError("validation let a bad value through: training started")
 
-    monkeypatch.setattr(sid.run, "train", started)
+    monkeypatch.setattr(sid.loop, "train", started)  # after the teacher and statistics loaded
     argv = name.split()
     if value is not None:
         argv[-1] += f"={value}"  # --alpha=-inf: argparse would take a separate '-inf' for a flag

@@ -1,0 +1,180 @@
+"""A run's folder and one rank of a run: rows, training state, G_ema snapshots, sample grids, and `run_rank()`, which
+the one-run command and the Ray Train worker both use.
+
+A run folder holds (names defined here, once):
+
+    evaluations.parquet            one row per evaluation (a study's trials write <study>/evaluations/<trial>.parquet)
+    checkpoint.pt                  the complete training state, rewritten once per evaluation (one-run folders only:
+                                   a study trial's state lives in its Ray Train checkpoints)
+    snapshots/generator-<kimg>.pt  G_ema of an evaluation: weights, constructor arguments, sigma_init, config and the
+                                   evaluation's FD; which ones stay is the config's keep_snapshots ('best,last')
+    best.pt                        the snapshot of the lowest finite FD (ties: the earlier), a hard link or a copy
+    samples-<iteration>.png        64 G_ema samples of each evaluation
+
+Files are written beside their final name and renamed into place, rows first: an interruption re-runs to the same
+evaluation and rewrites its row instead of losing it. A diverged state is never saved: checkpoint, snapshots and
+best.pt stay the last good ones. Every file holds plain tensors and containers (read with weights_only=True).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sid.config import DistillConfig
+from sid.distill import Distiller
+from sid.results import EVALUATION_SCHEMA, read_parquet, upsert_evaluations, write_file_atomic
+
+CHECKPOINT = "checkpoint.pt"
+EVALUATIONS = "evaluations.parquet"
+SNAPSHOTS = "snapshots"
+BEST = "best.pt"
+# Config fields a resumed run may change: they do not shape the numbers of the evaluations already made.
+RESUMABLE_CHANGES = ("duration_kimg", "keep_snapshots")
+
+AfterEvaluation = Callable[[dict[str, Any], Distiller, float], None]  # (row, distiller, best fid so far) on every rank
+
+
+def snapshot_name(kimg: float) -> str:
+    """'generator-000102.656.pt': zero-padded, so names sort by kimg."""
+    return f"generator-{kimg:010.3f}.pt"
+
+
+def save_atomic(obj: object, path: Path) -> None:
+    write_file_atomic(path, lambda f: torch.save(obj, f))
+
+
+def _link_atomic(source: Path, dest: Path) -> None:
+    """dest becomes the same file as source (a hard link; a copy where the file system has none), atomically."""
+    tmp = dest.with_name(f".{dest.name}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, dest)
+
+
+def save_image_grid(images: torch.Tensor, path: Path, scale: int = 4) -> None:
+    """Images in [-1, 1] (N, C, H, W) tiled into a square-ish PNG, upscaled `scale` times for small images."""
+    from PIL import Image
+
+    n, c, h, w = images.shape
+    cols = int(n**0.5) or 1
+    rows = -(-n // cols)
+    grid = torch.full((c, rows * (h + 1) + 1, cols * (w + 1) + 1), -1.0)
+    for i, img in enumerate(images.clamp(-1, 1)):
+        r, k = divmod(i, cols)
+        grid[:, 1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + k * (w + 1): 1 + k * (w + 1) + w] = img
+    pixels = ((grid + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).squeeze(-1).numpy()
+    image = Image.fromarray(pixels)
+    image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    write_file_atomic(path, lambda f: image.save(f, format="PNG"))
+
+
+def best_row(rows, trial_id: str) -> Any:
+    """The row of the lowest finite FD among a trial's 'ok' rows (ties: the earlier kimg), or None."""
+    mine = rows[(rows["trial_id"] == trial_id) & (rows["status"] == "ok") & rows["fid"].map(math.isfinite)]
+    return None if mine.empty else mine.sort_values(["fid", "kimg"], kind="stable").iloc[0]
+
+
+class RunFolder:
+    """Where rank 0 writes a run's evaluations (see the module docstring for the files)."""
+
+    def __init__(self, out: Path, *, rows_path: Path | None = None, keep_state: bool = True) -> None:
+        self.out = Path(out)
+        self.rows_path = Path(rows_path) if rows_path is not None else self.out / EVALUATIONS
+        self.state_path = self.out / CHECKPOINT if keep_state else None  # folders are made by the first write
+
+    def write(self, row: dict[str, Any], distiller: Distiller) -> float:
+        """Write an evaluation's row and files; return the run's best finite FD so far (NaN if none)."""
+        rows = upsert_evaluations(self.rows_path, [row])
+        save_image_grid(distiller.sample(0, 64).cpu(), self.out / f"samples-{distiller.iteration:07d}.png")
+        best = best_row(rows[rows["kimg"] <= row["kimg"]], row["trial_id"])
+        if row["status"] == "ok":
+            self._snapshot(row, distiller, best_kimg=best["kimg"] if best is not None else None)
+            if self.state_path is not None:
+                save_atomic({**distiller.state_dict(), "wall_s": row["wall_s"]}, self.state_path)
+        return float(best["fid"]) if best is not None else math.nan
+
+    def _snapshot(self, row: dict[str, Any], distiller: Distiller, *, best_kimg: float | None) -> None:
+        folder = self.out / SNAPSHOTS
+        path = folder / snapshot_name(row["kimg"])
+        save_atomic(generator_file(distiller, row), path)
+        if best_kimg == row["kimg"]:
+            _link_atomic(path, self.out / BEST)
+        kinds = distiller.config.keep_snapshots.split(",")
+        if "all" in kinds:
+            return
+        keep = {path.name} if "last" in kinds else set()
+        if "best" in kinds and best_kimg is not None:
+            keep.add(snapshot_name(best_kimg))
+        for stale in folder.glob("generator-*.pt"):
+            if stale.name not in keep:
+                stale.unlink()
+
+
+def generator_file(distiller: Distiller, row: dict[str, Any]) -> dict[str, Any]:
+    """The contents of a snapshot: everything needed to sample (sid.teachers.load_network_file reads it)."""
+    ema = distiller.generator_ema
+    return dict(init_kwargs=dict(ema.init_kwargs), state_dict={k: v.detach().cpu() for k, v in ema.state_dict().items()},
+                sigma_init=distiller.config.sigma_init, config=distiller.config.to_dict(), kimg=row["kimg"],
+                iteration=row["iteration"], fid=row["fid"], fid_detector=row["fid_detector"],
+                fid_images=row["fid_images"])
+
+
+def load_checkpoint(path: Path, config: DistillConfig) -> dict:
+    """A run's saved state, refused if it was made with a different config (RESUMABLE_CHANGES may differ)."""
+    from sid.teachers import load_plain
+
+    state = load_plain(path, "training checkpoint of this project")
+    try:
+        saved = {**state["config"], **{k: getattr(config, k) for k in RESUMABLE_CHANGES}}
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a training checkpoint of this project (no config: {exc!r})") from exc
+    if saved != config.to_dict():
+        diff = {k: (saved.get(k), v) for k, v in config.to_dict().items() if saved.get(k) != v}
+        raise ValueError(f"{path} was written with a different config (saved vs now: {diff})")
+    return state
+
+
+def check_rows_readable(folder: RunFolder) -> None:
+    """A torn rows file (power loss, a cut copy) stops a resume before anything runs, leaving the file untouched."""
+    if folder.rows_path.exists():
+        read_parquet(folder.rows_path, EVALUATION_SCHEMA)
+
+
+def run_rank(config: DistillConfig, folder: RunFolder | None, *, device: torch.device, rank: int = 0,
+             world_size: int = 1,
+             state: dict | None = None,                  # training state to continue from (load_checkpoint)
+             study: str = "", trial_id: str = "run",     # the rows' labels
+             after: AfterEvaluation | None = None,       # called on every rank after each evaluation (Ray's report)
+             progress: bool = True) -> Distiller:
+    """Run (or continue) one rank of a run to config.duration_kimg: rank 0 evaluates and writes `folder`."""
+    from sid.loop import Evaluator, train
+    from sid.teachers import load_teacher
+
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)  # denormals made CPU iterations up to 10x slower
+    distiller = Distiller(config, load_teacher(config.teacher), device=device, rank=rank, world_size=world_size)
+    wall_s = 0.0
+    if state is not None:
+        distiller.load_state_dict(state)
+        wall_s = float(state["wall_s"])
+        if rank == 0:
+            print(f"continuing at kimg {distiller.kimg:g} (iteration {distiller.iteration})", flush=True)
+
+    def on_evaluation(row: dict[str, Any], d: Distiller) -> None:
+        best = folder.write(row, d) if (rank == 0 and folder is not None) else math.nan
+        if after is not None:
+            after(row, d, best)
+
+    train(distiller, evaluator=Evaluator(config, device) if rank == 0 else None, on_evaluation=on_evaluation,
+          study=study, trial_id=trial_id, wall_s=wall_s, progress=progress and rank == 0, resumed=state is not None)
+    return distiller
