@@ -38,6 +38,21 @@ def rebuild(net: nn.Module, **overrides) -> nn.Module:
     return clone
 
 
+def student_kwargs(teacher_kwargs: dict, config: DistillConfig) -> dict:
+    """Constructor arguments of the fake score and generator: the teacher's, with this run's dropout and fp16 mode."""
+    return {**teacher_kwargs, "dropout": config.dropout, "use_fp16": config.precision == "fp16"}
+
+
+def check_architecture(saved: dict, built: dict) -> None:
+    """ValueError naming every differing constructor argument when a state was made with another network."""
+    saved, built = dict(saved or {}), dict(built)
+    if saved != built:
+        diff = ", ".join(f"{k}: saved {saved.get(k)!r}, this run {built.get(k)!r}"
+                         for k in sorted(set(saved) | set(built)) if saved.get(k) != built.get(k))
+        raise ValueError(f"the training state was made with another network architecture ({diff}); expected the "
+                         f"architecture of this run's teacher")
+
+
 def slot_seed(seed: int, iteration: int, phase: int, slot: int) -> int:
     return int(np.random.SeedSequence([seed, iteration, phase, slot]).generate_state(1, np.uint64)[0] >> 1)
 
@@ -69,8 +84,8 @@ class Distiller:
         use_fp16 = config.precision == "fp16"  # the official mode: U-Net bodies in fp16 on CUDA
         self.teacher = rebuild(teacher, use_fp16=use_fp16).to(self.device).eval().requires_grad_(False)
         student = teacher if student is None else student
-        self.fake_score = rebuild(student, dropout=config.dropout, use_fp16=use_fp16).to(self.device)
-        self.generator = rebuild(student, dropout=config.dropout, use_fp16=use_fp16).to(self.device)
+        self.fake_score = rebuild(student, **student_kwargs({}, config)).to(self.device)
+        self.generator = rebuild(student, **student_kwargs({}, config)).to(self.device)
         self.generator_ema = copy.deepcopy(self.generator).eval().requires_grad_(False)
         for net in (self.teacher, self.fake_score, self.generator, self.generator_ema):
             fast.prepare_network(net, memory_format=config.memory_format, compile=config.compile)
@@ -227,12 +242,7 @@ class Distiller:
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from `state`; a ValueError naming both architectures if it was made with another network."""
-        saved, built = dict(state.get("generator_init_kwargs") or {}), dict(self.generator.init_kwargs)
-        if saved != built:
-            diff = ", ".join(f"{k}: saved {saved.get(k)!r}, this run {built.get(k)!r}"
-                             for k in sorted(set(saved) | set(built)) if saved.get(k) != built.get(k))
-            raise ValueError(f"the training state was made with another network architecture ({diff}); expected "
-                             f"the architecture of this run's teacher")
+        check_architecture(state.get("generator_init_kwargs"), self.generator.init_kwargs)
         self.fake_score.load_state_dict(state["fake_score"])
         self.generator.load_state_dict(state["generator"])
         self.generator_ema.load_state_dict(state["generator_ema"])

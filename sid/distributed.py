@@ -28,7 +28,7 @@ import ray.train.torch
 import torch
 
 from sid.config import DistillConfig
-from sid.distill import Distiller
+from sid.distill import Distiller, check_architecture, student_kwargs
 from sid.run_state import CHECKPOINT, EVALUATIONS, RunFolder, load_checkpoint, run_rank
 
 STATE_FILE = "state.pt"        # the training state inside each Ray checkpoint folder
@@ -262,6 +262,12 @@ def run_distributed(config: DistillConfig, out: Path, *, workers: int, gpus_per_
     out = Path(out).resolve()
     if resume and not (out / CHECKPOINT).exists():
         raise ValueError(f"resume: {out} holds no {CHECKPOINT} to continue from")
+    if resume:  # here, one line, rather than as a failed worker group
+        from sid.teachers import load_teacher
+
+        state = load_checkpoint(out / CHECKPOINT, config)
+        check_architecture(state.get("generator_init_kwargs"),
+                           student_kwargs(load_teacher(config.teacher).init_kwargs, config))
     if not resume and (out / CHECKPOINT).exists():
         raise ValueError(f"{out} already holds a run; resume it or choose another folder")
     out.mkdir(parents=True, exist_ok=True)

@@ -93,12 +93,13 @@ def test_resume_with_another_architecture_is_one_error_and_overwrites_nothing(tm
     # The same config, but the teacher file now holds another architecture (replaced on a shared disk, say).
     net = EDMPrecond(**{**TEACHER_KWARGS, "model_channels": 32})
     torch.save(dict(init_kwargs=net.init_kwargs, state_dict=net.state_dict()), teacher)
-    again = subprocess.run([sys.executable, "-m", "sid.distill", *args, "--duration-kimg", "0.016", "--resume"],
-                           capture_output=True, text=True, timeout=120)
-    assert again.returncode == 2 and "Traceback" not in again.stderr, again.stderr
-    error = again.stderr.strip().splitlines()[-1]
-    assert "another network architecture" in error and "model_channels: saved 16, this run 32" in error, error
-    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    for workers in ("1", "2"):  # in this process, and through Ray Train (refused before Ray starts)
+        again = subprocess.run([sys.executable, "-m", "sid.distill", *args, "--duration-kimg", "0.016", "--resume",
+                                "--workers", workers], capture_output=True, text=True, timeout=120)
+        assert again.returncode == 2 and "Traceback" not in again.stderr, again.stderr
+        error = again.stderr.strip().splitlines()[-1]
+        assert "another network architecture" in error and "model_channels: saved 16, this run 32" in error, error
+        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
 def test_official_schedule_evaluates_densely_early_then_every_50_ticks():
