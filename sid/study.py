@@ -255,7 +255,8 @@ class StudyCallback(ray.tune.Callback):
         if state == "error":
             text = Path(trial.error_file).read_text() if trial.error_file and Path(trial.error_file).exists() else ""
             error = next((line for line in reversed(text.splitlines()) if line.strip()), "unknown error")[:500]
-        return TrialRecord(trial.trial_id, state, error, trial_config(trial.config), trial.config["sid"]["workers"])
+        return TrialRecord(trial.trial_id, state, error, trial_config(trial.config), trial.config["sid"]["workers"],
+                           float(trial.last_result.get("kimg", math.nan)))
 
 
 def trial_dirname(trial: Any) -> str:

@@ -63,6 +63,7 @@ class TrialRecord(NamedTuple):
     error: str                    # the error's last line for 'error', else ''
     config: DistillConfig         # the trial's full config (base + searched values)
     world_size: int               # DDP ranks of the trial
+    reported_kimg: float = math.nan  # kimg of the last result Tune received (NaN: none or unknown)
 
 
 def trial_state(record: TrialRecord, rows: pd.DataFrame, divergence: Divergence) -> tuple[str, str]:
@@ -74,7 +75,10 @@ def trial_state(record: TrialRecord, rows: pd.DataFrame, divergence: Divergence)
     if reason is not None:
         return "diverged", reason
     if record.tune_state == "terminated":
-        done = not rows.empty and rows["kimg"].max() >= record.config.final_kimg - 1e-9
+        # Tune's last result, not the rows: a worker may still write the next evaluation while its stop travels.
+        reached = record.reported_kimg if math.isfinite(record.reported_kimg) else (
+            rows["kimg"].max() if not rows.empty else math.nan)
+        done = reached >= record.config.final_kimg - 1e-9
         return ("completed" if done else "stopped_early"), ""
     return "running", ""
 
@@ -82,6 +86,8 @@ def trial_state(record: TrialRecord, rows: pd.DataFrame, divergence: Divergence)
 def trial_row(record: TrialRecord, rows: pd.DataFrame, study: str, divergence: Divergence) -> dict:
     state, note = trial_state(record, rows, divergence)
     rows = rows.sort_values("kimg")
+    if state == "stopped_early" and math.isfinite(record.reported_kimg):  # what the study decided on
+        rows = rows[rows["kimg"] <= record.reported_kimg + 1e-9]
     finite = rows[rows["fid"].map(math.isfinite)]
     best = finite.loc[finite["fid"].idxmin()] if not finite.empty else None
     return dict(
