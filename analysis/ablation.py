@@ -11,23 +11,17 @@ any finite evaluation) as a red triangle pinned to the top of the axis.
 
 from __future__ import annotations
 
-import sys
+import argparse
 from collections.abc import Sequence
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file: make `analysis` importable from the repo root
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.lines import Line2D
+from matplotlib.transforms import blended_transform_factory
 
-import argparse  # noqa: E402
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.transforms import blended_transform_factory  # noqa: E402
-
-from analysis import common  # noqa: E402
+from analysis import common
 
 SWEEPS = ("alpha", "sigma_init", "lr", "glr", "tmax", "batch")
 TOP = 0.965  # axes fraction where trials without a finite value are pinned

@@ -12,20 +12,15 @@ are shown; the others are listed under the table. The best setting of each study
 
 from __future__ import annotations
 
-import sys
+import argparse
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file: make `analysis` importable from the repo root
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import numpy as np
+import pandas as pd
 
-import argparse  # noqa: E402
-import math  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from analysis import common  # noqa: E402
+from analysis import common
 
 SHOWN_ALWAYS = ("study", "alpha")
 

@@ -13,16 +13,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.lines import Line2D
 
-matplotlib.use("Agg")  # figures are files; never open a window or need a display
+from sid.results import CONFIG_COLUMNS, read_evaluations, read_trials
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-
-from sid.results import CONFIG_COLUMNS, read_evaluations, read_trials  # noqa: E402
+plt.switch_backend("Agg")  # figures are files; never open a window or need a display
 
 KEYS = ["study", "trial_id"]
 # Runs that differ only in seed form one setting; they are averaged over.

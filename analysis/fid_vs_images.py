@@ -10,22 +10,16 @@ left out, with a note under the plot. The y label names the detector: plain "FID
 
 from __future__ import annotations
 
-import sys
+import argparse
 from collections.abc import Sequence
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file: make `analysis` importable from the repo root
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.lines import Line2D
 
-import argparse  # noqa: E402
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-
-from analysis import common  # noqa: E402
+from analysis import common
 
 STUDY_DASHES = ["-", (0, (1, 1.5)), "-.", (0, (5, 1.5, 1, 1.5, 1, 1.5))]  # never '--': that is the teacher's
 

@@ -12,27 +12,21 @@ per study: hpo_report_<study>.png/pdf.
 
 from __future__ import annotations
 
-import sys
+import argparse
+import math
 from collections.abc import Sequence
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file: make `analysis` importable from the repo root
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import optuna
+import pandas as pd
+import seaborn as sns
+from matplotlib.collections import LineCollection
+from matplotlib.lines import Line2D
+from matplotlib.transforms import blended_transform_factory
 
-import argparse  # noqa: E402
-import math  # noqa: E402
-
-import matplotlib  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import optuna  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-from matplotlib.collections import LineCollection  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.transforms import blended_transform_factory  # noqa: E402
-
-from analysis import common  # noqa: E402
+from analysis import common
 
 SEARCHABLE = ("alpha", "sigma_init", "lr", "glr", "tmax", "batch", "precision")
 CATEGORICAL = ("precision",)

@@ -24,25 +24,20 @@ official CLI defaults. Each (run, alpha) becomes one trial: <out>/evaluations/<r
 
 from __future__ import annotations
 
-import sys
+import argparse
+import json
+import math
+import re
+import warnings
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
-if __package__ in (None, ""):  # run as a file: make `analysis` importable from the repo root
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import pandas as pd
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import re  # noqa: E402
-import warnings  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
-from typing import Any  # noqa: E402
-
-import pandas as pd  # noqa: E402
-
-from analysis import common  # noqa: E402
-from sid.results import write_evaluations  # noqa: E402
+from analysis import common
+from sid.results import write_evaluations
 
 METRIC_FILE = re.compile(r"metric-(fid(\d+)k\w*)-alpha-(.+)\.jsonl")
 SNAPSHOT_KIMG = re.compile(r"(\d+)\.(?:png|pkl)$")

@@ -29,35 +29,20 @@ import warnings
 
 import torch
 
-from sid.config import PRECISIONS, ConfigError, DistillConfig, preset
+from sid.config import PRECISIONS, PRESETS, ConfigError, DistillConfig, preset
 from sid.distill import Distiller
+from sid.micro_batch import fit_micro_batch
 from sid.networks import EDMPrecond
+from sid.teachers import teacher_architecture
 
-_DDPMPP = dict(model_type="SongUNet", embedding_type="positional", encoder_type="standard", decoder_type="standard",
-               channel_mult_noise=1, resample_filter=[1, 1], model_channels=128, augment_dim=9)
-# EDMPrecond arguments of each preset's networks (sid_spec.md section 7; the parity manifests' constructors).
-ARCHITECTURES: dict[str, dict] = {
-    "cifar10-uncond": dict(_DDPMPP, img_resolution=32, img_channels=3, label_dim=0, channel_mult=[2, 2, 2],
-                           dropout=0.13),
-    "cifar10-cond": dict(_DDPMPP, img_resolution=32, img_channels=3, label_dim=10, channel_mult=[2, 2, 2],
-                         dropout=0.13),
-    "ffhq64": dict(_DDPMPP, img_resolution=64, img_channels=3, label_dim=0, channel_mult=[1, 2, 2, 2], dropout=0.05),
-    "afhqv2-64": dict(_DDPMPP, img_resolution=64, img_channels=3, label_dim=0, channel_mult=[1, 2, 2, 2],
-                      dropout=0.05),
-    "imagenet64-cond": dict(model_type="DhariwalUNet", img_resolution=64, img_channels=3, label_dim=1000,
-                            model_channels=192, channel_mult=[1, 2, 3, 4], dropout=0.1),
-}
-ANCHOR_GFLOP_PER_IMAGE = {"cifar10-uncond": 29.9e3 / 64, "cifar10-cond": 29.9e3 / 64}  # shared/anchors.md
+ANCHOR_GFLOP_PER_IMAGE = {"cifar10-uncond": 29.9e3 / 64, "cifar10-cond": 29.9e3 / 64}  # docs/benchmarks.md (the official code on one H200)
 SUFFIXES = {"cl": dict(memory_format="channels_last"), "compile": dict(compile="default"),
             "fit": dict(batch_per_device=0)}
 
 
 def architecture(name: str) -> dict:
-    if name == "digits":
-        from sid.digits import TEACHER_KWARGS
-
-        return dict(TEACHER_KWARGS)
-    return dict(ARCHITECTURES[name])
+    """The preset's teacher architecture (sid.teachers), with the dropout SiD trains with (random weights here)."""
+    return {**teacher_architecture(PRESETS[name]["teacher"]), "dropout": preset(name).dropout}
 
 
 def random_teacher(name: str, seed: int = 0) -> EDMPrecond:
@@ -250,7 +235,8 @@ def measure(args: argparse.Namespace, name: str, config: DistillConfig, teacher:
                micro_batch=config.batch_per_device, rounds=math.nan, images_per_s=math.nan, error="")
     curves = None
     try:
-        distiller = Distiller(config, teacher, device=device)
+        fitted = 0 if config.batch_per_device else fit_micro_batch(config, teacher, device=device)
+        distiller = Distiller(config, teacher, device=device, micro_batch=fitted)
         row.update(micro_batch=distiller.micro_batch, rounds=distiller.rounds)
         if args.curves:
             curves = run_curves(distiller, args.curves)

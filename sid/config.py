@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 PRECISIONS = ("fp32", "tf32", "bf16", "bf16-tf32", "fp16")  # see sid/fast.py
@@ -182,7 +182,7 @@ class DistillConfig:
             raise ConfigError(f"DistillConfig.batch: {self.batch} is not divisible by world_size={world_size}")
         if not self.batch_per_device:
             raise ConfigError("DistillConfig.batch_per_device: 0 (largest that fits) is measured on the device by the "
-                              "Distiller (sid.fast.fit_micro_batch), not known to the config")
+                              "device (sid.micro_batch.fit_micro_batch), not known to the config")
         return max(1, math.ceil(per_rank / self.batch_per_device))
 
 

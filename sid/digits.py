@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import copy
 import time
-from functools import lru_cache
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from sid.losses import fake_score_loss, sample_fake_score_sigma
 from sid.networks import EDMPrecond
 
 DATA = Path(__file__).parent / "data"
@@ -121,13 +121,10 @@ def train_detector(*, steps: int = 1500, batch: int = 128, seed: int = 0, log_ev
 
 # ---------------------------------------------------------------------------------------------- teacher
 def edm_denoising_loss(net: nn.Module, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """EDM training loss (P_mean -1.2, P_std 1.2, sigma_data 0.5), mean over the batch of per-sample pixel sums."""
-    n = images.shape[0]
-    sigma = (torch.randn(n, generator=generator) * 1.2 - 1.2).exp()
-    weight = (sigma**2 + 0.25) / (sigma * 0.5) ** 2
+    """EDM's training loss, mean over the batch: the fake-score loss of SiD on real images (sid.losses)."""
+    sigma = sample_fake_score_sigma(images.shape[0], generator=generator)
     noise = torch.randn(images.shape, generator=generator)
-    denoised = net(images + sigma.view(-1, 1, 1, 1) * noise, sigma)
-    return (weight.view(-1, 1, 1, 1) * (denoised - images) ** 2).flatten(1).sum(1).mean()
+    return fake_score_loss(net, images, sigma=sigma, noise=noise).mean()
 
 
 def train_teacher(*, steps: int = 4000, batch: int = 128, lr: float = 1e-3, ema_halflife_steps: float = 200.0,
@@ -158,18 +155,7 @@ def train_teacher(*, steps: int = 4000, batch: int = 128, lr: float = 1e-3, ema_
                 meta=dict(steps=steps, batch=batch, lr=lr, seed=seed, n_params=n_params))
 
 
-# ---------------------------------------------------------------------------------------------- reference + sampler
-@lru_cache(maxsize=4)
-def reference_stats(detector_path: str = str(DETECTOR_FILE)) -> tuple:
-    """Feature mean and biased covariance (float64 numpy) of all 1,797 real digits."""
-    from sid.metrics import FeatureStats, quantize
-
-    detector = DigitsDetector(detector_path)
-    stats = FeatureStats()
-    stats.update(detector(quantize(load_digits_images())))
-    return stats.mean_cov()
-
-
+# ---------------------------------------------------------------------------------------------- sampler
 @torch.no_grad()
 def edm_sample(net: nn.Module, noise: torch.Tensor, *, steps: int = 18, sigma_max: float = 80.0,
                sigma_min: float = 0.002, rho: float = 7.0) -> torch.Tensor:

@@ -68,11 +68,14 @@ class Distiller:
     rank's share of the global batch. Works with or without an initialised torch.distributed process group."""
 
     def __init__(self, config: DistillConfig, teacher: nn.Module, *, device: str | torch.device = "cpu",
-                 rank: int = 0, world_size: int = 1, student: nn.Module | None = None) -> None:
-        """`student` gives the initial weights of fake score and generator; SiD (the default) copies the teacher."""
+                 rank: int = 0, world_size: int = 1, student: nn.Module | None = None,
+                 micro_batch: int = 0) -> None:  # per-device micro-batch when config.batch_per_device is 0
+        """`student` gives the initial weights of fake score and generator; SiD (the default) copies the teacher.
+        With batch_per_device 0 the caller measures `micro_batch` first (sid.micro_batch.fit_micro_batch)."""
         self.config, self.device, self.rank, self.world_size = config, torch.device(device), rank, world_size
-        per_device = config.batch_per_device or fast.fit_micro_batch(  # 0: largest that fits, measured
-            config, teacher, device=self.device, world_size=world_size, student=student)
+        per_device = config.batch_per_device or micro_batch
+        if per_device < 1:
+            raise ValueError("batch_per_device=0 needs the measured micro_batch (sid.micro_batch.fit_micro_batch)")
         self.rounds = config.replace(batch_per_device=per_device).accumulation_rounds(world_size)
         self.batch_per_rank = config.batch // world_size
         if self.batch_per_rank % self.rounds:
@@ -254,7 +257,7 @@ class Distiller:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
 
 
-if __name__ == "__main__":
-    from sid.run import main
+if __name__ == "__main__":  # `python -m sid.distill` is the documented command; its CLI lives in sid/run.py
+    import runpy
 
-    main()
+    runpy.run_module("sid.run", run_name="__main__", alter_sys=True)

@@ -19,7 +19,7 @@ from sid.assets import AssetError
 from sid.cli import add_config_flags, add_preset_flag, config_from_args
 from sid.config import DistillConfig
 from sid.results import is_uri
-from sid.run_state import CHECKPOINT, EVALUATIONS, RunFolder, check_rows_readable, load_checkpoint, run_rank
+from sid.run_state import CHECKPOINT, RunFolder, check_rows_readable, load_checkpoint, run_rank
 
 
 def pick_device(name: str) -> torch.device:

@@ -162,7 +162,13 @@ def run_rank(config: DistillConfig, folder: RunFolder | None, *, device: torch.d
 
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # denormals made CPU iterations up to 10x slower
-    distiller = Distiller(config, load_teacher(config.teacher), device=device, rank=rank, world_size=world_size)
+    teacher = load_teacher(config.teacher)
+    micro_batch = 0
+    if not config.batch_per_device:  # 0: the largest that fits, measured on this device before the run starts
+        from sid.micro_batch import fit_micro_batch
+
+        micro_batch = fit_micro_batch(config, teacher, device=device, world_size=world_size)
+    distiller = Distiller(config, teacher, device=device, rank=rank, world_size=world_size, micro_batch=micro_batch)
     wall_s = 0.0
     if state is not None:
         distiller.load_state_dict(state)

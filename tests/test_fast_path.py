@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from sid import fast
+from sid import fast, micro_batch
 from sid.config import ConfigError, preset
 from sid.distill import Distiller
 from sid.losses import fake_score_loss, generator_loss, sample_fake_score_sigma, sample_generator_sigma
@@ -230,19 +230,23 @@ def test_an_iteration_reads_nothing_back_from_the_device(teacher, augment):
     (7, 1, 1, 5, 1),          # a prime batch: only 1 fits
 ])
 def test_pick_micro_batch_takes_the_largest_divisor_that_fits(per_rank, fixed, per_image, budget, expected):
-    assert fast.pick_micro_batch(per_rank, fixed * GiB, per_image * GiB, budget * GiB) == expected
+    assert micro_batch.pick_micro_batch(per_rank, fixed * GiB, per_image * GiB, budget * GiB) == expected
 
 
 @pytest.mark.parametrize("fixed,per_image,budget,match", [(10, 1, 5, "one image per micro-batch needs 11.0 GiB"),
                                                           (math.nan, 1, 5, "finite")])
 def test_pick_micro_batch_rejects_what_cannot_fit(fixed, per_image, budget, match):
     with pytest.raises(ValueError, match=match):
-        fast.pick_micro_batch(64, fixed * GiB, per_image * GiB, budget * GiB)
+        micro_batch.pick_micro_batch(64, fixed * GiB, per_image * GiB, budget * GiB)
 
 
 def test_largest_that_fits_is_one_micro_batch_per_rank_on_cpu(teacher):
-    d = Distiller(config(batch=32, batch_per_device=0), teacher, rank=1, world_size=2)
+    cfg = config(batch=32, batch_per_device=0)
+    fitted = micro_batch.fit_micro_batch(cfg, teacher, device=torch.device("cpu"), world_size=2)
+    d = Distiller(cfg, teacher, rank=1, world_size=2, micro_batch=fitted)
     assert (d.micro_batch, d.rounds) == (16, 1)
+    with pytest.raises(ValueError, match="needs the measured micro_batch"):
+        Distiller(cfg, teacher, rank=1, world_size=2)
     with pytest.raises(ConfigError, match="batch_per_device: 0"):
         config(batch_per_device=0).accumulation_rounds()
 

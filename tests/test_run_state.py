@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from shared_helpers import TEACHER_KWARGS, make_teacher
 
 from sid.config import ConfigError, preset
 from sid.distill import Distiller
@@ -16,7 +17,6 @@ from sid.loop import make_row
 from sid.networks import EDMPrecond
 from sid.run_state import BEST, SNAPSHOTS, RunFolder, snapshot_name
 from sid.teachers import load_network_file
-from shared_helpers import TEACHER_KWARGS, make_teacher
 
 FIDS = [5.0, 3.0, 4.0, 3.0, 6.0]  # best: the second evaluation (the fourth ties it, later)
 
