@@ -19,7 +19,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.lines import Line2D
 
-from sid.results import CONFIG_COLUMNS, read_evaluations, read_trials
+from sid.results import CONFIG_COLUMNS, best_row, read_evaluations, read_trials, summarise_rows
 
 plt.switch_backend("Agg")  # figures are files; never open a window or need a display
 
@@ -74,25 +74,22 @@ def load(paths: Sequence[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
 def summarise(evals: pd.DataFrame, stored: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per trial: config, best_fid/best_kimg, final_fid, last_kimg, device_hours, state, diverged.
 
-    Values of a stored trials table win over those derived from the evaluations (it knows states such as
-    'stopped_early', and trials that failed before any evaluation); final_fid is always derived: the last finite
-    fid, NaN for a trial that diverged (by its state or by the status of any of its rows).
+    The numbers and the divergence rule are sid.results.summarise_rows', as in a study's own trials table. Values of
+    a stored trials table win over those derived here, its state included (it knows 'stopped_early', the study's own
+    divergence settings, and trials that failed before any evaluation); final_fid is NaN for a diverged trial.
     `evals` must not be empty (load() checks)."""
     rows = []
     for (study, trial), g in evals.sort_values("kimg").groupby(KEYS, sort=True):
-        finite = g[np.isfinite(g["fid"])]
-        diverged = bool((g["status"] == "diverged").any())
-        best = finite.loc[finite["fid"].idxmin()] if len(finite) else None
+        summary = summarise_rows(g)
+        best = best_row(g)
         last = g.iloc[-1]
         rows.append({
             "study": study, "trial_id": trial,
             **{c: last[c] for c in (*CONFIG_COLUMNS, "world_size", "fid_detector")},
             "fid_images": int(best["fid_images"] if best is not None else last["fid_images"]),
-            "state": "diverged" if diverged else "completed", "evals_diverged": diverged,
-            "best_fid": best["fid"] if best is not None else math.nan,
-            "best_kimg": best["kimg"] if best is not None else math.nan,
-            "final_fid": math.nan if diverged or not len(finite) else finite["fid"].iloc[-1],
-            "last_kimg": last["kimg"], "evaluations": len(g), "device_hours": last["device_s"] / 3600,
+            "state": "diverged" if summary["diverged"] else "completed",
+            **{k: summary[k] for k in ("best_fid", "best_kimg", "final_fid", "last_kimg", "evaluations",
+                                       "device_hours")},
             "first_written": g["written_at"].min(),
         })
     trials = pd.DataFrame(rows)
@@ -100,9 +97,9 @@ def summarise(evals: pd.DataFrame, stored: pd.DataFrame | None = None) -> pd.Dat
         trials = stored.set_index(KEYS).combine_first(trials.set_index(KEYS)).reset_index()
         # A trial that failed before its first evaluation has no rows: it was evaluated like its siblings.
         trials["fid_images"] = trials["fid_images"].fillna(trials.groupby("study")["fid_images"].transform("max"))
-    trials["diverged"] = (trials["state"] == "diverged") | trials["evals_diverged"].fillna(False).astype(bool)
+    trials["diverged"] = trials["state"] == "diverged"
     trials.loc[trials["diverged"], "final_fid"] = math.nan
-    return trials.drop(columns="evals_diverged")
+    return trials
 
 
 def select_metric(frame: pd.DataFrame, detector: str | None = None,

@@ -8,11 +8,13 @@ rewrites, never duplicates, an evaluation point.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -196,3 +198,64 @@ def read_evaluations(*paths: str | os.PathLike) -> pd.DataFrame:
 
 def read_trials(*paths: str | os.PathLike) -> pd.DataFrame:
     return _read_many(_files(paths, "trials.parquet"), TRIAL_SCHEMA)
+
+
+# ---------------------------------------------------------------------------------------------- one trial's summary
+@dataclass(frozen=True)
+class Divergence:
+    """When a trial counts as diverged (the study stops it at once and records state 'diverged')."""
+
+    fid_factor: float = 10.0      # its FID exceeds this multiple of its own first (kimg 0) FID
+    loss_patience: int = 2        # its losses were non-finite at this many consecutive evaluations
+
+    def reason(self, rows: pd.DataFrame) -> str | None:
+        """Why this trial's rows (one trial, any order) show divergence, or None. Rows at iteration 0 carry no
+        losses (nothing was trained yet) and do not count for the loss rule."""
+        if rows.empty:
+            return None
+        rows = rows.sort_values("kimg")
+        fid = rows["fid"].astype(float)
+        bad = rows[~fid.map(math.isfinite)]
+        if not bad.empty:
+            return f"fid {bad['fid'].iloc[0]} at kimg {bad['kimg'].iloc[0]:g}"
+        start = fid.iloc[0]
+        high = rows[fid > self.fid_factor * start]
+        if not high.empty:
+            return (f"fid {high['fid'].iloc[0]:.4g} at kimg {high['kimg'].iloc[0]:g} is over {self.fid_factor:g}x "
+                    f"its start {start:.4g}")
+        trained = rows[rows["iteration"] > 0]
+        finite = trained[["loss_fake_score", "loss_generator"]].map(math.isfinite).all(axis=1)
+        run = longest = 0
+        for ok in finite:
+            run = 0 if ok else run + 1
+            longest = max(longest, run)
+        if longest >= self.loss_patience:
+            return f"losses non-finite at {longest} consecutive evaluations"
+        return None
+
+
+def best_row(rows: pd.DataFrame) -> pd.Series | None:
+    """The evaluation of a trial's lowest finite FD among its 'ok' rows (ties: the earlier kimg), or None: the
+    one that best.pt holds (a diverged row has no snapshot)."""
+    ok = rows[(rows["status"] == "ok") & rows["fid"].map(math.isfinite)]
+    return None if ok.empty else ok.sort_values(["fid", "kimg"], kind="stable").iloc[0]
+
+
+def summarise_rows(rows: pd.DataFrame, divergence: Divergence | None = None) -> dict[str, Any]:
+    """One trial's numbers from its evaluation rows (any order), the one definition used by studies, their trials
+    table and analysis/: best (best_row), final FD (the last finite one; a diverged trial's final counts as NaN for
+    its callers), last kimg, evaluations, device-hours and the divergence reason ('' when none) under `divergence`
+    (default: Divergence())."""
+    rows = rows.sort_values("kimg", kind="stable")
+    best = best_row(rows)
+    reason = (divergence or Divergence()).reason(rows) or ""
+    finite = rows[rows["fid"].map(math.isfinite)]
+    return dict(
+        best_fid=float(best["fid"]) if best is not None else math.nan,
+        best_kimg=float(best["kimg"]) if best is not None else math.nan,
+        final_fid=float(finite["fid"].iloc[-1]) if not finite.empty else math.nan,
+        last_kimg=float(rows["kimg"].iloc[-1]) if not rows.empty else math.nan,
+        evaluations=len(rows),
+        device_hours=float(rows["device_s"].iloc[-1]) / 3600 if not rows.empty else 0.0,
+        diverged=reason,
+    )

@@ -29,7 +29,7 @@ import torch
 
 from sid.config import DistillConfig
 from sid.distill import Distiller
-from sid.results import EVALUATION_SCHEMA, read_parquet, upsert_evaluations, write_file_atomic
+from sid.results import EVALUATION_SCHEMA, best_row, read_parquet, upsert_evaluations, write_file_atomic
 
 CHECKPOINT = "checkpoint.pt"
 EVALUATIONS = "evaluations.parquet"
@@ -78,12 +78,6 @@ def save_image_grid(images: torch.Tensor, path: Path, scale: int = 4) -> None:
     write_file_atomic(path, lambda f: image.save(f, format="PNG"))
 
 
-def best_row(rows, trial_id: str) -> Any:
-    """The row of the lowest finite FD among a trial's 'ok' rows (ties: the earlier kimg), or None."""
-    mine = rows[(rows["trial_id"] == trial_id) & (rows["status"] == "ok") & rows["fid"].map(math.isfinite)]
-    return None if mine.empty else mine.sort_values(["fid", "kimg"], kind="stable").iloc[0]
-
-
 class RunFolder:
     """Where rank 0 writes a run's evaluations (see the module docstring for the files)."""
 
@@ -96,7 +90,7 @@ class RunFolder:
         """Write an evaluation's row and files; return the run's best finite FD so far (NaN if none)."""
         rows = upsert_evaluations(self.rows_path, [row])
         save_image_grid(distiller.sample(0, 64).cpu(), self.out / f"samples-{distiller.iteration:07d}.png")
-        best = best_row(rows[rows["kimg"] <= row["kimg"]], row["trial_id"])
+        best = best_row(rows[(rows["trial_id"] == row["trial_id"]) & (rows["kimg"] <= row["kimg"])])
         if row["status"] == "ok":
             self._snapshot(row, distiller, best_kimg=best["kimg"] if best is not None else None)
             if self.state_path is not None:

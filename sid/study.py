@@ -37,8 +37,8 @@ from ray.tune.search.sample import Categorical, Domain
 
 from sid.config import ConfigError, DistillConfig
 from sid.distributed import build_trainer, check_request, check_resources, default_placement, worker_resources
-from sid.results import is_uri, read_parquet
-from sid.study_results import EVALUATIONS_DIR, RUNS_DIR, TRIALS_FILE, Divergence, TrialRecord, write_trials_table
+from sid.results import Divergence, is_uri, read_parquet
+from sid.study_results import EVALUATIONS_DIR, RUNS_DIR, TRIALS_FILE, TrialRecord, write_trials_table
 
 DRIVER_CPU = 0.01                      # CPU held by each trial's driver function (Tune rejects 0)
 SEARCHABLE = ("alpha", "lr", "glr", "sigma_init", "seed")

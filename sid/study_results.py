@@ -1,5 +1,6 @@
 """A study's trials table: one row per trial (TRIAL_SCHEMA), rebuilt from the trial's Parquet evaluation rows and
-Tune's view of the trial, plus the divergence rule that both this table and the running study's stopper apply.
+Tune's view of the trial; its per-trial numbers and divergence rule are sid.results' (also analysis/'s and the
+running study's stopper's).
 
 Plain pandas: no Ray import, so the table can be rebuilt and the rule tested without a cluster.
 """
@@ -8,51 +9,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import pandas as pd
 
 from sid.config import DistillConfig
-from sid.results import CONFIG_COLUMNS, read_evaluations, write_trials
+from sid.results import CONFIG_COLUMNS, Divergence, read_evaluations, summarise_rows, write_trials
 
 EVALUATIONS_DIR = "evaluations"   # <study>/evaluations/<trial_id>.parquet: every evaluation of one trial
 RUNS_DIR = "runs"                 # <study>/runs/<trial_id>/: the trial's snapshots, best.pt, sample grids
 TRIALS_FILE = "trials.parquet"    # <study>/trials.parquet: one row per trial
-
-
-@dataclass(frozen=True)
-class Divergence:
-    """When a trial counts as diverged (the study stops it at once and records state 'diverged')."""
-
-    fid_factor: float = 10.0      # its FID exceeds this multiple of its own first (kimg 0) FID
-    loss_patience: int = 2        # its losses were non-finite at this many consecutive evaluations
-
-    def reason(self, rows: pd.DataFrame) -> str | None:
-        """Why this trial's rows (one trial, any order) show divergence, or None. Rows at iteration 0 carry no
-        losses (nothing was trained yet) and do not count for the loss rule."""
-        if rows.empty:
-            return None
-        rows = rows.sort_values("kimg")
-        fid = rows["fid"].astype(float)
-        bad = rows[~fid.map(math.isfinite)]
-        if not bad.empty:
-            return f"fid {bad['fid'].iloc[0]} at kimg {bad['kimg'].iloc[0]:g}"
-        start = fid.iloc[0]
-        high = rows[fid > self.fid_factor * start]
-        if not high.empty:
-            return (f"fid {high['fid'].iloc[0]:.4g} at kimg {high['kimg'].iloc[0]:g} is over {self.fid_factor:g}x "
-                    f"its start {start:.4g}")
-        trained = rows[rows["iteration"] > 0]
-        finite = trained[["loss_fake_score", "loss_generator"]].map(math.isfinite).all(axis=1)
-        run = longest = 0
-        for ok in finite:
-            run = 0 if ok else run + 1
-            longest = max(longest, run)
-        if longest >= self.loss_patience:
-            return f"losses non-finite at {longest} consecutive evaluations"
-        return None
 
 
 class TrialRecord(NamedTuple):
@@ -85,20 +52,14 @@ def trial_state(record: TrialRecord, rows: pd.DataFrame, divergence: Divergence)
 
 def trial_row(record: TrialRecord, rows: pd.DataFrame, study: str, divergence: Divergence) -> dict:
     state, note = trial_state(record, rows, divergence)
-    rows = rows.sort_values("kimg")
     if state == "stopped_early" and math.isfinite(record.reported_kimg):  # what the study decided on
         rows = rows[rows["kimg"] <= record.reported_kimg + 1e-9]
-    finite = rows[rows["fid"].map(math.isfinite)]
-    best = finite.loc[finite["fid"].idxmin()] if not finite.empty else None
+    summary = summarise_rows(rows, divergence)
     return dict(
         study=study, trial_id=record.trial_id, **{c: getattr(record.config, c) for c in CONFIG_COLUMNS},
         world_size=int(rows["world_size"].iloc[-1]) if not rows.empty else record.world_size,
         fid_detector=record.config.fid_detector, state=state,
-        best_fid=float(best["fid"]) if best is not None else math.nan,
-        best_kimg=float(best["kimg"]) if best is not None else math.nan,
-        last_kimg=float(rows["kimg"].iloc[-1]) if not rows.empty else math.nan,
-        evaluations=len(rows),
-        device_hours=float(rows["device_s"].iloc[-1]) / 3600 if not rows.empty else 0.0,
+        **{k: summary[k] for k in ("best_fid", "best_kimg", "last_kimg", "evaluations", "device_hours")},
         error=note,
     )
 

@@ -93,3 +93,49 @@ def test_missing_path_is_a_clear_error(tmp_path):
 ])
 def test_is_uri(path, expected):
     assert is_uri(path) == expected
+
+
+# ---------------------------------------------------------------------------------------------- one trial's summary
+def trial(fids, statuses=None, losses=None):
+    statuses = statuses or ["ok"] * len(fids)
+    losses = losses or [math.nan] + [1.0] * (len(fids) - 1)
+    return pd.DataFrame([row(kimg=6.4 * k, fid=f, status=s, loss_fake_score=loss, device_s=10.0 * (k + 1))
+                         for k, (f, s, loss) in enumerate(zip(fids, statuses, losses))])
+
+
+@pytest.mark.parametrize("fids, statuses, best, best_kimg, final, diverged", [
+    ([30.0, 20.0, 25.0], None, 20.0, 6.4, 25.0, ""),
+    ([30.0, 20.0, 20.0], None, 20.0, 6.4, 20.0, ""),                     # a tie goes to the earlier evaluation
+    ([30.0, 20.0, math.nan], ["ok", "ok", "diverged"], 20.0, 6.4, 20.0, "fid nan at kimg 12.8"),
+    ([30.0, 400.0], None, 30.0, 0.0, 400.0, "over 10x"),                 # 13x its start
+    ([30.0, 10.0], ["ok", "diverged"], 30.0, 0.0, 10.0, ""),             # a finite FD of a diverged row: no best
+    ([math.nan], ["diverged"], math.nan, math.nan, math.nan, "fid nan"),
+])
+def test_summarise_rows_is_the_one_definition(fids, statuses, best, best_kimg, final, diverged):
+    from sid.results import summarise_rows
+
+    rows = trial(fids, statuses).sample(frac=1, random_state=0)  # any order
+    got = summarise_rows(rows)
+    assert got["best_fid"] == pytest.approx(best, nan_ok=True) and got["best_kimg"] == pytest.approx(best_kimg,
+                                                                                                  nan_ok=True)
+    assert got["final_fid"] == pytest.approx(final, nan_ok=True)
+    assert (diverged in got["diverged"]) if diverged else got["diverged"] == ""
+    assert got["evaluations"] == len(fids) and got["device_hours"] == pytest.approx(10.0 * len(fids) / 3600)
+
+
+def test_analysis_and_the_study_table_agree_on_every_trial(tmp_path):
+    """The same rows through analysis/ (no trials table) and through the study's trials table."""
+    from analysis import common
+    from sid.config import preset
+    from sid.results import Divergence
+    from sid.study_results import TrialRecord, trial_row
+
+    cases = {"fine": [30.0, 20.0, 25.0], "jump": [30.0, 400.0], "nan": [30.0, math.nan]}
+    frames = [trial(f).assign(trial_id=name) for name, f in cases.items()]
+    derived = common.summarise(pd.concat(frames, ignore_index=True)).set_index("trial_id")
+    for name, frame in zip(cases, frames):
+        record = TrialRecord(name, "terminated", "", preset("digits", duration_kimg=6.4 * (len(frame) - 1)), 1)
+        table = trial_row(record, frame, "s", Divergence())
+        assert (table["state"] == "diverged") == bool(derived.loc[name, "diverged"]), name
+        for column in ("best_fid", "best_kimg", "last_kimg", "evaluations"):
+            assert table[column] == pytest.approx(derived.loc[name, column], nan_ok=True), (name, column)
