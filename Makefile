@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-DEMO   := results/alpha_sweep-digits
+DEMO   := results/alpha_sweep-digits-study
 
 .PHONY: setup demo figures test bench clean
 

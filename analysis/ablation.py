@@ -23,7 +23,6 @@ from matplotlib.transforms import blended_transform_factory
 
 from analysis import common
 
-SWEEPS = ("alpha", "sigma_init", "lr", "glr", "tmax", "batch")
 TOP = 0.965  # axes fraction where trials without a finite value are pinned
 
 
@@ -91,7 +90,7 @@ def plot(trials: pd.DataFrame, *, x: str = "alpha", stat: str = "best", detector
 
 def build_parser() -> argparse.ArgumentParser:
     p = common.parser(__doc__)
-    p.add_argument("--x", choices=SWEEPS, default="alpha", help="the swept hyperparameter on the x axis")
+    p.add_argument("--x", choices=common.SWEEPABLE, default="alpha", help="the swept hyperparameter on the x axis")
     p.add_argument("--stat", choices=("best", "final"), default="best",
                    help="best = lowest finite FID of a trial; final = its last finite FID (none if it diverged)")
     p.add_argument("--name", default=None, help="output file name without extension (default ablation_<x>_<stat>)")

@@ -19,6 +19,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.lines import Line2D
 
+from sid.config import INCEPTION, SEARCHABLE
 from sid.results import CONFIG_COLUMNS, best_row, read_evaluations, read_trials, summarise_rows
 
 plt.switch_backend("Agg")  # figures are files; never open a window or need a display
@@ -26,11 +27,12 @@ plt.switch_backend("Agg")  # figures are files; never open a window or need a di
 KEYS = ["study", "trial_id"]
 # Runs that differ only in seed form one setting; they are averaged over.
 SETTING = ["study", *(c for c in CONFIG_COLUMNS if c != "seed"), "fid_detector", "fid_images"]
-INCEPTION = "inception-2015-12-05"
 SPREAD = ("pi", 100)  # seaborn errorbar: min-max over runs (never below zero on a log axis, unlike +-s.d.)
 SPREAD_LABEL = "mean, min–max over runs"
 MAX_LEVELS = 8  # more distinct values than this get a continuous colour map
-LOG_PARAMS = ("lr", "glr")  # swept over decades: log axes
+# Config columns a figure can sweep: the searchable fields (sid.config.SEARCHABLE, seeds aside) and two set by hand.
+SWEEPABLE = (*(k for k, scale in SEARCHABLE.items() if scale != "int"), "tmax", "batch")
+LOG_PARAMS = tuple(k for k, scale in SEARCHABLE.items() if scale == "log")  # swept over decades: log axes
 SYMBOLS = {"alpha": "α", "sigma_init": "σ_init", "lr": "lr (fake score)", "glr": "glr (generator)", "tmax": "t_max"}
 
 

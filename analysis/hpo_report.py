@@ -28,8 +28,8 @@ from matplotlib.transforms import blended_transform_factory
 
 from analysis import common
 
-SEARCHABLE = ("alpha", "sigma_init", "lr", "glr", "tmax", "batch", "precision")
 CATEGORICAL = ("precision",)
+SEARCHABLE = (*common.SWEEPABLE, *CATEGORICAL)  # what an imported or hand-made study may vary
 
 
 def searched(trials: pd.DataFrame) -> list[str]:

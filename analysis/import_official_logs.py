@@ -37,6 +37,7 @@ from typing import Any
 import pandas as pd
 
 from analysis import common
+from sid.config import INCEPTION
 from sid.results import write_evaluations
 
 METRIC_FILE = re.compile(r"metric-(fid(\d+)k\w*)-alpha-(.+)\.jsonl")
@@ -140,7 +141,7 @@ def import_run(run: Path, *, study: str, overrides: dict[str, Any] | None = None
                 **{k: config[k] for k in ("preset", "teacher", "tmax", "sigma_init", "lr", "glr", "batch", "precision",
                                           "seed")},
                 world_size=world, kimg=kimg, iteration=round(kimg * 1000 / config["batch"]), wall_s=wall,
-                device_s=wall * world, fid=fid, fid_detector=common.INCEPTION, fid_images=int(thousands) * 1000,
+                device_s=wall * world, fid=fid, fid_detector=INCEPTION, fid_images=int(thousands) * 1000,
                 loss_fake_score=tick["loss_fake_score"] * fake_scale if tick is not None else math.nan,
                 loss_generator=tick["loss_generator"] * g_scale if tick is not None else math.nan,
                 images_per_s=tick["images_per_s"] if tick is not None else math.nan,

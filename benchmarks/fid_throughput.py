@@ -27,7 +27,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from step_throughput import random_teacher, synchronize  # noqa: E402
 
-from sid.config import preset  # noqa: E402
+from sid.config import DIGITS_FEATURES, preset  # noqa: E402
 from sid.distill import Distiller  # noqa: E402
 from sid.metrics import FeatureStats, frechet_distance, get_detector, quantize  # noqa: E402
 
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# {args.preset} generator (random weights), {args.images} images in batches of {args.batch}, detector "
           f"{detector.name}, {gpu}, torch {torch.__version__}", flush=True)
     config = preset(args.preset)
-    if detector.name == config.fid_detector == "digits-features-v1":
+    if detector.name == config.fid_detector == DIGITS_FEATURES:
         from sid.teachers import load_reference
 
         real = load_reference(config.fid_ref)

@@ -37,9 +37,10 @@ def run_mode(config, out: Path, workers: int, gpus_per_worker: float, device: st
         threads = torch.get_num_threads()
     else:
         from sid.distributed import run_distributed
+        from sid.resources import TrialResources
 
-        path = run_distributed(config, out, workers=workers, gpus_per_worker=gpus_per_worker, address=None,
-                               resume=False)
+        path = run_distributed(config, out, resources=TrialResources(workers=workers, gpus_per_worker=gpus_per_worker),
+                               address=None, resume=False)
         threads = json.loads((out / "workers" / "rank0.json").read_text())["torch_threads"]
     total = time.perf_counter() - start
     last = read_evaluations(path).iloc[-1]

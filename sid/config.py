@@ -14,7 +14,12 @@ from typing import Any
 PRECISIONS = ("fp32", "tf32", "bf16", "bf16-tf32", "fp16")  # see sid/fast.py
 MEMORY_FORMATS = ("contiguous", "channels_last")
 COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs")
-DETECTORS = ("inception-2015-12-05", "digits-features-v1")
+# Feature networks of the Frechet distance, by the name every row, figure and table carries. Only INCEPTION gives FID.
+INCEPTION = "inception-2015-12-05"      # NVIDIA's TorchScript Inception-v3 (EDM's and SiD's FID)
+DIGITS_FEATURES = "digits-features-v1"  # the digits classifier trained by this project (sid/digits.py)
+DETECTORS = (INCEPTION, DIGITS_FEATURES)
+# Fields a study can search, with the scale of their values: ranges on a log scale, axes on a log scale, int values.
+SEARCHABLE: dict[str, str] = {"alpha": "linear", "sigma_init": "linear", "lr": "log", "glr": "log", "seed": "int"}
 EVAL_SCHEDULES = ("every", "official")
 SNAPSHOT_KINDS = ("all", "best", "last")  # keep_snapshots: 'all', or a comma list of 'best' and 'last'
 ADAM_EPS = {"fp16": 1e-6}                # the official rule: 1e-6 with fp16, else ADAM_EPS_DEFAULT
@@ -65,7 +70,7 @@ class DistillConfig:
     # Evaluation
     fid_images: int = 50_000                # generated images per FID evaluation
     fid_images_final: int = 0               # images of the last evaluation (0 = fid_images)
-    fid_detector: str = "inception-2015-12-05"  # feature network of the Frechet distance
+    fid_detector: str = INCEPTION           # feature network of the Frechet distance (DETECTORS)
     fid_ref: str = "edm:cifar10-32x32"      # reference statistics: 'digits', 'edm:<name>', .npz path or URL
     seed: int = 0                           # run seed; per-rank noise derives from (seed, rank, iteration)
 
@@ -188,11 +193,11 @@ class DistillConfig:
 
 _CIFAR = dict(alpha=1.2, batch=256, batch_per_device=16, lr=1e-5, glr=1e-5, precision="fp32", dropout=0.13,
               augment=0.12, ema_mimg=0.5, eval_every_kimg=512.0, eval_schedule="official", fid_images=50_000,
-              fid_detector="inception-2015-12-05", fid_ref="edm:cifar10-32x32")
+              fid_detector=INCEPTION, fid_ref="edm:cifar10-32x32")
 _FFHQ_LIKE = dict(batch=512, batch_per_device=32, precision="fp16", dropout=0.05, augment=0.15,
                   ema_mimg=0.5, duration_kimg=500_000.0, eval_every_kimg=512.0, eval_schedule="official",
                   fid_images=50_000,
-                  fid_detector="inception-2015-12-05")
+                  fid_detector=INCEPTION)
 
 PRESETS: dict[str, dict[str, Any]] = {
     "cifar10-uncond": dict(_CIFAR, teacher="edm:cifar10-uncond", duration_kimg=500_000.0),
@@ -201,15 +206,18 @@ PRESETS: dict[str, dict[str, Any]] = {
                             glr=4e-6, precision="fp16", dropout=0.1, augment=0.0, ema_mimg=2.0,
                             duration_kimg=1_000_000.0, eval_every_kimg=1024.0, eval_schedule="official",
                             fid_images=50_000,
-                            fid_detector="inception-2015-12-05", fid_ref="edm:imagenet-64x64"),
+                            fid_detector=INCEPTION, fid_ref="edm:imagenet-64x64"),
     "ffhq64": dict(_FFHQ_LIKE, teacher="edm:ffhq64", alpha=1.2, lr=1e-5, glr=1e-5, g_beta1=0.9,
                    fid_ref="edm:ffhq-64x64"),
     "afhqv2-64": dict(_FFHQ_LIKE, teacher="edm:afhqv2-64", alpha=1.0, lr=5e-6, glr=5e-6, fid_ref="edm:afhqv2-64x64"),
     # The embedded default: 8x8 digits, a small teacher and a project-trained feature network; minutes on a CPU.
     "digits": dict(teacher="digits", alpha=1.2, batch=128, batch_per_device=128, lr=1e-4, glr=1e-4,
                    precision="fp32", dropout=0.0, augment=0.0, ema_mimg=0.002, duration_kimg=25.6,
-                   eval_every_kimg=6.4, fid_images=2048, fid_detector="digits-features-v1", fid_ref="digits"),
+                   eval_every_kimg=6.4, fid_images=2048, fid_detector=DIGITS_FEATURES, fid_ref="digits"),
 }
+# The study scripts' default: the digits default at a budget for many trials (5 trials, 2 at a time on 2 CPU cores,
+# in under 10 minutes).
+PRESETS["digits-study"] = dict(PRESETS["digits"], duration_kimg=9.6, eval_every_kimg=1.92, fid_images=1024)
 
 
 def preset(name: str, **overrides: Any) -> DistillConfig:

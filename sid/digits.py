@@ -20,13 +20,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sid.config import DIGITS_FEATURES
 from sid.losses import fake_score_loss, sample_fake_score_sigma
 from sid.networks import EDMPrecond
 
 DATA = Path(__file__).parent / "data"
 TEACHER_FILE = DATA / "digits-teacher.pt"
 DETECTOR_FILE = DATA / "digits-features-v1.pt"
-DETECTOR_NAME = "digits-features-v1"
 
 # The teacher: an EDM-preconditioned DDPM++-style SongUNet at 8x8, 1 channel.
 # 0.75 M parameters: one SiD iteration at batch 128 (about 12 forward-equivalents) takes ~0.5 s on 2 CPU cores.
@@ -76,7 +76,7 @@ class DigitsClassifier(nn.Module):
 class DigitsDetector(nn.Module):
     """Detector protocol of sid.metrics: uint8 NCHW images in, float features out."""
 
-    name = DETECTOR_NAME
+    name = DIGITS_FEATURES
     feature_dim = 64
 
     def __init__(self, path: str | Path = DETECTOR_FILE) -> None:
@@ -116,7 +116,7 @@ def train_detector(*, steps: int = 1500, batch: int = 128, seed: int = 0, log_ev
     with torch.no_grad():
         accuracy = (net(test_x).argmax(1) == test_y).float().mean().item()
     return dict(init_kwargs=dict(feature_dim=64), state_dict=net.state_dict(),
-                meta=dict(name=DETECTOR_NAME, steps=steps, batch=batch, seed=seed, held_out_accuracy=accuracy))
+                meta=dict(name=DIGITS_FEATURES, steps=steps, batch=batch, seed=seed, held_out_accuracy=accuracy))
 
 
 # ---------------------------------------------------------------------------------------------- teacher

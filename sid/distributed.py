@@ -13,6 +13,7 @@ one-run entry behind `python -m sid.distill --workers N` / `--address`.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -29,11 +30,14 @@ import torch
 
 from sid.config import DistillConfig
 from sid.distill import Distiller, check_architecture, student_kwargs
+from sid.resources import STRATEGIES, TrialResources
 from sid.run_state import CHECKPOINT, EVALUATIONS, RunFolder, load_checkpoint, run_rank
 
 STATE_FILE = "state.pt"        # the training state inside each Ray checkpoint folder
 RUN_NAME = "train"             # Ray Train run name of a one-run folder (storage: <out>/ray/train)
-STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+# Set (unless already set) before starting a local Ray: each report then costs ~0.1 s instead of ~2 s (the Train
+# controller polls its workers at this interval, docs/distributed.md), and no Train V2 migration banners.
+LOCAL_RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25", "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0"}
 
 
 class ResourceError(ValueError):
@@ -41,26 +45,6 @@ class ResourceError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------- resources
-def check_request(workers: int, gpus_per_worker: float) -> None:
-    """Refuse requests that cannot work whatever the cluster: DDP ranks of one run sharing a GPU make NCCL fail with
-    'Duplicate GPU detected' (ray-project/ray#48012), and a rank drives exactly one device."""
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
-    if not (math.isfinite(gpus_per_worker) and gpus_per_worker >= 0):
-        raise ValueError(f"gpus_per_worker must be >= 0, got {gpus_per_worker}")
-    if 0 < gpus_per_worker < 1 and workers > 1:
-        raise ValueError(f"gpus_per_worker={gpus_per_worker} with {workers} workers would put several DDP ranks of one "
-                         "run on one GPU (NCCL 'Duplicate GPU', ray-project/ray#48012); use whole GPUs per worker, "
-                         "or a fraction only with 1 worker (to share a GPU between trials)")
-    if gpus_per_worker > 1:
-        raise ValueError(f"gpus_per_worker={gpus_per_worker}: each DDP rank drives one GPU; ask for more workers "
-                         "instead")
-
-
-def worker_resources(gpus_per_worker: float, cpus_per_worker: float) -> dict[str, float]:
-    return {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker > 0 else {})}
-
-
 def _fits(node: dict[str, float], per_worker: dict[str, float]) -> int:
     """How many workers of this size one node can hold."""
     counts = [math.floor(node.get(k, 0.0) / v + 1e-9) for k, v in per_worker.items() if v > 0]
@@ -187,9 +171,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 def build_trainer(
     config: DistillConfig,
     *,
+    resources: TrialResources,                # workers, GPUs/CPUs per worker (resolved), placement, restarts
     rows_path: str | os.PathLike,            # Parquet file the trial's rows are upserted into (rank 0 writes it)
-    workers: int,                             # DDP ranks (Ray Train workers)
-    gpus_per_worker: float,                   # 0 = CPU workers (gloo); 1 = one GPU per rank (nccl); < 1 only alone
     storage_path: str | os.PathLike,          # Ray Train storage (checkpoints); shared storage on a multi-node cluster
     name: str,                                # Ray Train run name: keep it stable per run/trial so a retry resumes
     trial_id: str,                            # the rows' trial_id
@@ -198,24 +181,18 @@ def build_trainer(
     keep_state: bool = False,                 # also checkpoint.pt in run_folder (one-run folders; Ray gets a link)
     resume_path: str | os.PathLike | None = None,  # checkpoint.pt to start from when this Train run has none
     workers_dir: str | os.PathLike | None = None,  # where each rank records its pid/node/device (None = nowhere)
-    cpus_per_worker: float = 1.0,             # CPU reserved per worker (0.495 lets 2 trials of 2 workers share 2 cores)
-    max_failures: int = 2,                    # worker-group restarts from the newest checkpoint before giving up
-    controller_failure_limit: int = 2,        # failed worker-group starts before giving up (Ray's default -1 hangs)
-    placement_strategy: str | None = None,    # PACK, SPREAD, STRICT_PACK, STRICT_SPREAD; None: default_placement
     callbacks: Sequence[ray.train.UserCallback] = (),  # e.g. [TuneReportCallback()] inside a Tune driver function
     loop: Callable[[dict[str, Any]], None] = train_worker,  # what each worker runs (sid.dry_run: place, load, stop)
     loop_extra: Mapping[str, Any] | None = None,  # more loop_config entries for `loop`
     backend: str | None = None,               # torch.distributed backend; None: nccl on GPUs, gloo on CPUs
 ) -> ray.train.torch.TorchTrainer:
     """A Train V2 TorchTrainer for one SiD run. Needs a connected Ray (it checks the request against the cluster)."""
-    check_request(workers, gpus_per_worker)
-    if cpus_per_worker <= 0:
-        raise ValueError(f"cpus_per_worker must be > 0, got {cpus_per_worker}")
     if not ray.is_initialized():
         raise RuntimeError("build_trainer needs a connected Ray: call ray.init(...) first")
+    workers, gpus = resources.workers, resources.gpus_per_worker or 0.0
     config.accumulation_rounds(workers)  # batch must split over the ranks: fail here, not inside every worker
-    per_worker = worker_resources(gpus_per_worker, cpus_per_worker)
-    placement_strategy = placement_strategy or default_placement(workers, per_worker)
+    per_worker = resources.per_worker()
+    placement_strategy = resources.placement_strategy or default_placement(workers, per_worker)
     check_resources(workers, per_worker, placement_strategy)
     loop_config = dict(config=config.to_dict(), rows_path=str(rows_path), trial_id=trial_id, study=study,
                        run_folder=str(run_folder) if run_folder else None, keep_state=keep_state,
@@ -224,14 +201,14 @@ def build_trainer(
     return ray.train.torch.TorchTrainer(
         loop,
         train_loop_config=loop_config,
-        torch_config=ray.train.torch.TorchConfig(backend=backend or ("nccl" if gpus_per_worker > 0 else "gloo")),
-        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0,
+        torch_config=ray.train.torch.TorchConfig(backend=backend or ("nccl" if gpus > 0 else "gloo")),
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=gpus > 0,
                                                resources_per_worker=per_worker, placement_strategy=placement_strategy),
         run_config=ray.train.RunConfig(
             name=name, storage_path=_storage_uri(storage_path), callbacks=list(callbacks),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            failure_config=ray.train.FailureConfig(max_failures=max_failures,
-                                                   controller_failure_limit=controller_failure_limit)),
+            # controller_failure_limit: failed worker-group starts before giving up (Ray's default -1 hangs)
+            failure_config=ray.train.FailureConfig(max_failures=resources.max_failures, controller_failure_limit=2)),
     )
 
 
@@ -241,24 +218,49 @@ def _storage_uri(path: str | os.PathLike) -> str:
     return text if "://" in text else Path(text).resolve().as_posix()
 
 
-def default_cpus_per_worker(workers: int, gpus_per_worker: float) -> float:
-    """GPU ranks need one CPU; CPU ranks share the cluster's CPUs evenly (at least one each, at most the smallest
-    node's), so one CPU worker on a 2-core machine gets 2 torch threads like an in-process run."""
-    if gpus_per_worker > 0:
-        return 1.0
-    smallest = min(node.get("CPU", 0) for node in _live_nodes())
-    return float(max(1, min(math.floor(ray.cluster_resources().get("CPU", 1) / workers), smallest)))
+def connect(address: str | None, *, quiet: bool = False) -> bool:
+    """Connect to Ray unless connected; return whether this call did (and so must shut it down). `address`:
+    'auto' or host:port joins a cluster; None starts a local one sized for this machine: never attaching to a stale
+    cluster (address='local'), the dashboard on (its State API releases the workers of trials Tune stops), a small
+    object store (nothing big goes through it). `quiet`: no worker logs (a study prints its own progress lines)."""
+    if ray.is_initialized():
+        return False
+    options = dict(log_to_driver=False, logging_level=logging.WARNING) if quiet else {}
+    if address:
+        ray.init(address=address, **options)
+        return True
+    for key, value in LOCAL_RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    ray.init(address="local", num_cpus=os.cpu_count(), object_store_memory=256 * 2**20, include_dashboard=True,
+             **options)
+    return True
 
 
-def run_distributed(config: DistillConfig, out: Path, *, workers: int, gpus_per_worker: float, address: str | None,
-                    resume: bool, max_failures: int = 2) -> Path:
+def resolve(resources: TrialResources, *, cpus_default: float | None = None) -> TrialResources:
+    """On the connected Ray: GPUs None -> 1 if the cluster has GPUs, else 0; CPUs None -> `cpus_default`, or for
+    one run an even share: GPU ranks one CPU, CPU ranks the cluster's CPUs split evenly (at least one each, at most
+    the smallest node's), so one CPU worker on a 2-core machine gets 2 torch threads like an in-process run."""
+    gpus = resources.gpus_per_worker
+    if gpus is None:
+        gpus = 1.0 if ray.cluster_resources().get("GPU") else 0.0
+    cpus = resources.cpus_per_worker
+    if cpus is None:
+        cpus = cpus_default
+    if cpus is None:
+        smallest = min(node.get("CPU", 0) for node in _live_nodes())
+        share = math.floor(ray.cluster_resources().get("CPU", 1) / resources.workers)
+        cpus = 1.0 if gpus > 0 else float(max(1, min(share, smallest)))
+    return resources.replace(gpus_per_worker=gpus, cpus_per_worker=cpus)
+
+
+def run_distributed(config: DistillConfig, out: Path, *, resources: TrialResources, address: str | None,
+                    resume: bool) -> Path:
     """Run (or continue) one distillation through Ray Train; return the evaluations file <out>/evaluations.parquet.
 
     The run folder looks like a single-process one (rows, checkpoint.pt, snapshots, samples), so a run can be
     continued with another number of workers or in one process. Ray's own checkpoints live in <out>/ray/train and
     serve restarts within this invocation; a new invocation starts from <out>/checkpoint.pt, which is written before
     each Ray checkpoint and so is never older. Uses the connected Ray if there is one, else starts/joins one."""
-    check_request(workers, gpus_per_worker)
     out = Path(out).resolve()
     if resume and not (out / CHECKPOINT).exists():
         raise ValueError(f"resume: {out} holds no {CHECKPOINT} to continue from")
@@ -272,19 +274,13 @@ def run_distributed(config: DistillConfig, out: Path, *, workers: int, gpus_per_
         raise ValueError(f"{out} already holds a run; resume it or choose another folder")
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out / "ray" / RUN_NAME, ignore_errors=True)  # older than (or as new as) checkpoint.pt: see above
-    started = not ray.is_initialized()
-    if started and address:
-        ray.init(address=address)
-    elif started:  # a local cluster sized for this machine (ray_notes pitfall 1: dashboard on; small object store)
-        ray.init(address="local", num_cpus=os.cpu_count(), object_store_memory=256 * 2**20, include_dashboard=True)
+    started = connect(address)
     try:
-        cpus = default_cpus_per_worker(workers, gpus_per_worker)
-        trainer = build_trainer(config, rows_path=out / EVALUATIONS, workers=workers, gpus_per_worker=gpus_per_worker,
-                                storage_path=out / "ray", name=RUN_NAME, trial_id=out.name, run_folder=out,
-                                keep_state=True,
-                                resume_path=out / CHECKPOINT if resume else None, workers_dir=out / "workers",
-                                cpus_per_worker=cpus, max_failures=max_failures)
-        print(f"Ray Train: {workers} worker(s) x {worker_resources(gpus_per_worker, cpus)} "
+        resources = resolve(resources)
+        trainer = build_trainer(config, resources=resources, rows_path=out / EVALUATIONS, storage_path=out / "ray",
+                                name=RUN_NAME, trial_id=out.name, run_folder=out, keep_state=True,
+                                resume_path=out / CHECKPOINT if resume else None, workers_dir=out / "workers")
+        print(f"Ray Train: {resources.workers} worker(s) x {resources.per_worker()} "
               f"({trainer.scaling_config.placement_strategy}) on {len(_live_nodes())} node(s); "
               f"rows -> {out / EVALUATIONS}", flush=True)
         trainer.fit()

@@ -33,10 +33,10 @@ import ray.tune
 
 from sid.assets import default_cache_dir
 from sid.config import DistillConfig
-from sid.distributed import build_trainer, worker_resources
+from sid.distributed import build_trainer, connect
+from sid.resources import TrialResources
 from sid.results import write_atomic, write_file_atomic
-from sid.study import (DRIVER_CPU, TRAIN_DIR, Study, StudyError, connect, plan, trial_config, trial_dirname,
-                       trial_label, trial_settings)
+from sid.study import DRIVER_CPU, TRAIN_DIR, Study, StudyError, plan, trial_config, trial_dirname, trial_label, trial_settings
 
 DEFAULT_HOLD_S = 5.0          # each worker holds its resources this long, so trials that can overlap do
 MARKER = ".sid-dry-run"       # marks a folder as a dry run's, which the next dry run may replace
@@ -98,11 +98,10 @@ def probe_trial(tune_config: dict[str, Any]) -> None:
     runtime = ray.get_runtime_context()
     _write_json(folder / "drivers" / f"{trial_id}.json",
                 dict(trial_id=trial_id, node_id=runtime.get_node_id(), resources=runtime.get_assigned_resources()))
-    build_trainer(trial_config(tune_config), rows_path=folder / "no-rows.parquet",  # probes write no rows
-                  workers=settings["workers"], gpus_per_worker=settings["gpus_per_worker"],
+    build_trainer(trial_config(tune_config), resources=TrialResources(**{**settings["resources"], "max_failures": 0}),
+                  rows_path=folder / "no-rows.parquet",  # probes write no rows
                   storage_path=folder / TRAIN_DIR, name=f"probe-{trial_id}", trial_id=trial_id,
-                  study=settings["study"], cpus_per_worker=settings["cpus_per_worker"], max_failures=0,
-                  placement_strategy=settings["placement_strategy"], loop=probe_worker, backend="gloo",
+                  study=settings["study"], loop=probe_worker, backend="gloo",
                   loop_extra=dict(records=str(folder / "workers"), hold_s=settings["hold_s"])).fit()
 
 
@@ -187,15 +186,15 @@ def dry_run_study(study: Study, *, address: str | None = None, hold_s: float = D
         raise StudyError(f"hold_s must be a finite number >= 0, got {hold_s}")
     folder = dry_run_folder(study)
     _fresh_folder(folder)
-    started = connect(address)
+    started = connect(address, quiet=True)
     try:
-        study, cpus, concurrency = plan(study)
-        per_worker = worker_resources(study.gpus_per_worker, cpus)
-        print(f"dry run {study.name}: up to {concurrency} trial(s) at once, {study.workers_per_trial} worker(s) x "
+        study, worker, concurrency = plan(study)
+        per_worker = worker.per_worker()
+        print(f"dry run {study.name}: up to {concurrency} trial(s) at once, {study.resources.workers} worker(s) x "
               f"{per_worker} each + {DRIVER_CPU} CPU per driver; {folder}", flush=True)
         tuner = ray.tune.Tuner(
             ray.tune.with_resources(probe_trial, {"cpu": DRIVER_CPU}),
-            param_space={**study.space, "sid": {**trial_settings(study, folder, cpus), "hold_s": hold_s}},
+            param_space={**study.space, "sid": {**trial_settings(study, folder, worker), "hold_s": hold_s}},
             # No searcher: a grid's values as given, an Optuna study's domains sampled at random (nothing to learn).
             tune_config=ray.tune.TuneConfig(num_samples=study.num_samples, max_concurrent_trials=concurrency,
                                             trial_dirname_creator=trial_dirname),
@@ -208,7 +207,7 @@ def dry_run_study(study: Study, *, address: str | None = None, hold_s: float = D
     table = placements(folder)
     write_atomic(pa.Table.from_pandas(table, preserve_index=False), folder / PLACEMENTS_FILE)
     trial_ids = [Path(result.path).name.removeprefix("trial-") for result in results]
-    problems = check(table, trials=trial_ids, workers=study.workers_per_trial, per_worker=per_worker)
+    problems = check(table, trials=trial_ids, workers=study.resources.workers, per_worker=per_worker)
     problems += [f"a trial failed: {str(error).strip().splitlines()[-1]}" for error in results.errors]
     if problems:
         raise PlacementError("dry run: " + "\n  ".join(problems))

@@ -27,10 +27,9 @@ import torch
 from torch import Tensor
 
 from sid.assets import fetch
+from sid.config import DIGITS_FEATURES, INCEPTION
 
-INCEPTION_NAME = "inception-2015-12-05"
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
-DIGITS_NAME = "digits-features-v1"   # sid.digits.DETECTOR_NAME, registered here so it resolves without importing it
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
@@ -142,7 +141,7 @@ class Detector(Protocol):
 class InceptionDetector:
     """NVIDIA's TorchScript Inception-v3 (as EDM/SiD use it): 2048-d pool features, resizing done inside the net."""
 
-    name = INCEPTION_NAME
+    name = INCEPTION
     feature_dim = 2048
 
     def __init__(self, source: str = INCEPTION_URL, *, device: torch.device | str = "cpu",
@@ -187,8 +186,8 @@ def _digits_detector(device: torch.device) -> Detector:
     return DigitsDetector().to(device)
 
 
-register_detector(INCEPTION_NAME, lambda device: InceptionDetector(device=device))
-register_detector(DIGITS_NAME, _digits_detector)
+register_detector(INCEPTION, lambda device: InceptionDetector(device=device))
+register_detector(DIGITS_FEATURES, _digits_detector)
 
 
 # ---------------------------------------------------------------------------------------------- evaluation

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from sid.assets import AssetError
-from sid.cli import add_config_flags, add_preset_flag, config_from_args
+from sid.cli import add_config_flags, add_preset_flag, add_resource_flags, config_from_args, resources_from_args
 from sid.config import DistillConfig
 from sid.results import is_uri
 from sid.run_state import CHECKPOINT, RunFolder, check_rows_readable, load_checkpoint, run_rank
@@ -57,10 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default=None, help="run folder (default: runs/<preset>)")
     parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (single-process runs)")
-    parser.add_argument("--workers", type=int, default=1, help="DDP workers; > 1 runs through Ray Train")
-    parser.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs per Ray Train worker (0 = CPU)")
     parser.add_argument("--address", default=None, help="Ray cluster address ('auto' joins a running cluster)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    add_resource_flags(parser, per="run")
     add_config_flags(parser)
     return parser
 
@@ -70,10 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     config = config_from_args(parser, args)
     out = Path(args.out) if args.out else Path("runs") / config.preset
-    if args.workers < 1:
-        parser.error(f"--workers must be >= 1, got {args.workers}")
-    if not args.gpus_per_worker >= 0:  # NaN included
-        parser.error(f"--gpus-per-worker must be >= 0, got {args.gpus_per_worker}")
+    resources = resources_from_args(parser, args)
     if is_uri(args.out or ""):
         parser.error(f"--out {args.out}: expected a local or mounted shared folder (rows and checkpoints are written "
                      "with plain file I/O), not a URL")
@@ -94,13 +90,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for stale in out.glob(".*.tmp"):  # half-written by a killed run (files are written beside, then renamed)
             stale.unlink()
-        if args.workers == 1 and args.address is None:
+        if resources.workers == 1 and args.address is None:
             path = run_local(config, out, device=device, resume=args.resume, progress=not args.no_progress)
         else:
             from sid.distributed import run_distributed
 
-            path = run_distributed(config, out, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
-                                   address=args.address, resume=args.resume)
+            path = run_distributed(config, out, resources=resources, address=args.address, resume=args.resume)
     except ValueError as exc:  # bad checkpoint/teacher/asset: one line, not a traceback
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

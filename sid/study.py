@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import logging
 import math
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,18 +33,15 @@ import ray
 import ray.tune
 from ray.tune.search.sample import Categorical, Domain
 
-from sid.config import ConfigError, DistillConfig
-from sid.distributed import build_trainer, check_request, check_resources, default_placement, worker_resources
+from sid.config import SEARCHABLE, ConfigError, DistillConfig
+from sid.distributed import build_trainer, check_resources, connect, default_placement, resolve
+from sid.resources import TrialResources
 from sid.results import Divergence, is_uri, read_parquet
 from sid.study_results import EVALUATIONS_DIR, RUNS_DIR, TRIALS_FILE, TrialRecord, write_trials_table
 
 DRIVER_CPU = 0.01                      # CPU held by each trial's driver function (Tune rejects 0)
-SEARCHABLE = ("alpha", "lr", "glr", "sigma_init", "seed")
 SEARCHERS = ("grid", "optuna")
 TRAIN_DIR = "train"                    # <study>/train/train-<trial_id>: the trials' Ray Train runs
-# Set (unless already set) before starting a local Ray: each report then costs ~0.1 s instead of ~2 s (the Train
-# controller polls its workers at this interval, ray_notes.md section 3), and no Train V2 migration banners.
-LOCAL_RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25", "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0"}
 
 
 class StudyError(ValueError):
@@ -64,14 +59,14 @@ class Study:
     grace_kimg: float | None = None            # ASHA's first rung (None: the first evaluation after kimg 0)
     reduction_factor: float = 2.0              # ASHA keeps the best 1/reduction_factor of the trials at each rung
     divergence: Divergence = field(default_factory=Divergence)  # when a trial is stopped at once as diverged
-    workers_per_trial: int = 1                 # DDP ranks (Ray Train workers) of each trial
-    gpus_per_worker: float | None = None       # None: 1 if the cluster has GPUs, else 0 (CPU workers)
-    cpus_per_worker: float = 1.0               # CPUs per worker, the trial's driver included (0.01 of them)
+    resources: TrialResources = TrialResources()  # of each trial; CPUs per worker (default 1) include the driver's
     max_concurrent: int | None = None          # trials at once; None: as many as the cluster holds
     storage: Path = Path("results")            # parent folder; on a multi-node cluster a path every node shares
     optuna_seed: int = 0                       # seed of the TPE sampler
-    max_failures: int = 2                      # worker-group restarts per trial, from its newest checkpoint
-    placement_strategy: str | None = None      # placement of one trial's workers; None: sid.distributed's default
+
+    @property
+    def cpus_per_worker(self) -> float:
+        return self.resources.cpus_per_worker if self.resources.cpus_per_worker is not None else 1.0
 
     @property
     def folder(self) -> Path:
@@ -121,11 +116,9 @@ class Study:
             raise bad(f"reduction_factor must be > 1, got {self.reduction_factor}")
         if self.max_concurrent is not None and self.max_concurrent < 1:
             raise bad(f"max_concurrent must be >= 1, got {self.max_concurrent}")
-        try:
-            check_request(self.workers_per_trial, self.gpus_per_worker or 0.0)
-        except ValueError as exc:
-            raise bad(str(exc)) from None
-        if not math.isfinite(self.cpus_per_worker) or self.cpus_per_worker * self.workers_per_trial <= DRIVER_CPU:
+        if not isinstance(self.resources, TrialResources):
+            raise bad(f"resources must be a TrialResources, got {type(self.resources).__name__}")
+        if self.cpus_per_worker * self.resources.workers <= DRIVER_CPU:
             raise bad(f"cpus_per_worker must leave room for the trial's driver ({DRIVER_CPU} CPU), "
                       f"got {self.cpus_per_worker}")
         if is_uri(self.storage):
@@ -142,7 +135,7 @@ class Study:
 
 def trial_config(tune_config: Mapping[str, Any]) -> DistillConfig:
     """A trial's DistillConfig: the study's base config with the trial's searched values."""
-    searched = {k: int(v) if k == "seed" else float(v) for k, v in tune_config.items() if k in SEARCHABLE}
+    searched = {k: int(v) if SEARCHABLE[k] == "int" else float(v) for k, v in tune_config.items() if k in SEARCHABLE}
     return DistillConfig(**tune_config["sid"]["base"]).replace(**searched)
 
 
@@ -163,24 +156,20 @@ def run_trial(tune_config: dict[str, Any]) -> None:
         metrics = {k: float(v) for k, v in last.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         ray.tune.report({**metrics, "best_fid": float(rows["fid"].min())})
         return
-    build_trainer(config, rows_path=rows_path,
-                  workers=settings["workers"], gpus_per_worker=settings["gpus_per_worker"],
+    build_trainer(config, resources=TrialResources(**settings["resources"]), rows_path=rows_path,
                   storage_path=folder / TRAIN_DIR, name=f"train-{trial_id}", trial_id=trial_id,
-                  run_folder=folder / RUNS_DIR / trial_id,
-                  study=settings["study"], cpus_per_worker=settings["cpus_per_worker"],
-                  max_failures=settings["max_failures"], placement_strategy=settings["placement_strategy"],
+                  run_folder=folder / RUNS_DIR / trial_id, study=settings["study"],
                   callbacks=[TuneReportCallback()]).fit()
 
 
-def trial_capacity(resources: Mapping[str, float], workers: int, gpus_per_worker: float,
-                   cpus_per_worker: float) -> int:
+def trial_capacity(cluster: Mapping[str, float], resources: TrialResources) -> int:
     """Trials the cluster holds at once: GPUs // GPUs per trial for GPU trials (and enough CPUs), else
-    CPUs // CPUs per trial, so that no trial waits on resources it cannot get."""
+    CPUs // CPUs per trial, so that no trial waits on resources it cannot get (`resources` resolved)."""
     def fit(kind: str, per_worker: float) -> int:
-        return math.floor(resources.get(kind, 0.0) / (workers * per_worker) + 1e-9)
+        return math.floor(cluster.get(kind, 0.0) / (resources.workers * per_worker) + 1e-9)
 
-    return fit("CPU", cpus_per_worker) if gpus_per_worker == 0 else min(fit("CPU", cpus_per_worker),
-                                                                         fit("GPU", gpus_per_worker))
+    cpus, gpus = resources.cpus_per_worker, resources.gpus_per_worker
+    return fit("CPU", cpus) if not gpus else min(fit("CPU", cpus), fit("GPU", gpus))
 
 
 class DivergenceStopper(ray.tune.Stopper):
@@ -255,7 +244,8 @@ class StudyCallback(ray.tune.Callback):
         if state == "error":
             text = Path(trial.error_file).read_text() if trial.error_file and Path(trial.error_file).exists() else ""
             error = next((line for line in reversed(text.splitlines()) if line.strip()), "unknown error")[:500]
-        return TrialRecord(trial.trial_id, state, error, trial_config(trial.config), trial.config["sid"]["workers"],
+        return TrialRecord(trial.trial_id, state, error, trial_config(trial.config),
+                           trial.config["sid"]["resources"]["workers"],
                            float(trial.last_result.get("kimg", math.nan)))
 
 
@@ -263,51 +253,32 @@ def trial_dirname(trial: Any) -> str:
     return f"trial-{trial.trial_id}"
 
 
-def connect(address: str | None) -> bool:
-    """Connect to Ray unless connected; return whether this call did (and so must shut it down)."""
-    if ray.is_initialized():
-        return False
-    quiet = dict(log_to_driver=False, logging_level=logging.WARNING)  # our progress lines, not Tune's tables
-    if address:
-        ray.init(address=address, **quiet)
-        return True
-    for key, value in LOCAL_RAY_ENV.items():
-        os.environ.setdefault(key, value)
-    # address='local': never attach to a stale cluster (pitfall 2); the dashboard's State API releases the workers
-    # of trials that Tune stops (pitfall 1); a small object store (nothing big goes through it).
-    ray.init(address="local", num_cpus=os.cpu_count(), object_store_memory=256 * 2**20, include_dashboard=True,
-             **quiet)
-    return True
+def trial_settings(study: Study, folder: Path, resources: TrialResources) -> dict[str, Any]:
+    """What every trial's driver needs besides its searched values (param_space['sid']); `resources` resolved."""
+    return dict(base=study.base.to_dict(), study=study.name, folder=str(folder),
+                resources=dataclasses.asdict(resources))
 
 
-def trial_settings(study: Study, folder: Path, cpus_per_worker: float) -> dict[str, Any]:
-    """What every trial's driver needs besides its searched values (param_space['sid'])."""
-    return dict(base=study.base.to_dict(), study=study.name, folder=str(folder), workers=study.workers_per_trial,
-                gpus_per_worker=study.gpus_per_worker, cpus_per_worker=cpus_per_worker,
-                max_failures=study.max_failures, placement_strategy=study.placement_strategy)
-
-
-def plan(study: Study) -> tuple[Study, float, int]:
-    """On the connected Ray: the study with gpus_per_worker resolved, the CPUs of each worker (the driver's share
-    taken off) and the trials to run at once. Raises ResourceError when no node can ever hold a trial."""
-    if study.gpus_per_worker is None:
-        study = dataclasses.replace(study, gpus_per_worker=1.0 if ray.cluster_resources().get("GPU") else 0.0)
-    cpus = study.cpus_per_worker - DRIVER_CPU / study.workers_per_trial  # a trial holds exactly workers x cpus
-    per_worker = worker_resources(study.gpus_per_worker, cpus)
-    check_resources(study.workers_per_trial, per_worker,
-                    study.placement_strategy or default_placement(study.workers_per_trial, per_worker))
+def plan(study: Study) -> tuple[Study, TrialResources, int]:
+    """On the connected Ray: the study with its GPUs per worker resolved, each worker's resources as a trial's Train
+    run asks for them (the driver's CPU share taken off), and the trials to run at once. Raises ResourceError when
+    no node can ever hold a trial."""
+    study = dataclasses.replace(study, resources=resolve(study.resources, cpus_default=1.0))
+    workers = study.resources.workers
+    worker = study.resources.replace(cpus_per_worker=study.cpus_per_worker - DRIVER_CPU / workers)
+    check_resources(workers, worker.per_worker(),
+                    worker.placement_strategy or default_placement(workers, worker.per_worker()))
     # Counts the nodes that exist now: on an autoscaling cluster (which may have none yet) give max_concurrent.
-    concurrency = study.max_concurrent or max(1, trial_capacity(
-        ray.cluster_resources(), study.workers_per_trial, study.gpus_per_worker, study.cpus_per_worker))
-    return study, cpus, concurrency
+    concurrency = study.max_concurrent or max(1, trial_capacity(ray.cluster_resources(), study.resources))
+    return study, worker, concurrency
 
 
-def _tuner(study: Study, trainable: Any, concurrency: int, cpus_per_worker: float) -> ray.tune.Tuner:
+def _tuner(study: Study, trainable: Any, concurrency: int, worker: TrialResources) -> ray.tune.Tuner:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
     base = study.base
-    settings = trial_settings(study, study.folder, cpus_per_worker)
+    settings = trial_settings(study, study.folder, worker)
     search_alg, param_space = None, {**study.space, "sid": settings}
     if study.searcher == "optuna":  # metric/mode given to OptunaSearch itself (pitfall 5)
         search_alg = OptunaSearch(space=dict(study.space), metric="best_fid", mode="min", seed=study.optuna_seed)
@@ -345,17 +316,17 @@ def run_study(study: Study, *, resume: bool = False, address: str | None = None)
         raise StudyError(f"--resume: {folder} holds no study to continue")
     if not resume and folder.exists() and any(folder.iterdir()):
         raise StudyError(f"{folder} already holds a study; pass --resume to continue it, or another --name")
-    started = connect(address)
+    started = connect(address, quiet=True)  # our progress lines, not Tune's tables
     try:
-        study, cpus, concurrency = plan(study)
+        study, worker, concurrency = plan(study)
         trainable = ray.tune.with_resources(run_trial, {"cpu": DRIVER_CPU})
         if resume:
             print(f"resuming {folder}", flush=True)
             tuner = ray.tune.Tuner.restore(str(folder), trainable, resume_unfinished=True, resume_errored=True)
         else:
-            print(f"study {study.name}: up to {concurrency} trial(s) at once, {study.workers_per_trial} worker(s) x "
-                  f"{worker_resources(study.gpus_per_worker, study.cpus_per_worker)} each; {folder}", flush=True)
-            tuner = _tuner(study, trainable, concurrency, cpus)
+            print(f"study {study.name}: up to {concurrency} trial(s) at once, {study.resources.workers} worker(s) x "
+                  f"{study.resources.per_worker()} each; {folder}", flush=True)
+            tuner = _tuner(study, trainable, concurrency, worker)
         tuner.fit()
     finally:
         if started:

@@ -15,20 +15,18 @@ from typing import Any
 
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 
-from sid.cli import add_config_flags, add_preset_flag, config_from_args  # noqa: E402
-from sid.config import DistillConfig  # noqa: E402
+from sid.cli import (add_config_flags, add_preset_flag, add_resource_flags, config_from_args,  # noqa: E402
+                     resources_from_args)
+from sid.config import SEARCHABLE, DistillConfig  # noqa: E402
 
-# A study runs many trials, so on the embedded preset its default budget is smaller than one run's (25.6 kimg):
-# the default alpha sweep (5 trials, 2 at a time on 2 CPU cores) then finishes in under 10 minutes.
-STUDY_BUDGETS: dict[str, dict[str, Any]] = {"digits": dict(duration_kimg=9.6, eval_every_kimg=1.92, fid_images=1024)}
-SEARCHED_COLUMNS = ("alpha", "sigma_init", "lr", "glr", "seed")  # order of the searched columns in the table
+DEFAULT_PRESET = "digits-study"  # the digits default at a study's budget (sid/config.py)
 
 
 def build_parser(doc: str, *, swept: tuple[str, ...], asha: bool) -> argparse.ArgumentParser:
     """The flags every study script has; config fields in `swept` get no fixed-value flag."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)  # else --lr would silently mean --lr-range
-    add_preset_flag(parser)
+    add_preset_flag(parser, DEFAULT_PRESET)
     group = parser.add_argument_group("study")
     group.add_argument("--name", default=None,
                        help="study name: its folder under --storage (default: <script>-<preset>)")
@@ -44,22 +42,14 @@ def build_parser(doc: str, *, swept: tuple[str, ...], asha: bool) -> argparse.Ar
                             "(folder <storage>/<name>-dry-run)")
     group.add_argument("--address", default=None,
                        help="Ray cluster: 'auto' joins a running cluster, or host:port (default: start a local Ray)")
-    group.add_argument("--workers-per-trial", type=int, default=1, help="DDP ranks (Ray Train workers) per trial")
-    group.add_argument("--gpus-per-worker", type=float, default=None,
-                       help="GPUs per worker: 1, or a fraction with 1 worker per trial to share GPUs between trials "
-                            "(default: 1 if the cluster has GPUs, else 0 = CPU workers)")
-    group.add_argument("--cpus-per-worker", type=float, default=1.0,
-                       help="CPUs per worker (default: 1); CPU trials at once = cluster CPUs // (workers x this)")
     group.add_argument("--max-concurrent", type=int, default=None,
                        help="trials at once (default: as many as the cluster holds: GPUs // GPUs per trial, or "
                             "CPUs // CPUs per trial)")
     group.add_argument("--asha", action=argparse.BooleanOptionalAction, default=asha,
                        help="stop trials early whose FID trails the others' at the same kimg (ASHA)")
-    budget = ", ".join(f"{preset}: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in values.items())
-                       for preset, values in STUDY_BUDGETS.items())
-    parser.epilog = (f"Study budgets differ from a single run's where the preset's would be too long for a sweep "
-                     f"({budget}); flags override them. Results: <storage>/<name>/trials.parquet and "
-                     f"<storage>/<name>/evaluations/*.parquet (see docs/studies.md).")
+    parser.epilog = ("Results: <storage>/<name>/trials.parquet and <storage>/<name>/evaluations/*.parquet, snapshots "
+                     "in <storage>/<name>/runs/<trial_id>/ (see docs/studies.md).")
+    add_resource_flags(parser, per="trial")
     add_config_flags(parser, skip=swept)
     return parser
 
@@ -92,14 +82,6 @@ def parse_range(parser: argparse.ArgumentParser, text: str, flag: str, *, log: b
     return values[0], values[1]
 
 
-def study_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> DistillConfig:
-    """The base config: the preset, its study budget, then the flags."""
-    for key, value in STUDY_BUDGETS.get(args.preset, {}).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    return config_from_args(parser, args)
-
-
 def seed_space(parser: argparse.ArgumentParser, seeds: int, base: DistillConfig) -> dict[str, Any]:
     """--seeds K: the grid also runs seeds base.seed .. base.seed + K - 1."""
     from ray import tune
@@ -116,10 +98,10 @@ def main(parser: argparse.ArgumentParser, args: argparse.Namespace, *, script: s
     from sid.study import Study, StudyError, run_study
     from sid.study_results import EVALUATIONS_DIR, TRIALS_FILE, summary
 
-    base = study_config(parser, args)
+    base = config_from_args(parser, args)
     spec = Study(name=args.name or f"{script}-{base.preset}", base=base, space=space(base), storage=args.storage,
-                 asha=args.asha, workers_per_trial=args.workers_per_trial, gpus_per_worker=args.gpus_per_worker,
-                 cpus_per_worker=args.cpus_per_worker, max_concurrent=args.max_concurrent, **study)
+                 asha=args.asha, resources=resources_from_args(parser, args), max_concurrent=args.max_concurrent,
+                 **study)
     if args.dry_run:
         dry_run(parser, spec, args)
         return
@@ -129,7 +111,7 @@ def main(parser: argparse.ArgumentParser, args: argparse.Namespace, *, script: s
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         sys.exit(2)
     print()
-    print(summary(trials, [k for k in SEARCHED_COLUMNS if k in spec.space]))
+    print(summary(trials, [k for k in SEARCHABLE if k in spec.space]))
     print(f"\ntrials:      {spec.folder / TRIALS_FILE}\nevaluations: {spec.folder / EVALUATIONS_DIR}/*.parquet")
     unfinished = int((trials["state"] == "running").sum()) if not trials.empty else 0
     if unfinished:

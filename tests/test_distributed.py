@@ -23,6 +23,7 @@ import torch
 from sid.config import preset
 from sid.distill import Distiller
 from sid.distributed import ResourceError, run_distributed
+from sid.resources import TrialResources
 from sid.results import read_evaluations
 from sid.run import run_local
 from sid.teachers import load_teacher
@@ -80,7 +81,7 @@ def assert_same_networks(state: dict, distiller: Distiller) -> None:
 def test_two_workers_match_one_process_accumulating_two_rounds_and_hand_over_to_it(tmp_path, teacher, capsys):
     config = preset("digits", teacher=teacher, **{**TINY, "eval_every_kimg": TINY["duration_kimg"]})  # eval at 0, end
     out = tmp_path / "run"
-    run_distributed(config, out, workers=2, gpus_per_worker=0, address=None, resume=False)
+    run_distributed(config, out, resources=TrialResources(workers=2, gpus_per_worker=0), address=None, resume=False)
     assert "(STRICT_PACK) on 1 node(s)" in capsys.readouterr().out  # both ranks fit the one node
     ray_state = torch.load(out / "checkpoint.pt", weights_only=True)
     # the same run continued in one process (2 rounds of 4 per phase) for 2 more iterations
@@ -112,7 +113,8 @@ def test_two_workers_match_one_process_accumulating_two_rounds_and_hand_over_to_
 def test_two_nodes_each_run_one_rank_and_rows_carry_world_size_two(tmp_path, teacher, two_nodes, capsys):
     config = preset("digits", teacher=teacher, **TINY)
     out = tmp_path / "run"
-    rows_path = run_distributed(config, out, workers=2, gpus_per_worker=0, address=two_nodes.address, resume=False)
+    rows_path = run_distributed(config, out, resources=TrialResources(workers=2, gpus_per_worker=0),
+                                address=two_nodes.address, resume=False)
     assert "(PACK) on 2 node(s)" in capsys.readouterr().out  # no node holds both ranks
     ranks = [worker_info(out, r) for r in (0, 1)]
     assert ranks[0]["node_id"] != ranks[1]["node_id"]
@@ -175,7 +177,8 @@ def test_unschedulable_requests_fail_in_seconds_naming_what_was_asked_and_what_e
     config = preset("digits", teacher=teacher, **TINY)
     start = time.time()
     with pytest.raises(ResourceError) as raised:
-        run_distributed(config, tmp_path / "run", workers=workers, gpus_per_worker=gpus, address=None, resume=False)
+        run_distributed(config, tmp_path / "run", resources=TrialResources(workers=workers, gpus_per_worker=gpus),
+                        address=None, resume=False)
     assert time.time() - start < 5  # instead of Ray Train waiting for the worker group
     for word in words:
         assert word in str(raised.value)
@@ -191,8 +194,9 @@ def test_unschedulable_requests_fail_in_seconds_naming_what_was_asked_and_what_e
 ])
 def test_requests_that_cannot_work_anywhere_are_refused_before_ray_starts(tmp_path, teacher, workers, gpus, words):
     config = preset("digits", teacher=teacher, **TINY)
-    with pytest.raises(ValueError) as raised:
-        run_distributed(config, tmp_path / "run", workers=workers, gpus_per_worker=gpus, address=None, resume=False)
+    with pytest.raises(ValueError) as raised:  # the request is refused where it is made
+        run_distributed(config, tmp_path / "run", resources=TrialResources(workers=workers, gpus_per_worker=gpus),
+                        address=None, resume=False)
     for word in words:
         assert word in str(raised.value)
     assert not ray.is_initialized()

@@ -16,10 +16,12 @@ from ray import tune
 from shared_helpers import load_script, make_teacher
 
 from sid.config import preset
+from sid.resources import TrialResources
 from sid.dry_run import (MARKER, PLACEMENTS_FILE, check, dry_run_folder, dry_run_study, max_overlap,
                          placements, summary)
 from sid.results import read_parquet
-from sid.study import DRIVER_CPU, LOCAL_RAY_ENV, Study, StudyError
+from sid.distributed import LOCAL_RAY_ENV
+from sid.study import DRIVER_CPU, Study, StudyError
 
 pytestmark = pytest.mark.ray
 TINY = dict(batch=8, batch_per_device=8, fid_images=256, eval_every_kimg=0.016, duration_kimg=0.032)
@@ -50,7 +52,7 @@ def teacher_url(tmp_path_factory) -> str:
 
 def study(teacher: str, storage: Path, name: str, alphas: list[float], **resources) -> Study:
     return Study(name=name, base=preset("digits", teacher=teacher, **TINY), storage=storage,
-                 space={"alpha": tune.grid_search(alphas)}, **resources)
+                 space={"alpha": tune.grid_search(alphas)}, resources=TrialResources(**resources))
 
 
 def drivers(folder: Path) -> list[dict]:
@@ -61,7 +63,7 @@ def drivers(folder: Path) -> list[dict]:
 def whole_gpu_trials(gpu_cluster, teacher_url, tmp_path_factory):
     """3 trials of 4 one-GPU workers on 2 nodes of 4 GPUs: 2 fit at once, the third waits."""
     spec = study(teacher_url, tmp_path_factory.mktemp("results"), "packed", [0.5, 1.0, 1.2],
-                 workers_per_trial=4, gpus_per_worker=1.0)
+                 workers=4, gpus_per_worker=1.0)
     return spec, dry_run_study(spec, hold_s=3.0)
 
 
@@ -128,7 +130,7 @@ def test_the_placements_table_is_written_and_summarised(whole_gpu_trials):
 
 @pytest.mark.timeout(240)
 def test_fractional_gpu_trials_share_gpus_at_most_two_to_one(gpu_cluster, teacher_url, tmp_path):
-    spec = study(teacher_url, tmp_path, "shared", [0.5, 1.0, 1.2, 1.5], workers_per_trial=1, gpus_per_worker=0.5)
+    spec = study(teacher_url, tmp_path, "shared", [0.5, 1.0, 1.2, 1.5], workers=1, gpus_per_worker=0.5)
     table = dry_run_study(spec, hold_s=1.0)
     assert len(table) == 4
     assert table["resources"].map(lambda r: json.loads(r)["GPU"]).eq(0.5).all()
@@ -150,15 +152,15 @@ def test_the_study_script_dry_run_prints_where_each_trial_ran(gpu_cluster, teach
     out = capsys.readouterr().out
     assert "up to 4 trial(s) at once, 2 worker(s) x {'CPU': 0.995, 'GPU': 1.0}" in out
     assert "2 worker(s), GPU " in out and "at most 1 trial(s) ran at once" in out
-    assert f"placements: {tmp_path.resolve() / f'{script}-digits-dry-run' / PLACEMENTS_FILE}" in out
-    assert not (tmp_path / f"{script}-digits").exists()  # the study's own folder stays free
+    assert f"placements: {tmp_path.resolve() / f'{script}-digits-study-dry-run' / PLACEMENTS_FILE}" in out
+    assert not (tmp_path / f"{script}-digits-study").exists()  # the study's own folder stays free
 
 
 @pytest.mark.timeout(60)
 def test_a_trial_the_cluster_cannot_hold_fails_before_anything_waits(gpu_cluster, teacher_url, tmp_path):
     from sid.distributed import ResourceError
 
-    spec = study(teacher_url, tmp_path, "too-big", [1.0], workers_per_trial=GPUS_PER_NODE + 1, gpus_per_worker=1.0,
+    spec = study(teacher_url, tmp_path, "too-big", [1.0], workers=GPUS_PER_NODE + 1, gpus_per_worker=1.0,
                  placement_strategy="STRICT_PACK")
     with pytest.raises(ResourceError, match="room for 4 such worker"):
         dry_run_study(spec, hold_s=0.0)

@@ -24,6 +24,7 @@ from ray import tune
 from sid.config import preset
 from sid.results import CONFIG_COLUMNS, EVALUATION_SCHEMA, SCHEMA_VERSION, TRIAL_SCHEMA, read_evaluations
 from sid.study import Study, StudyCallback, run_study, trial_capacity
+from sid.resources import TrialResources
 from sid.results import Divergence
 from sid.study_results import TrialRecord, trial_state
 from shared_helpers import load_script, session_processes
@@ -61,7 +62,8 @@ def local_ray():
     ({"CPU": 64.0}, 1, 1.0, 1.0, 0),               # GPU trials on a CPU cluster: none
 ])
 def test_trial_capacity_is_devices_over_devices_per_trial(resources, workers, gpus, cpus, expected):
-    assert trial_capacity(resources, workers, gpus, cpus) == expected
+    trial = TrialResources(workers=workers, gpus_per_worker=gpus, cpus_per_worker=cpus)
+    assert trial_capacity(resources, trial) == expected
 
 
 def evaluation_rows(fids, losses=None) -> pd.DataFrame:
