@@ -73,7 +73,8 @@ def load_checkpoint(path: Path, config: DistillConfig) -> dict:
     """A run's saved state, refused if it was made with a different config (duration_kimg may grow)."""
     state = load_plain(path, "training checkpoint of this project")
     try:
-        saved = {**state["config"], "duration_kimg": config.duration_kimg}
+        # init_generator came after the first checkpoints: theirs started from the teacher ('')
+        saved = {"init_generator": "", **state["config"], "duration_kimg": config.duration_kimg}
     except (KeyError, TypeError) as exc:
         raise ValueError(f"{path}: not a training checkpoint of this project (no config: {exc!r})") from exc
     if saved != config.to_dict():
