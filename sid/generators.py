@@ -106,7 +106,7 @@ def load_generator(source: str | Path) -> tuple[EDMPrecond, dict[str, Any]]:
         from sid.teachers import load_teacher
 
         if not (is_url(text) or text == "digits" or text.startswith("edm:") or path.exists()):
-            raise ValueError(f"--network {text}: no such file or folder; expected a run folder, a .pt snapshot, "
+            raise ValueError(f"{text}: no such file or folder; expected a run folder, a .pt snapshot, "
                              f"a .safetensors export, a network-snapshot .pkl (path or URL), 'digits' or 'edm:<name>'")
         try:
             net, info = load_teacher(text), {}
