@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sid.generators import DEFAULT_SIGMA_INIT, check_class, generate, load_generator, parse_seeds
+from sid.generators import DEFAULT_SIGMA_INIT, check_class, devices_for, generate, load_generator, parse_seeds
 
 
 def png_path(outdir: Path, seed: int, subdirs: bool) -> Path:
@@ -62,28 +62,10 @@ def generate_pixels(net: torch.nn.Module, seeds: Sequence[int], *, sigma_init: f
 
 def _shard(source: str, seeds: list[int], options: dict, device: str, position: int) -> np.ndarray | None:
     """One process per device: loads the network itself (a module would be pickled through the pipe)."""
+    if device == "cpu":
+        torch.set_flush_denormal(True)  # as in training: denormals made CPU networks up to 10x slower
     net, _ = load_generator(source)
     return generate_pixels(net, seeds, device=device, position=position, **options)
-
-
-def devices_for(name: str) -> list[str]:
-    """'auto': every CUDA device (or the CPU); else a comma list such as 'cuda:0,cuda:1' or 'cpu'."""
-    if name == "auto":
-        count = torch.cuda.device_count()
-        return [f"cuda:{i}" for i in range(count)] if count else ["cpu"]
-    devices = [d.strip() for d in name.split(",") if d.strip()]
-    for d in devices:
-        try:
-            kind = torch.device(d)
-        except RuntimeError:
-            raise ValueError(f"--device: expected auto, cpu, cuda or cuda:N (comma-separated), got {d!r}") from None
-        if kind.type == "cuda" and (kind.index or 0) >= torch.cuda.device_count():
-            raise ValueError(f"--device {d}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-        if kind.type not in ("cpu", "cuda"):
-            raise ValueError(f"--device: expected cpu or cuda devices, got {d!r}")
-    if not devices:
-        raise ValueError("--device: expected auto, cpu, cuda or cuda:N (comma-separated), got nothing")
-    return devices
 
 
 def run(source: str, seeds: list[int], *, net: torch.nn.Module, devices: list[str], keep: bool,
@@ -148,6 +130,8 @@ def main(argv: list[str] | None = None) -> None:
         check_class(net, args.class_idx)
     except ValueError as exc:
         parser.error(str(exc))
+    if "cpu" in devices:
+        torch.set_flush_denormal(True)  # as in training: denormals made CPU networks up to 10x slower
     sigma_init = args.sigma_init or info["sigma_init"] or DEFAULT_SIGMA_INIT
     outdir = Path(args.outdir) if args.outdir else None
     if outdir is not None:

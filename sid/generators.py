@@ -57,6 +57,26 @@ def format_seeds(seeds: Sequence[int]) -> str:
     return ",".join(parts)
 
 
+def devices_for(name: str) -> list[str]:
+    """'auto': every CUDA device (or the CPU); else a comma list such as 'cuda:0,cuda:1' or 'cpu'."""
+    if name == "auto":
+        count = torch.cuda.device_count()
+        return [f"cuda:{i}" for i in range(count)] if count else ["cpu"]
+    devices = [d.strip() for d in name.split(",") if d.strip()]
+    for d in devices:
+        try:
+            kind = torch.device(d)
+        except RuntimeError:
+            raise ValueError(f"--device: expected auto, cpu, cuda or cuda:N (comma-separated), got {d!r}") from None
+        if kind.type == "cuda" and (kind.index or 0) >= torch.cuda.device_count():
+            raise ValueError(f"--device {d}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        if kind.type not in ("cpu", "cuda"):
+            raise ValueError(f"--device: expected cpu or cuda devices, got {d!r}")
+    if not devices:
+        raise ValueError("--device: expected auto, cpu, cuda or cuda:N (comma-separated), got nothing")
+    return devices
+
+
 # ---------------------------------------------------------------------------------------------- loading
 def _from_saved(saved: Any, path: Path) -> tuple[EDMPrecond, dict[str, Any]]:
     """A network dict of this project: {init_kwargs, state_dict, ...} or a training checkpoint (G_ema)."""
