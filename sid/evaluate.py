@@ -114,6 +114,8 @@ def evaluate(source: str, *, detector_name: str, ref: str, images: int, repeats:
 
     if images < 2 or repeats < 1:
         raise ValueError(f"--images must be >= 2 and --repeats >= 1, got {images} and {repeats}")
+    if sigma_init is not None and not sigma_init > 0:
+        raise ValueError(f"--sigma-init: expected a number > 0, got {sigma_init}")
     kind = source_kind(source)
     detector = get_detector(detector_name, device)
     mu_ref, sigma_ref = load_reference(ref)
@@ -222,7 +224,9 @@ def settings(args: argparse.Namespace) -> dict:
     own = Path(args.source).is_dir() or args.source.endswith((".pt", ".safetensors", ".json"))
     if source_kind(args.source) == "generator" and args.preset is None and own and Path(args.source).exists():
         config = load_generator(args.source)[1].get("config") or {}
-    base = PRESETS[args.preset or config.get("preset") or "digits"] if (args.preset or not config) else config
+    base = dict(PRESETS.get(args.preset or config.get("preset") or "digits", PRESETS["digits"]))
+    if args.preset is None:  # the run's own choices over its preset's
+        base.update({k: config[k] for k in ("fid_detector", "fid_ref", "fid_images") if config.get(k)})
     return dict(detector_name=args.detector or base["fid_detector"], ref=args.ref or base["fid_ref"],
                 images=args.images or base["fid_images"])
 

@@ -221,8 +221,14 @@ def test_generated_files_and_repeated_draws_reproduce_the_runs_last_evaluation(s
     print(f"\nrun's last FD {last['fid']:.3f}; sid evaluate 5 x 2048: {mean:.3f} +- {std:.3f} ({np.round(fds, 3)})")
 
 
-def test_class_for_an_unconditional_generator_is_refused(short_run, capsys, tmp_path):
+@pytest.mark.parametrize("args, match", [
+    (["--class", "2"], "the network is unconditional (label_dim 0); leave --class out"),
+    (["--sigma-init", "0"], "--sigma-init: expected a number > 0"),
+    (["--seed-start", "4294967295", "--images", "2"], "expected seeds within 0-4294967295, got 4294967295-4294967296"),
+    (["--repeats", "0"], "--repeats >= 1"),
+])
+def test_bad_generator_settings_exit_2_and_write_nothing(short_run, capsys, tmp_path, args, match):
     with pytest.raises(SystemExit) as exit_info:
-        eval_cli.main([str(short_run), "--class", "2", "--out", str(tmp_path / "s.parquet")])
-    assert exit_info.value.code == 2 and "unconditional" in capsys.readouterr().err
+        eval_cli.main([str(short_run), *args, "--out", str(tmp_path / "s.parquet")])
+    assert exit_info.value.code == 2 and match in capsys.readouterr().err.strip().splitlines()[-1]
     assert not (tmp_path / "s.parquet").exists()

@@ -7,10 +7,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from sid import export
+from sid import evaluate, export
 from sid.config import preset
 from sid.export import load_exported
 from sid.generators import generate, load_generator
+from sid.results import read_scores
 from sid.teachers import load_teacher
 from test_checkpoints import ADM, random_net
 
@@ -89,3 +90,12 @@ def test_export_bad_input_exits_2_and_writes_nothing(run, tmp_path, capsys, args
         export.main(argv)
     assert exit_info.value.code == 2 and match in capsys.readouterr().err.strip().splitlines()[-1]
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_an_export_is_evaluated_with_the_detector_and_reference_it_names(run, tmp_path, capsys):
+    weights, _ = export.export_safetensors(run, tmp_path / "g.safetensors")
+    evaluate.main([str(weights), "--images", "64", "--out", str(tmp_path / "s.parquet"), "--no-progress"])
+    assert "FD (digits-features-v1, 64 images)" in capsys.readouterr().out
+    direct = evaluate.evaluate(str(run), detector_name="digits-features-v1", ref="digits", images=64, repeats=1,
+                               progress=False)
+    assert read_scores(tmp_path / "s.parquet")["fid"].tolist() == pytest.approx([direct[0]["fid"]], rel=1e-9)
