@@ -88,8 +88,9 @@ def run(source: str, seeds: list[int], *, net: torch.nn.Module, devices: list[st
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sid generate", description=__doc__.split("\n\n")[0], allow_abbrev=False,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--network", required=True, help="run folder, snapshot .pt, export .safetensors, SiD/EDM "
-                                                         "network-snapshot .pkl (path or URL), 'digits' or 'edm:<name>'")
+    parser.add_argument("--network", required=True,
+                        help="run folder, snapshot .pt, export .safetensors, SiD/EDM network-snapshot .pkl "
+                             "(path or URL), 'digits' or 'edm:<name>'")
     parser.add_argument("--seeds", default="0-63", help="seeds, one image each: ranges and lists, e.g. 0-9,20,30-39")
     parser.add_argument("--class", dest="class_idx", type=int, default=None,
                         help="class index of every image (conditional networks; default: a random class per seed)")
