@@ -191,6 +191,23 @@ def summary(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def training_values(source: str) -> str | None:
+    """For a run folder: its own last and best evaluations, measured on other noise (so equal within the spread)."""
+    from sid.results import read_parquet
+
+    path = Path(source) / "evaluations.parquet"
+    if not path.is_file():
+        return None
+    rows = read_parquet(path)
+    rows = rows[rows["status"].eq("ok") & rows["fid"].notna()].sort_values("kimg")
+    if rows.empty:
+        return None
+    last, best = rows.iloc[-1], rows.loc[rows["fid"].idxmin()]
+    return "\n".join(f"run's {what} evaluation (kimg {r['kimg']:g}, its own noise): "
+                     f"{score_label(r['fid_detector'], int(r['fid_images']))} {r['fid']:.4f}"
+                     for what, r in (("last", last), ("best", best)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from sid.config import DETECTORS, PRESETS
 
@@ -258,6 +275,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     append_scores(out, rows)
     print(summary(rows))
+    if source_kind(args.source) == "generator" and (own := training_values(args.source)):
+        print(own)
     print(f"rows added to {out}")
 
 

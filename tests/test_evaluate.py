@@ -202,6 +202,8 @@ def test_generated_files_and_repeated_draws_reproduce_the_runs_last_evaluation(s
     eval_cli.main([str(short_run), "--repeats", "5", "--batch", "256", "--no-progress"])
     table = capsys.readouterr().out
     assert "FD (digits-features-v1, 2048 images): " in table and "(mean +- std over 5 draws)" in table
+    assert f"run's last evaluation (kimg 1.28, its own noise): FD (digits-features-v1, 2048 images) " \
+           f"{last['fid']:.4f}" in table
     rows = read_scores(short_run)  # default: scores.parquet in the run folder
     assert rows["seeds"].tolist() == ["0-2047", "2048-4095", "4096-6143", "6144-8191", "8192-10239"]
     assert rows["fid_detector"].eq("digits-features-v1").all() and rows["fid_images"].eq(2048).all()
