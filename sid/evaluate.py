@@ -106,6 +106,13 @@ def check_images_fit(detector, shape: tuple[int, ...], source: str) -> None:
         raise ValueError(f"{source}: images of shape {list(shape)} (C, H, W) do not fit: {exc}") from None
 
 
+def quantized(images: Iterator[torch.Tensor], finite: list[bool]) -> Iterator[torch.Tensor]:
+    """uint8 images; finite[0] turns False if any float pixel was NaN or infinite."""
+    for x in images:
+        finite[0] = finite[0] and bool(x.isfinite().all())
+        yield quantize(x)
+
+
 def evaluate(source: str, *, detector_name: str, ref: str, images: int, repeats: int, seed_start: int = 0,
              class_idx: int | None = None, sigma_init: float | None = None, batch: int = 64, device: str = "cpu",
              progress: bool = True) -> list[dict]:
@@ -146,11 +153,12 @@ def evaluate(source: str, *, detector_name: str, ref: str, images: int, repeats:
         if net is not None:
             seeds = list(range(seed_start + r * images, seed_start + (r + 1) * images))
             label = format_seeds(seeds)
-            draw = (quantize(x) for x in generate(net, seeds, sigma_init=sigma_init, class_idx=class_idx,
-                                                  batch=batch, device=device))
+            finite = [True]
+            draw = quantized(generate(net, seeds, sigma_init=sigma_init, class_idx=class_idx, batch=batch,
+                                      device=device), finite)
         else:
             label = f"images {r * images}-{(r + 1) * images - 1}"
-            draw = stream.take(images)
+            draw, finite = stream.take(images), [True]
         probs: list[np.ndarray] | None = [] if with_is else None
 
         def counted(batches):
@@ -161,10 +169,15 @@ def evaluate(source: str, *, detector_name: str, ref: str, images: int, repeats:
         stats = feature_stats(counted(draw), detector, probabilities=probs)
         mu, sigma = stats.mean_cov()
         is_mean, is_std = inception_score(np.concatenate(probs), IS_SPLITS) if with_is else (math.nan, math.nan)
+        # As the training-time Evaluator: a non-finite image would count as black and pass a diverged generator off
+        # as a finite, merely poor, score.
+        fid = frechet_distance(mu, sigma, mu_ref, sigma_ref) if finite[0] else math.nan
+        if not finite[0]:
+            is_mean = is_std = math.nan
         rows.append(dict(source=source, kind=kind, repeat=r, seeds=label,
                          sigma_init=float(sigma_init) if net is not None else math.nan,
                          class_label=-1 if class_idx is None else class_idx,
-                         fid=frechet_distance(mu, sigma, mu_ref, sigma_ref), fid_detector=detector.name,
+                         fid=fid, fid_detector=detector.name,
                          fid_images=stats.num_items, fid_ref=ref, is_mean=is_mean, is_std=is_std,
                          written_at=now_utc()))
     bar.close()

@@ -234,3 +234,15 @@ def test_bad_generator_settings_exit_2_and_write_nothing(short_run, capsys, tmp_
         eval_cli.main([str(short_run), *args, "--out", str(tmp_path / "s.parquet")])
     assert exit_info.value.code == 2 and match in capsys.readouterr().err.strip().splitlines()[-1]
     assert not (tmp_path / "s.parquet").exists()
+
+
+def test_a_generator_with_non_finite_images_scores_nan_not_the_fd_of_black_images(tmp_path):
+    from sid.teachers import load_teacher
+
+    net = load_teacher("digits")
+    with torch.no_grad():
+        next(net.parameters()).fill_(float("nan"))
+    torch.save(dict(init_kwargs=net.init_kwargs, state_dict=net.state_dict()), tmp_path / "nan.pt")
+    rows = eval_cli.evaluate(str(tmp_path / "nan.pt"), detector_name="digits-features-v1", ref="digits", images=8,
+                             repeats=1, progress=False)
+    assert np.isnan(rows[0]["fid"]) and rows[0]["fid_images"] == 8
