@@ -181,6 +181,13 @@ def test_class_beyond_the_label_dimension_is_refused(tmp_path, capsys):
 
 
 def test_sid_console_script_dispatches_to_the_commands(tmp_path, digits):
+    import tomllib
+
+    from shared_helpers import ROOT
+    from sid.commands import COMMANDS
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"sid": "sid.commands:main"} and set(COMMANDS) == {"distill", "generate", "evaluate", "export"}
     torch.save(snapshot(digits), tmp_path / "g.pt")
     code = "from sid.commands import main; main()"
     done = subprocess.run([sys.executable, "-c", code, "generate", "--network", str(tmp_path / "g.pt"), "--seeds",
