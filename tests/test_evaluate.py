@@ -246,3 +246,13 @@ def test_a_generator_with_non_finite_images_scores_nan_not_the_fd_of_black_image
     rows = eval_cli.evaluate(str(tmp_path / "nan.pt"), detector_name="digits-features-v1", ref="digits", images=8,
                              repeats=1, progress=False)
     assert np.isnan(rows[0]["fid"]) and rows[0]["fid_images"] == 8
+
+
+def test_a_distillation_started_from_the_run_begins_where_the_run_ended(short_run, tmp_path):
+    """--init-generator: at kimg 0 the new run's G_ema is the old run's generator; same run seed, same eval noise."""
+    config = preset("digits", duration_kimg=0.128, eval_every_kimg=0.128, init_generator=str(short_run))
+    run_local(config, tmp_path / "more", device=torch.device("cpu"), resume=False, progress=False)
+    source = read_evaluations(short_run)  # the folder resolves to best.pt (lowest FD), else generator.pt (last)
+    want = source.loc[source["fid"].idxmin()] if (short_run / "best.pt").exists() else source.iloc[-1]
+    first = read_evaluations(tmp_path / "more").iloc[0]
+    assert first["kimg"] == 0 and first["fid"] == pytest.approx(want["fid"], rel=1e-9)
