@@ -88,7 +88,13 @@ class Distiller:
         self.teacher = rebuild(teacher, use_fp16=use_fp16).to(self.device).eval().requires_grad_(False)
         student = teacher if student is None else student
         self.fake_score = rebuild(student, **student_kwargs({}, config)).to(self.device)
-        self.generator = rebuild(student, **student_kwargs({}, config)).to(self.device)
+        init = student
+        if config.init_generator:  # e.g. a released SiD generator; the fake score still starts from `student`
+            from sid.generators import check_same_architecture, load_generator
+
+            init = load_generator(config.init_generator)[0]
+            check_same_architecture(init, teacher, f"init_generator {config.init_generator}")
+        self.generator = rebuild(init, **student_kwargs({}, config)).to(self.device)
         self.generator_ema = copy.deepcopy(self.generator).eval().requires_grad_(False)
         for net in (self.teacher, self.fake_score, self.generator, self.generator_ema):
             fast.prepare_network(net, memory_format=config.memory_format, compile=config.compile)

@@ -136,6 +136,7 @@ class Detector(Protocol):
     feature_dim: int   # D of the features and of the reference statistics
 
     def __call__(self, images: Tensor) -> Tensor: ...   # uint8 [N, C, H, W] -> float [N, D]
+    # Optional: `probabilities(images) -> [N, classes]` (softmax), which makes sid evaluate report an Inception Score.
 
 
 class InceptionDetector:
@@ -165,6 +166,13 @@ class InceptionDetector:
                              f"({images.shape[0]}, {self.feature_dim})")
         return features
 
+    @torch.no_grad()
+    def probabilities(self, images: Tensor) -> Tensor:
+        """Softmax class probabilities [N, 1008] without the output bias, as StyleGAN3's Inception Score."""
+        if images.shape[1] == 1:
+            images = images.repeat(1, 3, 1, 1)
+        return self.net(images.to(self.device), no_output_bias=True)
+
 
 _DETECTORS: dict[str, Callable[[torch.device], Detector]] = {}
 
@@ -192,31 +200,68 @@ register_detector(DIGITS_FEATURES, _digits_detector)
 
 # ---------------------------------------------------------------------------------------------- evaluation
 @torch.no_grad()
+def feature_stats(images: Iterable[Tensor], detector: Detector, *,
+                  probabilities: list[np.ndarray] | None = None) -> FeatureStats:
+    """FeatureStats of the detector features of uint8 NCHW batches: the one accumulation behind every FD here.
+    With a `probabilities` list (Inception Score), each batch's class probabilities are appended to it too."""
+    stats = FeatureStats()
+    for batch in images:
+        stats.update(detector(batch))
+        if probabilities is not None:
+            probabilities.append(detector.probabilities(batch).detach().float().cpu().numpy())
+    return stats
+
+
+@torch.no_grad()
 def compute_fd(generate: Callable[[int, int], Tensor], num_images: int, detector: Detector, ref_mu, ref_sigma, *,
                batch_size: int = 256) -> float:
     """Frechet distance of `num_images` generated images to (ref_mu, ref_sigma). `generate(batch_index, n)` returns
     n float images in [-1, 1], NCHW; the last batch is short when batch_size does not divide num_images."""
     if num_images < 2 or batch_size < 1:
         raise ValueError(f"compute_fd needs num_images >= 2 and batch_size >= 1, got {num_images} and {batch_size}")
-    stats = FeatureStats()
-    for index in range(math.ceil(num_images / batch_size)):
-        n = min(batch_size, num_images - index * batch_size)
-        images = generate(index, n)
-        if images.ndim != 4 or images.shape[0] != n:
-            raise ValueError(f"generate({index}, {n}) must return {n} images [N, C, H, W], got {tuple(images.shape)}")
-        stats.update(detector(quantize(images)))
-    mu, sigma = stats.mean_cov()
+
+    def batches() -> Iterator[Tensor]:
+        for index in range(math.ceil(num_images / batch_size)):
+            n = min(batch_size, num_images - index * batch_size)
+            images = generate(index, n)
+            if images.ndim != 4 or images.shape[0] != n:
+                raise ValueError(f"generate({index}, {n}) must return {n} images [N, C, H, W], "
+                                 f"got {tuple(images.shape)}")
+            yield quantize(images)
+
+    mu, sigma = feature_stats(batches(), detector).mean_cov()
     return frechet_distance(mu, sigma, ref_mu, ref_sigma)
+
+
+def inception_score(probabilities: np.ndarray, splits: int = 10) -> tuple[float, float]:
+    """(mean, std) over `splits` equal consecutive parts of exp(mean_i KL(p(y|x_i) || p(y))), p(y) the part's mean:
+    StyleGAN3's is50k (float64 here; std over splits with ddof 0, as there)."""
+    p = _f64(probabilities)
+    if p.ndim != 2 or p.shape[0] < splits or splits < 1:
+        raise ValueError(f"inception_score expects probabilities [N >= splits, classes] and splits >= 1, "
+                         f"got {p.shape} and {splits}")
+    scores = []
+    for i in range(splits):
+        part = p[i * len(p) // splits: (i + 1) * len(p) // splits]
+        with np.errstate(divide="ignore", invalid="ignore"):  # 0 * log 0 = 0
+            kl = np.where(part > 0, part * (np.log(part) - np.log(part.mean(axis=0, keepdims=True))), 0.0)
+        scores.append(np.exp(kl.sum(axis=1).mean()))
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+def check_reference(detector: Detector, ref_mu, ref_name: str) -> None:
+    """ValueError naming both when the reference statistics were not made with this detector's feature width."""
+    dim = np.shape(ref_mu)[0]
+    if dim != detector.feature_dim:
+        raise ValueError(f"reference {ref_name} has {dim}-d statistics but detector {detector.name} gives "
+                         f"{detector.feature_dim}-d features: use reference statistics of {detector.name}")
 
 
 @torch.no_grad()
 def reference_stats_for_images(images: Iterable[Tensor], detector: Detector, *,
                                unbiased: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(mu, sigma) of the detector features of uint8 NCHW batches; unbiased /(N-1) like EDM's fid-refs files."""
-    stats = FeatureStats()
-    for batch in images:
-        stats.update(detector(batch))
-    return stats.mean_cov(unbiased=unbiased)
+    return feature_stats(images, detector).mean_cov(unbiased=unbiased)
 
 
 def _encoded_images(source: Path) -> Iterator[tuple[str, Path | io.BytesIO]]:

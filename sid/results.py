@@ -75,6 +75,25 @@ TRIAL_SCHEMA = pa.schema([
 ])
 
 
+SCORES_FILE = "scores.parquet"  # written by `sid evaluate`; not an evaluations file
+
+SCORE_SCHEMA = pa.schema([
+    ("source", pa.string()),           # what was scored: run folder, snapshot, .pkl, image folder or .npz, as given
+    ("kind", pa.string()),             # 'generator' | 'folder' | 'npz'
+    ("repeat", pa.int64()),            # index of the independent draw, 0..repeats-1
+    ("seeds", pa.string()),            # seeds of a generator draw ('0-49999'); image range of a file ('images 0-49999')
+    ("sigma_init", pa.float64()),      # generator input noise level (NaN for image files)
+    ("class_label", pa.int64()),       # --class, or -1 for random classes / unconditional / image files
+    ("fid", pa.float64()),             # Frechet distance of this draw (an FID only on inception-2015-12-05 features)
+    ("fid_detector", pa.string()),     # feature network, as in evaluation rows
+    ("fid_images", pa.int64()),        # images in this draw, as in evaluation rows
+    ("fid_ref", pa.string()),          # reference statistics: 'digits', 'edm:<name>', .npz path or URL
+    ("is_mean", pa.float64()),         # Inception Score, mean over 10 splits of this draw (NaN without Inception)
+    ("is_std", pa.float64()),          # its std over the splits
+    ("written_at", pa.timestamp("us", tz="UTC")),
+])
+
+
 def now_utc() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -142,6 +161,20 @@ def upsert_evaluations(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]
     return merged
 
 
+def append_scores(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Add `sid evaluate` rows to the scores file at `path` (created if missing); return all its rows."""
+    new = pd.DataFrame(list(rows))
+    old = read_parquet(path, SCORE_SCHEMA) if Path(path).exists() else None
+    merged = new if old is None or old.empty else pd.concat([old[SCORE_SCHEMA.names], new], ignore_index=True)
+    write_atomic(_table(merged, SCORE_SCHEMA), path)
+    return merged
+
+
+def read_scores(*paths: str | os.PathLike) -> pd.DataFrame:
+    """All `sid evaluate` rows under the given folders / files."""
+    return _read_many(_files(paths, SCORES_FILE), SCORE_SCHEMA)
+
+
 def write_trials(path: str | os.PathLike, rows: pd.DataFrame | Iterable[Mapping[str, Any]]) -> Path:
     return write_atomic(_table(rows, TRIAL_SCHEMA), path)
 
@@ -192,7 +225,7 @@ def _read_many(files: list[Path], schema: pa.Schema) -> pd.DataFrame:
 def read_evaluations(*paths: str | os.PathLike) -> pd.DataFrame:
     """All evaluation rows under the given study folders / run folders / files; unreadable files are skipped
     with a warning that names them."""
-    files = [f for f in _files(paths, "*.parquet") if f.name != "trials.parquet"]
+    files = [f for f in _files(paths, "*.parquet") if f.name not in ("trials.parquet", SCORES_FILE)]
     return _read_many(files, EVALUATION_SCHEMA)
 
 

@@ -37,6 +37,8 @@ SNAPSHOTS = "snapshots"
 BEST = "best.pt"
 # Config fields a resumed run may change: they do not shape the numbers of the evaluations already made.
 RESUMABLE_CHANGES = ("duration_kimg", "keep_snapshots")
+# Fields added after the first checkpoints were written, with the value those runs had.
+LATER_FIELDS = {"init_generator": "", "eval_schedule": "every"}
 
 AfterEvaluation = Callable[[dict[str, Any], Distiller, float], None]  # (row, distiller, best fid so far) on every rank
 
@@ -129,7 +131,7 @@ def load_checkpoint(path: Path, config: DistillConfig) -> dict:
 
     state = load_plain(path, "training checkpoint of this project")
     try:
-        saved = {**state["config"], **{k: getattr(config, k) for k in RESUMABLE_CHANGES}}
+        saved = {**LATER_FIELDS, **state["config"], **{k: getattr(config, k) for k in RESUMABLE_CHANGES}}
     except (KeyError, TypeError) as exc:
         raise ValueError(f"{path}: not a training checkpoint of this project (no config: {exc!r})") from exc
     if saved != config.to_dict():

@@ -24,6 +24,9 @@ UNCONSTRAINED = {"preset", "alpha"}  # preset is --preset (below); any finite al
 OUT_OF_RANGE = {
     "teacher": [("", "must name a teacher"), ("missing.pt", "missing.pt: no such network file"),
                 ("missing.pkl", "no such file: 'missing.pkl'"), ("ftp://host/t.pkl", "unsupported URL scheme")],
+    "init_generator": [("missing.pt", "missing.pt: no such generator file"), ("nowhere", "nowhere: no such file or "
+                       "folder; expected a run folder"), ("HELD", "HELD: a folder but not a run folder"),
+                       ("FILE", "expected an EDM/SiD network-snapshot .pkl")],
     "tmax": [("0", "must be in 1..1000"), ("1001", "must be in 1..1000")],
     "sigma_init": [("0", "must be > 0"), ("-2.5", "must be > 0")],
     "ls": [("0", "must be > 0")],

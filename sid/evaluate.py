@@ -1,0 +1,298 @@
+"""Score a generator, an image folder or an npz the way the paper reports it: Frechet distance over independent draws.
+
+    sid evaluate runs/digits --repeats 5                 # 5 draws of fid_images images, seeds 0.., mean +- std
+    sid evaluate out.npz --preset cifar10-uncond --images 50000
+
+Every draw goes through the same sid.metrics code as the training-time evaluations (quantize, FeatureStats with the
+biased /N covariance, frechet_distance), so a run's evaluations and `sid evaluate` agree up to the choice of images.
+Draw r of a generator uses seeds seed_start + r*N .. seed_start + (r+1)*N - 1 (the images `sid generate` writes for
+those seeds); draw r of a folder or npz uses its images r*N .. (r+1)*N - 1 in sorted order. With an Inception detector
+the Inception Score (10 splits, as StyleGAN3's is50k) of each draw is reported too. Rows go to a Parquet scores file
+(sid.results.SCORE_SCHEMA) and a table is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from sid.assets import AssetError
+from sid.config import INCEPTION
+from sid.generators import (DEFAULT_SIGMA_INIT, MAX_SEED, RUN_FILES, check_class, devices_for, format_seeds,
+                            generate, load_generator)
+from sid.metrics import (check_reference, feature_stats, frechet_distance, get_detector, inception_score,
+                         iter_image_batches, quantize)
+from sid.results import SCORES_FILE, append_scores, now_utc
+
+IS_SPLITS = 10
+
+
+def score_label(detector: str, images: int) -> str:
+    """'FID (inception-2015-12-05, 50000 images)' or 'FD (digits-features-v1, 2048 images)'."""
+    return f"{'FID' if detector == INCEPTION else 'FD'} ({detector}, {images} images)"
+
+
+def source_kind(source: str) -> str:
+    """'npz', 'folder' (images) or 'generator' (anything load_generator resolves)."""
+    path = Path(source)
+    if source.endswith(".npz"):
+        return "npz"
+    if path.is_dir() and not any((path / name).is_file() for name in RUN_FILES):
+        return "folder"
+    return "generator"
+
+
+def load_npz(path: str) -> np.ndarray:
+    """arr_0 of an npz as uint8 [N, H, W, C] (the layout sid generate, ADM's evaluator and clean-fid use)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "arr_0" not in data:
+                raise ValueError(f"{path}: expected an npz with arr_0 (uint8 [N, H, W, C]), found {sorted(data)}")
+            arr = data["arr_0"]
+    except (OSError, EOFError) as exc:
+        raise ValueError(f"{path}: not a readable npz ({exc})") from exc
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[3] not in (1, 3):
+        raise ValueError(f"{path}: expected arr_0 as uint8 [N, H, W, C] with C 1 or 3, got {arr.dtype} {arr.shape}")
+    return arr
+
+
+def file_batches(source: str, kind: str, batch: int) -> Iterator[torch.Tensor]:
+    """uint8 NCHW batches of an npz's or folder's images, in order."""
+    if kind == "npz":
+        arr = load_npz(source)
+        for start in range(0, len(arr), batch):
+            yield torch.from_numpy(arr[start:start + batch]).permute(0, 3, 1, 2).contiguous()
+    else:
+        yield from iter_image_batches(source, batch)
+
+
+class Rebatcher:
+    """Consecutive draws of n images from one stream of batches (a batch may straddle two draws)."""
+
+    def __init__(self, batches: Iterator[torch.Tensor]) -> None:
+        self.batches, self.rest = batches, None
+
+    def take(self, n: int) -> Iterator[torch.Tensor]:
+        left = n
+        while left > 0:
+            batch = self.rest if self.rest is not None else next(self.batches)
+            head, self.rest = batch[:left], (batch[left:] if len(batch) > left else None)
+            left -= len(head)
+            yield head
+
+
+def count_images(source: str, kind: str) -> tuple[int, tuple[int, ...]]:
+    """(number of images, shape [C, H, W] of the first) of an npz or folder."""
+    if kind == "npz":
+        arr = load_npz(source)
+        return len(arr), (arr.shape[3], arr.shape[1], arr.shape[2])
+    first = next(iter_image_batches(source, 1))
+    from sid.metrics import _encoded_images
+
+    return sum(1 for _ in _encoded_images(Path(source))), tuple(first.shape[1:])
+
+
+def check_images_fit(detector, shape: tuple[int, ...], source: str) -> None:
+    """One probe image through the detector, so a wrong size or channel count stops before any work."""
+    try:
+        detector(torch.zeros((2, *shape), dtype=torch.uint8))
+    except ValueError as exc:
+        raise ValueError(f"{source}: images of shape {list(shape)} (C, H, W) do not fit: {exc}") from None
+
+
+def quantized(images: Iterator[torch.Tensor], finite: list[bool]) -> Iterator[torch.Tensor]:
+    """uint8 images; finite[0] turns False if any float pixel was NaN or infinite."""
+    for x in images:
+        finite[0] = finite[0] and bool(x.isfinite().all())
+        yield quantize(x)
+
+
+def evaluate(source: str, *, detector_name: str, ref: str, images: int, repeats: int, seed_start: int = 0,
+             class_idx: int | None = None, sigma_init: float | None = None, batch: int = 64, device: str = "cpu",
+             progress: bool = True) -> list[dict]:
+    """One score row per draw (sid.results.SCORE_SCHEMA). ValueError for every bad input, before any work."""
+    from sid.teachers import load_reference
+
+    if images < 2 or repeats < 1:
+        raise ValueError(f"--images must be >= 2 and --repeats >= 1, got {images} and {repeats}")
+    if sigma_init is not None and not sigma_init > 0:
+        raise ValueError(f"--sigma-init: expected a number > 0, got {sigma_init}")
+    kind = source_kind(source)
+    detector = get_detector(detector_name, device)
+    mu_ref, sigma_ref = load_reference(ref)
+    check_reference(detector, mu_ref, ref)
+    net = None
+    if kind == "generator":
+        last = seed_start + images * repeats - 1
+        if seed_start < 0 or last > MAX_SEED:
+            raise ValueError(f"--seed-start: expected seeds within 0-{MAX_SEED}, got {seed_start}-{last}")
+        net, info = load_generator(source)
+        check_class(net, class_idx)
+        sigma_init = sigma_init or info["sigma_init"] or DEFAULT_SIGMA_INIT
+        shape = (net.img_channels, net.img_resolution, net.img_resolution)
+    else:
+        if class_idx is not None or sigma_init is not None:
+            raise ValueError(f"--class and --sigma-init apply to generators, not to the images of {source}")
+        available, shape = count_images(source, kind)
+        if available < images * repeats:
+            raise ValueError(f"{source}: expected at least {images * repeats} images ({repeats} draws of {images}), "
+                             f"found {available}")
+        stream = Rebatcher(file_batches(source, kind, batch))
+    check_images_fit(detector, shape, source)
+    with_is = hasattr(detector, "probabilities")
+    rows = []
+    bar = tqdm(total=images * repeats, unit="img", disable=not progress, file=sys.stdout, dynamic_ncols=True,
+               desc=f"evaluate {detector.name}")
+    for r in range(repeats):
+        if net is not None:
+            seeds = list(range(seed_start + r * images, seed_start + (r + 1) * images))
+            label = format_seeds(seeds)
+            finite = [True]
+            draw = quantized(generate(net, seeds, sigma_init=sigma_init, class_idx=class_idx, batch=batch,
+                                      device=device), finite)
+        else:
+            label = f"images {r * images}-{(r + 1) * images - 1}"
+            draw, finite = stream.take(images), [True]
+        probs: list[np.ndarray] | None = [] if with_is else None
+
+        def counted(batches):
+            for b in batches:
+                bar.update(len(b))
+                yield b
+
+        stats = feature_stats(counted(draw), detector, probabilities=probs)
+        mu, sigma = stats.mean_cov()
+        is_mean, is_std = inception_score(np.concatenate(probs), IS_SPLITS) if with_is else (math.nan, math.nan)
+        # As the training-time Evaluator: a non-finite image would count as black and pass a diverged generator off
+        # as a finite, merely poor, score.
+        fid = frechet_distance(mu, sigma, mu_ref, sigma_ref) if finite[0] else math.nan
+        if not finite[0]:
+            is_mean = is_std = math.nan
+        rows.append(dict(source=source, kind=kind, repeat=r, seeds=label,
+                         sigma_init=float(sigma_init) if net is not None else math.nan,
+                         class_label=-1 if class_idx is None else class_idx,
+                         fid=fid, fid_detector=detector.name,
+                         fid_images=stats.num_items, fid_ref=ref, is_mean=is_mean, is_std=is_std,
+                         written_at=now_utc()))
+    bar.close()
+    return rows
+
+
+def summary(rows: list[dict]) -> str:
+    """The table: one line per draw, then mean +- std (sample std, ddof 1) over the draws."""
+    label = score_label(rows[0]["fid_detector"], rows[0]["fid_images"])
+    with_is = not math.isnan(rows[0]["is_mean"])
+    width = max(len(r["seeds"]) for r in rows + [dict(seeds="seeds")])
+    lines = [f"{rows[0]['source']} ({rows[0]['kind']}) vs reference {rows[0]['fid_ref']}",
+             f"{'draw':>4}  {'seeds':<{width}}  {label:>40}" + ("  IS (10 splits)" if with_is else "")]
+    for r in rows:
+        lines.append(f"{r['repeat']:>4}  {r['seeds']:<{width}}  {r['fid']:>40.4f}"
+                     + (f"  {r['is_mean']:.3f} +- {r['is_std']:.3f}" if with_is else ""))
+    fds = np.array([r["fid"] for r in rows])
+    if len(fds) > 1:
+        lines.append(f"{label}: {fds.mean():.4f} +- {fds.std(ddof=1):.4f} (mean +- std over {len(fds)} draws)")
+    else:
+        lines.append(f"{label}: {fds[0]:.4f} (one draw; --repeats R for mean +- std)")
+    if with_is:
+        lines.append(f"IS: {np.mean([r['is_mean'] for r in rows]):.3f} (mean of the draws' 10-split means)")
+    return "\n".join(lines)
+
+
+def training_values(source: str) -> str | None:
+    """For a run folder: its own last and best evaluations, measured on other noise (so equal within the spread)."""
+    from sid.results import read_parquet
+
+    path = Path(source) / "evaluations.parquet"
+    if not path.is_file():
+        return None
+    rows = read_parquet(path)
+    rows = rows[rows["status"].eq("ok") & rows["fid"].notna()].sort_values("kimg")
+    if rows.empty:
+        return None
+    last, best = rows.iloc[-1], rows.loc[rows["fid"].idxmin()]
+    return "\n".join(f"run's {what} evaluation (kimg {r['kimg']:g}, its own noise): "
+                     f"{score_label(r['fid_detector'], int(r['fid_images']))} {r['fid']:.4f}"
+                     for what, r in (("last", last), ("best", best)))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from sid.config import DETECTORS, PRESETS
+
+    parser = argparse.ArgumentParser(prog="sid evaluate", description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    parser.add_argument("source", help="run folder, snapshot .pt, export .safetensors, SiD/EDM .pkl (path or URL), "
+                                       "'digits'/'edm:<name>', a folder of PNG/JPEG images, or an npz (arr_0)")
+    parser.add_argument("--preset", default=None, choices=list(PRESETS), metavar="NAME",
+                        help="detector, reference and image count of this preset (default: the run's, else digits)")
+    parser.add_argument("--detector", default=None, help=f"feature network: {', '.join(DETECTORS)} or registered")
+    parser.add_argument("--ref", default=None, help="reference statistics: 'digits', 'edm:<name>', .npz path or URL")
+    parser.add_argument("--images", type=int, default=None, help="images per draw (default: the preset's fid_images)")
+    parser.add_argument("--repeats", type=int, default=1, help="independent draws (disjoint seeds or images)")
+    parser.add_argument("--seed-start", type=int, default=0, help="first seed of draw 0 (generators)")
+    parser.add_argument("--class", dest="class_idx", type=int, default=None,
+                        help="class of every image (conditional generators; default: a random class per seed)")
+    parser.add_argument("--sigma-init", type=float, default=None,
+                        help=f"generator input noise level (default: the run's, else {DEFAULT_SIGMA_INIT})")
+    parser.add_argument("--batch", type=int, default=64, help="images per generator/detector call")
+    parser.add_argument("--device", default="auto", help="torch device: auto (cuda if present), cpu, cuda, cuda:N")
+    parser.add_argument("--out", default=None, help=f"scores Parquet file to add the rows to (default: {SCORES_FILE}"
+                                                    " in the run folder when SOURCE is one, else here)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def settings(args: argparse.Namespace) -> dict:
+    """Detector, reference and images per draw: flags, else --preset, else the run's config, else digits."""
+    from sid.config import PRESETS
+
+    config = {}
+    own = Path(args.source).is_dir() or args.source.endswith((".pt", ".safetensors", ".json"))
+    if source_kind(args.source) == "generator" and args.preset is None and own and Path(args.source).exists():
+        config = load_generator(args.source)[1].get("config") or {}
+    base = dict(PRESETS.get(args.preset or config.get("preset") or "digits", PRESETS["digits"]))
+    if args.preset is None:  # the run's own choices over its preset's
+        base.update({k: config[k] for k in ("fid_detector", "fid_ref", "fid_images") if config.get(k)})
+    return dict(detector_name=args.detector or base["fid_detector"], ref=args.ref or base["fid_ref"],
+                images=args.images or base["fid_images"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.batch < 1:
+        parser.error(f"--batch: expected >= 1, got {args.batch}")
+    source = Path(args.source)
+    out = Path(args.out) if args.out else (source if source_kind(args.source) == "generator" and source.is_dir()
+                                           else Path(".")) / SCORES_FILE
+    try:
+        devices = devices_for(args.device)[:1] if args.device == "auto" else devices_for(args.device)
+        if len(devices) != 1:
+            raise ValueError(f"--device: expected one device (cpu, cuda or cuda:N), got {args.device!r}")
+    except ValueError as exc:
+        parser.error(str(exc))
+    if devices[0] == "cpu":
+        torch.set_flush_denormal(True)  # as in training: denormals made CPU networks up to 10x slower
+    try:
+        rows = evaluate(args.source, **settings(args), repeats=args.repeats, seed_start=args.seed_start,
+                        class_idx=args.class_idx, sigma_init=args.sigma_init, batch=args.batch, device=devices[0],
+                        progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as exc:
+        parser.error(str(exc))
+    except (OSError, AssetError) as exc:  # a download failed: not the input's fault
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    append_scores(out, rows)
+    print(summary(rows))
+    if source_kind(args.source) == "generator" and (own := training_values(args.source)):
+        print(own)
+    print(f"rows added to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,258 @@
+"""`sid evaluate`: FD and IS against independent float64 computations (scipy), draws, rows, bad input, and the issue's
+end-to-end check on a real short digits run."""
+
+import warnings
+
+import numpy as np
+import PIL.Image
+import pytest
+import scipy.linalg
+import scipy.stats
+import torch
+
+from sid import evaluate as eval_cli
+from sid import generate as gen_cli
+from sid import metrics
+from sid.config import INCEPTION, preset
+from sid.metrics import InceptionDetector, inception_score, save_reference_stats
+from sid.results import SCORE_SCHEMA, read_evaluations, read_scores
+from sid.run import run_local
+
+W_FEATURES = torch.randn(16, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+W_CLASSES = torch.randn(16, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+
+class StandIn(torch.nn.Module):
+    """A small deterministic detector for 4x4 gray images: 12 features and 5-class probabilities, both linear in the
+    pixels, so every statistic can be recomputed independently in float64 numpy."""
+
+    name, feature_dim = "standin-v1", 12
+
+    def forward(self, images):
+        if images.dtype != torch.uint8 or images.shape[1:] != (1, 4, 4):
+            raise ValueError(f"{self.name} expects uint8 images [N, 1, 4, 4], got {tuple(images.shape)}")
+        return images.flatten(1).double() / 255 @ W_FEATURES
+
+    def probabilities(self, images):
+        return torch.softmax(images.flatten(1).double() / 64 @ W_CLASSES, dim=1)
+
+
+@pytest.fixture
+def standin(monkeypatch):
+    monkeypatch.setitem(metrics._DETECTORS, "standin-v1", lambda device: StandIn())
+
+
+def scipy_fd(mu1, s1, mu2, s2) -> float:
+    """EDM's calculate_fid_from_inception_stats, float64."""
+    return float(np.real(np.square(mu1 - mu2).sum() + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2))))
+
+
+def scipy_is(p, splits):
+    """exp(mean KL(p(y|x) || p(y))) per split via scipy.stats.entropy; mean and (ddof 0) std over the splits,
+    split i being rows i*N//splits .. (i+1)*N//splits - 1 as in StyleGAN3's inception_score.py."""
+    scores = []
+    for part in (p[i * len(p) // splits: (i + 1) * len(p) // splits] for i in range(splits)):
+        py = part.mean(axis=0)
+        scores.append(np.exp(np.mean([scipy.stats.entropy(row, py) for row in part])))
+    return np.mean(scores), np.std(scores)
+
+
+@pytest.mark.parametrize("n, splits", [(100, 10), (103, 10), (37, 3)])
+def test_inception_score_matches_scipy_entropy(n, splits):
+    p = np.random.default_rng(n).dirichlet(np.full(7, 0.3), size=n)
+    got = inception_score(p, splits)
+    assert got == pytest.approx(scipy_is(p, splits), rel=1e-12)
+
+
+def test_inception_score_closed_forms():
+    one_hot = np.eye(4)[np.arange(40) % 4]
+    assert inception_score(one_hot, 10) == pytest.approx((4.0, 0.0))        # 4 sure, equally frequent classes
+    assert inception_score(np.full((40, 4), 0.25), 10) == pytest.approx((1.0, 0.0))  # no class information
+    with pytest.raises(ValueError, match="splits"):
+        inception_score(one_hot[:5], 10)
+
+
+def write_npz(path, arr):
+    np.savez(path, arr_0=arr)
+    return str(path)
+
+
+def test_evaluate_npz_draws_match_scipy_fd_and_is(tmp_path, standin, capsys):
+    rng = np.random.default_rng(2)
+    arr = rng.integers(0, 256, (50, 4, 4, 1), dtype=np.uint8)
+    mu_ref, a = rng.standard_normal(12), rng.standard_normal((12, 30))
+    save_reference_stats(tmp_path / "ref.npz", mu_ref, a @ a.T / 30)
+    eval_cli.main([write_npz(tmp_path / "x.npz", arr), "--detector", "standin-v1", "--ref", str(tmp_path / "ref.npz"),
+                   "--images", "20", "--repeats", "2", "--batch", "7", "--out", str(tmp_path / "s.parquet"),
+                   "--no-progress"])
+    rows = read_scores(tmp_path / "s.parquet")
+    assert list(rows.columns) == SCORE_SCHEMA.names and rows["repeat"].tolist() == [0, 1]
+    assert rows["seeds"].tolist() == ["images 0-19", "images 20-39"] and rows["fid_images"].eq(20).all()
+    pixels = arr.reshape(50, 16).astype(np.float64)
+    for r, row in rows.iterrows():
+        part = pixels[20 * r: 20 * (r + 1)]
+        feats = part / 255 @ W_FEATURES.numpy()
+        want = scipy_fd(feats.mean(0), np.cov(feats, rowvar=False, bias=True), mu_ref, a @ a.T / 30)
+        assert row["fid"] == pytest.approx(want, rel=1e-9)
+        logits = part / 64 @ W_CLASSES.numpy()
+        probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        assert (row["is_mean"], row["is_std"]) == pytest.approx(scipy_is(probs, 10), rel=1e-6)
+    out = capsys.readouterr().out
+    assert "FD (standin-v1, 20 images)" in out and "mean +- std over 2 draws" in out and "IS (10 splits)" in out
+
+
+class TinyInception(torch.nn.Module):
+    """NVIDIA's Inception call signature: features with return_features, else softmax (optionally without bias)."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(3)
+        self.proj = torch.nn.Parameter(torch.randn(3, 2048, generator=g))
+        self.out = torch.nn.Parameter(torch.randn(2048, 1008, generator=g) / 10)
+        self.bias = torch.nn.Parameter(torch.full((1008,), 100.0))
+
+    def forward(self, img: torch.Tensor, return_features: bool = False, no_output_bias: bool = False):
+        features = (img.to(torch.float32).mean(dim=[2, 3]) / 255) @ self.proj
+        if return_features:
+            return features
+        logits = features @ self.out
+        return torch.softmax(logits if no_output_bias else logits + self.bias * torch.arange(1008) / 1008, dim=1)
+
+
+def test_inception_detector_gives_an_fid_and_an_is_without_output_bias(tmp_path, monkeypatch):
+    path = tmp_path / "inception.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(TinyInception()), str(path))
+    monkeypatch.setitem(metrics._DETECTORS, INCEPTION, lambda device: InceptionDetector(str(path), device=device))
+    arr = np.random.default_rng(4).integers(0, 256, (30, 5, 5, 3), dtype=np.uint8)
+    save_reference_stats(tmp_path / "ref.npz", np.zeros(2048), np.eye(2048))
+    rows = eval_cli.evaluate(write_npz(tmp_path / "x.npz", arr), detector_name=INCEPTION,
+                             ref=str(tmp_path / "ref.npz"), images=30, repeats=1, progress=False)
+    net = TinyInception()
+    probs = net(torch.from_numpy(arr).permute(0, 3, 1, 2), no_output_bias=True).detach().double().numpy()
+    assert (rows[0]["is_mean"], rows[0]["is_std"]) == pytest.approx(scipy_is(probs, 10), rel=1e-5)
+    assert "FID (inception-2015-12-05, 30 images)" in eval_cli.summary(rows)
+
+
+def save_pngs(folder, arr):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(arr):
+        PIL.Image.fromarray(image[:, :, 0]).save(folder / f"{i:06d}.png")
+    return str(folder)
+
+
+@pytest.mark.parametrize("case, match", [
+    ("small-folder", "images of shape [1, 4, 4] (C, H, W) do not fit: digits-features-v1 expects"),
+    ("rgb-npz", "images of shape [3, 8, 8] (C, H, W) do not fit"),
+    ("no-arr_0", "expected an npz with arr_0 (uint8 [N, H, W, C]), found ['images']"),
+    ("float-npz", "expected arr_0 as uint8 [N, H, W, C]"),
+    ("mismatch", "reference inception.npz has 2048-d statistics but detector digits-features-v1 gives 64-d"),
+    ("too-few", "expected at least 40 images (2 draws of 20), found 30"),
+    ("class", "--class and --sigma-init apply to generators"),
+    ("device", "--device: expected auto, cpu, cuda or cuda:N"),
+])
+def test_evaluate_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, case, match):
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(5)
+    digits = rng.integers(0, 256, (30, 8, 8, 1), dtype=np.uint8)
+    source = write_npz(tmp_path / "d.npz", digits)
+    argv = ["--images", "20", "--no-progress"]
+    if case == "small-folder":
+        source = save_pngs(tmp_path / "small", rng.integers(0, 256, (30, 4, 4, 1), dtype=np.uint8))
+    elif case == "rgb-npz":
+        source = write_npz(tmp_path / "rgb.npz", np.repeat(digits, 3, axis=3))
+    elif case == "no-arr_0":
+        np.savez(tmp_path / "n.npz", images=digits)
+        source = str(tmp_path / "n.npz")
+    elif case == "float-npz":
+        source = write_npz(tmp_path / "f.npz", digits.astype(np.float32))
+    elif case == "mismatch":
+        save_reference_stats(tmp_path / "inception.npz", np.zeros(2048), np.eye(2048))
+        argv += ["--ref", "inception.npz"]
+    elif case == "too-few":
+        argv += ["--repeats", "2"]
+    elif case == "class":
+        argv += ["--class", "1"]
+    elif case == "device":
+        argv += ["--device", "gpu0"]
+    with pytest.raises(SystemExit) as exit_info:
+        eval_cli.main([source, *argv])
+    assert exit_info.value.code == 2 and match in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not list(tmp_path.rglob("*.parquet"))
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    """A real default-preset digits run, shortened: 10 iterations, evaluated at kimg 0 and 1.28 on 2048 images."""
+    out = tmp_path_factory.mktemp("e2e") / "run"
+    config = preset("digits", duration_kimg=1.28, eval_every_kimg=1.28)
+    run_local(config, out, device=torch.device("cpu"), resume=False, progress=False)
+    return out
+
+
+def test_generated_files_and_repeated_draws_reproduce_the_runs_last_evaluation(short_run, tmp_path, capsys):
+    last = read_evaluations(short_run).iloc[-1]
+    assert last["fid_detector"] == "digits-features-v1" and last["fid_images"] == 2048
+    assert (short_run / "best.pt").exists() or (short_run / "generator.pt").exists()
+    gen_cli.main(["--network", str(short_run), "--seeds", "0-2047", "--outdir", str(tmp_path / "png"),
+                  "--npz", str(tmp_path / "g.npz"), "--batch", "256", "--no-progress"])
+    capsys.readouterr()
+    eval_cli.main([str(short_run), "--repeats", "5", "--batch", "256", "--no-progress"])
+    table = capsys.readouterr().out
+    assert "FD (digits-features-v1, 2048 images): " in table and "(mean +- std over 5 draws)" in table
+    assert f"run's last evaluation (kimg 1.28, its own noise): FD (digits-features-v1, 2048 images) " \
+           f"{last['fid']:.4f}" in table
+    rows = read_scores(short_run)  # default: scores.parquet in the run folder
+    assert rows["seeds"].tolist() == ["0-2047", "2048-4095", "4096-6143", "6144-8191", "8192-10239"]
+    assert rows["fid_detector"].eq("digits-features-v1").all() and rows["fid_images"].eq(2048).all()
+    assert rows["fid_ref"].eq("digits").all() and rows["sigma_init"].eq(2.5).all() and rows["is_mean"].isna().all()
+    assert len(read_evaluations(short_run)) == 2  # the scores file is not mistaken for evaluation rows
+    # The PNGs and the npz hold exactly the images of draw 0 (equal up to the detector's float32 rounding, which
+    # depends on its batch size).
+    for source in ("g.npz", "png"):
+        eval_cli.main([str(tmp_path / source), "--images", "2048", "--out", str(tmp_path / "s.parquet"),
+                       "--no-progress"])
+    files = read_scores(tmp_path / "s.parquet")
+    assert files["fid"].tolist() == pytest.approx([rows["fid"].iloc[0]] * 2, rel=1e-6)
+    # The run's own evaluation used other noise: it lies within the spread of independent draws.
+    fds = rows["fid"].to_numpy()
+    mean, std = fds.mean(), fds.std(ddof=1)
+    assert 0 < std < 0.2 * mean and abs(last["fid"] - mean) <= 4 * std, (last["fid"], fds)
+    print(f"\nrun's last FD {last['fid']:.3f}; sid evaluate 5 x 2048: {mean:.3f} +- {std:.3f} ({np.round(fds, 3)})")
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--class", "2"], "the network is unconditional (label_dim 0); leave --class out"),
+    (["--sigma-init", "0"], "--sigma-init: expected a number > 0"),
+    (["--seed-start", "4294967295", "--images", "2"], "expected seeds within 0-4294967295, got 4294967295-4294967296"),
+    (["--repeats", "0"], "--repeats >= 1"),
+])
+def test_bad_generator_settings_exit_2_and_write_nothing(short_run, capsys, tmp_path, args, match):
+    with pytest.raises(SystemExit) as exit_info:
+        eval_cli.main([str(short_run), *args, "--out", str(tmp_path / "s.parquet")])
+    assert exit_info.value.code == 2 and match in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "s.parquet").exists()
+
+
+def test_a_generator_with_non_finite_images_scores_nan_not_the_fd_of_black_images(tmp_path):
+    from sid.teachers import load_teacher
+
+    net = load_teacher("digits")
+    with torch.no_grad():
+        next(net.parameters()).fill_(float("nan"))
+    torch.save(dict(init_kwargs=net.init_kwargs, state_dict=net.state_dict()), tmp_path / "nan.pt")
+    rows = eval_cli.evaluate(str(tmp_path / "nan.pt"), detector_name="digits-features-v1", ref="digits", images=8,
+                             repeats=1, progress=False)
+    assert np.isnan(rows[0]["fid"]) and rows[0]["fid_images"] == 8
+
+
+def test_a_distillation_started_from_the_run_begins_where_the_run_ended(short_run, tmp_path):
+    """--init-generator: at kimg 0 the new run's G_ema is the old run's generator; same run seed, same eval noise."""
+    config = preset("digits", duration_kimg=0.128, eval_every_kimg=0.128, init_generator=str(short_run))
+    run_local(config, tmp_path / "more", device=torch.device("cpu"), resume=False, progress=False)
+    source = read_evaluations(short_run)  # the folder resolves to best.pt (lowest FD), else generator.pt (last)
+    want = source.loc[source["fid"].idxmin()] if (short_run / "best.pt").exists() else source.iloc[-1]
+    first = read_evaluations(tmp_path / "more").iloc[0]
+    assert first["kimg"] == 0 and first["fid"] == pytest.approx(want["fid"], rel=1e-9)
