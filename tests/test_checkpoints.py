@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from sid.checkpoints import (EDM_FID_REFS, EDM_TEACHERS, CheckpointError, fetch_fid_ref, load_edm_pickle,
-                             read_snapshot)
+from sid.assets import Asset
+from sid.checkpoints import CheckpointError, fetch_fid_ref, load_edm_pickle, read_snapshot
 from sid.networks import EDMPrecond
+from sid.teachers import EDM_FID_REFS, EDM_TEACHERS
 
 SONG = dict(img_resolution=8, img_channels=1, label_dim=0, model_type="SongUNet", model_channels=16,
             channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], dropout=0.13, augment_dim=9)
@@ -142,8 +143,8 @@ def test_overrides_replace_recorded_constructor_arguments(tmp_path, marker):
 def test_teacher_names_resolve_through_fetch_and_the_cache(tmp_path, marker, monkeypatch):
     path = dump(tmp_path / "edm-test.pkl", dict(ema=random_net(SONG)), marker)
     monkeypatch.setenv("SID_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setitem(EDM_TEACHERS, "edm:test", path.as_uri())
-    assert isinstance(load_edm_pickle("edm:test"), EDMPrecond)
+    monkeypatch.setitem(EDM_TEACHERS, "edm:test", Asset(path.as_uri(), sha256=None))
+    assert isinstance(load_edm_pickle("edm:test", registry=EDM_TEACHERS), EDMPrecond)
     assert len(list((tmp_path / "cache").glob("*-edm-test.pkl"))) == 1
     assert isinstance(load_edm_pickle(path.as_uri()), EDMPrecond)
 
@@ -153,9 +154,11 @@ def test_registered_edm_urls_follow_the_nvidia_cdn_layout():
                                  "edm:afhqv2-64"}
     assert set(EDM_FID_REFS) == {"edm:cifar10-32x32", "edm:imagenet-64x64", "edm:ffhq-64x64", "edm:afhqv2-64x64"}
     prefix = "https://nvlabs-fi-cdn.nvidia.com/edm/"
-    assert all(u.startswith(prefix + "pretrained/edm-") and u.endswith(".pkl") for u in EDM_TEACHERS.values())
-    assert EDM_FID_REFS["edm:cifar10-32x32"] == prefix + "fid-refs/cifar10-32x32.npz"
-    assert EDM_TEACHERS["edm:imagenet64-cond"].endswith("imagenet-64x64-cond-adm.pkl")
+    assert all(a.url.startswith(prefix + "pretrained/edm-") and a.url.endswith(".pkl") for a in EDM_TEACHERS.values())
+    assert EDM_FID_REFS["edm:cifar10-32x32"].url == prefix + "fid-refs/cifar10-32x32.npz"
+    assert EDM_TEACHERS["edm:imagenet64-cond"].url.endswith("imagenet-64x64-cond-adm.pkl")
+    for asset in [*EDM_TEACHERS.values(), *EDM_FID_REFS.values()]:  # pinned digests, where known, are well formed
+        assert asset.sha256 is None or (len(asset.sha256) == 64 and set(asset.sha256) <= set("0123456789abcdef"))
 
 
 def test_fid_reference_paths_and_names(tmp_path):
@@ -163,7 +166,7 @@ def test_fid_reference_paths_and_names(tmp_path):
     np.savez(stats, mu=np.zeros(2), sigma=np.eye(2))
     assert fetch_fid_ref(str(stats)) == stats
     with pytest.raises(CheckpointError, match="unknown FID reference statistics name 'edm:mnist'.*edm:cifar10-32x32"):
-        fetch_fid_ref("edm:mnist")
+        fetch_fid_ref("edm:mnist", EDM_FID_REFS)
 
 
 class Evil:
@@ -242,4 +245,4 @@ def test_bad_input_gets_one_clear_checkpoint_error(make, message, tmp_path, mark
 
 def test_unknown_teacher_name_lists_the_known_ones():
     with pytest.raises(CheckpointError, match="unknown teacher name 'edm:mnist'; known names: edm:cifar10-uncond"):
-        load_edm_pickle("edm:mnist")
+        load_edm_pickle("edm:mnist", registry=EDM_TEACHERS)
