@@ -9,6 +9,7 @@ built from the recorded constructor arguments (`_init_kwargs`, within ARCHITECTU
 with strict=True. Names such as 'edm:cifar10-uncond' resolve through a registry passed in by the caller
 (sid.teachers.EDM_TEACHERS / EDM_FID_REFS) to NVIDIA's URLs and pinned sha256 digests, fetched by sid.assets.fetch."""
 
+import reprlib
 import sys
 from pathlib import Path
 from typing import Any, Mapping
@@ -37,6 +38,10 @@ ARCHITECTURE_LIMITS = dict(
     attn_resolutions=16,      # entries
 )
 MAX_DEPTH = 32  # nesting of modules in 'ema' and of constructor arguments (EDM: about 6 and 2)
+MAX_NODES = 100_000  # modules in 'ema', values in the constructor arguments (EDM: about 500 and 30); a crafted file
+# can share one child many times at every level, which a walk would visit exponentially often
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict = 4, 60, 60, 12, 30
 
 
 def fetch_checkpoint(source: str, registry: Mapping[str, Asset | str], what: str) -> Path:
@@ -98,7 +103,7 @@ def load_edm_pickle(source: str | Path, *, registry: Mapping[str, Asset | str] |
 def _load(path: Path, overrides: Mapping[str, Any]) -> EDMPrecond:
     data = read_snapshot(path)
     if not (isinstance(data, dict) and "ema" in data):
-        found = (f"a dict with keys {sorted(str(k)[:40] for k in data)[:20]}" if isinstance(data, dict)
+        found = (f"a dict with keys {sorted(k[:60] if isinstance(k, str) else _REPR.repr(k) for k in data)[:20]}" if isinstance(data, dict)
                  else type(data).__name__)
         raise CheckpointError(f"{path}: expected an EDM/SiD network snapshot, a dict with key 'ema' (EDM also has "
                               f"loss_fn, augment_pipe, dataset_kwargs); found {found}")
@@ -121,9 +126,9 @@ def _load(path: Path, overrides: Mapping[str, Any]) -> EDMPrecond:
             net = EDMPrecond(**kwargs)
     except Exception as e:  # odd recorded values can fail anywhere in the constructor
         raise CheckpointError(f"{path}: unknown architecture: cannot build EDMPrecond from the recorded "
-                              f"arguments {kwargs}: {e}") from e
+                              f"arguments {_REPR.repr(kwargs)}: {e}".replace("\n", " ")) from e
     try:
-        weights = _flatten(ema)
+        weights = _flatten(ema, budget=[MAX_NODES])
         stored = sum(t.numel() for t in weights.values())
         wanted = sum(p.numel() for p in net.state_dict().values())
         if wanted > stored:  # before load_state_dict lists every missing key
@@ -145,8 +150,8 @@ def check_architecture(kwargs: Mapping[str, Any]) -> None:
     limits = ARCHITECTURE_LIMITS
 
     def bad(what: str, value: Any, limit: str) -> CheckpointError:
-        return CheckpointError(f"refusing to load: the recorded {what} = {str(value)[:60]} is outside the limits of "
-                               f"sid.checkpoints.ARCHITECTURE_LIMITS ({limit})")
+        return CheckpointError(f"refusing to load: the recorded {what} = {_REPR.repr(value)} is outside the limits "
+                               f"of sid.checkpoints.ARCHITECTURE_LIMITS ({limit})")
 
     def integer(name: str, low: int, high: int) -> int | None:
         value = kwargs.get(name)
@@ -173,10 +178,14 @@ def check_architecture(kwargs: Mapping[str, Any]) -> None:
         raise bad("attn_resolutions", attn, f"at most {limits['attn_resolutions']} entries")
 
 
-def _flatten(record: Record, prefix: str = "", depth: int = 0) -> dict[str, torch.Tensor]:
+def _flatten(record: Record, prefix: str = "", depth: int = 0, budget: list[int] | None = None
+             ) -> dict[str, torch.Tensor]:
     """state_dict of a tree of Records, keyed as torch names it ('model.enc.32x32_block0.conv0.weight')."""
-    if depth > MAX_DEPTH:
-        raise CheckpointError(f"malformed snapshot: modules nested deeper than {MAX_DEPTH} levels at {prefix}")
+    budget = [MAX_NODES] if budget is None else budget
+    budget[0] -= 1
+    if depth > MAX_DEPTH or budget[0] < 0:
+        raise CheckpointError(f"malformed snapshot: modules nested deeper than {MAX_DEPTH} levels or more than "
+                              f"{MAX_NODES} of them")
     state = record.state
     if not isinstance(state, Mapping):
         raise CheckpointError(f"malformed snapshot: the state of {prefix or 'ema'} is a {type(state).__name__}")
@@ -193,17 +202,21 @@ def _flatten(record: Record, prefix: str = "", depth: int = 0) -> dict[str, torc
             continue
         if not isinstance(child, Record):
             raise CheckpointError(f"malformed snapshot: module {prefix}{name} is a {type(child).__name__}")
-        out.update(_flatten(child, f"{prefix}{name}.", depth + 1))
+        out.update(_flatten(child, f"{prefix}{name}.", depth + 1, budget))
     return out
 
 
-def _plain(value: Any, depth: int = 0) -> Any:
+def _plain(value: Any, depth: int = 0, budget: list[int] | None = None) -> Any:
     """Constructor arguments as plain Python, so init_kwargs stays JSON-friendly (numpy scalars are already
     numbers: sid.safe_pickle decodes them)."""
     if depth > MAX_DEPTH:
         raise CheckpointError(f"refusing to load: constructor arguments nested deeper than {MAX_DEPTH} levels")
+    budget = [MAX_NODES] if budget is None else budget
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise CheckpointError(f"refusing to load: constructor arguments with more than {MAX_NODES} values")
     if isinstance(value, dict):
-        return {k: _plain(v, depth + 1) for k, v in value.items()}
+        return {k: _plain(v, depth + 1, budget) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(_plain(v, depth + 1) for v in value)
+        return type(value)(_plain(v, depth + 1, budget) for v in value)
     return value

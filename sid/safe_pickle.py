@@ -21,6 +21,7 @@ import collections
 import io
 import math
 import pickle
+import reprlib
 import struct
 import types
 from typing import Any, BinaryIO, Mapping
@@ -28,6 +29,7 @@ from typing import Any, BinaryIO, Mapping
 import torch
 
 MAX_DIMS = 8                  # tensor dimensions (EDM: at most 4)
+MAX_TUPLE_DEPTH = 64          # tuples in tuples (EDM: 3); hashing a deeper one overflows the C stack
 _MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER of the legacy format
 _LEGACY_PROTOCOL = 1001       # torch.serialization.PROTOCOL_VERSION
 
@@ -71,9 +73,13 @@ class _NumpyDType:
         self.endian = ">" if state[1] == ">" else "<"
 
 
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value) if not isinstance(value, (list, dict, tuple)) or len(value) < 20 else type(value).__name__
-    return text if len(text) <= limit else text[:limit] + "..."
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 60, 60
+
+
+def _short(value: Any) -> str:
+    """A bounded, one-line repr for messages (a crafted value may be nested or shared without end)."""
+    return _REPR.repr(value).replace("\n", " ")
 
 
 def _ints(value: Any, what: str) -> tuple[int, ...]:
@@ -97,6 +103,7 @@ class SnapshotUnpickler(pickle._Unpickler):
         super().__init__(_Bounded(file, limit))
         self.storage_bytes = 0   # bytes of all storages read so far
         self.tensor_bytes = 0    # bytes of all tensors built on them
+        self.tuple_depth: dict[int, tuple[tuple, int]] = {}  # id -> (the tuple, kept alive so ids stay unique; depth)
         self.allowed = _allowed_globals(self)
         self.callables = {id(f): f for f in self.allowed.values() if callable(f) and not isinstance(f, type)}
         self.callables.update({id(t): t for t in (dict, set, frozenset, collections.OrderedDict)})
@@ -171,10 +178,41 @@ class SnapshotUnpickler(pickle._Unpickler):
                                   f"(only snapshot records may have their state set)")
     dispatch[pickle.BUILD[0]] = load_build
 
+    def _tuple(self, items: tuple) -> tuple:
+        """Every tuple the pickle builds: refuse nesting deeper than MAX_TUPLE_DEPTH before anything hashes it."""
+        depth = 1
+        for item in items:
+            if isinstance(item, tuple):
+                entry = self.tuple_depth.get(id(item))
+                depth = max(depth, 1 + (entry[1] if entry is not None and entry[0] is item else 1))
+        if depth > MAX_TUPLE_DEPTH:
+            raise CheckpointError(f"refusing to load: tuples nested deeper than {MAX_TUPLE_DEPTH} levels")
+        if depth > 1:
+            self.tuple_depth[id(items)] = (items, depth)
+        return items
+
+    def load_tuple(self) -> None:
+        items = self._tuple(tuple(self.pop_mark()))  # before self.append: pop_mark rebinds it
+        self.append(items)
+    dispatch[pickle.TUPLE[0]] = load_tuple
+
+    def load_tuple1(self) -> None:
+        self.stack[-1] = self._tuple((self.stack[-1],))
+    dispatch[pickle.TUPLE1[0]] = load_tuple1
+
+    def load_tuple2(self) -> None:
+        self.stack[-2:] = [self._tuple((self.stack[-2], self.stack[-1]))]
+    dispatch[pickle.TUPLE2[0]] = load_tuple2
+
+    def load_tuple3(self) -> None:
+        self.stack[-3:] = [self._tuple((self.stack[-3], self.stack[-2], self.stack[-1]))]
+    dispatch[pickle.TUPLE3[0]] = load_tuple3
+
     def _refuse(self) -> None:
-        raise CheckpointError("refusing to load: the pickle uses an opcode (INST/OBJ/EXT) that an EDM/SiD network "
-                              "snapshot never contains")
-    for _op in (pickle.INST, pickle.OBJ, pickle.EXT1, pickle.EXT2, pickle.EXT4):
+        raise CheckpointError("refusing to load: the pickle uses an opcode (INST/OBJ/EXT, or protocol 5's "
+                              "out-of-band buffers) that an EDM/SiD network snapshot never contains")
+    for _op in (pickle.INST, pickle.OBJ, pickle.EXT1, pickle.EXT2, pickle.EXT4, pickle.BYTEARRAY8,
+                pickle.NEXT_BUFFER, pickle.READONLY_BUFFER):
         dispatch[_op[0]] = _refuse
     del _op
 

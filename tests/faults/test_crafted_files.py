@@ -171,6 +171,25 @@ def deeply_nested_arguments(tmp: Path) -> bytes:
     return ema(name("torch_utils.persistence", "_reconstruct_persistent_obj") + meta + TUPLE1 + REDUCE)
 
 
+def tuple_key_nested_10e6_deep(tmp: Path) -> bytes:
+    """(d) a dict key of 10**6 nested tuples: hashing it overflows the C stack (a segfault in naive code)."""
+    return PROTO + b"}" + b")" + TUPLE1 * 10 ** 6 + b"K\x01" + SETITEM + STOP
+
+
+def arguments_shared_without_end(tmp: Path) -> bytes:
+    """(d) constructor arguments [x, x] of [y, y] of ... 25 levels: 33 million values for a walk, from 300 bytes."""
+    level = b"q\x00" + b"0" + b"](" + b"h\x00h\x00" + b"e"   # memo[0] = top; pop; push [memo[0], memo[0]]
+    kwargs = b"}" + text("channel_mult") + b"]" + level * 25 + SETITEM
+    state = b"}(" + text("_init_args") + b")" + text("_init_kwargs") + kwargs + b"u"
+    meta = b"}(" + text("type") + text("class") + text("class_name") + text("EDMPrecond") + text("state") + state + b"u"
+    return ema(name("torch_utils.persistence", "_reconstruct_persistent_obj") + meta + TUPLE1 + REDUCE)
+
+
+def bytearray_of_2_gib(tmp: Path) -> bytes:
+    """(d) protocol 5's BYTEARRAY8 with a length of 2 GiB and no bytes behind it."""
+    return b"\x80\x05\x96" + struct.pack("<Q", 2 ** 31) + STOP
+
+
 # case -> (maker, what the one-line error must say)
 CASES = {
     "tensor from a pointer": (tensor_from_a_pointer, "storage blob names 'torch.Tensor'"),
@@ -187,6 +206,9 @@ CASES = {
     "model_channels 10**5": (architecture(model_channels=10 ** 5), "model_channels = 100000 is outside"),
     "img_resolution 65536": (architecture(img_resolution=65536), "img_resolution = 65536 is outside"),
     "deeply nested arguments": (deeply_nested_arguments, "nested deeper than 32 levels"),
+    "tuple key nested 10**6 deep": (tuple_key_nested_10e6_deep, "tuples nested deeper than 64 levels"),
+    "arguments shared without end": (arguments_shared_without_end, "with more than 100000 values"),
+    "bytearray of 2 GiB": (bytearray_of_2_gib, "an opcode .* that an EDM/SiD network snapshot never contains"),
 }
 
 CHILD = r"""
