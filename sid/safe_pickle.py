@@ -403,5 +403,8 @@ def _allowed_globals(unpickler: SnapshotUnpickler) -> dict[tuple[str, str], Any]
     }
     for name, record in _CONTAINERS.items():  # EDM's enc/dec are plain ModuleDicts
         allowed["torch.nn.modules.container", name] = record
-    allowed.update({("torch", name): value for name, value in vars(torch).items() if isinstance(value, torch.dtype)})
+    allowed.update(_TORCH_DTYPES)
     return allowed
+
+
+_TORCH_DTYPES = {("torch", name): value for name, value in vars(torch).items() if isinstance(value, torch.dtype)}
