@@ -119,7 +119,7 @@ def method_of_a_record_class(tmp: Path) -> bytes:
 
 
 def numpy_array_of_2_gib(tmp: Path) -> bytes:
-    """(d) 50 bytes that ask numpy for a 2 GiB array."""
+    """(d) 65 bytes that ask numpy for a 2 GiB array."""
     return (b"\x80\x02" + name("numpy.core.multiarray", "_reconstruct") + name("numpy", "ndarray")
             + int4(2 ** 31 - 1) + TUPLE1 + b"C\x01b" + b"\x87" + REDUCE + STOP)
 
@@ -140,7 +140,7 @@ def edm_pickle(data: dict, top_kwargs: dict | None = None) -> bytes:
 
 
 def teacher_of_635m_parameters(tmp: Path) -> bytes:
-    """(d) an ADM teacher of 666M parameters in ~60 KB: every weight a view of one stored zero (stride 0)."""
+    """(d) an ADM teacher of 666M parameters in 230 KB: every weight a view of one stored zero (stride 0)."""
     with torch.device("meta"):
         net = EDMPrecond(img_resolution=64, img_channels=3, label_dim=1000, model_type="DhariwalUNet",
                          model_channels=288, channel_mult=[1, 2, 3, 4], num_blocks=3, attn_resolutions=[32, 16, 8])
@@ -177,7 +177,7 @@ def tuple_key_nested_10e6_deep(tmp: Path) -> bytes:
 
 
 def arguments_shared_without_end(tmp: Path) -> bytes:
-    """(d) constructor arguments [x, x] of [y, y] of ... 25 levels: 33 million values for a walk, from 300 bytes."""
+    """(d) constructor arguments [x, x] of [y, y] of ... 25 levels: 33 million values for a walk, from 400 bytes."""
     level = b"q\x00" + b"0" + b"](" + b"h\x00h\x00" + b"e"   # memo[0] = top; pop; push [memo[0], memo[0]]
     kwargs = b"}" + text("channel_mult") + b"]" + level * 25 + SETITEM
     state = b"}(" + text("_init_args") + b")" + text("_init_kwargs") + kwargs + b"u"
@@ -201,7 +201,7 @@ CASES = {
     "method of a record class": (method_of_a_record_class, "sets the state of a type"),
     "numpy array of 2 GiB": (numpy_array_of_2_gib, "'numpy.core.multiarray._reconstruct'.*not on the allow-list"),
     "storage of 2 GiB": (storage_of_2_gib, "2147483648 bytes.* whose blob holds 0 bytes"),
-    "666M parameters in 60 KB": (teacher_of_635m_parameters, "zero stride"),
+    "666M parameters in 230 KB": (teacher_of_635m_parameters, "zero stride"),
     "num_blocks 10**6": (architecture(num_blocks=10 ** 6), "num_blocks = 1000000 is outside the limits"),
     "model_channels 10**5": (architecture(model_channels=10 ** 5), "model_channels = 100000 is outside"),
     "img_resolution 65536": (architecture(img_resolution=65536), "img_resolution = 65536 is outside"),
