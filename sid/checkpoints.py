@@ -83,7 +83,8 @@ def read_snapshot(path: str | Path) -> Any:
     except RecursionError:
         raise CheckpointError(f"{path}: the pickle is nested too deeply for an EDM/SiD network snapshot") from None
     except Exception as e:  # unpickling bad bytes fails with almost any exception type
-        raise CheckpointError(f"cannot unpickle {path} ({type(e).__name__}: {e}); expected an EDM/SiD "
+        cause = str(e)[:200].replace("\n", " ")
+        raise CheckpointError(f"cannot unpickle {path} ({type(e).__name__}: {cause}); expected an EDM/SiD "
                               f"network-snapshot .pkl (a truncated or corrupt download?)") from e
 
 

@@ -134,7 +134,7 @@ class SnapshotUnpickler(pickle._Unpickler):
             if isinstance(e, CheckpointError):
                 raise
             raise CheckpointError(f"malformed snapshot: {getattr(func, '__name__', func)} refused its arguments "
-                                  f"({type(e).__name__}: {e})") from None
+                                  f"({type(e).__name__}: {str(e)[:200]})".replace("\n", " ")) from None
     dispatch[pickle.REDUCE[0]] = load_reduce
 
     def _new(self, cls: Any, args: Any, kwargs: Any) -> None:
