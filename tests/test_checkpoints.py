@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from sid.assets import Asset
-from sid.checkpoints import CheckpointError, fetch_fid_ref, load_edm_pickle, read_snapshot
+from sid.checkpoints import CheckpointError, check_architecture, fetch_fid_ref, load_edm_pickle, read_snapshot
 from sid.networks import EDMPrecond
 from sid.teachers import EDM_FID_REFS, EDM_TEACHERS
 
@@ -246,3 +246,55 @@ def test_bad_input_gets_one_clear_checkpoint_error(make, message, tmp_path, mark
 def test_unknown_teacher_name_lists_the_known_ones():
     with pytest.raises(CheckpointError, match="unknown teacher name 'edm:mnist'; known names: edm:cifar10-uncond"):
         load_edm_pickle("edm:mnist", registry=EDM_TEACHERS)
+
+
+def test_plain_values_numpy_scalars_and_tensor_views_come_back_as_saved(tmp_path):
+    """What the restricted unpickler rebuilds itself: numpy scalars (as Python numbers, numpy 1 and 2 spellings),
+    tensor views with an offset and strides, parameters, torch.Size, sets, dtypes, storages of several dtypes."""
+    base = torch.arange(24, dtype=torch.float64).reshape(4, 6)
+    data = dict(f8=np.float64(0.25), f4=np.float32(1.5), i8=np.int64(-3), b1=np.bool_(True),
+                view=base[1:, 2:5].t(), half=torch.tensor([1.5, -2.0], dtype=torch.float16),
+                ints=torch.tensor([[1, 2], [3, 4]]), flags=torch.tensor([True, False]),
+                param=torch.nn.Parameter(torch.ones(2, 3), requires_grad=False), size=torch.Size([2, 3]),
+                dtype=torch.bfloat16, names={"a", "b"}, frozen=frozenset({1}), nested=[(1, (2, 3)), {"k": None}])
+    raw = pickle.dumps(data, protocol=4)
+    assert b"numpy._core.multiarray" in raw
+    for path, blob in [(tmp_path / "np2.pkl", raw), (tmp_path / "np1.pkl", raw.replace(  # as numpy 1 wrote them
+            b"\x8c\x16numpy._core.multiarray", b"\x8c\x15numpy.core.multiarray"))]:
+        path.write_bytes(blob)
+        got = read_snapshot(path)
+        assert {k: got[k] for k in ("f8", "f4", "i8", "b1")} == dict(f8=0.25, f4=1.5, i8=-3, b1=True)
+        assert type(got["f8"]) is float and type(got["i8"]) is int and type(got["b1"]) is bool
+        for key in ("view", "half", "ints", "flags", "param"):
+            assert got[key].dtype == data[key].dtype and torch.equal(got[key], data[key]), key
+        assert got["view"].stride() == data["view"].stride() and type(got["param"]) is torch.nn.Parameter
+        assert got["size"] == torch.Size([2, 3]) and got["dtype"] is torch.bfloat16
+        assert got["names"] == {"a", "b"} and got["frozen"] == frozenset({1}) and got["nested"] == data["nested"]
+
+
+DDPMPP = dict(model_type="SongUNet", model_channels=128, channel_mult_emb=4, num_blocks=4, attn_resolutions=[16],
+              augment_dim=9, img_channels=3)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(DDPMPP, img_resolution=32, label_dim=0, channel_mult=[2, 2, 2]),          # edm:cifar10-uncond
+    dict(DDPMPP, img_resolution=32, label_dim=10, channel_mult=[2, 2, 2]),         # edm:cifar10-cond
+    dict(DDPMPP, img_resolution=64, label_dim=0, channel_mult=[1, 2, 2, 2]),       # edm:ffhq64, edm:afhqv2-64
+    dict(model_type="DhariwalUNet", img_resolution=64, img_channels=3, label_dim=1000, model_channels=192,
+         channel_mult=[1, 2, 3, 4], num_blocks=3, attn_resolutions=[32, 16, 8]),   # edm:imagenet64-cond
+    dict(img_resolution=64, img_channels=4, label_dim=1000, model_channels=448, channel_mult=[1, 2, 3, 4],
+         num_blocks=3, attn_resolutions=[16, 8]),                                  # EDM2-XXL (latents), the largest
+], ids=["cifar10-uncond", "cifar10-cond", "ffhq-afhq-64", "imagenet64-adm", "edm2-xxl"])
+def test_architecture_limits_admit_every_real_edm_network(kwargs):
+    check_architecture(kwargs)
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(num_blocks=17), "num_blocks = 17"), (dict(img_resolution=2048), "img_resolution = 2048"),
+    (dict(label_dim=100_001), "label_dim = 100001"), (dict(model_channels=2048, channel_mult=[1, 8]),
+                                                       "model_channels \\* max\\(channel_mult\\) = 16384"),
+    (dict(channel_mult=[1] * 9), "channel_mult"), (dict(num_blocks=True), "num_blocks = True"),
+])
+def test_architecture_limits_refuse_sizes_beyond_them(change, message):
+    with pytest.raises(CheckpointError, match=f"recorded {message}.*ARCHITECTURE_LIMITS"):
+        check_architecture({**DDPMPP, "img_resolution": 32, "label_dim": 0, "channel_mult": [2, 2, 2], **change})
