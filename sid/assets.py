@@ -2,7 +2,12 @@
 
 Downloads go to the cache folder ($SID_CACHE, default ~/.cache/sid) under a file lock, so concurrent trials on a node
 download once; they are written to a temporary file and renamed, and the file's sha256 is recorded in a sidecar
-(`<file>.sha256`) and checked on every later use. Only the standard library and filelock: no extra dependency."""
+(`<file>.sha256`) and checked on every later use. A registered asset (`Asset`: the EDM teachers and reference
+statistics in sid.teachers, the Inception detector in sid.metrics) has its sha256 pinned in the code: the pinned
+digest wins over the sidecar and is checked on every load from the cache; trust on first use (the sidecar alone)
+is left for URLs the user names. Downloads are https only (plain http only with a digest to check; file:// for local
+and offline use), also after redirects, and at most `max_bytes` long. A download never replaces a cached file that
+is still good. Only the standard library and filelock: no extra dependency."""
 
 import hashlib
 import os
@@ -12,17 +17,28 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock
 
-URL_SCHEMES = ("http", "https", "file")
+URL_SCHEMES = ("https", "http", "file")   # http only with a sha256 to check
+MAX_BYTES = 4 * 2 ** 30    # default size cap of a download (the largest EDM/EDM2 file is about 1.2 GB)
 BIG_FILE = 16 * 2 ** 20    # print progress for downloads larger than this (bytes)
 _CHUNK = 2 ** 20           # read/hash block size (bytes)
 
 
 class AssetError(RuntimeError):
     """A download failed or a file's sha256 is not the expected one."""
+
+
+@dataclass(frozen=True)
+class Asset:
+    """A registered file: where it is and its pinned sha256 (None: not pinned, trust on first use with a warning);
+    `bytes`: its size where known."""
+    url: str
+    sha256: str | None
+    bytes: int | None = None
 
 
 def default_cache_dir() -> Path:
@@ -48,36 +64,44 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def fetch(source: str, *, sha256: str | None = None, cache_dir: str | Path | None = None) -> Path:
-    """Path of `source` on this machine: a local path (returned in place) or an http(s):// or file:// URL
-    (downloaded once into the cache). With `sha256`, a file whose digest differs is refused (AssetError)."""
+def fetch(source: str, *, sha256: str | None = None, cache_dir: str | Path | None = None,
+          max_bytes: int = MAX_BYTES) -> Path:
+    """Path of `source` on this machine: a local path (returned in place) or an https://, http:// (only with
+    `sha256`) or file:// URL (downloaded once into the cache). With `sha256` (a pinned digest), a file whose digest
+    differs is refused (AssetError naming both digests), on download and on every load from the cache."""
     if not is_url(source):
         path = Path(source).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"no such file: {str(path)!r} (expected a local file path or an "
-                                    f"http(s):// or file:// URL)")
+                                    f"https:// or file:// URL)")
         _check_digest(str(path), sha256_of(path) if sha256 else None, sha256)
         return path
     scheme = urllib.parse.urlparse(source).scheme
     if scheme not in URL_SCHEMES:
         raise ValueError(f"unsupported URL scheme {scheme!r} in {source!r}; expected one of {', '.join(URL_SCHEMES)}")
+    if scheme == "http" and not sha256:
+        raise ValueError(f"refusing plain http:// for {source!r} without a sha256 to check it against; use https://")
+    pinned = sha256.lower() if sha256 else None
     dest = cache_path(source, cache_dir)
     dest.parent.mkdir(parents=True, exist_ok=True)
     sidecar = dest.with_name(dest.name + ".sha256")
     with FileLock(str(dest) + ".lock"):
-        expected = sha256
-        if sidecar.is_file():
-            recorded = sidecar.read_text().strip()
-            if dest.is_file():
-                digest = sha256_of(dest)
-                if digest == recorded:
-                    _check_digest(f"{dest} (cached copy of {source}; delete it to download again)", digest, sha256)
-                    return dest
-                print(f"sid.assets: cached {dest} is corrupt (sha256 {digest}, recorded {recorded}); downloading "
-                      "again", file=sys.stderr)
-            # The source must still serve the file first recorded (delete the .sha256 sidecar to accept another).
-            expected = sha256 or recorded
-        digest = _download(source, dest, expected)
+        recorded = sidecar.read_text().strip() if sidecar.is_file() else None
+        expected = pinned or recorded   # the pinned digest wins over the sidecar
+        if dest.is_file():
+            digest = sha256_of(dest)
+            if expected is None:
+                # A cached file without any record: the download below must give the same bytes, so a source that
+                # changed meanwhile never overwrites it.
+                expected = digest
+            elif digest == expected:
+                if recorded != digest:
+                    sidecar.write_text(digest + "\n")
+                return dest
+            else:
+                print(f"sid.assets: cached {dest} is corrupt or was replaced: its sha256 is {digest}, the "
+                      f"{'pinned' if pinned else 'recorded'} one {expected}; downloading again", file=sys.stderr)
+        digest = _download(source, dest, expected, max_bytes=max_bytes, https_only=not pinned)
         sidecar.write_text(digest + "\n")  # after the rename: a crash in between only costs a re-download
     return dest
 
@@ -87,20 +111,41 @@ def _check_digest(what: str, digest: str | None, expected: str | None) -> None:
         raise AssetError(f"sha256 mismatch for {what}: expected {expected.lower()}, got {digest}")
 
 
-def _download(url: str, dest: Path, sha256: str | None) -> str:
+class _SchemeCheckingRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only to https (or http where a pinned digest checks the bytes): urllib alone would also
+    follow one to http or ftp."""
+
+    def __init__(self, schemes: tuple[str, ...]):
+        self.schemes = schemes
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        scheme = urllib.parse.urlparse(newurl).scheme
+        if scheme not in self.schemes:
+            raise AssetError(f"refusing the redirect of {req.full_url} to {newurl}: only "
+                             f"{' or '.join(s + '://' for s in self.schemes)} is allowed")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _download(url: str, dest: Path, sha256: str | None, *, max_bytes: int = MAX_BYTES,
+              https_only: bool = True) -> str:
     """Stream `url` to a temporary file beside `dest`, hashing as it goes; rename it into place only if it is good."""
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
     tmp = Path(tmp_name)
+    opener = urllib.request.build_opener(_SchemeCheckingRedirects(("https",) if https_only else ("https", "http")))
     try:
         h = hashlib.sha256()
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=60) as response:
+        with os.fdopen(fd, "wb") as f, opener.open(url, timeout=60) as response:
             size = int(response.headers.get("Content-Length") or 0)
+            if size > max_bytes:
+                raise AssetError(f"refusing to download {url}: {size} bytes, more than the limit of {max_bytes}")
             print(f"sid.assets: downloading {url} ({size / 2 ** 20:.1f} MiB) -> {dest}", file=sys.stderr)
             done, last_print = 0, time.monotonic()
             while block := response.read(_CHUNK):
+                done += len(block)
+                if done > max_bytes:
+                    raise AssetError(f"refusing to download {url}: more than the limit of {max_bytes} bytes")
                 f.write(block)
                 h.update(block)
-                done += len(block)
                 if size > BIG_FILE and time.monotonic() - last_print > 5:
                     print(f"sid.assets: {done / 2 ** 20:.0f} / {size / 2 ** 20:.0f} MiB", file=sys.stderr)
                     last_print = time.monotonic()

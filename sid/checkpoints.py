@@ -2,126 +2,70 @@
 
 EDM pickles its networks with `torch_utils.persistence`: every network object reduces to a call
 `_reconstruct_persistent_obj(meta)` whose meta carries the full source of the defining module, which a normal
-`pickle.load` would `exec`. Here a restricted unpickler allows only a fixed list of globals (tensor rebuilding, plain
-containers, numpy scalars/arrays) and maps that call to a `Record` (class name + state), so loading runs no code from
-the file. Our own `EDMPrecond` is then built from the recorded constructor arguments (`_init_kwargs`) and the weights
-are loaded with strict=True. Names such as 'edm:cifar10-uncond' resolve to NVIDIA's URLs through sid.assets.fetch."""
+`pickle.load` would `exec`. Here a restricted unpickler (sid/safe_pickle.py) allows only a fixed list of globals
+(tensor rebuilding, plain containers, numpy scalars) with checked arguments and maps that call to a `Record` (class
+name + state), so loading runs no code from the file and changes nothing in the process. Our own `EDMPrecond` is then
+built from the recorded constructor arguments (`_init_kwargs`, within ARCHITECTURE_LIMITS) and the weights are loaded
+with strict=True. Names such as 'edm:cifar10-uncond' resolve through a registry passed in by the caller
+(sid.teachers.EDM_TEACHERS / EDM_FID_REFS) to NVIDIA's URLs and pinned sha256 digests, fetched by sid.assets.fetch."""
 
-import collections
-import io
-import pickle
-import types
+import reprlib
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 
-from .assets import AssetError, fetch
+from .assets import Asset, AssetError, fetch
 from .networks import EDMPrecond
+from .safe_pickle import CheckpointError, Record, SnapshotUnpickler
 
-_EDM_CDN = "https://nvlabs-fi-cdn.nvidia.com/edm"
-EDM_TEACHERS: dict[str, str] = {  # pretrained EDM denoisers SiD distils ('-vp' = DDPM++, '-adm' = ADM)
-    "edm:cifar10-uncond": f"{_EDM_CDN}/pretrained/edm-cifar10-32x32-uncond-vp.pkl",
-    "edm:cifar10-cond": f"{_EDM_CDN}/pretrained/edm-cifar10-32x32-cond-vp.pkl",
-    "edm:imagenet64-cond": f"{_EDM_CDN}/pretrained/edm-imagenet-64x64-cond-adm.pkl",
-    "edm:ffhq64": f"{_EDM_CDN}/pretrained/edm-ffhq-64x64-uncond-vp.pkl",
-    "edm:afhqv2-64": f"{_EDM_CDN}/pretrained/edm-afhqv2-64x64-uncond-vp.pkl",
-}
-EDM_FID_REFS: dict[str, str] = {  # Inception reference statistics (npz with mu, sigma) of the training sets
-    "edm:cifar10-32x32": f"{_EDM_CDN}/fid-refs/cifar10-32x32.npz",
-    "edm:imagenet-64x64": f"{_EDM_CDN}/fid-refs/imagenet-64x64.npz",
-    "edm:ffhq-64x64": f"{_EDM_CDN}/fid-refs/ffhq-64x64.npz",
-    "edm:afhqv2-64x64": f"{_EDM_CDN}/fid-refs/afhqv2-64x64.npz",
-}
+__all__ = ["CheckpointError", "Record", "ARCHITECTURE_LIMITS", "fetch_checkpoint", "fetch_fid_ref", "read_snapshot",
+           "load_edm_pickle"]
 
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, unreadable, unsafe, or not a network snapshot we can load."""
-
-
-class Record:
-    """Stand-in for an object in the pickle: its class name and state (__dict__); none of its code runs."""
-    class_name = ""
-    state: Mapping = types.MappingProxyType({})  # until pickle's BUILD sets it
-
-    def __init__(self, class_name: str = "", state: dict | None = None):
-        self.class_name = class_name or self.class_name
-        self.state = {} if state is None else state
-
-    def __setstate__(self, state: dict) -> None:  # pickle BUILD of a plain torch.nn container
-        self.state = state
+# Bounds on the recorded constructor arguments, checked before anything is built. They admit every EDM/EDM2 network
+# (largest: EDM2-XXL, 448 channels x 4 = 1792 per level, 3 blocks, 64x64 latents; ImageNet ADM: 192 x 4, 1000
+# classes) with room to spare, and refuse sizes that would take minutes or gigabytes to build.
+ARCHITECTURE_LIMITS = dict(
+    img_resolution=1024,      # pixels per side
+    img_channels=16,
+    label_dim=100_000,        # classes
+    augment_dim=64,
+    widest_level=8192,        # model_channels * max(channel_mult)
+    levels=8,                 # len(channel_mult)
+    num_blocks=16,            # residual blocks per level
+    channel_mult_emb=16,
+    attn_resolutions=16,      # entries
+)
+MAX_DEPTH = 32  # nesting of modules in 'ema' and of constructor arguments (EDM: about 6 and 2)
+MAX_NODES = 100_000  # modules in 'ema', values in the constructor arguments (EDM: about 500 and 30); a crafted file
+# can share one child many times at every level, which a walk would visit exponentially often
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict = 4, 60, 60, 12, 30
 
 
-def _reconstruct_persistent_obj(meta: dict) -> Record:
-    """Replaces torch_utils.persistence._reconstruct_persistent_obj: keeps the state, never execs meta['module_src']."""
-    if not (isinstance(meta, dict) and meta.get("type") == "class" and isinstance(meta.get("class_name"), str)
-            and isinstance(meta.get("state"), dict)):
-        raise CheckpointError("malformed torch_utils.persistence object: expected meta with type='class', "
-                              "class_name and state")
-    return Record(meta["class_name"], meta["state"])
-
-
-def _load_storage(data: bytes) -> torch.storage.TypedStorage:
-    """Replaces torch.storage._load_from_bytes: the nested legacy torch.save blob is read with weights_only=True."""
-    return torch.load(io.BytesIO(data), weights_only=True)
-
-
-def _allowed_globals() -> dict[tuple[str, str], Any]:
-    allowed: dict[tuple[str, str], Any] = {
-        ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
-        ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
-        ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
-        ("torch.storage", "_load_from_bytes"): _load_storage,
-        ("torch", "Size"): torch.Size,
-        ("collections", "OrderedDict"): collections.OrderedDict,
-        ("dnnlib.util", "EasyDict"): dict,
-        ("dnnlib", "EasyDict"): dict,
-        ("builtins", "set"): set,
-        ("builtins", "frozenset"): frozenset,
-        ("numpy", "dtype"): np.dtype,
-        ("numpy", "ndarray"): np.ndarray,
-    }
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):  # numpy 1 and numpy 2 spellings
-        allowed[module, "scalar"] = np._core.multiarray.scalar
-        allowed[module, "_reconstruct"] = np._core.multiarray._reconstruct
-    for name in ("ModuleDict", "ModuleList", "Sequential"):  # EDM's enc/dec are plain ModuleDicts
-        allowed["torch.nn.modules.container", name] = type(name, (Record,), {"class_name": name})
-    allowed.update({("torch", name): value for name, value in vars(torch).items() if isinstance(value, torch.dtype)})
-    return allowed
-
-
-_ALLOWED = _allowed_globals()
-
-
-class _SafeUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _ALLOWED[module, name]
-        except KeyError:
-            raise CheckpointError(f"refusing to load: the pickle names the global '{module}.{name}', which is not "
-                                  f"on the allow-list of an EDM/SiD network snapshot (nothing was executed)") from None
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise CheckpointError("refusing to load: the pickle uses persistent ids (a torch.save file?), "
-                              "not an EDM/SiD network snapshot")
-
-
-def fetch_checkpoint(source: str, registry: Mapping[str, str], what: str) -> Path:
-    """Local path of `source`: a name in `registry` (e.g. 'edm:cifar10-uncond'), a local path or a URL."""
+def fetch_checkpoint(source: str, registry: Mapping[str, Asset | str], what: str) -> Path:
+    """Local path of `source`: a name in `registry` (e.g. 'edm:cifar10-uncond', fetched and checked against its
+    pinned sha256), a local path or a URL."""
+    sha256 = None
     if source.startswith("edm:"):
         if source not in registry:
-            raise CheckpointError(f"unknown {what} name {source!r}; known names: {', '.join(registry)}")
-        source = registry[source]
+            raise CheckpointError(f"unknown {what} name {source!r}; known names: {', '.join(registry) or 'none'}")
+        asset = registry[source]
+        source, sha256 = (asset, None) if isinstance(asset, str) else (asset.url, asset.sha256)
+        if sha256 is None:
+            print(f"sid.checkpoints: warning: no sha256 is pinned for {what} {source}; trusting the digest "
+                  f"recorded at its first download", file=sys.stderr)
     try:
-        return fetch(source)
+        return fetch(source, sha256=sha256)
     except (OSError, AssetError, ValueError) as e:
         raise CheckpointError(f"cannot get {what} {source!r}: {e}") from e
 
 
-def fetch_fid_ref(source: str) -> Path:
-    """Local path of FID reference statistics: a name in EDM_FID_REFS, a local .npz path or a URL."""
-    return fetch_checkpoint(source, EDM_FID_REFS, "FID reference statistics")
+def fetch_fid_ref(source: str, registry: Mapping[str, Asset | str] | None = None) -> Path:
+    """Local path of FID reference statistics: a name in `registry` (sid.teachers.EDM_FID_REFS), a local .npz path
+    or a URL."""
+    return fetch_checkpoint(source, registry or {}, "FID reference statistics")
 
 
 def read_snapshot(path: str | Path) -> Any:
@@ -133,22 +77,35 @@ def read_snapshot(path: str | Path) -> Any:
                 raise CheckpointError("a torch.save zip archive (a state dict or training state?), "
                                       "not an EDM/SiD network-snapshot pickle")
             f.seek(0)
-            return _SafeUnpickler(f).load()
+            return SnapshotUnpickler(f, path.stat().st_size).load()
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: the pickle is nested too deeply for an EDM/SiD network snapshot") from None
     except Exception as e:  # unpickling bad bytes fails with almost any exception type
-        raise CheckpointError(f"cannot unpickle {path} ({type(e).__name__}: {e}); expected an EDM/SiD "
+        cause = str(e)[:200].replace("\n", " ")
+        raise CheckpointError(f"cannot unpickle {path} ({type(e).__name__}: {cause}); expected an EDM/SiD "
                               f"network-snapshot .pkl (a truncated or corrupt download?)") from e
 
 
-def load_edm_pickle(source: str | Path, **overrides: Any) -> EDMPrecond:
+def load_edm_pickle(source: str | Path, *, registry: Mapping[str, Asset | str] | None = None,
+                    **overrides: Any) -> EDMPrecond:
     """EDM `network-snapshot-*.pkl` or SiD snapshot -> our EDMPrecond with its 'ema' weights: eval mode, float32,
-    on CPU, requires_grad False. `source`: an EDM_TEACHERS name, a local path or a URL. `overrides` replace recorded
-    constructor arguments (e.g. dropout=0.05, use_fp16=True: SiD builds its networks from its own flags)."""
-    path = fetch_checkpoint(str(source), EDM_TEACHERS, "teacher")
+    on CPU, requires_grad False. `source`: a name in `registry` (sid.teachers.EDM_TEACHERS), a local path or a URL.
+    `overrides` replace recorded constructor arguments (e.g. dropout=0.05, use_fp16=True: SiD builds its networks
+    from its own flags)."""
+    path = fetch_checkpoint(str(source), registry or {}, "teacher")
+    try:
+        return _load(path, overrides)
+    except RecursionError:
+        raise CheckpointError(f"{path}: the snapshot is nested too deeply for an EDM/SiD network snapshot") from None
+
+
+def _load(path: Path, overrides: Mapping[str, Any]) -> EDMPrecond:
     data = read_snapshot(path)
     if not (isinstance(data, dict) and "ema" in data):
-        found = f"a dict with keys {sorted(map(str, data))}" if isinstance(data, dict) else type(data).__name__
+        found = (f"a dict with keys {sorted(k[:60] if isinstance(k, str) else _REPR.repr(k) for k in data)[:20]}" if isinstance(data, dict)
+                 else type(data).__name__)
         raise CheckpointError(f"{path}: expected an EDM/SiD network snapshot, a dict with key 'ema' (EDM also has "
                               f"loss_fn, augment_pipe, dataset_kwargs); found {found}")
     ema = data["ema"]
@@ -160,15 +117,25 @@ def load_edm_pickle(source: str | Path, **overrides: Any) -> EDMPrecond:
     if not isinstance(kwargs, dict) or ema.state.get("_init_args"):
         raise CheckpointError(f"{path}: the EDMPrecond in 'ema' has no recorded keyword constructor arguments "
                               f"(_init_kwargs), so its architecture is unknown")
-    kwargs = {"model_type": "DhariwalUNet", **_plain(kwargs), **overrides}  # EDM's EDMPrecond default model_type
+    try:
+        kwargs = {"model_type": "DhariwalUNet", **_plain(kwargs), **overrides}  # EDM's EDMPrecond default model_type
+        check_architecture(kwargs)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
     try:
         with torch.device("meta"):  # no time spent on random init: every tensor is replaced below
             net = EDMPrecond(**kwargs)
     except Exception as e:  # odd recorded values can fail anywhere in the constructor
         raise CheckpointError(f"{path}: unknown architecture: cannot build EDMPrecond from the recorded "
-                              f"arguments {kwargs}: {e}") from e
+                              f"arguments {_REPR.repr(kwargs)}: {e}".replace("\n", " ")) from e
     try:
-        net.load_state_dict(_flatten(ema), strict=True, assign=True)
+        weights = _flatten(ema, budget=[MAX_NODES])
+        stored = sum(t.numel() for t in weights.values())
+        wanted = sum(p.numel() for p in net.state_dict().values())
+        if wanted > stored:  # before load_state_dict lists every missing key
+            raise CheckpointError(f"the weights do not fit the {kwargs['model_type']} built from the recorded "
+                                  f"arguments: it has {wanted:,} weights, the file holds {stored:,}")
+        net.load_state_dict(weights, strict=True, assign=True)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
     except (RuntimeError, TypeError, ValueError, AttributeError) as e:
@@ -179,8 +146,47 @@ def load_edm_pickle(source: str | Path, **overrides: Any) -> EDMPrecond:
     return net.float().eval().requires_grad_(False)
 
 
-def _flatten(record: Record, prefix: str = "") -> dict[str, torch.Tensor]:
+def check_architecture(kwargs: Mapping[str, Any]) -> None:
+    """Refuse recorded constructor arguments outside ARCHITECTURE_LIMITS (CheckpointError naming the argument)."""
+    limits = ARCHITECTURE_LIMITS
+
+    def bad(what: str, value: Any, limit: str) -> CheckpointError:
+        return CheckpointError(f"refusing to load: the recorded {what} = {_REPR.repr(value)} is outside the limits "
+                               f"of sid.checkpoints.ARCHITECTURE_LIMITS ({limit})")
+
+    def integer(name: str, low: int, high: int) -> int | None:
+        value = kwargs.get(name)
+        if value is not None and not (type(value) is int and low <= value <= high):
+            raise bad(name, value, f"an integer {low}..{high}")
+        return value
+
+    integer("img_resolution", 1, limits["img_resolution"])
+    integer("img_channels", 1, limits["img_channels"])
+    integer("label_dim", 0, limits["label_dim"])
+    integer("augment_dim", 0, limits["augment_dim"])
+    integer("num_blocks", 0, limits["num_blocks"])
+    integer("channel_mult_emb", 1, limits["channel_mult_emb"])
+    channels = integer("model_channels", 1, limits["widest_level"])
+    mult = kwargs.get("channel_mult")
+    if mult is not None:
+        if not (isinstance(mult, (list, tuple)) and 1 <= len(mult) <= limits["levels"]
+                and all(type(m) is int and m >= 1 for m in mult)):
+            raise bad("channel_mult", mult, f"1..{limits['levels']} positive integers")
+        if channels is not None and channels * max(mult) > limits["widest_level"]:
+            raise bad("model_channels * max(channel_mult)", channels * max(mult), f"at most {limits['widest_level']}")
+    attn = kwargs.get("attn_resolutions")
+    if attn is not None and not (isinstance(attn, (list, tuple)) and len(attn) <= limits["attn_resolutions"]):
+        raise bad("attn_resolutions", attn, f"at most {limits['attn_resolutions']} entries")
+
+
+def _flatten(record: Record, prefix: str = "", depth: int = 0, budget: list[int] | None = None
+             ) -> dict[str, torch.Tensor]:
     """state_dict of a tree of Records, keyed as torch names it ('model.enc.32x32_block0.conv0.weight')."""
+    budget = [MAX_NODES] if budget is None else budget
+    budget[0] -= 1
+    if depth > MAX_DEPTH or budget[0] < 0:
+        raise CheckpointError(f"malformed snapshot: modules nested deeper than {MAX_DEPTH} levels or more than "
+                              f"{MAX_NODES} of them")
     state = record.state
     if not isinstance(state, Mapping):
         raise CheckpointError(f"malformed snapshot: the state of {prefix or 'ema'} is a {type(state).__name__}")
@@ -191,22 +197,27 @@ def _flatten(record: Record, prefix: str = "") -> dict[str, torch.Tensor]:
     for name, value in tensors.items():
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(f"malformed snapshot: {prefix}{name} is a {type(value).__name__}, not a tensor")
-        out[prefix + name] = value
+        out[prefix + str(name)] = value
     for name, child in (state.get("_modules") or {}).items():
         if child is None:
             continue
         if not isinstance(child, Record):
             raise CheckpointError(f"malformed snapshot: module {prefix}{name} is a {type(child).__name__}")
-        out.update(_flatten(child, f"{prefix}{name}."))
+        out.update(_flatten(child, f"{prefix}{name}.", depth + 1, budget))
     return out
 
 
-def _plain(value: Any) -> Any:
-    """Constructor arguments as plain Python (numpy scalars -> numbers), so init_kwargs stays JSON-friendly."""
+def _plain(value: Any, depth: int = 0, budget: list[int] | None = None) -> Any:
+    """Constructor arguments as plain Python, so init_kwargs stays JSON-friendly (numpy scalars are already
+    numbers: sid.safe_pickle decodes them)."""
+    if depth > MAX_DEPTH:
+        raise CheckpointError(f"refusing to load: constructor arguments nested deeper than {MAX_DEPTH} levels")
+    budget = [MAX_NODES] if budget is None else budget
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise CheckpointError(f"refusing to load: constructor arguments with more than {MAX_NODES} values")
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: _plain(v, depth + 1, budget) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(_plain(v) for v in value)
-    if isinstance(value, np.generic):
-        return value.item()
+        return type(value)(_plain(v, depth + 1, budget) for v in value)
     return value

@@ -26,10 +26,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sid.assets import fetch
+from sid.assets import Asset, fetch
 from sid.config import DIGITS_FEATURES, INCEPTION
 
-INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
+# NVIDIA's TorchScript Inception-v3 (the INCEPTION detector's file). Its sha256 and size are pinned as
+# crowsonkb/k-diffusion pins the same URL (k_diffusion/evaluation.py, InceptionV3FeatureExtractor) and as the Git LFS
+# pointers of public Hugging Face mirrors of the file (hngan/webui-models inception-2015-12-05.pt) record it.
+INCEPTION_FILE = Asset("https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/"
+                       "inception-2015-12-05.pt",
+                       sha256="f58cb9b6ec323ed63459aa4fb441fe750cfe39fafad6da5cb504a16f19e958f4", bytes=95_607_719)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
@@ -145,9 +150,11 @@ class InceptionDetector:
     name = INCEPTION
     feature_dim = 2048
 
-    def __init__(self, source: str = INCEPTION_URL, *, device: torch.device | str = "cpu",
+    def __init__(self, source: str = INCEPTION_FILE.url, *, device: torch.device | str = "cpu",
                  sha256: str | None = None) -> None:
         self.device = torch.device(device)
+        if sha256 is None and source == INCEPTION_FILE.url:
+            sha256 = INCEPTION_FILE.sha256   # the TorchScript runs when loaded: only the pinned file is acceptable
         path = fetch(source, sha256=sha256)
         with warnings.catch_warnings():   # TorchScript is deprecated, but the reference detector exists only as one
             warnings.simplefilter("ignore", DeprecationWarning)

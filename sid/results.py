@@ -189,8 +189,8 @@ def read_parquet(path: str | os.PathLike, schema: pa.Schema | None = None) -> pd
     """Read one results file; raise ValueError naming the file if it is not readable Parquet."""
     try:
         frame = pq.read_table(path).to_pandas()
-    except (OSError, pa.ArrowException) as exc:
-        raise ValueError(f"{path}: not a readable Parquet file ({exc})") from exc
+    except Exception as exc:  # a cut file raises Arrow/OS errors; crafted pandas metadata Key/Type/ValueErrors
+        raise ValueError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc})") from exc
     if schema is not None:
         missing = [n for n in schema.names if n not in frame.columns]
         if missing:

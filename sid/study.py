@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -303,6 +304,19 @@ def _tuner(study: Study, trainable: Any, concurrency: int, worker: TrialResource
     )
 
 
+def check_trusted_folder(folder: Path) -> None:
+    """Ray's Tuner.restore unpickles <study>/tuner.pkl (and the searcher's *.pkl state): whoever can write them runs
+    code in this process. Refuse (StudyError) a study folder, or a pickle in it, that another user owns or may write."""
+    for path in [folder, *sorted(folder.rglob("*.pkl"))]:
+        st = path.stat()
+        if st.st_uid != os.getuid():
+            raise StudyError(f"--resume: refusing {path}: it is owned by user id {st.st_uid}, not by you, and resuming "
+                             f"unpickles the study's files (code could run); copy the study folder to resume it")
+        if st.st_mode & 0o022:
+            raise StudyError(f"--resume: refusing {path}: it is writable by other users (mode {st.st_mode & 0o777:o}) "
+                             f"and resuming unpickles the study's files (code could run); chmod go-w it first")
+
+
 def run_study(study: Study, *, resume: bool = False, address: str | None = None) -> pd.DataFrame:
     """Run (or, with resume, continue) a study; return its trials table (also in <folder>/trials.parquet).
 
@@ -314,6 +328,8 @@ def run_study(study: Study, *, resume: bool = False, address: str | None = None)
     restorable = ray.tune.Tuner.can_restore(folder) if folder.exists() else False
     if resume and not restorable:
         raise StudyError(f"--resume: {folder} holds no study to continue")
+    if resume:
+        check_trusted_folder(folder)
     if not resume and folder.exists() and any(folder.iterdir()):
         raise StudyError(f"{folder} already holds a study; pass --resume to continue it, or another --name")
     started = connect(address, quiet=True)  # our progress lines, not Tune's tables

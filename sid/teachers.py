@@ -11,7 +11,28 @@ import numpy as np
 import torch
 from torch import nn
 
+from sid.assets import Asset
 from sid.networks import EDMPrecond
+
+# One registry per kind of name: the EDM assets 'edm:<name>' resolves to, each with its pinned sha256 (checked by
+# sid.assets.fetch on download and on every load from the cache). No public record of the sha256 of these NVIDIA
+# files was found (NVlabs/edm publishes none, and no public repository or mirror we could search lists them), so
+# they are None for now: sid.checkpoints.fetch_checkpoint then warns and falls back to the digest recorded at the
+# first download. Fill them in from a download you trust (`sha256sum`); the tests check the format of any set here.
+_EDM_CDN = "https://nvlabs-fi-cdn.nvidia.com/edm"
+EDM_TEACHERS: dict[str, Asset] = {  # pretrained EDM denoisers SiD distils ('-vp' = DDPM++, '-adm' = ADM)
+    "edm:cifar10-uncond": Asset(f"{_EDM_CDN}/pretrained/edm-cifar10-32x32-uncond-vp.pkl", sha256=None),
+    "edm:cifar10-cond": Asset(f"{_EDM_CDN}/pretrained/edm-cifar10-32x32-cond-vp.pkl", sha256=None),
+    "edm:imagenet64-cond": Asset(f"{_EDM_CDN}/pretrained/edm-imagenet-64x64-cond-adm.pkl", sha256=None),
+    "edm:ffhq64": Asset(f"{_EDM_CDN}/pretrained/edm-ffhq-64x64-uncond-vp.pkl", sha256=None),
+    "edm:afhqv2-64": Asset(f"{_EDM_CDN}/pretrained/edm-afhqv2-64x64-uncond-vp.pkl", sha256=None),
+}
+EDM_FID_REFS: dict[str, Asset] = {  # Inception reference statistics (npz with mu, sigma) of the training sets
+    "edm:cifar10-32x32": Asset(f"{_EDM_CDN}/fid-refs/cifar10-32x32.npz", sha256=None),
+    "edm:imagenet-64x64": Asset(f"{_EDM_CDN}/fid-refs/imagenet-64x64.npz", sha256=None),
+    "edm:ffhq-64x64": Asset(f"{_EDM_CDN}/fid-refs/ffhq-64x64.npz", sha256=None),
+    "edm:afhqv2-64x64": Asset(f"{_EDM_CDN}/fid-refs/afhqv2-64x64.npz", sha256=None),
+}
 
 
 def load_plain(path: str | Path, what: str) -> Any:
@@ -47,12 +68,12 @@ def load_teacher(spec: str) -> nn.Module:
         return load_network_file(TEACHER_FILE)
     if spec.endswith(".pt"):
         from sid.assets import is_url
-        from sid.checkpoints import EDM_TEACHERS, fetch_checkpoint
+        from sid.checkpoints import fetch_checkpoint
 
         return load_network_file(fetch_checkpoint(spec, EDM_TEACHERS, "teacher") if is_url(spec) else spec)
     from sid.checkpoints import load_edm_pickle
 
-    return load_edm_pickle(spec)
+    return load_edm_pickle(spec, registry=EDM_TEACHERS)
 
 
 @lru_cache(maxsize=1)
@@ -73,7 +94,7 @@ def load_reference(spec: str) -> tuple[np.ndarray, np.ndarray]:
     from sid.checkpoints import fetch_fid_ref
     from sid.metrics import load_reference_stats
 
-    return load_reference_stats(fetch_fid_ref(spec))
+    return load_reference_stats(fetch_fid_ref(spec, EDM_FID_REFS))
 
 
 # Constructor arguments of the EDM teachers (EDM's `_init_kwargs` in each pickle; EDM's train.py settings): what a

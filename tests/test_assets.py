@@ -78,9 +78,13 @@ def test_download_with_a_wrong_sha256_is_refused_and_not_kept(source, tmp_path):
 
 
 def test_cached_file_with_another_sha256_than_requested_is_refused(source, tmp_path):
-    fetch(source.as_uri(), cache_dir=tmp_path)
-    with pytest.raises(AssetError, match="cached copy"):
+    """The requested (pinned) digest wins over the one recorded at download: the cached copy is not used, the
+    source is fetched again and refused naming both digests, and the cached copy stays as it was."""
+    cached = fetch(source.as_uri(), cache_dir=tmp_path)
+    before = cached.read_bytes()
+    with pytest.raises(AssetError, match=f"expected {'f' * 64}, got {sha(source.read_bytes())}"):
         fetch(source.as_uri(), sha256="f" * 64, cache_dir=tmp_path)
+    assert cached.read_bytes() == before
 
 
 def test_corrupted_cache_file_is_detected_and_downloaded_again(source, tmp_path, capsys):

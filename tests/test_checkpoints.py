@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from sid.checkpoints import (EDM_FID_REFS, EDM_TEACHERS, CheckpointError, fetch_fid_ref, load_edm_pickle,
-                             read_snapshot)
+from sid.assets import Asset
+from sid.checkpoints import CheckpointError, check_architecture, fetch_fid_ref, load_edm_pickle, read_snapshot
 from sid.networks import EDMPrecond
+from sid.teachers import EDM_FID_REFS, EDM_TEACHERS
 
 SONG = dict(img_resolution=8, img_channels=1, label_dim=0, model_type="SongUNet", model_channels=16,
             channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], dropout=0.13, augment_dim=9)
@@ -142,8 +143,8 @@ def test_overrides_replace_recorded_constructor_arguments(tmp_path, marker):
 def test_teacher_names_resolve_through_fetch_and_the_cache(tmp_path, marker, monkeypatch):
     path = dump(tmp_path / "edm-test.pkl", dict(ema=random_net(SONG)), marker)
     monkeypatch.setenv("SID_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setitem(EDM_TEACHERS, "edm:test", path.as_uri())
-    assert isinstance(load_edm_pickle("edm:test"), EDMPrecond)
+    monkeypatch.setitem(EDM_TEACHERS, "edm:test", Asset(path.as_uri(), sha256=None))
+    assert isinstance(load_edm_pickle("edm:test", registry=EDM_TEACHERS), EDMPrecond)
     assert len(list((tmp_path / "cache").glob("*-edm-test.pkl"))) == 1
     assert isinstance(load_edm_pickle(path.as_uri()), EDMPrecond)
 
@@ -153,9 +154,11 @@ def test_registered_edm_urls_follow_the_nvidia_cdn_layout():
                                  "edm:afhqv2-64"}
     assert set(EDM_FID_REFS) == {"edm:cifar10-32x32", "edm:imagenet-64x64", "edm:ffhq-64x64", "edm:afhqv2-64x64"}
     prefix = "https://nvlabs-fi-cdn.nvidia.com/edm/"
-    assert all(u.startswith(prefix + "pretrained/edm-") and u.endswith(".pkl") for u in EDM_TEACHERS.values())
-    assert EDM_FID_REFS["edm:cifar10-32x32"] == prefix + "fid-refs/cifar10-32x32.npz"
-    assert EDM_TEACHERS["edm:imagenet64-cond"].endswith("imagenet-64x64-cond-adm.pkl")
+    assert all(a.url.startswith(prefix + "pretrained/edm-") and a.url.endswith(".pkl") for a in EDM_TEACHERS.values())
+    assert EDM_FID_REFS["edm:cifar10-32x32"].url == prefix + "fid-refs/cifar10-32x32.npz"
+    assert EDM_TEACHERS["edm:imagenet64-cond"].url.endswith("imagenet-64x64-cond-adm.pkl")
+    for asset in [*EDM_TEACHERS.values(), *EDM_FID_REFS.values()]:  # pinned digests, where known, are well formed
+        assert asset.sha256 is None or (len(asset.sha256) == 64 and set(asset.sha256) <= set("0123456789abcdef"))
 
 
 def test_fid_reference_paths_and_names(tmp_path):
@@ -163,7 +166,7 @@ def test_fid_reference_paths_and_names(tmp_path):
     np.savez(stats, mu=np.zeros(2), sigma=np.eye(2))
     assert fetch_fid_ref(str(stats)) == stats
     with pytest.raises(CheckpointError, match="unknown FID reference statistics name 'edm:mnist'.*edm:cifar10-32x32"):
-        fetch_fid_ref("edm:mnist")
+        fetch_fid_ref("edm:mnist", EDM_FID_REFS)
 
 
 class Evil:
@@ -242,4 +245,56 @@ def test_bad_input_gets_one_clear_checkpoint_error(make, message, tmp_path, mark
 
 def test_unknown_teacher_name_lists_the_known_ones():
     with pytest.raises(CheckpointError, match="unknown teacher name 'edm:mnist'; known names: edm:cifar10-uncond"):
-        load_edm_pickle("edm:mnist")
+        load_edm_pickle("edm:mnist", registry=EDM_TEACHERS)
+
+
+def test_plain_values_numpy_scalars_and_tensor_views_come_back_as_saved(tmp_path):
+    """What the restricted unpickler rebuilds itself: numpy scalars (as Python numbers, numpy 1 and 2 spellings),
+    tensor views with an offset and strides, parameters, torch.Size, sets, dtypes, storages of several dtypes."""
+    base = torch.arange(24, dtype=torch.float64).reshape(4, 6)
+    data = dict(f8=np.float64(0.25), f4=np.float32(1.5), i8=np.int64(-3), b1=np.bool_(True),
+                view=base[1:, 2:5].t(), half=torch.tensor([1.5, -2.0], dtype=torch.float16),
+                ints=torch.tensor([[1, 2], [3, 4]]), flags=torch.tensor([True, False]),
+                param=torch.nn.Parameter(torch.ones(2, 3), requires_grad=False), size=torch.Size([2, 3]),
+                dtype=torch.bfloat16, names={"a", "b"}, frozen=frozenset({1}), nested=[(1, (2, 3)), {"k": None}])
+    raw = pickle.dumps(data, protocol=4)
+    assert b"numpy._core.multiarray" in raw
+    for path, blob in [(tmp_path / "np2.pkl", raw), (tmp_path / "np1.pkl", raw.replace(  # as numpy 1 wrote them
+            b"\x8c\x16numpy._core.multiarray", b"\x8c\x15numpy.core.multiarray"))]:
+        path.write_bytes(blob)
+        got = read_snapshot(path)
+        assert {k: got[k] for k in ("f8", "f4", "i8", "b1")} == dict(f8=0.25, f4=1.5, i8=-3, b1=True)
+        assert type(got["f8"]) is float and type(got["i8"]) is int and type(got["b1"]) is bool
+        for key in ("view", "half", "ints", "flags", "param"):
+            assert got[key].dtype == data[key].dtype and torch.equal(got[key], data[key]), key
+        assert got["view"].stride() == data["view"].stride() and type(got["param"]) is torch.nn.Parameter
+        assert got["size"] == torch.Size([2, 3]) and got["dtype"] is torch.bfloat16
+        assert got["names"] == {"a", "b"} and got["frozen"] == frozenset({1}) and got["nested"] == data["nested"]
+
+
+DDPMPP = dict(model_type="SongUNet", model_channels=128, channel_mult_emb=4, num_blocks=4, attn_resolutions=[16],
+              augment_dim=9, img_channels=3)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(DDPMPP, img_resolution=32, label_dim=0, channel_mult=[2, 2, 2]),          # edm:cifar10-uncond
+    dict(DDPMPP, img_resolution=32, label_dim=10, channel_mult=[2, 2, 2]),         # edm:cifar10-cond
+    dict(DDPMPP, img_resolution=64, label_dim=0, channel_mult=[1, 2, 2, 2]),       # edm:ffhq64, edm:afhqv2-64
+    dict(model_type="DhariwalUNet", img_resolution=64, img_channels=3, label_dim=1000, model_channels=192,
+         channel_mult=[1, 2, 3, 4], num_blocks=3, attn_resolutions=[32, 16, 8]),   # edm:imagenet64-cond
+    dict(img_resolution=64, img_channels=4, label_dim=1000, model_channels=448, channel_mult=[1, 2, 3, 4],
+         num_blocks=3, attn_resolutions=[16, 8]),                                  # EDM2-XXL (latents), the largest
+], ids=["cifar10-uncond", "cifar10-cond", "ffhq-afhq-64", "imagenet64-adm", "edm2-xxl"])
+def test_architecture_limits_admit_every_real_edm_network(kwargs):
+    check_architecture(kwargs)
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(num_blocks=17), "num_blocks = 17"), (dict(img_resolution=2048), "img_resolution = 2048"),
+    (dict(label_dim=100_001), "label_dim = 100001"), (dict(model_channels=2048, channel_mult=[1, 8]),
+                                                       "model_channels \\* max\\(channel_mult\\) = 16384"),
+    (dict(channel_mult=[1] * 9), "channel_mult"), (dict(num_blocks=True), "num_blocks = True"),
+])
+def test_architecture_limits_refuse_sizes_beyond_them(change, message):
+    with pytest.raises(CheckpointError, match=f"recorded {message}.*ARCHITECTURE_LIMITS"):
+        check_architecture({**DDPMPP, "img_resolution": 32, "label_dim": 0, "channel_mult": [2, 2, 2], **change})
