@@ -71,7 +71,7 @@ TRIAL_SCHEMA = pa.schema([
     ("last_kimg", pa.float64()),       # last evaluated kimg
     ("evaluations", pa.int64()),       # number of evaluation rows
     ("device_hours", pa.float64()),    # device_s of the last row / 3600
-    ("error", pa.string()),            # error message for 'error', divergence reason for 'diverged', else ''
+    ("error", pa.string()),            # why: the error ('error'), divergence ('diverged') or stop ('stopped_early')
 ])
 
 

@@ -37,6 +37,8 @@ from ray.tune.search.sample import Categorical, Domain
 from sid.config import SEARCHABLE, ConfigError, DistillConfig
 from sid.distributed import build_trainer, check_resources, connect, default_placement, resolve
 from sid.resources import TrialResources
+from sid.search import SAMPLERS, StorageError, StudyStopper, make_searcher, open_storage
+from sid.stopping import CurveRule
 from sid.results import Divergence, is_uri, read_parquet
 from sid.study_results import EVALUATIONS_DIR, RUNS_DIR, TRIALS_FILE, TrialRecord, write_trials_table
 
@@ -56,9 +58,14 @@ class Study:
     space: Mapping[str, Any]                   # field -> tune.grid_search([...]) (grid) or a tune domain (optuna)
     searcher: str = "grid"                     # 'grid': every combination; 'optuna': TPE over the domains
     num_samples: int = 1                       # optuna: trials to run; grid: repeats of the whole grid
-    asha: bool = False                         # stop trials whose FID trails the others' at the same kimg (ASHA)
+    asha: bool = False                         # stop trials whose smoothed FD trails the others' at a rung (ASHA's rule)
     grace_kimg: float | None = None            # ASHA's first rung (None: the first evaluation after kimg 0)
     reduction_factor: float = 2.0              # ASHA keeps the best 1/reduction_factor of the trials at each rung
+    curve_stop: bool = False                   # also stop a trial whose power-law forecast cannot beat the best final
+    noise_z: float = 1.0                       # differences below noise_z x the measured noise are ties (no stop)
+    sampler: str = "tpe"                       # optuna: 'tpe' or 'gp' (a GP with a noise term)
+    optuna_storage: str | None = None          # optuna: database URL or journal file (None: <study>/optuna.journal)
+    points_to_evaluate: tuple[dict, ...] = ()  # optuna: first trials to run, e.g. the preset's published values
     divergence: Divergence = field(default_factory=Divergence)  # when a trial is stopped at once as diverged
     resources: TrialResources = TrialResources()  # of each trial; CPUs per worker (default 1) include the driver's
     max_concurrent: int | None = None          # trials at once; None: as many as the cluster holds
@@ -115,6 +122,19 @@ class Study:
             raise bad(f"num_samples must be >= 1, got {self.num_samples}")
         if self.reduction_factor <= 1:
             raise bad(f"reduction_factor must be > 1, got {self.reduction_factor}")
+        if not (math.isfinite(self.noise_z) and self.noise_z >= 0):
+            raise bad(f"noise_z must be a finite number >= 0, got {self.noise_z}")
+        if self.sampler not in SAMPLERS:
+            raise bad(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        if self.optuna_storage is not None:
+            try:
+                open_storage(self.optuna_storage)
+            except StorageError as exc:
+                raise bad(str(exc)) from None
+        for point in self.points_to_evaluate:
+            if not isinstance(point, Mapping) or set(point) - set(self.space):
+                raise bad(f"points_to_evaluate: each point must give values of searched fields "
+                          f"({', '.join(self.space)}), got {point!r}")
         if self.max_concurrent is not None and self.max_concurrent < 1:
             raise bad(f"max_concurrent must be >= 1, got {self.max_concurrent}")
         if not isinstance(self.resources, TrialResources):
@@ -171,23 +191,6 @@ def trial_capacity(cluster: Mapping[str, float], resources: TrialResources) -> i
 
     cpus, gpus = resources.cpus_per_worker, resources.gpus_per_worker
     return fit("CPU", cpus) if not gpus else min(fit("CPU", cpus), fit("GPU", gpus))
-
-
-class DivergenceStopper(ray.tune.Stopper):
-    """Stops a trial at its first result whose rows show divergence. It reads the trial's Parquet rows (written
-    before the report) rather than keeping state, so it judges the whole history, also after a restore."""
-
-    def __init__(self, folder: Path, divergence: Divergence) -> None:
-        self.folder, self.divergence = folder, divergence
-
-    def __call__(self, trial_id: str, result: dict) -> bool:
-        if not math.isfinite(result.get("fid", 0.0)):
-            return True
-        path = self.folder / EVALUATIONS_DIR / f"{trial_id}.parquet"
-        return path.exists() and self.divergence.reason(read_parquet(path)) is not None
-
-    def stop_all(self) -> bool:
-        return False
 
 
 def trial_label(trial: ray.tune.experiment.Trial) -> str:
@@ -275,30 +278,24 @@ def plan(study: Study) -> tuple[Study, TrialResources, int]:
 
 
 def _tuner(study: Study, trainable: Any, concurrency: int, worker: TrialResources) -> ray.tune.Tuner:
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.optuna import OptunaSearch
-
     base = study.base
     settings = trial_settings(study, study.folder, worker)
     search_alg, param_space = None, {**study.space, "sid": settings}
-    if study.searcher == "optuna":  # metric/mode given to OptunaSearch itself (pitfall 5)
-        search_alg = OptunaSearch(space=dict(study.space), metric="best_fid", mode="min", seed=study.optuna_seed)
-        param_space = {"sid": settings}
-    scheduler = FIFOScheduler()
-    if study.asha:
-        # Rungs a hair below the evaluation points so float kimg never misses one; trials that reach the end are
-        # not stopped again by ASHA (stop_last_trials=False), they end by themselves.
+    if study.searcher == "optuna":  # metric/mode given to the searcher itself (docs/studies.md)
+        search_alg, param_space = make_searcher(study), {"sid": settings}
+    rule = None
+    if study.asha or study.curve_stop:
         grace = study.grace_kimg or base.evaluation_kimg()[1]  # default: the first evaluation after kimg 0
-        scheduler = ASHAScheduler(time_attr="kimg", metric="fid", mode="min", max_t=base.final_kimg,
-                                  grace_period=min(grace, base.final_kimg) * (1 - 1e-6),
-                                  reduction_factor=study.reduction_factor, stop_last_trials=False)
+        rule = CurveRule(grace_kimg=min(grace, base.final_kimg), final_kimg=base.final_kimg,
+                         eta=study.reduction_factor if study.asha else math.inf, z=study.noise_z,
+                         curve=study.curve_stop)
     return ray.tune.Tuner(
         trainable, param_space=param_space,
-        tune_config=ray.tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=study.num_samples,
+        tune_config=ray.tune.TuneConfig(search_alg=search_alg, num_samples=study.num_samples,
                                         max_concurrent_trials=concurrency, trial_dirname_creator=trial_dirname),
         run_config=ray.tune.RunConfig(
             name=study.name, storage_path=str(study.folder.parent), verbose=0,
-            stop=DivergenceStopper(study.folder, study.divergence),
+            stop=StudyStopper(study.folder, study.divergence, rule),
             callbacks=[StudyCallback(study.folder, study.name, study.divergence)],
             failure_config=ray.tune.FailureConfig(max_failures=0)),  # Train already restarts failed workers
     )

@@ -7,6 +7,7 @@ Plain pandas: no Ray import, so the table can be rebuilt and the rule tested wit
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -15,10 +16,11 @@ from typing import NamedTuple
 import pandas as pd
 
 from sid.config import DistillConfig
-from sid.results import CONFIG_COLUMNS, Divergence, read_evaluations, summarise_rows, write_trials
+from sid.results import CONFIG_COLUMNS, Divergence, read_evaluations, summarise_rows, write_file_atomic, write_trials
 
 EVALUATIONS_DIR = "evaluations"   # <study>/evaluations/<trial_id>.parquet: every evaluation of one trial
 RUNS_DIR = "runs"                 # <study>/runs/<trial_id>/: the trial's snapshots, best.pt, sample grids
+STOPS_DIR = "stops"               # <study>/stops/<trial_id>.json: why the study stopped a trial (sid/search.py)
 TRIALS_FILE = "trials.parquet"    # <study>/trials.parquet: one row per trial
 
 
@@ -72,6 +74,9 @@ def write_trials_table(folder: Path, study: str, records: Iterable[TrialRecord],
     by_trial = dict(tuple(rows.groupby("trial_id", sort=False)))
     table = pd.DataFrame([trial_row(r, by_trial.get(r.trial_id, rows.iloc[:0]), study, divergence)
                           for r in sorted(records, key=lambda r: r.trial_id)])
+    if not table.empty:  # a stopped trial's note: the reason its stopper gave
+        stopped = table["state"] == "stopped_early"
+        table.loc[stopped, "error"] = [stop_reason(folder, t) for t in table.loc[stopped, "trial_id"]]
     if not table.empty:
         write_trials(folder / TRIALS_FILE, table)
     return table
@@ -88,3 +93,17 @@ def summary(trials: pd.DataFrame, searched: Sequence[str]) -> str:
     table = table.rename(columns={"best_fid": label, "best_kimg": "at kimg", "last_kimg": "last kimg",
                                   "device_hours": "device h"})
     return table.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+
+
+def record_stop(folder: Path, trial_id: str, reason: str, kimg: float) -> None:
+    """Keep why a trial was stopped, for its row in trials.parquet (the stopper runs in Tune's driver)."""
+    text = json.dumps(dict(trial_id=trial_id, reason=reason, kimg=kimg))
+    write_file_atomic(folder / STOPS_DIR / f"{trial_id}.json", lambda f: f.write(text.encode()))
+
+
+def stop_reason(folder: Path, trial_id: str) -> str:
+    """The recorded reason a trial was stopped ('' when none was recorded)."""
+    try:
+        return str(json.loads((folder / STOPS_DIR / f"{trial_id}.json").read_text()).get("reason", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""

@@ -46,7 +46,12 @@ def build_parser(doc: str, *, swept: tuple[str, ...], asha: bool) -> argparse.Ar
                        help="trials at once (default: as many as the cluster holds: GPUs // GPUs per trial, or "
                             "CPUs // CPUs per trial)")
     group.add_argument("--asha", action=argparse.BooleanOptionalAction, default=asha,
-                       help="stop trials early whose FID trails the others' at the same kimg (ASHA)")
+                       help="stop trials early whose smoothed FD trails the others' at a rung beyond the measured "
+                            "noise (ASHA's rule, sid/stopping.py)")
+    group.add_argument("--curve-stop", action="store_true",
+                       help="also stop a trial whose power-law forecast of its final FD cannot beat the best final FD")
+    group.add_argument("--noise-z", type=float, default=1.0,
+                       help="differences below this many times the measured noise are ties (default: 1)")
     parser.epilog = ("Results: <storage>/<name>/trials.parquet and <storage>/<name>/evaluations/*.parquet, snapshots "
                      "in <storage>/<name>/runs/<trial_id>/ (see docs/studies.md).")
     add_resource_flags(parser, per="trial")
@@ -99,8 +104,10 @@ def main(parser: argparse.ArgumentParser, args: argparse.Namespace, *, script: s
     from sid.study_results import EVALUATIONS_DIR, TRIALS_FILE, summary
 
     base = config_from_args(parser, args)
+    study = {k: v(base) if callable(v) else v for k, v in study.items()}  # values that depend on the preset
     spec = Study(name=args.name or f"{script}-{base.preset}", base=base, space=space(base), storage=args.storage,
-                 asha=args.asha, resources=resources_from_args(parser, args), max_concurrent=args.max_concurrent,
+                 asha=args.asha, curve_stop=args.curve_stop, noise_z=args.noise_z,
+                 resources=resources_from_args(parser, args), max_concurrent=args.max_concurrent,
                  **study)
     if args.dry_run:
         dry_run(parser, spec, args)

@@ -8,9 +8,12 @@ scale), ASHA stopping poor trials early in kimg; the best FID a trial reached is
 from __future__ import annotations
 
 import argparse
+import json
 
 import _common
 from ray import tune
+
+from sid.search import SAMPLERS
 
 RANGES = {  # flag -> (field, default LOW,HIGH, log scale)
     "--alpha-range": ("alpha", "0.5,1.5", False),
@@ -20,6 +23,24 @@ RANGES = {  # flag -> (field, default LOW,HIGH, log scale)
 }
 
 
+def points(parser: argparse.ArgumentParser, text: str, base, space: dict) -> tuple[dict, ...]:
+    """--points-to-evaluate: the first trials Optuna runs."""
+    if text == "none":
+        return ()
+    if text == "preset":  # the published values (the preset's), where the ranges admit them
+        point = {k: getattr(base, k) for k in space if space[k].lower <= getattr(base, k) <= space[k].upper}
+        return (point,) if len(point) == len(space) else ()
+    try:
+        found = json.loads(text)
+    except json.JSONDecodeError as exc:
+        parser.error(f"--points-to-evaluate: expected 'preset', 'none' or a JSON list of objects, got {text!r} "
+                     f"({exc.msg})")
+    if not (isinstance(found, list) and all(isinstance(p, dict) for p in found)):
+        parser.error(f"--points-to-evaluate: expected a JSON list of objects such as '[{{\"alpha\": 1.0}}]', "
+                     f"got {text!r}")
+    return tuple(found)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = _common.build_parser(__doc__, swept=tuple(field for field, _, _ in RANGES.values()), asha=True)
     for flag, (field, default, log) in RANGES.items():
@@ -27,7 +48,15 @@ def main(argv: list[str] | None = None) -> None:
                             help=f"{field} searched in [LOW, HIGH]{' on a log scale' if log else ''} "
                                  f"(default: {default})")
     parser.add_argument("--num-samples", type=int, default=8, help="trials Optuna proposes (default: 8)")
-    parser.add_argument("--optuna-seed", type=int, default=0, help="seed of the TPE sampler (default: 0)")
+    parser.add_argument("--optuna-seed", type=int, default=0, help="seed of the sampler (default: 0)")
+    parser.add_argument("--sampler", default="tpe", choices=SAMPLERS,
+                        help="Optuna sampler: tpe, or gp (a Gaussian process with a noise term) (default: tpe)")
+    parser.add_argument("--optuna-storage", default=None, metavar="URL_OR_FILE",
+                        help="Optuna storage: a database URL (sqlite:///hpo.db) or a journal file (default: "
+                             "<storage>/<name>/optuna.journal); optuna-dashboard opens it")
+    parser.add_argument("--points-to-evaluate", default="preset", metavar="JSON|preset|none",
+                        help="first trials: a JSON list of {field: value} objects, 'preset' (the preset's own values, "
+                             "where inside the ranges) or 'none' (default: preset)")
     args: argparse.Namespace = parser.parse_args(argv)
     space = {}
     for flag, (field, _, log) in RANGES.items():
@@ -38,7 +67,9 @@ def main(argv: list[str] | None = None) -> None:
     if not 0 <= args.optuna_seed < 2**32:
         parser.error(f"--optuna-seed: expected 0 <= seed < 2**32, got {args.optuna_seed}")
     _common.main(parser, args, script="hpo", searcher="optuna", space=lambda base: space,
-                 num_samples=args.num_samples, optuna_seed=args.optuna_seed)
+                 num_samples=args.num_samples, optuna_seed=args.optuna_seed, sampler=args.sampler,
+                 optuna_storage=args.optuna_storage,
+                 points_to_evaluate=lambda base: points(parser, args.points_to_evaluate, base, space))
 
 
 if __name__ == "__main__":

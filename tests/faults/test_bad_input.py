@@ -154,6 +154,8 @@ COMMON = [
     (["--gpus-per-worker", "-1"], "--gpus-per-worker must be >= 0"),
     (["--placement", "ANYWHERE"], "invalid choice: 'ANYWHERE'"),
     (["--max-failures", "-1"], "--max-failures must be >= 0"),
+    (["--noise-z", "-1"], "noise_z must be a finite number >= 0"),
+    (["--noise-z", "nan"], "noise_z must be a finite number >= 0"),
     (["--gpus-per-worker", "2"], "each DDP rank drives one GPU"),
     (["--gpus-per-worker", "nan"], "--gpus-per-worker must be >= 0, got nan"),
     (["--duration-kimg", "-1"], "DistillConfig.duration_kimg: must be > 0"),
@@ -188,6 +190,11 @@ SPECIFIC = {
         (["--num-samples", "ten"], "invalid int value: 'ten'"),
         (["--optuna-seed", "-1"], "--optuna-seed: expected 0 <= seed < 2**32"),
         (["--lr", "1e-4"], "unrecognized arguments: --lr"),  # searched: no fixed-value flag, no abbreviation
+        (["--sampler", "cma"], "invalid choice: 'cma'"),
+        (["--optuna-storage", "sqlite:////no/such/folder/hpo.db"], "cannot open the Optuna storage"),
+        (["--points-to-evaluate", "alpha=1"], "--points-to-evaluate: expected 'preset', 'none' or a JSON list"),
+        (["--points-to-evaluate", '{"alpha": 1}'], "--points-to-evaluate: expected a JSON list of objects"),
+        (["--points-to-evaluate", '[{"tmax": 500}]'], "points_to_evaluate: each point must give values of searched"),
     ],
 }
 STUDY_CASES = [row([script, []], c) for script in ("alpha_sweep", "sigma_init_sweep", "hpo")

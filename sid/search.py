@@ -1,0 +1,140 @@
+"""How a study searches and stops (the Tune side of sid.study): an Optuna study that persists in a storage and is told
+the truth about stopped trials, and one stopper for divergence, noise-aware successive halving and curve forecasts.
+
+* Storage: a journal file `<study>/optuna.journal` by default, or a database URL (`sqlite:///...`): `optuna-dashboard
+  <storage>` and `optuna.load_study(study_name=<name>, storage=<storage>)` show the live study.
+* Feedback: Optuna hears a trial's best FD as COMPLETE only when the trial reached the end of its budget; a trial
+  stopped early or diverged is PRUNED (with its intermediate values, reported at the run's iteration), a failed one
+  FAIL, so a value from a first rung is never taken for a final result.
+* Stopping: sid/stopping.py's rules on the trial's Parquet rows (read, not kept, so a restored study judges the
+  whole history); the reason of every stop goes to `<study>/stops/<trial_id>.json` and from there into
+  trials.parquet.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import ray.tune
+from ray.tune.search.optuna import OptunaSearch
+
+from sid.results import Divergence, read_parquet
+from sid.stopping import CurveRule, Point
+from sid.study_results import EVALUATIONS_DIR, record_stop
+
+SAMPLERS = ("tpe", "gp")
+JOURNAL = "optuna.journal"     # <study>/optuna.journal: the default Optuna storage
+
+
+class StorageError(ValueError):
+    """An Optuna storage that cannot be opened; the message names it."""
+
+
+def open_storage(spec: str | Path) -> Any:
+    """An Optuna storage: a database URL (anything with '://', e.g. sqlite:///study.db) or a journal file path."""
+    import optuna
+
+    text = str(spec)
+    try:
+        if "://" in text:
+            return optuna.storages.RDBStorage(text)
+        from optuna.storages.journal import JournalFileBackend
+
+        Path(text).parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(text))
+    except Exception as exc:  # SQLAlchemy, file and URL errors: one line naming the storage
+        raise StorageError(f"cannot open the Optuna storage {text!r} (expected a database URL such as "
+                           f"sqlite:///study.db or a writable journal file path): {type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+
+
+def make_sampler(name: str, seed: int) -> Any:
+    import optuna
+
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "gp":  # a Gaussian process with a learned noise term: made for noisy objectives such as an FD
+        return optuna.samplers.GPSampler(seed=seed, deterministic_objective=False)
+    raise ValueError(f"unknown sampler {name!r}; expected one of {', '.join(SAMPLERS)}")
+
+
+class FidelityOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells stopped and diverged trials as PRUNED, not as completed results at full budget, and
+    reports intermediate values at the run's own iteration (monotonic across restarts, unlike Tune's counter)."""
+
+    def __init__(self, *args: Any, final_kimg: float, **kwargs: Any) -> None:
+        self.final_kimg = final_kimg
+        super().__init__(*args, **kwargs)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        value = result.get(self.metric)
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None or trial_id in self._completed_trials or not _finite(value):
+            return
+        # Optuna keeps the first value of a step: a restored trial re-reporting one changes nothing.
+        ot_trial.report(float(value), int(result.get("iteration", result.get("training_iteration", 0))))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        from optuna.trial import TrialState
+
+        ot_trial = self._ot_trials[trial_id]
+        value = (result or {}).get(self.metric)
+        reached = (result or {}).get("kimg", -math.inf) >= self.final_kimg - 1e-9
+        if error or result is None:
+            state, value = TrialState.FAIL, None
+        elif reached and _finite(value) and _finite((result or {}).get("fid", math.nan)):
+            state, value = TrialState.COMPLETE, float(value)
+        else:  # stopped at a rung, by a forecast, or diverged: its numbers are not a result at full budget
+            state, value = TrialState.PRUNED, None
+        self._ot_study.tell(ot_trial, value, state=state)
+        self._completed_trials.add(trial_id)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def make_searcher(study: Any) -> FidelityOptunaSearch:
+    """The Optuna searcher of a study (sid.study.Study with searcher='optuna')."""
+    storage = open_storage(study.optuna_storage or study.folder / JOURNAL)
+    return FidelityOptunaSearch(space=OptunaSearch.convert_search_space(dict(study.space)), metric="best_fid",
+                                mode="min",
+                                sampler=make_sampler(study.sampler, study.optuna_seed), study_name=study.name,
+                                storage=storage, points_to_evaluate=list(study.points_to_evaluate) or None,
+                                final_kimg=study.base.final_kimg)
+
+
+class StudyStopper(ray.tune.Stopper):
+    """Stops a trial whose rows show divergence (at once), and, when the study asks for it, by the noise-aware rung
+    rule and the curve forecast of sid/stopping.py. It reads the trial's Parquet rows (written before the report),
+    so it judges the whole history, also after a restore; each stop's reason is written for the trials table."""
+
+    def __init__(self, folder: Path, divergence: Divergence, rule: CurveRule | None) -> None:
+        self.folder, self.divergence, self.rule = folder, divergence, rule
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        path = self.folder / EVALUATIONS_DIR / f"{trial_id}.parquet"
+        rows = read_parquet(path) if path.exists() else None
+        reason = None
+        if not _finite(result.get("fid", 0.0)):
+            reason = f"diverged: fid {result.get('fid')} at kimg {result.get('kimg', math.nan):g}"
+        elif rows is not None and (why := self.divergence.reason(rows)) is not None:
+            reason = f"diverged: {why}"
+        elif self.rule is not None and rows is not None:
+            reason = self.rule.decide(trial_id, points_of(rows))
+        if reason is not None:
+            record_stop(self.folder, trial_id, reason, result.get("kimg", math.nan))
+        return reason is not None
+
+    def stop_all(self) -> bool:
+        return False
+
+
+def points_of(rows: Any) -> list[Point]:
+    std = rows["fid_std"] if "fid_std" in rows else [math.nan] * len(rows)
+    return [Point(float(k), float(f), float(s) if s is not None else math.nan)
+            for k, f, s in zip(rows["kimg"], rows["fid"], std)]
