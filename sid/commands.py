@@ -1,4 +1,4 @@
-"""The `sid` console script: `sid distill|generate|evaluate|export ...`, each the `main(argv)` of one module.
+"""The `sid` console script: `sid distill|generate|evaluate|export|phema ...`, each the `main(argv)` of one module.
 
 Modules are imported only for the command that runs, so `sid generate --help` does not pay for Ray or the
 distillation code. The study and analysis scripts stay `python studies/...` and `python analysis/...`.
@@ -14,6 +14,7 @@ COMMANDS = {  # name: (module whose main(argv) runs it, one-line help)
     "generate": ("sid.generate", "sample a generator into PNGs and/or an npz, one image per seed"),
     "evaluate": ("sid.evaluate", "FD/FID (+ Inception Score) of a generator, image folder or npz over draws"),
     "export": ("sid.export", "write a run's generator as safetensors + JSON"),
+    "phema": ("sid.posthoc", "rebuild and score the generator's EMA of other lengths after training (post-hoc EMA)"),
 }
 
 

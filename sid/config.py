@@ -29,6 +29,22 @@ ADAM_EPS_DEFAULT = 1e-8
 OFFICIAL_TICK_KIMG, OFFICIAL_DENSE_TICKS, OFFICIAL_SNAP_TICKS = 10.0, range(10, 101, 10), 50
 
 
+SIGMA_REL_RANGE = (0.0, 0.3)  # post-hoc EMA profiles, exclusive: outside, no power-function EMA of a run
+
+
+def parse_sigma_rels(text: str) -> tuple[float, ...]:
+    """'0.05,0.10' -> (0.05, 0.1) (sid/phema.py); ValueError naming the expected range for anything else."""
+    expected = f"expected distinct sigma_rel values in (0, 0.3) such as 0.05,0.10, got {text!r}"
+    try:
+        values = tuple(float(v) for v in text.split(",")) if text.strip() else ()
+    except ValueError:
+        raise ValueError(expected) from None
+    lo, hi = SIGMA_REL_RANGE
+    if any(not (math.isfinite(v) and lo < v < hi) for v in values) or len(set(values)) < len(values):
+        raise ValueError(expected)
+    return values
+
+
 class ConfigError(ValueError):
     """A config value is invalid; the message names the field."""
 
@@ -63,6 +79,8 @@ class DistillConfig:
     # EMA of the generator
     ema_mimg: float = 0.5                   # EMA half-life in Mimg
     ema_rampup: float = 0.05                # half-life is at most this fraction of images seen
+    phema: str = ""                         # post-hoc EMA: sigma_rel of profiles to track ('0.05,0.10'; '' = off)
+    phema_every_kimg: float = 0.0           # post-hoc EMA snapshots this often (0 = at each evaluation)
     # Schedule (all in kimg = iterations * batch / 1000)
     duration_kimg: float = 500_000.0        # stop once this many generator images (thousands) were used
     eval_every_kimg: float = 512.0          # eval_schedule 'every': evaluate this often, plus at 0 and at the end
@@ -112,7 +130,7 @@ class DistillConfig:
             raise bad("fid_images", "must be >= 2")
         if self.fid_images_final == 1:
             raise bad("fid_images_final", "must be 0 (= fid_images) or >= 2")
-        for name in ("batch_per_device", "fid_images_final"):
+        for name in ("batch_per_device", "fid_images_final", "phema_every_kimg"):
             if getattr(self, name) < 0:
                 raise bad(name, "must be >= 0")
         if self.batch_per_device and self.batch % self.batch_per_device:
@@ -132,6 +150,10 @@ class DistillConfig:
             raise bad("keep_snapshots", "must be 'all', 'best', 'last' or 'best,last'")
         if self.seed < 0:
             raise bad("seed", "must be >= 0")
+        try:
+            parse_sigma_rels(self.phema)
+        except ValueError as exc:
+            raise bad("phema", str(exc).split(", got")[0]) from None
         if not self.teacher:
             raise bad("teacher", "must name a teacher")
 
@@ -174,6 +196,16 @@ class DistillConfig:
         last_tick = (self.iterations - 1) // per_tick
         return [1 + t * per_tick for t in range(1, last_tick + 1)
                 if t in OFFICIAL_DENSE_TICKS or t % OFFICIAL_SNAP_TICKS == 0]
+
+    def phema_iterations(self) -> list[int]:
+        """Iterations after which the post-hoc EMA profiles are saved (none without profiles)."""
+        if not self.phema:
+            return []
+        if not self.phema_every_kimg:
+            return [i for i in self.evaluation_iterations() if i > 0]
+        every = self.phema_every_kimg * 1000 / self.batch
+        count = math.ceil(self.iterations / every)
+        return sorted({self.iterations} | {math.ceil(k * every - 1e-9) for k in range(1, count)})
 
     def evaluation_kimg(self) -> list[float]:
         return [i * self.batch / 1000 for i in self.evaluation_iterations()]

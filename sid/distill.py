@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sid import fast
+from sid import fast, phema
 from sid.config import DistillConfig
 from sid.losses import fake_score_loss, generator_loss, sample_fake_score_sigma, sample_generator_sigma
 
@@ -55,6 +55,30 @@ def check_architecture(saved: dict, built: dict) -> None:
 
 def slot_seed(seed: int, iteration: int, phase: int, slot: int) -> int:
     return int(np.random.SeedSequence([seed, iteration, phase, slot]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def generator_inputs(n: int, rng: torch.Generator, *, img_shape: tuple[int, ...], label_dim: int, sigma_init: float,
+                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """z = sigma_init * N(0, I) and one-hot labels of uniform classes (None for an unconditional network)."""
+    z = torch.randn((n, *img_shape), generator=rng, device=device) * sigma_init
+    labels = None
+    if label_dim:  # uniform classes (the official loop draws dataset labels; CIFAR-10 is balanced)
+        classes = torch.randint(label_dim, (n,), generator=rng, device=device)
+        labels = nn.functional.one_hot(classes, label_dim).float()
+    return z, labels
+
+
+@torch.no_grad()
+def sample_evaluation_batch(net: nn.Module, config: DistillConfig, batch_index: int, n: int,
+                            device: torch.device) -> torch.Tensor:
+    """Images of evaluation batch `batch_index` of a run: its latents depend on (seed, batch) only, so every
+    evaluation of a run, and every post-hoc EMA of it (sid/posthoc.py), sees the same z."""
+    rng = torch.Generator(device).manual_seed(slot_seed(config.seed, 0, PHASE_EVAL, batch_index))
+    z, labels = generator_inputs(n, rng, img_shape=(net.img_channels, net.img_resolution, net.img_resolution),
+                                 label_dim=net.label_dim, sigma_init=config.sigma_init, device=device)
+    fast.set_precision_flags(config.precision, device)
+    with fast.autocast(config.precision, device):
+        return net(z, torch.full((n,), config.sigma_init, device=device), labels).float()
 
 
 def _grads_nan_to_num(params: Iterator[nn.Parameter]) -> None:
@@ -96,6 +120,9 @@ class Distiller:
             check_same_architecture(init, teacher, f"init_generator {config.init_generator}")
         self.generator = rebuild(init, **student_kwargs({}, config)).to(self.device)
         self.generator_ema = copy.deepcopy(self.generator).eval().requires_grad_(False)
+        # Post-hoc EMA profiles (sid/phema.py): (sigma_rel, gamma, copy of the generator), updated with G_ema.
+        self.profiles = [(s, phema.exponent(s), copy.deepcopy(self.generator_ema))
+                      for s in phema.parse_sigma_rels(config.phema)]
         for net in (self.teacher, self.fake_score, self.generator, self.generator_ema):
             fast.prepare_network(net, memory_format=config.memory_format, compile=config.compile)
         adam = dict(eps=config.adam_eps, **fast.optimizer_kwargs(self.device))
@@ -136,12 +163,8 @@ class Distiller:
         return torch.Generator(self.device).manual_seed(seed)
 
     def _generator_inputs(self, n: int, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
-        z = torch.randn((n, *self.img_shape), generator=rng, device=self.device) * self.config.sigma_init
-        labels = None
-        if self.label_dim:  # uniform classes (the official loop draws dataset labels; CIFAR-10 is balanced)
-            classes = torch.randint(self.label_dim, (n,), generator=rng, device=self.device)
-            labels = nn.functional.one_hot(classes, self.label_dim).float()
-        return z, labels
+        return generator_inputs(n, rng, img_shape=self.img_shape, label_dim=self.label_dim,
+                                sigma_init=self.config.sigma_init, device=self.device)
 
     def _sigma(self, n: int) -> torch.Tensor:
         return torch.full((n,), self.config.sigma_init, device=self.device)
@@ -216,6 +239,9 @@ class Distiller:
         halflife = min(cfg.ema_mimg * 1e6, nimg * cfg.ema_rampup)
         beta = 0.5 ** (cfg.batch / max(halflife, 1e-8))
         torch._foreach_lerp_(list(self.generator_ema.parameters()), list(self.generator.parameters()), 1 - beta)
+        for _, gamma, net in self.profiles:  # power-function profiles: beta after step t = (1 - 1/t)^(gamma + 1)
+            step_beta = phema.beta(self.iteration + 1, gamma)
+            torch._foreach_lerp_(list(net.parameters()), list(self.generator.parameters()), 1 - step_beta)
 
     def pop_stats(self) -> dict[str, float]:
         """Mean losses per iteration and NaN samples since the last call (one device sync)."""
@@ -228,14 +254,9 @@ class Distiller:
         return out
 
     # ------------------------------------------------------------------------------------------ sampling
-    @torch.no_grad()
     def sample(self, batch_index: int, batch_size: int) -> torch.Tensor:
         """G_ema images of a fixed evaluation batch: the same z at every evaluation of a run."""
-        rng = torch.Generator(self.device).manual_seed(slot_seed(self.config.seed, 0, PHASE_EVAL, batch_index))
-        z, labels = self._generator_inputs(batch_size, rng)
-        fast.set_precision_flags(self.config.precision, self.device)
-        with self._autocast():
-            return self.generator_ema(z, self._sigma(batch_size), labels).float()
+        return sample_evaluation_batch(self.generator_ema, self.config, batch_index, batch_size, self.device)
 
     # ------------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict:
@@ -244,6 +265,7 @@ class Distiller:
             config=self.config.to_dict(), iteration=self.iteration,
             fake_score=self.fake_score.state_dict(), generator=self.generator.state_dict(),
             generator_ema=self.generator_ema.state_dict(), generator_init_kwargs=dict(self.generator.init_kwargs),
+            phema=[net.state_dict() for _, _, net in self.profiles],
             fake_opt=self.fake_opt.state_dict(), gen_opt=self.gen_opt.state_dict(),
             cpu_rng=torch.get_rng_state(),
             cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -255,6 +277,8 @@ class Distiller:
         self.fake_score.load_state_dict(state["fake_score"])
         self.generator.load_state_dict(state["generator"])
         self.generator_ema.load_state_dict(state["generator_ema"])
+        for (_, _, net), saved in zip(self.profiles, state.get("phema") or []):
+            net.load_state_dict(saved)
         self.fake_opt.load_state_dict(state["fake_opt"])
         self.gen_opt.load_state_dict(state["gen_opt"])
         self.iteration = int(state["iteration"])

@@ -68,12 +68,14 @@ def make_row(distiller: Distiller, *, fid: float, stats: dict, wall_s: float, im
 
 
 def train(distiller: Distiller, *, evaluator: Evaluator | None, on_evaluation: OnEvaluation, study: str = "",
-          trial_id: str = "run", wall_s: float = 0.0, progress: bool = True, resumed: bool = False) -> None:
+          trial_id: str = "run", wall_s: float = 0.0, progress: bool = True, resumed: bool = False,
+          on_snapshot: Callable[[Distiller], None] | None = None) -> None:  # post-hoc EMA snapshots (rank 0)
     """Run `distiller` to config.duration_kimg, evaluating on the schedule. A `resumed` distiller was restored from a
     checkpoint, which is always taken right after an evaluation (kimg 0 included), so it continues without
     evaluating its current point again."""
     cfg = distiller.config
     points = cfg.evaluation_iterations()
+    snapshots = set(cfg.phema_iterations()) if on_snapshot is not None else set()
     is_main = distiller.rank == 0
     bar = tqdm(total=cfg.final_kimg, initial=distiller.kimg, file=sys.stdout, disable=not (progress and is_main),
                dynamic_ncols=True, bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} kimg [{elapsed}<{remaining}]")
@@ -99,6 +101,8 @@ def train(distiller: Distiller, *, evaluator: Evaluator | None, on_evaluation: O
                           f"{row['images_per_s']:8.1f} img/s  status {row['status']}")
             on_evaluation(row, distiller)
             last_wall, last_iteration = time.perf_counter(), distiller.iteration
+        if distiller.iteration in snapshots:  # saved again after a resume: the same file, the same weights
+            on_snapshot(distiller)
         if distiller.iteration >= cfg.iterations:
             break
         distiller.step()

@@ -94,6 +94,23 @@ SCORE_SCHEMA = pa.schema([
 ])
 
 
+PHEMA_FILE = "phema.parquet"  # written by `sid phema` into each run folder; not an evaluations file
+
+PHEMA_SCHEMA = pa.schema([
+    ("study", pa.string()),
+    ("trial_id", pa.string()),         # the run's trial, as in its evaluation rows
+    *[EVALUATION_SCHEMA.field(c) for c in CONFIG_COLUMNS],
+    ("sigma_rel", pa.float64()),       # the post-hoc EMA's length: std of its averaging profile relative to its age
+    ("kimg", pa.float64()),            # the training point it was rebuilt at
+    ("iteration", pa.int64()),
+    ("snapshots", pa.int64()),         # profile snapshots the least-squares fit combined
+    ("fid", pa.float64()),             # Frechet distance of the rebuilt G_ema on the run's evaluation latents
+    ("fid_detector", pa.string()),
+    ("fid_images", pa.int64()),
+    ("written_at", pa.timestamp("us", tz="UTC")),
+])
+
+
 def now_utc() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -225,7 +242,7 @@ def _read_many(files: list[Path], schema: pa.Schema) -> pd.DataFrame:
 def read_evaluations(*paths: str | os.PathLike) -> pd.DataFrame:
     """All evaluation rows under the given study folders / run folders / files; unreadable files are skipped
     with a warning that names them."""
-    files = [f for f in _files(paths, "*.parquet") if f.name not in ("trials.parquet", SCORES_FILE)]
+    files = [f for f in _files(paths, "*.parquet") if f.name not in ("trials.parquet", SCORES_FILE, PHEMA_FILE)]
     return _read_many(files, EVALUATION_SCHEMA)
 
 

@@ -9,6 +9,7 @@ A run folder holds (names defined here, once):
     snapshots/generator-<kimg>.pt  G_ema of an evaluation: weights, constructor arguments, sigma_init, config and the
                                    evaluation's FD; which ones stay is the config's keep_snapshots ('best,last')
     best.pt                        the snapshot of the lowest finite FD (ties: the earlier), a hard link or a copy
+    phema/<sigma_rel>-<kimg>.pt    the post-hoc EMA profiles (config phema) at each of their snapshot points
     samples-<iteration>.png        64 G_ema samples of each evaluation
 
 Files are written beside their final name and renamed into place, rows first: an interruption re-runs to the same
@@ -34,6 +35,7 @@ from sid.results import EVALUATION_SCHEMA, best_row, read_parquet, upsert_evalua
 CHECKPOINT = "checkpoint.pt"
 EVALUATIONS = "evaluations.parquet"
 SNAPSHOTS = "snapshots"
+PHEMA = "phema"
 BEST = "best.pt"
 # Config fields a resumed run may change: they do not shape the numbers of the evaluations already made.
 RESUMABLE_CHANGES = ("duration_kimg", "keep_snapshots")
@@ -116,6 +118,19 @@ class RunFolder:
                 stale.unlink()
 
 
+def phema_name(sigma_rel: float, kimg: float) -> str:
+    return f"{sigma_rel:.4f}-{kimg:010.3f}.pt"
+
+
+def write_phema(folder: RunFolder, distiller: Distiller) -> None:
+    """Save each post-hoc EMA profile of the generator (sid/phema.py); all are kept: any EMA is rebuilt from them."""
+    for sigma_rel, gamma, net in distiller.profiles:
+        state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+        save_atomic(dict(sigma_rel=sigma_rel, gamma=gamma, step=distiller.iteration, kimg=distiller.kimg,
+                         state_dict=state, init_kwargs=dict(net.init_kwargs), config=distiller.config.to_dict()),
+                    folder.out / PHEMA / phema_name(sigma_rel, distiller.kimg))
+
+
 def generator_file(distiller: Distiller, row: dict[str, Any]) -> dict[str, Any]:
     """The contents of a snapshot: everything needed to sample (sid.teachers.load_network_file reads it)."""
     ema = distiller.generator_ema
@@ -177,6 +192,8 @@ def run_rank(config: DistillConfig, folder: RunFolder | None, *, device: torch.d
         if after is not None:
             after(row, d, best)
 
+    snapshot = (lambda d: write_phema(folder, d)) if (rank == 0 and folder is not None and config.phema) else None
     train(distiller, evaluator=Evaluator(config, device) if rank == 0 else None, on_evaluation=on_evaluation,
-          study=study, trial_id=trial_id, wall_s=wall_s, progress=progress and rank == 0, resumed=state is not None)
+          study=study, trial_id=trial_id, wall_s=wall_s, progress=progress and rank == 0, resumed=state is not None,
+          on_snapshot=snapshot)
     return distiller

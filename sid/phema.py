@@ -1,0 +1,103 @@
+"""Post-hoc EMA (Karras et al., "Analyzing and Improving the Training Dynamics of Diffusion Models", CVPR 2024):
+track a few power-function EMA profiles of the generator during training, save their snapshots, and afterwards
+reconstruct the EMA of any other length by least squares. SiD's G_ema never feeds back into training, so the EMA
+length can be chosen after the run instead of paying a run per value.
+
+A power-function EMA with exponent gamma averages the generator's weights of steps tau in [0, t] with weights
+proportional to tau^gamma; its update after step t is  ema <- beta ema + (1 - beta) theta  with
+beta = (1 - 1/t)^(gamma + 1). Its length is given as sigma_rel, the standard deviation of that weight profile
+relative to t:  sigma_rel^2 = (gamma + 1) / ((gamma + 2)^2 (gamma + 3)).
+
+Reconstruction: a snapshot of profile gamma_i taken at step t_i is the integral of theta against
+p_i(tau) = (gamma_i + 1) tau^gamma_i / t_i^(gamma_i + 1) on [0, t_i]. The target profile p_r is approximated by
+sum_i x_i p_i in L2, so x solves A x = b with A_ij = <p_i, p_j> and b_i = <p_i, p_r>, integrals in closed form; the
+reconstructed weights are sum_i x_i snapshot_i.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from sid.config import parse_sigma_rels  # noqa: F401 (the profiles' one parser, re-exported for callers)
+
+EXACT_STEPS = 20_000_000  # steps x profiles up to which the exact discrete weights are used (160 MB of float64)
+
+
+def exponent(sigma_rel: float) -> float:
+    """gamma of the power-function profile whose relative std is sigma_rel: the real root above -1 of
+    s^2 g^3 + 7 s^2 g^2 + (16 s^2 - 1) g + (12 s^2 - 1) = 0."""
+    s2 = sigma_rel ** 2
+    roots = np.roots([s2, 7 * s2, 16 * s2 - 1, 12 * s2 - 1])
+    real = [r.real for r in roots if abs(r.imag) < 1e-9 and r.real > -1]
+    if not real:
+        raise ValueError(f"no power-function EMA has sigma_rel {sigma_rel}")
+    return float(max(real))
+
+
+def sigma_rel_of(gamma: float) -> float:
+    return math.sqrt((gamma + 1) / ((gamma + 2) ** 2 * (gamma + 3)))
+
+
+def beta(step: int, gamma: float) -> float:
+    """EMA decay after training step `step` (1, 2, ...): the first step copies the weights."""
+    return (1 - 1 / step) ** (gamma + 1)
+
+
+def _inner(t_i: np.ndarray, g_i: np.ndarray, t_j: np.ndarray, g_j: np.ndarray) -> np.ndarray:
+    """<p_i, p_j> for power-function profiles (broadcasting): integral over [0, min(t_i, t_j)] of their product."""
+    m = np.minimum(t_i, t_j)
+    # computed in logs: t^(gamma + 1) overflows for long runs
+    log = (np.log(g_i + 1) + np.log(g_j + 1) + (g_i + g_j + 1) * np.log(m) - np.log(g_i + g_j + 1)
+           - (g_i + 1) * np.log(t_i) - (g_j + 1) * np.log(t_j))
+    return np.exp(log)
+
+
+def step_weights(step: int, gamma: float) -> np.ndarray:
+    """The exact weights of the discrete profile over the weights after steps 1..step (they sum to 1): since
+    prod_{s > tau} (1 - 1/s) = tau / step, w_tau = (1 - (1 - 1/tau)^(gamma + 1)) (tau / step)^(gamma + 1)."""
+    tau = np.arange(1, step + 1, dtype=np.float64)
+    return (1 - (1 - 1 / tau) ** (gamma + 1)) * (tau / step) ** (gamma + 1)
+
+
+def coefficients(snapshots: Sequence[tuple[int, float]], target: tuple[int, float]) -> np.ndarray:
+    """x with sum_i x_i p_i closest to the target profile; `snapshots` and `target` are (step, gamma). Runs of up
+    to EXACT_STEPS steps use the exact discrete weights (the continuous profile is off by ~gamma / (2 tau) at step
+    tau), longer ones the closed-form integrals of the continuous profiles."""
+    steps = [s for s, _ in snapshots] + [target[0]]
+    if max(steps) * len(steps) <= EXACT_STEPS:
+        top = max(steps)
+        w = np.zeros((len(steps), top))
+        for row, (s, gamma) in enumerate([*snapshots, target]):
+            w[row, :s] = step_weights(s, gamma)
+        a, b = w[:-1] @ w[:-1].T, w[:-1] @ w[-1]
+    else:
+        t = np.array([s for s, _ in snapshots], dtype=np.float64)
+        g = np.array([gamma for _, gamma in snapshots], dtype=np.float64)
+        a = _inner(t[:, None], g[:, None], t[None, :], g[None, :])
+        b = _inner(t, g, np.float64(target[0]), np.float64(target[1]))
+    x, *_ = np.linalg.lstsq(a, b, rcond=None)
+    return x
+
+
+def reconstruct(snapshots: Sequence[tuple[int, float, Mapping[str, torch.Tensor]]], step: int,
+                sigma_rel: float) -> dict[str, torch.Tensor]:
+    """The weights of the sigma_rel EMA at training step `step` from snapshots (step, gamma, state dict) taken at
+    or before it, combined in float64."""
+    usable = [s for s in snapshots if s[0] <= step]
+    if not usable:
+        raise ValueError(f"no post-hoc EMA snapshot at or before step {step}")
+    x = coefficients([(s, g) for s, g, _ in usable], (step, exponent(sigma_rel)))
+    out = {}
+    for name, first in usable[0][2].items():
+        if not first.is_floating_point():  # integer buffers are not averaged
+            out[name] = first.clone()
+            continue
+        total = torch.zeros_like(first, dtype=torch.float64)
+        for weight, (_, _, state) in zip(x, usable):
+            total += float(weight) * state[name].to(torch.float64)
+        out[name] = total.to(first.dtype)
+    return out

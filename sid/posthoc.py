@@ -1,0 +1,144 @@
+"""`sid phema RUN_OR_STUDY --sigma-rel 0.01,0.05,0.1`: rebuild the generator's EMA of other lengths after training
+from the post-hoc EMA snapshots (sid/phema.py) and score each on the run's own evaluation latents.
+
+A run trained with `--phema 0.05,0.10` keeps its profiles in `<run>/phema/`; a study keeps them per trial in
+`<study>/runs/<trial_id>/phema/`. For each run and each target length, at each snapshot point (or only the last with
+`--last`), the EMA is rebuilt by least squares, its Frechet distance computed with the run's detector, reference
+statistics and images per evaluation, and a row written to `<run>/phema.parquet` (sid.results.PHEMA_SCHEMA) tagged
+with the length. The table printed at the end gives each run's best length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from sid.config import DistillConfig, parse_sigma_rels
+from sid.results import CONFIG_COLUMNS, PHEMA_FILE, PHEMA_SCHEMA, now_utc, read_parquet, write_atomic
+from sid.run_state import PHEMA
+
+DEFAULT_TARGETS = "0.01,0.02,0.05,0.1,0.15,0.2"
+
+
+def runs_under(source: Path) -> list[Path]:
+    """Run folders with post-hoc EMA snapshots: the folder itself, or a study's runs/<trial_id>/."""
+    found = [source] if (source / PHEMA).is_dir() else sorted(p.parent for p in source.glob(f"runs/*/{PHEMA}"))
+    if not found:
+        raise ValueError(f"{source}: no post-hoc EMA snapshots ({PHEMA}/ in a run folder or in a study's "
+                         f"runs/<trial_id>/); train with --phema 0.05,0.10 to keep them")
+    return found
+
+
+def load_snapshots(run: Path) -> list[dict[str, Any]]:
+    """The run's profile snapshots (plain data, weights_only), sorted by step."""
+    from sid.teachers import load_plain
+
+    snaps = [load_plain(p, "post-hoc EMA snapshot") for p in sorted((run / PHEMA).glob("*.pt"))]
+    if not snaps:
+        raise ValueError(f"{run / PHEMA}: no post-hoc EMA snapshots")
+    return sorted(snaps, key=lambda s: (s["step"], s["sigma_rel"]))
+
+
+def rebuild(snaps: list[dict[str, Any]], step: int, sigma_rel: float) -> tuple[torch.nn.Module, int]:
+    """The EDMPrecond with the sigma_rel EMA at `step`, and how many snapshots went into it."""
+    from sid.networks import EDMPrecond
+    from sid.phema import reconstruct
+
+    usable = [(s["step"], s["gamma"], s["state_dict"]) for s in snaps if s["step"] <= step]
+    net = EDMPrecond(**snaps[0]["init_kwargs"])
+    net.load_state_dict(reconstruct(usable, step, sigma_rel))
+    return net.eval().requires_grad_(False), len(usable)
+
+
+def score(net: torch.nn.Module, config: DistillConfig, evaluator: Any, device: torch.device) -> float:
+    """FD of `net` on the run's evaluation latents (NaN for non-finite images, as in training evaluations)."""
+    from sid.distill import sample_evaluation_batch
+    from sid.metrics import compute_fd
+
+    finite = torch.ones((), dtype=torch.bool, device=device)
+
+    def generate(index: int, n: int) -> torch.Tensor:
+        images = sample_evaluation_batch(net, config, index, n, device)
+        finite.logical_and_(images.isfinite().all())
+        return images
+
+    fd = compute_fd(generate, config.fid_images, evaluator.detector, evaluator.mu, evaluator.sigma,
+                    batch_size=evaluator.batch_size)
+    return fd if bool(finite) else math.nan
+
+
+def phema_run(run: Path, targets: tuple[float, ...], *, last_only: bool, device: torch.device) -> pd.DataFrame:
+    """Rows for one run folder (also written to <run>/phema.parquet, replacing the same (sigma_rel, kimg))."""
+    from sid.loop import Evaluator
+
+    snaps = load_snapshots(run)
+    config = DistillConfig(**snaps[-1]["config"])
+    evaluator = Evaluator(config, device)
+    steps = sorted({s["step"] for s in snaps})
+    rows = []
+    for step in steps[-1:] if last_only else steps:
+        for sigma_rel in targets:
+            net, used = rebuild(snaps, step, sigma_rel)
+            fid = score(net.to(device), config, evaluator, device)
+            rows.append(dict(study="", trial_id=run.name, **{c: getattr(config, c) for c in CONFIG_COLUMNS},
+                             sigma_rel=sigma_rel, kimg=step * config.batch / 1000, iteration=step, snapshots=used,
+                             fid=fid, fid_detector=config.fid_detector, fid_images=config.fid_images,
+                             written_at=now_utc()))
+            print(f"{run.name}  kimg {step * config.batch / 1000:8.3f}  sigma_rel {sigma_rel:.3f}  "
+                  f"{config.fid_detector} FD({config.fid_images}) {fid:9.4f}", flush=True)
+    frame = pd.DataFrame(rows)
+    path = run / PHEMA_FILE
+    if path.exists():
+        old = read_parquet(path, PHEMA_SCHEMA)
+        frame = pd.concat([old, frame]).drop_duplicates(["sigma_rel", "kimg"], keep="last")
+    import pyarrow as pa
+
+    write_atomic(pa.Table.from_pandas(frame[PHEMA_SCHEMA.names].sort_values(["kimg", "sigma_rel"]),
+                                      schema=PHEMA_SCHEMA, preserve_index=False), path)
+    return frame
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sid phema", description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    parser.add_argument("source", help="a run folder trained with --phema, or a study folder (its runs/<trial_id>/)")
+    parser.add_argument("--sigma-rel", default=DEFAULT_TARGETS,
+                        help=f"EMA lengths to rebuild, in (0, 0.3) (default: {DEFAULT_TARGETS})")
+    parser.add_argument("--last", action="store_true", help="only at the last snapshot point (default: at each)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        targets = parse_sigma_rels(args.sigma_rel)
+        if not targets:
+            raise ValueError("expected at least one sigma_rel")
+        runs = runs_under(Path(args.source))
+    except ValueError as exc:
+        parser.error(f"--sigma-rel / source: {exc}")
+    from sid.generators import devices_for
+
+    try:
+        device = torch.device(devices_for(args.device)[0])
+        if device.type == "cpu":
+            torch.set_flush_denormal(True)
+        frames = [phema_run(run, targets, last_only=args.last, device=device) for run in runs]
+    except ValueError as exc:
+        print(f"sid phema: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    table = pd.concat(frames, ignore_index=True).dropna(subset=["fid"])
+    best = table.loc[table.groupby(["trial_id", "kimg"])["fid"].idxmin()]
+    print("\nbest EMA length per run and point:")
+    print(best[["trial_id", "kimg", "sigma_rel", "fid"]].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+
+
+if __name__ == "__main__":
+    main()
