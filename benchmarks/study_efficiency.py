@@ -1,0 +1,196 @@
+"""How much compute the cheap ways of running a study save, and whether they still find the best setting.
+
+Runs a full grid once (values of alpha x glr x seeds on digits, each trial in this process, one after another), then
+replays the cheaper variants on its rows: ASHA's noise-aware rung rule, the rule plus the curve forecast
+(sid/stopping.py, the code a study's stopper runs), and Optuna (TPE, GP) choosing among the grid's settings with those
+stops. The replay is exact: a run's noise is drawn per slot from (seed, iteration), so a trial stopped at kimg k would
+have produced the same rows up to k that the full run did. Trials arrive in grid order, one at a time.
+
+For each variant: device-hours spent (the device seconds of every trial up to where it stopped) and their ratio to
+the full grid, the setting it picks (lowest mean final FD over the seeds it completed), whether that is the full
+grid's winner or within the seed noise of it, and the Spearman rank correlation of the first-rung values it decided
+on with the trials' final values.
+
+    python benchmarks/study_efficiency.py --out /tmp/eff                     # 3 alphas x 3 glr x 2 seeds, 9.6 kimg
+    python benchmarks/study_efficiency.py --tiny --out /tmp/eff-tiny         # the CI size: 2 x 2 x 1, a few seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+
+from sid.config import preset
+from sid.results import read_evaluations
+from sid.run import run_local
+from sid.stopping import CurveRule, Point, smoothed
+
+SETTING = ["alpha", "glr"]
+
+
+def run_grid(out: Path, alphas: list[float], glrs: list[float], seeds: int, **config) -> pd.DataFrame:
+    """Every trial of the grid (kept in <out>/grid/<trial>; an existing one is read, not run again)."""
+    for alpha, glr, seed in itertools.product(alphas, glrs, range(seeds)):
+        folder = out / "grid" / f"a{alpha:g}-g{glr:g}-s{seed}"
+        if not (folder / "evaluations.parquet").exists():
+            cfg = preset("digits-study", alpha=alpha, glr=glr, seed=seed, **config)
+            start = time.time()
+            run_local(cfg, folder, device=torch.device("cpu"), resume=False, progress=False)
+            print(f"{folder.name}: {time.time() - start:.0f} s", flush=True)
+    return read_evaluations(out / "grid").sort_values(["trial_id", "kimg"])
+
+
+def curves(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    return {trial: g.reset_index(drop=True) for trial, g in rows.groupby("trial_id", sort=False)}
+
+
+def points(g: pd.DataFrame, upto: float = math.inf) -> list[Point]:
+    std = g["fid_std"] if "fid_std" in g else [math.nan] * len(g)
+    return [Point(k, f, s) for k, f, s in zip(g["kimg"], g["fid"], std) if k <= upto + 1e-9]
+
+
+def replay(trials: list[str], by_trial: dict[str, pd.DataFrame], rule: CurveRule | None) -> dict[str, float]:
+    """kimg at which each trial ends under `rule` (its last kimg when nothing stops it)."""
+    ended = {}
+    for trial in trials:
+        g = by_trial[trial]
+        ended[trial] = float(g["kimg"].iloc[-1])
+        for kimg in g["kimg"]:
+            if rule is not None and rule.decide(trial, points(g, kimg)) is not None:
+                ended[trial] = float(kimg)
+                break
+    return ended
+
+
+def cost_hours(by_trial: dict[str, pd.DataFrame], ended: dict[str, float]) -> float:
+    return sum(float(g.loc[g["kimg"] <= ended[t] + 1e-9, "device_s"].max()) for t, g in by_trial.items()
+               if t in ended) / 3600
+
+
+def final_values(by_trial: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One row per trial: its setting, seed, smoothed final FD and the value at its first rung."""
+    rows = []
+    for trial, g in by_trial.items():
+        rows.append(dict(trial=trial, **{k: g[k].iloc[0] for k in SETTING}, seed=g["seed"].iloc[0],
+                         final=smoothed(points(g))[0]))
+    return pd.DataFrame(rows)
+
+
+def verdict(finals: pd.DataFrame, ended: dict[str, float], full_kimg: float) -> dict:
+    """The setting a variant picks among the trials it completed, and how it compares with the grid's winner."""
+    done = finals[[ended.get(t, -1) >= full_kimg - 1e-9 for t in finals["trial"]]]
+    means = finals.groupby(SETTING)["final"].agg(["mean", "std", "count"])
+    winner = means["mean"].idxmin()
+    picked = done.groupby(SETTING)["final"].mean().idxmin() if not done.empty else None
+    if picked is None:
+        return dict(picked=None, same=False, within_noise=False)
+    # Seed noise of a setting's mean (pooled over settings), doubled for a difference of two means.
+    noise = math.sqrt(2) * float(np.nanmean(means["std"])) / math.sqrt(max(1, int(means["count"].min())))
+    gap = float(means.loc[picked, "mean"] - means.loc[winner, "mean"])
+    return dict(picked=picked, same=picked == winner, gap=gap,
+                within_noise=picked == winner or (math.isfinite(noise) and gap <= noise))
+
+
+def variants(rows: pd.DataFrame, grace: float, full_kimg: float, optuna_trials: int) -> pd.DataFrame:
+    by_trial = curves(rows)
+    trials = list(by_trial)
+    finals = final_values(by_trial)
+
+    def rule(curve: bool, eta: float = 2.0) -> CurveRule:
+        return CurveRule(grace_kimg=grace, final_kimg=full_kimg, eta=eta, curve=curve)
+
+    runs = {  # variant -> (trials it ran, in order; kimg where each ended)
+        "full grid": (trials, replay(trials, by_trial, None)),
+        "asha": (trials, replay(trials, by_trial, rule(False))),
+        "asha+curve": (trials, replay(trials, by_trial, rule(True))),
+        "curve only": (trials, replay(trials, by_trial, rule(True, eta=math.inf))),
+        **{f"{s}+asha ({optuna_trials} asks)": optuna_order(by_trial, finals, s, optuna_trials, grace, full_kimg)
+           for s in ("tpe", "gp")},
+    }
+    full_cost = cost_hours(by_trial, runs["full grid"][1])
+    first_rung = {t: smoothed(points(g, grace))[0] for t, g in by_trial.items()}
+    out = []
+    for name, (order, ended) in runs.items():
+        decided = [t for t in order if math.isfinite(first_rung[t])]
+        final = finals.set_index("trial").loc[decided, "final"]
+        rho = stats.spearmanr([first_rung[t] for t in decided], final)[0] if len(decided) > 2 else math.nan
+        hours = cost_hours(by_trial, ended)
+        out.append(dict(variant=name, trials=len(order), stopped=sum(ended[t] < full_kimg - 1e-9 for t in order),
+                        device_h=hours, ratio=hours / full_cost, **verdict(finals, ended, full_kimg),
+                        spearman_first_rung=rho))
+    return pd.DataFrame(out)
+
+
+def optuna_order(by_trial, finals, sampler: str, n: int, grace: float, full_kimg: float):
+    """Optuna choosing settings of the grid (categorical), told the truth about stopped trials (sid.search's rules:
+    stopped = PRUNED); each setting it asks for runs the next unused seed. Returns (trials run, where each ended)."""
+    import optuna
+
+    from sid.search import make_sampler
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    settings = finals.groupby(SETTING)["trial"].apply(list).to_dict()
+    study = optuna.create_study(direction="minimize", sampler=make_sampler(sampler, 0))
+    rule = CurveRule(grace_kimg=grace, final_kimg=full_kimg, eta=2.0)
+    choices = {k: sorted({s[i] for s in settings}) for i, k in enumerate(SETTING)}
+    used: dict[tuple, int] = {}
+    order, ended = [], {}
+    for _ in range(n):
+        trial = study.ask({k: optuna.distributions.CategoricalDistribution(v) for k, v in choices.items()})
+        key = tuple(trial.params[k] for k in SETTING)
+        runs = settings[key]
+        name = runs[used.get(key, 0) % len(runs)]
+        used[key] = used.get(key, 0) + 1
+        if name in ended:  # every seed of this setting ran: its value is known, no compute
+            study.tell(trial, finals.set_index("trial").loc[name, "final"])
+            continue
+        stop = replay([name], by_trial, rule)[name]
+        order.append(name)
+        ended[name] = stop
+        g = by_trial[name]
+        for it, f in zip(g["iteration"], g["fid"]):
+            if g.loc[g["iteration"] == it, "kimg"].iloc[0] <= stop + 1e-9 and math.isfinite(f):
+                trial.report(float(f), int(it))
+        if stop >= full_kimg - 1e-9:
+            study.tell(trial, finals.set_index("trial").loc[name, "final"])
+        else:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    return order, ended
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder for the grid's runs and the results table")
+    parser.add_argument("--tiny", action="store_true", help="the CI size: 2 alphas x 2 glr x 1 seed, a few kimg")
+    parser.add_argument("--alphas", default="0.8,1.0,1.2", help="grid values of alpha")
+    parser.add_argument("--glrs", default="3e-5,1e-4,3e-4", help="grid values of the generator learning rate")
+    parser.add_argument("--seeds", type=int, default=2, help="seeds per setting")
+    parser.add_argument("--optuna-trials", type=int, default=0, help="trials Optuna runs (default: half the grid)")
+    args = parser.parse_args(argv)
+    torch.set_flush_denormal(True)
+    if args.tiny:
+        alphas, glrs, seeds = [1.0, 1.2], [1e-4, 3e-4], 1
+        config = dict(batch=16, batch_per_device=16, duration_kimg=0.128, eval_every_kimg=0.032, fid_images=128)
+    else:
+        alphas, glrs, seeds = [float(a) for a in args.alphas.split(",")], [float(g) for g in args.glrs.split(",")], \
+            args.seeds
+        config = {}
+    base = preset("digits-study", **config)
+    rows = run_grid(args.out, alphas, glrs, seeds, **config)
+    n = args.optuna_trials or max(2, len(alphas) * len(glrs) * seeds // 2)
+    table = variants(rows, grace=base.evaluation_kimg()[1], full_kimg=base.final_kimg, optuna_trials=n)
+    table.to_csv(args.out / "study_efficiency.csv", index=False)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"\nrows: {args.out / 'grid'}; table: {args.out / 'study_efficiency.csv'}")
+
+
+if __name__ == "__main__":
+    main()
