@@ -187,7 +187,7 @@ def test_sid_console_script_dispatches_to_the_commands(tmp_path, digits):
     from sid.commands import COMMANDS
 
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts == {"sid": "sid.commands:main"} and set(COMMANDS) == {"distill", "generate", "evaluate", "export"}
+    assert scripts == {"sid": "sid.commands:main"} and set(COMMANDS) == {"distill", "generate", "evaluate", "export", "phema"}
     torch.save(snapshot(digits), tmp_path / "g.pt")
     code = "from sid.commands import main; main()"
     done = subprocess.run([sys.executable, "-c", code, "generate", "--network", str(tmp_path / "g.pt"), "--seeds",
@@ -196,7 +196,7 @@ def test_sid_console_script_dispatches_to_the_commands(tmp_path, digits):
     assert done.returncode == 0, done.stderr
     assert np.load(tmp_path / "a.npz")["arr_0"].shape == (4, 8, 8, 1)
     listed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert all(name in listed.stdout for name in ("distill", "generate", "evaluate", "export"))
+    assert all(name in listed.stdout for name in ("distill", "generate", "evaluate", "export", "phema"))
     bad = subprocess.run([sys.executable, "-c", code, "sample"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "unknown command 'sample'" in bad.stderr
     distill = subprocess.run([sys.executable, "-c", code, "distill", "--help"], capture_output=True, text=True,
