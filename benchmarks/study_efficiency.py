@@ -31,6 +31,7 @@ from scipy import stats
 from sid.config import preset
 from sid.results import read_evaluations
 from sid.run import run_local
+from sid.run_state import CHECKPOINT
 from sid.stopping import CurveRule, Point, smoothed
 
 SETTING = ["alpha", "glr"]
@@ -40,11 +41,13 @@ def run_grid(out: Path, alphas: list[float], glrs: list[float], seeds: int, **co
     """Every trial of the grid (kept in <out>/grid/<trial>; an existing one is read, not run again)."""
     for alpha, glr, seed in itertools.product(alphas, glrs, range(seeds)):
         folder = out / "grid" / f"a{alpha:g}-g{glr:g}-s{seed}"
-        if not (folder / "evaluations.parquet").exists():
-            cfg = preset("digits-study", alpha=alpha, glr=glr, seed=seed, **config)
-            start = time.time()
-            run_local(cfg, folder, device=torch.device("cpu"), resume=False, progress=False)
-            print(f"{folder.name}: {time.time() - start:.0f} s", flush=True)
+        cfg = preset("digits-study", alpha=alpha, glr=glr, seed=seed, **config)
+        rows = read_evaluations(folder) if (folder / "evaluations.parquet").exists() else None
+        if rows is not None and rows["kimg"].max() >= cfg.final_kimg - 1e-9:
+            continue  # finished earlier: its rows are the record
+        start = time.time()
+        run_local(cfg, folder, device=torch.device("cpu"), resume=(folder / CHECKPOINT).exists(), progress=False)
+        print(f"{folder.name}: {time.time() - start:.0f} s", flush=True)
     return read_evaluations(out / "grid").sort_values(["trial_id", "kimg"])
 
 
