@@ -152,8 +152,11 @@ def optuna_order(by_trial, finals, sampler: str, n: int, grace: float, full_kimg
         runs = settings[key]
         name = runs[used.get(key, 0) % len(runs)]
         used[key] = used.get(key, 0) + 1
-        if name in ended:  # every seed of this setting ran: its value is known, no compute
-            study.tell(trial, finals.set_index("trial").loc[name, "final"])
+        if name in ended:  # every seed of this setting ran: what the study saw of it then, no compute
+            if ended[name] >= full_kimg - 1e-9:
+                study.tell(trial, finals.set_index("trial").loc[name, "final"])
+            else:
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             continue
         stop = replay([name], by_trial, rule)[name]
         order.append(name)

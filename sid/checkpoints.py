@@ -119,7 +119,7 @@ def _load(path: Path, overrides: Mapping[str, Any]) -> EDMPrecond:
                               f"(_init_kwargs), so its architecture is unknown")
     try:
         kwargs = {"model_type": "DhariwalUNet", **_plain(kwargs), **overrides}  # EDM's EDMPrecond default model_type
-        check_architecture(kwargs)
+        check_limits(kwargs)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
     try:
@@ -146,7 +146,7 @@ def _load(path: Path, overrides: Mapping[str, Any]) -> EDMPrecond:
     return net.float().eval().requires_grad_(False)
 
 
-def check_architecture(kwargs: Mapping[str, Any]) -> None:
+def check_limits(kwargs: Mapping[str, Any]) -> None:
     """Refuse recorded constructor arguments outside ARCHITECTURE_LIMITS (CheckpointError naming the argument)."""
     limits = ARCHITECTURE_LIMITS
 

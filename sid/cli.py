@@ -74,7 +74,9 @@ def resources_from_args(parser: argparse.ArgumentParser, args: argparse.Namespac
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrialResources)}
     try:
         return TrialResources(**values)
-    except ValueError as exc:
+    except ValueError as exc:  # name the flag, not the field
         text = str(exc)
-        field = next((name for name in values if text.startswith(name + " ")), None)
-        parser.error(text.replace(field, "--" + field.replace("_", "-"), 1) if field else text)
+        for field in values:
+            flag = "--placement" if field == "placement_strategy" else "--" + field.replace("_", "-")
+            text = re.sub(rf"^{field}(?=[ =])", flag, text)  # messages start with the field
+        parser.error(text)

@@ -25,6 +25,7 @@ from torch import nn
 from sid import fast, phema
 from sid.config import DistillConfig
 from sid.losses import fake_score_loss, generator_loss, sample_fake_score_sigma, sample_generator_sigma
+from sid.networks.precond import architecture_difference
 
 PHASE_FAKE, PHASE_GENERATOR, PHASE_EVAL = 0, 1, 2
 DDP_ARGS = inspect.signature(nn.parallel.DistributedDataParallel).parameters
@@ -45,10 +46,9 @@ def student_kwargs(teacher_kwargs: dict, config: DistillConfig) -> dict:
 
 def check_architecture(saved: dict, built: dict) -> None:
     """ValueError naming every differing constructor argument when a state was made with another network."""
-    saved, built = dict(saved or {}), dict(built)
-    if saved != built:
-        diff = ", ".join(f"{k}: saved {saved.get(k)!r}, this run {built.get(k)!r}"
-                         for k in sorted(set(saved) | set(built)) if saved.get(k) != built.get(k))
+    differences = architecture_difference(dict(saved or {}), dict(built))
+    if differences:
+        diff = ", ".join(f"{k}: saved {a!r}, this run {b!r}" for k, (a, b) in differences.items())
         raise ValueError(f"the training state was made with another network architecture ({diff}); expected the "
                          f"architecture of this run's teacher")
 

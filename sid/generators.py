@@ -21,11 +21,11 @@ import torch
 from torch import nn
 
 from sid.networks import EDMPrecond
+from sid.networks.precond import architecture_difference
 
 DEFAULT_SIGMA_INIT = 2.5          # SiD's sigma_init in every preset and in the official generate_onestep.py
 MAX_SEED = 2**32 - 1              # the seed range of EDM's and SiD's generate scripts
-RUN_FILES = ("best.pt", "generator.pt")  # what a run folder resolves to, in order
-IGNORED_KWARGS = ("dropout", "use_fp16")  # constructor arguments that do not change the architecture or the weights
+RUN_FILES = ("best.pt", "generator.pt")  # what a run folder resolves to, in order (then its newest snapshot)
 
 
 # ---------------------------------------------------------------------------------------------- seeds
@@ -105,8 +105,10 @@ def load_generator(source: str | Path) -> tuple[EDMPrecond, dict[str, Any]]:
     path = Path(text)
     if not is_url(text) and path.is_dir():
         found = next((path / name for name in RUN_FILES if (path / name).is_file()), None)
+        found = found or max((path / "snapshots").glob("generator-*.pt"), default=None)  # no finite FD yet
         if found is None:
-            raise ValueError(f"{path}: a folder but not a run folder (expected {' or '.join(RUN_FILES)} in it)")
+            raise ValueError(f"{path}: a folder but not a run folder (expected {' or '.join(RUN_FILES)} or "
+                             f"snapshots/generator-*.pt in it)")
         path, text = found, str(found)
     if text.endswith((".safetensors", ".json")) and not is_url(text):
         net, info = load_exported(path)
@@ -135,15 +137,9 @@ def load_generator(source: str | Path) -> tuple[EDMPrecond, dict[str, Any]]:
     return net.float().eval().requires_grad_(False), info
 
 
-def architecture_of(net: nn.Module) -> dict[str, Any]:
-    """The constructor arguments that fix the architecture and the meaning of the weights."""
-    return {k: v for k, v in net.init_kwargs.items() if k not in IGNORED_KWARGS}
-
-
 def check_same_architecture(net: nn.Module, reference: nn.Module, what: str) -> None:
-    """ValueError listing each differing constructor argument (dropout and use_fp16 apart)."""
-    a, b = architecture_of(net), architecture_of(reference)
-    diff = {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+    """ValueError listing each differing constructor argument (sid.networks.architecture_difference)."""
+    diff = architecture_difference(net.init_kwargs, reference.init_kwargs)
     if diff:
         listed = ", ".join(f"{k}={x!r} vs {y!r}" for k, (x, y) in diff.items())
         raise ValueError(f"{what}: architecture differs from the teacher's ({listed})")

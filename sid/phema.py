@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -81,6 +82,27 @@ def coefficients(snapshots: Sequence[tuple[int, float]], target: tuple[int, floa
         b = _inner(t, g, np.float64(target[0]), np.float64(target[1]))
     x, *_ = np.linalg.lstsq(a, b, rcond=None)
     return x
+
+
+def combine(profiles: Sequence[tuple[int, float]], files: Sequence[Path], step: int,
+            sigma_rel: float) -> dict[str, torch.Tensor]:
+    """reconstruct() over snapshot files (plain data, weights_only), loaded one at a time: a run's snapshots need
+    not fit in memory together."""
+    from sid.teachers import load_plain
+
+    usable = [(i, p) for i, p in enumerate(profiles) if p[0] <= step]
+    if not usable:
+        raise ValueError(f"no post-hoc EMA snapshot at or before step {step}")
+    x = coefficients([p for _, p in usable], (step, exponent(sigma_rel)))
+    out: dict[str, torch.Tensor] = {}
+    for weight, (i, _) in zip(x, usable):
+        state = load_plain(files[i], "post-hoc EMA snapshot")["state_dict"]
+        for name, value in state.items():
+            if not value.is_floating_point():  # integer buffers are not averaged
+                out.setdefault(name, value.clone())
+                continue
+            out[name] = out.get(name, torch.zeros_like(value, dtype=torch.float64)) + float(weight) * value.double()
+    return {k: v.float() if v.dtype == torch.float64 else v for k, v in out.items()}
 
 
 def reconstruct(snapshots: Sequence[tuple[int, float, Mapping[str, torch.Tensor]]], step: int,

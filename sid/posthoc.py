@@ -35,28 +35,40 @@ def runs_under(source: Path) -> list[Path]:
     return found
 
 
-def load_snapshots(run: Path) -> list[dict[str, Any]]:
-    """The run's profile snapshots (plain data, weights_only), sorted by step."""
+def list_snapshots(run: Path) -> tuple[list[tuple[int, float, Path]], dict[str, Any]]:
+    """The run's profile snapshots as (step, gamma, file), sorted by step, and one snapshot's header (config,
+    constructor arguments): weights are read one file at a time when combined, never all at once."""
+    from sid.phema import exponent
     from sid.teachers import load_plain
 
-    snaps = [load_plain(p, "post-hoc EMA snapshot") for p in sorted((run / PHEMA).glob("*.pt"))]
-    if not snaps:
+    paths = sorted((run / PHEMA).glob("*.pt"))
+    if not paths:
         raise ValueError(f"{run / PHEMA}: no post-hoc EMA snapshots")
-    return sorted(snaps, key=lambda s: (s["step"], s["sigma_rel"]))
+    header = load_plain(paths[-1], "post-hoc EMA snapshot")
+    batch = DistillConfig(**header["config"]).batch
+    found = []
+    for path in paths:
+        try:
+            sigma_rel, kimg = (float(part) for part in path.stem.split("-"))
+        except ValueError:
+            raise ValueError(f"{path}: not a post-hoc EMA snapshot name (<sigma_rel>-<kimg>.pt)") from None
+        found.append((round(kimg * 1000 / batch), exponent(sigma_rel), path))
+    return sorted(found, key=lambda s: (s[0], s[1])), header
 
 
-def rebuild(snaps: list[dict[str, Any]], step: int, sigma_rel: float) -> tuple[torch.nn.Module, int]:
+def rebuild(snaps: list[tuple[int, float, Path]], header: dict[str, Any], step: int,
+            sigma_rel: float) -> tuple[torch.nn.Module, int]:
     """The EDMPrecond with the sigma_rel EMA at `step`, and how many snapshots went into it."""
     from sid.networks import EDMPrecond
-    from sid.phema import reconstruct
+    from sid.phema import combine
 
-    usable = [(s["step"], s["gamma"], s["state_dict"]) for s in snaps if s["step"] <= step]
-    net = EDMPrecond(**snaps[0]["init_kwargs"])
-    net.load_state_dict(reconstruct(usable, step, sigma_rel))
+    usable = [s for s in snaps if s[0] <= step]
+    net = EDMPrecond(**header["init_kwargs"])
+    net.load_state_dict(combine([(s, g) for s, g, _ in usable], [p for _, _, p in usable], step, sigma_rel))
     return net.eval().requires_grad_(False), len(usable)
 
 
-def score(net: torch.nn.Module, config: DistillConfig, evaluator: Any, device: torch.device) -> float:
+def score(net: torch.nn.Module, config: DistillConfig, evaluator: Any, device: torch.device, images: int) -> float:
     """FD of `net` on the run's evaluation latents (NaN for non-finite images, as in training evaluations)."""
     from sid.distill import sample_evaluation_batch
     from sid.metrics import compute_fd
@@ -68,7 +80,7 @@ def score(net: torch.nn.Module, config: DistillConfig, evaluator: Any, device: t
         finite.logical_and_(images.isfinite().all())
         return images
 
-    fd = compute_fd(generate, config.fid_images, evaluator.detector, evaluator.mu, evaluator.sigma,
+    fd = compute_fd(generate, images, evaluator.detector, evaluator.mu, evaluator.sigma,
                     batch_size=evaluator.batch_size)
     return fd if bool(finite) else math.nan
 
@@ -77,21 +89,22 @@ def phema_run(run: Path, targets: tuple[float, ...], *, last_only: bool, device:
     """Rows for one run folder (also written to <run>/phema.parquet, replacing the same (sigma_rel, kimg))."""
     from sid.loop import Evaluator
 
-    snaps = load_snapshots(run)
-    config = DistillConfig(**snaps[-1]["config"])
+    snaps, header = list_snapshots(run)
+    config = DistillConfig(**header["config"])
     evaluator = Evaluator(config, device)
-    steps = sorted({s["step"] for s in snaps})
+    steps = sorted({s for s, _, _ in snaps})
     rows = []
     for step in steps[-1:] if last_only else steps:
         for sigma_rel in targets:
-            net, used = rebuild(snaps, step, sigma_rel)
-            fid = score(net.to(device), config, evaluator, device)
+            net, used = rebuild(snaps, header, step, sigma_rel)
+            images = config.fid_images_at(step)  # as many images as the run's own evaluation there
+            fid = score(net.to(device), config, evaluator, device, images)
             rows.append(dict(study="", trial_id=run.name, **{c: getattr(config, c) for c in CONFIG_COLUMNS},
                              sigma_rel=sigma_rel, kimg=step * config.batch / 1000, iteration=step, snapshots=used,
-                             fid=fid, fid_detector=config.fid_detector, fid_images=config.fid_images,
+                             fid=fid, fid_detector=config.fid_detector, fid_images=images,
                              written_at=now_utc()))
             print(f"{run.name}  kimg {step * config.batch / 1000:8.3f}  sigma_rel {sigma_rel:.3f}  "
-                  f"{config.fid_detector} FD({config.fid_images}) {fid:9.4f}", flush=True)
+                  f"{config.fid_detector} FD({images}) {fid:9.4f}", flush=True)
     frame = pd.DataFrame(rows)
     path = run / PHEMA_FILE
     if path.exists():

@@ -40,7 +40,7 @@ BEST = "best.pt"
 # Config fields a resumed run may change: they do not shape the numbers of the evaluations already made.
 RESUMABLE_CHANGES = ("duration_kimg", "keep_snapshots")
 # Fields added after the first checkpoints were written, with the value those runs had.
-LATER_FIELDS = {"init_generator": "", "eval_schedule": "every"}
+LATER_FIELDS = {"init_generator": "", "eval_schedule": "every", "phema": "", "phema_every_kimg": 0.0}
 
 AfterEvaluation = Callable[[dict[str, Any], Distiller, float], None]  # (row, distiller, best fid so far) on every rank
 
@@ -126,6 +126,8 @@ def write_phema(folder: RunFolder, distiller: Distiller) -> None:
     """Save each post-hoc EMA profile of the generator (sid/phema.py); all are kept: any EMA is rebuilt from them."""
     for sigma_rel, gamma, net in distiller.profiles:
         state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+        if not all(v.isfinite().all() for v in state.values() if v.is_floating_point()):
+            continue  # a diverged profile is no snapshot: a reconstruction would only spread the NaN
         save_atomic(dict(sigma_rel=sigma_rel, gamma=gamma, step=distiller.iteration, kimg=distiller.kimg,
                          state_dict=state, init_kwargs=dict(net.init_kwargs), config=distiller.config.to_dict()),
                     folder.out / PHEMA / phema_name(sigma_rel, distiller.kimg))

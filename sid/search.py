@@ -73,8 +73,12 @@ class FidelityOptunaSearch(OptunaSearch):
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is None or trial_id in self._completed_trials or not _finite(value):
             return
-        # Optuna keeps the first value of a step: a restored trial re-reporting one changes nothing.
-        ot_trial.report(float(value), int(result.get("iteration", result.get("training_iteration", 0))))
+        # Optuna keeps the first value of a step; a trial the journal already holds as finished (a study resumed from
+        # an older searcher state) takes no more reports.
+        try:
+            ot_trial.report(float(value), int(result.get("iteration", result.get("training_iteration", 0))))
+        except RuntimeError:
+            pass
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
@@ -90,7 +94,10 @@ class FidelityOptunaSearch(OptunaSearch):
             state, value = TrialState.COMPLETE, float(value)
         else:  # stopped at a rung, by a forecast, or diverged: its numbers are not a result at full budget
             state, value = TrialState.PRUNED, None
-        self._ot_study.tell(ot_trial, value, state=state)
+        try:  # skip_if_finished: the journal may hold it finished already (see on_trial_result)
+            self._ot_study.tell(ot_trial, value, state=state, skip_if_finished=True)
+        except (RuntimeError, ValueError) as exc:
+            print(f"optuna: trial {trial_id} not told ({exc})", flush=True)
         self._completed_trials.add(trial_id)
 
 

@@ -97,16 +97,20 @@ class CurveRule:
         if not points:
             return None
         now = points[-1].kimg
-        value, noise = smoothed(points, self.window)
         if now >= self.final_kimg - 1e-9:
+            value = smoothed(points, self.window)[0]
             if math.isfinite(value):
                 self.best_final = min(self.best_final, value)
             return None
         judged = self.passed.setdefault(trial, set())
         for rung in self.rung_points():
-            if now + 1e-9 < rung or rung in judged or not math.isfinite(value):
+            if now + 1e-9 < rung or rung in judged:
                 continue
             judged.add(rung)
+            # the curve as it was at the rung: a trial first seen later (a restore) is not judged on later values
+            value, noise = smoothed([p for p in points if p.kimg <= rung + 1e-9], self.window)
+            if not math.isfinite(value):
+                continue
             seen = self.rungs.setdefault(rung, [])
             seen.append((value, noise))
             if len(seen) >= self.eta:  # ASHA: needs others at this rung to compare with

@@ -154,6 +154,15 @@ class Study:
         self.trial_configs()
 
 
+def trial_resources(settings: Mapping[str, Any]) -> TrialResources:
+    """A trial's resources from its settings; studies saved before TrialResources kept them as flat keys."""
+    if "resources" in settings:
+        return TrialResources(**settings["resources"])
+    return TrialResources(workers=settings["workers"], gpus_per_worker=settings["gpus_per_worker"],
+                          cpus_per_worker=settings["cpus_per_worker"], max_failures=settings.get("max_failures", 2),
+                          placement_strategy=settings.get("placement_strategy"))
+
+
 def trial_config(tune_config: Mapping[str, Any]) -> DistillConfig:
     """A trial's DistillConfig: the study's base config with the trial's searched values."""
     searched = {k: int(v) if SEARCHABLE[k] == "int" else float(v) for k, v in tune_config.items() if k in SEARCHABLE}
@@ -177,7 +186,7 @@ def run_trial(tune_config: dict[str, Any]) -> None:
         metrics = {k: float(v) for k, v in last.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         ray.tune.report({**metrics, "best_fid": float(rows["fid"].min())})
         return
-    build_trainer(config, resources=TrialResources(**settings["resources"]), rows_path=rows_path,
+    build_trainer(config, resources=trial_resources(settings), rows_path=rows_path,
                   storage_path=folder / TRAIN_DIR, name=f"train-{trial_id}", trial_id=trial_id,
                   run_folder=folder / RUNS_DIR / trial_id, study=settings["study"],
                   callbacks=[TuneReportCallback()]).fit()
@@ -249,7 +258,7 @@ class StudyCallback(ray.tune.Callback):
             text = Path(trial.error_file).read_text() if trial.error_file and Path(trial.error_file).exists() else ""
             error = next((line for line in reversed(text.splitlines()) if line.strip()), "unknown error")[:500]
         return TrialRecord(trial.trial_id, state, error, trial_config(trial.config),
-                           trial.config["sid"]["resources"]["workers"],
+                           trial_resources(trial.config["sid"]).workers,
                            float(trial.last_result.get("kimg", math.nan)))
 
 

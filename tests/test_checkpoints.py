@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from sid.assets import Asset
-from sid.checkpoints import CheckpointError, check_architecture, fetch_fid_ref, load_edm_pickle, read_snapshot
+from sid.checkpoints import CheckpointError, check_limits, fetch_fid_ref, load_edm_pickle, read_snapshot
 from sid.networks import EDMPrecond
 from sid.teachers import EDM_FID_REFS, EDM_TEACHERS
 
@@ -286,7 +286,7 @@ DDPMPP = dict(model_type="SongUNet", model_channels=128, channel_mult_emb=4, num
          num_blocks=3, attn_resolutions=[16, 8]),                                  # EDM2-XXL (latents), the largest
 ], ids=["cifar10-uncond", "cifar10-cond", "ffhq-afhq-64", "imagenet64-adm", "edm2-xxl"])
 def test_architecture_limits_admit_every_real_edm_network(kwargs):
-    check_architecture(kwargs)
+    check_limits(kwargs)
 
 
 @pytest.mark.parametrize("change,message", [
@@ -297,4 +297,4 @@ def test_architecture_limits_admit_every_real_edm_network(kwargs):
 ])
 def test_architecture_limits_refuse_sizes_beyond_them(change, message):
     with pytest.raises(CheckpointError, match=f"recorded {message}.*ARCHITECTURE_LIMITS"):
-        check_architecture({**DDPMPP, "img_resolution": 32, "label_dim": 0, "channel_mult": [2, 2, 2], **change})
+        check_limits({**DDPMPP, "img_resolution": 32, "label_dim": 0, "channel_mult": [2, 2, 2], **change})

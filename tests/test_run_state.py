@@ -123,3 +123,17 @@ def test_adam_eps_follows_the_official_rule_unless_set(name, precision, expected
     assert preset(name).replace(precision=precision).adam_eps == expected
     assert preset(name, precision=precision, adam_eps=1e-7).adam_eps == 1e-7
     assert preset(name, adam_eps=1e-7).replace(precision=precision).adam_eps == 1e-7
+
+
+def test_checkpoints_written_before_todays_fields_still_resume(tmp_path, teacher_file):
+    import torch as _torch
+
+    from sid.run_state import LATER_FIELDS, load_checkpoint
+
+    cfg = config(teacher_file)
+    distiller = Distiller(cfg, load_network_file(teacher_file))
+    old = {k: v for k, v in cfg.to_dict().items() if k not in (*LATER_FIELDS, "keep_snapshots")}
+    _torch.save({**distiller.state_dict(), "config": old, "wall_s": 0.0}, tmp_path / "checkpoint.pt")
+    assert load_checkpoint(tmp_path / "checkpoint.pt", cfg)["iteration"] == 0
+    with pytest.raises(ValueError, match="different config"):  # a run that did use a later field is not one of them
+        load_checkpoint(tmp_path / "checkpoint.pt", cfg.replace(phema="0.05"))

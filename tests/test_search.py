@@ -126,3 +126,12 @@ def test_curve_rule_stops_a_trial_whose_forecast_cannot_beat_the_best_final():
     assert "curve: forecast" in rule.decide("slow", slow)
     fast = [Point(0.0, 900.0), Point(1.0, 60.0), Point(2.0, 30.0), Point(3.0, 20.0)]
     assert rule.decide("fast", fast) is None
+
+
+def test_a_trial_first_seen_past_a_rung_is_judged_on_its_curve_at_the_rung():
+    rule = CurveRule(grace_kimg=1.0, final_kimg=8.0, eta=2.0)
+    rule.decide("a", [Point(0.0, 900.0), Point(1.0, 50.0)])
+    # First seen at kimg 4 (a restored study): its rung-1 value is 60 (worse than 50), not its later 20.
+    reason = rule.decide("b", [Point(0.0, 900.0), Point(1.0, 60.0), Point(2.0, 30.0), Point(4.0, 20.0)])
+    assert reason is not None and "rung 1 kimg" in reason and "60" in reason
+    assert [v for v, _ in rule.rungs[1.0]] == [50.0, 60.0]

@@ -13,6 +13,15 @@ from .dhariwal import DhariwalUNet
 from .songunet import SongUNet
 
 MODEL_TYPES: dict[str, type[nn.Module]] = {"SongUNet": SongUNet, "DhariwalUNet": DhariwalUNet}
+# Constructor arguments that change neither the architecture nor the meaning of the weights.
+RUNTIME_KWARGS = ("dropout", "use_fp16")
+
+
+def architecture_difference(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{argument: (a's, b's)} for each constructor argument that differs between two EDMPrecond's `init_kwargs`
+    (RUNTIME_KWARGS apart): the one rule for "same network" (resumes, init generators)."""
+    keys = (set(a) | set(b)) - set(RUNTIME_KWARGS)
+    return {k: (a.get(k), b.get(k)) for k in sorted(keys) if a.get(k) != b.get(k)}
 
 
 class EDMPrecond(nn.Module):
