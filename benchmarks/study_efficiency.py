@@ -6,8 +6,8 @@ replays the cheaper variants on its rows: ASHA's noise-aware rung rule, the rule
 stops. The replay is exact: a run's noise is drawn per slot from (seed, iteration), so a trial stopped at kimg k would
 have produced the same rows up to k that the full run did. Trials arrive in grid order, one at a time.
 
-For each variant: device-hours spent (the device seconds of every trial up to where it stopped) and their ratio to
-the full grid, the setting it picks (lowest mean final FD over the seeds it completed), whether that is the full
+For each variant: device-hours spent (the kimg each trial ran, at the grid's median device-seconds per kimg) and
+their ratio to the full grid, the setting it picks (lowest mean final FD over the seeds it completed), whether that is the full
 grid's winner or within the seed noise of it, and the Spearman rank correlation of the first-rung values it decided
 on with the trials' final values.
 
@@ -74,8 +74,10 @@ def replay(trials: list[str], by_trial: dict[str, pd.DataFrame], rule: CurveRule
 
 
 def cost_hours(by_trial: dict[str, pd.DataFrame], ended: dict[str, float]) -> float:
-    return sum(float(g.loc[g["kimg"] <= ended[t] + 1e-9, "device_s"].max()) for t, g in by_trial.items()
-               if t in ended) / 3600
+    """Device-hours of the trials up to where they ended, at the grid's median device-seconds per kimg: the trials
+    do the same work per kimg, and a rate per trial would charge a variant for the machine's load when it ran."""
+    rate = float(np.median([g["device_s"].iloc[-1] / g["kimg"].iloc[-1] for g in by_trial.values()]))
+    return sum(ended[t] * rate for t in by_trial if t in ended) / 3600
 
 
 def final_values(by_trial: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -98,8 +100,8 @@ def verdict(finals: pd.DataFrame, ended: dict[str, float], full_kimg: float) -> 
     # Seed noise of a setting's mean (pooled over settings), doubled for a difference of two means.
     noise = math.sqrt(2) * float(np.nanmean(means["std"])) / math.sqrt(max(1, int(means["count"].min())))
     gap = float(means.loc[picked, "mean"] - means.loc[winner, "mean"])
-    return dict(picked=picked, same=picked == winner, gap=gap,
-                within_noise=picked == winner or (math.isfinite(noise) and gap <= noise))
+    return dict(picked=", ".join(f"{k}={float(v):g}" for k, v in zip(SETTING, picked)), same=picked == winner,
+                gap=gap, within_noise=picked == winner or (math.isfinite(noise) and gap <= noise))
 
 
 def variants(rows: pd.DataFrame, grace: float, full_kimg: float, optuna_trials: int) -> pd.DataFrame:
