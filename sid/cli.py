@@ -12,6 +12,7 @@ from typing import Any
 
 from sid.config import PRESETS, ConfigError, DistillConfig, preset
 from sid.resources import STRATEGIES, TrialResources
+from sid.tracking import TRACKERS, TrackerError, TrackingSettings, check_trackers
 
 _TYPES = {"float": float, "int": int, "str": str}
 
@@ -78,3 +79,26 @@ def resources_from_args(parser: argparse.ArgumentParser, args: argparse.Namespac
         text = str(exc)
         field = next((name for name in values if text.startswith(name + " ")), None)
         parser.error(text.replace(field, "--" + field.replace("_", "-"), 1) if field else text)
+
+
+def add_tracking_flags(parser: argparse.ArgumentParser, *, experiment: str) -> None:
+    """--tracker (repeatable), --tracking-uri, --experiment: where each evaluation is logged besides Parquet."""
+    group = parser.add_argument_group("experiment tracking (docs/tracking.md)")
+    group.add_argument("--tracker", dest="trackers", action="append", choices=TRACKERS, default=[], metavar="NAME",
+                       help=f"also log metrics, config and sample grids to {', '.join(TRACKERS)}; repeat for several "
+                            "(default: none)")
+    group.add_argument("--tracking-uri", default=None, metavar="URI",
+                       help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else a file store in the "
+                            "run/study folder: mlruns/)")
+    group.add_argument("--experiment", default=None, metavar="NAME",
+                       help=f"MLflow experiment and W&B project (default: {experiment})")
+
+
+def tracking_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace, *,
+                       experiment: str) -> TrackingSettings:
+    """The validated tracking settings; a tracker whose library is missing ends the program with exit code 2."""
+    try:
+        trackers = check_trackers(args.trackers)
+    except TrackerError as exc:
+        parser.error(f"--tracker: {exc}")
+    return TrackingSettings(trackers, args.tracking_uri, args.experiment or experiment)

@@ -16,10 +16,12 @@ from pathlib import Path
 import torch
 
 from sid.assets import AssetError
-from sid.cli import add_config_flags, add_preset_flag, add_resource_flags, config_from_args, resources_from_args
+from sid.cli import (add_config_flags, add_preset_flag, add_resource_flags, add_tracking_flags, config_from_args,
+                     resources_from_args, tracking_from_args)
 from sid.config import DistillConfig
 from sid.results import is_uri
 from sid.run_state import CHECKPOINT, RunFolder, check_rows_readable, load_checkpoint, run_rank
+from sid.tracking import DEFAULT_EXPERIMENT, RunTracker, TrackingSettings
 
 
 def pick_device(name: str) -> torch.device:
@@ -37,15 +39,21 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def run_local(config: DistillConfig, out: Path, *, device: torch.device, resume: bool, progress: bool = True) -> Path:
+def run_local(config: DistillConfig, out: Path, *, device: torch.device, resume: bool, progress: bool = True,
+              tracking: TrackingSettings = TrackingSettings()) -> Path:
     """Run (or continue) one distillation in this process; return the evaluations file."""
     folder = RunFolder(out)
+    tracker = RunTracker(out, config.to_dict(), tracking)
     state = None
     if resume:
         state = load_checkpoint(out / CHECKPOINT, config)
         check_rows_readable(folder)
         print(f"resuming {out}")
-    run_rank(config, folder, device=device, state=state, trial_id=out.name, progress=progress)
+    try:
+        run_rank(config, folder, device=device, state=state, trial_id=out.name, progress=progress,
+                 after=tracker.after)
+    finally:
+        tracker.close()
     return folder.rows_path
 
 
@@ -60,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--address", default=None, help="Ray cluster address ('auto' joins a running cluster)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     add_resource_flags(parser, per="run")
+    add_tracking_flags(parser, experiment=DEFAULT_EXPERIMENT)
     add_config_flags(parser)
     return parser
 
@@ -70,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     config = config_from_args(parser, args)
     out = Path(args.out) if args.out else Path("runs") / config.preset
     resources = resources_from_args(parser, args)
+    tracking = tracking_from_args(parser, args, experiment=DEFAULT_EXPERIMENT)
     if is_uri(args.out or ""):
         parser.error(f"--out {args.out}: expected a local or mounted shared folder (rows and checkpoints are written "
                      "with plain file I/O), not a URL")
@@ -91,11 +101,13 @@ def main(argv: list[str] | None = None) -> None:
         for stale in out.glob(".*.tmp"):  # half-written by a killed run (files are written beside, then renamed)
             stale.unlink()
         if resources.workers == 1 and args.address is None:
-            path = run_local(config, out, device=device, resume=args.resume, progress=not args.no_progress)
+            path = run_local(config, out, device=device, resume=args.resume, progress=not args.no_progress,
+                             tracking=tracking)
         else:
             from sid.distributed import run_distributed
 
-            path = run_distributed(config, out, resources=resources, address=args.address, resume=args.resume)
+            path = run_distributed(config, out, resources=resources, address=args.address, resume=args.resume,
+                                   tracking=tracking)
     except ValueError as exc:  # bad checkpoint/teacher/asset: one line, not a traceback
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

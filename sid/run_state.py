@@ -48,6 +48,11 @@ def snapshot_name(kimg: float) -> str:
     return f"generator-{kimg:010.3f}.pt"
 
 
+def samples_name(iteration: int) -> str:
+    """'samples-0000050.png': the sample grid of the evaluation after `iteration`."""
+    return f"samples-{iteration:07d}.png"
+
+
 def save_atomic(obj: object, path: Path) -> None:
     write_file_atomic(path, lambda f: torch.save(obj, f))
 
@@ -91,7 +96,7 @@ class RunFolder:
     def write(self, row: dict[str, Any], distiller: Distiller) -> float:
         """Write an evaluation's row and files; return the run's best finite FD so far (NaN if none)."""
         rows = upsert_evaluations(self.rows_path, [row])
-        save_image_grid(distiller.sample(0, 64).cpu(), self.out / f"samples-{distiller.iteration:07d}.png")
+        save_image_grid(distiller.sample(0, 64).cpu(), self.out / samples_name(distiller.iteration))
         best = best_row(rows[(rows["trial_id"] == row["trial_id"]) & (rows["kimg"] <= row["kimg"])])
         if row["status"] == "ok":
             self._snapshot(row, distiller, best_kimg=best["kimg"] if best is not None else None)
