@@ -15,8 +15,8 @@ from typing import Any
 
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 
-from sid.cli import (add_config_flags, add_preset_flag, add_resource_flags, config_from_args,  # noqa: E402
-                     resources_from_args)
+from sid.cli import (add_config_flags, add_preset_flag, add_resource_flags, add_tracking_flags,  # noqa: E402
+                     config_from_args, resources_from_args, tracking_from_args)
 from sid.config import SEARCHABLE, DistillConfig  # noqa: E402
 
 DEFAULT_PRESET = "digits-study"  # the digits default at a study's budget (sid/config.py)
@@ -50,6 +50,7 @@ def build_parser(doc: str, *, swept: tuple[str, ...], asha: bool) -> argparse.Ar
     parser.epilog = ("Results: <storage>/<name>/trials.parquet and <storage>/<name>/evaluations/*.parquet, snapshots "
                      "in <storage>/<name>/runs/<trial_id>/ (see docs/studies.md).")
     add_resource_flags(parser, per="trial")
+    add_tracking_flags(parser, experiment="the study's name")
     add_config_flags(parser, skip=swept)
     return parser
 
@@ -99,7 +100,9 @@ def main(parser: argparse.ArgumentParser, args: argparse.Namespace, *, script: s
     from sid.study_results import EVALUATIONS_DIR, TRIALS_FILE, summary
 
     base = config_from_args(parser, args)
-    spec = Study(name=args.name or f"{script}-{base.preset}", base=base, space=space(base), storage=args.storage,
+    name = args.name or f"{script}-{base.preset}"
+    spec = Study(name=name, base=base, space=space(base),
+                 tracking=tracking_from_args(parser, args, experiment=name), storage=args.storage,
                  asha=args.asha, resources=resources_from_args(parser, args), max_concurrent=args.max_concurrent,
                  **study)
     if args.dry_run:
