@@ -29,7 +29,7 @@ import torch
 
 from sid.config import DistillConfig
 from sid.distill import Distiller
-from sid.results import EVALUATION_SCHEMA, best_row, read_parquet, upsert_evaluations, write_file_atomic
+from sid.results import EVALUATION_SCHEMA, best_row, provenance, read_parquet, upsert_evaluations, write_file_atomic
 
 CHECKPOINT = "checkpoint.pt"
 EVALUATIONS = "evaluations.parquet"
@@ -95,7 +95,8 @@ class RunFolder:
 
     def write(self, row: dict[str, Any], distiller: Distiller) -> float:
         """Write an evaluation's row and files; return the run's best finite FD so far (NaN if none)."""
-        rows = upsert_evaluations(self.rows_path, [row])
+        rows = upsert_evaluations(self.rows_path, [row],
+                                  provenance(distiller.config.to_dict(), str(distiller.device)))
         save_image_grid(distiller.sample(0, 64).cpu(), self.out / samples_name(distiller.iteration))
         best = best_row(rows[(rows["trial_id"] == row["trial_id"]) & (rows["kimg"] <= row["kimg"])])
         if row["status"] == "ok":

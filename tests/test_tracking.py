@@ -12,6 +12,7 @@ import pytest
 from sid.config import preset
 from sid.results import read_evaluations
 from sid.run import run_local
+from shared_helpers import code_blocks
 from sid.tracking import MLFLOW_DIR, TENSORBOARD_DIR, TRACKING_FILE, RunTracker, TrackingSettings
 
 pytest.importorskip("mlflow")
@@ -109,3 +110,8 @@ def test_study_metrics_reach_tensorboard_and_mlflow_and_tune_sees_flat_configs(t
     assert all(set(r.config) == {"alpha", "preset"} for r in grid)
     best = grid.get_best_result(metric="best_fid", mode="min")
     assert best.metrics["best_fid"] == pytest.approx(trials["best_fid"].min())
+
+    namespace = {"STUDY": str(study.folder)}  # docs/reading-results.md's Tune examples, as written
+    for block in code_blocks((Path(__file__).resolve().parents[1] / "docs" / "reading-results.md").read_text(), "python tune"):
+        exec(compile(block, "reading-results.md", "exec"), namespace)  # noqa: S102
+    assert namespace["best"].metrics["best_fid"] == pytest.approx(trials["best_fid"].min())
