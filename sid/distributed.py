@@ -163,9 +163,11 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         torch.set_num_threads(max(1, round(cpus)))
     _record_worker(loop_config["workers_dir"], rank, world_size, device)
     folder = RunFolder(Path(loop_config["run_folder"]), rows_path=Path(loop_config["rows_path"]),
-                       keep_state=loop_config["keep_state"]) if rank == 0 else None
+                       keep_state=loop_config["keep_state"], config_text=loop_config.get("config_text")) \
+        if rank == 0 else None
     reporter, tracker = _Reporter(folder), None
-    if rank == 0 and loop_config.get("tracking"):  # a one-run command's trackers; a study's are Tune callbacks
+    # a one-run command's trackers (a study's are Tune callbacks)
+    if rank == 0 and loop_config.get("tracking", {}).get("trackers"):
         tracker = RunTracker(folder.out, config.to_dict(), TrackingSettings.from_dict(loop_config["tracking"]))
 
     def after(row: dict[str, Any], distiller: Distiller, best_fid: float) -> None:
@@ -269,7 +271,8 @@ def resolve(resources: TrialResources, *, cpus_default: float | None = None) -> 
 
 
 def run_distributed(config: DistillConfig, out: Path, *, resources: TrialResources, address: str | None,
-                    resume: bool, tracking: TrackingSettings = TrackingSettings()) -> Path:
+                    resume: bool, tracking: TrackingSettings = TrackingSettings(),
+                    config_text: str | None = None) -> Path:
     """Run (or continue) one distillation through Ray Train; return the evaluations file <out>/evaluations.parquet.
 
     The run folder looks like a single-process one (rows, checkpoint.pt, snapshots, samples), so a run can be
@@ -295,7 +298,7 @@ def run_distributed(config: DistillConfig, out: Path, *, resources: TrialResourc
         trainer = build_trainer(config, resources=resources, rows_path=out / EVALUATIONS, storage_path=out / "ray",
                                 name=RUN_NAME, trial_id=out.name, run_folder=out, keep_state=True,
                                 resume_path=out / CHECKPOINT if resume else None, workers_dir=out / "workers",
-                                loop_extra={"tracking": tracking.to_dict()} if tracking.trackers else None)
+                                loop_extra={"tracking": tracking.to_dict(), "config_text": config_text})
         print(f"Ray Train: {resources.workers} worker(s) x {resources.per_worker()} "
               f"({trainer.scaling_config.placement_strategy}) on {len(_live_nodes())} node(s); "
               f"rows -> {out / EVALUATIONS}", flush=True)

@@ -98,7 +98,8 @@ def probe_trial(tune_config: dict[str, Any], settings: dict[str, Any]) -> None:
     runtime = ray.get_runtime_context()
     _write_json(folder / "drivers" / f"{trial_id}.json",
                 dict(trial_id=trial_id, node_id=runtime.get_node_id(), resources=runtime.get_assigned_resources()))
-    build_trainer(trial_config(tune_config, settings["base"]), resources=TrialResources(**{**settings["resources"], "max_failures": 0}),
+    build_trainer(trial_config(tune_config, settings["base"]),
+                  resources=TrialResources(**{**settings["resources"], "max_failures": 0}),
                   rows_path=folder / "no-rows.parquet",  # probes write no rows
                   storage_path=folder / TRAIN_DIR, name=f"probe-{trial_id}", trial_id=trial_id,
                   study=settings["study"], loop=probe_worker, backend="gloo",
@@ -194,7 +195,8 @@ def dry_run_study(study: Study, *, address: str | None = None, hold_s: float = D
               f"{per_worker} each + {DRIVER_CPU} CPU per driver; {folder}", flush=True)
         tuner = ray.tune.Tuner(
             ray.tune.with_resources(ray.tune.with_parameters(
-                probe_trial, settings={**trial_settings(study, folder, worker), "hold_s": hold_s}), {"cpu": DRIVER_CPU}),
+                probe_trial, settings={**trial_settings(study, folder, worker), "hold_s": hold_s}),
+                {"cpu": DRIVER_CPU}),
             param_space={**study.space, "preset": study.base.preset},
             # No searcher: a grid's values as given, an Optuna study's domains sampled at random (nothing to learn).
             tune_config=ray.tune.TuneConfig(num_samples=study.num_samples, max_concurrent_trials=concurrency,

@@ -3,6 +3,7 @@ the one-run command and the Ray Train worker both use.
 
 A run folder holds (names defined here, once):
 
+    config.yaml                    the complete resolved config (a file for --config), written with the first row
     evaluations.parquet            one row per evaluation (a study's trials write <study>/evaluations/<trial>.parquet)
     checkpoint.pt                  the complete training state, rewritten once per evaluation (one-run folders only:
                                    a study trial's state lives in its Ray Train checkpoints)
@@ -26,12 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from sid.config import DistillConfig
 from sid.distill import Distiller
 from sid.results import EVALUATION_SCHEMA, best_row, provenance, read_parquet, upsert_evaluations, write_file_atomic
 
 CHECKPOINT = "checkpoint.pt"
+CONFIG_FILE = "config.yaml"  # the complete resolved config: the command's options and every DistillConfig field
 EVALUATIONS = "evaluations.parquet"
 SNAPSHOTS = "snapshots"
 BEST = "best.pt"
@@ -88,13 +91,18 @@ def save_image_grid(images: torch.Tensor, path: Path, scale: int = 4) -> None:
 class RunFolder:
     """Where rank 0 writes a run's evaluations (see the module docstring for the files)."""
 
-    def __init__(self, out: Path, *, rows_path: Path | None = None, keep_state: bool = True) -> None:
-        self.out = Path(out)
+    def __init__(self, out: Path, *, rows_path: Path | None = None, keep_state: bool = True,
+                 config_text: str | None = None) -> None:  # config.yaml's text (default: the DistillConfig as YAML)
+        self.out, self.config_text = Path(out), config_text
         self.rows_path = Path(rows_path) if rows_path is not None else self.out / EVALUATIONS
         self.state_path = self.out / CHECKPOINT if keep_state else None  # folders are made by the first write
 
     def write(self, row: dict[str, Any], distiller: Distiller) -> float:
         """Write an evaluation's row and files; return the run's best finite FD so far (NaN if none)."""
+        if self.config_text is not None or not (self.out / CONFIG_FILE).exists():
+            text = self.config_text or yaml.safe_dump(distiller.config.to_dict(), sort_keys=False)
+            write_file_atomic(self.out / CONFIG_FILE, lambda f: f.write(text.encode()))
+            self.config_text = None  # once per process: a resume rewrites it with its own command's values
         rows = upsert_evaluations(self.rows_path, [row],
                                   provenance(distiller.config.to_dict(), str(distiller.device)))
         save_image_grid(distiller.sample(0, 64).cpu(), self.out / samples_name(distiller.iteration))

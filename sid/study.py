@@ -39,6 +39,7 @@ from sid.config import SEARCHABLE, ConfigError, DistillConfig
 from sid.distributed import build_trainer, check_resources, connect, default_placement, resolve
 from sid.resources import TrialResources
 from sid.results import Divergence, is_uri, read_parquet
+from sid.run_state import CONFIG_FILE
 from sid.tracking import MLFLOW_DIR, STEP_KEY, TrackingSettings, mlflow_uri, step_of
 from sid.study_results import EVALUATIONS_DIR, RUNS_DIR, TRIALS_FILE, TrialRecord, write_trials_table
 
@@ -343,6 +344,16 @@ def check_trusted_folder(folder: Path) -> None:
                              f"and resuming unpickles the study's files (code could run); chmod go-w it first")
 
 
+def study_yaml(study: Study) -> str:
+    """config.yaml of a study made in Python: its definition, the base config in full."""
+    import yaml
+
+    space = {k: v["grid_search"] if isinstance(v, dict) else repr(v) for k, v in study.space.items()}
+    return yaml.safe_dump(dict(name=study.name, searcher=study.searcher, num_samples=study.num_samples,
+                               asha=study.asha, space=space, resources=dataclasses.asdict(study.resources),
+                               base=study.base.to_dict()), sort_keys=False)
+
+
 def result_grid(folder: str | os.PathLike) -> ray.tune.ResultGrid:
     """Tune's ResultGrid of a study folder, offline (no cluster, nothing resumed): one Result per trial with its flat
     config (searched fields + preset), last metrics and the per-report history (`metrics_dataframe`)."""
@@ -351,9 +362,11 @@ def result_grid(folder: str | os.PathLike) -> ray.tune.ResultGrid:
     return ResultGrid(ExperimentAnalysis(str(Path(folder).resolve())))
 
 
-def run_study(study: Study, *, resume: bool = False, address: str | None = None) -> pd.DataFrame:
+def run_study(study: Study, *, resume: bool = False, address: str | None = None,
+              config_text: str | None = None) -> pd.DataFrame:
     """Run (or, with resume, continue) a study; return its trials table (also in <folder>/trials.parquet); Tune's
-    own view of it is result_grid(study.folder).
+    own view of it is result_grid(study.folder). `config_text`: the study command's resolved config, written to
+    <folder>/config.yaml (a resume keeps the first one).
 
     Uses the connected Ray if there is one, else joins `address` ('auto': a running cluster) or starts a local one.
     A resumed study keeps its saved definition (space, searcher and Optuna state, scheduler); unfinished and errored
@@ -379,6 +392,7 @@ def run_study(study: Study, *, resume: bool = False, address: str | None = None)
             settings = trial_settings(study, folder, worker)
             folder.mkdir(parents=True, exist_ok=True)
             (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=1))
+            (folder / CONFIG_FILE).write_text(config_text or study_yaml(study))
         trainable = ray.tune.with_resources(ray.tune.with_parameters(run_trial, settings=settings),
                                             {"cpu": DRIVER_CPU})
         if resume:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-import _common
+from studies import _common
 from ray import tune
 
 RANGES = {  # flag -> (field, default LOW,HIGH, log scale)
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
                                  f"(default: {default})")
     parser.add_argument("--num-samples", type=int, default=8, help="trials Optuna proposes (default: 8)")
     parser.add_argument("--optuna-seed", type=int, default=0, help="seed of the TPE sampler (default: 0)")
-    args: argparse.Namespace = parser.parse_args(argv)
+    args: argparse.Namespace = _common.parse(parser, argv)
     space = {}
     for flag, (field, _, log) in RANGES.items():
         low, high = _common.parse_range(parser, getattr(args, flag[2:].replace("-", "_")), flag, log=log)

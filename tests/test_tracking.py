@@ -8,10 +8,12 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 from sid.config import preset
 from sid.results import read_evaluations
 from sid.run import run_local
+from sid.run_state import CONFIG_FILE
 from shared_helpers import code_blocks
 from sid.tracking import MLFLOW_DIR, TENSORBOARD_DIR, TRACKING_FILE, RunTracker, TrackingSettings
 
@@ -45,6 +47,7 @@ def test_one_run_logs_to_tensorboard_and_mlflow_and_a_resume_continues_the_axis(
     run_local(preset("digits", **{**TINY, "duration_kimg": 0.048}), out, device=__import__("torch").device("cpu"),
               resume=True, progress=False, tracking=tracking)
     rows = read_evaluations(out).sort_values("kimg")
+    assert yaml.safe_load((out / CONFIG_FILE).read_text())["duration_kimg"] == 0.048  # rewritten by the resume
     want = [(round(k * 1000), f) for k, f in zip(rows["kimg"], rows["fid"])]  # steps: images seen, 0..48
     assert [s for s, _ in want] == [0, 16, 32, 48]
 
@@ -91,6 +94,9 @@ def test_study_metrics_reach_tensorboard_and_mlflow_and_tune_sees_flat_configs(t
         ray.shutdown()
     assert (trials["state"] == "completed").all()
     rows = read_evaluations(study.folder / "evaluations")
+    assert yaml.safe_load((study.folder / CONFIG_FILE).read_text())["base"]["fid_images"] == 256
+    for trial_id in rows["trial_id"].unique():  # each trial's run folder: its own complete config
+        assert yaml.safe_load((study.folder / "runs" / trial_id / CONFIG_FILE).read_text())["alpha"] in (1.0, 1.2)
     client, runs = mlflow_runs(study.folder / MLFLOW_DIR)
     assert len(runs) == 2
     for trial_id, mine in rows.groupby("trial_id"):
@@ -112,6 +118,7 @@ def test_study_metrics_reach_tensorboard_and_mlflow_and_tune_sees_flat_configs(t
     assert best.metrics["best_fid"] == pytest.approx(trials["best_fid"].min())
 
     namespace = {"STUDY": str(study.folder)}  # docs/reading-results.md's Tune examples, as written
-    for block in code_blocks((Path(__file__).resolve().parents[1] / "docs" / "reading-results.md").read_text(), "python tune"):
+    doc = Path(__file__).resolve().parents[1] / "docs" / "reading-results.md"
+    for block in code_blocks(doc.read_text(), "python tune"):
         exec(compile(block, "reading-results.md", "exec"), namespace)  # noqa: S102
     assert namespace["best"].metrics["best_fid"] == pytest.approx(trials["best_fid"].min())
