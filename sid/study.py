@@ -12,7 +12,7 @@ study lives in <storage>/<name>/:
     train/train-<trial_id>/          the trial's Ray Train run (checkpoints: what a resumed trial continues from)
     trial-<trial_id>/, experiment_state-*.json, searcher-state-*.pkl, tuner.pkl    Tune's own files
 
-Ray 2.60 facts this relies on (ray_notes.md section 4): the dashboard must run so that trials stopped by Tune release
+Ray 2.60 facts this relies on (docs/ray-notes.md section 3): the dashboard must run so that trials stopped by Tune release
 their workers (pitfall 1); OptunaSearch gets metric and mode itself (5) and learns from `best_fid` (6); ASHA counts
 our monotonic `kimg` and Tune's per-trial history is not the record, the Parquet rows are (7).
 """
