@@ -276,7 +276,10 @@ def schema_version(path: str | os.PathLike) -> str | None:
 def read_parquet(path: str | os.PathLike, schema: pa.Schema | None = None) -> pd.DataFrame:
     """Read one results file; raise ValueError naming the file if it is not readable Parquet."""
     try:
-        frame = pq.read_table(path).to_pandas()
+        # One open, read whole: a path-based read may open the file again for its pages, and a writer's rename in
+        # between (a trial's rank 0 while the study's stopper reads) mixes two files' footer and pages.
+        with open(path, "rb") as f:
+            frame = pq.read_table(pa.BufferReader(f.read())).to_pandas()
     except Exception as exc:  # a cut file raises Arrow/OS errors; crafted pandas metadata Key/Type/ValueErrors
         raise ValueError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc})") from exc
     if schema is not None:

@@ -93,16 +93,16 @@ class RunFolder:
 
     def __init__(self, out: Path, *, rows_path: Path | None = None, keep_state: bool = True,
                  config_text: str | None = None) -> None:  # config.yaml's text (default: the DistillConfig as YAML)
-        self.out, self.config_text = Path(out), config_text
+        self.out, self.config_text, self._config_written = Path(out), config_text, False
         self.rows_path = Path(rows_path) if rows_path is not None else self.out / EVALUATIONS
         self.state_path = self.out / CHECKPOINT if keep_state else None  # folders are made by the first write
 
     def write(self, row: dict[str, Any], distiller: Distiller) -> float:
         """Write an evaluation's row and files; return the run's best finite FD so far (NaN if none)."""
-        if self.config_text is not None or not (self.out / CONFIG_FILE).exists():
+        if not self._config_written:  # once per process: a resume rewrites it with its own values
             text = self.config_text or yaml.safe_dump(distiller.config.to_dict(), sort_keys=False)
             write_file_atomic(self.out / CONFIG_FILE, lambda f: f.write(text.encode()))
-            self.config_text = None  # once per process: a resume rewrites it with its own command's values
+            self._config_written = True
         rows = upsert_evaluations(self.rows_path, [row],
                                   provenance(distiller.config.to_dict(), str(distiller.device)))
         save_image_grid(distiller.sample(0, 64).cpu(), self.out / samples_name(distiller.iteration))

@@ -122,3 +122,22 @@ def test_study_metrics_reach_tensorboard_and_mlflow_and_tune_sees_flat_configs(t
     for block in code_blocks(doc.read_text(), "python tune"):
         exec(compile(block, "reading-results.md", "exec"), namespace)  # noqa: S102
     assert namespace["best"].metrics["best_fid"] == pytest.approx(trials["best_fid"].min())
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--tracker", "tensorbord"], "invalid choice: 'tensorbord'"),
+    (["--tracker", "wandb"], "tracker wandb needs the wandb package: pip install 'sid-studies[wandb]'"),
+])
+def test_unknown_or_uninstalled_tracker_is_one_error_with_exit_code_2(tmp_path, monkeypatch, capsys, argv, words):
+    import importlib.util
+
+    import sid.run
+
+    if "wandb" in argv and importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        sid.run.main(argv)
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exited.value.code == 2 and "error:" in last and words in last, last
+    assert not list(tmp_path.iterdir())
