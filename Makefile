@@ -6,18 +6,27 @@ STAMP  := $(VENV)/.installed
 
 DEMO   := results/alpha_sweep-digits-study
 
-.PHONY: setup demo figures test bench clean
+.PHONY: setup demo figures test bench clean lock
 
 setup: $(STAMP)
 
-# requirements.lock pins what the tests ran with. torch is pinned separately: on a GPU machine install your CUDA
-# build into .venv first and set SID_KEEP_TORCH=1, so that the pin (a CPU build here) does not replace it.
+# requirements.lock (made by `make lock`) pins every package the tests ran with, with hashes that pip checks. Its
+# torch is the CPU build (requirements-torch.txt): on a GPU machine install your CUDA build into .venv first and set
+# SID_KEEP_TORCH=1, so that the lock's torch entry is left out and does not replace it.
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	grep -v '^torch==' requirements.lock > $(VENV)/constraints.txt
-	if [ -z "$$SID_KEEP_TORCH" ]; then $(PY) -m pip install -q "$$(grep '^torch==' requirements.lock)"; fi
-	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e ".[test]"
+	awk -v keep="$$SID_KEEP_TORCH" '/^torch==/ {skip = keep != ""; if (skip) next} /^[^ ]/ && !/^torch==/ {skip = 0} !skip' \
+		requirements.lock > $(VENV)/lock.txt
+	$(PY) -m pip install -q --require-hashes -r $(VENV)/lock.txt
+	$(PY) -m pip install -q --no-deps -e ".[test]"
 	touch $(STAMP)
+
+# Re-lock after a change to pyproject.toml: keeps the current pins where they still fit (--upgrade for newer ones).
+# LOCK_FLAGS: where your indexes are, e.g. --extra-index-url https://download.pytorch.org/whl/cpu for the CPU torch.
+lock:
+	uv pip compile pyproject.toml --extra test --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+		--generate-hashes --override requirements-torch.txt --index-strategy unsafe-best-match $(LOCK_FLAGS) \
+		-o requirements.lock
 
 # The default study; a second `make demo` resumes it (or, when finished, prints its table again).
 demo: setup

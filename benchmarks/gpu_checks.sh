@@ -25,7 +25,7 @@ section machine
   $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
 } 2>&1 | tee "$OUT/machine.txt"
 
-section "throughput (batch 64 as in shared/anchors.md, then 256)"
+section "throughput (batch 64 as in docs/sid-facts.md section 7, then 256)"
 timeout 170 $PY benchmarks/step_throughput.py --device cuda --preset cifar10-uncond --batch 64 --sync-check \
   --iterations 6 --warmup 2 --repeats 3 --json "$OUT/throughput.json" \
   --variants official,fp32,tf32,fp16,bf16,bf16-cl,tf32-cl,bf16-tf32-cl,tf32-b256,bf16-cl-b256,bf16-tf32-cl-b256,bf16-tf32-cl-fit-b256 \

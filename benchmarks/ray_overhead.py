@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local cluster, no token file needed (ray_notes pitfall 3)
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local cluster, no token file needed (docs/ray-notes.md pitfall 3)
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 
 import torch  # noqa: E402

@@ -267,7 +267,7 @@ def run_all(args: argparse.Namespace, configs: dict[str, DistillConfig], teacher
     if math.isfinite(flops):
         anchor = ANCHOR_GFLOP_PER_IMAGE.get(args.preset)
         print(f"# {flops / 1e9:.1f} GFLOP per generator image per iteration (matmul/conv/attention, counted)"
-              + (f"; anchors.md: {anchor:.0f}" if anchor else ""), flush=True)
+              + (f"; the official step: {anchor:.0f} (docs/sid-facts.md section 7)" if anchor else ""), flush=True)
     for name, config in configs.items():
         row, curves = measure(args, name, config, teacher, device, flops, ref_curves)
         ref_curves = ref_curves or curves

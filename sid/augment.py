@@ -1,4 +1,4 @@
-"""EDM's non-leaking augmentation pipe (edm: training/augment.py), restricted to what SiD enables (sid_spec 2.1).
+"""EDM's non-leaking augmentation pipe (edm: training/augment.py), restricted to what SiD enables (docs/sid-facts.md 2.1).
 
 SiD applies it only to the fake-score inputs, with the multipliers xflip 1e8, yflip, scale, rotate_frac, aniso,
 translate_frac = 1 and no colour ops. Each op is enabled per sample with probability multiplier * p, so for any

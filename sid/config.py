@@ -1,6 +1,6 @@
 """DistillConfig: every option of one SiD run, typed and validated, plus the official presets.
 
-Values of the presets follow the official `run_sid.sh` (see sid_spec.md section 4). `digits` is the embedded default
+Values of the presets follow the official `run_sid.sh` (docs/sid-facts.md section 4). `digits` is the embedded default
 that runs on a laptop CPU in minutes.
 """
 
@@ -24,7 +24,7 @@ EVAL_SCHEDULES = ("every", "official")
 SNAPSHOT_KINDS = ("all", "best", "last")  # keep_snapshots: 'all', or a comma list of 'best' and 'last'
 ADAM_EPS = {"fp16": 1e-6}                # the official rule: 1e-6 with fp16, else ADAM_EPS_DEFAULT
 ADAM_EPS_DEFAULT = 1e-8
-# The official code's progress ticks (sid_spec.md section 3): a tick ends once 10 kimg more were used; it evaluates at
+# The official code's progress ticks (docs/sid-facts.md section 3): a tick ends once 10 kimg more were used; it evaluates at
 # ticks 10, 20, ..., 100 (the early, fast part of the curve) and every 50 ticks.
 OFFICIAL_TICK_KIMG, OFFICIAL_DENSE_TICKS, OFFICIAL_SNAP_TICKS = 10.0, range(10, 101, 10), 50
 

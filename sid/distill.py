@@ -1,6 +1,6 @@
 """SiD distillation: the Distiller (three networks, two optimisers, EMA, one iteration) and the loop in kimg.
 
-One iteration follows the official order (sid_spec.md 2.4): a fake-score update on fresh generator samples, then a
+One iteration follows the official order (docs/sid-facts.md 2.4): a fake-score update on fresh generator samples, then a
 generator update on another fresh batch, each accumulated over micro-batches, NaN grads mapped to finite values
 before each Adam step, then the EMA of the generator. Progress is counted like the official code:
 kimg = iterations * batch / 1000 (each iteration also generates a second batch for the fake-score update).

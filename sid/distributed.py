@@ -32,6 +32,7 @@ from sid.config import DistillConfig
 from sid.distill import Distiller, check_architecture, student_kwargs
 from sid.resources import STRATEGIES, TrialResources
 from sid.run_state import CHECKPOINT, EVALUATIONS, RunFolder, load_checkpoint, run_rank
+from sid.tracking import STEP_KEY, RunTracker, TrackingSettings, step_of
 
 STATE_FILE = "state.pt"        # the training state inside each Ray checkpoint folder
 RUN_NAME = "train"             # Ray Train run name of a one-run folder (storage: <out>/ray/train)
@@ -130,6 +131,7 @@ class _Reporter:
     def __call__(self, row: dict[str, Any], distiller: Distiller, best_fid: float) -> None:
         metrics = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         metrics["best_fid"] = best_fid
+        metrics[STEP_KEY] = step_of(row)  # Tune's TensorBoard/MLflow callbacks step on it: images, not reports
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if self.folder is not None and row["status"] == "ok":  # a diverged state is no checkpoint
@@ -161,10 +163,25 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         torch.set_num_threads(max(1, round(cpus)))
     _record_worker(loop_config["workers_dir"], rank, world_size, device)
     folder = RunFolder(Path(loop_config["run_folder"]), rows_path=Path(loop_config["rows_path"]),
-                       keep_state=loop_config["keep_state"]) if rank == 0 else None
-    run_rank(config, folder, device=device, rank=rank, world_size=world_size,
-             state=_restored_state(loop_config, config), study=loop_config["study"],
-             trial_id=loop_config["trial_id"], after=_Reporter(folder), progress=False)
+                       keep_state=loop_config["keep_state"], config_text=loop_config.get("config_text")) \
+        if rank == 0 else None
+    reporter, tracker = _Reporter(folder), None
+    # a one-run command's trackers (a study's are Tune callbacks)
+    if rank == 0 and loop_config.get("tracking", {}).get("trackers"):
+        tracker = RunTracker(folder.out, config.to_dict(), TrackingSettings.from_dict(loop_config["tracking"]))
+
+    def after(row: dict[str, Any], distiller: Distiller, best_fid: float) -> None:
+        if tracker is not None:  # before the report: it is a barrier, and the checkpoint may end this worker
+            tracker.after(row, distiller, best_fid)
+        reporter(row, distiller, best_fid)
+
+    try:
+        run_rank(config, folder, device=device, rank=rank, world_size=world_size,
+                 state=_restored_state(loop_config, config), study=loop_config["study"],
+                 trial_id=loop_config["trial_id"], after=after, progress=False)
+    finally:
+        if tracker is not None:
+            tracker.close()
 
 
 # ---------------------------------------------------------------------------------------------- trainer
@@ -254,7 +271,8 @@ def resolve(resources: TrialResources, *, cpus_default: float | None = None) -> 
 
 
 def run_distributed(config: DistillConfig, out: Path, *, resources: TrialResources, address: str | None,
-                    resume: bool) -> Path:
+                    resume: bool, tracking: TrackingSettings = TrackingSettings(),
+                    config_text: str | None = None) -> Path:
     """Run (or continue) one distillation through Ray Train; return the evaluations file <out>/evaluations.parquet.
 
     The run folder looks like a single-process one (rows, checkpoint.pt, snapshots, samples), so a run can be
@@ -279,7 +297,8 @@ def run_distributed(config: DistillConfig, out: Path, *, resources: TrialResourc
         resources = resolve(resources)
         trainer = build_trainer(config, resources=resources, rows_path=out / EVALUATIONS, storage_path=out / "ray",
                                 name=RUN_NAME, trial_id=out.name, run_folder=out, keep_state=True,
-                                resume_path=out / CHECKPOINT if resume else None, workers_dir=out / "workers")
+                                resume_path=out / CHECKPOINT if resume else None, workers_dir=out / "workers",
+                                loop_extra={"tracking": tracking.to_dict(), "config_text": config_text})
         print(f"Ray Train: {resources.workers} worker(s) x {resources.per_worker()} "
               f"({trainer.scaling_config.placement_strategy}) on {len(_live_nodes())} node(s); "
               f"rows -> {out / EVALUATIONS}", flush=True)

@@ -90,15 +90,16 @@ def probe_worker(loop_config: dict[str, Any]) -> None:
         start=start, end=time.time()))
 
 
-def probe_trial(tune_config: dict[str, Any]) -> None:
-    """Tune function trainable of a dry run: record the driver, then run the trial's workers with probe_worker."""
-    settings = tune_config["sid"]
+def probe_trial(tune_config: dict[str, Any], settings: dict[str, Any]) -> None:
+    """Tune function trainable of a dry run (settings: bound with tune.with_parameters): record the driver, then run
+    the trial's workers with probe_worker."""
     trial_id = ray.tune.get_context().get_trial_id()
     folder = Path(settings["folder"])
     runtime = ray.get_runtime_context()
     _write_json(folder / "drivers" / f"{trial_id}.json",
                 dict(trial_id=trial_id, node_id=runtime.get_node_id(), resources=runtime.get_assigned_resources()))
-    build_trainer(trial_config(tune_config), resources=TrialResources(**{**settings["resources"], "max_failures": 0}),
+    build_trainer(trial_config(tune_config, settings["base"]),
+                  resources=TrialResources(**{**settings["resources"], "max_failures": 0}),
                   rows_path=folder / "no-rows.parquet",  # probes write no rows
                   storage_path=folder / TRAIN_DIR, name=f"probe-{trial_id}", trial_id=trial_id,
                   study=settings["study"], loop=probe_worker, backend="gloo",
@@ -193,8 +194,10 @@ def dry_run_study(study: Study, *, address: str | None = None, hold_s: float = D
         print(f"dry run {study.name}: up to {concurrency} trial(s) at once, {study.resources.workers} worker(s) x "
               f"{per_worker} each + {DRIVER_CPU} CPU per driver; {folder}", flush=True)
         tuner = ray.tune.Tuner(
-            ray.tune.with_resources(probe_trial, {"cpu": DRIVER_CPU}),
-            param_space={**study.space, "sid": {**trial_settings(study, folder, worker), "hold_s": hold_s}},
+            ray.tune.with_resources(ray.tune.with_parameters(
+                probe_trial, settings={**trial_settings(study, folder, worker), "hold_s": hold_s}),
+                {"cpu": DRIVER_CPU}),
+            param_space={**study.space, "preset": study.base.preset},
             # No searcher: a grid's values as given, an Optuna study's domains sampled at random (nothing to learn).
             tune_config=ray.tune.TuneConfig(num_samples=study.num_samples, max_concurrent_trials=concurrency,
                                             trial_dirname_creator=trial_dirname),

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from sid.config import DistillConfig
 from sid.distill import Distiller
-from sid.results import CONFIG_COLUMNS, now_utc
+from sid.results import CONFIG_COLUMNS, MORE_CONFIG_COLUMNS, now_utc
 
 OnEvaluation = Callable[[dict[str, Any], Distiller], None]
 
@@ -63,7 +63,8 @@ def make_row(distiller: Distiller, *, fid: float, stats: dict, wall_s: float, im
         world_size=distiller.world_size, kimg=distiller.kimg, iteration=distiller.iteration, wall_s=wall_s,
         device_s=wall_s * distiller.world_size, fid=fid, fid_detector=cfg.fid_detector,
         fid_images=cfg.fid_images_at(distiller.iteration),
-        images_per_s=images_per_s, **stats, status="ok" if finite else "diverged", written_at=now_utc(),
+        images_per_s=images_per_s, **stats, status="ok" if finite else "diverged",
+        **{c: getattr(cfg, c) for c in MORE_CONFIG_COLUMNS}, written_at=now_utc(),
     )
 
 

@@ -1,4 +1,4 @@
-"""SiD losses (sid_spec.md section 2): the fake-score DSM loss, the generator loss and their two sigma samplers.
+"""SiD losses (docs/sid-facts.md section 2): the fake-score DSM loss, the generator loss and their two sigma samplers.
 
 Pure functions: noise levels and noise are arguments, so tests and the Distiller control every random draw.
 Networks are EDM preconditioned denoisers `net(x, sigma, class_labels=None, augment_labels=None) -> D(x; sigma)`
@@ -76,7 +76,7 @@ def generator_loss(teacher, fake_score, images: Tensor, labels: Tensor | None = 
                    sigma: Tensor, noise: Tensor,
                    return_kept: bool = False,  # also return Bool [N] of the samples the NaN guard kept
                    ) -> Tensor | tuple[Tensor, Tensor]:
-    """SiD generator loss per sample [N] (sid_spec 2.2): sum over pixels of
+    """SiD generator loss per sample [N] (docs/sid-facts.md 2.2): sum over pixels of
     (f_phi - f_psi) * ((f_phi - x_g) - alpha (f_phi - f_psi)) / w_i, with w_i = max(mean |x_g - f_phi|, 1e-5).
 
     Gradient reaches `images` directly and through x_t = images + sigma * noise into both networks (their
@@ -101,7 +101,7 @@ def fake_score_loss(fake_score, images: Tensor, labels: Tensor | None = None, *,
                     augment_labels: Tensor | None = None,
                     return_kept: bool = False,  # also return Bool [N] of the samples the NaN guard kept
                     ) -> Tensor | tuple[Tensor, Tensor]:
-    """Fake-score denoising score matching per sample [N] (sid_spec 2.1): sum over pixels of
+    """Fake-score denoising score matching per sample [N] (docs/sid-facts.md 2.1): sum over pixels of
     lambda(sigma) (f_psi(y + sigma n; sigma) - y)^2, lambda = (sigma^2 + 0.25) / (0.5 sigma)^2.
 
     `images` are the (possibly augmented) generator samples y; `augment_labels` the pipe's [N, 9] labels or None.

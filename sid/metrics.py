@@ -1,5 +1,5 @@
 """Frechet distance of generated images against reference statistics, as SiD's training-time FID computes it
-(sid_spec.md section 5): uint8 quantisation by truncation, detector features accumulated in float64, biased (/N)
+(docs/sid-facts.md section 5): uint8 quantisation by truncation, detector features accumulated in float64, biased (/N)
 covariance of the generated set, reference (mu, sigma) in EDM's fid-refs .npz format.
 
 Detectors share one protocol (uint8 NCHW in, float features [N, D] out; attributes `name`, `feature_dim`) and are

@@ -8,6 +8,7 @@ rewrites, never duplicates, an evaluation point.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -21,12 +22,19 @@ from typing import Any, BinaryIO
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 SCHEMA_VERSION = "1"
 
-# Columns copied from the run's config into every row.
+# Columns copied from the run's config into every row (and into the trials table).
 CONFIG_COLUMNS = ("preset", "teacher", "alpha", "tmax", "sigma_init", "lr", "glr", "batch", "precision", "seed")
+# The other config fields that shape an evaluation's numbers, also in every row (added in schema 1 without a version
+# change: readers fill them with nulls for files written before). Fields that only say when to evaluate or what to
+# keep (eval_*, keep_snapshots, fid_images_final) are not columns; the complete config is in the file's metadata.
+MORE_CONFIG_COLUMNS = ("init_generator", "ls", "lsg", "beta1", "g_beta1", "beta2", "adam_eps", "batch_per_device",
+                       "memory_format", "compile", "dropout", "augment", "ema_mimg", "ema_rampup", "duration_kimg",
+                       "fid_ref")
 
 EVALUATION_SCHEMA = pa.schema([
     ("study", pa.string()),            # study name ('' for a single run)
@@ -54,8 +62,26 @@ EVALUATION_SCHEMA = pa.schema([
     ("images_per_s", pa.float64()),    # generator images per second of training since the previous evaluation
     ("nan_samples", pa.int64()),       # samples dropped by the NaN guard since the previous evaluation
     ("status", pa.string()),           # 'ok' | 'diverged'
+    ("init_generator", pa.string()),   # initial generator ('' = the teacher)
+    ("ls", pa.float64()),              # fake-score loss scale
+    ("lsg", pa.float64()),             # generator loss scale
+    ("beta1", pa.float64()),           # fake-score Adam beta1
+    ("g_beta1", pa.float64()),         # generator Adam beta1
+    ("beta2", pa.float64()),           # Adam beta2
+    ("adam_eps", pa.float64()),        # Adam eps (resolved)
+    ("batch_per_device", pa.int64()),  # micro-batch per device (0 = the largest that fit)
+    ("memory_format", pa.string()),
+    ("compile", pa.string()),
+    ("dropout", pa.float64()),
+    ("augment", pa.float64()),         # EDM augmentation probability
+    ("ema_mimg", pa.float64()),        # EMA half-life in Mimg
+    ("ema_rampup", pa.float64()),
+    ("duration_kimg", pa.float64()),   # the run's planned length
+    ("fid_ref", pa.string()),          # reference statistics of the Frechet distance
     ("written_at", pa.timestamp("us", tz="UTC")),
 ])
+# Columns a file may lack because it was written before they existed: read back as nulls.
+LATER_COLUMNS = frozenset(MORE_CONFIG_COLUMNS)
 
 TRIAL_STATES = ("completed", "stopped_early", "diverged", "error", "running")
 
@@ -115,13 +141,72 @@ def now_utc() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _table(rows: pd.DataFrame | Iterable[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
+def _table(rows: pd.DataFrame | Iterable[Mapping[str, Any]], schema: pa.Schema,
+           metadata: Mapping[str, str] | None = None) -> pa.Table:
+    """Rows as a table of `schema`; NaN in a float column becomes null ('not computed': SQL's avg() and polars'
+    mean() skip it, where a NaN would make them NaN)."""
     frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+    frame = _fill_later(frame, schema)
     missing = [name for name in schema.names if name not in frame.columns]
     if missing:
         raise ValueError(f"rows lack schema columns: {', '.join(missing)}")
     table = pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
-    return table.replace_schema_metadata({b"sid_schema_version": SCHEMA_VERSION.encode()})
+    for i, f in enumerate(table.schema):
+        if pa.types.is_floating(f.type):
+            column = table.column(i)
+            table = table.set_column(i, f, pc.if_else(pc.is_nan(column), pa.scalar(None, f.type), column))
+    meta = {b"sid_schema_version": SCHEMA_VERSION.encode(),
+            **{k.encode(): str(v).encode() for k, v in (metadata or {}).items()}}
+    return table.replace_schema_metadata(meta)
+
+
+def _fill_later(frame: pd.DataFrame, schema: pa.Schema) -> pd.DataFrame:
+    """Nulls for the LATER_COLUMNS of `schema` that `frame` lacks (a file or rows from before they existed)."""
+    lacking = [n for n in schema.names if n in LATER_COLUMNS and n not in frame.columns]
+    if not lacking:
+        return frame
+    fill = {n: pa.nulls(len(frame), schema.field(n).type).to_pandas() for n in lacking}
+    return frame.assign(**{n: v.set_axis(frame.index) for n, v in fill.items()})
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str:
+    """The commit of this checkout ('' for an installed package or without git)."""
+    import subprocess
+
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True,
+                              timeout=5)
+        return done.stdout.strip() if done.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def provenance(config: Mapping[str, Any] | None = None, device: str | None = None) -> dict[str, str]:
+    """What made a results file, for its Parquet metadata: package version, git commit (when this is a checkout),
+    torch and CUDA versions, the device's name and the complete config (JSON)."""
+    import json
+    import platform
+    from importlib import metadata
+
+    import torch
+
+    try:
+        version = metadata.version("sid-studies")
+    except metadata.PackageNotFoundError:
+        version = ""
+    device = device or "cpu"
+    name = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else \
+        (platform.processor() or platform.machine())
+    return {"sid_version": version, "sid_git_commit": git_commit(), "torch_version": torch.__version__,
+            "cuda_version": torch.version.cuda or "", "device": f"{device}: {name}",
+            "sid_config": json.dumps(dict(config or {}), sort_keys=True)}
+
+
+def file_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The key/value metadata of a results file (provenance() keys, sid_schema_version), pandas' own left out."""
+    meta = pq.read_schema(path).metadata or {}
+    return {k.decode(): v.decode() for k, v in meta.items() if k != b"pandas"}
 
 
 def is_uri(path: str | os.PathLike) -> bool:
@@ -162,19 +247,22 @@ def write_atomic(table: pa.Table, path: str | os.PathLike) -> Path:
     return write_file_atomic(path, lambda f: pq.write_table(table, f))
 
 
-def write_evaluations(path: str | os.PathLike, rows: pd.DataFrame | Iterable[Mapping[str, Any]]) -> Path:
-    table = _table(rows, EVALUATION_SCHEMA)
+def write_evaluations(path: str | os.PathLike, rows: pd.DataFrame | Iterable[Mapping[str, Any]],
+                      metadata: Mapping[str, str] | None = None) -> Path:
+    table = _table(rows, EVALUATION_SCHEMA, metadata)
     return write_atomic(table, path)
 
 
-def upsert_evaluations(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    """Merge rows into the file at `path`, replacing any row with the same (trial_id, kimg); return the result."""
+def upsert_evaluations(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]],
+                       metadata: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """Merge rows into the file at `path`, replacing any row with the same (trial_id, kimg); return the result.
+    `metadata` (provenance()) becomes the file's key/value metadata."""
     new = pd.DataFrame(list(rows))
     old = read_parquet(path, EVALUATION_SCHEMA) if Path(path).exists() else None
     merged = new if old is None or old.empty else pd.concat([old, new], ignore_index=True)
     merged = merged.drop_duplicates(subset=["trial_id", "kimg"], keep="last").sort_values(["trial_id", "kimg"])
     merged = merged.reset_index(drop=True)
-    write_evaluations(path, merged)
+    write_evaluations(path, merged, metadata)
     return merged
 
 
@@ -205,13 +293,18 @@ def schema_version(path: str | os.PathLike) -> str | None:
 def read_parquet(path: str | os.PathLike, schema: pa.Schema | None = None) -> pd.DataFrame:
     """Read one results file; raise ValueError naming the file if it is not readable Parquet."""
     try:
-        frame = pq.read_table(path).to_pandas()
+        # One open, read whole: a path-based read may open the file again for its pages, and a writer's rename in
+        # between (a trial's rank 0 while the study's stopper reads) mixes two files' footer and pages.
+        with open(path, "rb") as f:
+            frame = pq.read_table(pa.BufferReader(f.read())).to_pandas()
     except Exception as exc:  # a cut file raises Arrow/OS errors; crafted pandas metadata Key/Type/ValueErrors
         raise ValueError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc})") from exc
     if schema is not None:
+        frame = _fill_later(frame, schema)
         missing = [n for n in schema.names if n not in frame.columns]
         if missing:
             raise ValueError(f"{path}: missing columns {', '.join(missing)}")
+        frame = frame[[*schema.names, *(c for c in frame.columns if c not in schema.names)]]
     return frame
 
 

@@ -16,10 +16,13 @@ from pathlib import Path
 import torch
 
 from sid.assets import AssetError
-from sid.cli import add_config_flags, add_preset_flag, add_resource_flags, config_from_args, resources_from_args
+from sid.cli import (HelpFormatter, add_config_file_flags, add_config_flags, add_preset_flag, add_resource_flags,
+                     add_tracking_flags, config_from_args, config_yaml, parse, print_config, resolved_config,
+                     resources_from_args, tracking_from_args)
 from sid.config import DistillConfig
 from sid.results import is_uri
 from sid.run_state import CHECKPOINT, RunFolder, check_rows_readable, load_checkpoint, run_rank
+from sid.tracking import DEFAULT_EXPERIMENT, RunTracker, TrackingSettings
 
 
 def pick_device(name: str) -> torch.device:
@@ -37,39 +40,52 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def run_local(config: DistillConfig, out: Path, *, device: torch.device, resume: bool, progress: bool = True) -> Path:
-    """Run (or continue) one distillation in this process; return the evaluations file."""
-    folder = RunFolder(out)
+def run_local(config: DistillConfig, out: Path, *, device: torch.device, resume: bool, progress: bool = True,
+              tracking: TrackingSettings = TrackingSettings(), config_text: str | None = None) -> Path:
+    """Run (or continue) one distillation in this process; return the evaluations file. `config_text`: the
+    command's config.yaml (default: the DistillConfig's), written with the first evaluation."""
+    folder = RunFolder(out, config_text=config_text)
+    tracker = RunTracker(out, config.to_dict(), tracking)
     state = None
     if resume:
         state = load_checkpoint(out / CHECKPOINT, config)
         check_rows_readable(folder)
         print(f"resuming {out}")
-    run_rank(config, folder, device=device, state=state, trial_id=out.name, progress=progress)
+    try:
+        run_rank(config, folder, device=device, state=state, trial_id=out.name, progress=progress,
+                 after=tracker.after)
+    finally:
+        tracker.close()
     return folder.rows_path
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sid.distill", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                     formatter_class=HelpFormatter,
                                      allow_abbrev=False)  # a typo must not silently become another flag
     add_preset_flag(parser)
+    add_config_file_flags(parser)
     parser.add_argument("--out", default=None, help="run folder (default: runs/<preset>)")
     parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (single-process runs)")
     parser.add_argument("--address", default=None, help="Ray cluster address ('auto' joins a running cluster)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     add_resource_flags(parser, per="run")
+    add_tracking_flags(parser, experiment=DEFAULT_EXPERIMENT)
     add_config_flags(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     config = config_from_args(parser, args)
     out = Path(args.out) if args.out else Path("runs") / config.preset
     resources = resources_from_args(parser, args)
+    tracking = tracking_from_args(parser, args, experiment=DEFAULT_EXPERIMENT)
+    values = resolved_config(parser, args, config, out=str(out))
+    if args.print_config:
+        print_config(values)
     if is_uri(args.out or ""):
         parser.error(f"--out {args.out}: expected a local or mounted shared folder (rows and checkpoints are written "
                      "with plain file I/O), not a URL")
@@ -91,11 +107,13 @@ def main(argv: list[str] | None = None) -> None:
         for stale in out.glob(".*.tmp"):  # half-written by a killed run (files are written beside, then renamed)
             stale.unlink()
         if resources.workers == 1 and args.address is None:
-            path = run_local(config, out, device=device, resume=args.resume, progress=not args.no_progress)
+            path = run_local(config, out, device=device, resume=args.resume, progress=not args.no_progress,
+                             tracking=tracking, config_text=config_yaml(values))
         else:
             from sid.distributed import run_distributed
 
-            path = run_distributed(config, out, resources=resources, address=args.address, resume=args.resume)
+            path = run_distributed(config, out, resources=resources, address=args.address, resume=args.resume,
+                                   tracking=tracking, config_text=config_yaml(values))
     except ValueError as exc:  # bad checkpoint/teacher/asset: one line, not a traceback
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

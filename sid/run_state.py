@@ -3,6 +3,7 @@ the one-run command and the Ray Train worker both use.
 
 A run folder holds (names defined here, once):
 
+    config.yaml                    the complete resolved config (a file for --config), written with the first row
     evaluations.parquet            one row per evaluation (a study's trials write <study>/evaluations/<trial>.parquet)
     checkpoint.pt                  the complete training state, rewritten once per evaluation (one-run folders only:
                                    a study trial's state lives in its Ray Train checkpoints)
@@ -27,12 +28,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from sid.config import DistillConfig
 from sid.distill import Distiller
-from sid.results import EVALUATION_SCHEMA, best_row, read_parquet, upsert_evaluations, write_file_atomic
+from sid.results import EVALUATION_SCHEMA, best_row, provenance, read_parquet, upsert_evaluations, write_file_atomic
 
 CHECKPOINT = "checkpoint.pt"
+CONFIG_FILE = "config.yaml"  # the complete resolved config: the command's options and every DistillConfig field
 EVALUATIONS = "evaluations.parquet"
 SNAPSHOTS = "snapshots"
 PHEMA = "phema"
@@ -48,6 +51,11 @@ AfterEvaluation = Callable[[dict[str, Any], Distiller, float], None]  # (row, di
 def snapshot_name(kimg: float) -> str:
     """'generator-000102.656.pt': zero-padded, so names sort by kimg."""
     return f"generator-{kimg:010.3f}.pt"
+
+
+def samples_name(iteration: int) -> str:
+    """'samples-0000050.png': the sample grid of the evaluation after `iteration`."""
+    return f"samples-{iteration:07d}.png"
 
 
 def save_atomic(obj: object, path: Path) -> None:
@@ -85,15 +93,21 @@ def save_image_grid(images: torch.Tensor, path: Path, scale: int = 4) -> None:
 class RunFolder:
     """Where rank 0 writes a run's evaluations (see the module docstring for the files)."""
 
-    def __init__(self, out: Path, *, rows_path: Path | None = None, keep_state: bool = True) -> None:
-        self.out = Path(out)
+    def __init__(self, out: Path, *, rows_path: Path | None = None, keep_state: bool = True,
+                 config_text: str | None = None) -> None:  # config.yaml's text (default: the DistillConfig as YAML)
+        self.out, self.config_text, self._config_written = Path(out), config_text, False
         self.rows_path = Path(rows_path) if rows_path is not None else self.out / EVALUATIONS
         self.state_path = self.out / CHECKPOINT if keep_state else None  # folders are made by the first write
 
     def write(self, row: dict[str, Any], distiller: Distiller) -> float:
         """Write an evaluation's row and files; return the run's best finite FD so far (NaN if none)."""
-        rows = upsert_evaluations(self.rows_path, [row])
-        save_image_grid(distiller.sample(0, 64).cpu(), self.out / f"samples-{distiller.iteration:07d}.png")
+        if not self._config_written:  # once per process: a resume rewrites it with its own values
+            text = self.config_text or yaml.safe_dump(distiller.config.to_dict(), sort_keys=False)
+            write_file_atomic(self.out / CONFIG_FILE, lambda f: f.write(text.encode()))
+            self._config_written = True
+        rows = upsert_evaluations(self.rows_path, [row],
+                                  provenance(distiller.config.to_dict(), str(distiller.device)))
+        save_image_grid(distiller.sample(0, 64).cpu(), self.out / samples_name(distiller.iteration))
         best = best_row(rows[(rows["trial_id"] == row["trial_id"]) & (rows["kimg"] <= row["kimg"])])
         if row["status"] == "ok":
             self._snapshot(row, distiller, best_kimg=best["kimg"] if best is not None else None)

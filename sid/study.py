@@ -12,15 +12,16 @@ study lives in <storage>/<name>/:
     train/train-<trial_id>/          the trial's Ray Train run (checkpoints: what a resumed trial continues from)
     trial-<trial_id>/, experiment_state-*.json, searcher-state-*.pkl, tuner.pkl    Tune's own files
 
-Ray 2.60 facts this relies on (ray_notes.md section 4): the dashboard must run so that trials stopped by Tune release
-their workers (pitfall 1); OptunaSearch gets metric and mode itself (5) and learns from `best_fid` (6); ASHA counts
-our monotonic `kimg` and Tune's per-trial history is not the record, the Parquet rows are (7).
+Ray 2.60 facts this relies on (docs/ray-notes.md): the dashboard must run so that trials stopped by Tune release their
+workers; the searcher gets metric and mode itself and learns from `best_fid`; the stopper (sid/search.py) judges our
+monotonic `kimg` and the trial's Parquet rows, not Tune's per-trial history, which restarts on restore.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 import os
 import re
@@ -40,11 +41,14 @@ from sid.resources import TrialResources
 from sid.search import SAMPLERS, StorageError, StudyStopper, make_searcher, open_storage
 from sid.stopping import CurveRule
 from sid.results import Divergence, is_uri, read_parquet
+from sid.run_state import CONFIG_FILE
+from sid.tracking import MLFLOW_DIR, STEP_KEY, TrackingSettings, mlflow_uri, step_of
 from sid.study_results import EVALUATIONS_DIR, RUNS_DIR, TRIALS_FILE, TrialRecord, write_trials_table
 
 DRIVER_CPU = 0.01                      # CPU held by each trial's driver function (Tune rejects 0)
 SEARCHERS = ("grid", "optuna")
 TRAIN_DIR = "train"                    # <study>/train/train-<trial_id>: the trials' Ray Train runs
+SETTINGS_FILE = "trial_settings.json"  # <study>/: the base config, resolved resources and folder every trial gets
 
 
 class StudyError(ValueError):
@@ -71,6 +75,7 @@ class Study:
     max_concurrent: int | None = None          # trials at once; None: as many as the cluster holds
     storage: Path = Path("results")            # parent folder; on a multi-node cluster a path every node shares
     optuna_seed: int = 0                       # seed of the TPE sampler
+    tracking: TrackingSettings = TrackingSettings()  # trackers, through Ray Tune's logger callbacks
 
     @property
     def cpus_per_worker(self) -> float:
@@ -94,7 +99,7 @@ class Study:
         configs = []
         for combo in itertools.product(*corners.values()):
             try:
-                configs.append(trial_config({"sid": {"base": self.base.to_dict()}, **dict(zip(corners, combo))}))
+                configs.append(trial_config(dict(zip(corners, combo)), self.base.to_dict()))
             except (ConfigError, TypeError, ValueError) as exc:
                 raise StudyError(f"study {self.name!r}: {exc}") from None
         return configs
@@ -154,39 +159,31 @@ class Study:
         self.trial_configs()
 
 
-def trial_resources(settings: Mapping[str, Any]) -> TrialResources:
-    """A trial's resources from its settings; studies saved before TrialResources kept them as flat keys."""
-    if "resources" in settings:
-        return TrialResources(**settings["resources"])
-    return TrialResources(workers=settings["workers"], gpus_per_worker=settings["gpus_per_worker"],
-                          cpus_per_worker=settings["cpus_per_worker"], max_failures=settings.get("max_failures", 2),
-                          placement_strategy=settings.get("placement_strategy"))
-
-
-def trial_config(tune_config: Mapping[str, Any]) -> DistillConfig:
-    """A trial's DistillConfig: the study's base config with the trial's searched values."""
+def trial_config(tune_config: Mapping[str, Any], base: Mapping[str, Any]) -> DistillConfig:
+    """A trial's DistillConfig: the study's base config (a to_dict()) with the trial's searched values. Tune's trial
+    config is flat: the searched fields and the preset's name (a label); the base travels as `settings`."""
     searched = {k: int(v) if SEARCHABLE[k] == "int" else float(v) for k, v in tune_config.items() if k in SEARCHABLE}
-    return DistillConfig(**tune_config["sid"]["base"]).replace(**searched)
+    return DistillConfig(**base).replace(**searched)
 
 
-def run_trial(tune_config: dict[str, Any]) -> None:
-    """Tune function trainable: run the trial's config as one Ray Train run and wait for it. The Train run's name is
-    stable per trial, so a restored trial continues from its newest checkpoint."""
+def run_trial(tune_config: dict[str, Any], settings: dict[str, Any]) -> None:
+    """Tune function trainable (settings: trial_settings(), bound with tune.with_parameters): run the trial's config
+    as one Ray Train run and wait for it. The Train run's name is stable per trial, so a restored trial continues
+    from its newest checkpoint."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    settings = tune_config["sid"]
     trial_id = ray.tune.get_context().get_trial_id()
     folder = Path(settings["folder"])
-    config, rows_path = trial_config(tune_config), folder / EVALUATIONS_DIR / f"{trial_id}.parquet"
+    config, rows_path = trial_config(tune_config, settings["base"]), folder / EVALUATIONS_DIR / f"{trial_id}.parquet"
     rows = read_parquet(rows_path) if rows_path.exists() else None
     if rows is not None and len(rows) and rows["iteration"].max() >= config.iterations:
         # The trial finished just before the study was interrupted: its Train run has nothing left to report, so
         # report its last evaluation again, else Tune and Optuna would see a trial without a result.
         last = rows.sort_values("kimg").iloc[-1]
         metrics = {k: float(v) for k, v in last.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        ray.tune.report({**metrics, "best_fid": float(rows["fid"].min())})
+        ray.tune.report({**metrics, "best_fid": float(rows["fid"].min()), STEP_KEY: step_of(last)})
         return
-    build_trainer(config, resources=trial_resources(settings), rows_path=rows_path,
+    build_trainer(config, resources=TrialResources(**settings["resources"]), rows_path=rows_path,
                   storage_path=folder / TRAIN_DIR, name=f"train-{trial_id}", trial_id=trial_id,
                   run_folder=folder / RUNS_DIR / trial_id, study=settings["study"],
                   callbacks=[TuneReportCallback()]).fit()
@@ -211,8 +208,8 @@ class StudyCallback(ray.tune.Callback):
     """In the Tune driver: one progress line per evaluation and per trial end; trials.parquet rewritten at each trial
     end and at the end of the study."""
 
-    def __init__(self, folder: Path, study: str, divergence: Divergence) -> None:
-        self.folder, self.study, self.divergence = folder, study, divergence
+    def __init__(self, folder: Path, study: str, divergence: Divergence, settings: Mapping[str, Any]) -> None:
+        self.folder, self.study, self.divergence, self.settings = folder, study, divergence, settings
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         print(f"[{trial.trial_id}] start  {trial_label(trial)}", flush=True)
@@ -251,14 +248,13 @@ class StudyCallback(ray.tune.Callback):
             print(f"[{ended.trial_id}] {row['state']}  best {row['best_fid']:.4f} at kimg {row['best_kimg']:g}"
                   f"  {trial_label(ended)}", flush=True)
 
-    @staticmethod
-    def record(trial: Any, state: str) -> TrialRecord:
+    def record(self, trial: Any, state: str) -> TrialRecord:
         error = ""
         if state == "error":
             text = Path(trial.error_file).read_text() if trial.error_file and Path(trial.error_file).exists() else ""
             error = next((line for line in reversed(text.splitlines()) if line.strip()), "unknown error")[:500]
-        return TrialRecord(trial.trial_id, state, error, trial_config(trial.config),
-                           trial_resources(trial.config["sid"]).workers,
+        return TrialRecord(trial.trial_id, state, error, trial_config(trial.config, self.settings["base"]),
+                           self.settings["resources"]["workers"],
                            float(trial.last_result.get("kimg", math.nan)))
 
 
@@ -267,7 +263,8 @@ def trial_dirname(trial: Any) -> str:
 
 
 def trial_settings(study: Study, folder: Path, resources: TrialResources) -> dict[str, Any]:
-    """What every trial's driver needs besides its searched values (param_space['sid']); `resources` resolved."""
+    """What every trial's driver needs besides its searched values (bound with tune.with_parameters, saved in
+    <study>/SETTINGS_FILE for a resume); `resources` resolved."""
     return dict(base=study.base.to_dict(), study=study.name, folder=str(folder),
                 resources=dataclasses.asdict(resources))
 
@@ -286,12 +283,33 @@ def plan(study: Study) -> tuple[Study, TrialResources, int]:
     return study, worker, concurrency
 
 
-def _tuner(study: Study, trainable: Any, concurrency: int, worker: TrialResources) -> ray.tune.Tuner:
+def tracker_callbacks(study: Study) -> list[Any]:
+    """Ray Tune's own logger callbacks for the study's trackers; they step on the STEP_KEY every report carries."""
+    callbacks: list[Any] = []
+    for name in study.tracking.trackers:
+        if name == "tensorboard":  # <study>/trial-<id>/events.out.tfevents.* (Tune adds none of its own then)
+            from ray.tune.logger import TBXLoggerCallback
+
+            callbacks.append(TBXLoggerCallback())
+        elif name == "mlflow":
+            from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+            callbacks.append(MLflowLoggerCallback(tracking_uri=mlflow_uri(study.tracking.tracking_uri,
+                                                                          study.folder / MLFLOW_DIR),
+                                                  experiment_name=study.tracking.experiment or study.name))
+        elif name == "wandb":
+            from ray.air.integrations.wandb import WandbLoggerCallback
+
+            callbacks.append(WandbLoggerCallback(project=study.tracking.experiment or study.name,
+                                                 group=study.name, dir=str(study.folder)))
+    return callbacks
+
+
+def _tuner(study: Study, trainable: Any, concurrency: int, settings: Mapping[str, Any]) -> ray.tune.Tuner:
     base = study.base
-    settings = trial_settings(study, study.folder, worker)
-    search_alg, param_space = None, {**study.space, "sid": settings}
+    search_alg, param_space = None, {**study.space, "preset": base.preset}
     if study.searcher == "optuna":  # metric/mode given to the searcher itself (docs/studies.md)
-        search_alg, param_space = make_searcher(study), {"sid": settings}
+        search_alg, param_space = make_searcher(study), {"preset": base.preset}
     rule = None
     if study.asha or study.curve_stop:
         grace = study.grace_kimg or base.evaluation_kimg()[1]  # default: the first evaluation after kimg 0
@@ -305,7 +323,7 @@ def _tuner(study: Study, trainable: Any, concurrency: int, worker: TrialResource
         run_config=ray.tune.RunConfig(
             name=study.name, storage_path=str(study.folder.parent), verbose=0,
             stop=StudyStopper(study.folder, study.divergence, rule),
-            callbacks=[StudyCallback(study.folder, study.name, study.divergence)],
+            callbacks=[StudyCallback(study.folder, study.name, study.divergence, settings), *tracker_callbacks(study)],
             failure_config=ray.tune.FailureConfig(max_failures=0)),  # Train already restarts failed workers
     )
 
@@ -323,8 +341,29 @@ def check_trusted_folder(folder: Path) -> None:
                              f"and resuming unpickles the study's files (code could run); chmod go-w it first")
 
 
-def run_study(study: Study, *, resume: bool = False, address: str | None = None) -> pd.DataFrame:
-    """Run (or, with resume, continue) a study; return its trials table (also in <folder>/trials.parquet).
+def study_yaml(study: Study) -> str:
+    """config.yaml of a study made in Python: its definition, the base config in full."""
+    import yaml
+
+    space = {k: v["grid_search"] if isinstance(v, dict) else repr(v) for k, v in study.space.items()}
+    return yaml.safe_dump(dict(name=study.name, searcher=study.searcher, num_samples=study.num_samples,
+                               asha=study.asha, space=space, resources=dataclasses.asdict(study.resources),
+                               base=study.base.to_dict()), sort_keys=False)
+
+
+def result_grid(folder: str | os.PathLike) -> ray.tune.ResultGrid:
+    """Tune's ResultGrid of a study folder, offline (no cluster, nothing resumed): one Result per trial with its flat
+    config (searched fields + preset), last metrics and the per-report history (`metrics_dataframe`)."""
+    from ray.tune import ExperimentAnalysis, ResultGrid
+
+    return ResultGrid(ExperimentAnalysis(str(Path(folder).resolve())))
+
+
+def run_study(study: Study, *, resume: bool = False, address: str | None = None,
+              config_text: str | None = None) -> pd.DataFrame:
+    """Run (or, with resume, continue) a study; return its trials table (also in <folder>/trials.parquet); Tune's
+    own view of it is result_grid(study.folder). `config_text`: the study command's resolved config, written to
+    <folder>/config.yaml (a resume keeps the first one).
 
     Uses the connected Ray if there is one, else joins `address` ('auto': a running cluster) or starts a local one.
     A resumed study keeps its saved definition (space, searcher and Optuna state, scheduler); unfinished and errored
@@ -341,14 +380,25 @@ def run_study(study: Study, *, resume: bool = False, address: str | None = None)
     started = connect(address, quiet=True)  # our progress lines, not Tune's tables
     try:
         study, worker, concurrency = plan(study)
-        trainable = ray.tune.with_resources(run_trial, {"cpu": DRIVER_CPU})
+        if resume:
+            if not (folder / SETTINGS_FILE).exists():
+                raise StudyError(f"--resume: {folder} was written by an older version of this project (no "
+                                 f"{SETTINGS_FILE}); run it again under another --name")
+            settings = json.loads((folder / SETTINGS_FILE).read_text())
+        else:
+            settings = trial_settings(study, folder, worker)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=1))
+            (folder / CONFIG_FILE).write_text(config_text or study_yaml(study))
+        trainable = ray.tune.with_resources(ray.tune.with_parameters(run_trial, settings=settings),
+                                            {"cpu": DRIVER_CPU})
         if resume:
             print(f"resuming {folder}", flush=True)
             tuner = ray.tune.Tuner.restore(str(folder), trainable, resume_unfinished=True, resume_errored=True)
         else:
             print(f"study {study.name}: up to {concurrency} trial(s) at once, {study.resources.workers} worker(s) x "
                   f"{study.resources.per_worker()} each; {folder}", flush=True)
-            tuner = _tuner(study, trainable, concurrency, worker)
+            tuner = _tuner(study, trainable, concurrency, settings)
         tuner.fit()
     finally:
         if started:

@@ -15,8 +15,9 @@ from typing import Any
 
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 
-from sid.cli import (add_config_flags, add_preset_flag, add_resource_flags, config_from_args,  # noqa: E402
-                     resources_from_args)
+from sid.cli import (HelpFormatter, add_config_file_flags, add_config_flags, add_preset_flag,  # noqa: E402
+                     add_resource_flags, add_tracking_flags, config_from_args, config_yaml, parse, print_config,
+                     resolved_config, resources_from_args, tracking_from_args)
 from sid.config import SEARCHABLE, DistillConfig  # noqa: E402
 
 DEFAULT_PRESET = "digits-study"  # the digits default at a study's budget (sid/config.py)
@@ -24,9 +25,10 @@ DEFAULT_PRESET = "digits-study"  # the digits default at a study's budget (sid/c
 
 def build_parser(doc: str, *, swept: tuple[str, ...], asha: bool) -> argparse.ArgumentParser:
     """The flags every study script has; config fields in `swept` get no fixed-value flag."""
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = argparse.ArgumentParser(description=doc, formatter_class=HelpFormatter,
                                      allow_abbrev=False)  # else --lr would silently mean --lr-range
     add_preset_flag(parser, DEFAULT_PRESET)
+    add_config_file_flags(parser)
     group = parser.add_argument_group("study")
     group.add_argument("--name", default=None,
                        help="study name: its folder under --storage (default: <script>-<preset>)")
@@ -55,6 +57,7 @@ def build_parser(doc: str, *, swept: tuple[str, ...], asha: bool) -> argparse.Ar
     parser.epilog = ("Results: <storage>/<name>/trials.parquet and <storage>/<name>/evaluations/*.parquet, snapshots "
                      "in <storage>/<name>/runs/<trial_id>/ (see docs/studies.md).")
     add_resource_flags(parser, per="trial")
+    add_tracking_flags(parser, experiment="the study's name")
     add_config_flags(parser, skip=swept)
     return parser
 
@@ -105,15 +108,20 @@ def main(parser: argparse.ArgumentParser, args: argparse.Namespace, *, script: s
 
     base = config_from_args(parser, args)
     study = {k: v(base) if callable(v) else v for k, v in study.items()}  # values that depend on the preset
-    spec = Study(name=args.name or f"{script}-{base.preset}", base=base, space=space(base), storage=args.storage,
+    name = args.name or f"{script}-{base.preset}"
+    values = resolved_config(parser, args, base, name=name)
+    spec = Study(name=name, base=base, space=space(base),
+                 tracking=tracking_from_args(parser, args, experiment=name), storage=args.storage,
                  asha=args.asha, curve_stop=args.curve_stop, noise_z=args.noise_z,
                  resources=resources_from_args(parser, args), max_concurrent=args.max_concurrent,
                  **study)
+    if args.print_config:
+        print_config(values)
     if args.dry_run:
         dry_run(parser, spec, args)
         return
     try:
-        trials = run_study(spec, resume=args.resume, address=args.address)
+        trials = run_study(spec, resume=args.resume, address=args.address, config_text=config_yaml(values))
     except (StudyError, ResourceError) as exc:  # bad study or a trial the cluster cannot hold: one line
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         sys.exit(2)

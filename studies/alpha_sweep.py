@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-import _common
+from studies import _common
 from ray import tune
 
 DEFAULT_ALPHAS = "0.5,0.75,1.0,1.2,1.5"
@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--alphas", default=DEFAULT_ALPHAS,
                         help=f"comma-separated alphas, one trial each (default: {DEFAULT_ALPHAS})")
     parser.add_argument("--seeds", type=int, default=1, help="repeat each alpha with this many seeds (default: 1)")
-    args: argparse.Namespace = parser.parse_args(argv)
+    args: argparse.Namespace = _common.parse(parser, argv)
     alphas = _common.parse_numbers(parser, args.alphas, "--alphas")
     _common.main(parser, args, script="alpha_sweep", searcher="grid",
                  space=lambda base: {"alpha": tune.grid_search(alphas), **_common.seed_space(parser, args.seeds, base)})

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-import _common
+from studies import _common
 from ray import tune
 
 from sid.search import SAMPLERS
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--points-to-evaluate", default="preset", metavar="JSON|preset|none",
                         help="first trials: a JSON list of {field: value} objects, 'preset' (the preset's own values, "
                              "where inside the ranges) or 'none' (default: preset)")
-    args: argparse.Namespace = parser.parse_args(argv)
+    args: argparse.Namespace = _common.parse(parser, argv)
     space = {}
     for flag, (field, _, log) in RANGES.items():
         low, high = _common.parse_range(parser, getattr(args, flag[2:].replace("-", "_")), flag, log=log)

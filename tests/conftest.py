@@ -1,4 +1,4 @@
-"""Shared test setup: Ray environment for a 2-core machine (see ray_notes.md sections 4.2-4.3)."""
+"""Shared test setup: Ray environment for a 2-core machine (see docs/ray-notes.md section 4)."""
 
 import os
 

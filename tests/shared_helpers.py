@@ -44,3 +44,12 @@ def load_script(name: str, monkeypatch):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def code_blocks(text: str, info: str = "python") -> list[str]:
+    """The fenced blocks of a Markdown page whose info string is exactly `info` (so ```python tune blocks, which need
+    a Tune study folder, are picked only when asked for)."""
+    import re
+
+    return [m.group(2) for m in re.finditer(r"^```([^\n]*)\n(.*?)^```", text, flags=re.M | re.S)
+            if m.group(1).strip() == info]

@@ -95,7 +95,7 @@ def test_unknown_variant_names_are_refused(name):
         variant_config(name, preset("cifar10-uncond"), batch=64)
 
 
-@pytest.mark.parametrize("name,params", [  # sid_spec.md section 7 / the parity manifests
+@pytest.mark.parametrize("name,params", [  # the parity manifests (docs/sid-facts.md section 6)
     ("cifar10-uncond", 55_733_891), ("cifar10-cond", 55_735_299), ("ffhq64", 61_805_571),
     ("afhqv2-64", 61_805_571), ("imagenet64-cond", 295_899_267),
 ])

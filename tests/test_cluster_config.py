@@ -1,7 +1,7 @@
 """cluster.yaml / cluster-local.yaml: valid for the installed Ray, shaped as docs/cluster.md says, closed to the world.
 
 Everything is checked offline with Ray's own code: the schema and checks `ray up` runs before it touches a cloud
-(prepare_config + validate_config, ray_notes section 6), the node-type table the head's autoscaler builds from the
+(prepare_config + validate_config, docs/ray-notes.md section 5), the node-type table the head's autoscaler builds from the
 file, and the autoscaler's scheduler deciding which node types to launch for a trial's placement group.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import re
+import subprocess
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
@@ -144,11 +145,17 @@ def test_setup_installs_the_locked_versions_never_a_nightly(name: str) -> None:
     cmds = commands(load(name))
     assert not [c for c in cmds if re.search(r"ray-wheels|dev0|nightly", c)]
     installs = [c for c in cmds if "pip install" in c and "--upgrade pip" not in c and "boto3" not in c]
-    assert installs and all("-c $HOME/sid-studies/requirements.lock" in c for c in installs), installs
+    assert installs and all("-c $HOME/sid-constraints.txt" in c for c in installs), installs
     assert any(re.search(r"-c \S+ torch\b", c) for c in installs), "torch (CUDA build) is installed first"
-    lock = dict(line.split("==") for line in (ROOT / "requirements.lock").read_text().splitlines()
-                if "==" in line and not line.startswith("#"))
+    # the constraints are the lock's pins, made on the node by the command before the installs
+    derive = next(c for c in cmds if "sid-constraints.txt" in c and "requirements.lock" in c)
+    assert cmds.index(derive) < cmds.index(installs[0])
+    script = re.search(r"sed -n '([^']+)'", derive).group(1)
+    done = subprocess.run(["sed", "-n", script, str(ROOT / "requirements.lock")], capture_output=True, text=True,
+                          check=True)
+    lock = dict(line.split("==") for line in done.stdout.splitlines())
     assert lock["ray"] == ray.__version__, "the cluster would run another Ray than the one these checks used"
+    assert "+" not in lock["torch"] and len(lock) > 100  # every package; the CUDA build of the locked torch
 
 
 @pytest.mark.parametrize("name", CONFIGS)

@@ -88,7 +88,7 @@ def test_sigma_with_the_wrong_number_of_values_is_refused():
 
 
 def test_preconditioning_matches_hand_derived_coefficients_at_sigma_init():
-    # sid_spec section 1: at sigma = 2.5, c_skip = 0.03846, c_out = 0.49029, c_in = 0.39223, c_noise = 0.22907.
+    # docs/sid-facts.md section 1: at sigma = 2.5, c_skip = 0.03846, c_out = 0.49029, c_in = 0.39223, c_noise = 0.22907.
     net = small_net(DIGITS_SONG)
     seen = {}
     net.model.register_forward_hook(lambda m, args, kwargs, out: seen.update(x=args[0], noise=args[1], out=out),
