@@ -17,7 +17,8 @@ from sid.run_state import CONFIG_FILE
 from shared_helpers import code_blocks
 from sid.tracking import MLFLOW_DIR, TENSORBOARD_DIR, TRACKING_FILE, RunTracker, TrackingSettings
 
-pytest.importorskip("mlflow")
+import mlflow  # noqa: E402,F401 (the test extra installs it: a missing one must fail, not skip)
+
 os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
 
 TINY = dict(batch=8, batch_per_device=8, fid_images=256, duration_kimg=0.032, eval_every_kimg=0.016)
