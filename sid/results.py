@@ -49,6 +49,7 @@ EVALUATION_SCHEMA = pa.schema([
     ("fid", pa.float64()),             # Frechet distance of G_ema samples; NaN when it could not be computed
     ("fid_detector", pa.string()),     # feature network: 'inception-2015-12-05' (FID) or 'digits-features-v1' (FD)
     ("fid_images", pa.int64()),        # generated images behind this value
+    ("fid_std", pa.float64()),         # its sampling standard error (sid.metrics.FD_STD_METHOD); NaN if not computed
     ("loss_fake_score", pa.float64()), # mean over the iterations since the previous evaluation
     ("loss_generator", pa.float64()),
     ("images_per_s", pa.float64()),    # generator images per second of training since the previous evaluation
@@ -56,6 +57,9 @@ EVALUATION_SCHEMA = pa.schema([
     ("status", pa.string()),           # 'ok' | 'diverged'
     ("written_at", pa.timestamp("us", tz="UTC")),
 ])
+
+# Columns that files written before they existed lack; readers fill them with NaN.
+OPTIONAL_COLUMNS = {EVALUATION_SCHEMA: ("fid_std",)}
 
 TRIAL_STATES = ("completed", "stopped_early", "diverged", "error", "running")
 
@@ -100,6 +104,9 @@ def now_utc() -> datetime:
 
 def _table(rows: pd.DataFrame | Iterable[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
     frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+    optional = [name for name in OPTIONAL_COLUMNS.get(schema, ()) if name not in frame.columns]
+    if optional:
+        frame = frame.assign(**{name: math.nan for name in optional})
     missing = [name for name in schema.names if name not in frame.columns]
     if missing:
         raise ValueError(f"rows lack schema columns: {', '.join(missing)}")
@@ -192,6 +199,9 @@ def read_parquet(path: str | os.PathLike, schema: pa.Schema | None = None) -> pd
     except Exception as exc:  # a cut file raises Arrow/OS errors; crafted pandas metadata Key/Type/ValueErrors
         raise ValueError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc})") from exc
     if schema is not None:
+        for name in OPTIONAL_COLUMNS.get(schema, ()):  # added after files were written: older files read as NaN
+            if name not in frame.columns:
+                frame[name] = math.nan
         missing = [n for n in schema.names if n not in frame.columns]
         if missing:
             raise ValueError(f"{path}: missing columns {', '.join(missing)}")
