@@ -18,6 +18,10 @@ COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs")
 INCEPTION = "inception-2015-12-05"      # NVIDIA's TorchScript Inception-v3 (EDM's and SiD's FID)
 DIGITS_FEATURES = "digits-features-v1"  # the digits classifier trained by this project (sid/digits.py)
 DETECTORS = (INCEPTION, DIGITS_FEATURES)
+# fid_std, each evaluation's sampling error (sid.metrics.fd_jackknife): K groups cost K more eigendecompositions
+# per evaluation and no more images.
+FD_STD_GROUPS = 10
+FD_STD_METHOD = f"delete-one-group jackknife s.e. over {FD_STD_GROUPS} disjoint groups of the generated images"
 # Fields a study can search, with the scale of their values: ranges on a log scale, axes on a log scale, int values.
 SEARCHABLE: dict[str, str] = {"alpha": "linear", "sigma_init": "linear", "lr": "log", "glr": "log", "seed": "int"}
 EVAL_SCHEDULES = ("every", "official")

@@ -38,7 +38,7 @@ class Evaluator:
         self.mu, self.sigma = load_reference(config.fid_ref)
 
     def __call__(self, distiller: Distiller, num_images: int) -> tuple[float, float]:
-        """(distance, its sampling standard error: sid.metrics.FD_STD_METHOD), both NaN if any G_ema image is
+        """(distance, its sampling standard error: sid.config.FD_STD_METHOD), both NaN if any G_ema image is
         non-finite: quantize maps NaN pixels to black, and a distance to black images would pass a diverged
         generator off as a finite, merely poor, FID."""
         from sid.metrics import compute_fd_std

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from sid.assets import Asset, fetch
-from sid.config import DIGITS_FEATURES, INCEPTION
+from sid.config import DIGITS_FEATURES, FD_STD_GROUPS, INCEPTION
 
 # NVIDIA's TorchScript Inception-v3 (the INCEPTION detector's file). Its sha256 and size are pinned as
 # crowsonkb/k-diffusion pins the same URL (k_diffusion/evaluation.py, InceptionV3FeatureExtractor) and as the Git LFS
@@ -279,10 +279,6 @@ def fd_jackknife(grouped: GroupedFeatureStats, ref_mu, ref_sigma) -> tuple[float
         loo.append(frechet_distance(*rest.mean_cov(), ref_mu, ref_sigma))
     loo = np.asarray(loo)
     return fd, float(np.sqrt((k - 1) / k * np.square(loo - loo.mean()).sum()))
-
-
-FD_STD_GROUPS = 10  # jackknife groups behind fid_std: 10 more eigendecompositions per evaluation, no more images
-FD_STD_METHOD = f"delete-one-group jackknife over {FD_STD_GROUPS} disjoint groups of the generated images"
 
 
 @torch.no_grad()
