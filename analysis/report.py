@@ -80,7 +80,8 @@ def recommend(values: pd.DataFrame, verdicts: pd.DataFrame, x: str) -> str:
     for other in values[x]:
         if other != best:
             groups.setdefault(compare.verdict_against(table, best, other), []).append(common.fmt(other))
-    parts = [f"better than {', '.join(groups.pop('better'))} beyond noise"] if "better" in groups else []
+    parts = [f"better than {', '.join(groups.pop('better'))} beyond noise"] if "better" in groups else \
+        ["not better than any other value beyond noise"]
     if "within noise" in groups:
         parts.append(f"tied with {', '.join(groups.pop('within noise'))} (within noise)")
     if "worse" in groups:

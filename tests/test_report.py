@@ -169,3 +169,13 @@ def test_report_of_an_empty_folder_is_exit_code_2(tmp_path, capsys):
         report.main([str(tmp_path / "empty"), "--out", str(tmp_path / "out")])
     assert exit_.value.code == 2 and "no evaluation rows" in capsys.readouterr().err
     assert "analysis.report" in sys.modules
+
+
+def test_a_recommendation_without_any_difference_beyond_noise_says_so():
+    rng = np.random.default_rng(2)
+    trials = synthetic_trials({0.5: list(rng.normal(20, 3, 3)), 1.0: list(rng.normal(20, 3, 3))})
+    values = report.value_table(trials, pd.DataFrame({"study": [], "trial_id": [], "kimg": [], "fid_std": []}),
+                                "alpha")
+    table = compare.compare(trials)
+    assert set(table["verdict"]) == {"within noise"}
+    assert "not better than any other value beyond noise; tied with" in report.recommend(values, table, "alpha")
