@@ -225,7 +225,8 @@ register_detector(DIGITS_FEATURES, _digits_detector)
 # ---------------------------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def feature_stats(images: Iterable[Tensor], detector: Detector, *,
-                  probabilities: list[np.ndarray] | None = None, into=None):
+                  probabilities: list[np.ndarray] | None = None,
+                  into: GroupedFeatureStats | None = None) -> FeatureStats | GroupedFeatureStats:
     """FeatureStats of the detector features of uint8 NCHW batches: the one accumulation behind every FD here.
     With a `probabilities` list (Inception Score), each batch's class probabilities are appended to it too. `into`
     (a GroupedFeatureStats, say) accumulates instead of a new FeatureStats and is returned."""
