@@ -46,7 +46,7 @@ def test_generator_moves_to_the_modes_of_an_analytic_teacher():
     teacher = MixtureDenoiser(means.tolist(), std=0.1)
     student = EDMPrecond(img_resolution=8, img_channels=1, model_type="SongUNet", model_channels=16,
                          channel_mult=[1, 1], num_blocks=1, attn_resolutions=[], dropout=0.0)
-    config = preset("digits", batch=32, batch_per_device=32, lr=1e-3, glr=1e-3, ema_mimg=1e-4)
+    config = preset("digits", batch=32, batch_per_device=32, lr=1e-3, glr=1e-3, ema_mimg=1e-4, ema_rampup=0.05)
     d = Distiller(config, teacher, student=student)
     before = distance_to_modes(d.sample(0, 256), means)
     for _ in range(120):
