@@ -28,15 +28,18 @@ lock:
 		--generate-hashes --override requirements-torch.txt --index-strategy unsafe-best-match $(LOCK_FLAGS) \
 		-o requirements.lock
 
-# The default study; a second `make demo` resumes it (or, when finished, prints its table again).
+# The default study; a second `make demo` resumes it (or, when finished, prints its table again). It ends with the
+# study report's path and its recommendation.
 demo: setup
 	$(PY) studies/alpha_sweep.py $(if $(wildcard $(DEMO)/tuner.pkl),--resume,)
 	$(MAKE) figures
+	$(PY) analysis/report.py $(DEMO) --out $(DEMO)/report
 
 figures: setup
 	$(PY) analysis/fid_vs_images.py $(DEMO) --out figures
 	$(PY) analysis/ablation.py $(DEMO) --x alpha --out figures
 	$(PY) analysis/best_table.py $(DEMO) --out figures
+	$(PY) analysis/compare.py $(DEMO) --x alpha --out figures
 
 test: setup
 	$(PY) -m pytest -q

@@ -193,8 +193,13 @@ def save(fig: plt.Figure, out: str | Path, name: str) -> list[Path]:
 
 
 def log_ticks(axis: matplotlib.axis.Axis) -> None:
-    """Plain numbers (2, 5, 10, 20, ...) on a log axis instead of powers of ten."""
-    axis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    """Plain numbers on a log axis instead of powers of ten: 1, 2, 5 per decade over wide ranges, more over narrow
+    ones (every integer multiple within one decade), so that a value can be read off. Call after drawing."""
+    lo, hi = sorted(abs(v) for v in axis.get_view_interval())
+    decades = math.log10(hi / lo) if lo > 0 and hi > 0 else 3.0
+    subs = (1.0, 2.0, 5.0) if decades > 2.5 else (1.0, 2.0, 3.0, 5.0, 7.0) if decades > 0.8 else \
+        tuple(float(k) for k in range(1, 10))
+    axis.set_major_locator(matplotlib.ticker.LogLocator(subs=subs))
     axis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 

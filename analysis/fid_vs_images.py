@@ -1,7 +1,8 @@
 """FID against generator images seen, one line per alpha: the SiD paper's Figs. 2-6 (FID vs number of
 synthesized images for alpha = 1.0 vs 1.2, "exponentially fast" distillation), on log-log axes.
 
-Lines are the mean over seeds with a min-max band when a setting has repeats; a trial that diverged ends in a
+Lines are the mean over seeds with a min-max band and each seed as a thin line when a setting has repeats; with
+one run per value the band is +-2 fid_std, the evaluations' own sampling error. A trial that diverged ends in a
 cross at its last finite value. kimg = 0 (the teacher-initialised generator) has no place on a log axis and is
 left out, with a note under the plot. The y label names the detector: plain "FID" only for Inception.
 
@@ -46,11 +47,20 @@ def plot(evals: pd.DataFrame, trials: pd.DataFrame | None = None, *, hue: str = 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     studies = sorted(data["study"].unique())
     repeats = bool(data.groupby(["study", hue, "kimg"])["trial_id"].nunique().max() > 1)
+    sampling = not repeats and "fid_std" in data and bool(np.isfinite(data["fid_std"]).any())
     for (study, level), g in data.groupby(["study", hue], sort=True):
+        dash = STUDY_DASHES[studies.index(study) % len(STUDY_DASHES)]
+        if repeats:  # every seed as a thin line under the mean, so an outlier seed is seen, not averaged away
+            for (trial, seed), t in g.groupby(["trial_id", "seed"], sort=True):
+                ax.plot(t["x"], t["fid"], color=colours[level], linewidth=0.7, alpha=0.45, linestyle=dash,
+                        gid=f"seed:{level}:{seed}:{study}")
         sns.lineplot(data=g, x="x", y="fid", color=colours[level], errorbar=common.SPREAD if repeats else None,
-                     linestyle=STUDY_DASHES[studies.index(study) % len(STUDY_DASHES)], linewidth=2,
-                     marker="o", markersize=4, markeredgewidth=0, ax=ax)
+                     linestyle=dash, linewidth=2, marker="o", markersize=4, markeredgewidth=0, ax=ax)
         ax.get_lines()[-1].set_gid(f"curve:{level}:{study}")
+        if sampling:  # one run per value: its evaluations' own sampling error is the only spread there is
+            g = g.sort_values("x")
+            ax.fill_between(g["x"], (g["fid"] - 2 * g["fid_std"]).clip(lower=g["fid"] / 2), g["fid"] + 2 * g["fid_std"],
+                            color=colours[level], alpha=0.2, linewidth=0, gid=f"sampling:{level}:{study}")
     trials = common.summarise(evals) if trials is None else trials
     ends = data.merge(trials.loc[trials["diverged"], common.KEYS], on=common.KEYS)
     ends = ends.sort_values("kimg").groupby(common.KEYS).tail(1)
@@ -75,7 +85,9 @@ def plot(evals: pd.DataFrame, trials: pd.DataFrame | None = None, *, hue: str = 
     if len(ends):
         handles.append(Line2D([], [], marker="X", color="white", markeredgecolor="black", markerfacecolor="0.6",
                               markersize=9, label="diverged"))
-    ax.legend(handles=handles, title=common.SPREAD_LABEL if repeats else None, fontsize="small",
+    title = (f"{common.SPREAD_LABEL}; thin: single seeds" if repeats else
+             "band: ±2 fid_std (jackknife s.e.)" if sampling else None)
+    ax.legend(handles=handles, title=title, fontsize="small",
               title_fontsize="small", loc="best")
     if dropped_zero:
         fig.text(0.01, -0.02, f"{unit} = 0 (initial generator) not shown on the log axis", fontsize="x-small",

@@ -37,10 +37,11 @@ class Evaluator:
         self.detector = get_detector(config.fid_detector, device)
         self.mu, self.sigma = load_reference(config.fid_ref)
 
-    def __call__(self, distiller: Distiller, num_images: int) -> float:
-        """The distance, or NaN if any G_ema image is non-finite: quantize maps NaN pixels to black, and a distance
-        to black images would pass a diverged generator off as a finite, merely poor, FID."""
-        from sid.metrics import compute_fd
+    def __call__(self, distiller: Distiller, num_images: int) -> tuple[float, float]:
+        """(distance, its sampling standard error: sid.config.FD_STD_METHOD), both NaN if any G_ema image is
+        non-finite: quantize maps NaN pixels to black, and a distance to black images would pass a diverged
+        generator off as a finite, merely poor, FID."""
+        from sid.metrics import compute_fd_std
 
         finite = torch.ones((), dtype=torch.bool, device=distiller.device)  # read once, not a sync per batch
 
@@ -49,12 +50,13 @@ class Evaluator:
             finite.logical_and_(images.isfinite().all())
             return images
 
-        fd = compute_fd(generate, num_images, self.detector, self.mu, self.sigma, batch_size=self.batch_size)
-        return fd if bool(finite) else math.nan
+        fd, std = compute_fd_std(generate, num_images, self.detector, self.mu, self.sigma,
+                                 batch_size=self.batch_size)
+        return (fd, std) if bool(finite) else (math.nan, math.nan)
 
 
 def make_row(distiller: Distiller, *, fid: float, stats: dict, wall_s: float, images_per_s: float, study: str,
-             trial_id: str) -> dict[str, Any]:
+             trial_id: str, fid_std: float = math.nan) -> dict[str, Any]:
     cfg = distiller.config
     finite = math.isfinite(fid) and all(math.isfinite(stats[k]) or distiller.iteration == 0
                                         for k in ("loss_fake_score", "loss_generator"))
@@ -62,7 +64,7 @@ def make_row(distiller: Distiller, *, fid: float, stats: dict, wall_s: float, im
         study=study, trial_id=trial_id, **{c: getattr(cfg, c) for c in CONFIG_COLUMNS},
         world_size=distiller.world_size, kimg=distiller.kimg, iteration=distiller.iteration, wall_s=wall_s,
         device_s=wall_s * distiller.world_size, fid=fid, fid_detector=cfg.fid_detector,
-        fid_images=cfg.fid_images_at(distiller.iteration),
+        fid_images=cfg.fid_images_at(distiller.iteration), fid_std=fid_std,
         images_per_s=images_per_s, **stats, status="ok" if finite else "diverged",
         **{c: getattr(cfg, c) for c in MORE_CONFIG_COLUMNS}, written_at=now_utc(),
     )
@@ -92,12 +94,13 @@ def train(distiller: Distiller, *, evaluator: Evaluator | None, on_evaluation: O
             if images and stats["nan_samples"] >= 2 * (distiller.iteration - last_iteration) * distiller.batch_per_rank:
                 # the NaN guard dropped every sample of both phases: the mean losses are 0/0, not the 0 summed
                 stats.update(loss_fake_score=math.nan, loss_generator=math.nan)
-            fid = evaluator(distiller, cfg.fid_images_at(distiller.iteration)) \
-                if (evaluator is not None and is_main) else math.nan
-            row = make_row(distiller, fid=fid, stats=stats, wall_s=wall_s, study=study, trial_id=trial_id,
+            fid, fid_std = evaluator(distiller, cfg.fid_images_at(distiller.iteration)) \
+                if (evaluator is not None and is_main) else (math.nan, math.nan)
+            row = make_row(distiller, fid=fid, fid_std=fid_std, stats=stats, wall_s=wall_s, study=study,
+                           trial_id=trial_id,
                            images_per_s=images / elapsed if images else math.nan)
             if is_main:
-                bar.write(f"kimg {row['kimg']:9.2f}  {cfg.fid_detector} FD({row['fid_images']}) {fid:9.4f}  "
+                bar.write(f"kimg {row['kimg']:9.2f}  {cfg.fid_detector} FD({row['fid_images']}) {fid:9.4f} ± {fid_std:<7.3g}"
                           f"loss_fake {stats['loss_fake_score']:10.4g}  loss_G {stats['loss_generator']:10.4g}  "
                           f"{row['images_per_s']:8.1f} img/s  status {row['status']}")
             on_evaluation(row, distiller)

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from sid.assets import Asset, fetch
-from sid.config import DIGITS_FEATURES, INCEPTION
+from sid.config import DIGITS_FEATURES, FD_STD_GROUPS, INCEPTION
 
 # NVIDIA's TorchScript Inception-v3 (the INCEPTION detector's file). Its sha256 and size are pinned as
 # crowsonkb/k-diffusion pins the same URL (k_diffusion/evaluation.py, InceptionV3FeatureExtractor) and as the Git LFS
@@ -83,6 +83,23 @@ class FeatureStats:
         self.sum += x.sum(dim=0)
         self.sum_outer += x.T @ x
         self.num_items += x.shape[0]
+
+    def merge(self, other: FeatureStats) -> FeatureStats:
+        """A new FeatureStats of both sets' features (either may be empty)."""
+        out = FeatureStats()
+        for part in (self, other):
+            if part.sum is not None:
+                out.update_sums(part.sum, part.sum_outer, part.num_items)
+        return out
+
+    def update_sums(self, total: Tensor, outer: Tensor, n: int) -> None:
+        """Add the sums of n feature vectors, as update() would have accumulated them."""
+        if self.sum is None:
+            self.sum, self.sum_outer = total.clone(), outer.clone()
+        else:
+            self.sum += total
+            self.sum_outer += outer
+        self.num_items += n
 
     def mean_cov(self, *, unbiased: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(mu [D], sigma [D, D]) as float64 numpy. Biased /N by default (SiD's training-time FID); unbiased /(N-1)
@@ -208,10 +225,12 @@ register_detector(DIGITS_FEATURES, _digits_detector)
 # ---------------------------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def feature_stats(images: Iterable[Tensor], detector: Detector, *,
-                  probabilities: list[np.ndarray] | None = None) -> FeatureStats:
+                  probabilities: list[np.ndarray] | None = None,
+                  into: GroupedFeatureStats | None = None) -> FeatureStats | GroupedFeatureStats:
     """FeatureStats of the detector features of uint8 NCHW batches: the one accumulation behind every FD here.
-    With a `probabilities` list (Inception Score), each batch's class probabilities are appended to it too."""
-    stats = FeatureStats()
+    With a `probabilities` list (Inception Score), each batch's class probabilities are appended to it too. `into`
+    (a GroupedFeatureStats, say) accumulates instead of a new FeatureStats and is returned."""
+    stats = FeatureStats() if into is None else into
     for batch in images:
         stats.update(detector(batch))
         if probabilities is not None:
@@ -219,24 +238,78 @@ def feature_stats(images: Iterable[Tensor], detector: Detector, *,
     return stats
 
 
+class GroupedFeatureStats:
+    """FeatureStats of `groups` disjoint image groups (image i goes to group i mod groups): their union gives the
+    Frechet distance, the groups its jackknife standard error (fd_jackknife)."""
+
+    def __init__(self, groups: int) -> None:
+        if groups < 2:
+            raise ValueError(f"GroupedFeatureStats needs >= 2 groups, got {groups}")
+        self.groups = [FeatureStats() for _ in range(groups)]
+        self.num_items = 0
+
+    def update(self, features: Tensor) -> None:
+        k = len(self.groups)
+        for g in range(k):  # rows g, g+k, ... of this batch continue group (num_items + row) mod k
+            part = features[(g - self.num_items) % k::k]
+            if len(part):
+                self.groups[g].update(part)
+        self.num_items += features.shape[0]
+
+    def total(self) -> FeatureStats:
+        out = FeatureStats()
+        for g in self.groups:
+            out = out.merge(g)
+        return out
+
+
+def fd_jackknife(grouped: GroupedFeatureStats, ref_mu, ref_sigma) -> tuple[float, float]:
+    """(FD of all images, its delete-one-group jackknife standard error): with K groups and FD_-g the distance
+    without group g, se = sqrt((K-1)/K * sum_g (FD_-g - mean FD_-g)^2). It estimates the spread of the FD over
+    independent draws of as many images (a plug-in statistic of the features, smooth in their mean and covariance),
+    at the cost of K more distances and no more detector passes. NaN when a group is empty."""
+    total = grouped.total()
+    fd = frechet_distance(*total.mean_cov(), ref_mu, ref_sigma)
+    k = len(grouped.groups)
+    if any(g.num_items == 0 for g in grouped.groups) or total.num_items - max(g.num_items for g in grouped.groups) < 2:
+        return fd, math.nan
+    loo = []
+    for g in grouped.groups:
+        rest = FeatureStats()
+        rest.update_sums(total.sum - g.sum, total.sum_outer - g.sum_outer, total.num_items - g.num_items)
+        loo.append(frechet_distance(*rest.mean_cov(), ref_mu, ref_sigma))
+    loo = np.asarray(loo)
+    return fd, float(np.sqrt((k - 1) / k * np.square(loo - loo.mean()).sum()))
+
+
+@torch.no_grad()
+def compute_fd_std(generate: Callable[[int, int], Tensor], num_images: int, detector: Detector, ref_mu, ref_sigma,
+                   *, batch_size: int = 256, groups: int = FD_STD_GROUPS) -> tuple[float, float]:
+    """(Frechet distance, its sampling standard error) of `num_images` generated images, as compute_fd, with the
+    error from fd_jackknife over `groups` disjoint groups of the same images."""
+    grouped = feature_stats(_generated_batches(generate, num_images, batch_size), detector,
+                            into=GroupedFeatureStats(groups))
+    return fd_jackknife(grouped, ref_mu, ref_sigma)
+
+
+def _generated_batches(generate: Callable[[int, int], Tensor], num_images: int, batch_size: int) -> Iterator[Tensor]:
+    if num_images < 2 or batch_size < 1:
+        raise ValueError(f"compute_fd needs num_images >= 2 and batch_size >= 1, got {num_images} and {batch_size}")
+    for index in range(math.ceil(num_images / batch_size)):
+        n = min(batch_size, num_images - index * batch_size)
+        images = generate(index, n)
+        if images.ndim != 4 or images.shape[0] != n:
+            raise ValueError(f"generate({index}, {n}) must return {n} images [N, C, H, W], "
+                             f"got {tuple(images.shape)}")
+        yield quantize(images)
+
+
 @torch.no_grad()
 def compute_fd(generate: Callable[[int, int], Tensor], num_images: int, detector: Detector, ref_mu, ref_sigma, *,
                batch_size: int = 256) -> float:
     """Frechet distance of `num_images` generated images to (ref_mu, ref_sigma). `generate(batch_index, n)` returns
     n float images in [-1, 1], NCHW; the last batch is short when batch_size does not divide num_images."""
-    if num_images < 2 or batch_size < 1:
-        raise ValueError(f"compute_fd needs num_images >= 2 and batch_size >= 1, got {num_images} and {batch_size}")
-
-    def batches() -> Iterator[Tensor]:
-        for index in range(math.ceil(num_images / batch_size)):
-            n = min(batch_size, num_images - index * batch_size)
-            images = generate(index, n)
-            if images.ndim != 4 or images.shape[0] != n:
-                raise ValueError(f"generate({index}, {n}) must return {n} images [N, C, H, W], "
-                                 f"got {tuple(images.shape)}")
-            yield quantize(images)
-
-    mu, sigma = feature_stats(batches(), detector).mean_cov()
+    mu, sigma = feature_stats(_generated_batches(generate, num_images, batch_size), detector).mean_cov()
     return frechet_distance(mu, sigma, ref_mu, ref_sigma)
 
 

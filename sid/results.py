@@ -57,6 +57,7 @@ EVALUATION_SCHEMA = pa.schema([
     ("fid", pa.float64()),             # Frechet distance of G_ema samples; NaN when it could not be computed
     ("fid_detector", pa.string()),     # feature network: 'inception-2015-12-05' (FID) or 'digits-features-v1' (FD)
     ("fid_images", pa.int64()),        # generated images behind this value
+    ("fid_std", pa.float64()),         # its sampling standard error (sid.config.FD_STD_METHOD); NaN if not computed
     ("loss_fake_score", pa.float64()), # mean over the iterations since the previous evaluation
     ("loss_generator", pa.float64()),
     ("images_per_s", pa.float64()),    # generator images per second of training since the previous evaluation
@@ -81,7 +82,7 @@ EVALUATION_SCHEMA = pa.schema([
     ("written_at", pa.timestamp("us", tz="UTC")),
 ])
 # Columns a file may lack because it was written before they existed: read back as nulls.
-LATER_COLUMNS = frozenset(MORE_CONFIG_COLUMNS)
+LATER_COLUMNS = frozenset((*MORE_CONFIG_COLUMNS, "fid_std"))
 
 TRIAL_STATES = ("completed", "stopped_early", "diverged", "error", "running")
 

@@ -20,7 +20,7 @@ def tiny_teacher(seed=0, **overrides):
 
 def tiny_config(**overrides):
     base = dict(batch=8, batch_per_device=4, lr=1e-3, glr=1e-3, duration_kimg=0.04, eval_every_kimg=0.016,
-                fid_images=64, ema_mimg=1e-5)
+                fid_images=64, ema_mimg=1e-5, ema_rampup=0.05)  # the rampup the EMA test computes with
     return preset("digits", **{**base, **overrides})
 
 

@@ -140,7 +140,7 @@ def test_fractional_gpu_trials_share_gpus_at_most_two_to_one(gpu_cluster, teache
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("script, searched", [
-    ("alpha_sweep", ["--alphas", "1.0"]),
+    ("alpha_sweep", ["--alphas", "1.0", "--seeds", "1"]),
     ("hpo", ["--num-samples", "1"]),  # Optuna's domains, sampled: the dry run has nothing to learn from
 ])
 def test_the_study_script_dry_run_prints_where_each_trial_ran(gpu_cluster, teacher_url, tmp_path, monkeypatch, capsys,

@@ -286,3 +286,55 @@ def test_ref_command_runs_as_module_with_digits_detector(tmp_path):
     mu, sigma = load_reference_stats(out)
     np.testing.assert_allclose(mu, want.mean(0), rtol=1e-4, atol=1e-5)   # float32 nets, separate process
     np.testing.assert_allclose(sigma, np.cov(want, rowvar=False), rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- fid_std (jackknife)
+def numpy_jackknife(x: np.ndarray, groups: int, ref_mu, ref_sigma) -> tuple[float, float]:
+    """Independent reference: leave each group (image i in group i mod K) out, refit the biased covariance."""
+    full = scipy_fd(x.mean(0), np.cov(x, rowvar=False, bias=True), ref_mu, ref_sigma)
+    idx = np.arange(len(x))
+    loo = np.array([scipy_fd(x[idx % groups != g].mean(0), np.cov(x[idx % groups != g], rowvar=False, bias=True),
+                             ref_mu, ref_sigma) for g in range(groups)])
+    return full, float(np.sqrt((groups - 1) / groups * ((loo - loo.mean()) ** 2).sum()))
+
+
+def test_fd_jackknife_matches_a_numpy_reference_whatever_the_batches():
+    rng = np.random.default_rng(20)
+    x = rng.standard_normal((103, 5)) * [1, 2, 3, 1, 1] + 0.3
+    ref_mu, ref_sigma = np.zeros(5), random_spd(5, rng)
+    grouped = metrics.GroupedFeatureStats(10)
+    for lo, hi in [(0, 7), (7, 40), (40, 41), (41, 103)]:  # uneven batches: the groups follow the image index
+        grouped.update(torch.from_numpy(x[lo:hi]))
+    fd, se = metrics.fd_jackknife(grouped, ref_mu, ref_sigma)
+    want_fd, want_se = numpy_jackknife(x, 10, ref_mu, ref_sigma)
+    assert fd == pytest.approx(want_fd, rel=1e-9) and se == pytest.approx(want_se, rel=1e-6) and se > 0
+    mu, sigma = grouped.total().mean_cov()
+    assert np.allclose(mu, x.mean(0)) and np.allclose(sigma, np.cov(x, rowvar=False, bias=True))
+
+
+def test_fd_jackknife_estimates_the_spread_over_independent_draws():
+    """The point of fid_std: it predicts how much the FD of another draw of as many images would differ."""
+    rng = np.random.default_rng(21)
+    d, n = 6, 400
+    ref_mu, ref_sigma = np.zeros(d), np.eye(d)
+    shift = np.linspace(0.2, 0.6, d)
+    draws, ses = [], []
+    for _ in range(150):
+        x = rng.standard_normal((n, d)) * 1.3 + shift
+        grouped = metrics.GroupedFeatureStats(10)
+        grouped.update(torch.from_numpy(x))
+        fd, se = metrics.fd_jackknife(grouped, ref_mu, ref_sigma)
+        draws.append(fd)
+        ses.append(se)
+    assert 0.75 < np.mean(ses) / np.std(draws, ddof=1) < 1.33
+
+
+def test_compute_fd_std_gives_compute_fds_value_and_nan_without_enough_images():
+    pool = torch.rand(40, 1, 2, 2, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    generate = lambda index, n: pool[index * 8: index * 8 + n]  # noqa: E731
+    rng = np.random.default_rng(4)
+    ref_mu, ref_sigma = rng.standard_normal(4) * 50 + 128, random_spd(4, rng) * 1000
+    fd, se = metrics.compute_fd_std(generate, 40, PixelDetector(), ref_mu, ref_sigma, batch_size=8)
+    assert fd == compute_fd(generate, 40, PixelDetector(), ref_mu, ref_sigma, batch_size=8) and se > 0
+    fd, se = metrics.compute_fd_std(generate, 5, PixelDetector(), ref_mu, ref_sigma, batch_size=8)
+    assert math.isfinite(fd) and math.isnan(se)  # 5 images cannot fill 10 groups

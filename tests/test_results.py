@@ -139,3 +139,19 @@ def test_analysis_and_the_study_table_agree_on_every_trial(tmp_path):
         assert (table["state"] == "diverged") == bool(derived.loc[name, "diverged"]), name
         for column in ("best_fid", "best_kimg", "last_kimg", "evaluations"):
             assert table[column] == pytest.approx(derived.loc[name, column], nan_ok=True), (name, column)
+
+
+def test_fid_std_follows_fid_images_and_older_files_read_as_nan(tmp_path):
+    assert EVALUATION_SCHEMA.names.index("fid_std") == EVALUATION_SCHEMA.names.index("fid_images") + 1
+    new = tmp_path / "new" / "evaluations.parquet"
+    upsert_evaluations(new, [row(fid_std=0.25)])
+    old = tmp_path / "old" / "evaluations.parquet"
+    old.parent.mkdir()
+    import pyarrow.parquet as pq
+
+    legacy = pa.schema([f for f in EVALUATION_SCHEMA if f.name != "fid_std"])  # a file written before the column
+    pq.write_table(pa.Table.from_pylist([row()], schema=legacy), old)
+    frame = read_evaluations(tmp_path).sort_values("fid_std")
+    assert len(frame) == 2 and frame["fid_std"].iloc[0] == 0.25 and math.isnan(frame["fid_std"].iloc[1])
+    upsert_evaluations(old, [row(kimg=6.4, fid_std=0.5)])  # a resumed old trial rewrites the file with the column
+    assert pq.read_schema(old).names == EVALUATION_SCHEMA.names

@@ -84,6 +84,7 @@ def test_a_distiller_restored_at_kimg_0_does_not_evaluate_kimg_0_again(teacher_f
     train(Distiller(config, load_teacher(config.teacher)), evaluator=Evaluator(config),
           on_evaluation=lambda row, _: rows.append(row), progress=False, resumed=resumed)
     assert [row["iteration"] for row in rows] == evaluated
+    assert all(0 < row["fid_std"] < row["fid"] for row in rows)  # each evaluation measures its own sampling error
 
 
 def test_resume_with_a_different_config_is_refused(tmp_path, teacher_file):

@@ -176,7 +176,8 @@ def test_killed_study_resumes_without_losing_or_duplicating_rows(tmp_path):
     storage, name = tmp_path / "results", "resumed"
     evaluations = storage / name / "evaluations"
     # 12 iterations, 7 evaluations per trial, one trial at a time: the kill lands inside the first trial
-    command = [sys.executable, "studies/alpha_sweep.py", "--alphas", "0.5,1.0", "--storage", str(storage), "--name",
+    command = [sys.executable, "studies/alpha_sweep.py", "--alphas", "0.5,1.0", "--seeds", "1", "--storage",
+               str(storage), "--name",
                name, "--max-concurrent", "1", *TINY_FLAGS, "--duration-kimg=0.096"]
     log = tmp_path / "killed.log"
     with log.open("w") as out:  # a file, not a pipe nobody reads while waiting
