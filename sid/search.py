@@ -80,6 +80,17 @@ class FidelityOptunaSearch(OptunaSearch):
         except RuntimeError:
             pass
 
+    def restore(self, checkpoint_path: str) -> None:
+        """Tune's saved searcher state, then: a trial the storage holds as running that this state does not know was
+        asked just before the study was interrupted and never ran: FAIL, so that no sampler waits on it."""
+        super().restore(checkpoint_path)
+        from optuna.trial import TrialState
+
+        known = {t.number for t in self._ot_trials.values()}
+        for orphan in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if orphan.number not in known:
+                self._ot_study.tell(orphan.number, state=TrialState.FAIL, skip_if_finished=True)
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
@@ -126,6 +137,8 @@ class StudyStopper(ray.tune.Stopper):
     def __call__(self, trial_id: str, result: dict) -> bool:
         path = self.folder / EVALUATIONS_DIR / f"{trial_id}.parquet"
         rows = read_parquet(path) if path.exists() else None
+        if rows is not None:  # the worker may be evaluations ahead of this result: judge the curve up to it
+            rows = rows[rows["kimg"] <= result.get("kimg", math.inf) + 1e-9]
         reason = None
         if not _finite(result.get("fid", 0.0)):
             reason = f"diverged: fid {result.get('fid')} at kimg {result.get('kimg', math.nan):g}"

@@ -187,7 +187,10 @@ def test_sid_console_script_dispatches_to_the_commands(tmp_path, digits):
     from sid.commands import COMMANDS
 
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts == {"sid": "sid.commands:main"} and set(COMMANDS) == {"distill", "generate", "evaluate", "export", "phema"}
+    assert scripts["sid"] == "sid.commands:main" and set(COMMANDS) == {"distill", "generate", "evaluate", "export",
+                                                                           "phema"}
+    assert {v for k, v in scripts.items() if k != "sid"} == {"studies.alpha_sweep:main", "studies.sigma_init_sweep:main",
+                                                          "studies.hpo:main"}  # the study commands
     torch.save(snapshot(digits), tmp_path / "g.pt")
     code = "from sid.commands import main; main()"
     done = subprocess.run([sys.executable, "-c", code, "generate", "--network", str(tmp_path / "g.pt"), "--seeds",

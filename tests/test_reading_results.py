@@ -67,7 +67,7 @@ def test_rows_carry_every_shaping_field_and_files_say_what_made_them(tmp_path):
     path = tmp_path / "e.parquet"
     upsert_evaluations(path, [row], provenance(config.to_dict(), "cpu"))
     back = read_evaluations(path).iloc[0]
-    assert (back["dropout"], back["augment"], back["fid_ref"], back["ema_mimg"]) == (0.1, 0.05, "digits", 0.002)
+    assert (back["dropout"], back["augment"], back["fid_ref"], back["ema_mimg"]) == (0.1, 0.05, "digits", 0.02)
     assert pq.read_schema(path).names == EVALUATION_SCHEMA.names
     meta = file_metadata(path)
     import json
