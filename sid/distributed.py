@@ -96,14 +96,17 @@ def check_resources(workers: int, per_worker: dict[str, float], placement_strate
 
 
 # ---------------------------------------------------------------------------------------------- per-worker loop
-def _record_worker(workers_dir: str | None, rank: int, world_size: int, device: torch.device) -> None:
-    """One small JSON per rank (pid, node, device): tells an operator which process to look at or kill."""
+def _record_worker(workers_dir: str | None, rank: int, world_size: int, device: torch.device,
+                   restored_iteration: int | None) -> None:
+    """One small JSON per rank (pid, node, device, the checkpoint's iteration it continued from, or None): tells an
+    operator which process to look at or kill, and whether a restarted group continued or started over."""
     if not workers_dir:
         return
     path = Path(workers_dir) / f"rank{rank}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     info = dict(rank=rank, world_size=world_size, pid=os.getpid(), node_id=ray.get_runtime_context().get_node_id(),
-                hostname=socket.gethostname(), device=str(device), torch_threads=torch.get_num_threads())
+                hostname=socket.gethostname(), device=str(device), torch_threads=torch.get_num_threads(),
+                restored_iteration=restored_iteration)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(info))
     os.replace(tmp, path)
@@ -161,7 +164,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         # One thread per assigned CPU, rounded: Ray floors it in OMP_NUM_THREADS (1.99 CPUs -> 1 thread).
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         torch.set_num_threads(max(1, round(cpus)))
-    _record_worker(loop_config["workers_dir"], rank, world_size, device)
+    state = _restored_state(loop_config, config)
+    _record_worker(loop_config["workers_dir"], rank, world_size, device,
+                   int(state["iteration"]) if state is not None else None)
     folder = RunFolder(Path(loop_config["run_folder"]), rows_path=Path(loop_config["rows_path"]),
                        keep_state=loop_config["keep_state"], config_text=loop_config.get("config_text")) \
         if rank == 0 else None
@@ -177,7 +182,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     try:
         run_rank(config, folder, device=device, rank=rank, world_size=world_size,
-                 state=_restored_state(loop_config, config), study=loop_config["study"],
+                 state=state, study=loop_config["study"],
                  trial_id=loop_config["trial_id"], after=after, progress=False)
     finally:
         if tracker is not None:

@@ -140,7 +140,9 @@ def test_cli_run_survives_a_killed_worker_without_losing_or_duplicating_rows(tmp
         deadline = time.time() + 120
         while victim is None and process.poll() is None and time.time() < deadline:
             rows = out / "evaluations.parquet"
-            if rows.exists() and len(read_evaluations(rows)) >= 2:
+            # 3 rows: the checkpoint reported after the first is registered by Ray Train by then (a kill right after
+            # a row can come before its checkpoint's registration, and the group then rightly starts over)
+            if rows.exists() and len(read_evaluations(rows)) >= 3:
                 victim = worker_info(out, 1)["pid"]
                 os.kill(victim, signal.SIGKILL)
             time.sleep(0.05)
@@ -150,7 +152,8 @@ def test_cli_run_survives_a_killed_worker_without_losing_or_duplicating_rows(tmp
     assert victim is not None, f"the run ended before a worker could be killed:\n{log[-3000:]}"
     assert process.returncode == 0, log[-3000:]
     assert worker_info(out, 1)["pid"] != victim  # the worker group was restarted...
-    assert "continuing at kimg" in log  # ...from a checkpoint, not from scratch
+    assert worker_info(out, 1)["restored_iteration"] is not None  # ...from a checkpoint, not from scratch (the
+    # rank's own record: its "continuing at kimg" line may not reach the driver's log before the driver exits)
     rows = read_evaluations(out / "evaluations.parquet")
     assert rows["kimg"].tolist() == pytest.approx(expected_kimg(config))  # each point once, none missing
     assert not rows.duplicated(["trial_id", "kimg"]).any()
