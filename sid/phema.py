@@ -17,7 +17,7 @@ reconstructed weights are sum_i x_i snapshot_i.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -84,42 +84,42 @@ def coefficients(snapshots: Sequence[tuple[int, float]], target: tuple[int, floa
     return x
 
 
+def _weights(profiles: Sequence[tuple[int, float]], step: int, sigma_rel: float) -> tuple[list[int], np.ndarray]:
+    """Indices of the snapshots taken at or before `step` and their least-squares weights for the sigma_rel EMA."""
+    usable = [i for i, (s, _) in enumerate(profiles) if s <= step]
+    if not usable:
+        raise ValueError(f"no post-hoc EMA snapshot at or before step {step}")
+    return usable, coefficients([profiles[i] for i in usable], (step, exponent(sigma_rel)))
+
+
+def _weighted_sum(weights: Sequence[float], states: Iterable[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """sum_i w_i state_i in float64, one state at a time, back in each tensor's dtype; integer buffers are not
+    averaged (the first state's are kept)."""
+    total: dict[str, torch.Tensor] = {}
+    dtypes: dict[str, torch.dtype] = {}
+    for weight, state in zip(weights, states):
+        for name, value in state.items():
+            if not value.is_floating_point():
+                total.setdefault(name, value.clone())
+                continue
+            dtypes.setdefault(name, value.dtype)
+            total[name] = total.get(name, torch.zeros_like(value, dtype=torch.float64)) + float(weight) * value.double()
+    return {k: v.to(dtypes[k]) if k in dtypes else v for k, v in total.items()}
+
+
 def combine(profiles: Sequence[tuple[int, float]], files: Sequence[Path], step: int,
             sigma_rel: float) -> dict[str, torch.Tensor]:
     """reconstruct() over snapshot files (plain data, weights_only), loaded one at a time: a run's snapshots need
     not fit in memory together."""
     from sid.teachers import load_plain
 
-    usable = [(i, p) for i, p in enumerate(profiles) if p[0] <= step]
-    if not usable:
-        raise ValueError(f"no post-hoc EMA snapshot at or before step {step}")
-    x = coefficients([p for _, p in usable], (step, exponent(sigma_rel)))
-    out: dict[str, torch.Tensor] = {}
-    for weight, (i, _) in zip(x, usable):
-        state = load_plain(files[i], "post-hoc EMA snapshot")["state_dict"]
-        for name, value in state.items():
-            if not value.is_floating_point():  # integer buffers are not averaged
-                out.setdefault(name, value.clone())
-                continue
-            out[name] = out.get(name, torch.zeros_like(value, dtype=torch.float64)) + float(weight) * value.double()
-    return {k: v.float() if v.dtype == torch.float64 else v for k, v in out.items()}
+    usable, x = _weights(profiles, step, sigma_rel)
+    return _weighted_sum(x, (load_plain(files[i], "post-hoc EMA snapshot")["state_dict"] for i in usable))
 
 
 def reconstruct(snapshots: Sequence[tuple[int, float, Mapping[str, torch.Tensor]]], step: int,
                 sigma_rel: float) -> dict[str, torch.Tensor]:
     """The weights of the sigma_rel EMA at training step `step` from snapshots (step, gamma, state dict) taken at
     or before it, combined in float64."""
-    usable = [s for s in snapshots if s[0] <= step]
-    if not usable:
-        raise ValueError(f"no post-hoc EMA snapshot at or before step {step}")
-    x = coefficients([(s, g) for s, g, _ in usable], (step, exponent(sigma_rel)))
-    out = {}
-    for name, first in usable[0][2].items():
-        if not first.is_floating_point():  # integer buffers are not averaged
-            out[name] = first.clone()
-            continue
-        total = torch.zeros_like(first, dtype=torch.float64)
-        for weight, (_, _, state) in zip(x, usable):
-            total += float(weight) * state[name].to(torch.float64)
-        out[name] = total.to(first.dtype)
-    return out
+    usable, x = _weights([(s, g) for s, g, _ in snapshots], step, sigma_rel)
+    return _weighted_sum(x, (snapshots[i][2] for i in usable))
