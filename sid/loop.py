@@ -38,15 +38,20 @@ class Evaluator:
         self.mu, self.sigma = load_reference(config.fid_ref)
 
     def __call__(self, distiller: Distiller, num_images: int) -> tuple[float, float]:
-        """(distance, its sampling standard error: sid.config.FD_STD_METHOD), both NaN if any G_ema image is
-        non-finite: quantize maps NaN pixels to black, and a distance to black images would pass a diverged
-        generator off as a finite, merely poor, FID."""
+        """(distance, its sampling standard error: sid.config.FD_STD_METHOD) of the run's G_ema."""
+        return self.score(distiller.sample, num_images, distiller.device)
+
+    def score(self, sample: Callable[[int, int], torch.Tensor], num_images: int,
+              device: torch.device) -> tuple[float, float]:
+        """(distance, standard error) of the images `sample(batch_index, n)` gives (sid/posthoc.py passes a rebuilt
+        EMA), both NaN if any image is non-finite: quantize maps NaN pixels to black, and a distance to black images
+        would pass a diverged generator off as a finite, merely poor, FID."""
         from sid.metrics import compute_fd_std
 
-        finite = torch.ones((), dtype=torch.bool, device=distiller.device)  # read once, not a sync per batch
+        finite = torch.ones((), dtype=torch.bool, device=device)  # read once, not a sync per batch
 
         def generate(index: int, n: int) -> torch.Tensor:
-            images = distiller.sample(index, n)
+            images = sample(index, n)
             finite.logical_and_(images.isfinite().all())
             return images
 

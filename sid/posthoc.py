@@ -11,7 +11,6 @@ with the length. The table printed at the end gives each run's best length.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -68,25 +67,9 @@ def rebuild(snaps: list[tuple[int, float, Path]], header: dict[str, Any], step: 
     return net.eval().requires_grad_(False), len(usable)
 
 
-def score(net: torch.nn.Module, config: DistillConfig, evaluator: Any, device: torch.device, images: int) -> float:
-    """FD of `net` on the run's evaluation latents (NaN for non-finite images, as in training evaluations)."""
-    from sid.distill import sample_evaluation_batch
-    from sid.metrics import compute_fd
-
-    finite = torch.ones((), dtype=torch.bool, device=device)
-
-    def generate(index: int, n: int) -> torch.Tensor:
-        images = sample_evaluation_batch(net, config, index, n, device)
-        finite.logical_and_(images.isfinite().all())
-        return images
-
-    fd = compute_fd(generate, images, evaluator.detector, evaluator.mu, evaluator.sigma,
-                    batch_size=evaluator.batch_size)
-    return fd if bool(finite) else math.nan
-
-
 def phema_run(run: Path, targets: tuple[float, ...], *, last_only: bool, device: torch.device) -> pd.DataFrame:
     """Rows for one run folder (also written to <run>/phema.parquet, replacing the same (sigma_rel, kimg))."""
+    from sid.distill import sample_evaluation_batch
     from sid.loop import Evaluator
 
     snaps, header = list_snapshots(run)
@@ -98,7 +81,9 @@ def phema_run(run: Path, targets: tuple[float, ...], *, last_only: bool, device:
         for sigma_rel in targets:
             net, used = rebuild(snaps, header, step, sigma_rel)
             images = config.fid_images_at(step)  # as many images as the run's own evaluation there
-            fid = score(net.to(device), config, evaluator, device, images)
+            net = net.to(device)
+            fid = evaluator.score(lambda index, n: sample_evaluation_batch(net, config, index, n, device), images,
+                                  device)[0]
             rows.append(dict(study="", trial_id=run.name, **{c: getattr(config, c) for c in CONFIG_COLUMNS},
                              sigma_rel=sigma_rel, kimg=step * config.batch / 1000, iteration=step, snapshots=used,
                              fid=fid, fid_detector=config.fid_detector, fid_images=images,
