@@ -38,6 +38,7 @@ import pandas as pd
 
 from analysis import common
 from sid.config import INCEPTION
+from sid.files import EVALUATIONS_DIR
 from sid.results import write_evaluations
 
 METRIC_FILE = re.compile(r"metric-(fid(\d+)k\w*)-alpha-(.+)\.jsonl")
@@ -173,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         study = args.study if args.study is not None else Path(args.out).resolve().name
         for run in args.runs:
             for trial, frame in import_run(Path(run), study=study, overrides=overrides).items():
-                path = write_evaluations(Path(args.out) / "evaluations" / f"{trial}.parquet", frame)
+                path = write_evaluations(Path(args.out) / EVALUATIONS_DIR / f"{trial}.parquet", frame)
                 print(f"{path}: {len(frame)} evaluations, kimg {frame['kimg'].min():g}-{frame['kimg'].max():g}")
 
     common.cli(build_parser(), body, argv)

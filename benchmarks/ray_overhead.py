@@ -36,8 +36,8 @@ def run_mode(config, out: Path, workers: int, gpus_per_worker: float, device: st
         path = run_local(config, out, device=pick_device(device), resume=False, progress=False)
         threads = torch.get_num_threads()
     else:
-        from sid.distributed import run_distributed
-        from sid.resources import TrialResources
+        from sid.cluster.distributed import run_distributed
+        from sid.cluster.resources import TrialResources
 
         path = run_distributed(config, out, resources=TrialResources(workers=workers, gpus_per_worker=gpus_per_worker),
                                address=None, resume=False)

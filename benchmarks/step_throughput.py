@@ -32,7 +32,7 @@ import torch
 from sid.config import PRECISIONS, PRESETS, ConfigError, DistillConfig, preset
 from sid.distill import Distiller
 from sid.micro_batch import fit_micro_batch
-from sid.networks import EDMPrecond
+from sid.networks.precond import EDMPrecond
 from sid.teachers import teacher_architecture
 
 ANCHOR_GFLOP_PER_IMAGE = {"cifar10-uncond": 29.9e3 / 64, "cifar10-cond": 29.9e3 / 64}  # docs/benchmarks.md (the official code on one H200)

@@ -2,7 +2,7 @@
 
 Runs a full grid once (values of alpha x glr x seeds on digits, each trial in this process, one after another), then
 replays the cheaper variants on its rows: ASHA's noise-aware rung rule, the rule plus the curve forecast
-(sid/stopping.py, the code a study's stopper runs), and Optuna (TPE, GP) choosing among the grid's settings with those
+(sid/cluster/stopping.py, the code a study's stopper runs), and Optuna (TPE, GP) choosing among the grid's settings with those
 stops. The replay is exact: a run's noise is drawn per slot from (seed, iteration), so a trial stopped at kimg k would
 have produced the same rows up to k that the full run did. Trials arrive in grid order, one at a time.
 
@@ -31,8 +31,8 @@ from scipy import stats
 from sid.config import preset
 from sid.results import read_evaluations
 from sid.run import run_local
-from sid.run_state import CHECKPOINT
-from sid.stopping import CurveRule, Point, smoothed
+from sid.files import CHECKPOINT
+from sid.cluster.stopping import CurveRule, Point, smoothed
 
 SETTING = ["alpha", "glr"]
 
@@ -135,11 +135,11 @@ def variants(rows: pd.DataFrame, grace: float, full_kimg: float, optuna_trials: 
 
 
 def optuna_order(by_trial, finals, sampler: str, n: int, grace: float, full_kimg: float):
-    """Optuna choosing settings of the grid (categorical), told the truth about stopped trials (sid.search's rules:
+    """Optuna choosing settings of the grid (categorical), told the truth about stopped trials (sid.cluster.search's rules:
     stopped = PRUNED); each setting it asks for runs the next unused seed. Returns (trials run, where each ended)."""
     import optuna
 
-    from sid.search import make_sampler
+    from sid.cluster.search import make_sampler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     settings = finals.groupby(SETTING)["trial"].apply(list).to_dict()
@@ -175,7 +175,7 @@ def optuna_order(by_trial, finals, sampler: str, n: int, grace: float, full_kimg
 
 
 def tiny_teacher(path: Path) -> str:
-    from sid.networks import EDMPrecond
+    from sid.networks.precond import EDMPrecond
 
     torch.manual_seed(0)
     net = EDMPrecond(img_resolution=8, img_channels=1, model_type="SongUNet", model_channels=16, channel_mult=[1],

@@ -16,9 +16,9 @@ from typing import Any, Mapping
 
 import torch
 
-from .assets import Asset, AssetError, fetch
-from .networks import EDMPrecond
-from .safe_pickle import CheckpointError, Record, SnapshotUnpickler
+from sid.assets import Asset, AssetError, fetch
+from sid.networks.precond import EDMPrecond
+from sid.safe_pickle import CheckpointError, Record, SnapshotUnpickler
 
 __all__ = ["CheckpointError", "Record", "ARCHITECTURE_LIMITS", "fetch_checkpoint", "fetch_fid_ref", "read_snapshot",
            "load_edm_pickle"]

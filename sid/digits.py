@@ -1,10 +1,10 @@
 """The embedded default: scikit-learn's 8x8 digits, a small EDM teacher and a feature network for Frechet distance.
 
-Both networks are trained by this module's commands with fixed seeds and shipped as small weight files in
+Both networks are trained by `sid digits` (sid/commands/digits.py) with fixed seeds and shipped as small weight files in
 `sid/data/`, so the default study starts at once, offline:
 
-    python -m sid.digits train-detector --out sid/data/digits-features-v1.pt
-    python -m sid.digits train-teacher  --out sid/data/digits-teacher.pt
+    sid digits train-detector --out sid/data/digits-features-v1.pt
+    sid digits train-teacher  --out sid/data/digits-teacher.pt
 
 Files hold only plain data (`init_kwargs`, `state_dict`, `meta`) and load with `torch.load(weights_only=True)`.
 Every number from the feature network is a Frechet distance on `digits-features-v1` features, not Inception FID.
@@ -12,7 +12,6 @@ Every number from the feature network is a Frechet distance on `digits-features-
 
 from __future__ import annotations
 
-import argparse
 import copy
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from torch import nn
 
 from sid.config import DIGITS_FEATURES
 from sid.losses import fake_score_loss, sample_fake_score_sigma
-from sid.networks import EDMPrecond
+from sid.networks.precond import EDMPrecond
 
 DATA = Path(__file__).parent / "data"
 TEACHER_FILE = DATA / "digits-teacher.pt"
@@ -172,28 +171,3 @@ def edm_sample(net: nn.Module, noise: torch.Tensor, *, steps: int = 18, sigma_ma
             x_next = x + (nxt - cur) * (d + d2) / 2
         x = x_next
     return x.float()
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m sid.digits", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("train-teacher", "train-detector"):
-        p = sub.add_parser(name)
-        p.add_argument("--out", type=Path, required=True, help="where to write the weight file (.pt)")
-        p.add_argument("--steps", type=int, default=4000 if name == "train-teacher" else 1500, help="optimiser steps")
-        p.add_argument("--seed", type=int, default=0, help="random seed")
-    args = parser.parse_args(argv)
-    torch.set_flush_denormal(True)  # denormals made CPU iterations up to 10x slower
-    start = time.time()
-    if args.command == "train-teacher":
-        saved = train_teacher(steps=args.steps, seed=args.seed)
-    else:
-        saved = train_detector(steps=args.steps, seed=args.seed)
-    saved["meta"]["train_seconds"] = round(time.time() - start, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(saved, args.out)
-    print(f"wrote {args.out}: {saved['meta']}")
-
-
-if __name__ == "__main__":
-    main()

@@ -72,7 +72,7 @@ def generator_inputs(n: int, rng: torch.Generator, *, img_shape: tuple[int, ...]
 def sample_evaluation_batch(net: nn.Module, config: DistillConfig, batch_index: int, n: int,
                             device: torch.device) -> torch.Tensor:
     """Images of evaluation batch `batch_index` of a run: its latents depend on (seed, batch) only, so every
-    evaluation of a run, and every post-hoc EMA of it (sid/posthoc.py), sees the same z."""
+    evaluation of a run, and every post-hoc EMA of it (sid/commands/phema.py), sees the same z."""
     rng = torch.Generator(device).manual_seed(slot_seed(config.seed, 0, PHASE_EVAL, batch_index))
     z, labels = generator_inputs(n, rng, img_shape=(net.img_channels, net.img_resolution, net.img_resolution),
                                  label_dim=net.label_dim, sigma_init=config.sigma_init, device=device)
@@ -285,9 +285,3 @@ class Distiller:
         torch.set_rng_state(state["cpu_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
-
-
-if __name__ == "__main__":  # `python -m sid.distill` is the documented command; its CLI lives in sid/run.py
-    import runpy
-
-    runpy.run_module("sid.run", run_name="__main__", alter_sys=True)

@@ -2,7 +2,7 @@
 
 `load_generator(source)` resolves a run folder (best.pt, else generator.pt), one of this project's network files
 (a snapshot `generator-<kimg>.pt`, best.pt, generator.pt or a training checkpoint.pt), an exported .safetensors file
-(sid.export), an official SiD/EDM `network-snapshot-*.pkl` (path or URL, read by the code-free loader
+(sid.commands.export), an official SiD/EDM `network-snapshot-*.pkl` (path or URL, read by the code-free loader
 sid.checkpoints.load_edm_pickle, which returns the EDMPrecond under 'ema'), or a teacher name ('digits',
 'edm:<name>': the generator SiD starts from). Generation follows the official one-step sampler: z = sigma_init * randn,
 x = G(z, sigma_init, class one-hot), with z and the random class of image i drawn from torch.Generator(seed i) alone,
@@ -20,12 +20,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from sid.networks import EDMPrecond
+from sid.networks.precond import EDMPrecond
 from sid.networks.precond import architecture_difference
+from sid.files import RUN_FILES
 
 DEFAULT_SIGMA_INIT = 2.5          # SiD's sigma_init in every preset and in the official generate_onestep.py
 MAX_SEED = 2**32 - 1              # the seed range of EDM's and SiD's generate scripts
-RUN_FILES = ("best.pt", "generator.pt")  # what a run folder resolves to, in order (then its newest snapshot)
 
 
 # ---------------------------------------------------------------------------------------------- seeds
@@ -191,7 +191,7 @@ def generate(net: nn.Module, seeds: Sequence[int], *, sigma_init: float, class_i
         yield net(z.to(device), sigma, labels).float().cpu()
 
 
-# ---------------------------------------------------------------------------------------------- exports (sid/export.py)
+# ---------------------------------------------------------------------------------------------- exports (sid/commands/export.py)
 FORMAT = "sid-generator-v1"  # the "format" of an export's JSON
 
 

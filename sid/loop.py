@@ -43,7 +43,7 @@ class Evaluator:
 
     def score(self, sample: Callable[[int, int], torch.Tensor], num_images: int,
               device: torch.device) -> tuple[float, float]:
-        """(distance, standard error) of the images `sample(batch_index, n)` gives (sid/posthoc.py passes a rebuilt
+        """(distance, standard error) of the images `sample(batch_index, n)` gives (sid/commands/phema.py passes a rebuilt
         EMA), both NaN if any image is non-finite: quantize maps NaN pixels to black, and a distance to black images
         would pass a diverged generator off as a finite, merely poor, FID."""
         from sid.metrics import compute_fd_std

@@ -6,12 +6,11 @@ Detectors share one protocol (uint8 NCHW in, float features [N, D] out; attribut
 looked up by name, so every number can carry the name of the detector that produced it. Only a Frechet distance on
 `inception-2015-12-05` features is an FID.
 
-    python -m sid.metrics ref --images DIR_OR_ZIP --detector NAME --out ref.npz
+`sid ref` (sid/commands/ref.py) writes reference statistics of a folder or zip of images.
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import math
 import os
@@ -206,6 +205,11 @@ def register_detector(name: str, factory: Callable[[torch.device], Detector]) ->
     _DETECTORS[name] = factory
 
 
+def detector_names() -> list[str]:
+    """The registered detectors' names, sorted."""
+    return sorted(_DETECTORS)
+
+
 def get_detector(name: str, device: torch.device | str = "cpu") -> Detector:
     if name not in _DETECTORS:
         raise ValueError(f"unknown detector {name!r}; registered: {', '.join(sorted(_DETECTORS))}")
@@ -378,25 +382,3 @@ def iter_image_batches(source: str | os.PathLike, batch_size: int = 64) -> Itera
         raise ValueError(f"no {'/'.join(IMAGE_SUFFIXES)} images found in {str(source)!r}")
     if batch:
         yield torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).contiguous()
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m sid.metrics", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    ref = sub.add_parser("ref", help="reference statistics (EDM .npz: mu, sigma) of a folder or zip of images")
-    ref.add_argument("--images", required=True, help="folder (searched recursively) or .zip of PNG/JPEG images")
-    ref.add_argument("--detector", required=True, help=f"detector name: {', '.join(sorted(_DETECTORS))}")
-    ref.add_argument("--out", required=True, help="output .npz path")
-    ref.add_argument("--batch", type=int, default=64, help="images per detector call")
-    ref.add_argument("--device", default="cpu", help="torch device of the detector, e.g. cuda")
-    args = parser.parse_args(argv)
-    try:
-        detector = get_detector(args.detector, args.device)
-        mu, sigma = reference_stats_for_images(iter_image_batches(args.images, args.batch), detector)
-    except (ValueError, FileNotFoundError) as e:
-        parser.error(str(e))
-    print(f"wrote {save_reference_stats(args.out, mu, sigma)} ({detector.name}, {mu.shape[0]} features)")
-
-
-if __name__ == "__main__":
-    main()

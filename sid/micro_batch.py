@@ -1,5 +1,5 @@
 """The largest micro-batch that fits (`batch_per_device=0`), chosen from the measured memory of trial iterations on
-the device, before the run's Distiller is built (sid.run_state.run_rank)."""
+the device, before the run's Distiller is built (sid.run.run_rank)."""
 
 from __future__ import annotations
 

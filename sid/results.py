@@ -24,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from sid.files import NOT_EVALUATIONS, SCORES_FILE, TRIALS_FILE
 
 SCHEMA_VERSION = "1"
 
@@ -102,7 +103,6 @@ TRIAL_SCHEMA = pa.schema([
 ])
 
 
-SCORES_FILE = "scores.parquet"  # written by `sid evaluate`; not an evaluations file
 
 SCORE_SCHEMA = pa.schema([
     ("source", pa.string()),           # what was scored: run folder, snapshot, .pkl, image folder or .npz, as given
@@ -121,7 +121,6 @@ SCORE_SCHEMA = pa.schema([
 ])
 
 
-PHEMA_FILE = "phema.parquet"  # written by `sid phema` into each run folder; not an evaluations file
 
 PHEMA_SCHEMA = pa.schema([
     ("study", pa.string()),
@@ -336,12 +335,12 @@ def _read_many(files: list[Path], schema: pa.Schema) -> pd.DataFrame:
 def read_evaluations(*paths: str | os.PathLike) -> pd.DataFrame:
     """All evaluation rows under the given study folders / run folders / files; unreadable files are skipped
     with a warning that names them."""
-    files = [f for f in _files(paths, "*.parquet") if f.name not in ("trials.parquet", SCORES_FILE, PHEMA_FILE)]
+    files = [f for f in _files(paths, "*.parquet") if f.name not in NOT_EVALUATIONS]
     return _read_many(files, EVALUATION_SCHEMA)
 
 
 def read_trials(*paths: str | os.PathLike) -> pd.DataFrame:
-    return _read_many(_files(paths, "trials.parquet"), TRIAL_SCHEMA)
+    return _read_many(_files(paths, TRIALS_FILE), TRIAL_SCHEMA)
 
 
 # ---------------------------------------------------------------------------------------------- one trial's summary

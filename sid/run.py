@@ -1,28 +1,190 @@
-"""One distillation run from the command line: `python -m sid.distill --preset digits --out runs/digits`.
+"""A run's folder and one rank of a run: rows, training state, G_ema snapshots, sample grids, and `run_rank()`, which
+the one-run command and the Ray Train worker both use.
 
-With `--workers 1` and no `--address` the run happens in this process; otherwise it runs through Ray Train
-(sid.distributed). The run folder's files are described in sid/run_state.py: `evaluations.parquet`, `checkpoint.pt`,
-`snapshots/generator-<kimg>.pt`, `best.pt` and `samples-<iteration>.png`. `--resume` continues a folder's run.
+The folder's files and their names are listed once, in sid/files.py.
+
+Files are written beside their final name and renamed into place, rows first: an interruption re-runs to the same
+evaluation and rewrites its row instead of losing it. A diverged state is never saved: checkpoint, snapshots and
+best.pt stay the last good ones. Every file holds plain tensors and containers (read with weights_only=True).
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import sys
-import time
+import math
+import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
+import yaml
 
-from sid.assets import AssetError
-from sid.cli import (HelpFormatter, add_config_file_flags, add_config_flags, add_preset_flag, add_resource_flags,
-                     add_tracking_flags, config_from_args, config_yaml, parse, print_config, resolved_config,
-                     resources_from_args, tracking_from_args)
 from sid.config import DistillConfig
-from sid.results import is_uri
-from sid.run_state import CHECKPOINT, RunFolder, check_rows_readable, load_checkpoint, run_rank
-from sid.tracking import DEFAULT_EXPERIMENT, RunTracker, TrackingSettings
+from sid.distill import Distiller
+from sid.files import BEST, CHECKPOINT, CONFIG_FILE, EVALUATIONS, PHEMA, SNAPSHOTS, phema_name, samples_name, snapshot_name
+from sid.results import EVALUATION_SCHEMA, best_row, provenance, read_parquet, upsert_evaluations, write_file_atomic
+from sid.tracking import RunTracker, TrackingSettings
+
+# Config fields a resumed run may change: they do not shape the numbers of the evaluations already made.
+RESUMABLE_CHANGES = ("duration_kimg", "keep_snapshots")
+# Fields added after the first checkpoints were written, with the value those runs had.
+LATER_FIELDS = {"init_generator": "", "eval_schedule": "every", "phema": "", "phema_every_kimg": 0.0}
+
+AfterEvaluation = Callable[[dict[str, Any], Distiller, float], None]  # (row, distiller, best fid so far) on every rank
+
+
+def save_atomic(obj: object, path: Path) -> None:
+    write_file_atomic(path, lambda f: torch.save(obj, f))
+
+
+def _link_atomic(source: Path, dest: Path) -> None:
+    """dest becomes the same file as source (a hard link; a copy where the file system has none), atomically."""
+    tmp = dest.with_name(f".{dest.name}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, dest)
+
+
+def save_image_grid(images: torch.Tensor, path: Path, scale: int = 4) -> None:
+    """Images in [-1, 1] (N, C, H, W) tiled into a square-ish PNG, upscaled `scale` times for small images."""
+    from PIL import Image
+
+    n, c, h, w = images.shape
+    cols = int(n**0.5) or 1
+    rows = -(-n // cols)
+    grid = torch.full((c, rows * (h + 1) + 1, cols * (w + 1) + 1), -1.0)
+    for i, img in enumerate(images.clamp(-1, 1)):
+        r, k = divmod(i, cols)
+        grid[:, 1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + k * (w + 1): 1 + k * (w + 1) + w] = img
+    pixels = ((grid + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).squeeze(-1).numpy()
+    image = Image.fromarray(pixels)
+    image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    write_file_atomic(path, lambda f: image.save(f, format="PNG"))
+
+
+class RunFolder:
+    """Where rank 0 writes a run's evaluations (see the module docstring for the files)."""
+
+    def __init__(self, out: Path, *, rows_path: Path | None = None, keep_state: bool = True,
+                 config_text: str | None = None) -> None:  # config.yaml's text (default: the DistillConfig as YAML)
+        self.out, self.config_text, self._config_written = Path(out), config_text, False
+        self.rows_path = Path(rows_path) if rows_path is not None else self.out / EVALUATIONS
+        self.state_path = self.out / CHECKPOINT if keep_state else None  # folders are made by the first write
+
+    def write(self, row: dict[str, Any], distiller: Distiller) -> float:
+        """Write an evaluation's row and files; return the run's best finite FD so far (NaN if none)."""
+        if not self._config_written:  # once per process: a resume rewrites it with its own values
+            text = self.config_text or yaml.safe_dump(distiller.config.to_dict(), sort_keys=False)
+            write_file_atomic(self.out / CONFIG_FILE, lambda f: f.write(text.encode()))
+            self._config_written = True
+        rows = upsert_evaluations(self.rows_path, [row],
+                                  provenance(distiller.config.to_dict(), str(distiller.device)))
+        save_image_grid(distiller.sample(0, 64).cpu(), self.out / samples_name(distiller.iteration))
+        best = best_row(rows[(rows["trial_id"] == row["trial_id"]) & (rows["kimg"] <= row["kimg"])])
+        if row["status"] == "ok":
+            self._snapshot(row, distiller, best_kimg=best["kimg"] if best is not None else None)
+            if self.state_path is not None:
+                save_atomic({**distiller.state_dict(), "wall_s": row["wall_s"]}, self.state_path)
+        return float(best["fid"]) if best is not None else math.nan
+
+    def _snapshot(self, row: dict[str, Any], distiller: Distiller, *, best_kimg: float | None) -> None:
+        folder = self.out / SNAPSHOTS
+        path = folder / snapshot_name(row["kimg"])
+        save_atomic(generator_file(distiller, row), path)
+        if best_kimg == row["kimg"]:
+            _link_atomic(path, self.out / BEST)
+        kinds = distiller.config.keep_snapshots.split(",")
+        if "all" in kinds:
+            return
+        keep = {path.name} if "last" in kinds else set()
+        if "best" in kinds and best_kimg is not None:
+            keep.add(snapshot_name(best_kimg))
+        for stale in folder.glob("generator-*.pt"):
+            if stale.name not in keep:
+                stale.unlink()
+
+
+def write_phema(folder: RunFolder, distiller: Distiller) -> None:
+    """Save each post-hoc EMA profile of the generator (sid/phema.py); all are kept: any EMA is rebuilt from them."""
+    for sigma_rel, gamma, net in distiller.profiles:
+        state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+        if not all(v.isfinite().all() for v in state.values() if v.is_floating_point()):
+            continue  # a diverged profile is no snapshot: a reconstruction would only spread the NaN
+        save_atomic(dict(sigma_rel=sigma_rel, gamma=gamma, step=distiller.iteration, kimg=distiller.kimg,
+                         state_dict=state, init_kwargs=dict(net.init_kwargs), config=distiller.config.to_dict()),
+                    folder.out / PHEMA / phema_name(sigma_rel, distiller.kimg))
+
+
+def generator_file(distiller: Distiller, row: dict[str, Any]) -> dict[str, Any]:
+    """The contents of a snapshot: everything needed to sample (sid.teachers.load_network_file reads it)."""
+    ema = distiller.generator_ema
+    return dict(init_kwargs=dict(ema.init_kwargs), state_dict={k: v.detach().cpu() for k, v in ema.state_dict().items()},
+                sigma_init=distiller.config.sigma_init, config=distiller.config.to_dict(), kimg=row["kimg"],
+                iteration=row["iteration"], fid=row["fid"], fid_detector=row["fid_detector"],
+                fid_images=row["fid_images"])
+
+
+def load_checkpoint(path: Path, config: DistillConfig) -> dict:
+    """A run's saved state, refused if it was made with a different config (RESUMABLE_CHANGES may differ)."""
+    from sid.teachers import load_plain
+
+    state = load_plain(path, "training checkpoint of this project")
+    try:
+        saved = {**LATER_FIELDS, **state["config"], **{k: getattr(config, k) for k in RESUMABLE_CHANGES}}
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a training checkpoint of this project (no config: {exc!r})") from exc
+    if saved != config.to_dict():
+        diff = {k: (saved.get(k), v) for k, v in config.to_dict().items() if saved.get(k) != v}
+        raise ValueError(f"{path} was written with a different config (saved vs now: {diff})")
+    return state
+
+
+def check_rows_readable(folder: RunFolder) -> None:
+    """A torn rows file (power loss, a cut copy) stops a resume before anything runs, leaving the file untouched."""
+    if folder.rows_path.exists():
+        read_parquet(folder.rows_path, EVALUATION_SCHEMA)
+
+
+def run_rank(config: DistillConfig, folder: RunFolder | None, *, device: torch.device, rank: int = 0,
+             world_size: int = 1,
+             state: dict | None = None,                  # training state to continue from (load_checkpoint)
+             study: str = "", trial_id: str = "run",     # the rows' labels
+             after: AfterEvaluation | None = None,       # called on every rank after each evaluation (Ray's report)
+             progress: bool = True) -> Distiller:
+    """Run (or continue) one rank of a run to config.duration_kimg: rank 0 evaluates and writes `folder`."""
+    from sid.loop import Evaluator, train
+    from sid.teachers import load_teacher
+
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)  # denormals made CPU iterations up to 10x slower
+    teacher = load_teacher(config.teacher)
+    micro_batch = 0
+    if not config.batch_per_device:  # 0: the largest that fits, measured on this device before the run starts
+        from sid.micro_batch import fit_micro_batch
+
+        micro_batch = fit_micro_batch(config, teacher, device=device, world_size=world_size)
+    distiller = Distiller(config, teacher, device=device, rank=rank, world_size=world_size, micro_batch=micro_batch)
+    wall_s = 0.0
+    if state is not None:
+        distiller.load_state_dict(state)
+        wall_s = float(state["wall_s"])
+        if rank == 0:
+            print(f"continuing at kimg {distiller.kimg:g} (iteration {distiller.iteration})", flush=True)
+
+    def on_evaluation(row: dict[str, Any], d: Distiller) -> None:
+        best = folder.write(row, d) if (rank == 0 and folder is not None) else math.nan
+        if after is not None:
+            after(row, d, best)
+
+    snapshot = (lambda d: write_phema(folder, d)) if (rank == 0 and folder is not None and config.phema) else None
+    train(distiller, evaluator=Evaluator(config, device) if rank == 0 else None, on_evaluation=on_evaluation,
+          study=study, trial_id=trial_id, wall_s=wall_s, progress=progress and rank == 0, resumed=state is not None,
+          on_snapshot=snapshot)
+    return distiller
 
 
 def pick_device(name: str) -> torch.device:
@@ -57,71 +219,3 @@ def run_local(config: DistillConfig, out: Path, *, device: torch.device, resume:
     finally:
         tracker.close()
     return folder.rows_path
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sid.distill", description=__doc__.split("\n\n")[0],
-                                     formatter_class=HelpFormatter,
-                                     allow_abbrev=False)  # a typo must not silently become another flag
-    add_preset_flag(parser)
-    add_config_file_flags(parser)
-    parser.add_argument("--out", default=None, help="run folder (default: runs/<preset>)")
-    parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (single-process runs)")
-    parser.add_argument("--address", default=None, help="Ray cluster address ('auto' joins a running cluster)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
-    add_resource_flags(parser, per="run")
-    add_tracking_flags(parser, experiment=DEFAULT_EXPERIMENT)
-    add_config_flags(parser)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = build_parser()
-    args = parse(parser, argv)
-    config = config_from_args(parser, args)
-    out = Path(args.out) if args.out else Path("runs") / config.preset
-    resources = resources_from_args(parser, args)
-    tracking = tracking_from_args(parser, args, experiment=DEFAULT_EXPERIMENT)
-    values = resolved_config(parser, args, config, out=str(out))
-    if args.print_config:
-        print_config(values)
-    if is_uri(args.out or ""):
-        parser.error(f"--out {args.out}: expected a local or mounted shared folder (rows and checkpoints are written "
-                     "with plain file I/O), not a URL")
-    blocked = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
-    if blocked is not None:
-        parser.error(f"--out {out}: {blocked} exists and is not a folder")
-    try:
-        device = pick_device(args.device)
-    except ValueError as exc:
-        parser.error(f"--device: {exc}")
-    has_state = (out / CHECKPOINT).exists()
-    if args.resume and not has_state:
-        parser.error(f"--resume: {out} holds no {CHECKPOINT} to continue from")
-    if has_state and not args.resume:
-        parser.error(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    print("config:", ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(config).items()), flush=True)
-    start = time.time()
-    try:
-        for stale in out.glob(".*.tmp"):  # half-written by a killed run (files are written beside, then renamed)
-            stale.unlink()
-        if resources.workers == 1 and args.address is None:
-            path = run_local(config, out, device=device, resume=args.resume, progress=not args.no_progress,
-                             tracking=tracking, config_text=config_yaml(values))
-        else:
-            from sid.distributed import run_distributed
-
-            path = run_distributed(config, out, resources=resources, address=args.address, resume=args.resume,
-                                   tracking=tracking, config_text=config_yaml(values))
-    except ValueError as exc:  # bad checkpoint/teacher/asset: one line, not a traceback
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except (OSError, AssetError) as exc:  # results disk full or read-only, a download failed: not the input's fault
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
-    print(f"done in {time.time() - start:.0f} s; evaluations: {path}")
-
-
-if __name__ == "__main__":
-    main()

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from sid.assets import Asset
-from sid.networks import EDMPrecond
+from sid.networks.precond import EDMPrecond
 
 # One registry per kind of name: the EDM assets 'edm:<name>' resolves to, each with its pinned sha256 (checked by
 # sid.assets.fetch on download and on every load from the cache). No public record of the sha256 of these NVIDIA

@@ -2,7 +2,7 @@
 
 After each evaluation rank 0 logs the row's numbers stepped on images seen (round(kimg * 1000), so a resumed run
 continues its axis and runs of different batch sizes line up), the sample grid of that evaluation as an image, and
-once the whole config as hyperparameters. Studies do the same through Ray Tune's logger callbacks (sid/study.py),
+once the whole config as hyperparameters. Studies do the same through Ray Tune's logger callbacks (sid/cluster/study.py),
 which step on the `timesteps_total` every report carries (STEP_KEY).
 
 A tracker that cannot start or log (no such server, a library missing at run time) is switched off with one line
@@ -23,15 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from sid.config import DistillConfig
+from sid.files import MLFLOW_DIR, TENSORBOARD_DIR, TRACKING_FILE
 
 TRACKERS = ("tensorboard", "mlflow", "wandb")
 # The package each tracker needs, and the extra of this project that installs it.
 REQUIREMENTS = {"tensorboard": ("tensorboardX", "ray[tune]"), "mlflow": ("mlflow", "sid-studies[mlflow]"),
                 "wandb": ("wandb", "sid-studies[wandb]")}
 STEP_KEY = "timesteps_total"   # what Ray's TensorBoard and MLflow callbacks step on: the row's images seen
-TENSORBOARD_DIR = "tensorboard"  # <run folder>/tensorboard/events.out.tfevents.*
-MLFLOW_DIR = "mlruns"            # default MLflow file store: <run folder>/mlruns
-TRACKING_FILE = "tracking.json"  # ids of the MLflow / W&B runs of this folder, so a resume continues them
 DEFAULT_EXPERIMENT = "sid"
 # Row values that are labels, not metrics (the config's fields are logged once, as hyperparameters).
 NOT_METRICS = ("iteration", "world_size")
@@ -267,7 +265,7 @@ class RunTracker:
                 self._off(backend, exc)
 
     def after(self, row: dict[str, Any], distiller: Any, best_fid: float) -> None:
-        from sid.run_state import samples_name
+        from sid.files import samples_name
 
         self.log({**row, "best_fid": best_fid}, self.folder / samples_name(distiller.iteration))
 

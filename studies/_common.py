@@ -1,4 +1,4 @@
-"""Flags and main() shared by the study scripts: parse, build a sid.study.Study, run it, print the trials table.
+"""Flags and main() shared by the study scripts: parse, build a sid.cluster.study.Study, run it, print the trials table.
 
 Every bad flag ends the program with one line naming what was expected and exit code 2, before anything is written.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 
-from sid.cli import (HelpFormatter, add_config_file_flags, add_config_flags, add_preset_flag,  # noqa: E402
+from sid.commands.cli import (HelpFormatter, add_config_file_flags, add_config_flags, add_preset_flag,  # noqa: E402
                      add_resource_flags, add_tracking_flags, config_from_args, config_yaml, parse, print_config,
                      resolved_config, resources_from_args, tracking_from_args)
 from sid.config import SEARCHABLE, DistillConfig  # noqa: E402
@@ -49,7 +49,7 @@ def build_parser(doc: str, *, swept: tuple[str, ...], asha: bool) -> argparse.Ar
                             "CPUs // CPUs per trial)")
     group.add_argument("--asha", action=argparse.BooleanOptionalAction, default=asha,
                        help="stop trials early whose smoothed FD trails the others' at a rung beyond the measured "
-                            "noise (ASHA's rule, sid/stopping.py)")
+                            "noise (ASHA's rule, sid/cluster/stopping.py)")
     group.add_argument("--curve-stop", action="store_true",
                        help="also stop a trial whose power-law forecast of its final FD cannot beat the best final FD")
     group.add_argument("--noise-z", type=float, default=1.0,
@@ -102,9 +102,10 @@ def seed_space(parser: argparse.ArgumentParser, seeds: int, base: DistillConfig)
 def main(parser: argparse.ArgumentParser, args: argparse.Namespace, *, script: str,
          space: Callable[[DistillConfig], Mapping[str, Any]], **study: Any) -> None:
     """Build the study from the flags (space(base) gives its search space), run it, print the table and paths."""
-    from sid.distributed import ResourceError
-    from sid.study import Study, StudyError, run_study
-    from sid.study_results import EVALUATIONS_DIR, TRIALS_FILE, summary
+    from sid.cluster.distributed import ResourceError
+    from sid.cluster.study import Study, StudyError, run_study
+    from sid.cluster.trials import summary
+    from sid.files import EVALUATIONS_DIR, TRIALS_FILE
 
     base = config_from_args(parser, args)
     study = {k: v(base) if callable(v) else v for k, v in study.items()}  # values that depend on the preset
@@ -140,9 +141,9 @@ def main(parser: argparse.ArgumentParser, args: argparse.Namespace, *, script: s
 
 def dry_run(parser: argparse.ArgumentParser, spec: Any, args: argparse.Namespace) -> None:
     """--dry-run: place every trial without training; exit 1 if a trial's workers did not all run as asked."""
-    from sid.distributed import ResourceError
-    from sid.dry_run import PLACEMENTS_FILE, PlacementError, dry_run_folder, dry_run_study, summary
-    from sid.study import StudyError
+    from sid.cluster.distributed import ResourceError
+    from sid.cluster.dry_run import PLACEMENTS_FILE, PlacementError, dry_run_folder, dry_run_study, summary
+    from sid.cluster.study import StudyError
 
     if args.resume:
         parser.error("--dry-run trains nothing, so there is nothing to --resume")

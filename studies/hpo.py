@@ -13,7 +13,7 @@ import json
 from studies import _common
 from ray import tune
 
-from sid.search import SAMPLERS
+from sid.cluster.search import SAMPLERS
 
 RANGES = {  # flag -> (field, default LOW,HIGH, log scale)
     "--alpha-range": ("alpha", "0.5,1.5", False),

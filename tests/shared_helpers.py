@@ -16,7 +16,7 @@ TEACHER_KWARGS = dict(img_resolution=8, img_channels=1, label_dim=0, model_type=
 
 def make_teacher(path: Path) -> str:
     """Write the tiny teacher as a project network file; return its path."""
-    from sid.networks import EDMPrecond
+    from sid.networks.precond import EDMPrecond
 
     torch.manual_seed(0)
     net = EDMPrecond(**TEACHER_KWARGS)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sid.config import ConfigError, preset
-from sid.networks import EDMPrecond
+from sid.networks.precond import EDMPrecond
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))

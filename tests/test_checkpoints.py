@@ -14,7 +14,7 @@ import torch
 
 from sid.assets import Asset
 from sid.checkpoints import CheckpointError, check_limits, fetch_fid_ref, load_edm_pickle, read_snapshot
-from sid.networks import EDMPrecond
+from sid.networks.precond import EDMPrecond
 from sid.teachers import EDM_FID_REFS, EDM_TEACHERS
 
 SONG = dict(img_resolution=8, img_channels=1, label_dim=0, model_type="SongUNet", model_channels=16,

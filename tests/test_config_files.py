@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-import sid.run
+import sid.commands.distill
 from shared_helpers import load_script
 from sid.config import preset
 
@@ -21,19 +21,19 @@ def printed(main, argv, capsys) -> str:
 
 def test_run_config_round_trips_through_print_config(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    text = printed(sid.run.main, ["--preset", "digits", "--alpha", "1.5", "--tracker", "tensorboard",
+    text = printed(sid.commands.distill.main, ["--preset", "digits", "--alpha", "1.5", "--tracker", "tensorboard",
                                   "--precision", "fp16", "--print-config"], capsys)
     values = yaml.safe_load(text)
     assert values["alpha"] == 1.5 and values["adam_eps"] == 1e-6 and values["trackers"] == ["tensorboard"]
     assert values["fid_ref"] == "digits" and values["out"] == "runs/digits"  # resolved, not None
     path = tmp_path / "run.yaml"
     path.write_text(text)
-    assert printed(sid.run.main, ["--config", str(path), "--print-config"], capsys) == text
-    again = yaml.safe_load(printed(sid.run.main, ["--config", str(path), "--alpha", "0.8", "--print-config"], capsys))
+    assert printed(sid.commands.distill.main, ["--config", str(path), "--print-config"], capsys) == text
+    again = yaml.safe_load(printed(sid.commands.distill.main, ["--config", str(path), "--alpha", "0.8", "--print-config"], capsys))
     assert again == {**values, "alpha": 0.8}  # the command line wins over the file
     # a hand-written file: a few keys, flag spellings accepted
     path.write_text("preset: cifar10-uncond\ntracker: mlflow\nlr: 2.0e-5\n")
-    short = yaml.safe_load(printed(sid.run.main, ["--config", str(path), "--print-config"], capsys))
+    short = yaml.safe_load(printed(sid.commands.distill.main, ["--config", str(path), "--print-config"], capsys))
     want = preset("cifar10-uncond", lr=2e-5).to_dict()
     assert {k: short[k] for k in want} == want and short["trackers"] == ["mlflow"]
 
@@ -57,7 +57,7 @@ def test_study_config_holds_space_searcher_and_resources_and_round_trips(tmp_pat
 
 def test_help_shows_each_fields_value_under_the_chosen_preset(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    text = printed(sid.run.main, ["--preset", "cifar10-uncond", "--help"], capsys)
+    text = printed(sid.commands.distill.main, ["--preset", "cifar10-uncond", "--help"], capsys)
     flat = " ".join(text.split())
     assert "(default from --preset cifar10-uncond: 256)" in flat  # --batch
     assert "(default from --preset cifar10-uncond: edm:cifar10-32x32)" in flat  # --fid-ref
@@ -82,7 +82,7 @@ def test_bad_config_file_is_one_line_with_exit_code_2(tmp_path, monkeypatch, cap
     path = tmp_path / "bad.yaml"
     path.write_text(content)
     with pytest.raises(SystemExit) as exited:
-        sid.run.main(["--config", str(path)])
+        sid.commands.distill.main(["--config", str(path)])
     err = capsys.readouterr().err
     assert exited.value.code == 2 and "Traceback" not in err
     last = err.strip().splitlines()[-1]

@@ -7,7 +7,7 @@ import torch
 
 from sid.config import preset
 from sid.distill import Distiller, slot_seed
-from sid.networks import EDMPrecond
+from sid.networks.precond import EDMPrecond
 
 TINY = dict(img_resolution=8, img_channels=1, label_dim=0, model_type="SongUNet", model_channels=16,
             channel_mult=[1], num_blocks=1, attn_resolutions=[], dropout=0.0)

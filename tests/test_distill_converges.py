@@ -10,7 +10,7 @@ from torch import nn
 
 from sid.config import preset
 from sid.distill import Distiller
-from sid.networks import EDMPrecond
+from sid.networks.precond import EDMPrecond
 
 
 class MixtureDenoiser(nn.Module):

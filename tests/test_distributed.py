@@ -22,8 +22,8 @@ import torch
 
 from sid.config import preset
 from sid.distill import Distiller
-from sid.distributed import ResourceError, run_distributed
-from sid.resources import TrialResources
+from sid.cluster.distributed import ResourceError, run_distributed
+from sid.cluster.resources import TrialResources
 from sid.results import read_evaluations
 from sid.run import run_local
 from sid.teachers import load_teacher
@@ -49,7 +49,7 @@ def worker_info(out: Path, rank: int) -> dict:
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory) -> str:
-    from sid.networks import EDMPrecond
+    from sid.networks.precond import EDMPrecond
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
@@ -132,7 +132,7 @@ def test_cli_run_survives_a_killed_worker_without_losing_or_duplicating_rows(tmp
     config = preset("digits", teacher=teacher, **{**TINY, "duration_kimg": 0.096})
     out = tmp_path / "run"
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k != "duration_kimg"]
-    command = [sys.executable, "-m", "sid.distill", "--workers", "2", "--out", str(out), "--duration-kimg=0.096",
+    command = [sys.executable, "-m", "sid", "distill", "--workers", "2", "--out", str(out), "--duration-kimg=0.096",
                f"--teacher={teacher}", "--no-progress", *flags]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -1,4 +1,4 @@
-"""A study's dry run (sid.dry_run) on a simulated GPU cluster: a ray.cluster_utils.Cluster whose two worker nodes
+"""A study's dry run (sid.cluster.dry_run) on a simulated GPU cluster: a ray.cluster_utils.Cluster whose two worker nodes
 declare 4 GPUs each and a head with none. The dry run's workers touch no CUDA (gloo, CPU loads), so fake GPUs
 suffice; each node has its own asset cache (SID_CACHE in the node's environment), and the teacher is a local file
 served through the URL code path (file://)."""
@@ -16,12 +16,12 @@ from ray import tune
 from shared_helpers import load_script, make_teacher
 
 from sid.config import preset
-from sid.resources import TrialResources
-from sid.dry_run import (MARKER, PLACEMENTS_FILE, check, dry_run_folder, dry_run_study, max_overlap,
+from sid.cluster.resources import TrialResources
+from sid.cluster.dry_run import (MARKER, PLACEMENTS_FILE, check, dry_run_folder, dry_run_study, max_overlap,
                          placements, summary)
 from sid.results import read_parquet
-from sid.distributed import LOCAL_RAY_ENV
-from sid.study import DRIVER_CPU, Study, StudyError
+from sid.cluster.distributed import LOCAL_RAY_ENV
+from sid.cluster.study import DRIVER_CPU, Study, StudyError
 
 pytestmark = pytest.mark.ray
 TINY = dict(batch=8, batch_per_device=8, fid_images=256, eval_every_kimg=0.016, duration_kimg=0.032)
@@ -158,7 +158,7 @@ def test_the_study_script_dry_run_prints_where_each_trial_ran(gpu_cluster, teach
 
 @pytest.mark.timeout(60)
 def test_a_trial_the_cluster_cannot_hold_fails_before_anything_waits(gpu_cluster, teacher_url, tmp_path):
-    from sid.distributed import ResourceError
+    from sid.cluster.distributed import ResourceError
 
     spec = study(teacher_url, tmp_path, "too-big", [1.0], workers=GPUS_PER_NODE + 1, gpus_per_worker=1.0,
                  placement_strategy="STRICT_PACK")

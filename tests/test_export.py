@@ -7,7 +7,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from sid import evaluate, export
+from sid.commands import evaluate, export
 from sid.config import preset
 from sid.generators import load_exported
 from sid.generators import generate, load_generator

@@ -8,7 +8,7 @@ import PIL.Image
 import pytest
 import torch
 
-from sid import generate as gen_cli
+from sid.commands import generate as gen_cli
 from sid.generators import (format_seeds, generate, load_generator, parse_seeds, seed_inputs)
 from sid.metrics import quantize
 from sid.teachers import load_teacher
@@ -188,18 +188,18 @@ def test_sid_console_script_dispatches_to_the_commands(tmp_path, digits):
 
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["sid"] == "sid.commands:main" and set(COMMANDS) == {"distill", "generate", "evaluate", "export",
-                                                                           "phema"}
+                                                                           "phema", "ref", "digits"}
     assert {v for k, v in scripts.items() if k != "sid"} == {"studies.alpha_sweep:main", "studies.sigma_init_sweep:main",
                                                           "studies.hpo:main"}  # the study commands
     torch.save(snapshot(digits), tmp_path / "g.pt")
     code = "from sid.commands import main; main()"
-    done = subprocess.run([sys.executable, "-c", code, "generate", "--network", str(tmp_path / "g.pt"), "--seeds",
+    done = subprocess.run([sys.executable, "-m", "sid", "generate", "--network", str(tmp_path / "g.pt"), "--seeds",
                            "0-3", "--npz", str(tmp_path / "a.npz"), "--no-progress"], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert np.load(tmp_path / "a.npz")["arr_0"].shape == (4, 8, 8, 1)
     listed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert all(name in listed.stdout for name in ("distill", "generate", "evaluate", "export", "phema"))
+    assert all(name in listed.stdout for name in COMMANDS)
     bad = subprocess.run([sys.executable, "-c", code, "sample"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "unknown command 'sample'" in bad.stderr
     distill = subprocess.run([sys.executable, "-c", code, "distill", "--help"], capture_output=True, text=True,

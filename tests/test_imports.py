@@ -1,5 +1,7 @@
-"""The layering rules of the package, read from the source: no import cycles among sid/ modules (imports inside
-functions count too), no core module imports a command-line module or Ray, and analysis/ needs neither Ray nor torch.
+"""The layering rules of the package (docs/architecture.md), read from the source as folder rules: no import cycles
+among sid/ modules (imports inside functions count too); the library (sid/*.py, sid/networks/) and the cluster wing
+(sid/cluster/) never import the commands (sid/commands/); the library never imports the cluster wing, nor Ray at
+module level; studies/ and analysis/ import no Ray, and analysis/ no torch.
 
 The same check by hand: `python tests/test_imports.py` prints the graph's size and any cycle."""
 
@@ -12,9 +14,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CLI = {"sid.run", "sid.commands"}     # command-line modules: nothing in the package imports them
-CORE = {"sid.config", "sid.networks", "sid.checkpoints", "sid.losses", "sid.distill", "sid.metrics", "sid.loop",
-        "sid.run_state", "sid.results", "sid.digits", "sid.teachers", "sid.assets", "sid.augment", "sid.fast"}
 
 
 def module_name(path: Path) -> str:
@@ -94,23 +93,86 @@ def test_the_cycle_finder_finds_cycles(edges, expected):
     assert cycles(edges) == expected
 
 
-def test_no_core_module_imports_a_cli_module_or_ray():
+def top_level_imports(path: Path) -> set[str]:
+    """Modules imported at module level (not inside functions or `if TYPE_CHECKING:`)."""
+    found = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            found.add(node.module or "")
+    return found
+
+
+def wing(name: str) -> str:
+    """'commands', 'cluster' or 'library' (sid/*.py and sid/networks/), for a module of the sid package."""
+    parts = name.split(".")
+    return parts[1] if len(parts) > 2 and parts[1] in ("commands", "cluster") else "library"
+
+
+# The rules of docs/architecture.md, stated as folder rules: no list of module names to keep up to date.
+def test_the_library_and_the_cluster_wing_never_import_a_command():
+    edges = graph("sid")
+    assert {wing(n) for n in edges} == {"library", "commands", "cluster"}  # the three places exist
+    for name, targets in edges.items():
+        if wing(name) != "commands" and name != "sid.__main__":
+            bad = sorted(t for t in targets if wing(t) == "commands")
+            assert not bad, f"{name} ({wing(name)}) imports the command module(s) {bad}"
+
+
+def test_the_library_never_imports_the_cluster_wing():
     for name, targets in graph("sid").items():
-        if name not in CLI:
-            assert not targets & CLI, f"{name} imports the command-line module(s) {targets & CLI}"
+        if wing(name) == "library":
+            bad = sorted(t for t in targets if wing(t) == "cluster")
+            assert not bad, f"{name} (library) imports the cluster wing: {bad}"
+
+
+def test_the_library_imports_no_ray_at_module_level():
     for path in (ROOT / "sid").rglob("*.py"):
-        name = module_name(path)
-        if name in CORE or name.startswith("sid.networks"):  # Ray is a layer on top: the core never needs it
-            top = [n for n in ast.parse(path.read_text()).body if isinstance(n, (ast.Import, ast.ImportFrom))]
-            modules = {a.name for n in top if isinstance(n, ast.Import) for a in n.names}
-            modules |= {n.module or "" for n in top if isinstance(n, ast.ImportFrom)}
-            assert not {m.split(".")[0] for m in modules} & {"ray"}, f"{name} imports Ray at module level"
+        if wing(module_name(path)) == "library":
+            roots = {m.split(".")[0] for m in top_level_imports(path)}
+            assert "ray" not in roots, f"{module_name(path)} imports Ray at module level"
 
 
-def test_analysis_needs_neither_ray_nor_torch():
+@pytest.mark.parametrize("folder", ["studies", "analysis"])
+def test_scripts_import_no_ray(folder):
+    for path in (ROOT / folder).glob("*.py"):
+        roots = {m.split(".")[0] for m in top_level_imports(path)} | function_level_roots(path)
+        assert "ray" not in roots, f"{folder}/{path.name} imports Ray"
+
+
+def test_analysis_needs_no_torch_and_no_sid_wing():
     for path in (ROOT / "analysis").glob("*.py"):
-        text = path.read_text()
-        assert "import ray" not in text and "import torch" not in text and "from ray" not in text, path.name
+        modules = top_level_imports(path) | function_level_modules(path)
+        assert "torch" not in {m.split(".")[0] for m in modules}, f"analysis/{path.name} imports torch"
+        wings = {m for m in modules if m.startswith(("sid.commands", "sid.cluster"))}
+        assert not wings, f"analysis/{path.name} imports {sorted(wings)}: it reads files, it runs nothing"
+
+
+def function_level_modules(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            found.add(node.module or "")
+    return found
+
+
+def function_level_roots(path: Path) -> set[str]:
+    return {m.split(".")[0] for m in function_level_modules(path)}
+
+
+def test_package_init_files_are_empty_except_the_dispatcher():
+    """No re-exports and no shims: each name has one path (sid/commands/__init__.py is the `sid` dispatcher)."""
+    for path in (ROOT / "sid").rglob("__init__.py"):
+        if module_name(path) in ("sid.commands",):
+            continue
+        code = [n for n in ast.parse(path.read_text()).body
+                if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]  # docstrings are fine
+        names = [t.id for n in code if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)]
+        assert not [n for n in code if not (isinstance(n, ast.Assign) and names == ["__version__"])], \
+            f"{path.relative_to(ROOT)} holds code: imports or definitions belong in a module"
 
 
 if __name__ == "__main__":

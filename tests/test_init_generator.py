@@ -10,8 +10,8 @@ import torch
 from shared_helpers import TEACHER_KWARGS, make_teacher
 from sid.config import preset
 from sid.distill import Distiller
-from sid.networks import EDMPrecond
-from sid.run_state import load_checkpoint
+from sid.networks.precond import EDMPrecond
+from sid.run import load_checkpoint
 from sid.teachers import load_teacher
 
 
@@ -60,7 +60,7 @@ def test_an_init_generator_of_another_architecture_is_refused(tiny, tmp_path):
 
 def test_distill_command_refuses_a_mismatched_init_generator_with_exit_2(tiny, tmp_path):
     teacher_path, _, _ = tiny
-    done = subprocess.run([sys.executable, "-m", "sid.distill", "--teacher", teacher_path, "--init-generator",
+    done = subprocess.run([sys.executable, "-m", "sid", "distill", "--teacher", teacher_path, "--init-generator",
                            "digits", "--out", str(tmp_path / "run"), "--duration-kimg", "0.008", "--batch", "8",
                            "--batch-per-device", "8", "--no-progress"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "architecture differs from the teacher's" in done.stderr.strip().splitlines()[-1]

@@ -9,7 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sid.networks import DhariwalUNet, EDMPrecond, SongUNet
+from sid.networks.dhariwal import DhariwalUNet
+from sid.networks.precond import EDMPrecond
+from sid.networks.songunet import SongUNet
 from sid.networks.layers import Conv2d, UNetBlock
 
 PARITY = Path(__file__).resolve().parent / "data" / "parity"  # EDM's own outputs; see its README.md

@@ -99,12 +99,12 @@ def test_profiles_outside_0_to_0_3_are_refused(value):
 
 
 def sid(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "sid.commands", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "sid", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=240)
 
 
 def test_phema_command_scores_each_length_on_a_real_run(tmp_path, teacher_file):
-    train = subprocess.run([sys.executable, "-m", "sid.distill", "--teacher", teacher_file, "--batch", "8",
+    train = subprocess.run([sys.executable, "-m", "sid", "distill", "--teacher", teacher_file, "--batch", "8",
                             "--batch-per-device", "8", "--duration-kimg", "0.064", "--eval-every-kimg", "0.032",
                             "--fid-images", "64", "--phema", "0.05,0.1", "--phema-every-kimg", "0.016",
                             "--out", "run", "--no-progress"], cwd=tmp_path, capture_output=True, text=True, timeout=240)

@@ -22,7 +22,7 @@ import torch.multiprocessing as mp
 
 from sid.config import PRESETS, preset
 from sid.distill import Distiller
-from sid.networks import EDMPrecond
+from sid.networks.precond import EDMPrecond
 from sid.teachers import EDM_ARCHITECTURES, load_network_file, teacher_architecture
 
 NAMES = list(PRESETS)

@@ -108,7 +108,7 @@ def test_log_axis_over_a_narrow_range_has_readable_ticks():
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """Four real runs, alpha 1.0 / 1.2 x seeds 0 / 1, each with its fid_std; one folder holds them as a study."""
-    from sid.networks import EDMPrecond
+    from sid.networks.precond import EDMPrecond
     from sid.run import run_local
 
     root = tmp_path_factory.mktemp("study")

@@ -128,7 +128,7 @@ def test_analysis_and_the_study_table_agree_on_every_trial(tmp_path):
     from analysis import common
     from sid.config import preset
     from sid.results import Divergence
-    from sid.study_results import TrialRecord, trial_row
+    from sid.cluster.trials import TrialRecord, trial_row
 
     cases = {"fine": [30.0, 20.0, 25.0], "jump": [30.0, 400.0], "nan": [30.0, math.nan]}
     frames = [trial(f).assign(trial_id=name) for name, f in cases.items()]

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from sid.config import preset
-from sid.networks import EDMPrecond
+from sid.networks.precond import EDMPrecond
 from sid.results import EVALUATION_SCHEMA, read_evaluations
 from sid.run import run_local
-from sid.run_state import snapshot_name
+from sid.files import snapshot_name
 from sid.teachers import load_network_file
 
 
@@ -96,7 +96,7 @@ def test_resume_with_a_different_config_is_refused(tmp_path, teacher_file):
 
 
 def cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "sid.distill", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "sid", "distill", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=120)
 
 
@@ -140,7 +140,7 @@ def test_digits_training_commands_write_loadable_networks(tmp_path):
     from sid.digits import DigitsDetector
 
     for command in ("train-teacher", "train-detector"):
-        done = subprocess.run([sys.executable, "-m", "sid.digits", command, "--steps", "3", "--out",
+        done = subprocess.run([sys.executable, "-m", "sid", "digits", command, "--steps", "3", "--out",
                                str(tmp_path / f"{command}.pt")], capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
     teacher = load_network_file(tmp_path / "train-teacher.pt")

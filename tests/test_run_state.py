@@ -14,8 +14,9 @@ from shared_helpers import TEACHER_KWARGS, make_teacher
 from sid.config import ConfigError, preset
 from sid.distill import Distiller
 from sid.loop import make_row
-from sid.networks import EDMPrecond
-from sid.run_state import BEST, SNAPSHOTS, RunFolder, snapshot_name
+from sid.networks.precond import EDMPrecond
+from sid.run import RunFolder
+from sid.files import BEST, SNAPSHOTS, snapshot_name
 from sid.teachers import load_network_file
 
 FIDS = [5.0, 3.0, 4.0, 3.0, 6.0]  # best: the second evaluation (the fourth ties it, later)
@@ -87,14 +88,14 @@ def test_resume_with_another_architecture_is_one_error_and_overwrites_nothing(tm
     out = tmp_path / "run"
     args = ["--teacher", str(teacher), "--batch", "4", "--batch-per-device", "4", "--duration-kimg", "0.008",
             "--fid-images", "16", "--out", str(out), "--no-progress"]
-    first = subprocess.run([sys.executable, "-m", "sid.distill", *args], capture_output=True, text=True, timeout=120)
+    first = subprocess.run([sys.executable, "-m", "sid", "distill", *args], capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     # The same config, but the teacher file now holds another architecture (replaced on a shared disk, say).
     net = EDMPrecond(**{**TEACHER_KWARGS, "model_channels": 32})
     torch.save(dict(init_kwargs=net.init_kwargs, state_dict=net.state_dict()), teacher)
     for workers in ("1", "2"):  # in this process, and through Ray Train (refused before Ray starts)
-        again = subprocess.run([sys.executable, "-m", "sid.distill", *args, "--duration-kimg", "0.016", "--resume",
+        again = subprocess.run([sys.executable, "-m", "sid", "distill", *args, "--duration-kimg", "0.016", "--resume",
                                 "--workers", workers], capture_output=True, text=True, timeout=120)
         assert again.returncode == 2 and "Traceback" not in again.stderr, again.stderr
         error = again.stderr.strip().splitlines()[-1]
@@ -128,7 +129,7 @@ def test_adam_eps_follows_the_official_rule_unless_set(name, precision, expected
 def test_checkpoints_written_before_todays_fields_still_resume(tmp_path, teacher_file):
     import torch as _torch
 
-    from sid.run_state import LATER_FIELDS, load_checkpoint
+    from sid.run import LATER_FIELDS, load_checkpoint
 
     cfg = config(teacher_file)
     distiller = Distiller(cfg, load_network_file(teacher_file))

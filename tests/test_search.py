@@ -10,8 +10,8 @@ import optuna
 import pytest
 from ray import tune
 
-from sid.search import FidelityOptunaSearch, StorageError, make_sampler, open_storage
-from sid.stopping import CurveRule, Point, power_law_forecast, smoothed
+from sid.cluster.search import FidelityOptunaSearch, StorageError, make_sampler, open_storage
+from sid.cluster.stopping import CurveRule, Point, power_law_forecast, smoothed
 
 FINAL = 0.032  # kimg at which the trials of these tests end by themselves
 

@@ -23,10 +23,10 @@ from ray import tune
 
 from sid.config import preset
 from sid.results import CONFIG_COLUMNS, EVALUATION_SCHEMA, SCHEMA_VERSION, TRIAL_SCHEMA, read_evaluations
-from sid.study import Study, StudyCallback, run_study, trial_capacity
-from sid.resources import TrialResources
+from sid.cluster.study import Study, StudyCallback, run_study, trial_capacity
+from sid.cluster.resources import TrialResources
 from sid.results import Divergence
-from sid.study_results import TrialRecord, trial_state
+from sid.cluster.trials import TrialRecord, trial_state
 from shared_helpers import load_script, session_processes
 
 ROOT = Path(__file__).resolve().parents[1]

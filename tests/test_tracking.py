@@ -13,9 +13,10 @@ import yaml
 from sid.config import preset
 from sid.results import read_evaluations
 from sid.run import run_local
-from sid.run_state import CONFIG_FILE
+from sid.files import CONFIG_FILE
 from shared_helpers import code_blocks
-from sid.tracking import MLFLOW_DIR, TENSORBOARD_DIR, TRACKING_FILE, RunTracker, TrackingSettings
+from sid.tracking import RunTracker, TrackingSettings
+from sid.files import MLFLOW_DIR, TENSORBOARD_DIR, TRACKING_FILE
 
 import mlflow  # noqa: E402,F401 (the test extra installs it: a missing one must fail, not skip)
 
@@ -83,7 +84,7 @@ def test_study_metrics_reach_tensorboard_and_mlflow_and_tune_sees_flat_configs(t
     import ray
     from ray import tune
 
-    from sid.study import Study, result_grid, run_study
+    from sid.cluster.study import Study, result_grid, run_study
 
     study = Study(name="tracked", base=preset("digits", **TINY), space={"alpha": tune.grid_search([1.0, 1.2])},
                   storage=tmp_path, tracking=TrackingSettings(("tensorboard", "mlflow"), experiment="tracked"))
@@ -132,13 +133,13 @@ def test_study_metrics_reach_tensorboard_and_mlflow_and_tune_sees_flat_configs(t
 def test_unknown_or_uninstalled_tracker_is_one_error_with_exit_code_2(tmp_path, monkeypatch, capsys, argv, words):
     import importlib.util
 
-    import sid.run
+    import sid.commands.distill
 
     if "wandb" in argv and importlib.util.find_spec("wandb") is not None:
         pytest.skip("wandb is installed here")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exited:
-        sid.run.main(argv)
+        sid.commands.distill.main(argv)
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert exited.value.code == 2 and "error:" in last and words in last, last
     assert not list(tmp_path.iterdir())

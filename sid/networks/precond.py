@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .dhariwal import DhariwalUNet
-from .songunet import SongUNet
+from sid.networks.dhariwal import DhariwalUNet
+from sid.networks.songunet import SongUNet
 
 MODEL_TYPES: dict[str, type[nn.Module]] = {"SongUNet": SongUNet, "DhariwalUNet": DhariwalUNet}
 # Constructor arguments that change neither the architecture nor the meaning of the weights.

@@ -1,4 +1,4 @@
-"""Bad input everywhere a user types: every flag of `python -m sid.distill` (every DistillConfig field among them)
+"""Bad input everywhere a user types: every flag of `python -m sid distill` (every DistillConfig field among them)
 and of the three study scripts, given an invalid value, ends with one `error:` line and exit code 2, no traceback,
 and nothing written. The commands' main(argv) run in this process (a subprocess costs ~3 s here); a guard fails
 the case at once if validation let it through to training or to starting Ray."""
@@ -13,8 +13,8 @@ from _util import ROOT
 from shared_helpers import load_script
 
 import sid.loop
-import sid.run
-import sid.study
+import sid.commands.distill
+import sid.cluster.study
 from sid.config import DistillConfig
 
 FLOATS = [f.name for f in dataclasses.fields(DistillConfig) if f.type in ("float", float)]
@@ -133,7 +133,7 @@ def test_distill_flag_with_a_bad_value_is_one_error_with_exit_code_2(workdir, mo
     argv = name.split()
     if value is not None:
         argv[-1] += f"={value}"  # --alpha=-inf: argparse would take a separate '-inf' for a flag
-    expect_one_error(lambda: sid.run.main(argv), capsys, workdir, words)
+    expect_one_error(lambda: sid.commands.distill.main(argv), capsys, workdir, words)
 
 
 # ---------------------------------------------------------------------------------------------- study scripts
@@ -212,13 +212,13 @@ STUDY_CASES += [row(["alpha_sweep", ["--dry-run"]], (["--resume"], "nothing to -
 @pytest.mark.parametrize("script, mode, argv, words", STUDY_CASES)
 def test_study_flag_with_a_bad_value_is_one_error_with_exit_code_2(workdir, monkeypatch, capsys, script, mode, argv,
                                                                     words):
-    import sid.dry_run
+    import sid.cluster.dry_run
 
     def started(*args, **kwargs):
         raise AssertionError("validation let a bad value through: Ray was about to start")
 
-    monkeypatch.setattr(sid.study, "connect", started)
-    monkeypatch.setattr(sid.dry_run, "connect", started)  # its own import of it
+    monkeypatch.setattr(sid.cluster.study, "connect", started)
+    monkeypatch.setattr(sid.cluster.dry_run, "connect", started)  # its own import of it
     main = load_script(script, monkeypatch).main
     storage = [] if "--storage" in argv else ["--storage", "."]
     argv = [f"{argv[0]}={argv[1]}", *argv[2:]] if len(argv) > 1 else argv  # --glr-range=-1,1 (see above)

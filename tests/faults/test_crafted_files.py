@@ -22,7 +22,7 @@ import torch
 from _util import ROOT, TINY, flags, run_command
 from test_checkpoints import SONG, EDMPickler, Persistent, edm_code_modules
 
-from sid.networks import EDMPrecond
+from sid.networks.precond import EDMPrecond
 
 SECONDS = 5.0   # each refusal, on a loaded 2-core machine (they take milliseconds)
 
@@ -286,7 +286,7 @@ def test_crafted_snapshots_change_nothing_for_later_loads_in_the_process(report)
 def test_teacher_that_would_make_a_tensor_from_a_pointer_exits_2_instead_of_crashing(tmp_path):
     evil = tmp_path / "evil.pkl"
     evil.write_bytes(tensor_from_a_pointer(tmp_path))
-    done = run_command("-m", "sid.distill", "--teacher", str(evil), "--out", str(tmp_path / "run"), *flags(**TINY))
+    done = run_command("-m", "sid", "distill", "--teacher", str(evil), "--out", str(tmp_path / "run"), *flags(**TINY))
     assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
     error = done.stderr.strip().splitlines()[-1]
     assert error.startswith("error: ") and str(evil) in error and "torch.Tensor" in error

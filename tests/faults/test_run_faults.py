@@ -1,4 +1,4 @@
-"""Faults during one run (`python -m sid.distill`, a real subprocess on the digits preset at tiny budgets): killed
+"""Faults during one run (`python -m sid distill`, a real subprocess on the digits preset at tiny budgets): killed
 and resumed, a generator that goes NaN, a results disk that fills up or turns read-only mid-run."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from _util import TINY, flags, kill_session, make_teacher, rows, run_command, start, tiny_config, wait_until
 
 from sid.run import run_local
-from sid.run_state import CHECKPOINT, EVALUATIONS
+from sid.files import CHECKPOINT, EVALUATIONS
 
 CPU = torch.device("cpu")
 LONGER = dict(TINY, duration_kimg=0.128)  # 16 iterations, 9 evaluations: room for a fault mid-run
@@ -29,7 +29,7 @@ def teacher(tmp_path_factory) -> str:
 
 
 def command(teacher: str, out, **budget) -> list[str]:
-    return [sys.executable, "-m", "sid.distill", "--teacher", teacher, "--out", str(out), "--no-progress",
+    return [sys.executable, "-m", "sid", "distill", "--teacher", teacher, "--out", str(out), "--no-progress",
             *flags(**{**LONGER, **budget})]
 
 

@@ -19,7 +19,7 @@ from _util import (TINY, descendants, expected_kimg, flags, kill_session, make_t
 from ray import tune
 
 from sid.results import read_trials
-from sid.study import Study, run_study
+from sid.cluster.study import Study, run_study
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 GOOD_GLR, ABSURD_GLR = 1e-4, 1e6

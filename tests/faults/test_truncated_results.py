@@ -18,8 +18,9 @@ import analysis.fid_vs_images  # noqa: F401
 import analysis.hpo_report  # noqa: F401
 from fixtures_results import write_results
 from sid.results import read_evaluations, read_trials
-from sid.run import main, run_local
-from sid.run_state import EVALUATIONS
+from sid.commands.distill import main
+from sid.run import run_local
+from sid.files import EVALUATIONS
 
 CUTS = {"empty": 0, "magic only": 4, "half": 0.5, "footer cut": -3}  # what is left of the file: bytes or a fraction
 

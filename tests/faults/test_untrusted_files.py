@@ -26,8 +26,8 @@ from sid.assets import Asset, AssetError, cache_path, fetch
 from sid.checkpoints import fetch_checkpoint
 from sid.metrics import INCEPTION_FILE
 from sid.results import read_evaluations, write_evaluations
-from sid.run import main as distill_main
-from sid.study import Study, StudyError, run_study
+from sid.commands.distill import main as distill_main
+from sid.cluster.study import Study, StudyError, run_study
 from sid.teachers import load_network_file, load_teacher
 
 
@@ -55,7 +55,7 @@ def teacher(tmp_path) -> str:
 def test_edm_pickle_teacher_that_would_run_a_command_exits_2_naming_the_refused_global(tmp_path, marker):
     evil = tmp_path / "evil.pkl"
     evil.write_bytes(pickle.dumps({"ema": RunsCommand(marker)}))
-    done = run_command("-m", "sid.distill", "--teacher", str(evil), "--out", str(tmp_path / "run"), *flags(**TINY))
+    done = run_command("-m", "sid", "distill", "--teacher", str(evil), "--out", str(tmp_path / "run"), *flags(**TINY))
     assert done.returncode == 2, done.stderr
     error = done.stderr.strip().splitlines()[-1]
     assert error.startswith("error: ") and str(evil) in error and "'posix.system'" in error and "refusing" in error

@@ -17,11 +17,8 @@ import pandas as pd
 
 from sid.config import DistillConfig
 from sid.results import CONFIG_COLUMNS, Divergence, read_evaluations, summarise_rows, write_file_atomic, write_trials
+from sid.files import EVALUATIONS_DIR, STOPS_DIR, TRIALS_FILE
 
-EVALUATIONS_DIR = "evaluations"   # <study>/evaluations/<trial_id>.parquet: every evaluation of one trial
-RUNS_DIR = "runs"                 # <study>/runs/<trial_id>/: the trial's snapshots, best.pt, sample grids
-STOPS_DIR = "stops"               # <study>/stops/<trial_id>.json: why the study stopped a trial (sid/search.py)
-TRIALS_FILE = "trials.parquet"    # <study>/trials.parquet: one row per trial
 
 
 class TrialRecord(NamedTuple):

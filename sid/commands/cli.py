@@ -1,4 +1,4 @@
-"""Command-line plumbing shared by `python -m sid.distill` and the study scripts: every DistillConfig field becomes
+"""Command-line plumbing shared by `python -m sid distill` and the study scripts: every DistillConfig field becomes
 a `--field-name` flag whose help is the field's comment and the chosen preset's value, the resource flags build a
 TrialResources, `--config FILE` gives any flag's value from YAML (the command line wins), `--print-config` writes the
 complete resolved config, and every bad value exits with one line and code 2."""
@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from sid.config import PRESETS, ConfigError, DistillConfig, preset
-from sid.resources import STRATEGIES, TrialResources
+from sid.cluster.resources import STRATEGIES, TrialResources
 from sid.tracking import TRACKERS, TrackerError, TrackingSettings, check_trackers
 
 _TYPES = {"float": float, "int": int, "str": str}
@@ -69,7 +69,7 @@ def config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace, 
 
 
 def add_resource_flags(parser: argparse.ArgumentParser, *, per: str) -> None:
-    """The flags of a TrialResources (sid/resources.py), one vocabulary for the one-run command and the studies;
+    """The flags of a TrialResources (sid/cluster/resources.py), one vocabulary for the one-run command and the studies;
     `per` names what one set of workers serves ('run' or 'trial')."""
     group = parser.add_argument_group(f"resources of each {per} (Ray Train)")
     names = ["--workers"] + (["--workers-per-trial"] if per == "trial" else [])

@@ -145,7 +145,3 @@ def main(argv: list[str] | None = None) -> None:
     where = " and ".join(str(p) for p in (outdir, args.npz) if p)
     print(f"wrote {len(seeds)} images (sigma_init {sigma_init}, {net.img_channels}x{net.img_resolution}x"
           f"{net.img_resolution}) to {where}")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""How a study searches and stops (the Tune side of sid.study): an Optuna study that persists in a storage and is told
+"""How a study searches and stops (the Tune side of sid.cluster.study): an Optuna study that persists in a storage and is told
 the truth about stopped trials, and one stopper for divergence, noise-aware successive halving and curve forecasts.
 
 * Storage: a journal file `<study>/optuna.journal` by default, or a database URL (`sqlite:///...`): `optuna-dashboard
@@ -6,7 +6,7 @@ the truth about stopped trials, and one stopper for divergence, noise-aware succ
 * Feedback: Optuna hears a trial's best FD as COMPLETE only when the trial reached the end of its budget; a trial
   stopped early or diverged is PRUNED (with its intermediate values, reported at the run's iteration), a failed one
   FAIL, so a value from a first rung is never taken for a final result.
-* Stopping: sid/stopping.py's rules on the trial's Parquet rows (read, not kept, so a restored study judges the
+* Stopping: sid/cluster/stopping.py's rules on the trial's Parquet rows (read, not kept, so a restored study judges the
   whole history); the reason of every stop goes to `<study>/stops/<trial_id>.json` and from there into
   trials.parquet.
 """
@@ -21,11 +21,11 @@ import ray.tune
 from ray.tune.search.optuna import OptunaSearch
 
 from sid.results import Divergence, read_parquet
-from sid.stopping import CurveRule, Point
-from sid.study_results import EVALUATIONS_DIR, record_stop
+from sid.cluster.stopping import CurveRule, Point
+from sid.cluster.trials import record_stop
+from sid.files import EVALUATIONS_DIR, JOURNAL
 
 SAMPLERS = ("tpe", "gp")
-JOURNAL = "optuna.journal"     # <study>/optuna.journal: the default Optuna storage
 
 
 class StorageError(ValueError):
@@ -117,7 +117,7 @@ def _finite(value: Any) -> bool:
 
 
 def make_searcher(study: Any) -> FidelityOptunaSearch:
-    """The Optuna searcher of a study (sid.study.Study with searcher='optuna')."""
+    """The Optuna searcher of a study (sid.cluster.study.Study with searcher='optuna')."""
     storage = open_storage(study.optuna_storage or study.folder / JOURNAL)
     return FidelityOptunaSearch(space=OptunaSearch.convert_search_space(dict(study.space)), metric="best_fid",
                                 mode="min",
@@ -128,7 +128,7 @@ def make_searcher(study: Any) -> FidelityOptunaSearch:
 
 class StudyStopper(ray.tune.Stopper):
     """Stops a trial whose rows show divergence (at once), and, when the study asks for it, by the noise-aware rung
-    rule and the curve forecast of sid/stopping.py. It reads the trial's Parquet rows (written before the report),
+    rule and the curve forecast of sid/cluster/stopping.py. It reads the trial's Parquet rows (written before the report),
     so it judges the whole history, also after a restore; each stop's reason is written for the trials table."""
 
     def __init__(self, folder: Path, divergence: Divergence, rule: CurveRule | None) -> None:

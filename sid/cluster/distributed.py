@@ -7,7 +7,7 @@ restart (`FailureConfig.max_failures`) resumes from the newest reported checkpoi
 point, whose row it rewrites: rows are keyed by (trial_id, kimg), so none is lost and none duplicated.
 
 `build_trainer` is the reusable piece (the study layer calls it from a Tune driver function); `run_distributed` is the
-one-run entry behind `python -m sid.distill --workers N` / `--address`.
+one-run entry behind `python -m sid distill --workers N` / `--address`.
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ import torch
 
 from sid.config import DistillConfig
 from sid.distill import Distiller, check_architecture, student_kwargs
-from sid.resources import STRATEGIES, TrialResources
-from sid.run_state import CHECKPOINT, EVALUATIONS, RunFolder, load_checkpoint, run_rank
+from sid.cluster.resources import STRATEGIES, TrialResources
+from sid.run import RunFolder, load_checkpoint, run_rank
+from sid.files import CHECKPOINT, EVALUATIONS
 from sid.tracking import STEP_KEY, RunTracker, TrackingSettings, step_of
 
 STATE_FILE = "state.pt"        # the training state inside each Ray checkpoint folder
@@ -199,12 +200,12 @@ def build_trainer(
     name: str,                                # Ray Train run name: keep it stable per run/trial so a retry resumes
     trial_id: str,                            # the rows' trial_id
     study: str = "",                          # the rows' study ('' for a single run)
-    run_folder: str | os.PathLike | None = None,  # snapshots, best.pt, sample grids (sid/run_state.py; train_worker)
+    run_folder: str | os.PathLike | None = None,  # snapshots, best.pt, sample grids (sid/run.py; train_worker)
     keep_state: bool = False,                 # also checkpoint.pt in run_folder (one-run folders; Ray gets a link)
     resume_path: str | os.PathLike | None = None,  # checkpoint.pt to start from when this Train run has none
     workers_dir: str | os.PathLike | None = None,  # where each rank records its pid/node/device (None = nowhere)
     callbacks: Sequence[ray.train.UserCallback] = (),  # e.g. [TuneReportCallback()] inside a Tune driver function
-    loop: Callable[[dict[str, Any]], None] = train_worker,  # what each worker runs (sid.dry_run: place, load, stop)
+    loop: Callable[[dict[str, Any]], None] = train_worker,  # what each worker runs (sid.cluster.dry_run: place, load, stop)
     loop_extra: Mapping[str, Any] | None = None,  # more loop_config entries for `loop`
     backend: str | None = None,               # torch.distributed backend; None: nccl on GPUs, gloo on CPUs
 ) -> ray.train.torch.TorchTrainer:

@@ -33,10 +33,11 @@ import ray.tune
 
 from sid.assets import default_cache_dir
 from sid.config import DistillConfig
-from sid.distributed import build_trainer, connect
-from sid.resources import TrialResources
+from sid.cluster.distributed import build_trainer, connect
+from sid.cluster.resources import TrialResources
 from sid.results import write_atomic, write_file_atomic
-from sid.study import DRIVER_CPU, TRAIN_DIR, Study, StudyError, plan, trial_config, trial_dirname, trial_label, trial_settings
+from sid.cluster.study import DRIVER_CPU, Study, StudyError, plan, trial_config, trial_dirname, trial_label, trial_settings
+from sid.files import TRAIN_DIR
 
 DEFAULT_HOLD_S = 5.0          # each worker holds its resources this long, so trials that can overlap do
 MARKER = ".sid-dry-run"       # marks a folder as a dry run's, which the next dry run may replace
@@ -65,7 +66,7 @@ def _cached_files() -> dict[str, int]:
 
 
 def probe_worker(loop_config: dict[str, Any]) -> None:
-    """What each worker of a dry-run trial runs instead of sid.distributed.train_worker."""
+    """What each worker of a dry-run trial runs instead of sid.cluster.distributed.train_worker."""
     import torch.distributed
 
     from sid.loop import Evaluator

@@ -20,7 +20,7 @@ from typing import Any
 
 
 from sid.generators import FORMAT, load_generator
-from sid.networks import EDMPrecond
+from sid.networks.precond import EDMPrecond
 
 FORMATS = ("safetensors",)
 
@@ -98,7 +98,3 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
     print(f"wrote {weights} and {meta}")
-
-
-if __name__ == "__main__":
-    main()

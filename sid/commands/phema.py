@@ -19,8 +19,9 @@ import pandas as pd
 import torch
 
 from sid.config import DistillConfig, parse_sigma_rels
-from sid.results import CONFIG_COLUMNS, PHEMA_FILE, PHEMA_SCHEMA, now_utc, read_parquet, write_atomic
-from sid.run_state import PHEMA
+from sid.results import CONFIG_COLUMNS, PHEMA_SCHEMA, now_utc, read_parquet, write_atomic
+from sid.files import PHEMA_FILE
+from sid.files import PHEMA
 
 DEFAULT_TARGETS = "0.01,0.02,0.05,0.1,0.15,0.2"
 
@@ -58,7 +59,7 @@ def list_snapshots(run: Path) -> tuple[list[tuple[int, float, Path]], dict[str, 
 def rebuild(snaps: list[tuple[int, float, Path]], header: dict[str, Any], step: int,
             sigma_rel: float) -> tuple[torch.nn.Module, int]:
     """The EDMPrecond with the sigma_rel EMA at `step`, and how many snapshots went into it."""
-    from sid.networks import EDMPrecond
+    from sid.networks.precond import EDMPrecond
     from sid.phema import combine
 
     usable = [s for s in snaps if s[0] <= step]
@@ -136,7 +137,3 @@ def main(argv: list[str] | None = None) -> None:
     best = table.loc[table.groupby(["trial_id", "kimg"])["fid"].idxmin()]
     print("\nbest EMA length per run and point:")
     print(best[["trial_id", "kimg", "sigma_rel", "fid"]].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-
-
-if __name__ == "__main__":
-    main()

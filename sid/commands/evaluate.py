@@ -25,11 +25,12 @@ from tqdm import tqdm
 
 from sid.assets import AssetError
 from sid.config import INCEPTION
-from sid.generators import (DEFAULT_SIGMA_INIT, MAX_SEED, RUN_FILES, check_class, devices_for, format_seeds,
-                            generate, load_generator)
+from sid.generators import DEFAULT_SIGMA_INIT, MAX_SEED, check_class, devices_for, format_seeds, generate, load_generator
+from sid.files import RUN_FILES
 from sid.metrics import (check_reference, feature_stats, frechet_distance, get_detector, inception_score,
                          iter_image_batches, quantize)
-from sid.results import SCORES_FILE, append_scores, now_utc
+from sid.results import append_scores, now_utc
+from sid.files import SCORES_FILE
 
 IS_SPLITS = 10
 
@@ -292,7 +293,3 @@ def main(argv: list[str] | None = None) -> None:
     if source_kind(args.source) == "generator" and (own := training_values(args.source)):
         print(own)
     print(f"rows added to {out}")
-
-
-if __name__ == "__main__":
-    main()

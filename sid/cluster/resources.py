@@ -1,8 +1,8 @@
 """The resources of one run, or of each trial of a study: DDP workers, GPUs and CPUs per worker, placement, restarts.
 
-One value, validated once, carried by the one-run command, the study scripts, sid.study, sid.dry_run and
-sid.distributed. Plain Python (no Ray, no torch): requests that cannot work on any cluster are refused here, before
-Ray starts; whether a given cluster can hold them is sid.distributed's `check_resources`.
+One value, validated once, carried by the one-run command, the study scripts, sid.cluster.study, sid.cluster.dry_run and
+sid.cluster.distributed. Plain Python (no Ray, no torch): requests that cannot work on any cluster are refused here, before
+Ray starts; whether a given cluster can hold them is sid.cluster.distributed's `check_resources`.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ Ray Train run.
 
 A study is a search space over a few fields (alpha, lr, glr, sigma_init, seed; the rest fixed by a base config), a
 searcher, a scheduler, the resources of one trial and a storage folder. Each Tune trial is a driver function holding
-0.01 CPU that builds the trial's TorchTrainer (sid.distributed.build_trainer) and waits for it; the trial's rank 0
+0.01 CPU that builds the trial's TorchTrainer (sid.cluster.distributed.build_trainer) and waits for it; the trial's rank 0
 writes every evaluation to Parquet before reporting it, and TuneReportCallback forwards the metrics to Tune. All of a
 study lives in <storage>/<name>/:
 
@@ -13,7 +13,7 @@ study lives in <storage>/<name>/:
     trial-<trial_id>/, experiment_state-*.json, searcher-state-*.pkl, tuner.pkl    Tune's own files
 
 Ray 2.60 facts this relies on (docs/ray-notes.md): the dashboard must run so that trials stopped by Tune release their
-workers; the searcher gets metric and mode itself and learns from `best_fid`; the stopper (sid/search.py) judges our
+workers; the searcher gets metric and mode itself and learns from `best_fid`; the stopper (sid/cluster/search.py) judges our
 monotonic `kimg` and the trial's Parquet rows, not Tune's per-trial history, which restarts on restore.
 """
 
@@ -36,19 +36,19 @@ import ray.tune
 from ray.tune.search.sample import Categorical, Domain
 
 from sid.config import SEARCHABLE, ConfigError, DistillConfig
-from sid.distributed import build_trainer, check_resources, connect, default_placement, resolve
-from sid.resources import TrialResources
-from sid.search import SAMPLERS, StorageError, StudyStopper, make_searcher, open_storage
-from sid.stopping import CurveRule
+from sid.cluster.distributed import build_trainer, check_resources, connect, default_placement, resolve
+from sid.cluster.resources import TrialResources
+from sid.cluster.search import SAMPLERS, StorageError, StudyStopper, make_searcher, open_storage
+from sid.cluster.stopping import CurveRule
 from sid.results import Divergence, is_uri, read_parquet
-from sid.run_state import CONFIG_FILE
-from sid.tracking import MLFLOW_DIR, STEP_KEY, TrackingSettings, mlflow_uri, step_of
-from sid.study_results import EVALUATIONS_DIR, RUNS_DIR, TRIALS_FILE, TrialRecord, write_trials_table
+from sid.files import CONFIG_FILE, SETTINGS_FILE, TRAIN_DIR
+from sid.tracking import STEP_KEY, TrackingSettings, mlflow_uri, step_of
+from sid.files import MLFLOW_DIR
+from sid.cluster.trials import TrialRecord, write_trials_table
+from sid.files import EVALUATIONS_DIR, RUNS_DIR, TRIALS_FILE
 
 DRIVER_CPU = 0.01                      # CPU held by each trial's driver function (Tune rejects 0)
 SEARCHERS = ("grid", "optuna")
-TRAIN_DIR = "train"                    # <study>/train/train-<trial_id>: the trials' Ray Train runs
-SETTINGS_FILE = "trial_settings.json"  # <study>/: the base config, resolved resources and folder every trial gets
 
 
 class StudyError(ValueError):

@@ -1,0 +1,3 @@
+from sid.commands import main
+
+main()

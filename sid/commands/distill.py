@@ -1,0 +1,88 @@
+"""One distillation run from the command line: `python -m sid distill --preset digits --out runs/digits`.
+
+With `--workers 1` and no `--address` the run happens in this process; otherwise it runs through Ray Train
+(sid.cluster.distributed). The run folder's files are described in sid/files.py: `evaluations.parquet`, `checkpoint.pt`,
+`snapshots/generator-<kimg>.pt`, `best.pt` and `samples-<iteration>.png`. `--resume` continues a folder's run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+from sid.assets import AssetError
+from sid.commands.cli import (HelpFormatter, add_config_file_flags, add_config_flags, add_preset_flag, add_resource_flags,
+                     add_tracking_flags, config_from_args, config_yaml, parse, print_config, resolved_config,
+                     resources_from_args, tracking_from_args)
+from sid.config import DistillConfig
+from sid.results import is_uri
+from sid.files import CHECKPOINT
+from sid.run import pick_device, run_local
+from sid.tracking import DEFAULT_EXPERIMENT
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sid distill", description=__doc__.split("\n\n")[0],
+                                     formatter_class=HelpFormatter,
+                                     allow_abbrev=False)  # a typo must not silently become another flag
+    add_preset_flag(parser)
+    add_config_file_flags(parser)
+    parser.add_argument("--out", default=None, help="run folder (default: runs/<preset>)")
+    parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (single-process runs)")
+    parser.add_argument("--address", default=None, help="Ray cluster address ('auto' joins a running cluster)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    add_resource_flags(parser, per="run")
+    add_tracking_flags(parser, experiment=DEFAULT_EXPERIMENT)
+    add_config_flags(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parse(parser, argv)
+    config = config_from_args(parser, args)
+    out = Path(args.out) if args.out else Path("runs") / config.preset
+    resources = resources_from_args(parser, args)
+    tracking = tracking_from_args(parser, args, experiment=DEFAULT_EXPERIMENT)
+    values = resolved_config(parser, args, config, out=str(out))
+    if args.print_config:
+        print_config(values)
+    if is_uri(args.out or ""):
+        parser.error(f"--out {args.out}: expected a local or mounted shared folder (rows and checkpoints are written "
+                     "with plain file I/O), not a URL")
+    blocked = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        parser.error(f"--out {out}: {blocked} exists and is not a folder")
+    try:
+        device = pick_device(args.device)
+    except ValueError as exc:
+        parser.error(f"--device: {exc}")
+    has_state = (out / CHECKPOINT).exists()
+    if args.resume and not has_state:
+        parser.error(f"--resume: {out} holds no {CHECKPOINT} to continue from")
+    if has_state and not args.resume:
+        parser.error(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    print("config:", ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(config).items()), flush=True)
+    start = time.time()
+    try:
+        for stale in out.glob(".*.tmp"):  # half-written by a killed run (files are written beside, then renamed)
+            stale.unlink()
+        if resources.workers == 1 and args.address is None:
+            path = run_local(config, out, device=device, resume=args.resume, progress=not args.no_progress,
+                             tracking=tracking, config_text=config_yaml(values))
+        else:
+            from sid.cluster.distributed import run_distributed
+
+            path = run_distributed(config, out, resources=resources, address=args.address, resume=args.resume,
+                                   tracking=tracking, config_text=config_yaml(values))
+    except ValueError as exc:  # bad checkpoint/teacher/asset: one line, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except (OSError, AssetError) as exc:  # results disk full or read-only, a download failed: not the input's fault
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    print(f"done in {time.time() - start:.0f} s; evaluations: {path}")
