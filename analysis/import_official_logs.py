@@ -30,7 +30,7 @@ import math
 import re
 import warnings
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +148,7 @@ def import_run(run: Path, *, study: str, overrides: dict[str, Any] | None = None
                 images_per_s=tick["images_per_s"] if tick is not None else math.nan,
                 nan_samples=None,  # the official code does not count them
                 status="ok" if math.isfinite(fid) else "diverged",
-                written_at=datetime.fromtimestamp(float(r.get("timestamp", 0)), tz=timezone.utc)))
+                written_at=datetime.fromtimestamp(float(r.get("timestamp", 0)), tz=UTC)))
         if rows:
             frame = pd.DataFrame(rows).drop_duplicates(subset=["kimg"], keep="last").sort_values("kimg")
             trials[rows[0]["trial_id"]] = frame.reset_index(drop=True)

@@ -25,11 +25,11 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_throughput import random_teacher, synchronize  # noqa: E402
+from step_throughput import random_teacher, synchronize
 
-from sid.config import DIGITS_FEATURES, preset  # noqa: E402
-from sid.distill import Distiller  # noqa: E402
-from sid.metrics import FeatureStats, frechet_distance, get_detector, quantize  # noqa: E402
+from sid.config import DIGITS_FEATURES, preset
+from sid.distill import Distiller
+from sid.metrics import FeatureStats, frechet_distance, get_detector, quantize
 
 
 class InceptionStandIn:
@@ -106,9 +106,9 @@ def main(argv: list[str] | None = None) -> None:
         from sid.teachers import load_reference
 
         real = load_reference(config.fid_ref)
-        reference = lambda stats: real  # noqa: E731
+        reference = lambda stats: real
     else:  # no reference statistics offline: a fixed made-up one, so that only the generated side varies
-        reference = lambda stats: (np.full(detector.feature_dim, 0.1), np.eye(detector.feature_dim))  # noqa: E731
+        reference = lambda stats: (np.full(detector.feature_dim, 0.1), np.eye(detector.feature_dim))
     rows = []
     for precision in args.precisions.split(","):
         distiller = Distiller(config.replace(precision=precision, batch=args.batch, batch_per_device=args.batch),

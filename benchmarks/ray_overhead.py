@@ -22,10 +22,10 @@ from pathlib import Path
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local cluster, no token file needed (docs/ray-notes.md pitfall 3)
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 
-import torch  # noqa: E402
+import torch
 
-from sid.config import preset  # noqa: E402
-from sid.results import read_evaluations  # noqa: E402
+from sid.config import preset
+from sid.results import read_evaluations
 
 
 def run_mode(config, out: Path, workers: int, gpus_per_worker: float, device: str) -> dict:

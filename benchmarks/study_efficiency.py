@@ -28,11 +28,11 @@ import pandas as pd
 import torch
 from scipy import stats
 
+from sid.cluster.stopping import CurveRule, Point, smoothed
 from sid.config import preset
+from sid.files import CHECKPOINT
 from sid.results import read_evaluations
 from sid.run import run_local
-from sid.files import CHECKPOINT
-from sid.cluster.stopping import CurveRule, Point, smoothed
 
 SETTING = ["alpha", "glr"]
 

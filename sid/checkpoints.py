@@ -11,8 +11,9 @@ with strict=True. Names such as 'edm:cifar10-uncond' resolve through a registry 
 
 import reprlib
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 

@@ -20,9 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from sid.networks.precond import EDMPrecond
-from sid.networks.precond import architecture_difference
 from sid.files import RUN_FILES
+from sid.networks.precond import EDMPrecond, architecture_difference
 
 DEFAULT_SIGMA_INIT = 2.5          # SiD's sigma_init in every preset and in the official generate_onestep.py
 MAX_SEED = 2**32 - 1              # the seed range of EDM's and SiD's generate scripts

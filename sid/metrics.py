@@ -217,7 +217,7 @@ def get_detector(name: str, device: torch.device | str = "cpu") -> Detector:
 
 
 def _digits_detector(device: torch.device) -> Detector:
-    from sid.digits import DigitsDetector   # lazy: the digits module pulls in the networks
+    from sid.digits import DigitsDetector  # lazy: the digits module pulls in the networks
 
     return DigitsDetector().to(device)
 

@@ -16,7 +16,7 @@ import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -24,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
 from sid.files import NOT_EVALUATIONS, SCORES_FILE, TRIALS_FILE
 
 SCHEMA_VERSION = "1"
@@ -138,7 +139,7 @@ PHEMA_SCHEMA = pa.schema([
 
 
 def now_utc() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _table(rows: pd.DataFrame | Iterable[Mapping[str, Any]], schema: pa.Schema,

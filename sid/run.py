@@ -22,7 +22,17 @@ import yaml
 
 from sid.config import DistillConfig
 from sid.distill import Distiller
-from sid.files import BEST, CHECKPOINT, CONFIG_FILE, EVALUATIONS, PHEMA, SNAPSHOTS, phema_name, samples_name, snapshot_name
+from sid.files import (
+    BEST,
+    CHECKPOINT,
+    CONFIG_FILE,
+    EVALUATIONS,
+    PHEMA,
+    SNAPSHOTS,
+    phema_name,
+    samples_name,
+    snapshot_name,
+)
 from sid.results import EVALUATION_SCHEMA, best_row, provenance, read_parquet, upsert_evaluations, write_file_atomic
 from sid.tracking import RunTracker, TrackingSettings
 

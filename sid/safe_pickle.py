@@ -24,7 +24,8 @@ import pickle
 import reprlib
 import struct
 import types
-from typing import Any, BinaryIO, Mapping
+from collections.abc import Mapping
+from typing import Any, BinaryIO
 
 import torch
 

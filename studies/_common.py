@@ -15,10 +15,21 @@ from typing import Any
 
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 
-from sid.commands.cli import (HelpFormatter, add_config_file_flags, add_config_flags, add_preset_flag,  # noqa: E402
-                     add_resource_flags, add_tracking_flags, config_from_args, config_yaml, parse, print_config,
-                     resolved_config, resources_from_args, tracking_from_args)
-from sid.config import SEARCHABLE, DistillConfig  # noqa: E402
+from sid.commands.cli import (
+    HelpFormatter,
+    add_config_file_flags,
+    add_config_flags,
+    add_preset_flag,
+    add_resource_flags,
+    add_tracking_flags,
+    config_from_args,
+    config_yaml,
+    print_config,
+    resolved_config,
+    resources_from_args,
+    tracking_from_args,
+)
+from sid.config import SEARCHABLE, DistillConfig
 
 DEFAULT_PRESET = "digits-study"  # the digits default at a study's budget (sid/config.py)
 

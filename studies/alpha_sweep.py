@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 
-from studies import _common
 from ray import tune
+
+from sid.commands.cli import parse
+from studies import _common
 
 DEFAULT_ALPHAS = "0.5,1.0,1.2"  # the paper's claim on digits: 0.5 worse, 1.0-1.2 best
 DEFAULT_SEEDS = 3  # the fewest that give a paired interval with a usable width (docs/digits_preset.md)
@@ -24,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"comma-separated alphas, one trial each (default: {DEFAULT_ALPHAS})")
     parser.add_argument("--seeds", type=int, default=DEFAULT_SEEDS,
                         help=f"repeat each alpha with seeds --seed .. --seed + K - 1 (default: {DEFAULT_SEEDS})")
-    args: argparse.Namespace = _common.parse(parser, argv)
+    args: argparse.Namespace = parse(parser, argv)
     alphas = _common.parse_numbers(parser, args.alphas, "--alphas")
     _common.main(parser, args, script="alpha_sweep", searcher="grid",
                  space=lambda base: {"alpha": tune.grid_search(alphas), **_common.seed_space(parser, args.seeds, base)})

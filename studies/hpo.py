@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from studies import _common
 from ray import tune
 
 from sid.cluster.search import SAMPLERS
+from sid.commands.cli import parse
+from studies import _common
 
 RANGES = {  # flag -> (field, default LOW,HIGH, log scale)
     "--alpha-range": ("alpha", "0.5,1.5", False),
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--points-to-evaluate", default="preset", metavar="JSON|preset|none",
                         help="first trials: a JSON list of {field: value} objects, 'preset' (the preset's own values, "
                              "where inside the ranges) or 'none' (default: preset)")
-    args: argparse.Namespace = _common.parse(parser, argv)
+    args: argparse.Namespace = parse(parser, argv)
     space = {}
     for flag, (field, _, log) in RANGES.items():
         low, high = _common.parse_range(parser, getattr(args, flag[2:].replace("-", "_")), flag, log=log)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 
-from studies import _common
 from ray import tune
+
+from sid.commands.cli import parse
+from studies import _common
 
 DEFAULT_SIGMA_INITS = "1.0,1.5,2.0,2.5,3.0"
 
@@ -19,7 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sigma-inits", default=DEFAULT_SIGMA_INITS,
                         help=f"comma-separated sigma_init values, one trial each (default: {DEFAULT_SIGMA_INITS})")
     parser.add_argument("--seeds", type=int, default=1, help="repeat each value with this many seeds (default: 1)")
-    args: argparse.Namespace = _common.parse(parser, argv)
+    args: argparse.Namespace = parse(parser, argv)
     values = _common.parse_numbers(parser, args.sigma_inits, "--sigma-inits")
     _common.main(parser, args, script="sigma_init_sweep", searcher="grid",
                  space=lambda base: {"sigma_init": tune.grid_search(values),

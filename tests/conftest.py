@@ -9,7 +9,7 @@ os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "30")
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by subprocesses and Ray workers
 
-import torch  # noqa: E402
+import torch
 
 torch.set_flush_denormal(True)
 # One thread per process: with several processes on 2 cores (Ray workers, subprocesses), torch's spinning

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ NAN_ROW = ("alpha_sweep", "a1.0-s1", 51.2)   # an evaluation that could not be c
 ERRORED = ("alpha_sweep", "a1.0-s2")         # in trials.parquet only: failed before its first evaluation
 DIGITS = ("digits-features-v1", 2048)
 INCEPTION = ("inception-2015-12-05", 50_000)
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 @dataclass

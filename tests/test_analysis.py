@@ -17,9 +17,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from analysis import ablation, best_table, common, fid_vs_images, hpo_report, import_official_logs
 from fixtures_results import ALPHAS, DIVERGED, ERRORED, NAN_ROW, SEEDS, write_results
 
+from analysis import ablation, best_table, common, fid_vs_images, hpo_report, import_official_logs
 from sid.results import read_evaluations
 
 DIGITS_LABEL = "FD on digits-features-v1 (2,048 images)"

@@ -12,7 +12,7 @@ from sid.networks.precond import EDMPrecond
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
-from step_throughput import architecture, variant_config  # noqa: E402
+from step_throughput import architecture, variant_config
 
 
 def run_script(*args: str) -> str:

@@ -7,12 +7,12 @@ file, and the autoscaler's scheduler deciding which node types to launch for a t
 
 from __future__ import annotations
 
-import copy
 import re
 import subprocess
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jsonschema
 import pytest

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from shared_helpers import load_script
 
 import sid.commands.distill
-from shared_helpers import load_script
 from sid.config import preset
 
 

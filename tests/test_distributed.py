@@ -20,10 +20,10 @@ import pytest
 import ray
 import torch
 
-from sid.config import preset
-from sid.distill import Distiller
 from sid.cluster.distributed import ResourceError, run_distributed
 from sid.cluster.resources import TrialResources
+from sid.config import preset
+from sid.distill import Distiller
 from sid.results import read_evaluations
 from sid.run import run_local
 from sid.teachers import load_teacher
@@ -39,7 +39,7 @@ TEACHER_KWARGS = dict(img_resolution=8, img_channels=1, label_dim=0, model_type=
 
 
 def expected_kimg(config) -> list[float]:
-    
+
     return [i * config.batch / 1000 for i in config.evaluation_iterations()]
 
 

@@ -15,13 +15,21 @@ import ray
 from ray import tune
 from shared_helpers import load_script, make_teacher
 
-from sid.config import preset
-from sid.cluster.resources import TrialResources
-from sid.cluster.dry_run import (MARKER, PLACEMENTS_FILE, check, dry_run_folder, dry_run_study, max_overlap,
-                         placements, summary)
-from sid.results import read_parquet
 from sid.cluster.distributed import LOCAL_RAY_ENV
+from sid.cluster.dry_run import (
+    MARKER,
+    PLACEMENTS_FILE,
+    check,
+    dry_run_folder,
+    dry_run_study,
+    max_overlap,
+    placements,
+    summary,
+)
+from sid.cluster.resources import TrialResources
 from sid.cluster.study import DRIVER_CPU, Study, StudyError
+from sid.config import preset
+from sid.results import read_parquet
 
 pytestmark = pytest.mark.ray
 TINY = dict(batch=8, batch_per_device=8, fid_images=256, eval_every_kimg=0.016, duration_kimg=0.032)

@@ -10,9 +10,9 @@ import scipy.linalg
 import scipy.stats
 import torch
 
+from sid import metrics
 from sid.commands import evaluate as eval_cli
 from sid.commands import generate as gen_cli
-from sid import metrics
 from sid.config import INCEPTION, preset
 from sid.metrics import InceptionDetector, inception_score, save_reference_stats
 from sid.results import SCORE_SCHEMA, read_evaluations, read_scores

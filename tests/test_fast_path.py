@@ -24,7 +24,7 @@ from sid.distill import Distiller
 from sid.losses import fake_score_loss, generator_loss, sample_fake_score_sigma, sample_generator_sigma
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from step_throughput import flat_params, random_teacher  # noqa: E402
+from step_throughput import flat_params, random_teacher
 
 U = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
 GiB = 2**30

@@ -7,12 +7,12 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from test_checkpoints import ADM, dump, edm_snapshot, random_net
 
 from sid.commands import generate as gen_cli
-from sid.generators import (format_seeds, generate, load_generator, parse_seeds, seed_inputs)
+from sid.generators import format_seeds, generate, load_generator, parse_seeds, seed_inputs
 from sid.metrics import quantize
 from sid.teachers import load_teacher
-from test_checkpoints import ADM, dump, edm_snapshot, random_net
 
 
 @pytest.fixture(scope="module")
@@ -184,6 +184,7 @@ def test_sid_console_script_dispatches_to_the_commands(tmp_path, digits):
     import tomllib
 
     from shared_helpers import ROOT
+
     from sid.commands import COMMANDS
 
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 import torch
-
 from shared_helpers import TEACHER_KWARGS, make_teacher
+
 from sid.config import preset
 from sid.distill import Distiller
 from sid.networks.precond import EDMPrecond

@@ -7,8 +7,7 @@ import pytest
 import scipy.stats
 import torch
 
-from sid.losses import (fake_score_loss, finite_samples, generator_loss, sample_fake_score_sigma,
-                        sample_generator_sigma)
+from sid.losses import fake_score_loss, finite_samples, generator_loss, sample_fake_score_sigma, sample_generator_sigma
 
 N, C, H, W = 6, 3, 4, 4
 

@@ -14,8 +14,17 @@ import torch
 
 from sid import metrics
 from sid.commands import ref as ref_command
-from sid.metrics import (FeatureStats, InceptionDetector, compute_fd, frechet_distance, get_detector,
-                         load_reference_stats, quantize, reference_stats_for_images, save_reference_stats)
+from sid.metrics import (
+    FeatureStats,
+    InceptionDetector,
+    compute_fd,
+    frechet_distance,
+    get_detector,
+    load_reference_stats,
+    quantize,
+    reference_stats_for_images,
+    save_reference_stats,
+)
 
 
 def random_spd(d: int, rng: np.random.Generator, rank: int | None = None) -> np.ndarray:
@@ -181,7 +190,7 @@ def test_inception_detector_loads_torchscript_and_requests_features(tiny_incepti
 
 def test_registry_resolves_builtin_and_registered_detectors(monkeypatch, tiny_inception):
     assert {"inception-2015-12-05", "digits-features-v1"} <= set(metrics._DETECTORS)
-    monkeypatch.setitem(metrics._DETECTORS, "tiny", 
+    monkeypatch.setitem(metrics._DETECTORS, "tiny",
                         lambda device: InceptionDetector(str(tiny_inception), device=device))
     assert get_detector("tiny", "cpu").net is not None
     digits = get_detector("digits-features-v1")
@@ -332,7 +341,7 @@ def test_fd_jackknife_estimates_the_spread_over_independent_draws():
 
 def test_compute_fd_std_gives_compute_fds_value_and_nan_without_enough_images():
     pool = torch.rand(40, 1, 2, 2, generator=torch.Generator().manual_seed(3)) * 2 - 1
-    generate = lambda index, n: pool[index * 8: index * 8 + n]  # noqa: E731
+    generate = lambda index, n: pool[index * 8: index * 8 + n]
     rng = np.random.default_rng(4)
     ref_mu, ref_sigma = rng.standard_normal(4) * 50 + 128, random_spd(4, rng) * 1000
     fd, se = metrics.compute_fd_std(generate, 40, PixelDetector(), ref_mu, ref_sigma, batch_size=8)

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from sid.networks.dhariwal import DhariwalUNet
+from sid.networks.layers import Conv2d, UNetBlock
 from sid.networks.precond import EDMPrecond
 from sid.networks.songunet import SongUNet
-from sid.networks.layers import Conv2d, UNetBlock
 
 PARITY = Path(__file__).resolve().parent / "data" / "parity"  # EDM's own outputs; see its README.md
 PARITY_CASES = ["songunet_ddpmpp_uncond_16px", "songunet_ddpmpp_cond_16px", "dhariwalunet_adm_cond_16px"]

@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from shared_helpers import make_teacher
+
 from sid.config import ConfigError, preset
 from sid.distill import Distiller
 from sid.phema import beta, exponent, reconstruct, sigma_rel_of, step_weights

@@ -5,23 +5,29 @@ file metadata, older files read with the new columns null, and docs/reading-resu
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pandas as pd
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from fixtures_results import NAN_ROW, alpha_sweep_rows, trials_table
 from shared_helpers import code_blocks
-from sid.config import preset
-from sid.results import (EVALUATION_SCHEMA, MORE_CONFIG_COLUMNS, file_metadata, provenance, read_evaluations,
-                         upsert_evaluations, write_evaluations, write_trials)
 
-import duckdb  # noqa: E402 (the test extra installs it: a missing one must fail, not skip)
-import polars as pl  # noqa: E402
+from sid.config import preset
+from sid.results import (
+    EVALUATION_SCHEMA,
+    MORE_CONFIG_COLUMNS,
+    file_metadata,
+    provenance,
+    read_evaluations,
+    upsert_evaluations,
+    write_evaluations,
+    write_trials,
+)
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "reading-results.md"
 
@@ -95,7 +101,7 @@ def test_the_docs_examples_run_and_pandas_polars_duckdb_agree(study):
     assert len(blocks) >= 5, "docs/reading-results.md lost its examples"
     namespace: dict = {}
     for block in blocks:
-        exec(compile(block, str(DOC), "exec"), namespace)  # noqa: S102 - the page's own examples
+        exec(compile(block, str(DOC), "exec"), namespace)
     pandas_means = namespace["by_alpha"]
     duck = namespace["by_alpha_duckdb"].set_index("alpha")["fid"]
     polar = dict(zip(*namespace["by_alpha_polars"].to_dict(as_series=False).values()))

@@ -3,7 +3,6 @@ the report with its figures rendered from a real (tiny) study of four runs: two 
 
 from __future__ import annotations
 
-import math
 import sys
 
 import matplotlib.pyplot as plt
@@ -137,7 +136,7 @@ def test_report_of_a_real_study(study, tmp_path, capsys):
     assert f"**Recommended: α = {common.fmt(best.idxmin())}: lowest mean best FD" in md
     assert f"recommended: α = {common.fmt(best.idxmin())}" in printed and str(tmp_path / "report.md") in printed
     assert "FD on digits-features-v1 (128 images)" in md and "0, 1 (2 per value)" in md
-    assert f"| 1.0 | 2 | " in md and "paired t-test over seeds" in md and "α = 1.0 vs 1.2 | best" in md
+    assert "| 1.0 | 2 | " in md and "paired t-test over seeds" in md and "α = 1.0 vs 1.2 | best" in md
     median_std = final.groupby("alpha")["fid_std"].median()
     assert f"| {median_std[1.2]:.2f} |" in md  # the sampling error beside the seed spread
     for name in ("fid_vs_images", "ablation_alpha_best", "ablation_alpha_final", "compare"):

@@ -5,8 +5,18 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from sid.results import (EVALUATION_SCHEMA, SCHEMA_VERSION, TRIAL_SCHEMA, is_uri, now_utc, read_evaluations,
-                         read_trials, schema_version, upsert_evaluations, write_trials)
+from sid.results import (
+    EVALUATION_SCHEMA,
+    SCHEMA_VERSION,
+    TRIAL_SCHEMA,
+    is_uri,
+    now_utc,
+    read_evaluations,
+    read_trials,
+    schema_version,
+    upsert_evaluations,
+    write_trials,
+)
 
 
 def row(trial="t1", kimg=0.0, fid=10.0, **kw):
@@ -126,9 +136,9 @@ def test_summarise_rows_is_the_one_definition(fids, statuses, best, best_kimg, f
 def test_analysis_and_the_study_table_agree_on_every_trial(tmp_path):
     """The same rows through analysis/ (no trials table) and through the study's trials table."""
     from analysis import common
+    from sid.cluster.trials import TrialRecord, trial_row
     from sid.config import preset
     from sid.results import Divergence
-    from sid.cluster.trials import TrialRecord, trial_row
 
     cases = {"fine": [30.0, 20.0, 25.0], "jump": [30.0, 400.0], "nan": [30.0, math.nan]}
     frames = [trial(f).assign(trial_id=name) for name, f in cases.items()]

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from sid.config import preset
+from sid.files import snapshot_name
 from sid.networks.precond import EDMPrecond
 from sid.results import EVALUATION_SCHEMA, read_evaluations
 from sid.run import run_local
-from sid.files import snapshot_name
 from sid.teachers import load_network_file
 
 

@@ -13,10 +13,10 @@ from shared_helpers import TEACHER_KWARGS, make_teacher
 
 from sid.config import ConfigError, preset
 from sid.distill import Distiller
+from sid.files import BEST, SNAPSHOTS, snapshot_name
 from sid.loop import make_row
 from sid.networks.precond import EDMPrecond
 from sid.run import RunFolder
-from sid.files import BEST, SNAPSHOTS, snapshot_name
 from sid.teachers import load_network_file
 
 FIDS = [5.0, 3.0, 4.0, 3.0, 6.0]  # best: the second evaluation (the fourth ties it, later)

@@ -20,14 +20,13 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 from ray import tune
-
-from sid.config import preset
-from sid.results import CONFIG_COLUMNS, EVALUATION_SCHEMA, SCHEMA_VERSION, TRIAL_SCHEMA, read_evaluations
-from sid.cluster.study import Study, StudyCallback, run_study, trial_capacity
-from sid.cluster.resources import TrialResources
-from sid.results import Divergence
-from sid.cluster.trials import TrialRecord, trial_state
 from shared_helpers import load_script, session_processes
+
+from sid.cluster.resources import TrialResources
+from sid.cluster.study import Study, StudyCallback, run_study, trial_capacity
+from sid.cluster.trials import TrialRecord, trial_state
+from sid.config import preset
+from sid.results import CONFIG_COLUMNS, EVALUATION_SCHEMA, SCHEMA_VERSION, TRIAL_SCHEMA, Divergence, read_evaluations
 
 ROOT = Path(__file__).resolve().parents[1]
 # 1 iteration = 0.008 kimg; evaluations at 0, 0.016, 0.032 kimg
@@ -244,7 +243,7 @@ def check_study_files(folder: Path, trials: pd.DataFrame, searched: list[str]) -
             want = tuned[column] if column in searched else getattr(base, column)
             want = pytest.approx(want) if isinstance(want, float) else want
             assert mine[column].tolist() == [want] * len(mine), column
-        assert getattr(trial, "evaluations") == len(mine)
+        assert trial.evaluations == len(mine)
         assert trial.best_fid == mine["fid"].min() and trial.best_kimg == mine.loc[mine["fid"].idxmin(), "kimg"]
         assert trial.last_kimg == mine["kimg"].max()
         assert trial.device_hours == pytest.approx(mine["device_s"].iloc[-1] / 3600)

@@ -7,18 +7,16 @@ import json
 import os
 from pathlib import Path
 
+import mlflow  # noqa: F401 (the test extra installs it: a missing one must fail, not skip)
 import pytest
 import yaml
+from shared_helpers import code_blocks
 
 from sid.config import preset
+from sid.files import CONFIG_FILE, MLFLOW_DIR, TENSORBOARD_DIR, TRACKING_FILE
 from sid.results import read_evaluations
 from sid.run import run_local
-from sid.files import CONFIG_FILE
-from shared_helpers import code_blocks
 from sid.tracking import RunTracker, TrackingSettings
-from sid.files import MLFLOW_DIR, TENSORBOARD_DIR, TRACKING_FILE
-
-import mlflow  # noqa: E402,F401 (the test extra installs it: a missing one must fail, not skip)
 
 os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
 
@@ -122,7 +120,7 @@ def test_study_metrics_reach_tensorboard_and_mlflow_and_tune_sees_flat_configs(t
     namespace = {"STUDY": str(study.folder)}  # docs/reading-results.md's Tune examples, as written
     doc = Path(__file__).resolve().parents[1] / "docs" / "reading-results.md"
     for block in code_blocks(doc.read_text(), "python tune"):
-        exec(compile(block, "reading-results.md", "exec"), namespace)  # noqa: S102
+        exec(compile(block, "reading-results.md", "exec"), namespace)
     assert namespace["best"].metrics["best_fid"] == pytest.approx(trials["best_fid"].min())
 
 

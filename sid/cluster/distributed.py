@@ -28,11 +28,11 @@ import ray.train
 import ray.train.torch
 import torch
 
+from sid.cluster.resources import STRATEGIES, TrialResources
 from sid.config import DistillConfig
 from sid.distill import Distiller, check_architecture, student_kwargs
-from sid.cluster.resources import STRATEGIES, TrialResources
-from sid.run import RunFolder, load_checkpoint, run_rank
 from sid.files import CHECKPOINT, EVALUATIONS
+from sid.run import RunFolder, load_checkpoint, run_rank
 from sid.tracking import STEP_KEY, RunTracker, TrackingSettings, step_of
 
 STATE_FILE = "state.pt"        # the training state inside each Ray checkpoint folder

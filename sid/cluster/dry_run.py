@@ -32,12 +32,21 @@ import ray.train
 import ray.tune
 
 from sid.assets import default_cache_dir
-from sid.config import DistillConfig
 from sid.cluster.distributed import build_trainer, connect
 from sid.cluster.resources import TrialResources
-from sid.results import write_atomic, write_file_atomic
-from sid.cluster.study import DRIVER_CPU, Study, StudyError, plan, trial_config, trial_dirname, trial_label, trial_settings
+from sid.cluster.study import (
+    DRIVER_CPU,
+    Study,
+    StudyError,
+    plan,
+    trial_config,
+    trial_dirname,
+    trial_label,
+    trial_settings,
+)
+from sid.config import DistillConfig
 from sid.files import TRAIN_DIR
+from sid.results import write_atomic, write_file_atomic
 
 DEFAULT_HOLD_S = 5.0          # each worker holds its resources this long, so trials that can overlap do
 MARKER = ".sid-dry-run"       # marks a folder as a dry run's, which the next dry run may replace

@@ -20,10 +20,10 @@ from typing import Any
 import ray.tune
 from ray.tune.search.optuna import OptunaSearch
 
-from sid.results import Divergence, read_parquet
 from sid.cluster.stopping import CurveRule, Point
 from sid.cluster.trials import record_stop
 from sid.files import EVALUATIONS_DIR, JOURNAL
+from sid.results import Divergence, read_parquet
 
 SAMPLERS = ("tpe", "gp")
 

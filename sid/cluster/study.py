@@ -35,17 +35,15 @@ import ray
 import ray.tune
 from ray.tune.search.sample import Categorical, Domain
 
-from sid.config import SEARCHABLE, ConfigError, DistillConfig
 from sid.cluster.distributed import build_trainer, check_resources, connect, default_placement, resolve
 from sid.cluster.resources import TrialResources
 from sid.cluster.search import SAMPLERS, StorageError, StudyStopper, make_searcher, open_storage
 from sid.cluster.stopping import CurveRule
-from sid.results import Divergence, is_uri, read_parquet
-from sid.files import CONFIG_FILE, SETTINGS_FILE, TRAIN_DIR
-from sid.tracking import STEP_KEY, TrackingSettings, mlflow_uri, step_of
-from sid.files import MLFLOW_DIR
 from sid.cluster.trials import TrialRecord, write_trials_table
-from sid.files import EVALUATIONS_DIR, RUNS_DIR, TRIALS_FILE
+from sid.config import SEARCHABLE, ConfigError, DistillConfig
+from sid.files import CONFIG_FILE, EVALUATIONS_DIR, MLFLOW_DIR, RUNS_DIR, SETTINGS_FILE, TRAIN_DIR, TRIALS_FILE
+from sid.results import Divergence, is_uri, read_parquet
+from sid.tracking import STEP_KEY, TrackingSettings, mlflow_uri, step_of
 
 DRIVER_CPU = 0.01                      # CPU held by each trial's driver function (Tune rejects 0)
 SEARCHERS = ("grid", "optuna")
@@ -215,7 +213,7 @@ class StudyCallback(ray.tune.Callback):
         print(f"[{trial.trial_id}] start  {trial_label(trial)}", flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        get = lambda key: result.get(key, math.nan)  # noqa: E731
+        get = lambda key: result.get(key, math.nan)
         print(f"[{trial.trial_id}] kimg {get('kimg'):8.4g}  FD {get('fid'):9.4f}  best {get('best_fid'):9.4f}  "
               f"loss_fake {get('loss_fake_score'):9.4g}  loss_G {get('loss_generator'):9.4g}  {trial_label(trial)}",
               flush=True)

@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from sid.config import PRESETS, ConfigError, DistillConfig, preset
 from sid.cluster.resources import STRATEGIES, TrialResources
+from sid.config import PRESETS, ConfigError, DistillConfig, preset
 from sid.tracking import TRACKERS, TrackerError, TrackingSettings, check_trackers
 
 _TYPES = {"float": float, "int": int, "str": str}

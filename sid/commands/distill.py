@@ -14,12 +14,23 @@ import time
 from pathlib import Path
 
 from sid.assets import AssetError
-from sid.commands.cli import (HelpFormatter, add_config_file_flags, add_config_flags, add_preset_flag, add_resource_flags,
-                     add_tracking_flags, config_from_args, config_yaml, parse, print_config, resolved_config,
-                     resources_from_args, tracking_from_args)
-from sid.config import DistillConfig
-from sid.results import is_uri
+from sid.commands.cli import (
+    HelpFormatter,
+    add_config_file_flags,
+    add_config_flags,
+    add_preset_flag,
+    add_resource_flags,
+    add_tracking_flags,
+    config_from_args,
+    config_yaml,
+    parse,
+    print_config,
+    resolved_config,
+    resources_from_args,
+    tracking_from_args,
+)
 from sid.files import CHECKPOINT
+from sid.results import is_uri
 from sid.run import pick_device, run_local
 from sid.tracking import DEFAULT_EXPERIMENT
 

@@ -25,12 +25,26 @@ from tqdm import tqdm
 
 from sid.assets import AssetError
 from sid.config import INCEPTION
-from sid.generators import DEFAULT_SIGMA_INIT, MAX_SEED, check_class, devices_for, format_seeds, generate, load_generator
-from sid.files import RUN_FILES
-from sid.metrics import (check_reference, feature_stats, frechet_distance, get_detector, inception_score,
-                         iter_image_batches, quantize)
+from sid.files import RUN_FILES, SCORES_FILE
+from sid.generators import (
+    DEFAULT_SIGMA_INIT,
+    MAX_SEED,
+    check_class,
+    devices_for,
+    format_seeds,
+    generate,
+    load_generator,
+)
+from sid.metrics import (
+    check_reference,
+    feature_stats,
+    frechet_distance,
+    get_detector,
+    inception_score,
+    iter_image_batches,
+    quantize,
+)
 from sid.results import append_scores, now_utc
-from sid.files import SCORES_FILE
 
 IS_SPLITS = 10
 

@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-
 from sid.generators import FORMAT, load_generator
 from sid.networks.precond import EDMPrecond
 

@@ -19,9 +19,8 @@ import pandas as pd
 import torch
 
 from sid.config import DistillConfig, parse_sigma_rels
+from sid.files import PHEMA, PHEMA_FILE
 from sid.results import CONFIG_COLUMNS, PHEMA_SCHEMA, now_utc, read_parquet, write_atomic
-from sid.files import PHEMA_FILE
-from sid.files import PHEMA
 
 DEFAULT_TARGETS = "0.01,0.02,0.05,0.1,0.15,0.2"
 

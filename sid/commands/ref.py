@@ -7,7 +7,13 @@ from __future__ import annotations
 
 import argparse
 
-from sid.metrics import detector_names, get_detector, iter_image_batches, reference_stats_for_images, save_reference_stats
+from sid.metrics import (
+    detector_names,
+    get_detector,
+    iter_image_batches,
+    reference_stats_for_images,
+    save_reference_stats,
+)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,7 +1,7 @@
 """DhariwalUNet: the ADM U-Net of Dhariwal & Nichol as EDM defines it (EDM's ImageNet-64 teacher)."""
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -6,7 +6,8 @@ by casting the input only (EDMPrecond use_fp16)."""
 
 import copy
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F

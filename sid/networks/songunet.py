@@ -1,14 +1,22 @@
 """SongUNet: the DDPM++ / NCSN++ U-Net of Song et al. as EDM defines it (same module names: `enc.32x32_block0`, ...)."""
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sid.networks.layers import (Conv2d, FourierEmbedding, GroupNorm, Linear, PositionalEmbedding, UNetBlock, drop_labels,
-                     init_kwargs_of)
+from sid.networks.layers import (
+    Conv2d,
+    FourierEmbedding,
+    GroupNorm,
+    Linear,
+    PositionalEmbedding,
+    UNetBlock,
+    drop_labels,
+    init_kwargs_of,
+)
 
 
 class SongUNet(nn.Module):

@@ -13,11 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
-import torch
+from shared_helpers import make_teacher, session_processes  # noqa: F401 (re-exported for the fault tests)
 
 from sid.config import preset
 from sid.results import read_evaluations
-from shared_helpers import make_teacher, session_processes  # noqa: F401 (re-exported for the fault tests)
 
 ROOT = Path(__file__).resolve().parents[2]
 # The digits preset at tiny budgets: 1 iteration = 0.008 kimg, an evaluation every 2 iterations.

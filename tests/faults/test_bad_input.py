@@ -9,12 +9,11 @@ import dataclasses
 
 import pytest
 import ray
-from _util import ROOT
 from shared_helpers import load_script
 
-import sid.loop
-import sid.commands.distill
 import sid.cluster.study
+import sid.commands.distill
+import sid.loop
 from sid.config import DistillConfig
 
 FLOATS = [f.name for f in dataclasses.fields(DistillConfig) if f.type in ("float", float)]

@@ -14,12 +14,22 @@ import time
 import pandas as pd
 import pytest
 import torch
-from _util import (TINY, descendants, expected_kimg, flags, kill_session, make_teacher, rows, start, tiny_config,
-                   wait_until)
+from _util import (
+    TINY,
+    descendants,
+    expected_kimg,
+    flags,
+    kill_session,
+    make_teacher,
+    rows,
+    start,
+    tiny_config,
+    wait_until,
+)
 from ray import tune
 
-from sid.results import read_trials
 from sid.cluster.study import Study, run_study
+from sid.results import read_trials
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 GOOD_GLR, ABSURD_GLR = 1e-4, 1e6

@@ -11,16 +11,16 @@ import pandas as pd
 import pytest
 import torch
 from _util import TINY, flags, make_teacher, tiny_config
-
-import analysis.ablation  # noqa: F401 - the scripts under test, reached through sys.modules below
-import analysis.best_table  # noqa: F401
-import analysis.fid_vs_images  # noqa: F401
-import analysis.hpo_report  # noqa: F401
 from fixtures_results import write_results
-from sid.results import read_evaluations, read_trials
+
+import analysis.ablation
+import analysis.best_table
+import analysis.fid_vs_images
+import analysis.hpo_report  # noqa: F401
 from sid.commands.distill import main
-from sid.run import run_local
 from sid.files import EVALUATIONS
+from sid.results import read_evaluations, read_trials
+from sid.run import run_local
 
 CUTS = {"empty": 0, "magic only": 4, "half": 0.5, "footer cut": -3}  # what is left of the file: bytes or a fraction
 

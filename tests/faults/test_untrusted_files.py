@@ -24,10 +24,10 @@ from ray import tune
 
 from sid.assets import Asset, AssetError, cache_path, fetch
 from sid.checkpoints import fetch_checkpoint
+from sid.cluster.study import Study, StudyError, run_study
+from sid.commands.distill import main as distill_main
 from sid.metrics import INCEPTION_FILE
 from sid.results import read_evaluations, write_evaluations
-from sid.commands.distill import main as distill_main
-from sid.cluster.study import Study, StudyError, run_study
 from sid.teachers import load_network_file, load_teacher
 
 
@@ -120,7 +120,7 @@ def audit(path: Path, relative: str) -> tuple[list[str], int]:
         if not isinstance(node, ast.Call):
             continue
         name, keywords = dotted(node.func), {k.arg: k.value for k in node.keywords}
-        literal = lambda key: isinstance(keywords.get(key), ast.Constant) and keywords[key].value  # noqa: E731
+        literal = lambda key: isinstance(keywords.get(key), ast.Constant) and keywords[key].value
         if name == "torch.load":
             checked += 1
             if literal("weights_only") is not True:
