@@ -22,7 +22,8 @@ DETECTORS = (INCEPTION, DIGITS_FEATURES)
 # per evaluation and no more images.
 FD_STD_GROUPS = 10
 FD_STD_METHOD = f"delete-one-group jackknife s.e. over {FD_STD_GROUPS} disjoint groups of the generated images"
-# Fields a study can search, with the scale of their values: ranges on a log scale, axes on a log scale, int values.
+# Fields a study can search (sid/cluster/space.py), with the scale of their values: 'linear' (a Range is searched
+# uniformly), 'log' (log-uniformly; figures use log axes), 'int' (integers; a Range covers low..high).
 SEARCHABLE: dict[str, str] = {"alpha": "linear", "sigma_init": "linear", "lr": "log", "glr": "log", "seed": "int"}
 EVAL_SCHEDULES = ("every", "official")
 SNAPSHOT_KINDS = ("all", "best", "last")  # keep_snapshots: 'all', or a comma list of 'best' and 'last'

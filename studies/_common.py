@@ -1,20 +1,21 @@
 """Flags and main() shared by the study scripts: parse, build a sid.cluster.study.Study, run it, print the trials table.
 
 Every bad flag ends the program with one line naming what was expected and exit code 2, before anything is written.
+The scripts import no Ray: they build the space from sid.cluster.space, and Ray loads (sid.cluster.study, whose
+connect() sets Ray's environment) only once a study is about to run.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
-
+from sid.cluster.space import Dimension, Grid, Range, StudyError, check_dimension
+from sid.cluster.trials import summary as trials_summary
 from sid.commands.cli import (
     HelpFormatter,
     add_config_file_flags,
@@ -30,6 +31,10 @@ from sid.commands.cli import (
     tracking_from_args,
 )
 from sid.config import SEARCHABLE, DistillConfig
+from sid.files import EVALUATIONS_DIR, TRIALS_FILE
+
+if TYPE_CHECKING:  # sid.cluster.study imports Ray: loaded only when a study runs
+    from sid.cluster.study import Study
 
 DEFAULT_PRESET = "digits-study"  # the digits default at a study's budget (sid/config.py)
 
@@ -92,31 +97,33 @@ def parse_numbers(parser: argparse.ArgumentParser, text: str, flag: str) -> list
     return values
 
 
-def parse_range(parser: argparse.ArgumentParser, text: str, flag: str, *, log: bool) -> tuple[float, float]:
-    """'LOW,HIGH' with LOW < HIGH (and LOW > 0 on a log scale)."""
+def parse_range(parser: argparse.ArgumentParser, text: str, flag: str, field: str) -> Range:
+    """'LOW,HIGH': a Range of `field` (LOW < HIGH, and LOW > 0 where the field is searched on a log scale)."""
     values = parse_numbers(parser, text, flag)
-    if len(values) != 2 or values[0] >= values[1] or (log and values[0] <= 0):
-        parser.error(f"{flag}: expected LOW,HIGH with LOW < HIGH{' and LOW > 0 (log scale)' if log else ''}, "
-                     f"got {text!r}")
-    return values[0], values[1]
+    log = SEARCHABLE[field] == "log"
+    expected = f"expected LOW,HIGH with LOW < HIGH{' and LOW > 0 (log scale)' if log else ''}, got {text!r}"
+    if len(values) != 2:
+        parser.error(f"{flag}: {expected}")
+    try:
+        check_dimension(field, Range(*values))
+    except StudyError as exc:
+        parser.error(f"{flag}: {expected} ({exc})")
+    return Range(*values)
 
 
-def seed_space(parser: argparse.ArgumentParser, seeds: int, base: DistillConfig) -> dict[str, Any]:
+def seed_space(parser: argparse.ArgumentParser, seeds: int, base: DistillConfig) -> dict[str, Grid]:
     """--seeds K: the grid also runs seeds base.seed .. base.seed + K - 1."""
-    from ray import tune
-
     if seeds < 1:
         parser.error(f"--seeds: expected a count >= 1, got {seeds}")
-    return {"seed": tune.grid_search([base.seed + i for i in range(seeds)])} if seeds > 1 else {}
+    return {"seed": Grid(range(base.seed, base.seed + seeds))} if seeds > 1 else {}
 
 
 def main(parser: argparse.ArgumentParser, args: argparse.Namespace, *, script: str,
-         space: Callable[[DistillConfig], Mapping[str, Any]], **study: Any) -> None:
+         space: Callable[[DistillConfig], Mapping[str, Dimension]], **study: Any) -> None:
     """Build the study from the flags (space(base) gives its search space), run it, print the table and paths."""
-    from sid.cluster.distributed import ResourceError
-    from sid.cluster.study import Study, StudyError, run_study
-    from sid.cluster.trials import summary
-    from sid.files import EVALUATIONS_DIR, TRIALS_FILE
+    # Ray loads here, when a study runs: --help and bad flags answer at once.
+    from sid.cluster.distributed import ResourceError  # noqa: PLC0415
+    from sid.cluster.study import Study, run_study  # noqa: PLC0415
 
     base = config_from_args(parser, args)
     study = {k: v(base) if callable(v) else v for k, v in study.items()}  # values that depend on the preset
@@ -138,7 +145,7 @@ def main(parser: argparse.ArgumentParser, args: argparse.Namespace, *, script: s
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         sys.exit(2)
     print()
-    print(summary(trials, [k for k in SEARCHABLE if k in spec.space]))
+    print(trials_summary(trials, [k for k in SEARCHABLE if k in spec.space]))
     print(f"\ntrials:      {spec.folder / TRIALS_FILE}\nevaluations: {spec.folder / EVALUATIONS_DIR}/*.parquet")
     unfinished = int((trials["state"] == "running").sum()) if not trials.empty else 0
     if unfinished:
@@ -149,12 +156,17 @@ def main(parser: argparse.ArgumentParser, args: argparse.Namespace, *, script: s
         sys.exit(1)
 
 
-
-def dry_run(parser: argparse.ArgumentParser, spec: Any, args: argparse.Namespace) -> None:
+def dry_run(parser: argparse.ArgumentParser, spec: Study, args: argparse.Namespace) -> None:
     """--dry-run: place every trial without training; exit 1 if a trial's workers did not all run as asked."""
-    from sid.cluster.distributed import ResourceError
-    from sid.cluster.dry_run import PLACEMENTS_FILE, PlacementError, dry_run_folder, dry_run_study, summary
-    from sid.cluster.study import StudyError
+    # Ray loads here, when the dry run starts (see main).
+    from sid.cluster.distributed import ResourceError  # noqa: PLC0415
+    from sid.cluster.dry_run import (  # noqa: PLC0415
+        PLACEMENTS_FILE,
+        PlacementError,
+        dry_run_folder,
+        dry_run_study,
+        summary,
+    )
 
     if args.resume:
         parser.error("--dry-run trains nothing, so there is nothing to --resume")

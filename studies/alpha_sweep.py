@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from ray import tune
-
+from sid.cluster.space import Grid
 from sid.commands.cli import parse
 from studies import _common
 
@@ -29,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     args: argparse.Namespace = parse(parser, argv)
     alphas = _common.parse_numbers(parser, args.alphas, "--alphas")
     _common.main(parser, args, script="alpha_sweep", searcher="grid",
-                 space=lambda base: {"alpha": tune.grid_search(alphas), **_common.seed_space(parser, args.seeds, base)})
+                 space=lambda base: {"alpha": Grid(alphas), **_common.seed_space(parser, args.seeds, base)})
 
 
 if __name__ == "__main__":

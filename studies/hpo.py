@@ -1,5 +1,6 @@
 """Hyperparameter optimisation: Optuna TPE over alpha, lr, glr and sigma_init jointly (learning rates on a log
-scale), ASHA stopping poor trials early in kimg; the best FID a trial reached is what TPE learns from.
+scale, as sid.config.SEARCHABLE says), ASHA stopping poor trials early in kimg; the best FID a trial reached is what
+TPE learns from.
 
     python studies/hpo.py --num-samples 16
     python studies/hpo.py --alpha-range 0.8,1.5 --lr-range 1e-5,1e-3 --no-asha
@@ -10,26 +11,26 @@ from __future__ import annotations
 import argparse
 import json
 
-from ray import tune
-
-from sid.cluster.search import SAMPLERS
+from sid.cluster.space import SAMPLERS, Range
 from sid.commands.cli import parse
+from sid.config import SEARCHABLE, DistillConfig
 from studies import _common
 
-RANGES = {  # flag -> (field, default LOW,HIGH, log scale)
-    "--alpha-range": ("alpha", "0.5,1.5", False),
-    "--lr-range": ("lr", "1e-5,1e-3", True),
-    "--glr-range": ("glr", "1e-5,1e-3", True),
-    "--sigma-init-range": ("sigma_init", "1.0,4.0", False),
+RANGES = {  # flag -> (field, default LOW,HIGH); the scale is the field's (sid.config.SEARCHABLE)
+    "--alpha-range": ("alpha", "0.5,1.5"),
+    "--lr-range": ("lr", "1e-5,1e-3"),
+    "--glr-range": ("glr", "1e-5,1e-3"),
+    "--sigma-init-range": ("sigma_init", "1.0,4.0"),
 }
 
 
-def points(parser: argparse.ArgumentParser, text: str, base, space: dict) -> tuple[dict, ...]:
+def points(parser: argparse.ArgumentParser, text: str, base: DistillConfig,
+           space: dict[str, Range]) -> tuple[dict, ...]:
     """--points-to-evaluate: the first trials Optuna runs."""
     if text == "none":
         return ()
     if text == "preset":  # the published values (the preset's), where the ranges admit them
-        point = {k: getattr(base, k) for k in space if space[k].lower <= getattr(base, k) <= space[k].upper}
+        point = {k: getattr(base, k) for k in space if space[k].contains(getattr(base, k))}
         return (point,) if len(point) == len(space) else ()
     try:
         found = json.loads(text)
@@ -43,10 +44,10 @@ def points(parser: argparse.ArgumentParser, text: str, base, space: dict) -> tup
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = _common.build_parser(__doc__, swept=tuple(field for field, _, _ in RANGES.values()), asha=True)
-    for flag, (field, default, log) in RANGES.items():
+    parser = _common.build_parser(__doc__, swept=tuple(field for field, _ in RANGES.values()), asha=True)
+    for flag, (field, default) in RANGES.items():
         parser.add_argument(flag, default=default, metavar="LOW,HIGH",
-                            help=f"{field} searched in [LOW, HIGH]{' on a log scale' if log else ''} "
+                            help=f"{field} searched in [LOW, HIGH] on a {SEARCHABLE[field]} scale "
                                  f"(default: {default})")
     parser.add_argument("--num-samples", type=int, default=8, help="trials Optuna proposes (default: 8)")
     parser.add_argument("--optuna-seed", type=int, default=0, help="seed of the sampler (default: 0)")
@@ -59,10 +60,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="first trials: a JSON list of {field: value} objects, 'preset' (the preset's own values, "
                              "where inside the ranges) or 'none' (default: preset)")
     args: argparse.Namespace = parse(parser, argv)
-    space = {}
-    for flag, (field, _, log) in RANGES.items():
-        low, high = _common.parse_range(parser, getattr(args, flag[2:].replace("-", "_")), flag, log=log)
-        space[field] = tune.loguniform(low, high) if log else tune.uniform(low, high)
+    space = {field: _common.parse_range(parser, getattr(args, flag[2:].replace("-", "_")), flag, field)
+             for flag, (field, _) in RANGES.items()}
     if args.num_samples < 1:
         parser.error(f"--num-samples: expected a count >= 1, got {args.num_samples}")
     if not 0 <= args.optuna_seed < 2**32:

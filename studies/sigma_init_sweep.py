@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from ray import tune
-
+from sid.cluster.space import Grid
 from sid.commands.cli import parse
 from studies import _common
 
@@ -24,8 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     args: argparse.Namespace = parse(parser, argv)
     values = _common.parse_numbers(parser, args.sigma_inits, "--sigma-inits")
     _common.main(parser, args, script="sigma_init_sweep", searcher="grid",
-                 space=lambda base: {"sigma_init": tune.grid_search(values),
-                                     **_common.seed_space(parser, args.seeds, base)})
+                 space=lambda base: {"sigma_init": Grid(values), **_common.seed_space(parser, args.seeds, base)})
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""A study's dry run (sid.cluster.dry_run) on a simulated GPU cluster: a ray.cluster_utils.Cluster whose two worker nodes
-declare 4 GPUs each and a head with none. The dry run's workers touch no CUDA (gloo, CPU loads), so fake GPUs
+"""A study's dry run (sid.cluster.dry_run) on a simulated GPU cluster: a ray.cluster_utils.Cluster whose two worker
+nodes declare 4 GPUs each and a head with none. The dry run's workers touch no CUDA (gloo, CPU loads), so fake GPUs
 suffice; each node has its own asset cache (SID_CACHE in the node's environment), and the teacher is a local file
 served through the URL code path (file://)."""
 
@@ -12,10 +12,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import ray
-from ray import tune
+from ray.cluster_utils import Cluster
 from shared_helpers import load_script, make_teacher
 
-from sid.cluster.distributed import LOCAL_RAY_ENV
+from sid.cluster.distributed import LOCAL_RAY_ENV, RAY_ENV, ResourceError
 from sid.cluster.dry_run import (
     MARKER,
     PLACEMENTS_FILE,
@@ -27,7 +27,8 @@ from sid.cluster.dry_run import (
     summary,
 )
 from sid.cluster.resources import TrialResources
-from sid.cluster.study import DRIVER_CPU, Study, StudyError
+from sid.cluster.space import Grid, StudyError
+from sid.cluster.study import DRIVER_CPU, Study
 from sid.config import preset
 from sid.results import read_parquet
 
@@ -38,8 +39,6 @@ GPUS_PER_NODE, NODES = 4, 2
 
 @pytest.fixture(scope="module")
 def gpu_cluster(tmp_path_factory):
-    from ray.cluster_utils import Cluster
-
     for key, value in LOCAL_RAY_ENV.items():  # the Train controllers run in the raylets' environment
         os.environ.setdefault(key, value)
     caches = tmp_path_factory.mktemp("caches")
@@ -60,7 +59,7 @@ def teacher_url(tmp_path_factory) -> str:
 
 def study(teacher: str, storage: Path, name: str, alphas: list[float], **resources) -> Study:
     return Study(name=name, base=preset("digits", teacher=teacher, **TINY), storage=storage,
-                 space={"alpha": tune.grid_search(alphas)}, resources=TrialResources(**resources))
+                 space={"alpha": Grid(alphas)}, resources=TrialResources(**resources))
 
 
 def drivers(folder: Path) -> list[dict]:
@@ -116,7 +115,7 @@ def test_concurrent_trials_never_exceed_the_gpus_and_no_gpu_is_held_twice(whole_
 @pytest.mark.timeout(240)
 def test_each_node_downloads_the_teacher_once_for_all_its_trials(whole_gpu_trials, gpu_cluster):
     _, table = whole_gpu_trials
-    for node, (_, mine) in enumerate(table.groupby("node_id")):
+    for _, mine in table.groupby("node_id"):
         caches = [json.loads(c) for c in mine["cache"]]
         names = {name for cache in caches for name in cache if name.endswith("-teacher.pt")}
         assert len(names) == 1  # the file:// URL went through the cache
@@ -153,6 +152,8 @@ def test_fractional_gpu_trials_share_gpus_at_most_two_to_one(gpu_cluster, teache
 ])
 def test_the_study_script_dry_run_prints_where_each_trial_ran(gpu_cluster, teacher_url, tmp_path, monkeypatch, capsys,
                                                               script, searched):
+    for key in RAY_ENV:  # the scripts set none of Ray's environment: connect() does, also on a cluster joined before
+        monkeypatch.delenv(key, raising=False)
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
     load_script(script, monkeypatch).main(
         ["--dry-run", "--teacher", teacher_url, *searched, "--workers-per-trial", "2", "--storage", str(tmp_path),
@@ -162,12 +163,11 @@ def test_the_study_script_dry_run_prints_where_each_trial_ran(gpu_cluster, teach
     assert "2 worker(s), GPU " in out and "at most 1 trial(s) ran at once" in out
     assert f"placements: {tmp_path.resolve() / f'{script}-digits-study-dry-run' / PLACEMENTS_FILE}" in out
     assert not (tmp_path / f"{script}-digits-study").exists()  # the study's own folder stays free
+    assert all(os.environ[k] == v for k, v in RAY_ENV.items())
 
 
 @pytest.mark.timeout(60)
 def test_a_trial_the_cluster_cannot_hold_fails_before_anything_waits(gpu_cluster, teacher_url, tmp_path):
-    from sid.cluster.distributed import ResourceError
-
     spec = study(teacher_url, tmp_path, "too-big", [1.0], workers=GPUS_PER_NODE + 1, gpus_per_worker=1.0,
                  placement_strategy="STRICT_PACK")
     with pytest.raises(ResourceError, match="room for 4 such worker"):

@@ -8,16 +8,16 @@ import math
 import numpy as np
 import optuna
 import pytest
-from ray import tune
 
-from sid.cluster.search import FidelityOptunaSearch, StorageError, make_sampler, open_storage
+from sid.cluster.search import FidelityOptunaSearch, StorageError, make_sampler, open_storage, tune_space
+from sid.cluster.space import Range
 from sid.cluster.stopping import CurveRule, Point, power_law_forecast, smoothed
 
 FINAL = 0.032  # kimg at which the trials of these tests end by themselves
 
 
 def searcher(storage, **kwargs) -> FidelityOptunaSearch:
-    space = {"alpha": tune.uniform(0.5, 1.5), "lr": tune.loguniform(1e-5, 1e-3)}
+    space = tune_space({"alpha": Range(0.5, 1.5), "lr": Range(1e-5, 1e-3)})
     return FidelityOptunaSearch(space=FidelityOptunaSearch.convert_search_space(space),
                                 metric="best_fid", mode="min", sampler=make_sampler("tpe", 0), study_name="s",
                                 storage=storage, final_kimg=FINAL, **kwargs)
@@ -56,7 +56,8 @@ def test_optuna_hears_completed_stopped_diverged_and_failed_trials_for_what_they
 
 
 def test_points_to_evaluate_come_first_and_the_gp_sampler_runs(tmp_path):
-    search = FidelityOptunaSearch(space=FidelityOptunaSearch.convert_search_space({"alpha": tune.uniform(0.5, 1.5)}),
+    space = FidelityOptunaSearch.convert_search_space(tune_space({"alpha": Range(0.5, 1.5)}))
+    search = FidelityOptunaSearch(space=space,
                                   metric="best_fid", mode="min",
                                   sampler=make_sampler("gp", 0), study_name="g", storage=open_storage(tmp_path / "j"),
                                   points_to_evaluate=[{"alpha": 1.2}], final_kimg=FINAL)

@@ -5,6 +5,7 @@ Frechet distance, evaluations every 2 iterations); the pure pieces (capacity, di
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -19,11 +20,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import ray
-from ray import tune
+from ray.tune.experiment import Trial
 from shared_helpers import load_script, session_processes
 
+from sid.cluster.distributed import RAY_ENV, ResourceError, connect
 from sid.cluster.resources import TrialResources
-from sid.cluster.study import Study, StudyCallback, run_study, trial_capacity
+from sid.cluster.space import Grid, Range
+from sid.cluster.study import Study, StudyCallback, plan, run_study, trial_capacity
 from sid.cluster.trials import TrialRecord, trial_state
 from sid.config import preset
 from sid.results import CONFIG_COLUMNS, EVALUATION_SCHEMA, SCHEMA_VERSION, TRIAL_SCHEMA, Divergence, read_evaluations
@@ -119,8 +122,6 @@ def test_trial_state_precedence(tune_state, fids, reported, expected):
     ("PENDING", False, False, "running"),
 ])
 def test_tune_state_tells_an_interrupted_trial_from_a_finished_one(status, done, ended, expected):
-    from ray.tune.experiment import Trial
-
     trial = Trial("run_trial", config={}, stub=True)
     trial.set_status(status)
     if done:
@@ -216,6 +217,31 @@ def test_killed_study_resumes_without_losing_or_duplicating_rows(tmp_path):
     assert killed.loc[before["kimg"]].tolist() == pytest.approx(before["fid"].tolist())
 
 
+# ---------------------------------------------------------------------------------------------- the plan
+@pytest.mark.ray
+@pytest.mark.timeout(60)
+def test_the_plan_checks_the_cluster_once_and_hands_the_trials_resolved_resources(tmp_path, local_ray, monkeypatch):
+    for key in RAY_ENV:  # connect() owns Ray's environment, also on a cluster this process joined before
+        monkeypatch.delenv(key, raising=False)
+    assert connect(None) is False and all(os.environ[k] == v for k, v in RAY_ENV.items())
+    study = Study(name="plan", base=preset("digits", **TINY), space={"alpha": Grid([1.0])}, storage=tmp_path)
+    settings, trial, concurrency = plan(study, study.folder)
+    # Nothing left for a trial to ask the cluster: GPUs, CPUs (the driver's 0.01 taken off) and placement are set.
+    assert settings.resources == TrialResources(gpus_per_worker=0.0, cpus_per_worker=0.99,
+                                                placement_strategy="STRICT_PACK")
+    assert (trial.cpus_per_worker, concurrency) == (1.0, 2)
+    assert settings.base == study.base and settings.folder == study.folder
+    # A resumed study runs with its saved resources, whatever the command asks now.
+    saved = dataclasses.replace(settings, resources=TrialResources(gpus_per_worker=0.0, cpus_per_worker=0.49))
+    asked = dataclasses.replace(study, resources=TrialResources(workers=2))
+    resumed, trial, concurrency = plan(asked, study.folder, saved)
+    assert resumed.resources == saved.resources.replace(placement_strategy="STRICT_PACK")
+    assert (trial.workers, trial.cpus_per_worker, concurrency) == (1, 0.5, 4)
+    too_big = dataclasses.replace(study, resources=TrialResources(workers=3, cpus_per_worker=1.0))
+    with pytest.raises(ResourceError, match="room for 2 such worker"):
+        plan(too_big, study.folder)
+
+
 # ---------------------------------------------------------------------------------------------- studies
 def params(folder: Path, trial_id: str) -> dict:
     return json.loads((folder / f"trial-{trial_id}" / "params.json").read_text())
@@ -259,7 +285,7 @@ def test_grid_study_with_asha_stops_the_bad_learning_rate_and_records_every_eval
     # One trial at a time, the bad one second: it meets the first trial's FD at the first rung (kimg 0.016) and is
     # stopped; the third is compared with the median of both and goes on. The divergence rule is off here so that
     # the stop is ASHA's.
-    study = Study(name="grid", base=preset("digits", **TINY), space={"glr": tune.grid_search([1e-4, 1.0, 5e-5])},
+    study = Study(name="grid", base=preset("digits", **TINY), space={"glr": Grid([1e-4, 1.0, 5e-5])},
                   asha=True, max_concurrent=1, divergence=Divergence(fid_factor=math.inf, loss_patience=10**6),
                   storage=tmp_path)
     trials = run_study(study)
@@ -276,7 +302,7 @@ def test_grid_study_with_asha_stops_the_bad_learning_rate_and_records_every_eval
 @pytest.mark.ray
 @pytest.mark.timeout(180)
 def test_optuna_study_samples_within_the_space_and_keeps_its_state(tmp_path, local_ray):
-    space = {"alpha": tune.uniform(0.5, 1.5), "lr": tune.loguniform(1e-5, 1e-3)}
+    space = {"alpha": Range(0.5, 1.5), "lr": Range(1e-5, 1e-3)}
     study = Study(name="tpe", base=preset("digits", **TINY), space=space, searcher="optuna", num_samples=3,
                   storage=tmp_path)
     trials = run_study(study)

@@ -80,11 +80,11 @@ def test_unreachable_tracking_uri_switches_tracking_off_once_and_the_run_goes_on
 @pytest.mark.timeout(240)
 def test_study_metrics_reach_tensorboard_and_mlflow_and_tune_sees_flat_configs(tmp_path):
     import ray
-    from ray import tune
 
+    from sid.cluster.space import Grid
     from sid.cluster.study import Study, result_grid, run_study
 
-    study = Study(name="tracked", base=preset("digits", **TINY), space={"alpha": tune.grid_search([1.0, 1.2])},
+    study = Study(name="tracked", base=preset("digits", **TINY), space={"alpha": Grid([1.0, 1.2])},
                   storage=tmp_path, tracking=TrackingSettings(("tensorboard", "mlflow"), experiment="tracked"))
     ray.init(address="local", num_cpus=2, object_store_memory=256 * 2**20, include_dashboard=True,
              log_to_driver=False)

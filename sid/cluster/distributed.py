@@ -37,9 +37,12 @@ from sid.tracking import STEP_KEY, RunTracker, TrackingSettings, step_of
 
 STATE_FILE = "state.pt"        # the training state inside each Ray checkpoint folder
 RUN_NAME = "train"             # Ray Train run name of a one-run folder (storage: <out>/ray/train)
-# Set (unless already set) before starting a local Ray: each report then costs ~0.1 s instead of ~2 s (the Train
-# controller polls its workers at this interval, docs/distributed.md), and no Train V2 migration banners.
-LOCAL_RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25", "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0"}
+# Set (unless already set) by connect() on any cluster: no Train V2 migration banners (Ray reads it at each call and
+# passes it on to the Tune trials this process starts).
+RAY_ENV = {"RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0"}
+# Also set before starting a local Ray: each report then costs ~0.1 s instead of ~2 s (the Train controller polls its
+# workers at this interval, docs/distributed.md).
+LOCAL_RAY_ENV = {**RAY_ENV, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
 
 
 class ResourceError(ValueError):
@@ -208,15 +211,18 @@ def build_trainer(
     loop: Callable[[dict[str, Any]], None] = train_worker,  # what each worker runs (sid.cluster.dry_run: place, load, stop)
     loop_extra: Mapping[str, Any] | None = None,  # more loop_config entries for `loop`
     backend: str | None = None,               # torch.distributed backend; None: nccl on GPUs, gloo on CPUs
+    check: bool = True,                       # check the batch split and the cluster (False: the caller did, once)
 ) -> ray.train.torch.TorchTrainer:
-    """A Train V2 TorchTrainer for one SiD run. Needs a connected Ray (it checks the request against the cluster)."""
+    """A Train V2 TorchTrainer for one SiD run. Needs a connected Ray (it checks the request against the cluster,
+    unless a study's plan() did so for all its trials)."""
     if not ray.is_initialized():
         raise RuntimeError("build_trainer needs a connected Ray: call ray.init(...) first")
     workers, gpus = resources.workers, resources.gpus_per_worker or 0.0
-    config.accumulation_rounds(workers)  # batch must split over the ranks: fail here, not inside every worker
     per_worker = resources.per_worker()
     placement_strategy = resources.placement_strategy or default_placement(workers, per_worker)
-    check_resources(workers, per_worker, placement_strategy)
+    if check:
+        config.accumulation_rounds(workers)  # batch must split over the ranks: fail here, not inside every worker
+        check_resources(workers, per_worker, placement_strategy)
     loop_config = dict(config=config.to_dict(), rows_path=str(rows_path), trial_id=trial_id, study=study,
                        run_folder=str(run_folder) if run_folder else None, keep_state=keep_state,
                        resume_path=str(resume_path) if resume_path else None,
@@ -245,7 +251,11 @@ def connect(address: str | None, *, quiet: bool = False) -> bool:
     """Connect to Ray unless connected; return whether this call did (and so must shut it down). `address`:
     'auto' or host:port joins a cluster; None starts a local one sized for this machine: never attaching to a stale
     cluster (address='local'), the dashboard on (its State API releases the workers of trials Tune stops), a small
-    object store (nothing big goes through it). `quiet`: no worker logs (a study prints its own progress lines)."""
+    object store (nothing big goes through it). `quiet`: no worker logs (a study prints its own progress lines).
+    It owns the Ray environment: RAY_ENV on any cluster (also one this process joined before), LOCAL_RAY_ENV too
+    before starting a local one."""
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
     if ray.is_initialized():
         return False
     options = dict(log_to_driver=False, logging_level=logging.WARNING) if quiet else {}

@@ -30,23 +30,19 @@ import pyarrow as pa
 import ray
 import ray.train
 import ray.tune
+import torch.distributed
 
 from sid.assets import default_cache_dir
 from sid.cluster.distributed import build_trainer, connect
-from sid.cluster.resources import TrialResources
-from sid.cluster.study import (
-    DRIVER_CPU,
-    Study,
-    StudyError,
-    plan,
-    trial_config,
-    trial_dirname,
-    trial_label,
-    trial_settings,
-)
+from sid.cluster.search import tune_space
+from sid.cluster.space import StudyError
+from sid.cluster.study import DRIVER_CPU, Study, plan, trial_config, trial_dirname, trial_label
+from sid.cluster.trials import TrialSettings
 from sid.config import DistillConfig
 from sid.files import TRAIN_DIR
+from sid.loop import Evaluator
 from sid.results import write_atomic, write_file_atomic
+from sid.teachers import load_teacher
 
 DEFAULT_HOLD_S = 5.0          # each worker holds its resources this long, so trials that can overlap do
 MARKER = ".sid-dry-run"       # marks a folder as a dry run's, which the next dry run may replace
@@ -76,11 +72,6 @@ def _cached_files() -> dict[str, int]:
 
 def probe_worker(loop_config: dict[str, Any]) -> None:
     """What each worker of a dry-run trial runs instead of sid.cluster.distributed.train_worker."""
-    import torch.distributed
-
-    from sid.loop import Evaluator
-    from sid.teachers import load_teacher
-
     start = time.time()
     config = DistillConfig(**loop_config["config"])
     context, runtime = ray.train.get_context(), ray.get_runtime_context()
@@ -100,20 +91,19 @@ def probe_worker(loop_config: dict[str, Any]) -> None:
         start=start, end=time.time()))
 
 
-def probe_trial(tune_config: dict[str, Any], settings: dict[str, Any]) -> None:
-    """Tune function trainable of a dry run (settings: bound with tune.with_parameters): record the driver, then run
-    the trial's workers with probe_worker."""
+def probe_trial(tune_config: dict[str, Any], settings: TrialSettings, hold_s: float) -> None:
+    """Tune function trainable of a dry run (settings and hold_s bound with tune.with_parameters): record the
+    driver, then run the trial's workers with probe_worker."""
     trial_id = ray.tune.get_context().get_trial_id()
-    folder = Path(settings["folder"])
+    folder = settings.folder
     runtime = ray.get_runtime_context()
     _write_json(folder / "drivers" / f"{trial_id}.json",
                 dict(trial_id=trial_id, node_id=runtime.get_node_id(), resources=runtime.get_assigned_resources()))
-    build_trainer(trial_config(tune_config, settings["base"]),
-                  resources=TrialResources(**{**settings["resources"], "max_failures": 0}),
+    build_trainer(trial_config(tune_config, settings.base), resources=settings.resources.replace(max_failures=0),
                   rows_path=folder / "no-rows.parquet",  # probes write no rows
                   storage_path=folder / TRAIN_DIR, name=f"probe-{trial_id}", trial_id=trial_id,
-                  study=settings["study"], loop=probe_worker, backend="gloo",
-                  loop_extra=dict(records=str(folder / "workers"), hold_s=settings["hold_s"])).fit()
+                  study=settings.study, loop=probe_worker, backend="gloo", check=False,  # plan() checked
+                  loop_extra=dict(records=str(folder / "workers"), hold_s=hold_s)).fit()
 
 
 class _Progress(ray.tune.Callback):
@@ -199,15 +189,14 @@ def dry_run_study(study: Study, *, address: str | None = None, hold_s: float = D
     _fresh_folder(folder)
     started = connect(address, quiet=True)
     try:
-        study, worker, concurrency = plan(study)
-        per_worker = worker.per_worker()
-        print(f"dry run {study.name}: up to {concurrency} trial(s) at once, {study.resources.workers} worker(s) x "
+        settings, trial, concurrency = plan(study, folder)
+        per_worker = settings.resources.per_worker()
+        print(f"dry run {study.name}: up to {concurrency} trial(s) at once, {trial.workers} worker(s) x "
               f"{per_worker} each + {DRIVER_CPU} CPU per driver; {folder}", flush=True)
         tuner = ray.tune.Tuner(
-            ray.tune.with_resources(ray.tune.with_parameters(
-                probe_trial, settings={**trial_settings(study, folder, worker), "hold_s": hold_s}),
-                {"cpu": DRIVER_CPU}),
-            param_space={**study.space, "preset": study.base.preset},
+            ray.tune.with_resources(ray.tune.with_parameters(probe_trial, settings=settings, hold_s=hold_s),
+                                    {"cpu": DRIVER_CPU}),
+            param_space={**tune_space(study.space), "preset": study.base.preset},
             # No searcher: a grid's values as given, an Optuna study's domains sampled at random (nothing to learn).
             tune_config=ray.tune.TuneConfig(num_samples=study.num_samples, max_concurrent_trials=concurrency,
                                             trial_dirname_creator=trial_dirname),
@@ -220,7 +209,7 @@ def dry_run_study(study: Study, *, address: str | None = None, hold_s: float = D
     table = placements(folder)
     write_atomic(pa.Table.from_pandas(table, preserve_index=False), folder / PLACEMENTS_FILE)
     trial_ids = [Path(result.path).name.removeprefix("trial-") for result in results]
-    problems = check(table, trials=trial_ids, workers=study.resources.workers, per_worker=per_worker)
+    problems = check(table, trials=trial_ids, workers=trial.workers, per_worker=per_worker)
     problems += [f"a trial failed: {str(error).strip().splitlines()[-1]}" for error in results.errors]
     if problems:
         raise PlacementError("dry run: " + "\n  ".join(problems))

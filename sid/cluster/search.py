@@ -1,6 +1,9 @@
-"""How a study searches and stops (the Tune side of sid.cluster.study): an Optuna study that persists in a storage and is told
-the truth about stopped trials, and one stopper for divergence, noise-aware successive halving and curve forecasts.
+"""How a study searches and stops (the Tune side of sid.cluster.study): its space in Tune's terms, an Optuna study that
+persists in a storage and is told the truth about stopped trials, and one stopper for divergence, noise-aware
+successive halving and curve forecasts.
 
+* Space: `tune_space` is the one translation of a study's space (sid/cluster/space.py) to Tune: Grid ->
+  grid_search, Choice -> choice, Range -> uniform, loguniform or randint as sid.config.SEARCHABLE says.
 * Storage: a journal file `<study>/optuna.journal` by default, or a database URL (`sqlite:///...`): `optuna-dashboard
   <storage>` and `optuna.load_study(study_name=<name>, storage=<storage>)` show the live study.
 * Feedback: Optuna hears a trial's best FD as COMPLETE only when the trial reached the end of its budget; a trial
@@ -14,18 +17,42 @@ the truth about stopped trials, and one stopper for divergence, noise-aware succ
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import optuna
 import ray.tune
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from sid.cluster.space import SAMPLERS, Choice, Dimension, Grid, Range
 from sid.cluster.stopping import CurveRule, Point
 from sid.cluster.trials import record_stop
+from sid.config import SEARCHABLE
 from sid.files import EVALUATIONS_DIR, JOURNAL
 from sid.results import Divergence, read_parquet
 
-SAMPLERS = ("tpe", "gp")
+
+def tune_space(space: Mapping[str, Dimension]) -> dict[str, Any]:
+    """A study's space (checked: sid.cluster.space.check_space) in Ray Tune's terms, the scale of each Range from
+    the registry: 'log' -> loguniform, 'int' -> randint over low..high (both included), else uniform."""
+    tuned = {}
+    for field, dimension in space.items():
+        scale = SEARCHABLE[field]
+        if isinstance(dimension, Grid):
+            tuned[field] = ray.tune.grid_search(list(dimension.values))
+        elif isinstance(dimension, Choice):
+            tuned[field] = ray.tune.choice(list(dimension.values))
+        elif isinstance(dimension, Range) and scale == "int":
+            tuned[field] = ray.tune.randint(dimension.low, dimension.high + 1)  # Tune's upper bound is excluded
+        elif isinstance(dimension, Range):
+            uniform = ray.tune.loguniform if scale == "log" else ray.tune.uniform
+            tuned[field] = uniform(float(dimension.low), float(dimension.high))
+        else:
+            raise TypeError(f"{field}: not a Grid, Range or Choice: {dimension!r}")
+    return tuned
 
 
 class StorageError(ValueError):
@@ -34,14 +61,10 @@ class StorageError(ValueError):
 
 def open_storage(spec: str | Path) -> Any:
     """An Optuna storage: a database URL (anything with '://', e.g. sqlite:///study.db) or a journal file path."""
-    import optuna
-
     text = str(spec)
     try:
         if "://" in text:
             return optuna.storages.RDBStorage(text)
-        from optuna.storages.journal import JournalFileBackend
-
         Path(text).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(text))
     except Exception as exc:  # SQLAlchemy, file and URL errors: one line naming the storage
@@ -51,8 +74,6 @@ def open_storage(spec: str | Path) -> Any:
 
 
 def make_sampler(name: str, seed: int) -> Any:
-    import optuna
-
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
     if name == "gp":  # a Gaussian process with a learned noise term: made for noisy objectives such as an FD
@@ -84,8 +105,6 @@ class FidelityOptunaSearch(OptunaSearch):
         """Tune's saved searcher state, then: a trial the storage holds as running that this state does not know was
         asked just before the study was interrupted and never ran: FAIL, so that no sampler waits on it."""
         super().restore(checkpoint_path)
-        from optuna.trial import TrialState
-
         known = {t.number for t in self._ot_trials.values()}
         for orphan in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if orphan.number not in known:
@@ -94,8 +113,6 @@ class FidelityOptunaSearch(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
-        from optuna.trial import TrialState
-
         ot_trial = self._ot_trials[trial_id]
         value = (result or {}).get(self.metric)
         reached = (result or {}).get("kimg", -math.inf) >= self.final_kimg - 1e-9
@@ -117,9 +134,9 @@ def _finite(value: Any) -> bool:
 
 
 def make_searcher(study: Any) -> FidelityOptunaSearch:
-    """The Optuna searcher of a study (sid.cluster.study.Study with searcher='optuna')."""
+    """The Optuna searcher of a sid.cluster.study.Study with searcher='optuna' (Any: that module imports this one)."""
     storage = open_storage(study.optuna_storage or study.folder / JOURNAL)
-    return FidelityOptunaSearch(space=OptunaSearch.convert_search_space(dict(study.space)), metric="best_fid",
+    return FidelityOptunaSearch(space=OptunaSearch.convert_search_space(tune_space(study.space)), metric="best_fid",
                                 mode="min",
                                 sampler=make_sampler(study.sampler, study.optuna_seed), study_name=study.name,
                                 storage=storage, points_to_evaluate=list(study.points_to_evaluate) or None,
@@ -128,8 +145,9 @@ def make_searcher(study: Any) -> FidelityOptunaSearch:
 
 class StudyStopper(ray.tune.Stopper):
     """Stops a trial whose rows show divergence (at once), and, when the study asks for it, by the noise-aware rung
-    rule and the curve forecast of sid/cluster/stopping.py. It reads the trial's Parquet rows (written before the report),
-    so it judges the whole history, also after a restore; each stop's reason is written for the trials table."""
+    rule and the curve forecast of sid/cluster/stopping.py. It reads the trial's Parquet rows (written before the
+    report), so it judges the whole history, also after a restore; each stop's reason is written for the trials
+    table."""
 
     def __init__(self, folder: Path, divergence: Divergence, rule: CurveRule | None) -> None:
         self.folder, self.divergence, self.rule = folder, divergence, rule

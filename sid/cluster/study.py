@@ -1,27 +1,33 @@
 """Hyperparameter studies: Ray Tune (grid or Optuna TPE, optional ASHA) over DistillConfig fields; every trial is one
 Ray Train run.
 
-A study is a search space over a few fields (alpha, lr, glr, sigma_init, seed; the rest fixed by a base config), a
-searcher, a scheduler, the resources of one trial and a storage folder. Each Tune trial is a driver function holding
-0.01 CPU that builds the trial's TorchTrainer (sid.cluster.distributed.build_trainer) and waits for it; the trial's rank 0
-writes every evaluation to Parquet before reporting it, and TuneReportCallback forwards the metrics to Tune. All of a
-study lives in <storage>/<name>/:
+A study is a search space over a few fields (alpha, lr, glr, sigma_init, seed; the rest fixed by a base config) in
+the project's own terms (sid/cluster/space.py: Grid, Range, Choice), a searcher, a scheduler, the resources of one
+trial and a storage folder. Each Tune trial is a driver function holding 0.01 CPU that builds the trial's
+TorchTrainer (sid.cluster.distributed.build_trainer) and waits for it; the trial's rank 0 writes every evaluation to
+Parquet before reporting it, and TuneReportCallback forwards the metrics to Tune. All of a study lives in
+<storage>/<name>/:
 
     evaluations/<trial_id>.parquet   every evaluation of one trial, keyed (trial_id, kimg)
     trials.parquet                   one row per trial: state, best FID, where, last kimg, device-hours
     train/train-<trial_id>/          the trial's Ray Train run (checkpoints: what a resumed trial continues from)
+    trial_settings.json              what every trial gets (sid.cluster.trials.TrialSettings): the resume contract
     trial-<trial_id>/, experiment_state-*.json, searcher-state-*.pkl, tuner.pkl    Tune's own files
 
-Ray 2.60 facts this relies on (docs/ray-notes.md): the dashboard must run so that trials stopped by Tune release their
-workers; the searcher gets metric and mode itself and learns from `best_fid`; the stopper (sid/cluster/search.py) judges our
-monotonic `kimg` and the trial's Parquet rows, not Tune's per-trial history, which restarts on restore.
+The checks run once per study: Study.validate (the space, every corner config, the batch split, the teacher path,
+the storage) before Ray starts, then plan() (resources resolved and checked against the cluster, the placement
+chosen) once Ray is up; each trial's Train run takes plan()'s resources as they are (build_trainer(check=False)).
+
+Ray 2.60 facts this relies on (docs/ray-notes.md): the dashboard must run so that trials stopped by Tune release
+their workers; the searcher gets metric and mode itself and learns from `best_fid`; the stopper
+(sid/cluster/search.py) judges our monotonic `kimg` and the trial's Parquet rows, not Tune's per-trial history,
+which restarts on restore.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 import os
 import re
@@ -33,34 +39,32 @@ from typing import Any
 import pandas as pd
 import ray
 import ray.tune
-from ray.tune.search.sample import Categorical, Domain
+import yaml
+from ray.tune import ExperimentAnalysis, ResultGrid
+from ray.tune.integration.ray_train import TuneReportCallback
 
 from sid.cluster.distributed import build_trainer, check_resources, connect, default_placement, resolve
 from sid.cluster.resources import TrialResources
-from sid.cluster.search import SAMPLERS, StorageError, StudyStopper, make_searcher, open_storage
+from sid.cluster.search import StorageError, StudyStopper, make_searcher, open_storage, tune_space
+from sid.cluster.space import SAMPLERS, Dimension, StudyError, check_point, check_space, space_data
 from sid.cluster.stopping import CurveRule
-from sid.cluster.trials import TrialRecord, write_trials_table
+from sid.cluster.trials import TrialRecord, TrialSettings, write_trials_table
 from sid.config import SEARCHABLE, ConfigError, DistillConfig
-from sid.files import CONFIG_FILE, EVALUATIONS_DIR, MLFLOW_DIR, RUNS_DIR, SETTINGS_FILE, TRAIN_DIR, TRIALS_FILE
-from sid.results import Divergence, is_uri, read_parquet
+from sid.files import CONFIG_FILE, EVALUATIONS_DIR, MLFLOW_DIR, RUNS_DIR, TRAIN_DIR, TRIALS_FILE
+from sid.results import Divergence, is_uri, read_parquet, write_file_atomic
 from sid.tracking import STEP_KEY, TrackingSettings, mlflow_uri, step_of
 
 DRIVER_CPU = 0.01                      # CPU held by each trial's driver function (Tune rejects 0)
-SEARCHERS = ("grid", "optuna")
-
-
-class StudyError(ValueError):
-    """A study that cannot run as asked; the message says what was expected."""
 
 
 @dataclass(frozen=True)
 class Study:
     name: str                                  # the study's folder under `storage` (and its Tune experiment name)
     base: DistillConfig                        # every field that is not searched
-    space: Mapping[str, Any]                   # field -> tune.grid_search([...]) (grid) or a tune domain (optuna)
-    searcher: str = "grid"                     # 'grid': every combination; 'optuna': TPE over the domains
+    space: Mapping[str, Dimension]             # field -> Grid([...]) (grid); Range(low, high), Choice([...]) (optuna)
+    searcher: str = "grid"                     # 'grid': every combination of the Grids; 'optuna': TPE or GP
     num_samples: int = 1                       # optuna: trials to run; grid: repeats of the whole grid
-    asha: bool = False                         # stop trials whose smoothed FD trails the others' at a rung (ASHA's rule)
+    asha: bool = False                         # stop trials whose smoothed FD trails the others' at a rung (ASHA)
     grace_kimg: float | None = None            # ASHA's first rung (None: the first evaluation after kimg 0)
     reduction_factor: float = 2.0              # ASHA keeps the best 1/reduction_factor of the trials at each rung
     curve_stop: bool = False                   # also stop a trial whose power-law forecast cannot beat the best final
@@ -84,43 +88,32 @@ class Study:
         return Path(self.storage).resolve() / self.name
 
     def trial_configs(self) -> list[DistillConfig]:
-        """The configs the space can produce at its corners (grid: all of them); raises StudyError if one is
-        invalid, so a study fails before starting rather than in every trial."""
-        corners = {}
-        for key, value in self.space.items():
-            if isinstance(value, dict) and set(value) == {"grid_search"}:
-                corners[key] = list(value["grid_search"])
-            elif isinstance(value, Categorical):
-                corners[key] = list(value.categories)
-            else:
-                corners[key] = [value.lower, value.upper]
+        """The configs the space can produce at its corners (a Grid's or Choice's values, a Range's ends; a grid
+        study: all of its trials); raises StudyError if one is invalid, so a study fails before starting rather than
+        in every trial. The space must be checked (check_space)."""
+        corners = {key: dimension.corners() for key, dimension in self.space.items()}
         configs = []
         for combo in itertools.product(*corners.values()):
             try:
-                configs.append(trial_config(dict(zip(corners, combo)), self.base.to_dict()))
+                configs.append(trial_config(dict(zip(corners, combo)), self.base))
             except (ConfigError, TypeError, ValueError) as exc:
                 raise StudyError(f"study {self.name!r}: {exc}") from None
         return configs
 
     def validate(self) -> None:
+        """StudyError (one line) for a study that cannot run, before Ray starts; the only check of the study's
+        definition (the cluster's check is plan())."""
         def bad(what: str) -> StudyError:
             return StudyError(f"study {self.name!r}: {what}")
 
         if not self.name or self.name.startswith(".") or "/" in self.name:
             raise StudyError(f"study name must be a plain folder name, got {self.name!r}")
-        if not self.space:
-            raise bad("the search space is empty; give at least one of " + ", ".join(SEARCHABLE))
-        unknown = sorted(set(self.space) - set(SEARCHABLE))
-        if unknown:
-            raise bad(f"cannot search {', '.join(unknown)}; searchable fields: {', '.join(SEARCHABLE)}")
-        if self.searcher not in SEARCHERS:
-            raise bad(f"searcher must be one of {', '.join(SEARCHERS)}, got {self.searcher!r}")
-        for key, value in self.space.items():
-            is_grid = isinstance(value, dict) and set(value) == {"grid_search"}
-            if self.searcher == "grid" and not (is_grid and list(value["grid_search"])):
-                raise bad(f"grid searcher: {key} must be tune.grid_search([...]) with at least one value")
-            if self.searcher == "optuna" and not isinstance(value, Domain):
-                raise bad(f"optuna searcher: {key} must be a tune domain (tune.uniform, tune.loguniform, ...)")
+        try:
+            check_space(self.space, self.searcher)
+            for point in self.points_to_evaluate:
+                check_point(point, self.space)
+        except StudyError as exc:
+            raise bad(str(exc)) from None
         if self.num_samples < 1:
             raise bad(f"num_samples must be >= 1, got {self.num_samples}")
         if self.reduction_factor <= 1:
@@ -134,10 +127,6 @@ class Study:
                 open_storage(self.optuna_storage)
             except StorageError as exc:
                 raise bad(str(exc)) from None
-        for point in self.points_to_evaluate:
-            if not isinstance(point, Mapping) or set(point) - set(self.space):
-                raise bad(f"points_to_evaluate: each point must give values of searched fields "
-                          f"({', '.join(self.space)}), got {point!r}")
         if self.max_concurrent is not None and self.max_concurrent < 1:
             raise bad(f"max_concurrent must be >= 1, got {self.max_concurrent}")
         if not isinstance(self.resources, TrialResources):
@@ -145,6 +134,10 @@ class Study:
         if self.cpus_per_worker * self.resources.workers <= DRIVER_CPU:
             raise bad(f"cpus_per_worker must leave room for the trial's driver ({DRIVER_CPU} CPU), "
                       f"got {self.cpus_per_worker}")
+        try:  # the batch splits over each trial's workers (checked here, not in every trial's Train run)
+            self.base.accumulation_rounds(self.resources.workers)
+        except ConfigError as exc:
+            raise bad(str(exc)) from None
         if is_uri(self.storage):
             raise StudyError(f"storage must be a local or mounted shared folder (e.g. NFS), got {self.storage}: "
                              "trials write their Parquet rows with plain file I/O")
@@ -157,22 +150,20 @@ class Study:
         self.trial_configs()
 
 
-def trial_config(tune_config: Mapping[str, Any], base: Mapping[str, Any]) -> DistillConfig:
-    """A trial's DistillConfig: the study's base config (a to_dict()) with the trial's searched values. Tune's trial
-    config is flat: the searched fields and the preset's name (a label); the base travels as `settings`."""
+def trial_config(tune_config: Mapping[str, Any], base: DistillConfig) -> DistillConfig:
+    """A trial's DistillConfig: the study's base config with the trial's searched values. Tune's trial config is
+    flat: the searched fields and the preset's name (a label); the base travels in the TrialSettings."""
     searched = {k: int(v) if SEARCHABLE[k] == "int" else float(v) for k, v in tune_config.items() if k in SEARCHABLE}
-    return DistillConfig(**base).replace(**searched)
+    return base.replace(**searched)
 
 
-def run_trial(tune_config: dict[str, Any], settings: dict[str, Any]) -> None:
-    """Tune function trainable (settings: trial_settings(), bound with tune.with_parameters): run the trial's config
-    as one Ray Train run and wait for it. The Train run's name is stable per trial, so a restored trial continues
-    from its newest checkpoint."""
-    from ray.tune.integration.ray_train import TuneReportCallback
-
+def run_trial(tune_config: dict[str, Any], settings: TrialSettings) -> None:
+    """Tune function trainable (settings bound with tune.with_parameters): run the trial's config as one Ray Train
+    run and wait for it. The Train run's name is stable per trial, so a restored trial continues from its newest
+    checkpoint."""
     trial_id = ray.tune.get_context().get_trial_id()
-    folder = Path(settings["folder"])
-    config, rows_path = trial_config(tune_config, settings["base"]), folder / EVALUATIONS_DIR / f"{trial_id}.parquet"
+    folder = settings.folder
+    config, rows_path = trial_config(tune_config, settings.base), folder / EVALUATIONS_DIR / f"{trial_id}.parquet"
     rows = read_parquet(rows_path) if rows_path.exists() else None
     if rows is not None and len(rows) and rows["iteration"].max() >= config.iterations:
         # The trial finished just before the study was interrupted: its Train run has nothing left to report, so
@@ -181,10 +172,9 @@ def run_trial(tune_config: dict[str, Any], settings: dict[str, Any]) -> None:
         metrics = {k: float(v) for k, v in last.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         ray.tune.report({**metrics, "best_fid": float(rows["fid"].min()), STEP_KEY: step_of(last)})
         return
-    build_trainer(config, resources=TrialResources(**settings["resources"]), rows_path=rows_path,
-                  storage_path=folder / TRAIN_DIR, name=f"train-{trial_id}", trial_id=trial_id,
-                  run_folder=folder / RUNS_DIR / trial_id, study=settings["study"],
-                  callbacks=[TuneReportCallback()]).fit()
+    build_trainer(config, resources=settings.resources, rows_path=rows_path, storage_path=folder / TRAIN_DIR,
+                  name=f"train-{trial_id}", trial_id=trial_id, run_folder=folder / RUNS_DIR / trial_id,
+                  study=settings.study, callbacks=[TuneReportCallback()], check=False).fit()  # plan() checked
 
 
 def trial_capacity(cluster: Mapping[str, float], resources: TrialResources) -> int:
@@ -206,14 +196,16 @@ class StudyCallback(ray.tune.Callback):
     """In the Tune driver: one progress line per evaluation and per trial end; trials.parquet rewritten at each trial
     end and at the end of the study."""
 
-    def __init__(self, folder: Path, study: str, divergence: Divergence, settings: Mapping[str, Any]) -> None:
+    def __init__(self, folder: Path, study: str, divergence: Divergence, settings: TrialSettings) -> None:
         self.folder, self.study, self.divergence, self.settings = folder, study, divergence, settings
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         print(f"[{trial.trial_id}] start  {trial_label(trial)}", flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        get = lambda key: result.get(key, math.nan)
+        def get(key: str) -> float:
+            return result.get(key, math.nan)
+
         print(f"[{trial.trial_id}] kimg {get('kimg'):8.4g}  FD {get('fid'):9.4f}  best {get('best_fid'):9.4f}  "
               f"loss_fake {get('loss_fake_score'):9.4g}  loss_G {get('loss_generator'):9.4g}  {trial_label(trial)}",
               flush=True)
@@ -251,34 +243,34 @@ class StudyCallback(ray.tune.Callback):
         if state == "error":
             text = Path(trial.error_file).read_text() if trial.error_file and Path(trial.error_file).exists() else ""
             error = next((line for line in reversed(text.splitlines()) if line.strip()), "unknown error")[:500]
-        return TrialRecord(trial.trial_id, state, error, trial_config(trial.config, self.settings["base"]),
-                           self.settings["resources"]["workers"],
-                           float(trial.last_result.get("kimg", math.nan)))
+        return TrialRecord(trial.trial_id, state, error, trial_config(trial.config, self.settings.base),
+                           self.settings.resources.workers, float(trial.last_result.get("kimg", math.nan)))
 
 
 def trial_dirname(trial: Any) -> str:
     return f"trial-{trial.trial_id}"
 
 
-def trial_settings(study: Study, folder: Path, resources: TrialResources) -> dict[str, Any]:
-    """What every trial's driver needs besides its searched values (bound with tune.with_parameters, saved in
-    <study>/SETTINGS_FILE for a resume); `resources` resolved."""
-    return dict(base=study.base.to_dict(), study=study.name, folder=str(folder),
-                resources=dataclasses.asdict(resources))
-
-
-def plan(study: Study) -> tuple[Study, TrialResources, int]:
-    """On the connected Ray: the study with its GPUs per worker resolved, each worker's resources as a trial's Train
-    run asks for them (the driver's CPU share taken off), and the trials to run at once. Raises ResourceError when
-    no node can ever hold a trial."""
-    study = dataclasses.replace(study, resources=resolve(study.resources, cpus_default=1.0))
-    workers = study.resources.workers
-    worker = study.resources.replace(cpus_per_worker=study.cpus_per_worker - DRIVER_CPU / workers)
-    check_resources(workers, worker.per_worker(),
-                    worker.placement_strategy or default_placement(workers, worker.per_worker()))
+def plan(study: Study, folder: Path, saved: TrialSettings | None = None) -> tuple[TrialSettings, TrialResources, int]:
+    """The study's one check against the connected cluster, and what follows from it: the settings every trial gets
+    (a new study: its resources resolved here, each worker's CPUs less the driver's share, the placement chosen; a
+    resumed one: its `saved` settings, the placement chosen if they left it open), one trial's resources as the
+    cluster holds them (the driver's CPU included), and the trials to run at once. Raises ResourceError when no
+    node can ever hold a trial. `folder`: where the trials write (the study's, or its dry run's)."""
+    if saved is None:
+        trial = resolve(study.resources, cpus_default=1.0)
+        worker = trial.replace(cpus_per_worker=trial.cpus_per_worker - DRIVER_CPU / trial.workers)
+    else:
+        worker = saved.resources
+        trial = worker.replace(cpus_per_worker=worker.cpus_per_worker + DRIVER_CPU / worker.workers)
+    placement = worker.placement_strategy or default_placement(worker.workers, worker.per_worker())
+    worker = worker.replace(placement_strategy=placement)
+    check_resources(worker.workers, worker.per_worker(), placement)
+    settings = TrialSettings(base=study.base, study=study.name, folder=folder, resources=worker) if saved is None \
+        else dataclasses.replace(saved, resources=worker)
     # Counts the nodes that exist now: on an autoscaling cluster (which may have none yet) give max_concurrent.
-    concurrency = study.max_concurrent or max(1, trial_capacity(ray.cluster_resources(), study.resources))
-    return study, worker, concurrency
+    concurrency = study.max_concurrent or max(1, trial_capacity(ray.cluster_resources(), trial))
+    return settings, trial, concurrency
 
 
 def tracker_callbacks(study: Study) -> list[Any]:
@@ -286,26 +278,26 @@ def tracker_callbacks(study: Study) -> list[Any]:
     callbacks: list[Any] = []
     for name in study.tracking.trackers:
         if name == "tensorboard":  # <study>/trial-<id>/events.out.tfevents.* (Tune adds none of its own then)
-            from ray.tune.logger import TBXLoggerCallback
+            from ray.tune.logger import TBXLoggerCallback  # noqa: PLC0415 (tensorboardX: an optional package)
 
             callbacks.append(TBXLoggerCallback())
         elif name == "mlflow":
-            from ray.air.integrations.mlflow import MLflowLoggerCallback
+            from ray.air.integrations.mlflow import MLflowLoggerCallback  # noqa: PLC0415 (mlflow: optional)
 
             callbacks.append(MLflowLoggerCallback(tracking_uri=mlflow_uri(study.tracking.tracking_uri,
                                                                           study.folder / MLFLOW_DIR),
                                                   experiment_name=study.tracking.experiment or study.name))
         elif name == "wandb":
-            from ray.air.integrations.wandb import WandbLoggerCallback
+            from ray.air.integrations.wandb import WandbLoggerCallback  # noqa: PLC0415 (wandb: optional)
 
             callbacks.append(WandbLoggerCallback(project=study.tracking.experiment or study.name,
                                                  group=study.name, dir=str(study.folder)))
     return callbacks
 
 
-def _tuner(study: Study, trainable: Any, concurrency: int, settings: Mapping[str, Any]) -> ray.tune.Tuner:
+def _tuner(study: Study, trainable: Any, concurrency: int, settings: TrialSettings) -> ray.tune.Tuner:
     base = study.base
-    search_alg, param_space = None, {**study.space, "preset": base.preset}
+    search_alg, param_space = None, {**tune_space(study.space), "preset": base.preset}
     if study.searcher == "optuna":  # metric/mode given to the searcher itself (docs/studies.md)
         search_alg, param_space = make_searcher(study), {"preset": base.preset}
     rule = None
@@ -340,20 +332,17 @@ def check_trusted_folder(folder: Path) -> None:
 
 
 def study_yaml(study: Study) -> str:
-    """config.yaml of a study made in Python: its definition, the base config in full."""
-    import yaml
-
-    space = {k: v["grid_search"] if isinstance(v, dict) else repr(v) for k, v in study.space.items()}
+    """config.yaml of a study made in Python: its definition (the space as data: sid.cluster.space.space_data), the
+    base config in full."""
     return yaml.safe_dump(dict(name=study.name, searcher=study.searcher, num_samples=study.num_samples,
-                               asha=study.asha, space=space, resources=dataclasses.asdict(study.resources),
-                               base=study.base.to_dict()), sort_keys=False)
+                               asha=study.asha, space=space_data(study.space),
+                               resources=dataclasses.asdict(study.resources), base=study.base.to_dict()),
+                          sort_keys=False)
 
 
 def result_grid(folder: str | os.PathLike) -> ray.tune.ResultGrid:
     """Tune's ResultGrid of a study folder, offline (no cluster, nothing resumed): one Result per trial with its flat
     config (searched fields + preset), last metrics and the per-report history (`metrics_dataframe`)."""
-    from ray.tune import ExperimentAnalysis, ResultGrid
-
     return ResultGrid(ExperimentAnalysis(str(Path(folder).resolve())))
 
 
@@ -371,31 +360,27 @@ def run_study(study: Study, *, resume: bool = False, address: str | None = None,
     restorable = ray.tune.Tuner.can_restore(folder) if folder.exists() else False
     if resume and not restorable:
         raise StudyError(f"--resume: {folder} holds no study to continue")
+    saved = None
     if resume:
         check_trusted_folder(folder)
+        saved = TrialSettings.read(folder)  # before Ray starts: a torn or edited file is one line
     if not resume and folder.exists() and any(folder.iterdir()):
         raise StudyError(f"{folder} already holds a study; pass --resume to continue it, or another --name")
     started = connect(address, quiet=True)  # our progress lines, not Tune's tables
     try:
-        study, worker, concurrency = plan(study)
-        if resume:
-            if not (folder / SETTINGS_FILE).exists():
-                raise StudyError(f"--resume: {folder} was written by an older version of this project (no "
-                                 f"{SETTINGS_FILE}); run it again under another --name")
-            settings = json.loads((folder / SETTINGS_FILE).read_text())
-        else:
-            settings = trial_settings(study, folder, worker)
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=1))
-            (folder / CONFIG_FILE).write_text(config_text or study_yaml(study))
+        settings, trial, concurrency = plan(study, folder, saved)
+        if not resume:
+            settings.write()
+            text = (config_text or study_yaml(study)).encode()
+            write_file_atomic(folder / CONFIG_FILE, lambda f: f.write(text))
         trainable = ray.tune.with_resources(ray.tune.with_parameters(run_trial, settings=settings),
                                             {"cpu": DRIVER_CPU})
         if resume:
             print(f"resuming {folder}", flush=True)
             tuner = ray.tune.Tuner.restore(str(folder), trainable, resume_unfinished=True, resume_errored=True)
         else:
-            print(f"study {study.name}: up to {concurrency} trial(s) at once, {study.resources.workers} worker(s) x "
-                  f"{study.resources.per_worker()} each; {folder}", flush=True)
+            print(f"study {study.name}: up to {concurrency} trial(s) at once, {trial.workers} worker(s) x "
+                  f"{trial.per_worker()} each; {folder}", flush=True)
             tuner = _tuner(study, trainable, concurrency, settings)
         tuner.fit()
     finally:

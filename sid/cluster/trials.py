@@ -1,23 +1,109 @@
-"""A study's trials table: one row per trial (TRIAL_SCHEMA), rebuilt from the trial's Parquet evaluation rows and
-Tune's view of the trial; its per-trial numbers and divergence rule are sid.results' (also analysis/'s and the
-running study's stopper's).
+"""A study's trials: what every trial gets (TrialSettings, saved in <study>/trial_settings.json: the resume contract)
+and the trials table: one row per trial (TRIAL_SCHEMA), rebuilt from the trial's Parquet evaluation rows and Tune's
+view of the trial; its per-trial numbers and divergence rule are sid.results' (also analysis/'s and the running
+study's stopper's).
 
-Plain pandas: no Ray import, so the table can be rebuilt and the rule tested without a cluster.
+Plain Python and pandas: no Ray import, so the settings can be read and the table rebuilt without a cluster.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pandas as pd
 
-from sid.config import DistillConfig
-from sid.files import EVALUATIONS_DIR, STOPS_DIR, TRIALS_FILE
+from sid.cluster.resources import TrialResources
+from sid.cluster.space import StudyError
+from sid.config import ConfigError, DistillConfig
+from sid.files import EVALUATIONS_DIR, SETTINGS_FILE, STOPS_DIR, TRIALS_FILE
 from sid.results import CONFIG_COLUMNS, Divergence, read_evaluations, summarise_rows, write_file_atomic, write_trials
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """What every trial of a study gets besides its searched values (bound to Tune's trainable), saved once in
+    <study>/trial_settings.json when the study starts; --resume reads it back, so it is the resume contract: a field
+    added later gets a default, and a study folder written before still resumes."""
+
+    base: DistillConfig          # every field the study does not search
+    study: str                   # the study's name: the `study` column of its rows
+    folder: Path                 # the study folder (absolute): rows, run folders and Train runs of every trial
+    resources: TrialResources    # each Train worker's, resolved: GPUs, CPUs (less the driver's share), placement
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(base=self.base.to_dict(), study=self.study, folder=str(self.folder),
+                    resources=dataclasses.asdict(self.resources))
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str) -> TrialSettings:
+        """Settings from to_dict()'s data (`source`, e.g. the file, names where it came from); StudyError naming
+        `source` and the bad key for anything else. A key missing from `base` or `resources` takes the field's
+        default, like a missing key of the settings that has one."""
+        def bad(key: str, why: str) -> StudyError:
+            return StudyError(f"{source}: key {key!r}: {why}")
+
+        if not isinstance(data, Mapping):
+            raise StudyError(f"{source}: expected a JSON object of trial settings, got {type(data).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise bad(unknown[0], f"not a trial setting (expected {', '.join(fields)})")
+        missing = [name for name, f in fields.items() if name not in data
+                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise bad(missing[0], "missing")
+        for key, kind in (("base", dict), ("resources", dict), ("study", str), ("folder", str)):
+            if not isinstance(data[key], kind):
+                raise bad(key, f"expected a {'JSON object' if kind is dict else 'string'}, "
+                               f"got {type(data[key]).__name__}")
+        for key, kind in (("base", DistillConfig), ("resources", TrialResources)):
+            extra = sorted(set(data[key]) - {f.name for f in dataclasses.fields(kind)})
+            if extra:
+                raise bad(key, f"{kind.__name__} has no field {extra[0]!r}")
+        try:
+            base = DistillConfig(**data["base"])
+        except ConfigError as exc:
+            raise bad("base", str(exc)) from None
+        try:
+            resources = TrialResources(**data["resources"])
+        except ValueError as exc:
+            raise bad("resources", str(exc)) from None
+        for name in ("gpus_per_worker", "cpus_per_worker"):  # the placement may be open: plan() chooses it then
+            if getattr(resources, name) is None:
+                raise bad("resources", f"{name} is null; a study saves the value the cluster resolved")
+        if not data["study"] or not Path(data["folder"]).is_absolute():
+            raise bad("study" if not data["study"] else "folder", "expected a study name and an absolute folder")
+        return cls(base=base, study=data["study"], folder=Path(data["folder"]), resources=resources)
+
+    def write(self) -> Path:
+        """<folder>/trial_settings.json, atomically: a reader (a resume after a crash) sees the whole file or none."""
+        text = json.dumps(self.to_dict(), indent=1).encode()
+        return write_file_atomic(self.folder / SETTINGS_FILE, lambda f: f.write(text))
+
+    @classmethod
+    def read(cls, folder: Path) -> TrialSettings:
+        """The settings saved in the study folder `folder`; StudyError naming the file (and the bad key) when it is
+        missing, torn, not JSON, foreign or edited into something a trial cannot run, or belongs to another folder."""
+        path = Path(folder) / SETTINGS_FILE
+        try:
+            data = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            raise StudyError(f"--resume: {folder} was written by an older version of this project (no "
+                             f"{SETTINGS_FILE}); run it again under another --name") from None
+        except (OSError, ValueError) as exc:  # unreadable, or not JSON (torn by a crash, edited by hand)
+            why = exc.strerror if isinstance(exc, OSError) else str(exc)
+            raise StudyError(f"{path}: not readable trial settings ({why}); the study cannot resume") from None
+        settings = cls.from_dict(data, str(path))
+        if settings.folder != Path(folder).resolve():
+            raise StudyError(f"{path}: key 'folder': {settings.folder}, but the file is in {Path(folder).resolve()}; "
+                             "a study resumes where it was started (Tune's saved state names that folder)")
+        return settings
 
 
 class TrialRecord(NamedTuple):

@@ -26,8 +26,8 @@ from _util import (
     tiny_config,
     wait_until,
 )
-from ray import tune
 
+from sid.cluster.space import Grid
 from sid.cluster.study import Study, run_study
 from sid.results import read_trials
 
@@ -83,7 +83,7 @@ class WorkerKiller(threading.Thread):
 def faulty_study(tmp_path_factory, teacher):
     """Two trials at once: glr=1e6 (goes NaN) and glr=1e-4, whose Ray worker is killed after 3 of its 7 rows."""
     study = Study(name="faults", base=tiny_config(teacher), storage=tmp_path_factory.mktemp("results"),
-                  space={"glr": tune.grid_search([ABSURD_GLR, GOOD_GLR])}, max_concurrent=2)
+                  space={"glr": Grid([ABSURD_GLR, GOOD_GLR])}, max_concurrent=2)
     killer = WorkerKiller(study.folder, after=3)
     killer.start()
     try:

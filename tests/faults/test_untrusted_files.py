@@ -20,11 +20,11 @@ import ray
 import torch
 from _util import ROOT, TINY, flags, make_teacher, run_command, tiny_config
 from fixtures_results import row
-from ray import tune
 
 from sid.assets import Asset, AssetError, cache_path, fetch
 from sid.checkpoints import fetch_checkpoint
-from sid.cluster.study import Study, StudyError, run_study
+from sid.cluster.space import Grid, StudyError
+from sid.cluster.study import Study, run_study
 from sid.commands.distill import main as distill_main
 from sid.metrics import INCEPTION_FILE
 from sid.results import read_evaluations, write_evaluations
@@ -309,7 +309,7 @@ def test_resume_refuses_a_study_folder_others_can_write(tmp_path, marker, how):
     if how == "another owner" and os.getuid() != 0:
         pytest.skip("changing a file's owner needs root")
     study = Study(name="shared", base=tiny_config("digits"), storage=tmp_path / "results",
-                  space={"alpha": tune.grid_search([1.0])})
+                  space={"alpha": Grid([1.0])})
     study.folder.mkdir(parents=True)
     tuner = study.folder / "tuner.pkl"  # what Tuner.restore unpickles: here it would run a command
     tuner.write_bytes(pickle.dumps(RunsCommand(marker)))
