@@ -45,8 +45,8 @@ from sid.cluster.study import (
     trial_settings,
 )
 from sid.config import DistillConfig
-from sid.files import TRAIN_DIR
-from sid.results import write_atomic, write_file_atomic
+from sid.files import TRAIN_DIR, write_file_atomic
+from sid.results import write_atomic
 
 DEFAULT_HOLD_S = 5.0          # each worker holds its resources this long, so trials that can overlap do
 MARKER = ".sid-dry-run"       # marks a folder as a dry run's, which the next dry run may replace

@@ -41,7 +41,16 @@ from sid.cluster.search import SAMPLERS, StorageError, StudyStopper, make_search
 from sid.cluster.stopping import CurveRule
 from sid.cluster.trials import TrialRecord, write_trials_table
 from sid.config import SEARCHABLE, ConfigError, DistillConfig
-from sid.files import CONFIG_FILE, EVALUATIONS_DIR, MLFLOW_DIR, RUNS_DIR, SETTINGS_FILE, TRAIN_DIR, TRIALS_FILE
+from sid.files import (
+    CONFIG_FILE,
+    EVALUATIONS_DIR,
+    MLFLOW_DIR,
+    RUNS_DIR,
+    SETTINGS_FILE,
+    TRAIN_DIR,
+    TRIALS_FILE,
+    write_text_atomic,
+)
 from sid.results import Divergence, is_uri, read_parquet
 from sid.tracking import STEP_KEY, TrackingSettings, mlflow_uri, step_of
 
@@ -387,7 +396,7 @@ def run_study(study: Study, *, resume: bool = False, address: str | None = None,
             settings = trial_settings(study, folder, worker)
             folder.mkdir(parents=True, exist_ok=True)
             (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=1))
-            (folder / CONFIG_FILE).write_text(config_text or study_yaml(study))
+            write_text_atomic(folder / CONFIG_FILE, config_text or study_yaml(study))
         trainable = ray.tune.with_resources(ray.tune.with_parameters(run_trial, settings=settings),
                                             {"cpu": DRIVER_CPU})
         if resume:

@@ -16,8 +16,8 @@ from typing import NamedTuple
 import pandas as pd
 
 from sid.config import DistillConfig
-from sid.files import EVALUATIONS_DIR, STOPS_DIR, TRIALS_FILE
-from sid.results import CONFIG_COLUMNS, Divergence, read_evaluations, summarise_rows, write_file_atomic, write_trials
+from sid.files import EVALUATIONS_DIR, STOPS_DIR, TRIALS_FILE, write_file_atomic
+from sid.results import CONFIG_COLUMNS, Divergence, read_evaluations, summarise_rows, write_trials
 
 
 class TrialRecord(NamedTuple):
