@@ -25,15 +25,16 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 import torch
 
 from sid.config import preset
+from sid.devices import parse_device
 from sid.results import read_evaluations
 
 
 def run_mode(config, out: Path, workers: int, gpus_per_worker: float, device: str) -> dict:
     start = time.perf_counter()
     if workers == 0:
-        from sid.run import pick_device, run_local
+        from sid.run import run_local
 
-        path = run_local(config, out, device=pick_device(device), resume=False, progress=False)
+        path = run_local(config, out, device=parse_device(device), resume=False, progress=False)
         threads = torch.get_num_threads()
     else:
         from sid.cluster.distributed import run_distributed

@@ -12,7 +12,6 @@ is still good. Only the standard library and filelock: no extra dependency."""
 import hashlib
 import os
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -21,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock
+
+from sid.files import open_atomic, write_text_atomic
 
 URL_SCHEMES = ("https", "http", "file")   # http only with a sha256 to check
 MAX_BYTES = 4 * 2 ** 30    # default size cap of a download (the largest EDM/EDM2 file is about 1.2 GB)
@@ -96,13 +97,13 @@ def fetch(source: str, *, sha256: str | None = None, cache_dir: str | Path | Non
                 expected = digest
             elif digest == expected:
                 if recorded != digest:
-                    sidecar.write_text(digest + "\n")
+                    write_text_atomic(sidecar, digest + "\n")
                 return dest
             else:
                 print(f"sid.assets: cached {dest} is corrupt or was replaced: its sha256 is {digest}, the "
                       f"{'pinned' if pinned else 'recorded'} one {expected}; downloading again", file=sys.stderr)
         digest = _download(source, dest, expected, max_bytes=max_bytes, https_only=not pinned)
-        sidecar.write_text(digest + "\n")  # after the rename: a crash in between only costs a re-download
+        write_text_atomic(sidecar, digest + "\n")  # after the rename: a crash in between only costs a re-download
     return dest
 
 
@@ -128,13 +129,12 @@ class _SchemeCheckingRedirects(urllib.request.HTTPRedirectHandler):
 
 def _download(url: str, dest: Path, sha256: str | None, *, max_bytes: int = MAX_BYTES,
               https_only: bool = True) -> str:
-    """Stream `url` to a temporary file beside `dest`, hashing as it goes; rename it into place only if it is good."""
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
-    tmp = Path(tmp_name)
+    """Stream `url` to a temporary file beside `dest` (sid.files.open_atomic), hashing as it goes; it is renamed into
+    place only if it is good."""
     opener = urllib.request.build_opener(_SchemeCheckingRedirects(("https",) if https_only else ("https", "http")))
     try:
         h = hashlib.sha256()
-        with os.fdopen(fd, "wb") as f, opener.open(url, timeout=60) as response:
+        with open_atomic(dest) as f, opener.open(url, timeout=60) as response:
             size = int(response.headers.get("Content-Length") or 0)
             if size > max_bytes:
                 raise AssetError(f"refusing to download {url}: {size} bytes, more than the limit of {max_bytes}")
@@ -149,13 +149,10 @@ def _download(url: str, dest: Path, sha256: str | None, *, max_bytes: int = MAX_
                 if size > BIG_FILE and time.monotonic() - last_print > 5:
                     print(f"sid.assets: {done / 2 ** 20:.0f} / {size / 2 ** 20:.0f} MiB", file=sys.stderr)
                     last_print = time.monotonic()
-        if size and done != size:
-            raise AssetError(f"download of {url} ended early: {done} of {size} bytes")
-        digest = h.hexdigest()
-        _check_digest(url, digest, sha256)
-        os.replace(tmp, dest)
+            if size and done != size:
+                raise AssetError(f"download of {url} ended early: {done} of {size} bytes")
+            digest = h.hexdigest()
+            _check_digest(url, digest, sha256)  # raising inside the block leaves `dest` as it was
         return digest
     except (urllib.error.URLError, OSError) as e:
         raise AssetError(f"could not download {url}: {e}") from e
-    finally:
-        tmp.unlink(missing_ok=True)

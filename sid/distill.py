@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from sid import fast, phema
-from sid.config import DistillConfig
+from sid.config import DistillConfig, parse_sigma_rels
+from sid.generators import check_same_architecture
 from sid.losses import fake_score_loss, generator_loss, sample_fake_score_sigma, sample_generator_sigma
 from sid.networks.precond import architecture_difference
 
@@ -92,10 +93,13 @@ class Distiller:
     rank's share of the global batch. Works with or without an initialised torch.distributed process group."""
 
     def __init__(self, config: DistillConfig, teacher: nn.Module, *, device: str | torch.device = "cpu",
-                 rank: int = 0, world_size: int = 1, student: nn.Module | None = None,
-                 micro_batch: int = 0) -> None:  # per-device micro-batch when config.batch_per_device is 0
-        """`student` gives the initial weights of fake score and generator; SiD (the default) copies the teacher.
-        With batch_per_device 0 the caller measures `micro_batch` first (sid.micro_batch.fit_micro_batch)."""
+                 rank: int = 0, world_size: int = 1,
+                 student: nn.Module | None = None,    # initial weights of fake score and generator (default: teacher)
+                 generator: nn.Module | None = None,  # config.init_generator, loaded by the caller (load_generator)
+                 micro_batch: int = 0) -> None:       # per-device micro-batch when config.batch_per_device is 0
+        """SiD (the default) starts fake score and generator from the teacher's weights. No I/O here: the caller
+        loads what the config names (teacher, init_generator) and, with batch_per_device 0, measures `micro_batch`
+        first (sid.micro_batch.fit_micro_batch)."""
         self.config, self.device, self.rank, self.world_size = config, torch.device(device), rank, world_size
         per_device = config.batch_per_device or micro_batch
         if per_device < 1:
@@ -114,15 +118,16 @@ class Distiller:
         self.fake_score = rebuild(student, **student_kwargs({}, config)).to(self.device)
         init = student
         if config.init_generator:  # e.g. a released SiD generator; the fake score still starts from `student`
-            from sid.generators import check_same_architecture, load_generator
-
-            init = load_generator(config.init_generator)[0]
-            check_same_architecture(init, teacher, f"init_generator {config.init_generator}")
+            if generator is None:
+                raise ValueError(f"init_generator {config.init_generator}: pass the loaded generator "
+                                 "(sid.generators.load_generator) as Distiller(generator=...)")
+            check_same_architecture(generator, teacher, f"init_generator {config.init_generator}")
+            init = generator
         self.generator = rebuild(init, **student_kwargs({}, config)).to(self.device)
         self.generator_ema = copy.deepcopy(self.generator).eval().requires_grad_(False)
         # Post-hoc EMA profiles (sid/phema.py): (sigma_rel, gamma, copy of the generator), updated with G_ema.
         self.profiles = [(s, phema.exponent(s), copy.deepcopy(self.generator_ema))
-                      for s in phema.parse_sigma_rels(config.phema)]
+                      for s in parse_sigma_rels(config.phema)]
         for net in (self.teacher, self.fake_score, self.generator, self.generator_ema):
             fast.prepare_network(net, memory_format=config.memory_format, compile=config.compile)
         adam = dict(eps=config.adam_eps, **fast.optimizer_kwargs(self.device))
@@ -244,11 +249,14 @@ class Distiller:
             torch._foreach_lerp_(list(net.parameters()), list(self.generator.parameters()), 1 - step_beta)
 
     def pop_stats(self) -> dict[str, float]:
-        """Mean losses per iteration and NaN samples since the last call (one device sync)."""
+        """Mean losses per iteration and NaN samples since the last call (one device sync). The losses are NaN
+        without an iteration, and when the NaN guard dropped every sample of both phases: their means are 0/0 then,
+        not the 0 that was summed."""
         fake, gen, nans = self._stats.tolist()
-        k = max(self._stat_iterations, 1)
-        out = dict(loss_fake_score=fake / k if self._stat_iterations else math.nan,
-                   loss_generator=gen / k if self._stat_iterations else math.nan, nan_samples=int(nans))
+        k = self._stat_iterations
+        measured = k > 0 and nans < 2 * k * self.batch_per_rank
+        out = dict(loss_fake_score=fake / k if measured else math.nan,
+                   loss_generator=gen / k if measured else math.nan, nan_samples=int(nans))
         self._stats.zero_()
         self._stat_iterations = 0
         return out

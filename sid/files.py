@@ -14,6 +14,8 @@ A run folder (`sid distill --out DIR`, or `<study>/runs/<trial_id>/` for a study
     scores.parquet                 the rows of `sid evaluate` (beside the source it scored)
     samples-<iteration>.png        64 G_ema samples of each evaluation
     tracking.json, tensorboard/, mlruns/   the trackers' run ids and their local stores (sid/tracking.py)
+    ray/train/, workers/rank<k>.json       a Ray Train run's own checkpoints and where each rank ran (--workers N)
+    export/generator.safetensors, .json    `sid export`'s default output
 
 A study folder (`<storage>/<name>/`, sid/cluster/study.py):
 
@@ -25,15 +27,29 @@ A study folder (`<storage>/<name>/`, sid/cluster/study.py):
     stops/<trial_id>.json          why the study stopped a trial
     train/train-<trial_id>/        the trial's Ray Train run (its checkpoints)
     optuna.journal                 the Optuna study (the default storage)
+
+Every file the project writes itself goes through the atomic writers below (the trackers' and Ray's own files are
+written by those libraries): a temporary file beside its final name, fsync'd, then renamed onto it, so a reader sees
+the old file or the complete new one, never half of one. Files get the mode the umask gives (0644 under umask 022),
+as open() would make them, so a study on group storage is readable by the group.
 """
 
 from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
 
 # ---------------------------------------------------------------------------------------------- a run folder
 CONFIG_FILE = "config.yaml"          # the complete resolved config: the command's options and every DistillConfig field
 EVALUATIONS = "evaluations.parquet"  # a one-run folder's rows
 CHECKPOINT = "checkpoint.pt"         # the complete training state
 SNAPSHOTS = "snapshots"              # snapshots/generator-<kimg>.pt
+SNAPSHOT_PATTERN = "generator-*.pt"  # the snapshots in SNAPSHOTS (snapshot_name)
 BEST = "best.pt"                     # the snapshot of the lowest finite FD
 PHEMA = "phema"                      # phema/<sigma_rel>-<kimg>.pt: post-hoc EMA profiles
 PHEMA_FILE = "phema.parquet"         # written by `sid phema` into each run folder; not an evaluations file
@@ -43,6 +59,10 @@ RUN_FILES = (BEST, LEGACY_GENERATOR)  # what a run folder resolves to as a gener
 TRACKING_FILE = "tracking.json"      # ids of the MLflow / W&B runs of this folder, so a resume continues them
 TENSORBOARD_DIR = "tensorboard"      # <run folder>/tensorboard/events.out.tfevents.*
 MLFLOW_DIR = "mlruns"                # default MLflow file store: <run folder>/mlruns
+RAY_DIR = "ray"                      # ray/train/: the Ray Train storage of a --workers N run (its own checkpoints)
+WORKERS_DIR = "workers"              # workers/rank<k>.json: pid, node and device of each rank of a Ray Train run
+RAY_STATE_FILE = "state.pt"          # the training state inside each Ray Train checkpoint folder
+EXPORT_FILE = "export/generator.safetensors"  # `sid export RUN`'s default output (its .json beside it)
 
 # ---------------------------------------------------------------------------------------------- a study folder
 SETTINGS_FILE = "trial_settings.json"  # the base config, resolved resources and folder every trial gets
@@ -68,3 +88,88 @@ def samples_name(iteration: int) -> str:
 def phema_name(sigma_rel: float, kimg: float) -> str:
     """'0.0500-000102.656.pt': a post-hoc EMA profile at one snapshot point."""
     return f"{sigma_rel:.4f}-{kimg:010.3f}.pt"
+
+
+# ---------------------------------------------------------------------------------------------- atomic writers
+class WriteError(OSError):
+    """A results or checkpoint file could not be written (disk full, read-only, ...); the message names the file
+    and the cause."""
+
+
+def _beside(path: Path) -> Path:
+    """A temporary name beside `path`: hidden, and ending in .tmp, where `sid distill` removes a killed run's."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+
+
+@contextlib.contextmanager
+def open_atomic(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A new binary file beside `path` (`.<name>.<random>.tmp`, made with the umask's mode like any open()), fsync'd
+    and renamed onto `path` when the block ends; removed, leaving `path` as it was, when the block raises.
+    (tempfile.mkstemp would make every file mode 0600 whatever the umask.)"""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        tmp = _beside(path)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 & ~umask, as open() does
+            break
+        except FileExistsError:  # another writer's temporary of the same name: draw again
+            continue
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_file_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
+    """Write `path` through `write(f)` (open_atomic). A failure leaves no temporary file and raises WriteError
+    naming `path` and the cause."""
+    path = Path(path)
+    try:
+        with open_atomic(path) as f:
+            write(f)
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError with the OSError inside
+        cause = next((e for e in (exc, exc.__context__) if isinstance(e, OSError) and e.errno), None)
+        raise WriteError(f"cannot write {path}: {os.strerror(cause.errno) if cause else exc}") from exc
+    return path
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    return write_file_atomic(path, lambda f: f.write(data))
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """UTF-8 text, atomically."""
+    return write_bytes_atomic(path, text.encode())
+
+
+def save_torch_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """torch.save of plain data (tensors and containers: read back with weights_only=True), atomically."""
+    import torch  # here: analysis/ reads results through this package without torch
+
+    return write_file_atomic(path, lambda f: torch.save(obj, f))
+
+
+def link_atomic(source: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """`dest` becomes the same file as `source` (a hard link; a copy, with the umask's mode, where the file system
+    has none), atomically: a reader of `dest` sees the old file or the new one."""
+    dest = Path(dest)
+    tmp = _beside(dest)
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:  # no hard links on this file system (or across two): a copy
+            with open(source, "rb") as src:
+                return write_file_atomic(dest, lambda f: shutil.copyfileobj(src, f))
+        os.replace(tmp, dest)
+    except WriteError:
+        raise
+    except OSError as exc:
+        raise WriteError(f"cannot write {dest}: {exc.strerror or exc}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest

@@ -1,29 +1,32 @@
 """One-step generators: load one from wherever it lives, and sample it image by image from seeds.
 
-`load_generator(source)` resolves a run folder (best.pt, else generator.pt), one of this project's network files
-(a snapshot `generator-<kimg>.pt`, best.pt, generator.pt or a training checkpoint.pt), an exported .safetensors file
-(sid.commands.export), an official SiD/EDM `network-snapshot-*.pkl` (path or URL, read by the code-free loader
-sid.checkpoints.load_edm_pickle, which returns the EDMPrecond under 'ema'), or a teacher name ('digits',
-'edm:<name>': the generator SiD starts from). Generation follows the official one-step sampler: z = sigma_init * randn,
-x = G(z, sigma_init, class one-hot), with z and the random class of image i drawn from torch.Generator(seed i) alone,
-so batching, sharding and device do not change which image a seed gives.
+`load_generator(source)` resolves a run folder (best.pt, else generator.pt, else its newest snapshot), any saved
+generator of this project (sid.saved: a snapshot `generator-<kimg>.pt`, best.pt, generator.pt, a post-hoc EMA
+profile, a training checkpoint.pt, an export .safetensors/.json), an official SiD/EDM `network-snapshot-*.pkl` (path
+or URL, read by the code-free loader sid.checkpoints.load_edm_pickle, which returns the EDMPrecond under 'ema'), or
+a teacher name ('digits', 'edm:<name>': the generator SiD starts from).
+
+Generation follows the official one-step sampler: z = sigma_init * randn, x = G(z, sigma_init, class one-hot), with z
+and the random class of image i drawn from torch.Generator(seed i) alone, so batching, sharding and device do not
+change which image a seed gives.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from sid.files import RUN_FILES
+from sid.assets import is_url
+from sid.checkpoints import CheckpointError
+from sid.files import RUN_FILES, SNAPSHOT_PATTERN, SNAPSHOTS
 from sid.networks.precond import EDMPrecond, architecture_difference
+from sid.saved import EXPORT_SUFFIXES, SavedGenerator
+from sid.teachers import load_teacher
 
-DEFAULT_SIGMA_INIT = 2.5          # SiD's sigma_init in every preset and in the official generate_onestep.py
 MAX_SEED = 2**32 - 1              # the seed range of EDM's and SiD's generate scripts
 
 
@@ -57,83 +60,39 @@ def format_seeds(seeds: Sequence[int]) -> str:
     return ",".join(parts)
 
 
-def devices_for(name: str) -> list[str]:
-    """'auto': every CUDA device (or the CPU); else a comma list such as 'cuda:0,cuda:1' or 'cpu'."""
-    if name == "auto":
-        count = torch.cuda.device_count()
-        return [f"cuda:{i}" for i in range(count)] if count else ["cpu"]
-    devices = [d.strip() for d in name.split(",") if d.strip()]
-    for d in devices:
-        try:
-            kind = torch.device(d)
-        except RuntimeError:
-            raise ValueError(f"--device: expected auto, cpu, cuda or cuda:N (comma-separated), got {d!r}") from None
-        if kind.type == "cuda" and (kind.index or 0) >= torch.cuda.device_count():
-            raise ValueError(f"--device {d}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-        if kind.type not in ("cpu", "cuda"):
-            raise ValueError(f"--device: expected cpu or cuda devices, got {d!r}")
-    if not devices:
-        raise ValueError("--device: expected auto, cpu, cuda or cuda:N (comma-separated), got nothing")
-    return devices
-
-
 # ---------------------------------------------------------------------------------------------- loading
-def _from_saved(saved: Any, path: Path) -> tuple[EDMPrecond, dict[str, Any]]:
-    """A network dict of this project: {init_kwargs, state_dict, ...} or a training checkpoint (G_ema)."""
-    if isinstance(saved, dict) and "generator_ema" in saved and "generator_init_kwargs" in saved:
-        saved = dict(init_kwargs=saved["generator_init_kwargs"], state_dict=saved["generator_ema"],
-                     config=saved.get("config"), sigma_init=(saved.get("config") or {}).get("sigma_init"))
-    try:
-        net = EDMPrecond(**saved["init_kwargs"])
-        net.load_state_dict(saved["state_dict"])
-    except (KeyError, TypeError, RuntimeError, ValueError) as exc:
-        raise ValueError(f"{path}: not a generator file of this project ({{init_kwargs, state_dict}}): {exc}") \
-            from exc
-    info = {k: saved.get(k) for k in ("sigma_init", "config", "kimg", "fid", "fid_detector", "fid_images")}
-    return net, info
-
-
-def load_generator(source: str | Path) -> tuple[EDMPrecond, dict[str, Any]]:
-    """(G as EDMPrecond in eval mode, float32, CPU, frozen; info) for any generator source (see the module doc).
-    info holds 'source' (the file read), 'sigma_init' (None when the source does not say) and, where known,
-    'config' (DistillConfig.to_dict() of its run), 'kimg', 'fid', 'fid_detector', 'fid_images'.
-    Every failure is a ValueError naming the source."""
-    from sid.assets import is_url
-
+def generator_file(source: str | Path) -> str:
+    """The file a generator source names: a run folder's best.pt, else generator.pt, else its newest snapshot (no
+    finite FD yet); anything else as given. ValueError for a folder that is not a run folder."""
     text = str(source)
     path = Path(text)
-    if not is_url(text) and path.is_dir():
-        found = next((path / name for name in RUN_FILES if (path / name).is_file()), None)
-        found = found or max((path / "snapshots").glob("generator-*.pt"), default=None)  # no finite FD yet
-        if found is None:
-            raise ValueError(f"{path}: a folder but not a run folder (expected {' or '.join(RUN_FILES)} or "
-                             f"snapshots/generator-*.pt in it)")
-        path, text = found, str(found)
-    if text.endswith((".safetensors", ".json")) and not is_url(text):
-        net, info = load_exported(path)
-    elif text.endswith(".pt") and not is_url(text):
-        from sid.teachers import load_plain
+    if is_url(text) or not path.is_dir():
+        return text
+    found = next((path / name for name in RUN_FILES if (path / name).is_file()), None)
+    found = found or max((path / SNAPSHOTS).glob(SNAPSHOT_PATTERN), default=None)
+    if found is None:
+        raise ValueError(f"{path}: a folder but not a run folder (expected {' or '.join(RUN_FILES)} or "
+                         f"{SNAPSHOTS}/{SNAPSHOT_PATTERN} in it)")
+    return str(found)
 
-        try:
-            saved = load_plain(path, "generator file")
-        except ValueError:
-            raise
-        except Exception as exc:  # unpickling torn bytes fails with almost any exception type
-            raise ValueError(f"{path}: not a generator file ({type(exc).__name__}: {exc})") from exc
-        net, info = _from_saved(saved, path)
-    else:  # EDM/SiD pickle (path or URL), or a teacher name: the teacher-initialised generator
-        from sid.checkpoints import CheckpointError
-        from sid.teachers import load_teacher
 
-        if not (is_url(text) or text == "digits" or text.startswith("edm:") or path.exists()):
-            raise ValueError(f"{text}: no such file or folder; expected a run folder, a .pt snapshot, "
-                             f"a .safetensors export, a network-snapshot .pkl (path or URL), 'digits' or 'edm:<name>'")
-        try:
-            net, info = load_teacher(text), {}
-        except (CheckpointError, OSError) as exc:
-            raise ValueError(str(exc)) from exc
-    info = {"sigma_init": None, **info, "source": text}
-    return net.float().eval().requires_grad_(False), info
+def load_generator(source: str | Path) -> tuple[EDMPrecond, SavedGenerator]:
+    """(G as EDMPrecond in eval mode, float32, CPU, frozen; what is known about it) for any generator source (see
+    the module doc). The SavedGenerator's `source` is the file read (or the name); a pickle or teacher name says
+    nothing beyond its weights (sigma_init, config, fid: None). Every failure is a ValueError naming the source."""
+    text = generator_file(source)
+    if text.endswith((".pt", *EXPORT_SUFFIXES)) and not is_url(text):
+        saved = SavedGenerator.load(text)
+        return saved.network(), saved
+    # EDM/SiD pickle (path or URL), or a teacher name: the teacher-initialised generator
+    if not (is_url(text) or text == "digits" or text.startswith("edm:") or Path(text).exists()):
+        raise ValueError(f"{text}: no such file or folder; expected a run folder, a .pt snapshot, "
+                         f"a .safetensors export, a network-snapshot .pkl (path or URL), 'digits' or 'edm:<name>'")
+    try:
+        net = load_teacher(text).float().eval().requires_grad_(False)
+    except (CheckpointError, OSError) as exc:
+        raise ValueError(str(exc)) from exc
+    return net, SavedGenerator.of(net, source=text)
 
 
 def check_same_architecture(net: nn.Module, reference: nn.Module, what: str) -> None:
@@ -188,47 +147,3 @@ def generate(net: nn.Module, seeds: Sequence[int], *, sigma_init: float, class_i
         sigma = torch.full((len(z),), float(sigma_init), device=device)
         labels = None if labels is None else labels.to(device)
         yield net(z.to(device), sigma, labels).float().cpu()
-
-
-# ---------------------------------------------------------------------------------------------- exports (sid/commands/export.py)
-FORMAT = "sid-generator-v1"  # the "format" of an export's JSON
-
-
-def _number(value: Any) -> Any:
-    """Exports write non-finite floats as strings so that their JSON is strict."""
-    return float(value) if value in ("inf", "-inf", "nan") else value
-
-
-def load_exported(path: str | Path) -> tuple[EDMPrecond, dict[str, Any]]:
-    """(EDMPrecond, info) from an export: FILE.safetensors or FILE.json (the other one beside it). Reads only
-    tensors and JSON; info has sigma_init, fid (the best FID), fid_detector, fid_images, kimg and config
-    (preset, teacher, fid_ref)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    weights, json_path = path.with_suffix(".safetensors"), path.with_suffix(".json")
-    try:
-        tensors = load_file(str(weights))
-        if json_path.is_file():
-            meta = json.loads(json_path.read_text())
-        else:
-            from safetensors import safe_open
-
-            with safe_open(str(weights), framework="pt") as f:
-                meta = json.loads((f.metadata() or {})["sid"])
-    except (OSError, SafetensorError, KeyError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not a generator export (.safetensors + .json): {exc}") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: expected JSON with format {FORMAT!r}, got {str(meta)[:80]!r}")
-    kwargs = {k: _number(v) for k, v in meta["init_kwargs"].items()}
-    try:
-        with torch.device("meta"):  # no random init: every tensor is assigned below
-            net = EDMPrecond(**kwargs)
-        net.load_state_dict(tensors, strict=True, assign=True)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise ValueError(f"{path}: weights do not fit the recorded init_kwargs: {exc}") from exc
-    info = dict(sigma_init=meta.get("sigma_init"), fid=_number(meta.get("best_fid")),
-                fid_detector=meta.get("fid_detector"), fid_images=meta.get("fid_images"), kimg=meta.get("kimg"),
-                config={k: meta.get(k) for k in ("preset", "teacher", "fid_detector", "fid_ref", "sigma_init")})
-    return net.float().eval().requires_grad_(False), info

@@ -14,10 +14,10 @@ from __future__ import annotations
 import io
 import math
 import os
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -27,6 +27,7 @@ from torch import Tensor
 
 from sid.assets import Asset, fetch
 from sid.config import DIGITS_FEATURES, FD_STD_GROUPS, INCEPTION
+from sid.files import write_file_atomic
 
 # NVIDIA's TorchScript Inception-v3 (the INCEPTION detector's file). Its sha256 and size are pinned as
 # crowsonkb/k-diffusion pins the same URL (k_diffusion/evaluation.py, InceptionV3FeatureExtractor) and as the Git LFS
@@ -140,15 +141,7 @@ def save_reference_stats(path: str | os.PathLike, mu, sigma) -> Path:
     mu, sigma, path = _f64(mu), _f64(sigma), Path(path)
     if mu.ndim != 1 or sigma.shape != (mu.shape[0],) * 2:
         raise ValueError(f"save_reference_stats expects mu [D] and sigma [D, D], got {mu.shape} and {sigma.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, mu=mu, sigma=sigma)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    return write_file_atomic(path, lambda f: np.savez(f, mu=mu, sigma=sigma))
 
 
 # ---------------------------------------------------------------------------------------------- detectors
@@ -286,35 +279,61 @@ def fd_jackknife(grouped: GroupedFeatureStats, ref_mu, ref_sigma) -> tuple[float
     return fd, float(np.sqrt((k - 1) / k * np.square(loo - loo.mean()).sum()))
 
 
+@dataclass(frozen=True)
+class Score:
+    """The score of one set of images against reference statistics."""
+
+    fd: float       # Frechet distance; NaN when any image is non-finite
+    fd_std: float   # its sampling standard error (fd_jackknife); NaN when any image is non-finite or groups are empty
+    images: int     # images scored
+    finite: bool    # every image was finite (stored uint8 images always are)
+
+
 @torch.no_grad()
-def compute_fd_std(generate: Callable[[int, int], Tensor], num_images: int, detector: Detector, ref_mu, ref_sigma,
-                   *, batch_size: int = 256, groups: int = FD_STD_GROUPS) -> tuple[float, float]:
-    """(Frechet distance, its sampling standard error) of `num_images` generated images, as compute_fd, with the
-    error from fd_jackknife over `groups` disjoint groups of the same images."""
-    grouped = feature_stats(_generated_batches(generate, num_images, batch_size), detector,
-                            into=GroupedFeatureStats(groups))
-    return fd_jackknife(grouped, ref_mu, ref_sigma)
+def score_images(batches: Iterable[Tensor], detector: Detector, ref_mu, ref_sigma, *, groups: int = FD_STD_GROUPS,
+                 probabilities: list[np.ndarray] | None = None) -> Score:
+    """The one score of images behind every Frechet distance here (training evaluations, `sid phema`, `sid
+    evaluate`): detector features accumulated in `groups` disjoint groups (GroupedFeatureStats), their union's
+    distance and its jackknife standard error (fd_jackknife). Float batches in [-1, 1] are quantized as SiD does;
+    if any of their pixels is non-finite, distance and error are NaN: quantize maps NaN pixels to black, and a
+    distance to black images would pass a diverged generator off as a finite, merely poor, score. uint8 batches
+    (stored images) are scored as they are. With a `probabilities` list (Inception Score), each batch's class
+    probabilities are appended to it."""
+    finite: list[Tensor] = []  # one flag per float batch on its device, read once at the end (not a sync per batch)
+
+    def quantized() -> Iterator[Tensor]:
+        for batch in batches:
+            if batch.is_floating_point():
+                finite.append(batch.isfinite().all())
+                batch = quantize(batch)
+            yield batch
+
+    grouped = feature_stats(quantized(), detector, probabilities=probabilities, into=GroupedFeatureStats(groups))
+    fd, fd_std = fd_jackknife(grouped, ref_mu, ref_sigma)
+    all_finite = bool(torch.stack(finite).all()) if finite else True
+    if not all_finite:
+        fd = fd_std = math.nan
+    return Score(fd=fd, fd_std=fd_std, images=grouped.num_items, finite=all_finite)
+
+
+def score_generated(generate: Callable[[int, int], Tensor], num_images: int, detector: Detector, ref_mu, ref_sigma,
+                    *, batch_size: int = 256, groups: int = FD_STD_GROUPS) -> Score:
+    """score_images of `num_images` generated images: `generate(batch_index, n)` returns n float images in [-1, 1],
+    NCHW; the last batch is short when batch_size does not divide num_images."""
+    return score_images(_generated_batches(generate, num_images, batch_size), detector, ref_mu, ref_sigma,
+                        groups=groups)
 
 
 def _generated_batches(generate: Callable[[int, int], Tensor], num_images: int, batch_size: int) -> Iterator[Tensor]:
     if num_images < 2 or batch_size < 1:
-        raise ValueError(f"compute_fd needs num_images >= 2 and batch_size >= 1, got {num_images} and {batch_size}")
+        raise ValueError(f"scoring needs num_images >= 2 and batch_size >= 1, got {num_images} and {batch_size}")
     for index in range(math.ceil(num_images / batch_size)):
         n = min(batch_size, num_images - index * batch_size)
         images = generate(index, n)
         if images.ndim != 4 or images.shape[0] != n:
             raise ValueError(f"generate({index}, {n}) must return {n} images [N, C, H, W], "
                              f"got {tuple(images.shape)}")
-        yield quantize(images)
-
-
-@torch.no_grad()
-def compute_fd(generate: Callable[[int, int], Tensor], num_images: int, detector: Detector, ref_mu, ref_sigma, *,
-               batch_size: int = 256) -> float:
-    """Frechet distance of `num_images` generated images to (ref_mu, ref_sigma). `generate(batch_index, n)` returns
-    n float images in [-1, 1], NCHW; the last batch is short when batch_size does not divide num_images."""
-    mu, sigma = feature_stats(_generated_batches(generate, num_images, batch_size), detector).mean_cov()
-    return frechet_distance(mu, sigma, ref_mu, ref_sigma)
+        yield images
 
 
 def inception_score(probabilities: np.ndarray, splits: int = 10) -> tuple[float, float]:

@@ -29,13 +29,13 @@ def pick_micro_batch(per_rank: int, fixed_bytes: float, bytes_per_image: float, 
     return fits[-1]
 
 
-def _trial_peak(config: DistillConfig, teacher: nn.Module, student: nn.Module | None, device: torch.device,
+def _trial_peak(config: DistillConfig, teacher: nn.Module, generator: nn.Module | None, device: torch.device,
                 micro_batch: int) -> int:
     """Peak allocated bytes of an iteration with one micro-batch of `micro_batch` (the second iteration, so the
     Adam state made in the first one counts). Eager even for compiled runs: no compile per trial shape, and
     compiled code rarely needs more memory than eager."""
     trial = Distiller(config.replace(batch=micro_batch, batch_per_device=micro_batch, compile="off"), teacher,
-                      device=device, student=student)
+                      device=device, generator=generator)
     trial.step()
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
@@ -48,10 +48,10 @@ def _trial_peak(config: DistillConfig, teacher: nn.Module, student: nn.Module | 
     return peak
 
 
-def _fits(config: DistillConfig, teacher: nn.Module, student: nn.Module | None, device: torch.device,
+def _fits(config: DistillConfig, teacher: nn.Module, generator: nn.Module | None, device: torch.device,
           micro_batch: int, budget: float) -> bool:
     try:
-        return _trial_peak(config, teacher, student, device, micro_batch) <= budget
+        return _trial_peak(config, teacher, generator, device, micro_batch) <= budget
     except torch.OutOfMemoryError:
         gc.collect()
         torch.cuda.empty_cache()
@@ -59,7 +59,7 @@ def _fits(config: DistillConfig, teacher: nn.Module, student: nn.Module | None, 
 
 
 def fit_micro_batch(config: DistillConfig, teacher: nn.Module, *, device: torch.device, world_size: int = 1,
-                    student: nn.Module | None = None,
+                    generator: nn.Module | None = None,  # the run's init_generator (Distiller's `generator`)
                     memory_fraction: float = 0.85,  # share of the device's memory the iteration may take
                     probe: int = 8) -> int:         # smaller of the two measured micro-batches
     """The largest micro-batch that divides this rank's batch and fits in memory, from the peak memory of trial
@@ -74,10 +74,10 @@ def fit_micro_batch(config: DistillConfig, teacher: nn.Module, *, device: torch.
     free, _ = torch.cuda.mem_get_info(device)
     budget = memory_fraction * (free + torch.cuda.memory_allocated(device))
     small, large = min(probe, per_rank), min(2 * probe, per_rank)
-    peak_small = _trial_peak(config, teacher, student, device, small)
-    per_image = (_trial_peak(config, teacher, student, device, large) - peak_small) / max(large - small, 1)
+    peak_small = _trial_peak(config, teacher, generator, device, small)
+    per_image = (_trial_peak(config, teacher, generator, device, large) - peak_small) / max(large - small, 1)
     choice = pick_micro_batch(per_rank, peak_small - small * per_image, per_image, budget)
-    while choice > large and not _fits(config, teacher, student, device, choice, budget):
+    while choice > large and not _fits(config, teacher, generator, device, choice, budget):
         choice = max(m for m in range(1, choice) if per_rank % m == 0)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         agreed = torch.tensor([choice], device=device)

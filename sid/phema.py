@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sid.config import parse_sigma_rels  # noqa: F401 (the profiles' one parser, re-exported for callers)
+from sid.saved import SavedGenerator
 
 EXACT_STEPS = 20_000_000  # steps x profiles up to which the exact discrete weights are used (160 MB of float64)
 
@@ -109,12 +109,10 @@ def _weighted_sum(weights: Sequence[float], states: Iterable[Mapping[str, torch.
 
 def combine(profiles: Sequence[tuple[int, float]], files: Sequence[Path], step: int,
             sigma_rel: float) -> dict[str, torch.Tensor]:
-    """reconstruct() over snapshot files (plain data, weights_only), loaded one at a time: a run's snapshots need
+    """reconstruct() over snapshot files (saved generators, sid.saved), loaded one at a time: a run's snapshots need
     not fit in memory together."""
-    from sid.teachers import load_plain
-
     usable, x = _weights(profiles, step, sigma_rel)
-    return _weighted_sum(x, (load_plain(files[i], "post-hoc EMA snapshot")["state_dict"] for i in usable))
+    return _weighted_sum(x, (SavedGenerator.load(files[i]).state_dict for i in usable))
 
 
 def reconstruct(snapshots: Sequence[tuple[int, float, Mapping[str, torch.Tensor]]], step: int,

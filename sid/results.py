@@ -1,9 +1,10 @@
-"""The Parquet results schema, its atomic writers and tolerant readers.
+"""The Parquet results schemas, the one upsert that writes rows, and tolerant readers.
 
 `evaluations`: one row per evaluation of one trial (or one single run). `trials`: one row per trial with its final
-state. Both carry SCHEMA_VERSION in the Parquet file metadata. Writes go to a temporary file in the same folder and
-are renamed into place, so a reader never sees half a file; rows are keyed by (trial_id, kimg) so a resumed trial
-rewrites, never duplicates, an evaluation point.
+state. `scores` (`sid evaluate`) and `phema` (`sid phema`): one row per draw, per rebuilt EMA length. Every file
+carries SCHEMA_VERSION in its Parquet metadata, stores a value not computed as null (not NaN), and is written
+atomically (sid.files.write_file_atomic), so a reader never sees half a file. Rows are keyed (EVALUATION_KEY,
+SCORE_KEY, PHEMA_KEY): writing a row again, as a resumed trial does, replaces it, never duplicates it.
 """
 
 from __future__ import annotations
@@ -12,20 +13,19 @@ import functools
 import math
 import os
 import re
-import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sid.files import NOT_EVALUATIONS, SCORES_FILE, TRIALS_FILE
+from sid.files import NOT_EVALUATIONS, SCORES_FILE, TRIALS_FILE, write_file_atomic
 
 SCHEMA_VERSION = "1"
 
@@ -83,6 +83,7 @@ EVALUATION_SCHEMA = pa.schema([
     ("fid_ref", pa.string()),          # reference statistics of the Frechet distance
     ("written_at", pa.timestamp("us", tz="UTC")),
 ])
+EVALUATION_KEY = ("trial_id", "kimg")  # one row per evaluation point of a trial
 # Columns a file may lack because it was written before they existed: read back as nulls.
 LATER_COLUMNS = frozenset((*MORE_CONFIG_COLUMNS, "fid_std"))
 
@@ -115,11 +116,14 @@ SCORE_SCHEMA = pa.schema([
     ("fid", pa.float64()),             # Frechet distance of this draw (an FID only on inception-2015-12-05 features)
     ("fid_detector", pa.string()),     # feature network, as in evaluation rows
     ("fid_images", pa.int64()),        # images in this draw, as in evaluation rows
+    ("fid_std", pa.float64()),         # its sampling standard error, as in evaluation rows (a later column)
     ("fid_ref", pa.string()),          # reference statistics: 'digits', 'edm:<name>', .npz path or URL
-    ("is_mean", pa.float64()),         # Inception Score, mean over 10 splits of this draw (NaN without Inception)
+    ("is_mean", pa.float64()),         # Inception Score, mean over 10 splits of this draw (null without Inception)
     ("is_std", pa.float64()),          # its std over the splits
     ("written_at", pa.timestamp("us", tz="UTC")),
 ])
+# A draw is what was scored, with which images and how: scoring it again replaces its row.
+SCORE_KEY = ("source", "kind", "seeds", "class_label", "sigma_init", "fid_detector", "fid_ref")
 
 
 
@@ -134,8 +138,10 @@ PHEMA_SCHEMA = pa.schema([
     ("fid", pa.float64()),             # Frechet distance of the rebuilt G_ema on the run's evaluation latents
     ("fid_detector", pa.string()),
     ("fid_images", pa.int64()),
+    ("fid_std", pa.float64()),         # its sampling standard error, as in evaluation rows (a later column)
     ("written_at", pa.timestamp("us", tz="UTC")),
 ])
+PHEMA_KEY = ("trial_id", "kimg", "sigma_rel")  # one rebuilt EMA length at one snapshot point of a run
 
 
 def now_utc() -> datetime:
@@ -216,35 +222,9 @@ def is_uri(path: str | os.PathLike) -> bool:
     return re.match(r"^[A-Za-z][\w+.-]+:/", os.fspath(path)) is not None
 
 
-class WriteError(OSError):
-    """A results or checkpoint file could not be written (disk full, read-only, ...); the message names the file
-    and the cause."""
-
-
-def write_file_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
-    """Write `path` through `write(f)` on a temporary file beside it, fsync'd and renamed into place, so that
-    readers see either the old file or the complete new one. A failure leaves no temporary file and raises
-    WriteError naming `path`."""
-    path, tmp = Path(path), None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError with the OSError inside
-        cause = next((e for e in (exc, exc.__context__) if isinstance(e, OSError) and e.errno), None)
-        raise WriteError(f"cannot write {path}: {os.strerror(cause.errno) if cause else exc}") from exc
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-    return path
-
-
 def write_atomic(table: pa.Table, path: str | os.PathLike) -> Path:
-    """Write a Parquet file so that readers see either the old file or the complete new one."""
+    """Write a Parquet file so that readers see either the old file or the complete new one (WriteError naming the
+    file when it cannot be written)."""
     return write_file_atomic(path, lambda f: pq.write_table(table, f))
 
 
@@ -254,26 +234,28 @@ def write_evaluations(path: str | os.PathLike, rows: pd.DataFrame | Iterable[Map
     return write_atomic(table, path)
 
 
+def upsert(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]], schema: pa.Schema, key: Sequence[str], *,
+           sort: bool = True,                        # rows in key order (else: the file's, then the new ones)
+           metadata: Mapping[str, str] | None = None,  # provenance(): the file's key/value metadata
+           ) -> pd.DataFrame:
+    """Merge `rows` into the results file of `schema` at `path` (created if missing), replacing any row with the same
+    `key` values, and return all its rows: writing the same rows twice gives the same file. The file is written
+    atomically with SCHEMA_VERSION in its metadata and null for every NaN (_table)."""
+    new = pd.DataFrame(list(rows))
+    old = read_parquet(path, schema) if Path(path).exists() else None
+    merged = new if old is None or old.empty else pd.concat([old, new], ignore_index=True)
+    merged = merged.drop_duplicates(subset=list(key), keep="last")
+    if sort:
+        merged = merged.sort_values(list(key))
+    merged = merged.reset_index(drop=True)
+    write_atomic(_table(merged, schema, metadata), path)
+    return merged
+
+
 def upsert_evaluations(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]],
                        metadata: Mapping[str, str] | None = None) -> pd.DataFrame:
-    """Merge rows into the file at `path`, replacing any row with the same (trial_id, kimg); return the result.
-    `metadata` (provenance()) becomes the file's key/value metadata."""
-    new = pd.DataFrame(list(rows))
-    old = read_parquet(path, EVALUATION_SCHEMA) if Path(path).exists() else None
-    merged = new if old is None or old.empty else pd.concat([old, new], ignore_index=True)
-    merged = merged.drop_duplicates(subset=["trial_id", "kimg"], keep="last").sort_values(["trial_id", "kimg"])
-    merged = merged.reset_index(drop=True)
-    write_evaluations(path, merged, metadata)
-    return merged
-
-
-def append_scores(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    """Add `sid evaluate` rows to the scores file at `path` (created if missing); return all its rows."""
-    new = pd.DataFrame(list(rows))
-    old = read_parquet(path, SCORE_SCHEMA) if Path(path).exists() else None
-    merged = new if old is None or old.empty else pd.concat([old[SCORE_SCHEMA.names], new], ignore_index=True)
-    write_atomic(_table(merged, SCORE_SCHEMA), path)
-    return merged
+    """upsert() of evaluation rows: one per (trial_id, kimg), in that order."""
+    return upsert(path, rows, EVALUATION_SCHEMA, EVALUATION_KEY, metadata=metadata)
 
 
 def read_scores(*paths: str | os.PathLike) -> pd.DataFrame:
@@ -383,6 +365,14 @@ def best_row(rows: pd.DataFrame) -> pd.Series | None:
     one that best.pt holds (a diverged row has no snapshot)."""
     ok = rows[(rows["status"] == "ok") & rows["fid"].map(math.isfinite)]
     return None if ok.empty else ok.sort_values(["fid", "kimg"], kind="stable").iloc[0]
+
+
+def best_of(best: Mapping[str, Any] | None, row: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """best_row's choice between the best row so far (None: none yet) and a later row of the same trial: the
+    training loop's running best, as best_row would pick it from all the rows."""
+    candidates = [r for r in (best, row) if r is not None]
+    found = best_row(pd.DataFrame([{k: r[k] for k in ("status", "fid", "kimg")} for r in candidates]))
+    return None if found is None else candidates[found.name]
 
 
 def summarise_rows(rows: pd.DataFrame, divergence: Divergence | None = None) -> dict[str, Any]:

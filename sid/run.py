@@ -1,19 +1,17 @@
 """A run's folder and one rank of a run: rows, training state, G_ema snapshots, sample grids, and `run_rank()`, which
-the one-run command and the Ray Train worker both use.
+the one-run command and the Ray Train worker both use; `run_local()` runs one in this process.
 
-The folder's files and their names are listed once, in sid/files.py.
+The folder's files and their names are listed once, in sid/files.py; snapshots, best.pt and the post-hoc EMA
+profiles are saved generators (sid/saved.py).
 
-Files are written beside their final name and renamed into place, rows first: an interruption re-runs to the same
-evaluation and rewrites its row instead of losing it. A diverged state is never saved: checkpoint, snapshots and
-best.pt stay the last good ones. Every file holds plain tensors and containers (read with weights_only=True).
+Files are written beside their final name and renamed into place (sid.files), rows first: an interruption re-runs to
+the same evaluation and rewrites its row instead of losing it. A diverged state is never saved: checkpoint, snapshots
+and best.pt stay the last good ones. Every file holds plain tensors and containers (read with weights_only=True).
 """
 
 from __future__ import annotations
 
-import math
-import os
-import shutil
-from collections.abc import Callable
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,36 +26,28 @@ from sid.files import (
     CONFIG_FILE,
     EVALUATIONS,
     PHEMA,
+    SNAPSHOT_PATTERN,
     SNAPSHOTS,
+    link_atomic,
     phema_name,
     samples_name,
+    save_torch_atomic,
     snapshot_name,
+    write_file_atomic,
+    write_text_atomic,
 )
-from sid.results import EVALUATION_SCHEMA, best_row, provenance, read_parquet, upsert_evaluations, write_file_atomic
+from sid.generators import load_generator
+from sid.loop import Evaluator, Sink, train
+from sid.micro_batch import fit_micro_batch
+from sid.results import EVALUATION_SCHEMA, best_row, provenance, read_parquet, upsert_evaluations
+from sid.saved import SavedGenerator
+from sid.teachers import load_plain, load_teacher
 from sid.tracking import RunTracker, TrackingSettings
 
 # Config fields a resumed run may change: they do not shape the numbers of the evaluations already made.
 RESUMABLE_CHANGES = ("duration_kimg", "keep_snapshots")
 # Fields added after the first checkpoints were written, with the value those runs had.
 LATER_FIELDS = {"init_generator": "", "eval_schedule": "every", "phema": "", "phema_every_kimg": 0.0}
-
-AfterEvaluation = Callable[[dict[str, Any], Distiller, float], None]  # (row, distiller, best fid so far) on every rank
-
-
-def save_atomic(obj: object, path: Path) -> None:
-    write_file_atomic(path, lambda f: torch.save(obj, f))
-
-
-def _link_atomic(source: Path, dest: Path) -> None:
-    """dest becomes the same file as source (a hard link; a copy where the file system has none), atomically."""
-    tmp = dest.with_name(f".{dest.name}.link.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, dest)
-
 
 def save_image_grid(images: torch.Tensor, path: Path, scale: int = 4) -> None:
     """Images in [-1, 1] (N, C, H, W) tiled into a square-ish PNG, upscaled `scale` times for small images."""
@@ -77,7 +67,7 @@ def save_image_grid(images: torch.Tensor, path: Path, scale: int = 4) -> None:
 
 
 class RunFolder:
-    """Where rank 0 writes a run's evaluations (see the module docstring for the files)."""
+    """Where rank 0 writes a run's evaluations (see the module docstring for the files): the first sink."""
 
     def __init__(self, out: Path, *, rows_path: Path | None = None, keep_state: bool = True,
                  config_text: str | None = None) -> None:  # config.yaml's text (default: the DistillConfig as YAML)
@@ -85,63 +75,66 @@ class RunFolder:
         self.rows_path = Path(rows_path) if rows_path is not None else self.out / EVALUATIONS
         self.state_path = self.out / CHECKPOINT if keep_state else None  # folders are made by the first write
 
-    def write(self, row: dict[str, Any], distiller: Distiller) -> float:
-        """Write an evaluation's row and files; return the run's best finite FD so far (NaN if none)."""
+    def best_until(self, trial_id: str, kimg: float) -> Mapping[str, Any] | None:
+        """The best row of `trial_id` at or before `kimg` in the rows file (None without one): where a resumed
+        run's running best starts."""
+        if not self.rows_path.exists():
+            return None
+        rows = read_parquet(self.rows_path, EVALUATION_SCHEMA)
+        best = best_row(rows[(rows["trial_id"] == trial_id) & (rows["kimg"] <= kimg)])
+        return None if best is None else best.to_dict()
+
+    def on_evaluation(self, row: dict[str, Any], distiller: Distiller, best: Mapping[str, Any] | None) -> None:
+        """Write an evaluation: config.yaml (once), its row, its sample grid, and for a good state its snapshot,
+        best.pt (when `best` is this row) and checkpoint.pt, in that order."""
         if not self._config_written:  # once per process: a resume rewrites it with its own values
-            text = self.config_text or yaml.safe_dump(distiller.config.to_dict(), sort_keys=False)
-            write_file_atomic(self.out / CONFIG_FILE, lambda f: f.write(text.encode()))
+            write_text_atomic(self.out / CONFIG_FILE,
+                              self.config_text or yaml.safe_dump(distiller.config.to_dict(), sort_keys=False))
             self._config_written = True
-        rows = upsert_evaluations(self.rows_path, [row],
-                                  provenance(distiller.config.to_dict(), str(distiller.device)))
+        upsert_evaluations(self.rows_path, [row], provenance(distiller.config.to_dict(), str(distiller.device)))
         save_image_grid(distiller.sample(0, 64).cpu(), self.out / samples_name(distiller.iteration))
-        best = best_row(rows[(rows["trial_id"] == row["trial_id"]) & (rows["kimg"] <= row["kimg"])])
-        if row["status"] == "ok":
-            self._snapshot(row, distiller, best_kimg=best["kimg"] if best is not None else None)
-            if self.state_path is not None:
-                save_atomic({**distiller.state_dict(), "wall_s": row["wall_s"]}, self.state_path)
-        return float(best["fid"]) if best is not None else math.nan
+        if row["status"] != "ok":  # a diverged state is no snapshot and no checkpoint
+            return
+        self._snapshot(row, distiller, best_kimg=best["kimg"] if best is not None else None)
+        if self.state_path is not None:
+            save_torch_atomic({**distiller.state_dict(), "wall_s": row["wall_s"]}, self.state_path)
 
     def _snapshot(self, row: dict[str, Any], distiller: Distiller, *, best_kimg: float | None) -> None:
         folder = self.out / SNAPSHOTS
-        path = folder / snapshot_name(row["kimg"])
-        save_atomic(generator_file(distiller, row), path)
+        path = snapshot_of(distiller, row).save(folder / snapshot_name(row["kimg"]))
         if best_kimg == row["kimg"]:
-            _link_atomic(path, self.out / BEST)
+            link_atomic(path, self.out / BEST)
         kinds = distiller.config.keep_snapshots.split(",")
         if "all" in kinds:
             return
         keep = {path.name} if "last" in kinds else set()
         if "best" in kinds and best_kimg is not None:
             keep.add(snapshot_name(best_kimg))
-        for stale in folder.glob("generator-*.pt"):
+        for stale in folder.glob(SNAPSHOT_PATTERN):
             if stale.name not in keep:
                 stale.unlink()
 
+    def write_phema(self, distiller: Distiller) -> None:
+        """Save each post-hoc EMA profile of the generator (sid/phema.py); all are kept: any EMA is rebuilt from
+        them."""
+        for sigma_rel, gamma, net in distiller.profiles:
+            profile = SavedGenerator.of(net, sigma_init=distiller.config.sigma_init, config=distiller.config.to_dict(),
+                                        kimg=distiller.kimg, iteration=distiller.iteration, sigma_rel=sigma_rel,
+                                        gamma=gamma)
+            if not all(v.isfinite().all() for v in profile.state_dict.values() if v.is_floating_point()):
+                continue  # a diverged profile is no snapshot: a reconstruction would only spread the NaN
+            profile.save(self.out / PHEMA / phema_name(sigma_rel, distiller.kimg))
 
-def write_phema(folder: RunFolder, distiller: Distiller) -> None:
-    """Save each post-hoc EMA profile of the generator (sid/phema.py); all are kept: any EMA is rebuilt from them."""
-    for sigma_rel, gamma, net in distiller.profiles:
-        state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-        if not all(v.isfinite().all() for v in state.values() if v.is_floating_point()):
-            continue  # a diverged profile is no snapshot: a reconstruction would only spread the NaN
-        save_atomic(dict(sigma_rel=sigma_rel, gamma=gamma, step=distiller.iteration, kimg=distiller.kimg,
-                         state_dict=state, init_kwargs=dict(net.init_kwargs), config=distiller.config.to_dict()),
-                    folder.out / PHEMA / phema_name(sigma_rel, distiller.kimg))
 
-
-def generator_file(distiller: Distiller, row: dict[str, Any]) -> dict[str, Any]:
-    """The contents of a snapshot: everything needed to sample (sid.teachers.load_network_file reads it)."""
-    ema = distiller.generator_ema
-    return dict(init_kwargs=dict(ema.init_kwargs), state_dict={k: v.detach().cpu() for k, v in ema.state_dict().items()},
-                sigma_init=distiller.config.sigma_init, config=distiller.config.to_dict(), kimg=row["kimg"],
-                iteration=row["iteration"], fid=row["fid"], fid_detector=row["fid_detector"],
-                fid_images=row["fid_images"])
+def snapshot_of(distiller: Distiller, row: Mapping[str, Any]) -> SavedGenerator:
+    """The snapshot of an evaluation: G_ema with everything needed to sample it and the score it got."""
+    return SavedGenerator.of(distiller.generator_ema, sigma_init=distiller.config.sigma_init,
+                             config=distiller.config.to_dict(), kimg=row["kimg"], iteration=row["iteration"],
+                             fid=row["fid"], fid_detector=row["fid_detector"], fid_images=row["fid_images"])
 
 
 def load_checkpoint(path: Path, config: DistillConfig) -> dict:
     """A run's saved state, refused if it was made with a different config (RESUMABLE_CHANGES may differ)."""
-    from sid.teachers import load_plain
-
     state = load_plain(path, "training checkpoint of this project")
     try:
         saved = {**LATER_FIELDS, **state["config"], **{k: getattr(config, k) for k in RESUMABLE_CHANGES}}
@@ -163,53 +156,31 @@ def run_rank(config: DistillConfig, folder: RunFolder | None, *, device: torch.d
              world_size: int = 1,
              state: dict | None = None,                  # training state to continue from (load_checkpoint)
              study: str = "", trial_id: str = "run",     # the rows' labels
-             after: AfterEvaluation | None = None,       # called on every rank after each evaluation (Ray's report)
+             sinks: Sequence[Sink] = (),                 # after the run folder, on every rank (trackers, Ray's report)
              progress: bool = True) -> Distiller:
     """Run (or continue) one rank of a run to config.duration_kimg: rank 0 evaluates and writes `folder`."""
-    from sid.loop import Evaluator, train
-    from sid.teachers import load_teacher
-
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # denormals made CPU iterations up to 10x slower
     teacher = load_teacher(config.teacher)
+    generator = load_generator(config.init_generator)[0] if config.init_generator else None
     micro_batch = 0
     if not config.batch_per_device:  # 0: the largest that fits, measured on this device before the run starts
-        from sid.micro_batch import fit_micro_batch
-
-        micro_batch = fit_micro_batch(config, teacher, device=device, world_size=world_size)
-    distiller = Distiller(config, teacher, device=device, rank=rank, world_size=world_size, micro_batch=micro_batch)
-    wall_s = 0.0
+        micro_batch = fit_micro_batch(config, teacher, device=device, world_size=world_size, generator=generator)
+    distiller = Distiller(config, teacher, device=device, rank=rank, world_size=world_size, generator=generator,
+                          micro_batch=micro_batch)
+    wall_s, best = 0.0, None
     if state is not None:
         distiller.load_state_dict(state)
         wall_s = float(state["wall_s"])
         if rank == 0:
             print(f"continuing at kimg {distiller.kimg:g} (iteration {distiller.iteration})", flush=True)
-
-    def on_evaluation(row: dict[str, Any], d: Distiller) -> None:
-        best = folder.write(row, d) if (rank == 0 and folder is not None) else math.nan
-        if after is not None:
-            after(row, d, best)
-
-    snapshot = (lambda d: write_phema(folder, d)) if (rank == 0 and folder is not None and config.phema) else None
-    train(distiller, evaluator=Evaluator(config, device) if rank == 0 else None, on_evaluation=on_evaluation,
-          study=study, trial_id=trial_id, wall_s=wall_s, progress=progress and rank == 0, resumed=state is not None,
-          on_snapshot=snapshot)
+            best = folder.best_until(trial_id, distiller.kimg) if folder is not None else None
+    writes = rank == 0 and folder is not None
+    train(distiller, evaluator=Evaluator(config, device) if rank == 0 else None,
+          sinks=[folder, *sinks] if writes else list(sinks), best=best, study=study, trial_id=trial_id,
+          wall_s=wall_s, progress=progress and rank == 0, resumed=state is not None,
+          phema_snapshot=folder.write_phema if (writes and config.phema) else None)
     return distiller
-
-
-def pick_device(name: str) -> torch.device:
-    """'auto' (CUDA if present), 'cpu', 'cuda' or 'cuda:N'; ValueError for a device this machine does not have."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"unknown device {name!r}: expected auto, cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"unsupported device {name!r}: expected auto, cpu, cuda or cuda:N")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return device
 
 
 def run_local(config: DistillConfig, out: Path, *, device: torch.device, resume: bool, progress: bool = True,
@@ -224,8 +195,7 @@ def run_local(config: DistillConfig, out: Path, *, device: torch.device, resume:
         check_rows_readable(folder)
         print(f"resuming {out}")
     try:
-        run_rank(config, folder, device=device, state=state, trial_id=out.name, progress=progress,
-                 after=tracker.after)
+        run_rank(config, folder, device=device, state=state, trial_id=out.name, progress=progress, sinks=[tracker])
     finally:
         tracker.close()
     return folder.rows_path

@@ -20,10 +20,13 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sid.config import DistillConfig
-from sid.files import MLFLOW_DIR, TENSORBOARD_DIR, TRACKING_FILE
+
+if TYPE_CHECKING:
+    from sid.distill import Distiller
+from sid.files import MLFLOW_DIR, TENSORBOARD_DIR, TRACKING_FILE, samples_name, write_text_atomic
 
 TRACKERS = ("tensorboard", "mlflow", "wandb")
 # The package each tracker needs, and the extra of this project that installs it.
@@ -226,8 +229,8 @@ def _millis() -> int:
 
 
 class RunTracker:
-    """The trackers of one run folder, started lazily at the first evaluation. `after(row, distiller, best)` fits
-    run_rank's `after` hook."""
+    """The trackers of one run folder, started lazily at the first evaluation: a sink of the training loop
+    (sid.loop.Sink), after the run folder, whose sample grid it logs."""
 
     def __init__(self, folder: Path, config: Mapping[str, Any], settings: TrackingSettings) -> None:
         self.folder, self.config = Path(folder), dict(config)
@@ -249,8 +252,7 @@ class RunTracker:
             except Exception as exc:  # any failure of a tracker must not stop the run
                 self._off(backend, exc)
         if ids:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(ids, indent=1))
+            write_text_atomic(path, json.dumps(ids, indent=1))
 
     def log(self, row: Mapping[str, Any], image: Path | None = None) -> None:
         if not self.backends:
@@ -264,9 +266,8 @@ class RunTracker:
             except Exception as exc:
                 self._off(backend, exc)
 
-    def after(self, row: dict[str, Any], distiller: Any, best_fid: float) -> None:
-        from sid.files import samples_name
-
+    def on_evaluation(self, row: dict[str, Any], distiller: Distiller, best: Mapping[str, Any] | None) -> None:
+        best_fid = float(best["fid"]) if best is not None else math.nan
         self.log({**row, "best_fid": best_fid}, self.folder / samples_name(distiller.iteration))
 
     def close(self) -> None:

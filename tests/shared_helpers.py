@@ -1,5 +1,5 @@
-"""Helpers shared by tests/ and tests/faults/: a tiny teacher file, the processes of a killed command, and loading a
-study script."""
+"""Helpers shared by tests/ and tests/faults/: a tiny teacher file, a training-loop sink that keeps its rows, the
+processes of a killed command, and loading a study script."""
 
 from __future__ import annotations
 
@@ -22,6 +22,18 @@ def make_teacher(path: Path) -> str:
     net = EDMPrecond(**TEACHER_KWARGS)
     torch.save(dict(init_kwargs=net.init_kwargs, state_dict=net.state_dict()), path)
     return str(path)
+
+
+class RowSink:
+    """A training-loop sink (sid.loop.Sink) that keeps what it is handed: each row, and the best row at that point."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+        self.bests: list = []
+
+    def on_evaluation(self, row, distiller, best) -> None:
+        self.rows.append(row)
+        self.bests.append(best)
 
 
 def session_processes(session: int) -> list[int]:

@@ -39,7 +39,7 @@ def test_local_path_with_the_right_sha256_is_accepted_and_a_wrong_one_refused(so
 def test_a_missing_file_is_a_clear_error(missing, tmp_path):
     with pytest.raises((FileNotFoundError, AssetError), match="no such file|could not download"):
         fetch(missing, cache_dir=tmp_path)
-    assert not list(tmp_path.glob("*.part"))
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary download left
 
 
 def test_unsupported_url_scheme_is_refused(tmp_path):
@@ -73,7 +73,7 @@ def test_download_with_a_wrong_sha256_is_refused_and_not_kept(source, tmp_path):
     with pytest.raises(AssetError, match="sha256 mismatch .* expected 0000"):
         fetch(source.as_uri(), sha256="0" * 64, cache_dir=cache)
     assert not cache_path(source.as_uri(), cache).exists()
-    assert not list(cache.glob("*.part"))
+    assert not list(cache.glob(".*.tmp"))  # no temporary download left
     assert fetch(source.as_uri(), sha256=sha(source.read_bytes()), cache_dir=cache).is_file()
 
 

@@ -150,7 +150,7 @@ def save_pngs(folder, arr):
     ("mismatch", "reference inception.npz has 2048-d statistics but detector digits-features-v1 gives 64-d"),
     ("too-few", "expected at least 40 images (2 draws of 20), found 30"),
     ("class", "--class and --sigma-init apply to generators"),
-    ("device", "--device: expected auto, cpu, cuda or cuda:N"),
+    ("device", "--device: unknown device 'gpu0': expected auto, cpu, cuda or cuda:N"),
 ])
 def test_evaluate_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, case, match):
     monkeypatch.chdir(tmp_path)

@@ -10,8 +10,9 @@ from test_checkpoints import ADM, random_net
 
 from sid.commands import evaluate, export
 from sid.config import preset
-from sid.generators import generate, load_exported, load_generator
+from sid.generators import generate, load_generator
 from sid.results import read_scores
+from sid.saved import SavedGenerator
 from sid.teachers import load_teacher
 
 
@@ -59,21 +60,21 @@ def test_loading_the_export_back_gives_bit_identical_images(run, tmp_path):
     export.main([str(run), "--out", str(out)])
     original, _ = load_generator(run)
     for source in (out, out.with_suffix(".json")):
-        net, info = load_exported(source)
-        assert info["sigma_init"] == 2.5 and info["fid"] == 3.25 and info["config"]["preset"] == "digits"
-        assert torch.equal(images(net), images(original))
+        saved = SavedGenerator.load(source)
+        assert saved.sigma_init == 2.5 and saved.fid == 3.25 and saved.config == preset("digits").to_dict()
+        assert torch.equal(images(saved.network()), images(original))
     assert torch.equal(images(load_generator(out)[0]), images(original))  # sid generate/evaluate take it too
     out.with_suffix(".json").unlink()  # the header metadata is enough on its own
-    assert torch.equal(images(load_exported(out)[0]), images(original))
+    assert torch.equal(images(SavedGenerator.load(out).network()), images(original))
 
 
 def test_conditional_pickle_generator_exports_too(tmp_path):
     net = random_net(ADM)
     torch.save(dict(init_kwargs=dict(net.init_kwargs), state_dict=net.state_dict()), tmp_path / "c.pt")
     weights, _ = export.export_safetensors(tmp_path / "c.pt", tmp_path / "c.safetensors")
-    back, info = load_exported(weights)
-    assert info["sigma_init"] is None and info["fid"] is None
-    assert torch.equal(images(back, class_idx=7), images(net, class_idx=7))
+    back = SavedGenerator.load(weights)
+    assert back.sigma_init is None and back.fid is None and back.sampling_sigma_init == preset("digits").sigma_init
+    assert torch.equal(images(back.network(), class_idx=7), images(net, class_idx=7))
 
 
 @pytest.mark.parametrize("args, match", [

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from shared_helpers import RowSink
 from torch.overrides import TorchFunctionMode
 
 from sid import fast, micro_batch
@@ -273,9 +274,9 @@ def test_only_the_last_evaluation_uses_fid_images_final(teacher, final, counts):
     from sid.loop import Evaluator, train
 
     cfg = config(fid_images=64, fid_images_final=final, duration_kimg=0.032, eval_every_kimg=0.016)
-    rows = []
-    train(Distiller(cfg, teacher), evaluator=Evaluator(cfg), on_evaluation=lambda row, d: rows.append(row),
-          progress=False)
+    sink = RowSink()
+    train(Distiller(cfg, teacher), evaluator=Evaluator(cfg), sinks=[sink], progress=False)
+    rows = sink.rows
     assert [r["iteration"] for r in rows] == [0, 1, 2]
     assert [r["fid_images"] for r in rows] == counts
     assert all(math.isfinite(r["fid"]) for r in rows)

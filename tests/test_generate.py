@@ -85,7 +85,7 @@ def test_load_generator_resolves_run_folders_snapshots_checkpoints_and_names(tmp
     (run / "snapshots").mkdir(parents=True)
     torch.save(snapshot(last, kimg=1.28), run / "generator.pt")
     net, info = load_generator(run)  # a legacy folder: generator.pt
-    assert info["source"] == str(run / "generator.pt") and info["sigma_init"] == 2.5 and info["kimg"] == 1.28
+    assert info.source == str(run / "generator.pt") and info.sigma_init == 2.5 and info.kimg == 1.28
     torch.save(snapshot(best, kimg=0.64, fid=12.5, fid_detector="digits-features-v1", fid_images=2048),
                run / "best.pt")
     torch.save(snapshot(best, kimg=0.64), run / "snapshots" / f"generator-{0.64:010.3f}.pt")
@@ -94,12 +94,12 @@ def test_load_generator_resolves_run_folders_snapshots_checkpoints_and_names(tmp
     for source in (run, run / "best.pt", run / "snapshots" / "generator-000000.640.pt"):
         net, info = load_generator(source)
         assert not net.training and torch.equal(images_of(net, seeds), want)
-    assert load_generator(run)[1]["fid"] == 12.5
+    assert load_generator(run)[1].fid == 12.5
     # A training checkpoint holds G_ema among the rest of the state.
     torch.save(dict(config=dict(sigma_init=2.0), generator_ema=best.state_dict(),
                     generator_init_kwargs=dict(best.init_kwargs), iteration=5), tmp_path / "checkpoint.pt")
     net, info = load_generator(tmp_path / "checkpoint.pt")
-    assert info["sigma_init"] == 2.0 and torch.equal(images_of(net, seeds), want)
+    assert info.sigma_init == 2.0 and torch.equal(images_of(net, seeds), want)
     # A teacher name is the teacher-initialised generator (SiD's starting point).
     assert torch.equal(images_of(load_generator("digits")[0], seeds), images_of(digits, seeds))
 
@@ -108,7 +108,7 @@ def test_official_snapshot_pickle_loads_its_ema_as_a_generator_without_running_c
     net, marker = random_net(ADM), tmp_path / "code-was-executed"
     pkl = dump(tmp_path / "network-snapshot-001.pkl", edm_snapshot(net), marker)
     loaded, info = load_generator(pkl)
-    assert not marker.exists() and info["sigma_init"] is None
+    assert not marker.exists() and info.sigma_init is None
     assert torch.equal(images_of(loaded, [0, 1], class_idx=3), images_of(net, [0, 1], class_idx=3))
 
 

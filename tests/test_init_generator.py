@@ -10,6 +10,7 @@ from shared_helpers import TEACHER_KWARGS, make_teacher
 
 from sid.config import preset
 from sid.distill import Distiller
+from sid.generators import load_generator
 from sid.networks.precond import EDMPrecond
 from sid.run import load_checkpoint
 from sid.teachers import load_teacher
@@ -37,7 +38,8 @@ def config_for(teacher_path, **overrides):
 def test_generator_and_ema_start_from_the_init_generator_and_the_fake_score_from_the_teacher(tiny):
     teacher_path, init_path, other = tiny
     teacher = load_teacher(teacher_path)
-    distiller = Distiller(config_for(teacher_path, init_generator=init_path), teacher)
+    distiller = Distiller(config_for(teacher_path, init_generator=init_path), teacher,
+                          generator=load_generator(init_path)[0])
     for net in (distiller.generator, distiller.generator_ema):
         assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), other.state_dict().values()))
     assert all(torch.equal(a, b) for a, b in zip(distiller.fake_score.state_dict().values(),
@@ -55,7 +57,8 @@ def test_an_init_generator_of_another_architecture_is_refused(tiny, tmp_path):
     digits = save_generator(load_teacher("digits"), tmp_path / "digits.pt")
     with pytest.raises(ValueError, match=r"architecture differs from the teacher's \(.*channel_mult=\[1, 2\] vs "
                                          r"\[1\].*model_channels=32 vs 16"):
-        Distiller(config_for(teacher_path, init_generator=digits), load_teacher(teacher_path))
+        Distiller(config_for(teacher_path, init_generator=digits), load_teacher(teacher_path),
+                  generator=load_generator(digits)[0])
 
 
 def test_distill_command_refuses_a_mismatched_init_generator_with_exit_2(tiny, tmp_path):

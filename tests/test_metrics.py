@@ -17,13 +17,14 @@ from sid.commands import ref as ref_command
 from sid.metrics import (
     FeatureStats,
     InceptionDetector,
-    compute_fd,
     frechet_distance,
     get_detector,
     load_reference_stats,
     quantize,
     reference_stats_for_images,
     save_reference_stats,
+    score_generated,
+    score_images,
 )
 
 
@@ -209,7 +210,7 @@ class PixelDetector:
         return images.flatten(1).to(torch.float32)
 
 
-def test_compute_fd_batches_quantizes_and_uses_biased_covariance():
+def test_score_generated_batches_quantizes_and_uses_biased_covariance():
     pool = torch.rand(10, 1, 2, 2, generator=torch.Generator().manual_seed(9)) * 2 - 1
     calls = []
     def generate(index, n):
@@ -217,17 +218,19 @@ def test_compute_fd_batches_quantizes_and_uses_biased_covariance():
         return pool[index * 4: index * 4 + n]
     rng = np.random.default_rng(10)
     ref_mu, ref_sigma = rng.standard_normal(4) * 50 + 128, random_spd(4, rng) * 1000
-    got = compute_fd(generate, 10, PixelDetector(), ref_mu, ref_sigma, batch_size=4)
+    got = score_generated(generate, 10, PixelDetector(), ref_mu, ref_sigma, batch_size=4).fd
     assert calls == [(0, 4), (1, 4), (2, 2)]
     q = np.floor(np.clip(pool.double().numpy().reshape(10, 4) * 127.5 + 128, 0, 255))
     assert got == pytest.approx(scipy_fd(q.mean(0), np.cov(q, rowvar=False, bias=True), ref_mu, ref_sigma), abs=1e-6)
-    biased_self = compute_fd(generate, 10, PixelDetector(), q.mean(0), np.cov(q, rowvar=False, bias=True), batch_size=4)
+    biased_self = score_generated(generate, 10, PixelDetector(), q.mean(0), np.cov(q, rowvar=False, bias=True),
+                                  batch_size=4).fd
     assert biased_self == pytest.approx(0.0, abs=1e-6)
 
 
-def test_compute_fd_rejects_wrong_batch_from_generate():
+def test_score_generated_rejects_wrong_batch_from_generate():
     with pytest.raises(ValueError, match=r"generate\(0, 4\) must return 4 images"):
-        compute_fd(lambda i, n: torch.zeros(n + 1, 1, 2, 2), 8, PixelDetector(), np.zeros(4), np.eye(4), batch_size=4)
+        score_generated(lambda i, n: torch.zeros(n + 1, 1, 2, 2), 8, PixelDetector(), np.zeros(4), np.eye(4),
+                        batch_size=4)
 
 
 def write_pngs(folder, arrays):
@@ -339,12 +342,29 @@ def test_fd_jackknife_estimates_the_spread_over_independent_draws():
     assert 0.75 < np.mean(ses) / np.std(draws, ddof=1) < 1.33
 
 
-def test_compute_fd_std_gives_compute_fds_value_and_nan_without_enough_images():
+def test_score_is_the_distance_of_all_images_with_an_error_and_nan_error_without_enough_images():
     pool = torch.rand(40, 1, 2, 2, generator=torch.Generator().manual_seed(3)) * 2 - 1
     generate = lambda index, n: pool[index * 8: index * 8 + n]
     rng = np.random.default_rng(4)
     ref_mu, ref_sigma = rng.standard_normal(4) * 50 + 128, random_spd(4, rng) * 1000
-    fd, se = metrics.compute_fd_std(generate, 40, PixelDetector(), ref_mu, ref_sigma, batch_size=8)
-    assert fd == compute_fd(generate, 40, PixelDetector(), ref_mu, ref_sigma, batch_size=8) and se > 0
-    fd, se = metrics.compute_fd_std(generate, 5, PixelDetector(), ref_mu, ref_sigma, batch_size=8)
-    assert math.isfinite(fd) and math.isnan(se)  # 5 images cannot fill 10 groups
+    score = score_generated(generate, 40, PixelDetector(), ref_mu, ref_sigma, batch_size=8)
+    whole = FeatureStats()
+    whole.update(PixelDetector()(quantize(pool)))
+    assert score.fd == pytest.approx(frechet_distance(*whole.mean_cov(), ref_mu, ref_sigma), rel=1e-12)
+    assert score.fd_std > 0 and score.images == 40 and score.finite
+    score = score_generated(generate, 5, PixelDetector(), ref_mu, ref_sigma, batch_size=8)
+    assert math.isfinite(score.fd) and math.isnan(score.fd_std)  # 5 images cannot fill 10 groups
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_one_non_finite_image_makes_the_score_nan_where_stored_uint8_images_are_scored_as_they_are(bad):
+    pool = torch.rand(40, 1, 2, 2, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    ref_mu, ref_sigma = np.full(4, 128.0), np.eye(4) * 1000
+    poisoned = pool.clone()
+    poisoned[17, 0, 1, 0] = bad  # one pixel of one image of the third batch
+    score = score_images(poisoned.split(8), PixelDetector(), ref_mu, ref_sigma)
+    assert math.isnan(score.fd) and math.isnan(score.fd_std) and not score.finite and score.images == 40
+    stored = score_images(quantize(poisoned).split(8), PixelDetector(), ref_mu, ref_sigma)  # what quantize made
+    assert stored.finite and math.isfinite(stored.fd)  # of it: black pixels, a (poor) image like any other
+    clean = score_images(pool.split(8), PixelDetector(), ref_mu, ref_sigma)
+    assert clean.finite and clean.fd == score_images(quantize(pool).split(8), PixelDetector(), ref_mu, ref_sigma).fd

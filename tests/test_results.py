@@ -6,14 +6,23 @@ import pyarrow as pa
 import pytest
 
 from sid.results import (
+    EVALUATION_KEY,
     EVALUATION_SCHEMA,
+    PHEMA_KEY,
+    PHEMA_SCHEMA,
     SCHEMA_VERSION,
+    SCORE_KEY,
+    SCORE_SCHEMA,
     TRIAL_SCHEMA,
+    best_of,
+    best_row,
     is_uri,
     now_utc,
     read_evaluations,
+    read_parquet,
     read_trials,
     schema_version,
+    upsert,
     upsert_evaluations,
     write_trials,
 )
@@ -165,3 +174,65 @@ def test_fid_std_follows_fid_images_and_older_files_read_as_nan(tmp_path):
     assert len(frame) == 2 and frame["fid_std"].iloc[0] == 0.25 and math.isnan(frame["fid_std"].iloc[1])
     upsert_evaluations(old, [row(kimg=6.4, fid_std=0.5)])  # a resumed old trial rewrites the file with the column
     assert pq.read_schema(old).names == EVALUATION_SCHEMA.names
+
+
+# ---------------------------------------------------------------------------------------------- the one upsert
+def score_row(repeat=0, fid=10.0, **kw):
+    """A `sid evaluate` row of an npz: no sigma_init, no Inception Score (NaN: not computed)."""
+    base = dict(source="x.npz", kind="npz", repeat=repeat, seeds=f"images {repeat * 64}-{repeat * 64 + 63}",
+                sigma_init=math.nan, class_label=-1, fid=fid, fid_detector="digits-features-v1", fid_images=64,
+                fid_std=0.5, fid_ref="digits", is_mean=math.nan, is_std=math.nan, written_at=now_utc())
+    return {**base, **kw}
+
+
+def phema_row(kimg=0.064, sigma_rel=0.05, fid=10.0, **kw):
+    base = {k: v for k, v in row().items() if k in PHEMA_SCHEMA.names}
+    return {**base, **dict(trial_id="run", study="", sigma_rel=sigma_rel, kimg=kimg, iteration=int(kimg * 125),
+                           snapshots=4, fid=fid, fid_std=0.5, written_at=now_utc()), **kw}
+
+
+# (schema, key, rows to write twice, one of them written again with another value, the column left uncomputed)
+KINDS = {
+    "evaluations": (EVALUATION_SCHEMA, EVALUATION_KEY, [row(kimg=0.0, loss_fake_score=math.nan), row(kimg=6.4)],
+                    row(kimg=6.4, fid=9.0), "loss_fake_score"),
+    "scores": (SCORE_SCHEMA, SCORE_KEY, [score_row(0), score_row(1, is_mean=2.0, is_std=0.1)], score_row(1, fid=9.0),
+               "is_mean"),
+    "phema": (PHEMA_SCHEMA, PHEMA_KEY, [phema_row(sigma_rel=0.05, fid_std=math.nan), phema_row(sigma_rel=0.1)],
+              phema_row(sigma_rel=0.1, fid=9.0), "fid_std"),
+}
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_the_upsert_is_idempotent_keyed_versioned_and_stores_null_for_what_was_not_computed(tmp_path, kind):
+    import pyarrow.parquet as pq
+
+    schema, key, rows, again, missing = KINDS[kind]
+    path = tmp_path / f"{kind}.parquet"
+    upsert(path, rows, schema, key)
+    first = read_parquet(path, schema)
+    upsert(path, rows, schema, key)  # the same rows again: the same rows in the file
+    twice = read_parquet(path, schema)
+    assert len(twice) == 2 and twice.drop(columns="written_at").equals(first.drop(columns="written_at"))
+    table = pq.read_table(path)
+    assert table.schema.names == schema.names
+    assert table.schema.metadata[b"sid_schema_version"] == SCHEMA_VERSION.encode()
+    assert table.column(missing).null_count == 1 and not pc_any_nan(table.column(missing))
+    merged = upsert(path, [again], schema, key)  # a row of the same key replaces the old one
+    assert len(merged) == 2 and merged["fid"].tolist() == [10.0, 9.0]
+
+
+def pc_any_nan(column) -> bool:
+    import pyarrow.compute as pc
+
+    return bool(pc.any(pc.is_nan(column.fill_null(0.0))).as_py())
+
+
+def test_the_running_best_is_best_rows_choice_one_row_at_a_time():
+    rows = [row(kimg=0.0, fid=5.0), row(kimg=1.0, fid=3.0), row(kimg=2.0, fid=math.nan, status="diverged"),
+            row(kimg=3.0, fid=3.0), row(kimg=4.0, fid=2.0, status="diverged"), row(kimg=5.0, fid=4.0)]
+    best = None
+    for i, r in enumerate(rows):
+        best = best_of(best, r)
+        expected = best_row(pd.DataFrame(rows[: i + 1]))
+        assert best is not None and best["kimg"] == expected["kimg"]
+    assert best_of(None, row(fid=math.nan, status="diverged")) is None

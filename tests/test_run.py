@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from shared_helpers import RowSink
 
 from sid.config import preset
 from sid.files import snapshot_name
@@ -80,9 +81,10 @@ def test_a_distiller_restored_at_kimg_0_does_not_evaluate_kimg_0_again(teacher_f
     from sid.teachers import load_teacher
 
     config = tiny(teacher_file)
-    rows = []
-    train(Distiller(config, load_teacher(config.teacher)), evaluator=Evaluator(config),
-          on_evaluation=lambda row, _: rows.append(row), progress=False, resumed=resumed)
+    sink = RowSink()
+    train(Distiller(config, load_teacher(config.teacher)), evaluator=Evaluator(config), sinks=[sink], progress=False,
+          resumed=resumed)
+    rows = sink.rows
     assert [row["iteration"] for row in rows] == evaluated
     assert all(0 < row["fid_std"] < row["fid"] for row in rows)  # each evaluation measures its own sampling error
 

@@ -16,6 +16,7 @@ from sid.distill import Distiller
 from sid.files import BEST, SNAPSHOTS, snapshot_name
 from sid.loop import make_row
 from sid.networks.precond import EDMPrecond
+from sid.results import best_of
 from sid.run import RunFolder
 from sid.teachers import load_network_file
 
@@ -33,15 +34,18 @@ def config(teacher: str, **overrides):
     return preset("digits", **{**base, **overrides})
 
 
-def write_evaluations(folder: RunFolder, distiller: Distiller, fids: list[float]) -> list[float]:
-    """One evaluation per FD: step, then hand the folder the row the loop would; return the best FD returned."""
+def write_evaluations(folder: RunFolder, distiller: Distiller, fids: list[float], best=None) -> list[float]:
+    """One evaluation per FD: step, then hand the folder the row and the running best the loop would; return the
+    best FD after each."""
     stats = dict(loss_fake_score=1.0, loss_generator=1.0, nan_samples=0)
-    best = []
+    found = []
     for fid in fids:
         distiller.step()
         row = make_row(distiller, fid=fid, stats=stats, wall_s=1.0, images_per_s=1.0, study="", trial_id="run")
-        best.append(folder.write(row, distiller))
-    return best
+        best = best_of(best, row)
+        folder.on_evaluation(row, distiller, best)
+        found.append(float(best["fid"]) if best is not None else math.nan)
+    return found
 
 
 @pytest.mark.parametrize("policy, kept", [
@@ -71,7 +75,9 @@ def test_a_diverged_evaluation_saves_no_snapshot_and_keeps_best(tmp_path, teache
     folder = RunFolder(tmp_path)
     write_evaluations(folder, distiller, [4.0])
     before = (tmp_path / BEST).read_bytes()
-    assert write_evaluations(folder, distiller, [math.nan]) == [4.0]  # the best so far is still the first
+    best = folder.best_until("run", distiller.kimg)  # where a resumed run's running best starts
+    assert best["fid"] == 4.0
+    assert write_evaluations(folder, distiller, [math.nan], best) == [4.0]  # the best so far is still the first
     assert len(list((tmp_path / SNAPSHOTS).iterdir())) == 1
     assert (tmp_path / BEST).read_bytes() == before
 

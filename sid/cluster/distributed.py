@@ -31,11 +31,19 @@ import torch
 from sid.cluster.resources import STRATEGIES, TrialResources
 from sid.config import DistillConfig
 from sid.distill import Distiller, check_architecture, student_kwargs
-from sid.files import CHECKPOINT, EVALUATIONS
+from sid.files import (
+    CHECKPOINT,
+    EVALUATIONS,
+    RAY_DIR,
+    RAY_STATE_FILE,
+    WORKERS_DIR,
+    link_atomic,
+    save_torch_atomic,
+    write_text_atomic,
+)
 from sid.run import RunFolder, load_checkpoint, run_rank
 from sid.tracking import STEP_KEY, RunTracker, TrackingSettings, step_of
 
-STATE_FILE = "state.pt"        # the training state inside each Ray checkpoint folder
 RUN_NAME = "train"             # Ray Train run name of a one-run folder (storage: <out>/ray/train)
 # Set (unless already set) by connect() on any cluster: no Train V2 migration banners (Ray reads it at each call and
 # passes it on to the Tune trials this process starts).
@@ -106,14 +114,10 @@ def _record_worker(workers_dir: str | None, rank: int, world_size: int, device: 
     operator which process to look at or kill, and whether a restarted group continued or started over."""
     if not workers_dir:
         return
-    path = Path(workers_dir) / f"rank{rank}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
     info = dict(rank=rank, world_size=world_size, pid=os.getpid(), node_id=ray.get_runtime_context().get_node_id(),
                 hostname=socket.gethostname(), device=str(device), torch_threads=torch.get_num_threads(),
                 restored_iteration=restored_iteration)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(info))
-    os.replace(tmp, path)
+    write_text_atomic(Path(workers_dir) / f"rank{rank}.json", json.dumps(info))
 
 
 def _restored_state(loop_config: dict[str, Any], config: DistillConfig) -> dict | None:
@@ -122,40 +126,34 @@ def _restored_state(loop_config: dict[str, Any], config: DistillConfig) -> dict 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            return load_checkpoint(Path(folder) / STATE_FILE, config)
+            return load_checkpoint(Path(folder) / RAY_STATE_FILE, config)
     if loop_config["resume_path"]:
         return load_checkpoint(Path(loop_config["resume_path"]), config)
     return None
 
 
-class _Reporter:
-    """After each evaluation, on every rank: report the metrics and (rank 0, a good state) a checkpoint. Rank 0 wrote
-    the row and files before, so a restart from this checkpoint never skips a row; the report is a barrier."""
+class Reporter:
+    """The last sink, on every rank: report the metrics and (rank 0, a good state) a checkpoint to Ray. The run
+    folder wrote the row and files before, so a restart from this checkpoint never skips a row; the report is a
+    barrier, and the checkpoint may end this worker."""
 
     def __init__(self, folder: RunFolder | None) -> None:  # rank 0's folder; None on the other ranks
         self.folder = folder
 
-    def __call__(self, row: dict[str, Any], distiller: Distiller, best_fid: float) -> None:
+    def on_evaluation(self, row: dict[str, Any], distiller: Distiller, best: Mapping[str, Any] | None) -> None:
         metrics = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        metrics["best_fid"] = best_fid
+        metrics["best_fid"] = float(best["fid"]) if best is not None else math.nan
         metrics[STEP_KEY] = step_of(row)  # Tune's TensorBoard/MLflow callbacks step on it: images, not reports
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if self.folder is not None and row["status"] == "ok":  # a diverged state is no checkpoint
-                state = Path(tmp) / STATE_FILE
+                state = Path(tmp) / RAY_STATE_FILE
                 if self.folder.state_path is not None:  # the run folder's checkpoint.pt: the state is saved once
-                    _link_or_copy(self.folder.state_path, state)
+                    link_atomic(self.folder.state_path, state)
                 else:
-                    torch.save({**distiller.state_dict(), "wall_s": row["wall_s"]}, state)
+                    save_torch_atomic({**distiller.state_dict(), "wall_s": row["wall_s"]}, state)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
-
-
-def _link_or_copy(source: Path, dest: Path) -> None:
-    try:
-        os.link(source, dest)
-    except OSError:
-        shutil.copyfile(source, dest)
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
@@ -174,20 +172,15 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     folder = RunFolder(Path(loop_config["run_folder"]), rows_path=Path(loop_config["rows_path"]),
                        keep_state=loop_config["keep_state"], config_text=loop_config.get("config_text")) \
         if rank == 0 else None
-    reporter, tracker = _Reporter(folder), None
+    tracker = None
     # a one-run command's trackers (a study's are Tune callbacks)
     if rank == 0 and loop_config.get("tracking", {}).get("trackers"):
         tracker = RunTracker(folder.out, config.to_dict(), TrackingSettings.from_dict(loop_config["tracking"]))
-
-    def after(row: dict[str, Any], distiller: Distiller, best_fid: float) -> None:
-        if tracker is not None:  # before the report: it is a barrier, and the checkpoint may end this worker
-            tracker.after(row, distiller, best_fid)
-        reporter(row, distiller, best_fid)
-
+    sinks = [*([tracker] if tracker is not None else []), Reporter(folder)]  # the report last: a barrier
     try:
         run_rank(config, folder, device=device, rank=rank, world_size=world_size,
                  state=state, study=loop_config["study"],
-                 trial_id=loop_config["trial_id"], after=after, progress=False)
+                 trial_id=loop_config["trial_id"], sinks=sinks, progress=False)
     finally:
         if tracker is not None:
             tracker.close()
@@ -307,13 +300,13 @@ def run_distributed(config: DistillConfig, out: Path, *, resources: TrialResourc
     if not resume and (out / CHECKPOINT).exists():
         raise ValueError(f"{out} already holds a run; resume it or choose another folder")
     out.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(out / "ray" / RUN_NAME, ignore_errors=True)  # older than (or as new as) checkpoint.pt: see above
+    shutil.rmtree(out / RAY_DIR / RUN_NAME, ignore_errors=True)  # older than (or as new as) checkpoint.pt: see above
     started = connect(address)
     try:
         resources = resolve(resources)
-        trainer = build_trainer(config, resources=resources, rows_path=out / EVALUATIONS, storage_path=out / "ray",
+        trainer = build_trainer(config, resources=resources, rows_path=out / EVALUATIONS, storage_path=out / RAY_DIR,
                                 name=RUN_NAME, trial_id=out.name, run_folder=out, keep_state=True,
-                                resume_path=out / CHECKPOINT if resume else None, workers_dir=out / "workers",
+                                resume_path=out / CHECKPOINT if resume else None, workers_dir=out / WORKERS_DIR,
                                 loop_extra={"tracking": tracking.to_dict(), "config_text": config_text})
         print(f"Ray Train: {resources.workers} worker(s) x {resources.per_worker()} "
               f"({trainer.scaling_config.placement_strategy}) on {len(_live_nodes())} node(s); "

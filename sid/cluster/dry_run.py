@@ -39,9 +39,9 @@ from sid.cluster.space import StudyError
 from sid.cluster.study import DRIVER_CPU, Study, plan, trial_config, trial_dirname, trial_label
 from sid.cluster.trials import TrialSettings
 from sid.config import DistillConfig
-from sid.files import TRAIN_DIR
+from sid.files import TRAIN_DIR, write_text_atomic
 from sid.loop import Evaluator
-from sid.results import write_atomic, write_file_atomic
+from sid.results import write_atomic
 from sid.teachers import load_teacher
 
 DEFAULT_HOLD_S = 5.0          # each worker holds its resources this long, so trials that can overlap do
@@ -58,7 +58,7 @@ def dry_run_folder(study: Study) -> Path:
 
 
 def _write_json(path: Path, record: dict[str, Any]) -> None:
-    write_file_atomic(path, lambda f: f.write(json.dumps(record).encode()))
+    write_text_atomic(path, json.dumps(record))
 
 
 def _cached_files() -> dict[str, int]:

@@ -50,8 +50,8 @@ from sid.cluster.space import SAMPLERS, Dimension, StudyError, check_point, chec
 from sid.cluster.stopping import CurveRule
 from sid.cluster.trials import TrialRecord, TrialSettings, write_trials_table
 from sid.config import SEARCHABLE, ConfigError, DistillConfig
-from sid.files import CONFIG_FILE, EVALUATIONS_DIR, MLFLOW_DIR, RUNS_DIR, TRAIN_DIR, TRIALS_FILE
-from sid.results import Divergence, is_uri, read_parquet, write_file_atomic
+from sid.files import CONFIG_FILE, EVALUATIONS_DIR, MLFLOW_DIR, RUNS_DIR, TRAIN_DIR, TRIALS_FILE, write_text_atomic
+from sid.results import Divergence, is_uri, read_parquet
 from sid.tracking import STEP_KEY, TrackingSettings, mlflow_uri, step_of
 
 DRIVER_CPU = 0.01                      # CPU held by each trial's driver function (Tune rejects 0)
@@ -371,8 +371,7 @@ def run_study(study: Study, *, resume: bool = False, address: str | None = None,
         settings, trial, concurrency = plan(study, folder, saved)
         if not resume:
             settings.write()
-            text = (config_text or study_yaml(study)).encode()
-            write_file_atomic(folder / CONFIG_FILE, lambda f: f.write(text))
+            write_text_atomic(folder / CONFIG_FILE, config_text or study_yaml(study))
         trainable = ray.tune.with_resources(ray.tune.with_parameters(run_trial, settings=settings),
                                             {"cpu": DRIVER_CPU})
         if resume:

@@ -21,8 +21,8 @@ import pandas as pd
 from sid.cluster.resources import TrialResources
 from sid.cluster.space import StudyError
 from sid.config import ConfigError, DistillConfig
-from sid.files import EVALUATIONS_DIR, SETTINGS_FILE, STOPS_DIR, TRIALS_FILE
-from sid.results import CONFIG_COLUMNS, Divergence, read_evaluations, summarise_rows, write_file_atomic, write_trials
+from sid.files import EVALUATIONS_DIR, SETTINGS_FILE, STOPS_DIR, TRIALS_FILE, write_text_atomic
+from sid.results import CONFIG_COLUMNS, Divergence, read_evaluations, summarise_rows, write_trials
 
 
 @dataclass(frozen=True)
@@ -83,8 +83,7 @@ class TrialSettings:
 
     def write(self) -> Path:
         """<folder>/trial_settings.json, atomically: a reader (a resume after a crash) sees the whole file or none."""
-        text = json.dumps(self.to_dict(), indent=1).encode()
-        return write_file_atomic(self.folder / SETTINGS_FILE, lambda f: f.write(text))
+        return write_text_atomic(self.folder / SETTINGS_FILE, json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def read(cls, folder: Path) -> TrialSettings:
@@ -179,8 +178,7 @@ def summary(trials: pd.DataFrame, searched: Sequence[str]) -> str:
 
 def record_stop(folder: Path, trial_id: str, reason: str, kimg: float) -> None:
     """Keep why a trial was stopped, for its row in trials.parquet (the stopper runs in Tune's driver)."""
-    text = json.dumps(dict(trial_id=trial_id, reason=reason, kimg=kimg))
-    write_file_atomic(folder / STOPS_DIR / f"{trial_id}.json", lambda f: f.write(text.encode()))
+    write_text_atomic(folder / STOPS_DIR / f"{trial_id}.json", json.dumps(dict(trial_id=trial_id, reason=reason, kimg=kimg)))
 
 
 def stop_reason(folder: Path, trial_id: str) -> str:

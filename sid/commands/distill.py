@@ -29,9 +29,10 @@ from sid.commands.cli import (
     resources_from_args,
     tracking_from_args,
 )
+from sid.devices import parse_device
 from sid.files import CHECKPOINT
 from sid.results import is_uri
-from sid.run import pick_device, run_local
+from sid.run import run_local
 from sid.tracking import DEFAULT_EXPERIMENT
 
 
@@ -69,9 +70,9 @@ def main(argv: list[str] | None = None) -> None:
     if blocked is not None:
         parser.error(f"--out {out}: {blocked} exists and is not a folder")
     try:
-        device = pick_device(args.device)
+        device = parse_device(args.device)
     except ValueError as exc:
-        parser.error(f"--device: {exc}")
+        parser.error(str(exc))
     has_state = (out / CHECKPOINT).exists()
     if args.resume and not has_state:
         parser.error(f"--resume: {out} holds no {CHECKPOINT} to continue from")

@@ -24,27 +24,13 @@ import torch
 from tqdm import tqdm
 
 from sid.assets import AssetError
-from sid.config import INCEPTION
-from sid.files import RUN_FILES, SCORES_FILE
-from sid.generators import (
-    DEFAULT_SIGMA_INIT,
-    MAX_SEED,
-    check_class,
-    devices_for,
-    format_seeds,
-    generate,
-    load_generator,
-)
-from sid.metrics import (
-    check_reference,
-    feature_stats,
-    frechet_distance,
-    get_detector,
-    inception_score,
-    iter_image_batches,
-    quantize,
-)
-from sid.results import append_scores, now_utc
+from sid.config import INCEPTION, DistillConfig
+from sid.devices import parse_device
+from sid.files import EVALUATIONS, RUN_FILES, SCORES_FILE
+from sid.generators import MAX_SEED, check_class, format_seeds, generate, load_generator
+from sid.metrics import check_reference, get_detector, inception_score, iter_image_batches, score_images
+from sid.results import SCORE_KEY, SCORE_SCHEMA, now_utc, provenance, read_parquet, upsert
+from sid.teachers import load_reference
 
 IS_SPLITS = 10
 
@@ -122,19 +108,10 @@ def check_images_fit(detector, shape: tuple[int, ...], source: str) -> None:
         raise ValueError(f"{source}: images of shape {list(shape)} (C, H, W) do not fit: {exc}") from None
 
 
-def quantized(images: Iterator[torch.Tensor], finite: list[bool]) -> Iterator[torch.Tensor]:
-    """uint8 images; finite[0] turns False if any float pixel was NaN or infinite."""
-    for x in images:
-        finite[0] = finite[0] and bool(x.isfinite().all())
-        yield quantize(x)
-
-
 def evaluate(source: str, *, detector_name: str, ref: str, images: int, repeats: int, seed_start: int = 0,
              class_idx: int | None = None, sigma_init: float | None = None, batch: int = 64, device: str = "cpu",
              progress: bool = True) -> list[dict]:
     """One score row per draw (sid.results.SCORE_SCHEMA). ValueError for every bad input, before any work."""
-    from sid.teachers import load_reference
-
     if images < 2 or repeats < 1:
         raise ValueError(f"--images must be >= 2 and --repeats >= 1, got {images} and {repeats}")
     if sigma_init is not None and not sigma_init > 0:
@@ -148,9 +125,9 @@ def evaluate(source: str, *, detector_name: str, ref: str, images: int, repeats:
         last = seed_start + images * repeats - 1
         if seed_start < 0 or last > MAX_SEED:
             raise ValueError(f"--seed-start: expected seeds within 0-{MAX_SEED}, got {seed_start}-{last}")
-        net, info = load_generator(source)
+        net, saved = load_generator(source)
         check_class(net, class_idx)
-        sigma_init = sigma_init or info["sigma_init"] or DEFAULT_SIGMA_INIT
+        sigma_init = sigma_init or saved.sampling_sigma_init
         shape = (net.img_channels, net.img_resolution, net.img_resolution)
     else:
         if class_idx is not None or sigma_init is not None:
@@ -169,12 +146,10 @@ def evaluate(source: str, *, detector_name: str, ref: str, images: int, repeats:
         if net is not None:
             seeds = list(range(seed_start + r * images, seed_start + (r + 1) * images))
             label = format_seeds(seeds)
-            finite = [True]
-            draw = quantized(generate(net, seeds, sigma_init=sigma_init, class_idx=class_idx, batch=batch,
-                                      device=device), finite)
+            draw = generate(net, seeds, sigma_init=sigma_init, class_idx=class_idx, batch=batch, device=device)
         else:
             label = f"images {r * images}-{(r + 1) * images - 1}"
-            draw, finite = stream.take(images), [True]
+            draw = stream.take(images)
         probs: list[np.ndarray] | None = [] if with_is else None
 
         def counted(batches):
@@ -182,20 +157,15 @@ def evaluate(source: str, *, detector_name: str, ref: str, images: int, repeats:
                 bar.update(len(b))
                 yield b
 
-        stats = feature_stats(counted(draw), detector, probabilities=probs)
-        mu, sigma = stats.mean_cov()
-        is_mean, is_std = inception_score(np.concatenate(probs), IS_SPLITS) if with_is else (math.nan, math.nan)
-        # As the training-time Evaluator: a non-finite image would count as black and pass a diverged generator off
-        # as a finite, merely poor, score.
-        fid = frechet_distance(mu, sigma, mu_ref, sigma_ref) if finite[0] else math.nan
-        if not finite[0]:
-            is_mean = is_std = math.nan
+        # The training evaluations' scoring: FD, its standard error, and NaN if any image is non-finite.
+        score = score_images(counted(draw), detector, mu_ref, sigma_ref, probabilities=probs)
+        is_mean, is_std = inception_score(np.concatenate(probs), IS_SPLITS) \
+            if (with_is and score.finite) else (math.nan, math.nan)
         rows.append(dict(source=source, kind=kind, repeat=r, seeds=label,
                          sigma_init=float(sigma_init) if net is not None else math.nan,
                          class_label=-1 if class_idx is None else class_idx,
-                         fid=fid, fid_detector=detector.name,
-                         fid_images=stats.num_items, fid_ref=ref, is_mean=is_mean, is_std=is_std,
-                         written_at=now_utc()))
+                         fid=score.fd, fid_detector=detector.name, fid_images=score.images, fid_std=score.fd_std,
+                         fid_ref=ref, is_mean=is_mean, is_std=is_std, written_at=now_utc()))
     bar.close()
     return rows
 
@@ -222,9 +192,7 @@ def summary(rows: list[dict]) -> str:
 
 def training_values(source: str) -> str | None:
     """For a run folder: its own last and best evaluations, measured on other noise (so equal within the spread)."""
-    from sid.results import read_parquet
-
-    path = Path(source) / "evaluations.parquet"
+    path = Path(source) / EVALUATIONS
     if not path.is_file():
         return None
     rows = read_parquet(path)
@@ -253,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--class", dest="class_idx", type=int, default=None,
                         help="class of every image (conditional generators; default: a random class per seed)")
     parser.add_argument("--sigma-init", type=float, default=None,
-                        help=f"generator input noise level (default: the run's, else {DEFAULT_SIGMA_INIT})")
+                        help=f"generator input noise level (default: the run's, else {DistillConfig.sigma_init})")
     parser.add_argument("--batch", type=int, default=64, help="images per generator/detector call")
     parser.add_argument("--device", default="auto", help="torch device: auto (cuda if present), cpu, cuda, cuda:N")
     parser.add_argument("--out", default=None, help=f"scores Parquet file to add the rows to (default: {SCORES_FILE}"
@@ -269,7 +237,7 @@ def settings(args: argparse.Namespace) -> dict:
     config = {}
     own = Path(args.source).is_dir() or args.source.endswith((".pt", ".safetensors", ".json"))
     if source_kind(args.source) == "generator" and args.preset is None and own and Path(args.source).exists():
-        config = load_generator(args.source)[1].get("config") or {}
+        config = load_generator(args.source)[1].config or {}
     base = dict(PRESETS.get(args.preset or config.get("preset") or "digits", PRESETS["digits"]))
     if args.preset is None:  # the run's own choices over its preset's
         base.update({k: config[k] for k in ("fid_detector", "fid_ref", "fid_images") if config.get(k)})
@@ -286,23 +254,21 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out) if args.out else (source if source_kind(args.source) == "generator" and source.is_dir()
                                            else Path(".")) / SCORES_FILE
     try:
-        devices = devices_for(args.device)[:1] if args.device == "auto" else devices_for(args.device)
-        if len(devices) != 1:
-            raise ValueError(f"--device: expected one device (cpu, cuda or cuda:N), got {args.device!r}")
+        device = parse_device(args.device)
     except ValueError as exc:
         parser.error(str(exc))
-    if devices[0] == "cpu":
+    if device.type == "cpu":
         torch.set_flush_denormal(True)  # as in training: denormals made CPU networks up to 10x slower
     try:
         rows = evaluate(args.source, **settings(args), repeats=args.repeats, seed_start=args.seed_start,
-                        class_idx=args.class_idx, sigma_init=args.sigma_init, batch=args.batch, device=devices[0],
+                        class_idx=args.class_idx, sigma_init=args.sigma_init, batch=args.batch, device=str(device),
                         progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as exc:
         parser.error(str(exc))
     except (OSError, AssetError) as exc:  # a download failed: not the input's fault
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
-    append_scores(out, rows)
+    upsert(out, rows, SCORE_SCHEMA, SCORE_KEY, sort=False, metadata=provenance(device=str(device)))
     print(summary(rows))
     if source_kind(args.source) == "generator" and (own := training_values(args.source)):
         print(own)

@@ -20,7 +20,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sid.generators import DEFAULT_SIGMA_INIT, check_class, devices_for, generate, load_generator, parse_seeds
+from sid.config import DistillConfig
+from sid.devices import parse_devices
+from sid.files import write_file_atomic
+from sid.generators import check_class, generate, load_generator, parse_seeds
+from sid.metrics import quantize
 
 
 def png_path(outdir: Path, seed: int, subdirs: bool) -> Path:
@@ -42,8 +46,6 @@ def generate_pixels(net: torch.nn.Module, seeds: Sequence[int], *, sigma_init: f
                     batch: int, device: str, outdir: Path | None = None, subdirs: bool = False,
                     keep: bool = True, progress: bool = True, position: int = 0) -> np.ndarray | None:
     """uint8 NHWC images of `seeds` (None unless `keep`), PNGs written to `outdir` as they come."""
-    from sid.metrics import quantize
-
     kept = []
     bar = tqdm(total=len(seeds), unit="img", disable=not progress, position=position, file=sys.stdout,
                desc=f"generate {device}", dynamic_ncols=True)
@@ -95,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--class", dest="class_idx", type=int, default=None,
                         help="class index of every image (conditional networks; default: a random class per seed)")
     parser.add_argument("--sigma-init", type=float, default=None,
-                        help=f"generator input noise level (default: the run's, else {DEFAULT_SIGMA_INIT})")
+                        help=f"generator input noise level (default: the run's, else {DistillConfig.sigma_init})")
     parser.add_argument("--batch", type=int, default=64, help="images per generator call")
     parser.add_argument("--outdir", default=None, help="folder for one PNG per seed, 000042.png")
     parser.add_argument("--subdirs", action="store_true", help="PNGs in subfolders of 1000 (000000/, 001000/, ...)")
@@ -107,8 +109,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from sid.results import write_file_atomic
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.outdir is None and args.npz is None:
@@ -126,18 +126,18 @@ def main(argv: list[str] | None = None) -> None:
                 raise ValueError(f"--outdir {args.outdir}: {blocked} exists and is not a folder")
         if args.npz and not args.npz.endswith(".npz"):
             raise ValueError(f"--npz: expected a file name ending in .npz, got {args.npz!r}")
-        devices = devices_for(args.device)
-        net, info = load_generator(args.network)
+        devices = [str(d) for d in parse_devices(args.device)]
+        net, saved = load_generator(args.network)
         check_class(net, args.class_idx)
     except ValueError as exc:
         parser.error(str(exc))
     if "cpu" in devices:
         torch.set_flush_denormal(True)  # as in training: denormals made CPU networks up to 10x slower
-    sigma_init = args.sigma_init or info["sigma_init"] or DEFAULT_SIGMA_INIT
+    sigma_init = args.sigma_init or saved.sampling_sigma_init
     outdir = Path(args.outdir) if args.outdir else None
     if outdir is not None:
         outdir.mkdir(parents=True, exist_ok=True)
-    pixels = run(str(info["source"]), seeds, net=net, devices=devices, keep=args.npz is not None,
+    pixels = run(saved.source, seeds, net=net, devices=devices, keep=args.npz is not None,
                  sigma_init=sigma_init, class_idx=args.class_idx, batch=args.batch, outdir=outdir,
                  subdirs=args.subdirs, progress=not args.no_progress)
     if args.npz:

@@ -13,14 +13,18 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import torch
 
 from sid.config import DistillConfig, parse_sigma_rels
+from sid.devices import parse_device
+from sid.distill import sample_evaluation_batch
 from sid.files import PHEMA, PHEMA_FILE
-from sid.results import CONFIG_COLUMNS, PHEMA_SCHEMA, now_utc, read_parquet, write_atomic
+from sid.loop import Evaluator
+from sid.phema import combine, exponent
+from sid.results import CONFIG_COLUMNS, PHEMA_KEY, PHEMA_SCHEMA, now_utc, provenance, upsert
+from sid.saved import SavedGenerator
 
 DEFAULT_TARGETS = "0.01,0.02,0.05,0.1,0.15,0.2"
 
@@ -34,17 +38,16 @@ def runs_under(source: Path) -> list[Path]:
     return found
 
 
-def list_snapshots(run: Path) -> tuple[list[tuple[int, float, Path]], dict[str, Any]]:
-    """The run's profile snapshots as (step, gamma, file), sorted by step, and one snapshot's header (config,
+def list_snapshots(run: Path) -> tuple[list[tuple[int, float, Path]], SavedGenerator]:
+    """The run's profile snapshots as (step, gamma, file), sorted by step, and the newest one (its config and
     constructor arguments): weights are read one file at a time when combined, never all at once."""
-    from sid.phema import exponent
-    from sid.teachers import load_plain
-
     paths = sorted((run / PHEMA).glob("*.pt"))
     if not paths:
         raise ValueError(f"{run / PHEMA}: no post-hoc EMA snapshots")
-    header = load_plain(paths[-1], "post-hoc EMA snapshot")
-    batch = DistillConfig(**header["config"]).batch
+    header = SavedGenerator.load(paths[-1])
+    if header.config is None:
+        raise ValueError(f"{paths[-1]}: a post-hoc EMA snapshot without its run's config")
+    batch = DistillConfig(**header.config).batch
     found = []
     for path in paths:
         try:
@@ -55,25 +58,18 @@ def list_snapshots(run: Path) -> tuple[list[tuple[int, float, Path]], dict[str, 
     return sorted(found, key=lambda s: (s[0], s[1])), header
 
 
-def rebuild(snaps: list[tuple[int, float, Path]], header: dict[str, Any], step: int,
+def rebuild(snaps: list[tuple[int, float, Path]], header: SavedGenerator, step: int,
             sigma_rel: float) -> tuple[torch.nn.Module, int]:
     """The EDMPrecond with the sigma_rel EMA at `step`, and how many snapshots went into it."""
-    from sid.networks.precond import EDMPrecond
-    from sid.phema import combine
-
     usable = [s for s in snaps if s[0] <= step]
-    net = EDMPrecond(**header["init_kwargs"])
-    net.load_state_dict(combine([(s, g) for s, g, _ in usable], [p for _, _, p in usable], step, sigma_rel))
-    return net.eval().requires_grad_(False), len(usable)
+    state = combine([(s, g) for s, g, _ in usable], [p for _, _, p in usable], step, sigma_rel)
+    return SavedGenerator(init_kwargs=header.init_kwargs, state_dict=state, source=header.source).network(), len(usable)
 
 
 def phema_run(run: Path, targets: tuple[float, ...], *, last_only: bool, device: torch.device) -> pd.DataFrame:
     """Rows for one run folder (also written to <run>/phema.parquet, replacing the same (sigma_rel, kimg))."""
-    from sid.distill import sample_evaluation_batch
-    from sid.loop import Evaluator
-
     snaps, header = list_snapshots(run)
-    config = DistillConfig(**header["config"])
+    config = DistillConfig(**header.config)
     evaluator = Evaluator(config, device)
     steps = sorted({s for s, _, _ in snaps})
     rows = []
@@ -82,24 +78,15 @@ def phema_run(run: Path, targets: tuple[float, ...], *, last_only: bool, device:
             net, used = rebuild(snaps, header, step, sigma_rel)
             images = config.fid_images_at(step)  # as many images as the run's own evaluation there
             net = net.to(device)
-            fid = evaluator.score(lambda index, n: sample_evaluation_batch(net, config, index, n, device), images,
-                                  device)[0]
+            score = evaluator.score(lambda index, n: sample_evaluation_batch(net, config, index, n, device), images)
             rows.append(dict(study="", trial_id=run.name, **{c: getattr(config, c) for c in CONFIG_COLUMNS},
                              sigma_rel=sigma_rel, kimg=step * config.batch / 1000, iteration=step, snapshots=used,
-                             fid=fid, fid_detector=config.fid_detector, fid_images=images,
+                             fid=score.fd, fid_detector=config.fid_detector, fid_images=images, fid_std=score.fd_std,
                              written_at=now_utc()))
             print(f"{run.name}  kimg {step * config.batch / 1000:8.3f}  sigma_rel {sigma_rel:.3f}  "
-                  f"{config.fid_detector} FD({images}) {fid:9.4f}", flush=True)
-    frame = pd.DataFrame(rows)
-    path = run / PHEMA_FILE
-    if path.exists():
-        old = read_parquet(path, PHEMA_SCHEMA)
-        frame = pd.concat([old, frame]).drop_duplicates(["sigma_rel", "kimg"], keep="last")
-    import pyarrow as pa
-
-    write_atomic(pa.Table.from_pandas(frame[PHEMA_SCHEMA.names].sort_values(["kimg", "sigma_rel"]),
-                                      schema=PHEMA_SCHEMA, preserve_index=False), path)
-    return frame
+                  f"{config.fid_detector} FD({images}) {score.fd:9.4f} ± {score.fd_std:.3g}", flush=True)
+    return upsert(run / PHEMA_FILE, rows, PHEMA_SCHEMA, PHEMA_KEY,
+                  metadata=provenance(config.to_dict(), str(device)))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,18 +103,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        device = parse_device(args.device)
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
         targets = parse_sigma_rels(args.sigma_rel)
         if not targets:
             raise ValueError("expected at least one sigma_rel")
         runs = runs_under(Path(args.source))
     except ValueError as exc:
         parser.error(f"--sigma-rel / source: {exc}")
-    from sid.generators import devices_for
-
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)  # as in training: denormals made CPU networks up to 10x slower
     try:
-        device = torch.device(devices_for(args.device)[0])
-        if device.type == "cpu":
-            torch.set_flush_denormal(True)
         frames = [phema_run(run, targets, last_only=args.last, device=device) for run in runs]
     except ValueError as exc:
         print(f"sid phema: error: {exc}", file=sys.stderr)

@@ -13,7 +13,7 @@ from shared_helpers import load_script
 
 import sid.cluster.study
 import sid.commands.distill
-import sid.loop
+import sid.run
 from sid.config import DistillConfig
 
 FLOATS = [f.name for f in dataclasses.fields(DistillConfig) if f.type in ("float", float)]
@@ -128,7 +128,7 @@ def test_distill_flag_with_a_bad_value_is_one_error_with_exit_code_2(workdir, mo
     def started(*args, **kwargs):
         raise AssertionError("validation let a bad value through: training started")
 
-    monkeypatch.setattr(sid.loop, "train", started)  # after the teacher and statistics loaded
+    monkeypatch.setattr(sid.run, "train", started)  # after the teacher and statistics loaded
     argv = name.split()
     if value is not None:
         argv[-1] += f"={value}"  # --alpha=-inf: argparse would take a separate '-inf' for a flag
