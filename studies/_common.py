@@ -16,7 +16,6 @@ from typing import Any
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 
 from sid.commands.cli import (
-    HelpFormatter,
     add_config_file_flags,
     add_config_flags,
     add_preset_flag,
@@ -30,17 +29,18 @@ from sid.commands.cli import (
     tracking_from_args,
 )
 from sid.config import SEARCHABLE, DistillConfig
+from sid.flags import Parser
 
 DEFAULT_PRESET = "digits-study"  # the digits default at a study's budget (sid/config.py)
 
 
-def build_parser(doc: str, *, swept: tuple[str, ...], asha: bool) -> argparse.ArgumentParser:
-    """The flags every study script has; config fields in `swept` get no fixed-value flag."""
-    parser = argparse.ArgumentParser(description=doc, formatter_class=HelpFormatter,
-                                     allow_abbrev=False)  # else --lr would silently mean --lr-range
+def build_parser(doc: str, *, swept: tuple[str, ...], asha: bool) -> Parser:
+    """The flags every study script has; config fields in `swept` get no fixed-value flag (and, without
+    abbreviations, --lr is not taken for --lr-range)."""
+    parser = Parser(description=doc, renamed={"--workers-per-trial": "--workers"})
     add_preset_flag(parser, DEFAULT_PRESET)
     add_config_file_flags(parser)
-    group = parser.add_argument_group("study")
+    group = parser.group("study")
     group.add_argument("--name", default=None,
                        help="study name: its folder under --storage (default: <script>-<preset>)")
     group.add_argument("--storage", type=Path, default=Path("results"),

@@ -92,7 +92,7 @@ def test_metric_label_calls_only_inception_fid(detector, images, label):
 
 def test_mixed_metrics_need_a_choice(results):
     evals, _ = common.load([results.cifar_run, results.hpo])
-    with pytest.raises(common.AnalysisError, match="--detector"):
+    with pytest.raises(common.AnalysisError, match="--fid-detector"):
         common.select_metric(evals)
     chosen, label = common.select_metric(evals, "inception-2015-12-05")
     assert label == "FID (Inception, 50k)" and set(chosen["study"]) == {""}

@@ -40,7 +40,7 @@ def test_run_config_round_trips_through_print_config(tmp_path, monkeypatch, caps
 
 def test_study_config_holds_space_searcher_and_resources_and_round_trips(tmp_path, monkeypatch, capsys):
     hpo = load_script("hpo", monkeypatch)
-    text = printed(hpo.main, ["--lr-range", "1e-5,1e-2", "--num-samples", "4", "--no-asha", "--workers-per-trial",
+    text = printed(hpo.main, ["--lr-range", "1e-5,1e-2", "--num-samples", "4", "--no-asha", "--workers",
                               "2", "--batch", "256", "--print-config"], capsys)
     values = yaml.safe_load(text)
     assert values["lr_range"] == "1e-5,1e-2" and values["num_samples"] == 4 and values["asha"] is False

@@ -155,7 +155,7 @@ def test_the_study_script_dry_run_prints_where_each_trial_ran(gpu_cluster, teach
                                                               script, searched):
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
     load_script(script, monkeypatch).main(
-        ["--dry-run", "--teacher", teacher_url, *searched, "--workers-per-trial", "2", "--storage", str(tmp_path),
+        ["--dry-run", "--teacher", teacher_url, *searched, "--workers", "2", "--storage", str(tmp_path),
          *flags])
     out = capsys.readouterr().out
     assert "up to 4 trial(s) at once, 2 worker(s) x {'CPU': 0.995, 'GPU': 1.0}" in out

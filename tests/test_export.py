@@ -93,7 +93,7 @@ def test_export_bad_input_exits_2_and_writes_nothing(run, tmp_path, capsys, args
 
 def test_an_export_is_evaluated_with_the_detector_and_reference_it_names(run, tmp_path, capsys):
     weights, _ = export.export_safetensors(run, tmp_path / "g.safetensors")
-    evaluate.main([str(weights), "--images", "64", "--out", str(tmp_path / "s.parquet"), "--no-progress"])
+    evaluate.main([str(weights), "--fid-images", "64", "--out", str(tmp_path / "s.parquet"), "--no-progress"])
     assert "FD (digits-features-v1, 64 images)" in capsys.readouterr().out
     direct = evaluate.evaluate(str(run), detector_name="digits-features-v1", ref="digits", images=64, repeats=1,
                                progress=False)

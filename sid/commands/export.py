@@ -11,13 +11,13 @@ writes FILE.safetensors (the state dict, float32, EDM's parameter names) and FIL
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
 from pathlib import Path
 from typing import Any
 
+from sid.flags import Parser
 from sid.generators import FORMAT, load_generator
 from sid.networks.precond import EDMPrecond
 
@@ -73,8 +73,8 @@ def export_safetensors(source: str | Path, out: str | Path) -> tuple[Path, Path]
     return out, json_path
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sid export", description=__doc__.split("\n\n")[0], allow_abbrev=False)
+def build_parser() -> Parser:
+    parser = Parser(prog="sid export", description=__doc__.split("\n\n")[0])
     parser.add_argument("run", help="run folder, snapshot .pt, or SiD/EDM network-snapshot .pkl (path or URL)")
     parser.add_argument("--format", default="safetensors", choices=FORMATS, help="output format")
     parser.add_argument("--out", default=None, help="output .safetensors (default: RUN/export/generator.safetensors;"

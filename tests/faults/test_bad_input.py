@@ -147,7 +147,8 @@ COMMON = [
     (["--name", ".hidden"], "plain folder name"),
     (["--max-concurrent", "0"], "max_concurrent must be >= 1"),
     (["--max-concurrent", "many"], "invalid int value: 'many'"),
-    (["--workers-per-trial", "0"], "workers must be >= 1"),
+    (["--workers", "0"], "workers must be >= 1"),
+    (["--workers-per-trial", "2"], "--workers-per-trial is no longer accepted: use --workers"),
     (["--cpus-per-worker", "0"], "--cpus-per-worker must be > 0"),
     (["--cpus-per-worker", "0.005"], "cpus_per_worker must leave room"),  # 0.01 of each trial's CPUs is its driver's
     (["--cpus-per-worker", "nan"], "--cpus-per-worker must be > 0"),
