@@ -16,20 +16,16 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_throughput import random_teacher, synchronize
-
 from sid.config import DIGITS_FEATURES, preset
 from sid.distill import Distiller
 from sid.metrics import FeatureStats, frechet_distance, get_detector, quantize
+from sid.testing.fixtures import random_teacher, synchronize
 
 
 class InceptionStandIn:

@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 
@@ -30,6 +30,9 @@ from sid.commands.cli import (
 )
 from sid.config import SEARCHABLE, DistillConfig
 from sid.flags import Parser
+
+if TYPE_CHECKING:  # imported where used: the study layer starts Ray
+    from sid.cluster.study import Study
 
 DEFAULT_PRESET = "digits-study"  # the digits default at a study's budget (sid/config.py)
 
@@ -150,7 +153,7 @@ def main(parser: argparse.ArgumentParser, args: argparse.Namespace, *, script: s
 
 
 
-def dry_run(parser: argparse.ArgumentParser, spec: Any, args: argparse.Namespace) -> None:
+def dry_run(parser: Parser, spec: Study, args: argparse.Namespace) -> None:
     """--dry-run: place every trial without training; exit 1 if a trial's workers did not all run as asked."""
     from sid.cluster.distributed import ResourceError
     from sid.cluster.dry_run import PLACEMENTS_FILE, PlacementError, dry_run_folder, dry_run_study, summary

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.step_throughput import variant_config
 from sid.config import ConfigError, preset
 from sid.networks.precond import EDMPrecond
+from sid.testing.fixtures import preset_architecture
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
-from step_throughput import architecture, variant_config
 
 
 def run_script(*args: str) -> str:
@@ -101,5 +101,5 @@ def test_unknown_variant_names_are_refused(name):
 ])
 def test_benchmark_networks_are_the_official_architectures(name, params):
     with torch.device("meta"):
-        net = EDMPrecond(**architecture(name))
+        net = EDMPrecond(**preset_architecture(name))
     assert sum(p.numel() for p in net.parameters()) == params

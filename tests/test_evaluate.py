@@ -82,9 +82,9 @@ def test_evaluate_npz_draws_match_scipy_fd_and_is(tmp_path, standin, capsys):
     arr = rng.integers(0, 256, (50, 4, 4, 1), dtype=np.uint8)
     mu_ref, a = rng.standard_normal(12), rng.standard_normal((12, 30))
     save_reference_stats(tmp_path / "ref.npz", mu_ref, a @ a.T / 30)
-    eval_cli.main([write_npz(tmp_path / "x.npz", arr), "--fid-detector", "standin-v1", "--fid-ref", str(tmp_path / "ref.npz"),
-                   "--fid-images", "20", "--repeats", "2", "--batch-per-device", "7", "--out", str(tmp_path / "s.parquet"),
-                   "--no-progress"])
+    eval_cli.main([write_npz(tmp_path / "x.npz", arr), "--fid-detector", "standin-v1",
+                   "--fid-ref", str(tmp_path / "ref.npz"), "--fid-images", "20", "--repeats", "2",
+                   "--batch-per-device", "7", "--out", str(tmp_path / "s.parquet"), "--no-progress"])
     rows = read_scores(tmp_path / "s.parquet")
     assert list(rows.columns) == SCORE_SCHEMA.names and rows["repeat"].tolist() == [0, 1]
     assert rows["seeds"].tolist() == ["images 0-19", "images 20-39"] and rows["fid_images"].eq(20).all()
@@ -226,7 +226,8 @@ def test_generated_files_and_repeated_draws_reproduce_the_runs_last_evaluation(s
 @pytest.mark.parametrize("args, match", [
     (["--class", "2"], "the network is unconditional (label_dim 0); leave --class out"),
     (["--sigma-init", "0"], "--sigma-init: expected a number > 0"),
-    (["--seed-start", "4294967295", "--fid-images", "2"], "expected seeds within 0-4294967295, got 4294967295-4294967296"),
+    (["--seed-start", "4294967295", "--fid-images", "2"],
+     "expected seeds within 0-4294967295, got 4294967295-4294967296"),
     (["--repeats", "0"], "--repeats >= 1"),
 ])
 def test_bad_generator_settings_exit_2_and_write_nothing(short_run, capsys, tmp_path, args, match):

@@ -6,13 +6,13 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
-from test_checkpoints import ADM, random_net
 
 from sid.commands import evaluate, export
 from sid.config import preset
 from sid.generators import generate, load_exported, load_generator
 from sid.results import read_scores
 from sid.teachers import load_teacher
+from sid.testing.edm_pickles import ADM, random_net
 
 
 def refuse_constant(name):

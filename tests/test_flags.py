@@ -27,7 +27,7 @@ FIELD_FLAGS = {"--" + f.name.replace("_", "-") for f in dataclasses.fields(Disti
 def parsers() -> dict[str, object]:
     found = {f"sid {name}": importlib.import_module(f"sid.commands.{name}").build_parser() for name in COMMANDS}
     found["studies"] = _common.build_parser("", swept=(), asha=False)
-    found.update({f"analysis/{name}.py": importlib.import_module(f"analysis.{name}").build_parser() for name in ANALYSIS})
+    found.update({f"analysis/{n}.py": importlib.import_module(f"analysis.{n}").build_parser() for n in ANALYSIS})
     return found
 
 
@@ -52,10 +52,10 @@ def test_a_flag_that_names_a_config_value_is_spelled_as_the_config_field():
 
 RETIRED = [
     (sid.commands.evaluate.main, ["x.npz", "--ref", "ref.npz"], "--ref is no longer accepted: use --fid-ref"),
-    (sid.commands.evaluate.main, ["x.npz", "--detector=pixels"], "--detector is no longer accepted: use --fid-detector"),
+    (sid.commands.evaluate.main, ["x.npz", "--detector=x"], "--detector is no longer accepted: use --fid-detector"),
     (sid.commands.evaluate.main, ["x.npz", "--images", "64"], "--images is no longer accepted: use --fid-images"),
     (sid.commands.evaluate.main, ["x.npz", "--batch", "8"], "--batch is no longer accepted: use --batch-per-device"),
-    (sid.commands.generate.main, ["--network", "digits", "--outdir", "png"], "--outdir is no longer accepted: use --out"),
+    (sid.commands.generate.main, ["--network", "digits", "--outdir", "p"], "--outdir is no longer accepted: use --out"),
     (sid.commands.generate.main, ["--network", "digits", "--batch", "8"], "use --batch-per-device"),
     (sid.commands.ref.main, ["--images", "pngs", "--fid-detector", "pixels", "--out", "r.npz"],
      "--images is no longer accepted: use SOURCE (the first argument)"),

@@ -2,17 +2,20 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import pytest
 import torch
-from test_checkpoints import ADM, dump, edm_snapshot, random_net
 
 from sid.commands import generate as gen_cli
 from sid.generators import format_seeds, generate, load_generator, parse_seeds, seed_inputs
 from sid.metrics import quantize
 from sid.teachers import load_teacher
+from sid.testing.edm_pickles import ADM, dump, edm_snapshot, random_net
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -182,8 +185,6 @@ def test_class_beyond_the_label_dimension_is_refused(tmp_path, capsys):
 
 def test_sid_console_script_dispatches_to_the_commands(tmp_path, digits):
     import tomllib
-
-    from shared_helpers import ROOT
 
     from sid.commands import COMMANDS
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray.tune
 from ray.tune.search.optuna import OptunaSearch
@@ -25,6 +25,11 @@ from sid.cluster.trials import record_stop
 from sid.files import EVALUATIONS_DIR, JOURNAL
 from sid.results import Divergence, read_parquet
 
+if TYPE_CHECKING:  # optuna is imported where used (heavy, optional); study imports this module
+    import optuna
+
+    from sid.cluster.study import Study
+
 SAMPLERS = ("tpe", "gp")
 
 
@@ -32,7 +37,7 @@ class StorageError(ValueError):
     """An Optuna storage that cannot be opened; the message names it."""
 
 
-def open_storage(spec: str | Path) -> Any:
+def open_storage(spec: str | Path) -> optuna.storages.BaseStorage:
     """An Optuna storage: a database URL (anything with '://', e.g. sqlite:///study.db) or a journal file path."""
     import optuna
 
@@ -50,7 +55,7 @@ def open_storage(spec: str | Path) -> Any:
                            f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
 
 
-def make_sampler(name: str, seed: int) -> Any:
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     import optuna
 
     if name == "tpe":
@@ -116,7 +121,7 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def make_searcher(study: Any) -> FidelityOptunaSearch:
+def make_searcher(study: Study) -> FidelityOptunaSearch:
     """The Optuna searcher of a study (sid.cluster.study.Study with searcher='optuna')."""
     storage = open_storage(study.optuna_storage or study.folder / JOURNAL)
     return FidelityOptunaSearch(space=OptunaSearch.convert_search_space(dict(study.space)), metric="best_fid",

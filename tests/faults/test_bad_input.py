@@ -6,10 +6,10 @@ the case at once if validation let it through to training or to starting Ray."""
 from __future__ import annotations
 
 import dataclasses
+import importlib
 
 import pytest
 import ray
-from shared_helpers import load_script
 
 import sid.cluster.study
 import sid.commands.distill
@@ -219,7 +219,7 @@ def test_study_flag_with_a_bad_value_is_one_error_with_exit_code_2(workdir, monk
 
     monkeypatch.setattr(sid.cluster.study, "connect", started)
     monkeypatch.setattr(sid.cluster.dry_run, "connect", started)  # its own import of it
-    main = load_script(script, monkeypatch).main
+    main = importlib.import_module(f"studies.{script}").main
     storage = [] if "--storage" in argv else ["--storage", "."]
     argv = [f"{argv[0]}={argv[1]}", *argv[2:]] if len(argv) > 1 else argv  # --glr-range=-1,1 (see above)
     expect_one_error(lambda: main([*mode, *argv, *storage]), capsys, workdir, words)
