@@ -61,8 +61,8 @@ def test_curves_refuse_variants_whose_noise_would_differ():
 @pytest.mark.timeout(120)
 def test_cpu_fid_cost_table_has_each_generator_and_detector_precision():
     done = subprocess.run([sys.executable, str(BENCHMARKS / "fid_throughput.py"), "--device", "cpu", "--preset",
-                           "digits", "--images", "512", "--batch", "256", "--detector", "digits-features-v1",
-                           "--precisions", "fp32,bf16", "--detector-precisions", "fp32,bf16"],
+                           "digits", "--fid-images", "512", "--batch-per-device", "256", "--fid-detector",
+                           "digits-features-v1", "--precisions", "fp32,bf16", "--detector-precisions", "fp32,bf16"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
