@@ -12,7 +12,7 @@ import argparse
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
-# Flags spelled otherwise before one spelling per flag (docs/commands.md): old -> new, where a command had it.
+# Flags spelled otherwise before one spelling per flag (docs/reliability.md): old -> new, where a command had it.
 RENAMED = {
     "--detector": "--fid-detector",
     "--ref": "--fid-ref",
@@ -26,10 +26,13 @@ def with_default(kwargs: dict[str, Any]) -> dict[str, Any]:
     """add_argument's keywords with '(default: X)' after a help that does not say its default; none for None, False
     or a flag (a None default means 'see the help', which says what is used then)."""
     text, default, action = kwargs.get("help"), kwargs.get("default"), kwargs.get("action")
-    if (not text or text is argparse.SUPPRESS or "(default" in text or default is None or default is False
-            or default is argparse.SUPPRESS or default in ([], "")
-            or action in ("store_true", "help", argparse.BooleanOptionalAction)):
-        return kwargs  # BooleanOptionalAction adds its own on Python < 3.13
+    if not text or text is argparse.SUPPRESS or "(default" in text:
+        return kwargs
+    if action is argparse.BooleanOptionalAction:
+        return {**kwargs, "help": f"{text} (default: {'on' if default else 'off'})"}
+    if default is None or default is False or default is argparse.SUPPRESS or default in ([], "") \
+            or action in ("store_true", "help"):
+        return kwargs
     return {**kwargs, "help": f"{text} (default: {str(default).replace('%', '%%')})"}
 
 
@@ -66,6 +69,8 @@ class Parser(argparse.ArgumentParser):
         return Group(self, self.add_argument_group(title))
 
     def remember(self, action: argparse.Action, kwargs: dict[str, Any]) -> argparse.Action:
+        if action.help:  # some Python versions' BooleanOptionalAction adds a second default to the help
+            action.help = action.help.removesuffix(" (default: %(default)s)")
         if action.option_strings and action.dest != "help":
             self.options[action.dest] = action
             if kwargs.get("action") == "append":
