@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     def body(args: argparse.Namespace) -> None:
         _, trials = common.load(args.studies)
-        fig = plot(trials, x=args.x, stat=args.stat, detector=args.detector, fid_images=args.fid_images)
+        fig = plot(trials, x=args.x, stat=args.stat, detector=args.fid_detector, fid_images=args.fid_images)
         common.save(fig, args.out, args.name or f"ablation_{args.x}_{args.stat}")
 
     common.cli(build_parser(), body, argv)

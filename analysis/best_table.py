@@ -111,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     def body(args: argparse.Namespace) -> None:
         _, trials = common.load(args.studies)
-        if args.detector is not None or args.fid_images is not None:
-            trials, _ = common.select_metric(trials, args.detector, args.fid_images)
+        if args.fid_detector is not None or args.fid_images is not None:
+            trials, _ = common.select_metric(trials, args.fid_detector, args.fid_images)
         frame = table(trials)
         if args.top > 0:
             frame = frame.groupby("study", sort=False).head(args.top).reset_index(drop=True)

@@ -20,6 +20,7 @@ import seaborn as sns
 from matplotlib.lines import Line2D
 
 from sid.config import INCEPTION, SEARCHABLE
+from sid.flags import RENAMED, Parser
 from sid.results import CONFIG_COLUMNS, best_row, read_evaluations, read_trials, summarise_rows
 
 plt.switch_backend("Agg")  # figures are files; never open a window or need a display
@@ -40,11 +41,12 @@ class AnalysisError(ValueError):
     """Input the analysis cannot use; the scripts turn it into one message and exit code 2."""
 
 
-def parser(doc: str, *, out_default: str = "figures") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser(doc: str, *, out_default: str = "figures") -> Parser:
+    p = Parser(description=doc, renamed={"--detector": RENAMED["--detector"]})
     p.add_argument("studies", nargs="+", metavar="STUDY_DIR", help="study folders, run folders or .parquet files")
     p.add_argument("--out", default=out_default, help="folder for the output files")
-    p.add_argument("--detector", default=None, help="keep only this fid_detector (needed when several are present)")
+    p.add_argument("--fid-detector", default=None,
+                   help="keep only this fid_detector (needed when several are present)")
     p.add_argument("--fid-images", type=int, default=None, help="keep only evaluations with this many images")
     return p
 
@@ -118,7 +120,7 @@ def select_metric(frame: pd.DataFrame, detector: str | None = None,
         raise AnalysisError(f"no results with fid_detector={detector!r} and fid_images={images!r}")
     if len(pairs) > 1:
         listed = ", ".join(f"{d} ({n} images)" for d, n in pairs)
-        raise AnalysisError(f"results mix several metrics ({listed}); choose one with --detector and --fid-images")
+        raise AnalysisError(f"results mix several metrics ({listed}); choose one with --fid-detector and --fid-images")
     return frame, metric_label(*pairs[0])
 
 

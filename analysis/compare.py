@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     def body(args: argparse.Namespace) -> None:
         _, trials = common.load(args.studies)
-        table = compare(trials, x=args.x, detector=args.detector, fid_images=args.fid_images)
+        table = compare(trials, x=args.x, detector=args.fid_detector, fid_images=args.fid_images)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         md = to_markdown(table, args.x)

@@ -110,8 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     def body(args: argparse.Namespace) -> None:
         evals, trials = common.load(args.studies)
-        fig = plot(evals, trials, hue=args.hue, teacher_fid=args.teacher_fid, unit=args.unit, detector=args.detector,
-                   fid_images=args.fid_images)
+        fig = plot(evals, trials, hue=args.hue, teacher_fid=args.teacher_fid, unit=args.unit,
+                   detector=args.fid_detector, fid_images=args.fid_images)
         common.save(fig, args.out, args.name)
 
     common.cli(build_parser(), body, argv)

@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     def body(args: argparse.Namespace) -> None:
         _, trials = common.load(args.studies)
-        trials, _ = common.select_metric(trials, args.detector, args.fid_images)
+        trials, _ = common.select_metric(trials, args.fid_detector, args.fid_images)
         for study in sorted(trials["study"].unique()):
             common.save(plot(trials, study=study), args.out, f"hpo_report_{study or 'run'}")
 

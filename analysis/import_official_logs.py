@@ -39,6 +39,7 @@ import pandas as pd
 from analysis import common
 from sid.config import INCEPTION
 from sid.files import EVALUATIONS_DIR
+from sid.flags import Parser
 from sid.results import write_evaluations
 
 METRIC_FILE = re.compile(r"metric-(fid(\d+)k\w*)-alpha-(.+)\.jsonl")
@@ -157,8 +158,8 @@ def import_run(run: Path, *, study: str, overrides: dict[str, Any] | None = None
     return trials
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> Parser:
+    p = Parser(description=__doc__)
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="official SiD run folders (sid_train.py --outdir ...)")
     p.add_argument("--out", required=True, help="study folder to write: <out>/evaluations/<trial>.parquet")
     p.add_argument("--study", default=None, help="study name in the rows (default: the --out folder's name)")

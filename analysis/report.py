@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     def body(args: argparse.Namespace) -> None:
         path, recommendation = build(args.studies, args.out, x=args.x, teacher_fid=args.teacher_fid,
-                                     detector=args.detector, fid_images=args.fid_images)
+                                     detector=args.fid_detector, fid_images=args.fid_images)
         print(f"report: {path} (and {path.with_suffix('.html')})\nrecommended: {recommendation}")
 
     common.cli(build_parser(), body, argv)

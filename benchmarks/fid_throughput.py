@@ -1,9 +1,10 @@
 """Cost of one Frechet-distance evaluation: G_ema generation, detector features, statistics and the distance, per
 precision of the generator and of the detector, with random weights.
 
-    python benchmarks/fid_throughput.py --device cuda --preset cifar10-uncond --images 50000 --batch 1000 \\
-        --precisions fp32,tf32,bf16 --detector inception-v3-standin --detector-precisions fp32,bf16
-    python benchmarks/fid_throughput.py --device cpu --preset digits --images 2048 --detector digits-features-v1
+    python benchmarks/fid_throughput.py --device cuda --preset cifar10-uncond --fid-images 50000 \\
+        --batch-per-device 1000 --precisions fp32,tf32,bf16 --fid-detector inception-v3-standin \\
+        --detector-precisions fp32,bf16
+    python benchmarks/fid_throughput.py --device cpu --preset digits --fid-images 2048 --fid-detector digits-features-v1
 
 `inception-v3-standin` is torchvision's Inception-v3 with RANDOM weights behind the same resize to 299x299 as
 NVIDIA's TorchScript detector: the same cost, not the same features (the real detector is downloaded, and the GPU
@@ -14,22 +15,18 @@ A detector precision is usable only if the distance it gives stays within a rela
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_throughput import random_teacher, synchronize
-
 from sid.config import DIGITS_FEATURES, preset
 from sid.distill import Distiller
+from sid.flags import RENAMED, Parser
 from sid.metrics import FeatureStats, frechet_distance, get_detector, quantize
+from sid.testing.fixtures import random_teacher, synchronize
 
 
 class InceptionStandIn:
@@ -81,14 +78,14 @@ def evaluate(distiller: Distiller, detector, images: int, batch: int, detector_p
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = Parser(description=__doc__.split("\n\n")[0], epilog=__doc__,
+                    renamed={k: RENAMED[k] for k in ("--images", "--batch", "--detector")})
     parser.add_argument("--preset", default="cifar10-uncond", help="generator architecture of this preset")
     parser.add_argument("--device", default="cuda", help="cpu, cuda or cuda:N")
-    parser.add_argument("--images", type=int, default=50_000, help="images per evaluation")
-    parser.add_argument("--batch", type=int, default=1000, help="images per generator and detector call")
+    parser.add_argument("--fid-images", type=int, default=50_000, help="images per evaluation")
+    parser.add_argument("--batch-per-device", type=int, default=1000, help="images per generator and detector call")
     parser.add_argument("--precisions", default="fp32,tf32,bf16", help="generator precisions (DistillConfig)")
-    parser.add_argument("--detector", default="inception-v3-standin", help="inception-v3-standin or a sid detector")
+    parser.add_argument("--fid-detector", default="inception-v3-standin", help="inception-v3-standin or a sid detector")
     parser.add_argument("--detector-precisions", default="fp32,bf16", help="fp32 and/or bf16 (autocast)")
     parser.add_argument("--fd-tolerance", type=float, default=1e-3, help="largest acceptable relative FD change")
     args = parser.parse_args(argv)
@@ -96,10 +93,10 @@ def main(argv: list[str] | None = None) -> None:
     if device.type == "cpu":
         torch.set_flush_denormal(True)
     teacher = random_teacher(args.preset, seed=0)
-    detector = InceptionStandIn(device) if args.detector == InceptionStandIn.name else get_detector(args.detector,
-                                                                                                    device)
+    name, batch = args.fid_detector, args.batch_per_device
+    detector = InceptionStandIn(device) if name == InceptionStandIn.name else get_detector(name, device)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"# {args.preset} generator (random weights), {args.images} images in batches of {args.batch}, detector "
+    print(f"# {args.preset} generator (random weights), {args.fid_images} images in batches of {batch}, detector "
           f"{detector.name}, {gpu}, torch {torch.__version__}", flush=True)
     config = preset(args.preset)
     if detector.name == config.fid_detector == DIGITS_FEATURES:
@@ -111,11 +108,11 @@ def main(argv: list[str] | None = None) -> None:
         reference = lambda stats: (np.full(detector.feature_dim, 0.1), np.eye(detector.feature_dim))
     rows = []
     for precision in args.precisions.split(","):
-        distiller = Distiller(config.replace(precision=precision, batch=args.batch, batch_per_device=args.batch),
-                              teacher, device=device)
-        distiller.sample(0, args.batch)  # warm-up: cuDNN autotuning, lazy initialisation
+        distiller = Distiller(config.replace(precision=precision, batch=batch, batch_per_device=batch), teacher,
+                              device=device)
+        distiller.sample(0, batch)  # warm-up: cuDNN autotuning, lazy initialisation
         for detector_precision in args.detector_precisions.split(","):
-            result = evaluate(distiller, detector, args.images, args.batch, detector_precision, reference)
+            result = evaluate(distiller, detector, args.fid_images, batch, detector_precision, reference)
             rows.append(dict(precision=precision, detector_precision=detector_precision, **result))
             print(f"# done {precision} / detector {detector_precision}: generation {result['generation_s']:.2f} s, "
                   f"detector {result['detector_s']:.2f} s, FD {result['fd_s']:.2f} s", flush=True)
@@ -129,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
         change = abs(r["fd"] - rows[0]["fd"]) / rows[0]["fd"]
         total = r["generation_s"] + r["detector_s"] + r["fd_s"]
         print(f"{r['precision']:<10} {r['detector_precision']:<9} {r['generation_s']:8.2f} "
-              f"{args.images / r['generation_s']:10.0f} {r['detector_s']:10.2f} {r['fd_s']:6.2f} {total:8.2f} "
+              f"{args.fid_images / r['generation_s']:10.0f} {r['detector_s']:10.2f} {r['fd_s']:6.2f} {total:8.2f} "
               f"{r['fd']:12.6g} {err:11.2e} {change:13.2e}{'  over tolerance' if change > args.fd_tolerance else ''}")
 
 if __name__ == "__main__":

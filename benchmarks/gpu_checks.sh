@@ -36,9 +36,9 @@ timeout 150 $PY benchmarks/step_throughput.py --device cuda --preset cifar10-unc
   --variants fp32,fp32-cl,fp16,bf16-tf32,bf16,tf32 --json "$OUT/curves.json" 2>&1 | tee "$OUT/curves.log"
 
 section "FID-50k pieces (stand-in detector: timings only)"
-timeout 80 $PY benchmarks/fid_throughput.py --device cuda --preset cifar10-uncond --images 50000 --batch 1000 \
+timeout 80 $PY benchmarks/fid_throughput.py --device cuda --preset cifar10-uncond --fid-images 50000 --batch-per-device 1000 \
   --precisions tf32,bf16 --detector-precisions fp32 2>&1 | tee "$OUT/fid.log"
-timeout 30 $PY benchmarks/fid_throughput.py --device cuda --preset cifar10-uncond --images 10000 --batch 1000 \
+timeout 30 $PY benchmarks/fid_throughput.py --device cuda --preset cifar10-uncond --fid-images 10000 --batch-per-device 1000 \
   --precisions tf32 --detector-precisions fp32,bf16 2>&1 | tee -a "$OUT/fid.log"
 
 remaining=$(left)

@@ -29,35 +29,15 @@ import warnings
 
 import torch
 
-from sid.config import PRECISIONS, PRESETS, ConfigError, DistillConfig, preset
+from sid.config import PRECISIONS, ConfigError, DistillConfig, preset
 from sid.distill import Distiller
 from sid.micro_batch import fit_micro_batch
 from sid.networks.precond import EDMPrecond
-from sid.teachers import teacher_architecture
+from sid.testing.fixtures import flat_params, random_teacher, synchronize
 
 ANCHOR_GFLOP_PER_IMAGE = {"cifar10-uncond": 29.9e3 / 64, "cifar10-cond": 29.9e3 / 64}  # docs/benchmarks.md (the official code on one H200)
 SUFFIXES = {"cl": dict(memory_format="channels_last"), "compile": dict(compile="default"),
             "fit": dict(batch_per_device=0)}
-
-
-def architecture(name: str) -> dict:
-    """The preset's teacher architecture (sid.teachers), with the dropout SiD trains with (random weights here)."""
-    return {**teacher_architecture(PRESETS[name]["teacher"]), "dropout": preset(name).dropout}
-
-
-def random_teacher(name: str, seed: int = 0) -> EDMPrecond:
-    """The preset's teacher architecture with every tensor random: weights N(0, 1/fan_in) (EDM's init leaves some
-    layers at ~0, which would make teacher and students nearly trivial functions), biases N(0, 0.1^2), GroupNorm
-    scales 1 + N(0, 0.1^2). Never zeros: they can time faster than real data."""
-    torch.manual_seed(seed)
-    net = EDMPrecond(**architecture(name))
-    with torch.no_grad():
-        for p in net.parameters():
-            if p.ndim > 1:
-                p.normal_(0, 1 / math.sqrt(p[0].numel()))
-            else:
-                p.add_(torch.randn_like(p), alpha=0.1)
-    return net.eval().requires_grad_(False)
 
 
 def variant_config(name: str, base: DistillConfig, batch: int) -> DistillConfig:
@@ -79,11 +59,6 @@ def variant_config(name: str, base: DistillConfig, batch: int) -> DistillConfig:
         raise ConfigError(f"variant {name!r}: expected 'official' or a precision ({', '.join(PRECISIONS)}) followed "
                           f"by -cl, -compile, -fit, -mbN or -bN")
     return base.replace(**{"batch": batch, "batch_per_device": batch, "precision": head, **overrides})
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def release(device: torch.device) -> None:
@@ -140,10 +115,6 @@ def time_variant(distiller: Distiller, *, warmup: int, iterations: int, repeats:
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else math.nan
     median = statistics.median(rates)
     return dict(images_per_s=median, spread=(max(rates) - min(rates)) / median, peak_gib=peak, warmup_s=warmup_s)
-
-
-def flat_params(module: torch.nn.Module) -> torch.Tensor:
-    return torch.cat([p.detach().float().flatten() for p in module.parameters()])
 
 
 def run_curves(distiller: Distiller, iterations: int) -> dict:
@@ -215,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.curves and len({(c.batch, c.batch_per_device) for c in configs.values()}) > 1:
             raise ConfigError("--curves needs the same batch and micro-batch in every variant (noise is drawn per "
                               "micro-batch); drop 'official', -fit, -mbN and -bN")
-        teacher = random_teacher(args.preset, args.seed)
+        teacher = random_teacher(args.preset, seed=args.seed)
     except (ConfigError, KeyError) as exc:
         parser.error(str(exc))
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

@@ -33,6 +33,7 @@ from sid.config import preset
 from sid.files import CHECKPOINT
 from sid.results import read_evaluations
 from sid.run import run_local
+from sid.testing.fixtures import make_teacher
 
 SETTING = ["alpha", "glr"]
 
@@ -174,17 +175,6 @@ def optuna_order(by_trial, finals, sampler: str, n: int, grace: float, full_kimg
     return order, ended
 
 
-def tiny_teacher(path: Path) -> str:
-    from sid.networks.precond import EDMPrecond
-
-    torch.manual_seed(0)
-    net = EDMPrecond(img_resolution=8, img_channels=1, model_type="SongUNet", model_channels=16, channel_mult=[1],
-                     num_blocks=1, attn_resolutions=[], dropout=0.0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(dict(init_kwargs=net.init_kwargs, state_dict=net.state_dict()), path)
-    return str(path)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for the grid's runs and the results table")
@@ -197,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_flush_denormal(True)
     if args.tiny:  # the pipeline at its smallest: a small random 8x8 teacher (its FDs mean nothing), few images
         alphas, glrs, seeds = [1.0, 1.2], [1e-4, 3e-4], 1
-        config = dict(teacher=tiny_teacher(args.out / "teacher.pt"), batch=8, batch_per_device=8,
+        config = dict(teacher=make_teacher(args.out / "teacher.pt"), batch=8, batch_per_device=8,
                       duration_kimg=0.064, eval_every_kimg=0.016, fid_images=64)
     else:
         alphas, glrs, seeds = [float(a) for a in args.alphas.split(",")], [float(g) for g in args.glrs.split(",")], \

@@ -377,7 +377,7 @@ def _encoded_images(source: Path) -> Iterator[tuple[str, Path | io.BytesIO]]:
             for name in sorted(n for n in archive.namelist() if Path(n).suffix.lower() in IMAGE_SUFFIXES):
                 yield name, io.BytesIO(archive.read(name))
     else:
-        raise ValueError(f"--images must be a folder or a .zip of PNG/JPEG images, got {str(source)!r}")
+        raise ValueError(f"expected a folder or a .zip of PNG/JPEG images, got {str(source)!r}")
 
 
 def iter_image_batches(source: str | os.PathLike, batch_size: int = 64) -> Iterator[Tensor]:

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 from sid.cluster.space import Dimension, Grid, Range, StudyError, check_dimension
 from sid.cluster.trials import summary as trials_summary
 from sid.commands.cli import (
-    HelpFormatter,
     add_config_file_flags,
     add_config_flags,
     add_preset_flag,
@@ -32,6 +31,7 @@ from sid.commands.cli import (
 )
 from sid.config import SEARCHABLE, DistillConfig
 from sid.files import EVALUATIONS_DIR, TRIALS_FILE
+from sid.flags import Parser
 
 if TYPE_CHECKING:  # sid.cluster.study imports Ray: loaded only when a study runs
     from sid.cluster.study import Study
@@ -39,13 +39,13 @@ if TYPE_CHECKING:  # sid.cluster.study imports Ray: loaded only when a study run
 DEFAULT_PRESET = "digits-study"  # the digits default at a study's budget (sid/config.py)
 
 
-def build_parser(doc: str, *, swept: tuple[str, ...], asha: bool) -> argparse.ArgumentParser:
-    """The flags every study script has; config fields in `swept` get no fixed-value flag."""
-    parser = argparse.ArgumentParser(description=doc, formatter_class=HelpFormatter,
-                                     allow_abbrev=False)  # else --lr would silently mean --lr-range
+def build_parser(doc: str, *, swept: tuple[str, ...], asha: bool) -> Parser:
+    """The flags every study script has; config fields in `swept` get no fixed-value flag (and, without
+    abbreviations, --lr is not taken for --lr-range)."""
+    parser = Parser(description=doc, renamed={"--workers-per-trial": "--workers"})
     add_preset_flag(parser, DEFAULT_PRESET)
     add_config_file_flags(parser)
-    group = parser.add_argument_group("study")
+    group = parser.group("study")
     group.add_argument("--name", default=None,
                        help="study name: its folder under --storage (default: <script>-<preset>)")
     group.add_argument("--storage", type=Path, default=Path("results"),
@@ -156,7 +156,8 @@ def main(parser: argparse.ArgumentParser, args: argparse.Namespace, *, script: s
         sys.exit(1)
 
 
-def dry_run(parser: argparse.ArgumentParser, spec: Study, args: argparse.Namespace) -> None:
+
+def dry_run(parser: Parser, spec: Study, args: argparse.Namespace) -> None:
     """--dry-run: place every trial without training; exit 1 if a trial's workers did not all run as asked."""
     # Ray loads here, when the dry run starts (see main).
     from sid.cluster.distributed import ResourceError  # noqa: PLC0415

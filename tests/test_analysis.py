@@ -17,10 +17,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from fixtures_results import ALPHAS, DIVERGED, ERRORED, NAN_ROW, SEEDS, write_results
-
 from analysis import ablation, best_table, common, fid_vs_images, hpo_report, import_official_logs
 from sid.results import read_evaluations
+from sid.testing.results import ALPHAS, DIVERGED, ERRORED, NAN_ROW, SEEDS, write_results
 
 DIGITS_LABEL = "FD on digits-features-v1 (2,048 images)"
 
@@ -92,7 +91,7 @@ def test_metric_label_calls_only_inception_fid(detector, images, label):
 
 def test_mixed_metrics_need_a_choice(results):
     evals, _ = common.load([results.cifar_run, results.hpo])
-    with pytest.raises(common.AnalysisError, match="--detector"):
+    with pytest.raises(common.AnalysisError, match="--fid-detector"):
         common.select_metric(evals)
     chosen, label = common.select_metric(evals, "inception-2015-12-05")
     assert label == "FID (Inception, 50k)" and set(chosen["study"]) == {""}
@@ -329,9 +328,8 @@ def test_imported_run_plots_beside_ours(tmp_path):
 @pytest.mark.parametrize("name", ["ablation", "fid_vs_images", "best_table"])
 def test_one_seed_per_alpha_and_nothing_diverged_renders(tmp_path, name):
     # The shape of the default digits sweep: the ablation then has no legend entry at all.
-    from fixtures_results import KIMG, distance, row
-
     from sid.results import write_evaluations
+    from sid.testing.results import KIMG, distance, row
 
     for alpha in ALPHAS:
         rows = [row("sweep", f"a{alpha}", alpha=alpha, seed=0, kimg=k, fid=distance(alpha, 0, k)) for k in KIMG]

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.step_throughput import variant_config
 from sid.config import ConfigError, preset
 from sid.networks.precond import EDMPrecond
+from sid.testing.fixtures import preset_architecture
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
-from step_throughput import architecture, variant_config
 
 
 def run_script(*args: str) -> str:
@@ -61,8 +61,8 @@ def test_curves_refuse_variants_whose_noise_would_differ():
 @pytest.mark.timeout(120)
 def test_cpu_fid_cost_table_has_each_generator_and_detector_precision():
     done = subprocess.run([sys.executable, str(BENCHMARKS / "fid_throughput.py"), "--device", "cpu", "--preset",
-                           "digits", "--images", "512", "--batch", "256", "--detector", "digits-features-v1",
-                           "--precisions", "fp32,bf16", "--detector-precisions", "fp32,bf16"],
+                           "digits", "--fid-images", "512", "--batch-per-device", "256", "--fid-detector",
+                           "digits-features-v1", "--precisions", "fp32,bf16", "--detector-precisions", "fp32,bf16"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
@@ -101,5 +101,5 @@ def test_unknown_variant_names_are_refused(name):
 ])
 def test_benchmark_networks_are_the_official_architectures(name, params):
     with torch.device("meta"):
-        net = EDMPrecond(**architecture(name))
+        net = EDMPrecond(**preset_architecture(name))
     assert sum(p.numel() for p in net.parameters()) == params

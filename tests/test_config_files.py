@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from shared_helpers import load_script
 
 import sid.commands.distill
+import studies.alpha_sweep
+import studies.hpo
 from sid.config import preset
 
 
@@ -39,8 +40,8 @@ def test_run_config_round_trips_through_print_config(tmp_path, monkeypatch, caps
 
 
 def test_study_config_holds_space_searcher_and_resources_and_round_trips(tmp_path, monkeypatch, capsys):
-    hpo = load_script("hpo", monkeypatch)
-    text = printed(hpo.main, ["--lr-range", "1e-5,1e-2", "--num-samples", "4", "--no-asha", "--workers-per-trial",
+    hpo = studies.hpo
+    text = printed(hpo.main, ["--lr-range", "1e-5,1e-2", "--num-samples", "4", "--no-asha", "--workers",
                               "2", "--batch", "256", "--print-config"], capsys)
     values = yaml.safe_load(text)
     assert values["lr_range"] == "1e-5,1e-2" and values["num_samples"] == 4 and values["asha"] is False
@@ -49,7 +50,7 @@ def test_study_config_holds_space_searcher_and_resources_and_round_trips(tmp_pat
     path = tmp_path / "study.yaml"
     path.write_text(text)
     assert printed(hpo.main, ["--config", str(path), "--print-config"], capsys) == text
-    sweep = load_script("alpha_sweep", monkeypatch)  # a YAML list for a comma-list flag
+    sweep = studies.alpha_sweep  # a YAML list for a comma-list flag
     path.write_text("alphas: [0.5, 1.0]\nseeds: 2\n")
     values = yaml.safe_load(printed(sweep.main, ["--config", str(path), "--print-config"], capsys))
     assert values["alphas"] == "0.5,1.0" and values["seeds"] == 2

@@ -7,15 +7,7 @@ import torch
 
 from sid.config import preset
 from sid.distill import Distiller, slot_seed
-from sid.networks.precond import EDMPrecond
-
-TINY = dict(img_resolution=8, img_channels=1, label_dim=0, model_type="SongUNet", model_channels=16,
-            channel_mult=[1], num_blocks=1, attn_resolutions=[], dropout=0.0)
-
-
-def tiny_teacher(seed=0, **overrides):
-    torch.manual_seed(seed)
-    return EDMPrecond(**{**TINY, **overrides}).eval().requires_grad_(False)
+from sid.testing.fixtures import flat_params, tiny_teacher
 
 
 def tiny_config(**overrides):
@@ -24,20 +16,16 @@ def tiny_config(**overrides):
     return preset("digits", **{**base, **overrides})
 
 
-def flat(module):
-    return torch.cat([p.detach().flatten() for p in module.parameters()])
-
-
 def test_one_iteration_updates_both_students_and_never_the_teacher():
     teacher = tiny_teacher()
-    before = flat(teacher).clone()
+    before = flat_params(teacher).clone()
     d = Distiller(tiny_config(), teacher)
-    g0, f0 = flat(d.generator).clone(), flat(d.fake_score).clone()
+    g0, f0 = flat_params(d.generator).clone(), flat_params(d.fake_score).clone()
     assert torch.equal(g0, before) and torch.equal(f0, before)  # SiD starts both students from the teacher
     d.step()
-    assert torch.equal(flat(d.teacher), before)
-    assert not torch.equal(flat(d.fake_score), f0)
-    assert not torch.equal(flat(d.generator), g0)
+    assert torch.equal(flat_params(d.teacher), before)
+    assert not torch.equal(flat_params(d.fake_score), f0)
+    assert not torch.equal(flat_params(d.generator), g0)
     assert d.iteration == 1 and d.kimg == pytest.approx(0.008)
     assert all(not p.requires_grad for p in d.teacher.parameters())
 
@@ -45,13 +33,13 @@ def test_one_iteration_updates_both_students_and_never_the_teacher():
 def test_first_ema_update_copies_the_generator_then_follows_the_rampup():
     d = Distiller(tiny_config(ema_mimg=0.5), tiny_teacher())
     d.step()  # nimg = 0 -> half-life 0 -> beta 0: G_ema := G
-    assert torch.equal(flat(d.generator_ema), flat(d.generator))
-    ema_before, g_before = flat(d.generator_ema).clone(), None
+    assert torch.equal(flat_params(d.generator_ema), flat_params(d.generator))
+    ema_before = flat_params(d.generator_ema).clone()
     d.step()
     # second update: nimg = 8 images seen, half-life = min(0.5e6, 0.05 * 8) = 0.4, beta = 0.5 ** (8 / 0.4)
     beta = 0.5 ** (8 / 0.4)
-    expected = beta * ema_before + (1 - beta) * flat(d.generator)
-    assert torch.allclose(flat(d.generator_ema), expected, atol=1e-7)
+    expected = beta * ema_before + (1 - beta) * flat_params(d.generator)
+    assert torch.allclose(flat_params(d.generator_ema), expected, atol=1e-7)
 
 
 def test_stats_are_means_per_iteration_and_reset_when_read():
@@ -72,7 +60,7 @@ def test_nan_generator_outputs_are_dropped_and_parameters_stay_finite():
         d.generator.model.dec["8x8_aux_conv"].bias.fill_(math.nan)
     d.step()
     assert d.pop_stats()["nan_samples"] == 16  # 8 samples in each of the two phases
-    assert torch.isfinite(flat(d.fake_score)).all()
+    assert torch.isfinite(flat_params(d.fake_score)).all()
 
 
 def test_noise_depends_on_the_global_slot_not_the_rank_layout():
@@ -104,7 +92,7 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, drop
     for _ in range(2):
         second.step()
     for name in ("generator", "fake_score", "generator_ema"):
-        assert torch.equal(flat(getattr(straight, name)), flat(getattr(second, name))), name
+        assert torch.equal(flat_params(getattr(straight, name)), flat_params(getattr(second, name))), name
 
 
 def test_sample_is_the_same_batch_at_every_evaluation():
@@ -119,7 +107,7 @@ def test_conditional_teacher_gets_one_hot_labels():
     z, labels = d._generator_inputs(5, torch.Generator().manual_seed(0))
     assert labels.shape == (5, 3) and torch.equal(labels.sum(1), torch.ones(5))
     d.step()
-    assert torch.isfinite(flat(d.generator)).all()
+    assert torch.isfinite(flat_params(d.generator)).all()
 
 
 def test_batch_that_does_not_split_over_ranks_is_an_error():

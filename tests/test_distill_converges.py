@@ -10,7 +10,7 @@ from torch import nn
 
 from sid.config import preset
 from sid.distill import Distiller
-from sid.networks.precond import EDMPrecond
+from sid.testing.fixtures import tiny_teacher
 
 
 class MixtureDenoiser(nn.Module):
@@ -45,8 +45,7 @@ def test_generator_moves_to_the_modes_of_an_analytic_teacher():
     pattern[:, :, :4] = 1.0
     means = torch.stack([pattern - 0.5, 0.5 - pattern])  # two 8x8 images: left or right half bright
     teacher = MixtureDenoiser(means.tolist(), std=0.1)
-    student = EDMPrecond(img_resolution=8, img_channels=1, model_type="SongUNet", model_channels=16,
-                         channel_mult=[1, 1], num_blocks=1, attn_resolutions=[], dropout=0.0)
+    student = tiny_teacher(channel_mult=[1, 1]).train().requires_grad_(True)
     config = preset("digits", batch=32, batch_per_device=32, lr=1e-3, glr=1e-3, ema_mimg=1e-4, ema_rampup=0.05)
     d = Distiller(config, teacher, student=student)
     before = distance_to_modes(d.sample(0, 256), means)

@@ -27,20 +27,13 @@ from sid.distill import Distiller
 from sid.results import read_evaluations
 from sid.run import run_local
 from sid.teachers import load_teacher
+from sid.testing.fixtures import TINY, flags, make_teacher
 
 pytestmark = pytest.mark.ray
 
 ROOT = Path(__file__).resolve().parents[1]
 # batch 8 split as 2 ranks x 4 or 1 process x 2 rounds of 4; 1 iteration = 0.008 kimg
-TINY = dict(batch=8, batch_per_device=4, fid_images=256, duration_kimg=0.032, eval_every_kimg=0.016)
-# a small 8x8 teacher (random weights: these tests are about distribution, not quality) keeps iterations ~0.1 s
-TEACHER_KWARGS = dict(img_resolution=8, img_channels=1, label_dim=0, model_type="SongUNet", model_channels=16,
-                      channel_mult=[1, 2], num_blocks=1, attn_resolutions=[], dropout=0.0)
-
-
-def expected_kimg(config) -> list[float]:
-
-    return [i * config.batch / 1000 for i in config.evaluation_iterations()]
+DDP_TINY = dict(TINY, batch_per_device=4)
 
 
 def worker_info(out: Path, rank: int) -> dict:
@@ -49,12 +42,8 @@ def worker_info(out: Path, rank: int) -> dict:
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory) -> str:
-    from sid.networks.precond import EDMPrecond
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
-    torch.save(dict(init_kwargs=TEACHER_KWARGS, state_dict=EDMPrecond(**TEACHER_KWARGS).state_dict()), path)
-    return str(path)
+    """The tiny teacher with two resolution levels (random weights: these tests are about distribution)."""
+    return make_teacher(tmp_path_factory.mktemp("teacher") / "teacher.pt", channel_mult=[1, 2])
 
 
 @pytest.fixture
@@ -79,7 +68,7 @@ def assert_same_networks(state: dict, distiller: Distiller) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_two_workers_match_one_process_accumulating_two_rounds_and_hand_over_to_it(tmp_path, teacher, capsys):
-    config = preset("digits", teacher=teacher, **{**TINY, "eval_every_kimg": TINY["duration_kimg"]})  # eval at 0, end
+    config = preset("digits", teacher=teacher, **dict(DDP_TINY, eval_every_kimg=DDP_TINY["duration_kimg"]))  # 0, end
     out = tmp_path / "run"
     run_distributed(config, out, resources=TrialResources(workers=2, gpus_per_worker=0), address=None, resume=False)
     assert "(STRICT_PACK) on 1 node(s)" in capsys.readouterr().out  # both ranks fit the one node
@@ -111,7 +100,7 @@ def test_two_workers_match_one_process_accumulating_two_rounds_and_hand_over_to_
 @pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_two_nodes_each_run_one_rank_and_rows_carry_world_size_two(tmp_path, teacher, two_nodes, capsys):
-    config = preset("digits", teacher=teacher, **TINY)
+    config = preset("digits", teacher=teacher, **DDP_TINY)
     out = tmp_path / "run"
     rows_path = run_distributed(config, out, resources=TrialResources(workers=2, gpus_per_worker=0),
                                 address=two_nodes.address, resume=False)
@@ -120,7 +109,7 @@ def test_two_nodes_each_run_one_rank_and_rows_carry_world_size_two(tmp_path, tea
     assert ranks[0]["node_id"] != ranks[1]["node_id"]
     assert {r["world_size"] for r in ranks} == {2}
     rows = read_evaluations(rows_path)
-    assert rows["kimg"].tolist() == pytest.approx(expected_kimg(config))
+    assert rows["kimg"].tolist() == pytest.approx(config.evaluation_kimg())
     assert set(rows["world_size"]) == {2} and rows["fid"].notna().all()
     assert rows["status"].eq("ok").all()
 
@@ -129,11 +118,11 @@ def test_two_nodes_each_run_one_rank_and_rows_carry_world_size_two(tmp_path, tea
 @pytest.mark.timeout(180)
 def test_cli_run_survives_a_killed_worker_without_losing_or_duplicating_rows(tmp_path, teacher):
     # 12 iterations, an evaluation every 2: enough points that the kill lands mid-run
-    config = preset("digits", teacher=teacher, **{**TINY, "duration_kimg": 0.096})
+    config = preset("digits", teacher=teacher, **{**DDP_TINY, "duration_kimg": 0.096})
     out = tmp_path / "run"
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k != "duration_kimg"]
+    tiny_flags = flags(**{k: v for k, v in DDP_TINY.items() if k != "duration_kimg"})
     command = [sys.executable, "-m", "sid", "distill", "--workers", "2", "--out", str(out), "--duration-kimg=0.096",
-               f"--teacher={teacher}", "--no-progress", *flags]
+               f"--teacher={teacher}", "--no-progress", *tiny_flags]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         victim = None
@@ -155,7 +144,7 @@ def test_cli_run_survives_a_killed_worker_without_losing_or_duplicating_rows(tmp
     assert worker_info(out, 1)["restored_iteration"] is not None  # ...from a checkpoint, not from scratch (the
     # rank's own record: its "continuing at kimg" line may not reach the driver's log before the driver exits)
     rows = read_evaluations(out / "evaluations.parquet")
-    assert rows["kimg"].tolist() == pytest.approx(expected_kimg(config))  # each point once, none missing
+    assert rows["kimg"].tolist() == pytest.approx(config.evaluation_kimg())  # each point once, none missing
     assert not rows.duplicated(["trial_id", "kimg"]).any()
     assert set(rows["world_size"]) == {2} and rows["fid"].notna().all()
     state = torch.load(out / "checkpoint.pt", weights_only=True)
@@ -177,7 +166,7 @@ def local_ray():
 ])
 def test_unschedulable_requests_fail_in_seconds_naming_what_was_asked_and_what_exists(tmp_path, teacher, local_ray,
                                                                                        workers, gpus, words):
-    config = preset("digits", teacher=teacher, **TINY)
+    config = preset("digits", teacher=teacher, **DDP_TINY)
     start = time.time()
     with pytest.raises(ResourceError) as raised:
         run_distributed(config, tmp_path / "run", resources=TrialResources(workers=workers, gpus_per_worker=gpus),
@@ -196,7 +185,7 @@ def test_unschedulable_requests_fail_in_seconds_naming_what_was_asked_and_what_e
     (1, -1, ["gpus_per_worker must be >= 0"]),
 ])
 def test_requests_that_cannot_work_anywhere_are_refused_before_ray_starts(tmp_path, teacher, workers, gpus, words):
-    config = preset("digits", teacher=teacher, **TINY)
+    config = preset("digits", teacher=teacher, **DDP_TINY)
     with pytest.raises(ValueError) as raised:  # the request is refused where it is made
         run_distributed(config, tmp_path / "run", resources=TrialResources(workers=workers, gpus_per_worker=gpus),
                         address=None, resume=False)

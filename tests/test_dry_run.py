@@ -5,6 +5,7 @@ served through the URL code path (file://)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from pathlib import Path
@@ -13,7 +14,6 @@ import pandas as pd
 import pytest
 import ray
 from ray.cluster_utils import Cluster
-from shared_helpers import load_script, make_teacher
 
 from sid.cluster.distributed import LOCAL_RAY_ENV, RAY_ENV, ResourceError
 from sid.cluster.dry_run import (
@@ -31,9 +31,9 @@ from sid.cluster.space import Grid, StudyError
 from sid.cluster.study import DRIVER_CPU, Study
 from sid.config import preset
 from sid.results import read_parquet
+from sid.testing.fixtures import TINY, flags, make_teacher
 
 pytestmark = pytest.mark.ray
-TINY = dict(batch=8, batch_per_device=8, fid_images=256, eval_every_kimg=0.016, duration_kimg=0.032)
 GPUS_PER_NODE, NODES = 4, 2
 
 
@@ -154,10 +154,9 @@ def test_the_study_script_dry_run_prints_where_each_trial_ran(gpu_cluster, teach
                                                               script, searched):
     for key in RAY_ENV:  # the scripts set none of Ray's environment: connect() does, also on a cluster joined before
         monkeypatch.delenv(key, raising=False)
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
-    load_script(script, monkeypatch).main(
-        ["--dry-run", "--teacher", teacher_url, *searched, "--workers-per-trial", "2", "--storage", str(tmp_path),
-         *flags])
+    importlib.import_module(f"studies.{script}").main(
+        ["--dry-run", "--teacher", teacher_url, *searched, "--workers", "2", "--storage", str(tmp_path),
+         *flags(**TINY)])
     out = capsys.readouterr().out
     assert "up to 4 trial(s) at once, 2 worker(s) x {'CPU': 0.995, 'GPU': 1.0}" in out
     assert "2 worker(s), GPU " in out and "at most 1 trial(s) ran at once" in out

@@ -82,9 +82,9 @@ def test_evaluate_npz_draws_match_scipy_fd_and_is(tmp_path, standin, capsys):
     arr = rng.integers(0, 256, (50, 4, 4, 1), dtype=np.uint8)
     mu_ref, a = rng.standard_normal(12), rng.standard_normal((12, 30))
     save_reference_stats(tmp_path / "ref.npz", mu_ref, a @ a.T / 30)
-    eval_cli.main([write_npz(tmp_path / "x.npz", arr), "--detector", "standin-v1", "--ref", str(tmp_path / "ref.npz"),
-                   "--images", "20", "--repeats", "2", "--batch", "7", "--out", str(tmp_path / "s.parquet"),
-                   "--no-progress"])
+    eval_cli.main([write_npz(tmp_path / "x.npz", arr), "--fid-detector", "standin-v1",
+                   "--fid-ref", str(tmp_path / "ref.npz"), "--fid-images", "20", "--repeats", "2",
+                   "--batch-per-device", "7", "--out", str(tmp_path / "s.parquet"), "--no-progress"])
     rows = read_scores(tmp_path / "s.parquet")
     assert list(rows.columns) == SCORE_SCHEMA.names and rows["repeat"].tolist() == [0, 1]
     assert rows["seeds"].tolist() == ["images 0-19", "images 20-39"] and rows["fid_images"].eq(20).all()
@@ -157,7 +157,7 @@ def test_evaluate_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, m
     rng = np.random.default_rng(5)
     digits = rng.integers(0, 256, (30, 8, 8, 1), dtype=np.uint8)
     source = write_npz(tmp_path / "d.npz", digits)
-    argv = ["--images", "20", "--no-progress"]
+    argv = ["--fid-images", "20", "--no-progress"]
     if case == "small-folder":
         source = save_pngs(tmp_path / "small", rng.integers(0, 256, (30, 4, 4, 1), dtype=np.uint8))
     elif case == "rgb-npz":
@@ -169,7 +169,7 @@ def test_evaluate_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, m
         source = write_npz(tmp_path / "f.npz", digits.astype(np.float32))
     elif case == "mismatch":
         save_reference_stats(tmp_path / "inception.npz", np.zeros(2048), np.eye(2048))
-        argv += ["--ref", "inception.npz"]
+        argv += ["--fid-ref", "inception.npz"]
     elif case == "too-few":
         argv += ["--repeats", "2"]
     elif case == "class":
@@ -196,10 +196,10 @@ def test_generated_files_and_repeated_draws_reproduce_the_runs_last_evaluation(s
     last = read_evaluations(short_run).iloc[-1]
     assert last["fid_detector"] == "digits-features-v1" and last["fid_images"] == 2048
     assert (short_run / "best.pt").exists() or (short_run / "generator.pt").exists()
-    gen_cli.main(["--network", str(short_run), "--seeds", "0-2047", "--outdir", str(tmp_path / "png"),
-                  "--npz", str(tmp_path / "g.npz"), "--batch", "256", "--no-progress"])
+    gen_cli.main(["--network", str(short_run), "--seeds", "0-2047", "--out", str(tmp_path / "png"),
+                  "--npz", str(tmp_path / "g.npz"), "--batch-per-device", "256", "--no-progress"])
     capsys.readouterr()
-    eval_cli.main([str(short_run), "--repeats", "5", "--batch", "256", "--no-progress"])
+    eval_cli.main([str(short_run), "--repeats", "5", "--batch-per-device", "256", "--no-progress"])
     table = capsys.readouterr().out
     assert "FD (digits-features-v1, 2048 images): " in table and "(mean +- std over 5 draws)" in table
     assert f"run's last evaluation (kimg 1.28, its own noise): FD (digits-features-v1, 2048 images) " \
@@ -212,7 +212,7 @@ def test_generated_files_and_repeated_draws_reproduce_the_runs_last_evaluation(s
     # The PNGs and the npz hold exactly the images of draw 0 (equal up to the detector's float32 rounding, which
     # depends on its batch size).
     for source in ("g.npz", "png"):
-        eval_cli.main([str(tmp_path / source), "--images", "2048", "--out", str(tmp_path / "s.parquet"),
+        eval_cli.main([str(tmp_path / source), "--fid-images", "2048", "--out", str(tmp_path / "s.parquet"),
                        "--no-progress"])
     files = read_scores(tmp_path / "s.parquet")
     assert files["fid"].tolist() == pytest.approx([rows["fid"].iloc[0]] * 2, rel=1e-6)
@@ -226,7 +226,8 @@ def test_generated_files_and_repeated_draws_reproduce_the_runs_last_evaluation(s
 @pytest.mark.parametrize("args, match", [
     (["--class", "2"], "the network is unconditional (label_dim 0); leave --class out"),
     (["--sigma-init", "0"], "--sigma-init: expected a number > 0"),
-    (["--seed-start", "4294967295", "--images", "2"], "expected seeds within 0-4294967295, got 4294967295-4294967296"),
+    (["--seed-start", "4294967295", "--fid-images", "2"],
+     "expected seeds within 0-4294967295, got 4294967295-4294967296"),
     (["--repeats", "0"], "--repeats >= 1"),
 ])
 def test_bad_generator_settings_exit_2_and_write_nothing(short_run, capsys, tmp_path, args, match):

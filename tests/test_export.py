@@ -6,7 +6,6 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
-from test_checkpoints import ADM, random_net
 
 from sid.commands import evaluate, export
 from sid.config import preset
@@ -14,6 +13,7 @@ from sid.generators import generate, load_generator
 from sid.results import read_scores
 from sid.saved import SavedGenerator
 from sid.teachers import load_teacher
+from sid.testing.edm_pickles import ADM, random_net
 
 
 def refuse_constant(name):
@@ -94,7 +94,7 @@ def test_export_bad_input_exits_2_and_writes_nothing(run, tmp_path, capsys, args
 
 def test_an_export_is_evaluated_with_the_detector_and_reference_it_names(run, tmp_path, capsys):
     weights, _ = export.export_safetensors(run, tmp_path / "g.safetensors")
-    evaluate.main([str(weights), "--images", "64", "--out", str(tmp_path / "s.parquet"), "--no-progress"])
+    evaluate.main([str(weights), "--fid-images", "64", "--out", str(tmp_path / "s.parquet"), "--no-progress"])
     assert "FD (digits-features-v1, 64 images)" in capsys.readouterr().out
     direct = evaluate.evaluate(str(run), detector_name="digits-features-v1", ref="digits", images=64, repeats=1,
                                progress=False)

@@ -12,20 +12,16 @@ with a 10-bit mantissa, 2^-11. Measured on the digits architecture with random w
 import copy
 import math
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from shared_helpers import RowSink
 from torch.overrides import TorchFunctionMode
 
 from sid import fast, micro_batch
 from sid.config import ConfigError, preset
 from sid.distill import Distiller
 from sid.losses import fake_score_loss, generator_loss, sample_fake_score_sigma, sample_generator_sigma
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from step_throughput import flat_params, random_teacher
+from sid.testing.fixtures import RowSink, flat_params, random_teacher
 
 U = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
 GiB = 2**30

@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from shared_helpers import ROOT, make_teacher
+
+from sid.testing.fixtures import make_teacher
+
+ROOT = Path(__file__).resolve().parents[1]
 
 import sid.files
 from sid.config import preset

@@ -2,17 +2,20 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import pytest
 import torch
-from test_checkpoints import ADM, dump, edm_snapshot, random_net
 
 from sid.commands import generate as gen_cli
 from sid.generators import format_seeds, generate, load_generator, parse_seeds, seed_inputs
 from sid.metrics import quantize
 from sid.teachers import load_teacher
+from sid.testing.edm_pickles import ADM, dump, edm_snapshot, random_net
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -128,8 +131,8 @@ def test_load_generator_names_what_it_expected(tmp_path, make, match):
 
 def test_generate_writes_pngs_and_npz_of_the_quantised_images(tmp_path, digits):
     torch.save(snapshot(digits), tmp_path / "g.pt")
-    gen_cli.main(["--network", str(tmp_path / "g.pt"), "--seeds", "998-1001,5", "--outdir", str(tmp_path / "png"),
-                  "--subdirs", "--npz", str(tmp_path / "x.npz"), "--batch", "2", "--no-progress"])
+    gen_cli.main(["--network", str(tmp_path / "g.pt"), "--seeds", "998-1001,5", "--out", str(tmp_path / "png"),
+                  "--subdirs", "--npz", str(tmp_path / "x.npz"), "--batch-per-device", "2", "--no-progress"])
     want = quantize(images_of(digits, [998, 999, 1000, 1001, 5])).permute(0, 2, 3, 1).numpy()
     with np.load(tmp_path / "x.npz") as data:
         assert list(data) == ["arr_0"] and data["arr_0"].dtype == np.uint8 and np.array_equal(data["arr_0"], want)
@@ -144,7 +147,7 @@ def test_sharding_over_two_processes_gives_the_same_images(tmp_path, digits):
     torch.save(snapshot(digits), tmp_path / "g.pt")
     for name, devices in (("one", "cpu"), ("two", "cpu,cpu")):
         gen_cli.main(["--network", str(tmp_path / "g.pt"), "--seeds", "0-6", "--npz", str(tmp_path / f"{name}.npz"),
-                      "--outdir", str(tmp_path / name), "--device", devices, "--no-progress"])
+                      "--out", str(tmp_path / name), "--device", devices, "--no-progress"])
     one, two = (np.load(tmp_path / f"{n}.npz")["arr_0"] for n in ("one", "two"))
     assert one.shape == (7, 8, 8, 1) and np.array_equal(one, two)
     assert len(list((tmp_path / "two").glob("*.png"))) == 7
@@ -154,14 +157,14 @@ def test_sharding_over_two_processes_gives_the_same_images(tmp_path, digits):
     (["--seeds", "0-x"], "expected ranges and lists"),
     (["--seeds", "0-4294967296"], "within 0-4294967295"),
     (["--class", "3"], "unconditional"),
-    (["--batch", "0"], "--batch: expected >= 1"),
+    (["--batch-per-device", "0"], "--batch-per-device: expected >= 1"),
     (["--npz", "out.zip"], "ending in .npz"),
     (["--device", "tpu"], "--device"),
     (["--network", "nowhere.pkl"], "no such file or folder"),
 ])
 def test_generate_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, digits, capsys, args, match):
     torch.save(snapshot(digits), tmp_path / "g.pt")
-    base = {"--network": str(tmp_path / "g.pt"), "--outdir": str(tmp_path / "out"), "--no-progress": None}
+    base = {"--network": str(tmp_path / "g.pt"), "--out": str(tmp_path / "out"), "--no-progress": None}
     flags = dict(base, **dict(zip(args[::2], args[1::2])))
     argv = [x for k, v in flags.items() for x in ([k] if v is None else [k, v])]
     with pytest.raises(SystemExit) as exit_info:
@@ -182,8 +185,6 @@ def test_class_beyond_the_label_dimension_is_refused(tmp_path, capsys):
 
 def test_sid_console_script_dispatches_to_the_commands(tmp_path, digits):
     import tomllib
-
-    from shared_helpers import ROOT
 
     from sid.commands import COMMANDS
 

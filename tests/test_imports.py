@@ -1,7 +1,8 @@
 """The layering rules of the package (docs/architecture.md), read from the source as folder rules: no import cycles
-among sid/ modules (imports inside functions count too); the library (sid/*.py, sid/networks/) and the cluster wing
-(sid/cluster/) never import the commands (sid/commands/); the library never imports the cluster wing, nor Ray at
-module level; studies/ and analysis/ import no Ray, and analysis/ no torch.
+among sid/ modules (imports inside functions count too, `if TYPE_CHECKING:` imports of annotations do not); the
+library (sid/*.py, sid/networks/) and the cluster wing (sid/cluster/) never import the commands (sid/commands/); the
+library never imports the cluster wing, nor Ray at module level; studies/ and analysis/ import no Ray, and analysis/ no
+torch; only tests and benchmarks import the fixtures of sid/testing/, and nothing imports a test module.
 
 The same check by hand: `python tests/test_imports.py` prints the graph's size and any cycle."""
 
@@ -20,12 +21,26 @@ def module_name(path: Path) -> str:
     return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
 
 
+def runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node of the tree but those under `if TYPE_CHECKING:` (imports for annotations only, never run)."""
+    found, todo = [], [tree]
+    while todo:
+        node = todo.pop()
+        found.append(node)
+        if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+            todo.extend(node.orelse)
+        else:
+            todo.extend(ast.iter_child_nodes(node))
+    return found
+
+
 def imports(path: Path, known: set[str]) -> set[str]:
-    """Modules of `known` that the file imports anywhere (top level or in a function), resolved like Python does."""
+    """Modules of `known` that the file imports when it runs (top level or in a function; not the `if TYPE_CHECKING:`
+    imports of annotations), resolved like Python does."""
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in runtime_nodes(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -161,6 +176,26 @@ def function_level_modules(path: Path) -> set[str]:
 
 def function_level_roots(path: Path) -> set[str]:
     return {m.split(".")[0] for m in function_level_modules(path)}
+
+
+def test_only_tests_and_benchmarks_import_the_testing_fixtures():
+    """sid/testing/ (tiny networks and configs, crafted pickles, results trees) serves tests and benchmarks only."""
+    for name, targets in graph("sid").items():
+        if not name.startswith("sid.testing"):
+            bad = sorted(t for t in targets if t.startswith("sid.testing"))
+            assert not bad, f"{name} imports the test fixtures {bad}"
+
+
+@pytest.mark.parametrize("folder", ["tests", "benchmarks"])
+def test_no_test_module_is_used_as_a_library_and_no_search_path_is_edited(folder):
+    """Shared helpers come from sid/testing/ and benchmarks are imported as the package they are, so no file imports
+    a test module (test_*.py, conftest.py) or puts a folder on sys.path."""
+    for path in (ROOT / folder).rglob("*.py"):
+        tests = sorted(m for m in function_level_modules(path) if m.split(".")[-1].startswith(("test_", "conftest")))
+        assert not tests, f"{path.relative_to(ROOT)} imports the test module(s) {tests}"
+        edits = [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Attribute)
+                 and n.attr in ("insert", "append") and ast.unparse(n.value) == "sys.path"]
+        assert not edits, f"{path.relative_to(ROOT)} edits sys.path"
 
 
 def test_package_init_files_are_empty_except_the_dispatcher():

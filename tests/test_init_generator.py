@@ -6,7 +6,6 @@ import sys
 
 import pytest
 import torch
-from shared_helpers import TEACHER_KWARGS, make_teacher
 
 from sid.config import preset
 from sid.distill import Distiller
@@ -14,6 +13,7 @@ from sid.generators import load_generator
 from sid.networks.precond import EDMPrecond
 from sid.run import load_checkpoint
 from sid.teachers import load_teacher
+from sid.testing.fixtures import TEACHER_KWARGS, make_teacher
 
 
 def save_generator(net, path, **overrides):

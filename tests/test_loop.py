@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-from shared_helpers import RowSink, make_teacher
 
 from sid.commands import evaluate as eval_cli
 from sid.config import preset
@@ -19,6 +18,7 @@ from sid.results import read_evaluations
 from sid.run import RunFolder, run_rank
 from sid.saved import SavedGenerator
 from sid.teachers import load_teacher
+from sid.testing.fixtures import RowSink, make_teacher
 from sid.tracking import RunTracker, TrackingSettings
 
 

@@ -261,15 +261,15 @@ def test_ref_command_on_folder_and_zip(png_folder, tmp_path, monkeypatch):
         for png in folder.rglob("*.png"):
             z.write(png, png.relative_to(folder))
     for i, source in enumerate((folder, tmp_path / "pngs.zip")):
-        ref_command.main(["--images", str(source), "--detector", "pixels", "--out", str(tmp_path / f"{i}.npz"),
-                      "--batch", "2"])
+        ref_command.main([str(source), "--fid-detector", "pixels", "--out", str(tmp_path / f"{i}.npz"),
+                      "--batch-per-device", "2"])
         mu, sigma = load_reference_stats(tmp_path / f"{i}.npz")
         np.testing.assert_allclose(mu, pixels.mean(0), atol=1e-9)
         np.testing.assert_allclose(sigma, np.cov(pixels, rowvar=False), atol=1e-9)
 
 
 @pytest.mark.parametrize("setup, match", [
-    ("mixed", "has shape"), ("empty", "no .png"), ("missing", "must be a folder or a .zip"), ("detector", "unknown"),
+    ("mixed", "has shape"), ("empty", "no .png"), ("missing", "expected a folder or a .zip"), ("detector", "unknown"),
 ])
 def test_ref_command_reports_bad_input(setup, match, png_folder, tmp_path, monkeypatch, capsys):
     folder, _ = png_folder
@@ -281,7 +281,7 @@ def test_ref_command_reports_bad_input(setup, match, png_folder, tmp_path, monke
         folder.mkdir()
     images = str(tmp_path / "nothing") if setup == "missing" else str(folder)
     with pytest.raises(SystemExit) as exit_info:
-        ref_command.main(["--images", images, "--detector", "nope" if setup == "detector" else "pixels",
+        ref_command.main([images, "--fid-detector", "nope" if setup == "detector" else "pixels",
                       "--out", str(tmp_path / "out.npz")])
     assert exit_info.value.code == 2 and match in capsys.readouterr().err
 
@@ -290,8 +290,8 @@ def test_ref_command_runs_as_module_with_digits_detector(tmp_path):
     arrays = [np.random.default_rng(i).integers(0, 256, (8, 8), dtype=np.uint8) for i in range(5)]
     write_pngs(tmp_path / "digits", arrays)
     out = tmp_path / "digits.npz"
-    done = subprocess.run([sys.executable, "-m", "sid", "ref", "--images", str(tmp_path / "digits"),
-                           "--detector", "digits-features-v1", "--out", str(out)], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "sid", "ref", str(tmp_path / "digits"),
+                           "--fid-detector", "digits-features-v1", "--out", str(out)], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
     detector = get_detector("digits-features-v1")

@@ -11,13 +11,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-from shared_helpers import make_teacher
 
 from sid.config import ConfigError, preset
 from sid.distill import Distiller
 from sid.phema import beta, exponent, reconstruct, sigma_rel_of, step_weights
 from sid.results import PHEMA_SCHEMA, read_evaluations, read_parquet
 from sid.teachers import load_network_file
+from sid.testing.fixtures import make_teacher
 
 TRACKED, TARGET = (0.05, 0.10), 0.07
 

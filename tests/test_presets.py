@@ -24,6 +24,7 @@ from sid.config import PRESETS, preset
 from sid.distill import Distiller
 from sid.networks.precond import EDMPrecond
 from sid.teachers import EDM_ARCHITECTURES, load_network_file, teacher_architecture
+from sid.testing.fixtures import preset_architecture, random_teacher, save_network
 
 NAMES = list(PRESETS)
 ITERATIONS = 3
@@ -32,32 +33,9 @@ MANIFESTS = {"edm:cifar10-uncond": "manifest_cifar10_ddpmpp_uncond", "edm:ffhq64
              "edm:imagenet64-cond": "manifest_imagenet64_adm_cond"}
 
 
-def scaled_architecture(name: str) -> dict:
-    """The preset's teacher architecture with small widths: 16 px (digits keeps its 8 px), one block per level."""
-    arch = teacher_architecture(PRESETS[name]["teacher"])
-    if name == "digits":
-        return arch
-    # ADM attends with 64 channels per head: 32 base channels keep attention at 8 px (64 channels, one head).
-    channels = 32 if arch["model_type"] == "DhariwalUNet" else 16
-    return dict(arch, img_resolution=16, model_channels=channels, num_blocks=1)
-
-
 def tiny_config(name: str, teacher: str, **overrides):
     """The preset's own settings (dropout, augment, precision, Adam) with a tiny batch: 4 = 2 ranks x 2."""
     return preset(name, teacher=teacher, batch=4, batch_per_device=2, duration_kimg=0.012, **overrides)
-
-
-def make_teacher(name: str, folder: Path) -> str:
-    """A teacher file with the scaled architecture and random weights (EDM zero-initialises output layers, which
-    would leave every earlier parameter without gradient)."""
-    torch.manual_seed(0)
-    net = EDMPrecond(**scaled_architecture(name))
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    path = folder / f"{name}.pt"
-    torch.save(dict(init_kwargs=net.init_kwargs, state_dict=net.state_dict()), path)
-    return str(path)
 
 
 def distiller(name: str, teacher: str, **kwargs) -> Distiller:
@@ -71,7 +49,7 @@ def states(d: Distiller) -> dict:
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("teachers")
-    return {name: make_teacher(name, folder) for name in NAMES}
+    return {name: save_network(random_teacher(name, scaled=True), folder / f"{name}.pt") for name in NAMES}
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +110,7 @@ def test_recorded_edm_architectures_match_the_full_size_manifests(teacher):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_scaled_architecture_keeps_what_shapes_the_graph(name):
-    real, small = teacher_architecture(PRESETS[name]["teacher"]), scaled_architecture(name)
+    real, small = teacher_architecture(PRESETS[name]["teacher"]), preset_architecture(name, scaled=True)
     for key in ("model_type", "label_dim", "augment_dim", "embedding_type", "encoder_type", "decoder_type",
                 "channel_mult", "img_channels"):
         assert small.get(key) == real.get(key), key

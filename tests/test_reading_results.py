@@ -14,8 +14,6 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from fixtures_results import NAN_ROW, alpha_sweep_rows, trials_table
-from shared_helpers import code_blocks
 
 from sid.config import preset
 from sid.results import (
@@ -28,6 +26,8 @@ from sid.results import (
     write_evaluations,
     write_trials,
 )
+from sid.testing.fixtures import code_blocks
+from sid.testing.results import NAN_ROW, alpha_sweep_rows, trials_table
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "reading-results.md"
 

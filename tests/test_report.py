@@ -107,15 +107,11 @@ def test_log_axis_over_a_narrow_range_has_readable_ticks():
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """Four real runs, alpha 1.0 / 1.2 x seeds 0 / 1, each with its fid_std; one folder holds them as a study."""
-    from sid.networks.precond import EDMPrecond
     from sid.run import run_local
+    from sid.testing.fixtures import make_teacher
 
     root = tmp_path_factory.mktemp("study")
-    torch.manual_seed(0)
-    net = EDMPrecond(img_resolution=8, img_channels=1, model_type="SongUNet", model_channels=16, channel_mult=[1],
-                     num_blocks=1, attn_resolutions=[], dropout=0.0)
-    teacher = root / "tiny.pt"
-    torch.save(dict(init_kwargs=net.init_kwargs, state_dict=net.state_dict()), teacher)
+    teacher = make_teacher(root / "tiny.pt")
     for alpha in (1.0, 1.2):
         for seed in (0, 1):
             config = preset("digits", teacher=str(teacher), batch=16, batch_per_device=16, duration_kimg=0.064,

@@ -6,24 +6,18 @@ import sys
 
 import pytest
 import torch
-from shared_helpers import RowSink
 
 from sid.config import preset
 from sid.files import snapshot_name
-from sid.networks.precond import EDMPrecond
 from sid.results import EVALUATION_SCHEMA, read_evaluations
 from sid.run import run_local
 from sid.teachers import load_network_file
+from sid.testing.fixtures import RowSink, make_teacher
 
 
 @pytest.fixture(scope="module")
 def teacher_file(tmp_path_factory):
-    torch.manual_seed(0)
-    net = EDMPrecond(img_resolution=8, img_channels=1, model_type="SongUNet", model_channels=16, channel_mult=[1],
-                     num_blocks=1, attn_resolutions=[], dropout=0.0)
-    path = tmp_path_factory.mktemp("teacher") / "tiny.pt"
-    torch.save(dict(init_kwargs=net.init_kwargs, state_dict=net.state_dict()), path)
-    return str(path)
+    return make_teacher(tmp_path_factory.mktemp("teacher") / "tiny.pt")
 
 
 def tiny(teacher_file, **overrides):

@@ -9,7 +9,6 @@ import sys
 
 import pytest
 import torch
-from shared_helpers import TEACHER_KWARGS, make_teacher
 
 from sid.config import ConfigError, preset
 from sid.distill import Distiller
@@ -19,6 +18,7 @@ from sid.networks.precond import EDMPrecond
 from sid.results import best_of
 from sid.run import RunFolder
 from sid.teachers import load_network_file
+from sid.testing.fixtures import TEACHER_KWARGS, make_teacher
 
 FIDS = [5.0, 3.0, 4.0, 3.0, 6.0]  # best: the second evaluation (the fourth ties it, later)
 

@@ -8,12 +8,12 @@ import math
 import pytest
 import torch
 from safetensors.torch import save_file
-from shared_helpers import TEACHER_KWARGS
 
 from sid.config import DistillConfig, preset
 from sid.generators import generate, load_generator
 from sid.networks.precond import EDMPrecond
 from sid.saved import FORMAT, SavedGenerator
+from sid.testing.fixtures import TEACHER_KWARGS
 
 CONFIG = preset("digits").to_dict()
 # What each kind of file says about its weights: a run snapshot (and best.pt), a post-hoc EMA profile, and a file

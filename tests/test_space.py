@@ -15,13 +15,13 @@ import pytest
 import yaml
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
-from shared_helpers import code_blocks
 
 from sid.cluster.resources import TrialResources
 from sid.cluster.search import tune_space
 from sid.cluster.space import Choice, Grid, Range, StudyError
 from sid.cluster.study import Study, study_yaml
 from sid.config import SEARCHABLE, preset
+from sid.testing.fixtures import code_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 BOUNDS = {"log": (1e-5, 1e-3), "linear": (0.5, 4.0), "int": (0, 3)}  # a valid Range of each scale

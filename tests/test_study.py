@@ -6,6 +6,7 @@ Frechet distance, evaluations every 2 iterations); the pure pieces (capacity, di
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import math
 import os
@@ -21,7 +22,6 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 from ray.tune.experiment import Trial
-from shared_helpers import load_script, session_processes
 
 from sid.cluster.distributed import RAY_ENV, ResourceError, connect
 from sid.cluster.resources import TrialResources
@@ -30,15 +30,10 @@ from sid.cluster.study import Study, StudyCallback, plan, run_study, trial_capac
 from sid.cluster.trials import TrialRecord, trial_state
 from sid.config import preset
 from sid.results import CONFIG_COLUMNS, EVALUATION_SCHEMA, SCHEMA_VERSION, TRIAL_SCHEMA, Divergence, read_evaluations
+from sid.testing.fixtures import TINY, flags, session_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 # 1 iteration = 0.008 kimg; evaluations at 0, 0.016, 0.032 kimg
-TINY = dict(batch=8, batch_per_device=8, fid_images=256, duration_kimg=0.032, eval_every_kimg=0.016)
-TINY_FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
-
-
-def expected_kimg(config) -> list[float]:
-    return [i * config.batch / 1000 for i in config.evaluation_iterations()]
 
 
 @pytest.fixture(scope="module")
@@ -141,8 +136,8 @@ def test_tune_state_tells_an_interrupted_trial_from_a_finished_one(status, done,
     ("alpha_sweep", ["--teacher", "/nowhere/teacher.pt"], ["teacher /nowhere/teacher.pt", "no such file"]),
     ("alpha_sweep", ["--seeds", "0"], ["--seeds", ">= 1"]),
     ("alpha_sweep", ["--resume"], ["--resume", "holds no study"]),
-    ("alpha_sweep", ["--workers-per-trial", "0"], ["workers must be >= 1"]),
-    ("alpha_sweep", ["--gpus-per-worker", "0.5", "--workers-per-trial", "2"], ["Duplicate GPU"]),
+    ("alpha_sweep", ["--workers", "0"], ["workers must be >= 1"]),
+    ("alpha_sweep", ["--gpus-per-worker", "0.5", "--workers", "2"], ["Duplicate GPU"]),
     ("sigma_init_sweep", ["--sigma-inits", "0,2.5"], ["sigma_init", "must be > 0"]),
     ("hpo", ["--lr-range", "1e-3,1e-5"], ["--lr-range", "LOW < HIGH"]),
     ("hpo", ["--num-samples", "0"], ["--num-samples", ">= 1"]),
@@ -154,7 +149,7 @@ def test_bad_input_is_one_error_with_exit_code_2_and_writes_nothing(tmp_path, mo
     storage = [] if "--storage" in flags else ["--storage", str(tmp_path / "results")]
     connected = ray.is_initialized()
     with pytest.raises(SystemExit) as exited:
-        load_script(script, monkeypatch).main([*flags, *storage])
+        importlib.import_module(f"studies.{script}").main([*flags, *storage])
     assert exited.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert "error:" in error and all(w in error for w in words), error
@@ -178,7 +173,7 @@ def test_killed_study_resumes_without_losing_or_duplicating_rows(tmp_path):
     # 12 iterations, 7 evaluations per trial, one trial at a time: the kill lands inside the first trial
     command = [sys.executable, "studies/alpha_sweep.py", "--alphas", "0.5,1.0", "--seeds", "1", "--storage",
                str(storage), "--name",
-               name, "--max-concurrent", "1", *TINY_FLAGS, "--duration-kimg=0.096"]
+               name, "--max-concurrent", "1", *flags(**{**TINY, "duration_kimg": 0.096})]
     log = tmp_path / "killed.log"
     with log.open("w") as out:  # a file, not a pipe nobody reads while waiting
         process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -211,7 +206,7 @@ def test_killed_study_resumes_without_losing_or_duplicating_rows(tmp_path):
     assert not rows.duplicated(["trial_id", "kimg"]).any()
     base = preset("digits", **{**TINY, "duration_kimg": 0.096})
     for trial_id, mine in rows.groupby("trial_id"):
-        assert sorted(mine["kimg"]) == pytest.approx(expected_kimg(base)), trial_id
+        assert sorted(mine["kimg"]) == pytest.approx(base.evaluation_kimg()), trial_id
     killed = rows[rows["trial_id"].isin(before["trial_id"])].set_index("kimg")["fid"]
     # rows written before the kill are still there (a point run again after the resume gives the same value)
     assert killed.loc[before["kimg"]].tolist() == pytest.approx(before["fid"].tolist())
@@ -274,7 +269,7 @@ def check_study_files(folder: Path, trials: pd.DataFrame, searched: list[str]) -
         assert trial.last_kimg == mine["kimg"].max()
         assert trial.device_hours == pytest.approx(mine["device_s"].iloc[-1] / 3600)
         if trial.state == "completed":
-            assert mine["kimg"].tolist() == pytest.approx(expected_kimg(base))
+            assert mine["kimg"].tolist() == pytest.approx(base.evaluation_kimg())
     assert set(rows["study"]) == {folder.name} and (rows["world_size"] == 1).all()
     return rows
 

@@ -13,8 +13,7 @@ import pandas as pd
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
-from study_efficiency import variants
+from benchmarks.study_efficiency import variants
 
 KIMG = [0.0, 1.0, 2.0, 4.0, 8.0]
 

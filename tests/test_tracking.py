@@ -10,17 +10,16 @@ from pathlib import Path
 import mlflow  # noqa: F401 (the test extra installs it: a missing one must fail, not skip)
 import pytest
 import yaml
-from shared_helpers import code_blocks
 
 from sid.config import preset
 from sid.files import CONFIG_FILE, MLFLOW_DIR, TENSORBOARD_DIR, TRACKING_FILE
 from sid.results import read_evaluations
 from sid.run import run_local
+from sid.testing.fixtures import TINY, code_blocks
 from sid.tracking import RunTracker, TrackingSettings
 
 os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
 
-TINY = dict(batch=8, batch_per_device=8, fid_images=256, duration_kimg=0.032, eval_every_kimg=0.016)
 
 
 def scalars(logdir: Path, tag: str) -> list[tuple[int, float]]:

@@ -6,13 +6,13 @@ resumes with the field's default."""
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
 from pathlib import Path
 
 import pytest
 import ray
-from shared_helpers import load_script
 
 from sid.cluster.resources import TrialResources
 from sid.cluster.space import StudyError
@@ -153,7 +153,7 @@ def test_resuming_a_study_with_a_torn_settings_file_is_one_error_before_ray_star
     (folder / "tuner.pkl").chmod(0o644)
     (folder / SETTINGS_FILE).write_text('{"base": {"alpha": 1.2, "lr"')
     with pytest.raises(SystemExit) as exited:
-        load_script("alpha_sweep", monkeypatch).main(["--resume", "--name", "torn", "--storage",
+        importlib.import_module("studies.alpha_sweep").main(["--resume", "--name", "torn", "--storage",
                                                       str(tmp_path / "results")])
     assert exited.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import ray.tune
@@ -55,11 +55,15 @@ def tune_space(space: Mapping[str, Dimension]) -> dict[str, Any]:
     return tuned
 
 
+if TYPE_CHECKING:
+    from sid.cluster.study import Study
+
+
 class StorageError(ValueError):
     """An Optuna storage that cannot be opened; the message names it."""
 
 
-def open_storage(spec: str | Path) -> Any:
+def open_storage(spec: str | Path) -> optuna.storages.BaseStorage:
     """An Optuna storage: a database URL (anything with '://', e.g. sqlite:///study.db) or a journal file path."""
     text = str(spec)
     try:
@@ -73,7 +77,7 @@ def open_storage(spec: str | Path) -> Any:
                            f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
 
 
-def make_sampler(name: str, seed: int) -> Any:
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
     if name == "gp":  # a Gaussian process with a learned noise term: made for noisy objectives such as an FD
@@ -133,8 +137,8 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def make_searcher(study: Any) -> FidelityOptunaSearch:
-    """The Optuna searcher of a sid.cluster.study.Study with searcher='optuna' (Any: that module imports this one)."""
+def make_searcher(study: Study) -> FidelityOptunaSearch:
+    """The Optuna searcher of a study (sid.cluster.study.Study with searcher='optuna')."""
     storage = open_storage(study.optuna_storage or study.folder / JOURNAL)
     return FidelityOptunaSearch(space=OptunaSearch.convert_search_space(tune_space(study.space)), metric="best_fid",
                                 mode="min",

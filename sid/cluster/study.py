@@ -34,7 +34,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import ray
@@ -53,6 +53,9 @@ from sid.config import SEARCHABLE, ConfigError, DistillConfig
 from sid.files import CONFIG_FILE, EVALUATIONS_DIR, MLFLOW_DIR, RUNS_DIR, TRAIN_DIR, TRIALS_FILE, write_text_atomic
 from sid.results import Divergence, is_uri, read_parquet
 from sid.tracking import STEP_KEY, TrackingSettings, mlflow_uri, step_of
+
+if TYPE_CHECKING:
+    from ray.tune.experiment import Trial
 
 DRIVER_CPU = 0.01                      # CPU held by each trial's driver function (Tune rejects 0)
 
@@ -221,7 +224,7 @@ class StudyCallback(ray.tune.Callback):
         self.write(trials)
 
     @staticmethod
-    def tune_state(trial: Any, ended: bool) -> str:
+    def tune_state(trial: Trial, ended: bool) -> str:
         """'error', 'terminated' (it ended by itself or a scheduler/stopper ended it: Tune then marks its last
         result done), or 'running'. A trial Tune ends because the study was interrupted is TERMINATED without a done
         result, and --resume continues it: 'running'."""
@@ -230,7 +233,7 @@ class StudyCallback(ray.tune.Callback):
         finished = ended or trial.status == "TERMINATED"
         return "terminated" if finished and trial.last_result.get("done") else "running"
 
-    def write(self, trials: list, ended: Any = None) -> None:
+    def write(self, trials: list[Trial], ended: Trial | None = None) -> None:
         records = [self.record(t, self.tune_state(t, t is ended)) for t in trials]
         table = write_trials_table(self.folder, self.study, records, self.divergence)
         if ended is not None and ended.last_result.get("done"):
@@ -238,7 +241,7 @@ class StudyCallback(ray.tune.Callback):
             print(f"[{ended.trial_id}] {row['state']}  best {row['best_fid']:.4f} at kimg {row['best_kimg']:g}"
                   f"  {trial_label(ended)}", flush=True)
 
-    def record(self, trial: Any, state: str) -> TrialRecord:
+    def record(self, trial: Trial, state: str) -> TrialRecord:
         error = ""
         if state == "error":
             text = Path(trial.error_file).read_text() if trial.error_file and Path(trial.error_file).exists() else ""
@@ -247,7 +250,7 @@ class StudyCallback(ray.tune.Callback):
                            self.settings.resources.workers, float(trial.last_result.get("kimg", math.nan)))
 
 
-def trial_dirname(trial: Any) -> str:
+def trial_dirname(trial: Trial) -> str:
     return f"trial-{trial.trial_id}"
 
 

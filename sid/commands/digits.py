@@ -6,24 +6,28 @@
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import torch
 
 from sid.digits import train_detector, train_teacher
+from sid.flags import Parser
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="sid digits", description=__doc__.split("\n\n")[0])
+def build_parser() -> Parser:
+    parser = Parser(prog="sid digits", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("train-teacher", "train-detector"):
         p = sub.add_parser(name)
         p.add_argument("--out", type=Path, required=True, help="where to write the weight file (.pt)")
         p.add_argument("--steps", type=int, default=4000 if name == "train-teacher" else 1500, help="optimiser steps")
         p.add_argument("--seed", type=int, default=0, help="random seed")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     torch.set_flush_denormal(True)  # denormals made CPU iterations up to 10x slower
     start = time.time()
     if args.command == "train-teacher":

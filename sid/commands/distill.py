@@ -7,7 +7,6 @@ With `--workers 1` and no `--address` the run happens in this process; otherwise
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
@@ -15,7 +14,6 @@ from pathlib import Path
 
 from sid.assets import AssetError
 from sid.commands.cli import (
-    HelpFormatter,
     add_config_file_flags,
     add_config_flags,
     add_preset_flag,
@@ -31,15 +29,14 @@ from sid.commands.cli import (
 )
 from sid.devices import parse_device
 from sid.files import CHECKPOINT
+from sid.flags import Parser
 from sid.results import is_uri
 from sid.run import run_local
 from sid.tracking import DEFAULT_EXPERIMENT
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sid distill", description=__doc__.split("\n\n")[0],
-                                     formatter_class=HelpFormatter,
-                                     allow_abbrev=False)  # a typo must not silently become another flag
+def build_parser() -> Parser:
+    parser = Parser(prog="sid distill", description=__doc__.split("\n\n")[0])
     add_preset_flag(parser)
     add_config_file_flags(parser)
     parser.add_argument("--out", default=None, help="run folder (default: runs/<preset>)")

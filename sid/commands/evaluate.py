@@ -1,7 +1,7 @@
 """Score a generator, an image folder or an npz the way the paper reports it: Frechet distance over independent draws.
 
     sid evaluate runs/digits --repeats 5                 # 5 draws of fid_images images, seeds 0.., mean +- std
-    sid evaluate out.npz --preset cifar10-uncond --images 50000
+    sid evaluate out.npz --preset cifar10-uncond --fid-images 50000
 
 Every draw goes through the same sid.metrics code as the training-time evaluations (quantize, FeatureStats with the
 biased /N covariance, frechet_distance), so a run's evaluations and `sid evaluate` agree up to the choice of images.
@@ -27,6 +27,7 @@ from sid.assets import AssetError
 from sid.config import INCEPTION, DistillConfig
 from sid.devices import parse_device
 from sid.files import EVALUATIONS, RUN_FILES, SCORES_FILE
+from sid.flags import RENAMED, Parser
 from sid.generators import MAX_SEED, check_class, format_seeds, generate, load_generator
 from sid.metrics import check_reference, get_detector, inception_score, iter_image_batches, score_images
 from sid.results import SCORE_KEY, SCORE_SCHEMA, now_utc, provenance, read_parquet, upsert
@@ -113,7 +114,7 @@ def evaluate(source: str, *, detector_name: str, ref: str, images: int, repeats:
              progress: bool = True) -> list[dict]:
     """One score row per draw (sid.results.SCORE_SCHEMA). ValueError for every bad input, before any work."""
     if images < 2 or repeats < 1:
-        raise ValueError(f"--images must be >= 2 and --repeats >= 1, got {images} and {repeats}")
+        raise ValueError(f"--fid-images must be >= 2 and --repeats >= 1, got {images} and {repeats}")
     if sigma_init is not None and not sigma_init > 0:
         raise ValueError(f"--sigma-init: expected a number > 0, got {sigma_init}")
     kind = source_kind(source)
@@ -205,24 +206,27 @@ def training_values(source: str) -> str | None:
                      for what, r in (("last", last), ("best", best)))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> Parser:
     from sid.config import DETECTORS, PRESETS
 
-    parser = argparse.ArgumentParser(prog="sid evaluate", description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    parser = Parser(prog="sid evaluate", description=__doc__.split("\n\n")[0],
+                    renamed={k: RENAMED[k] for k in ("--detector", "--ref", "--images", "--batch")})
     parser.add_argument("source", help="run folder, snapshot .pt, export .safetensors, SiD/EDM .pkl (path or URL), "
                                        "'digits'/'edm:<name>', a folder of PNG/JPEG images, or an npz (arr_0)")
     parser.add_argument("--preset", default=None, choices=list(PRESETS), metavar="NAME",
                         help="detector, reference and image count of this preset (default: the run's, else digits)")
-    parser.add_argument("--detector", default=None, help=f"feature network: {', '.join(DETECTORS)} or registered")
-    parser.add_argument("--ref", default=None, help="reference statistics: 'digits', 'edm:<name>', .npz path or URL")
-    parser.add_argument("--images", type=int, default=None, help="images per draw (default: the preset's fid_images)")
+    parser.add_argument("--fid-detector", default=None,
+                        help=f"feature network: {', '.join(DETECTORS)} or registered (default: the preset's)")
+    parser.add_argument("--fid-ref", default=None,
+                        help="reference statistics: 'digits', 'edm:<name>', .npz path or URL (default: the preset's)")
+    parser.add_argument("--fid-images", type=int, default=None, help="images per draw (default: the preset's)")
     parser.add_argument("--repeats", type=int, default=1, help="independent draws (disjoint seeds or images)")
     parser.add_argument("--seed-start", type=int, default=0, help="first seed of draw 0 (generators)")
     parser.add_argument("--class", dest="class_idx", type=int, default=None,
                         help="class of every image (conditional generators; default: a random class per seed)")
     parser.add_argument("--sigma-init", type=float, default=None,
                         help=f"generator input noise level (default: the run's, else {DistillConfig.sigma_init})")
-    parser.add_argument("--batch", type=int, default=64, help="images per generator/detector call")
+    parser.add_argument("--batch-per-device", type=int, default=64, help="images per generator/detector call")
     parser.add_argument("--device", default="auto", help="torch device: auto (cuda if present), cpu, cuda, cuda:N")
     parser.add_argument("--out", default=None, help=f"scores Parquet file to add the rows to (default: {SCORES_FILE}"
                                                     " in the run folder when SOURCE is one, else here)")
@@ -241,15 +245,15 @@ def settings(args: argparse.Namespace) -> dict:
     base = dict(PRESETS.get(args.preset or config.get("preset") or "digits", PRESETS["digits"]))
     if args.preset is None:  # the run's own choices over its preset's
         base.update({k: config[k] for k in ("fid_detector", "fid_ref", "fid_images") if config.get(k)})
-    return dict(detector_name=args.detector or base["fid_detector"], ref=args.ref or base["fid_ref"],
-                images=args.images or base["fid_images"])
+    return dict(detector_name=args.fid_detector or base["fid_detector"], ref=args.fid_ref or base["fid_ref"],
+                images=args.fid_images or base["fid_images"])
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.batch < 1:
-        parser.error(f"--batch: expected >= 1, got {args.batch}")
+    if args.batch_per_device < 1:
+        parser.error(f"--batch-per-device: expected >= 1, got {args.batch_per_device}")
     source = Path(args.source)
     out = Path(args.out) if args.out else (source if source_kind(args.source) == "generator" and source.is_dir()
                                            else Path(".")) / SCORES_FILE
@@ -261,8 +265,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_flush_denormal(True)  # as in training: denormals made CPU networks up to 10x slower
     try:
         rows = evaluate(args.source, **settings(args), repeats=args.repeats, seed_start=args.seed_start,
-                        class_idx=args.class_idx, sigma_init=args.sigma_init, batch=args.batch, device=str(device),
-                        progress=not args.no_progress)
+                        class_idx=args.class_idx, sigma_init=args.sigma_init, batch=args.batch_per_device,
+                        device=str(device), progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as exc:
         parser.error(str(exc))
     except (OSError, AssetError) as exc:  # a download failed: not the input's fault

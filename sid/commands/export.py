@@ -13,11 +13,11 @@ bit-identical to the run's.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from sid.files import EXPORT_FILE
+from sid.flags import Parser
 from sid.generators import load_generator
 
 FORMATS = ("safetensors",)
@@ -32,8 +32,8 @@ def export_safetensors(source: str | Path, out: str | Path) -> tuple[Path, Path]
     return saved.save(out), out.with_suffix(".json")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sid export", description=__doc__.split("\n\n")[0], allow_abbrev=False)
+def build_parser() -> Parser:
+    parser = Parser(prog="sid export", description=__doc__.split("\n\n")[0])
     parser.add_argument("run", help="run folder, snapshot .pt, or SiD/EDM network-snapshot .pkl (path or URL)")
     parser.add_argument("--format", default="safetensors", choices=FORMATS, help="output format")
     parser.add_argument("--out", default=None, help=f"output .safetensors (default: RUN/{EXPORT_FILE}; the .json "

@@ -1,6 +1,6 @@
 """Sample a one-step generator into PNGs and/or an npz, one image per seed.
 
-    sid generate --network runs/digits --seeds 0-49999 --outdir out/ --npz out.npz
+    sid generate --network runs/digits --seeds 0-49999 --out out/ --npz out.npz
 
 `--network`: a run folder (best.pt, else generator.pt), a snapshot .pt, an export .safetensors, an official SiD/EDM
 network-snapshot .pkl (path or URL; read without executing its code) or 'digits' / 'edm:<name>' (the teacher as a
@@ -11,7 +11,6 @@ CUDA device the seeds are split into one contiguous shard per device (one proces
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from tqdm import tqdm
 from sid.config import DistillConfig
 from sid.devices import parse_devices
 from sid.files import write_file_atomic
+from sid.flags import RENAMED, Parser
 from sid.generators import check_class, generate, load_generator, parse_seeds
 from sid.metrics import quantize
 
@@ -87,9 +87,9 @@ def run(source: str, seeds: list[int], *, net: torch.nn.Module, devices: list[st
     return np.concatenate(parts) if keep else None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sid generate", description=__doc__.split("\n\n")[0], allow_abbrev=False,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def build_parser() -> Parser:
+    parser = Parser(prog="sid generate", description=__doc__.split("\n\n")[0],
+                    renamed={k: RENAMED[k] for k in ("--batch", "--outdir")})
     parser.add_argument("--network", required=True,
                         help="run folder, snapshot .pt, export .safetensors, SiD/EDM network-snapshot .pkl "
                              "(path or URL), 'digits' or 'edm:<name>'")
@@ -98,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="class index of every image (conditional networks; default: a random class per seed)")
     parser.add_argument("--sigma-init", type=float, default=None,
                         help=f"generator input noise level (default: the run's, else {DistillConfig.sigma_init})")
-    parser.add_argument("--batch", type=int, default=64, help="images per generator call")
-    parser.add_argument("--outdir", default=None, help="folder for one PNG per seed, 000042.png")
+    parser.add_argument("--batch-per-device", type=int, default=64, help="images per generator call on each device")
+    parser.add_argument("--out", default=None, help="folder for one PNG per seed, 000042.png")
     parser.add_argument("--subdirs", action="store_true", help="PNGs in subfolders of 1000 (000000/, 001000/, ...)")
     parser.add_argument("--npz", default=None, help="also write all images as FILE.npz (arr_0: uint8 NHWC)")
     parser.add_argument("--device", default="auto", help="auto (every CUDA device, else cpu), cpu, cuda:N, or a "
@@ -111,19 +111,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.outdir is None and args.npz is None:
-        parser.error("expected --outdir and/or --npz: where to write the images")
+    if args.out is None and args.npz is None:
+        parser.error("expected --out and/or --npz: where to write the images")
     try:
         seeds = parse_seeds(args.seeds)
-        if args.batch < 1:
-            raise ValueError(f"--batch: expected >= 1, got {args.batch}")
+        if args.batch_per_device < 1:
+            raise ValueError(f"--batch-per-device: expected >= 1, got {args.batch_per_device}")
         if args.sigma_init is not None and not args.sigma_init > 0:
             raise ValueError(f"--sigma-init: expected a number > 0, got {args.sigma_init}")
-        if args.outdir:
-            parts = (Path(args.outdir), *Path(args.outdir).parents)
+        if args.out:
+            parts = (Path(args.out), *Path(args.out).parents)
             blocked = next((p for p in parts if p.exists() and not p.is_dir()), None)
             if blocked is not None:
-                raise ValueError(f"--outdir {args.outdir}: {blocked} exists and is not a folder")
+                raise ValueError(f"--out {args.out}: {blocked} exists and is not a folder")
         if args.npz and not args.npz.endswith(".npz"):
             raise ValueError(f"--npz: expected a file name ending in .npz, got {args.npz!r}")
         devices = [str(d) for d in parse_devices(args.device)]
@@ -134,11 +134,11 @@ def main(argv: list[str] | None = None) -> None:
     if "cpu" in devices:
         torch.set_flush_denormal(True)  # as in training: denormals made CPU networks up to 10x slower
     sigma_init = args.sigma_init or saved.sampling_sigma_init
-    outdir = Path(args.outdir) if args.outdir else None
+    outdir = Path(args.out) if args.out else None
     if outdir is not None:
         outdir.mkdir(parents=True, exist_ok=True)
     pixels = run(saved.source, seeds, net=net, devices=devices, keep=args.npz is not None,
-                 sigma_init=sigma_init, class_idx=args.class_idx, batch=args.batch, outdir=outdir,
+                 sigma_init=sigma_init, class_idx=args.class_idx, batch=args.batch_per_device, outdir=outdir,
                  subdirs=args.subdirs, progress=not args.no_progress)
     if args.npz:
         write_file_atomic(args.npz, lambda f: np.savez(f, arr_0=pixels))

@@ -10,7 +10,6 @@ with the length. The table printed at the end gives each run's best length.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from sid.config import DistillConfig, parse_sigma_rels
 from sid.devices import parse_device
 from sid.distill import sample_evaluation_batch
 from sid.files import PHEMA, PHEMA_FILE
+from sid.flags import Parser
 from sid.loop import Evaluator
 from sid.phema import combine, exponent
 from sid.results import CONFIG_COLUMNS, PHEMA_KEY, PHEMA_SCHEMA, now_utc, provenance, upsert
@@ -89,13 +89,13 @@ def phema_run(run: Path, targets: tuple[float, ...], *, last_only: bool, device:
                   metadata=provenance(config.to_dict(), str(device)))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sid phema", description=__doc__.split("\n\n")[0], allow_abbrev=False)
+def build_parser() -> Parser:
+    parser = Parser(prog="sid phema", description=__doc__.split("\n\n")[0])
     parser.add_argument("source", help="a run folder trained with --phema, or a study folder (its runs/<trial_id>/)")
     parser.add_argument("--sigma-rel", default=DEFAULT_TARGETS,
-                        help=f"EMA lengths to rebuild, in (0, 0.3) (default: {DEFAULT_TARGETS})")
+                        help="EMA lengths to rebuild, in (0, 0.3)")
     parser.add_argument("--last", action="store_true", help="only at the last snapshot point (default: at each)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda if present, else cpu)")
     return parser
 
 

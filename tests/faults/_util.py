@@ -1,5 +1,5 @@
-"""Helpers of the fault-injection tests: a tiny teacher, the digits preset at tiny budgets, real subprocesses of the
-commands, and finding and killing only the processes these tests started."""
+"""Helpers of the fault-injection tests: real subprocesses of the commands, and finding and killing only the processes
+these tests started. The tiny teacher and configs are sid.testing's."""
 
 from __future__ import annotations
 
@@ -13,29 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
-from shared_helpers import make_teacher, session_processes  # noqa: F401 (re-exported for the fault tests)
 
-from sid.config import preset
 from sid.results import read_evaluations
+from sid.testing.fixtures import session_processes
 
 ROOT = Path(__file__).resolve().parents[2]
-# The digits preset at tiny budgets: 1 iteration = 0.008 kimg, an evaluation every 2 iterations.
-TINY = dict(batch=8, batch_per_device=8, fid_images=256, eval_every_kimg=0.016, duration_kimg=0.096)
-
-
-def tiny_config(teacher: str, **overrides):
-    return preset("digits", teacher=teacher, **{**TINY, **overrides})
-
-
-def flags(**values) -> list[str]:
-    """{'duration_kimg': 0.1} -> ['--duration-kimg=0.1']"""
-    return [f"--{k.replace('_', '-')}={v}" for k, v in values.items()]
-
-
-def expected_kimg(config) -> list[float]:
-    return [i * config.batch / 1000 for i in config.evaluation_iterations()]
-
-
 def rows(*paths: Path) -> pd.DataFrame:
     """Evaluation rows under `paths`, or an empty frame while nothing readable is there yet."""
     paths = tuple(p for p in paths if p.exists())

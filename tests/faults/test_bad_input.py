@@ -6,10 +6,10 @@ the case at once if validation let it through to training or to starting Ray."""
 from __future__ import annotations
 
 import dataclasses
+import importlib
 
 import pytest
 import ray
-from shared_helpers import load_script
 
 import sid.cluster.study
 import sid.commands.distill
@@ -147,7 +147,8 @@ COMMON = [
     (["--name", ".hidden"], "plain folder name"),
     (["--max-concurrent", "0"], "max_concurrent must be >= 1"),
     (["--max-concurrent", "many"], "invalid int value: 'many'"),
-    (["--workers-per-trial", "0"], "workers must be >= 1"),
+    (["--workers", "0"], "workers must be >= 1"),
+    (["--workers-per-trial", "2"], "--workers-per-trial is no longer accepted: use --workers"),
     (["--cpus-per-worker", "0"], "--cpus-per-worker must be > 0"),
     (["--cpus-per-worker", "0.005"], "cpus_per_worker must leave room"),  # 0.01 of each trial's CPUs is its driver's
     (["--cpus-per-worker", "nan"], "--cpus-per-worker must be > 0"),
@@ -218,7 +219,7 @@ def test_study_flag_with_a_bad_value_is_one_error_with_exit_code_2(workdir, monk
 
     monkeypatch.setattr(sid.cluster.study, "connect", started)
     monkeypatch.setattr(sid.cluster.dry_run, "connect", started)  # its own import of it
-    main = load_script(script, monkeypatch).main
+    main = importlib.import_module(f"studies.{script}").main
     storage = [] if "--storage" in argv else ["--storage", "."]
     argv = [f"{argv[0]}={argv[1]}", *argv[2:]] if len(argv) > 1 else argv  # --glr-range=-1,1 (see above)
     expect_one_error(lambda: main([*mode, *argv, *storage]), capsys, workdir, words)

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from _util import ROOT, TINY, flags, run_command
-from test_checkpoints import SONG, EDMPickler, Persistent, edm_code_modules
+from _util import ROOT, run_command
 
 from sid.networks.precond import EDMPrecond
+from sid.testing.edm_pickles import SONG, EDMPickler, Persistent, edm_code_modules
+from sid.testing.fixtures import TINY, flags
 
 SECONDS = 5.0   # each refusal, on a loaded 2-core machine (they take milliseconds)
 

@@ -12,10 +12,11 @@ import time
 
 import pytest
 import torch
-from _util import TINY, flags, kill_session, make_teacher, rows, run_command, start, tiny_config, wait_until
+from _util import kill_session, rows, run_command, start, wait_until
 
 from sid.files import CHECKPOINT, EVALUATIONS
 from sid.run import run_local
+from sid.testing.fixtures import TINY, flags, make_teacher, tiny_config
 
 CPU = torch.device("cpu")
 LONGER = dict(TINY, duration_kimg=0.128)  # 16 iterations, 9 evaluations: room for a fault mid-run

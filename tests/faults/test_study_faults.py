@@ -14,22 +14,12 @@ import time
 import pandas as pd
 import pytest
 import torch
-from _util import (
-    TINY,
-    descendants,
-    expected_kimg,
-    flags,
-    kill_session,
-    make_teacher,
-    rows,
-    start,
-    tiny_config,
-    wait_until,
-)
+from _util import descendants, kill_session, rows, start, wait_until
 
 from sid.cluster.space import Grid
 from sid.cluster.study import Study, run_study
 from sid.results import read_trials
+from sid.testing.fixtures import TINY, flags, make_teacher, tiny_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 GOOD_GLR, ABSURD_GLR = 1e-4, 1e6
@@ -82,7 +72,8 @@ class WorkerKiller(threading.Thread):
 @pytest.fixture(scope="module")
 def faulty_study(tmp_path_factory, teacher):
     """Two trials at once: glr=1e6 (goes NaN) and glr=1e-4, whose Ray worker is killed after 3 of its 7 rows."""
-    study = Study(name="faults", base=tiny_config(teacher), storage=tmp_path_factory.mktemp("results"),
+    study = Study(name="faults", base=tiny_config(teacher, duration_kimg=0.096),  # 7 rows each
+                  storage=tmp_path_factory.mktemp("results"),
                   space={"glr": Grid([ABSURD_GLR, GOOD_GLR])}, max_concurrent=2)
     killer = WorkerKiller(study.folder, after=3)
     killer.start()
@@ -107,7 +98,7 @@ def test_killed_worker_trial_resumes_from_its_checkpoint_without_lost_or_duplica
     good = trials.loc[GOOD_GLR]
     assert good["state"] == "completed"
     mine = trial_rows(study, good["trial_id"])
-    assert mine["kimg"].tolist() == pytest.approx(expected_kimg(study.base))  # each point once, none missing
+    assert mine["kimg"].tolist() == pytest.approx(study.base.evaluation_kimg())  # each point once, none missing
     before = killer.before.set_index("kimg")
     # the first row was not written again: the restarted worker group continued from a checkpoint, not from scratch
     assert mine.iloc[0]["written_at"] == before.iloc[0]["written_at"], (mine.to_string(), before.to_string())
@@ -130,7 +121,7 @@ def test_nan_trial_is_marked_diverged_and_the_study_goes_on(faulty_study):
     mine = trial_rows(study, bad["trial_id"])
     # stopped at its first NaN (Tune stops a trial asynchronously: one more evaluation may land), not run to the end
     assert mine["status"].iloc[0] == "ok" and mine["status"].iloc[1:].eq("diverged").all()
-    assert mine["fid"].iloc[1:].isna().all() and len(mine) < len(expected_kimg(study.base))
+    assert mine["fid"].iloc[1:].isna().all() and len(mine) < len(study.base.evaluation_kimg())
     good = trials.loc[GOOD_GLR]  # the study went on after the diverged trial was stopped: the other one ran to the end
     assert good["state"] == "completed"
     assert trial_rows(study, good["trial_id"])["written_at"].max() > mine["written_at"].max()
@@ -202,7 +193,7 @@ def test_hpo_driver_killed_right_after_a_trial_ended_resumes_with_its_trials_and
     assert kept["fid"].tolist() == pytest.approx(before["fid"].tolist())  # no row lost, re-evaluated ones agree
     for trial_id, trial in trials.iterrows():  # each trial's rows are its evaluation points up to where it ended
         mine = after[after["trial_id"] == trial_id].sort_values("kimg")
-        assert mine["kimg"].tolist() == pytest.approx(expected_kimg(base)[: len(mine)]) and len(mine) > 0
+        assert mine["kimg"].tolist() == pytest.approx(base.evaluation_kimg()[: len(mine)]) and len(mine) > 0
         assert trial["last_kimg"] == pytest.approx(mine["kimg"].max())
     # Optuna's history: one Optuna trial per Tune trial, all told their result, with the values the rows carry
     ot_trials, history = optuna_history(folder)

@@ -10,8 +10,6 @@ import sys
 import pandas as pd
 import pytest
 import torch
-from _util import TINY, flags, make_teacher, tiny_config
-from fixtures_results import write_results
 
 import analysis.ablation
 import analysis.best_table
@@ -21,6 +19,8 @@ from sid.commands.distill import main
 from sid.files import EVALUATIONS
 from sid.results import read_evaluations, read_trials
 from sid.run import run_local
+from sid.testing.fixtures import TINY, flags, make_teacher, tiny_config
+from sid.testing.results import write_results
 
 CUTS = {"empty": 0, "magic only": 4, "half": 0.5, "footer cut": -3}  # what is left of the file: bytes or a fraction
 

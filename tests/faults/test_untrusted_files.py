@@ -18,8 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 import torch
-from _util import ROOT, TINY, flags, make_teacher, run_command, tiny_config
-from fixtures_results import row
+from _util import ROOT, run_command
 
 from sid.assets import Asset, AssetError, cache_path, fetch
 from sid.checkpoints import fetch_checkpoint
@@ -29,6 +28,8 @@ from sid.commands.distill import main as distill_main
 from sid.metrics import INCEPTION_FILE
 from sid.results import read_evaluations, write_evaluations
 from sid.teachers import load_network_file, load_teacher
+from sid.testing.fixtures import TINY, flags, make_teacher, tiny_config
+from sid.testing.results import row
 
 
 class RunsCommand:
