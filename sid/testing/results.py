@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sid.files import EVALUATIONS, EVALUATIONS_DIR, TRIALS_FILE
 from sid.results import write_evaluations, write_trials
 
 ALPHAS = (0.5, 1.0, 1.2, 1.5)
@@ -115,9 +116,9 @@ def write_results(root: Path) -> Results:
                               metric=INCEPTION, batch=256) for k in KIMG])
     for frame in (sweep, hpo):
         for (study, trial), g in frame.groupby(["study", "trial_id"]):
-            write_evaluations(root / study / "evaluations" / f"{trial}.parquet", g)
-    write_trials(root / "alpha_sweep" / "trials.parquet", trials_table(sweep))
-    write_evaluations(root / "cifar_run" / "evaluations.parquet", cifar)
+            write_evaluations(root / study / EVALUATIONS_DIR / f"{trial}.parquet", g)
+    write_trials(root / "alpha_sweep" / TRIALS_FILE, trials_table(sweep))
+    write_evaluations(root / "cifar_run" / EVALUATIONS, cifar)
     # A writer killed mid-file (or a copy cut short): readers must skip it with a warning naming it.
     whole = write_evaluations(root / "scratch.parquet", sweep.assign(trial_id="cut", alpha=9.0))
     cut = root / "alpha_sweep" / "evaluations" / "zz_cut.parquet"
