@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
-from sid.networks.vp import VPDenoiser, sigma_range_error, sigmas_of, timestep_of
+from sid.networks.vp import VPDenoiser, load_diffusers, sigma_range_error, sigmas_of, timestep_of
 
 UNET = dict(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(16, 32),
             down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
@@ -87,3 +87,53 @@ def test_a_run_asking_for_more_noise_than_the_teacher_knows_is_refused():
     assert sigma_range_error(net, 80.0, "teacher") is None
     message = sigma_range_error(net, 500.0, "teacher")
     assert message and "largest trained sigma" in message and math.isfinite(net.sigma_max)
+
+
+def save_pipeline(folder, prediction_type="epsilon", weights=True, scheduler_class="DDPMScheduler"):
+    """A diffusers pipeline folder as DDPMPipeline.save_pretrained writes it: unet/ + scheduler/."""
+    torch.manual_seed(0)
+    unet = UNet2DModel(**UNET)
+    scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type, clip_sample=False)
+    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(folder, safe_serialization=weights)
+    if scheduler_class != "DDPMScheduler":
+        path = folder / "scheduler" / "scheduler_config.json"
+        path.write_text(path.read_text().replace('"DDPMScheduler"', f'"{scheduler_class}"'))
+    return unet
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_a_saved_diffusers_pipeline_loads_as_the_same_denoiser(tmp_path, prediction_type):
+    unet = save_pipeline(tmp_path / "pipe", prediction_type)
+    net = load_diffusers(tmp_path / "pipe")
+    reference, _ = tiny_vp(prediction_type)
+    reference.unet.load_state_dict(unet.state_dict())
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(net(x, 1.7), reference(x, 1.7), rtol=0, atol=0)
+    assert net.prediction_type == prediction_type and not any(p.requires_grad for p in net.parameters())
+
+
+@pytest.mark.parametrize("setup, words", [
+    ("not a folder", "no such diffusers folder"),
+    ("empty folder", "no config.json"),
+    ("pickled weights", "pickle, which this project never loads"),
+    ("VE scheduler", "not a discrete-time VP scheduler"),
+    ("text UNet", "is not supported"),
+    ("torn config", "not a diffusers model config"),
+])
+def test_a_folder_that_is_not_a_usable_diffusers_vp_model_is_one_clear_error(tmp_path, setup, words):
+    folder = tmp_path / "pipe"
+    if setup == "not a folder":
+        folder = tmp_path / "nothing"
+    elif setup == "empty folder":
+        folder.mkdir()
+    else:
+        save_pipeline(folder, weights=setup != "pickled weights",
+                      scheduler_class="ScoreSdeVeScheduler" if setup == "VE scheduler" else "DDPMScheduler")
+        config = folder / "unet" / "config.json"
+        if setup == "text UNet":
+            config.write_text(config.read_text().replace('"UNet2DModel"', '"UNet2DConditionModel"'))
+        if setup == "torn config":
+            config.write_text(config.read_text()[:40])
+    with pytest.raises(ValueError, match=words):
+        load_diffusers(folder)

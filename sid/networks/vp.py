@@ -18,11 +18,15 @@ augment_labels)` (augment labels are ignored: the network has no augmentation co
 augment_dim 0).
 """
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import UNet2DModel
+from diffusers import DDPMScheduler, UNet2DModel
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -72,7 +76,7 @@ class VPDenoiser(nn.Module):
             if len(set(size)) != 1:
                 raise ValueError(f"sample_size {size}: only square images are supported")
             size = int(size[0])
-        abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+        abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64, device="cpu")  # also under a meta-device build
         if abar.ndim != 1 or len(abar) < 2 or not bool(((abar > 0) & (abar < 1)).all()) \
                 or not bool((abar[1:] < abar[:-1]).all()):
             raise ValueError("alphas_cumprod must be a decreasing sequence in (0, 1) with at least 2 timesteps")
@@ -127,3 +131,77 @@ def sigma_range_error(net: nn.Module, sigma_max: float, what: str) -> str | None
         return (f"{what}: the run asks for sigma up to {sigma_max:g}, above the teacher's largest trained sigma "
                 f"{limit:.4g}; lower sigma_init / tmax or use a teacher trained to that noise level")
     return None
+
+
+# ---------------------------------------------------------------------------------------------- a diffusers folder
+UNET_CLASSES = ("UNet2DModel",)
+# Discrete-time VP schedulers: each derives abar_t from the same beta-schedule keys as DDPMScheduler.
+VP_SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "DPMSolverMultistepScheduler",
+                 "DPMSolverSinglestepScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
+                 "HeunDiscreteScheduler", "LMSDiscreteScheduler", "UniPCMultistepScheduler", "DEISMultistepScheduler")
+BETA_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+             "rescale_betas_zero_snr")
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+MAX_PARAMETERS = 4_000_000_000  # far above any pixel-space UNet2DModel; a config asking for more is refused unbuilt
+
+
+def _json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path.parent}: not a diffusers {what} folder (no {path.name})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a diffusers {what} config ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def alphas_cumprod_of(scheduler: dict[str, Any], path: Path) -> list[float]:
+    """abar_t of a discrete-time VP scheduler config, by diffusers' own beta-schedule arithmetic (DDPMScheduler)."""
+    name = scheduler.get("_class_name")
+    if name not in VP_SCHEDULERS:
+        raise ValueError(f"{path}: scheduler {name!r} is not a discrete-time VP scheduler; supported: "
+                         f"{', '.join(VP_SCHEDULERS)} (epsilon, v or sample prediction)")
+    try:
+        ddpm = DDPMScheduler(**{k: scheduler[k] for k in BETA_KEYS if k in scheduler})
+    except (TypeError, ValueError, NotImplementedError) as exc:
+        raise ValueError(f"{path}: scheduler config not understood ({exc})") from None
+    abar = ddpm.alphas_cumprod.double()
+    if not bool((abar > 0).all()):
+        raise ValueError(f"{path}: the schedule reaches zero signal (abar = 0, infinite sigma: zero terminal SNR); "
+                         f"EDM's convention needs a finite largest sigma")
+    return abar.tolist()
+
+
+def load_diffusers(folder: str | Path) -> VPDenoiser:
+    """A VP denoiser from a saved diffusers model: a pipeline folder (`unet/` + `scheduler/`, as DDPMPipeline saves)
+    or a `UNet2DModel` folder with its `scheduler_config.json` beside `config.json`. Weights from safetensors only;
+    nothing is downloaded and no code from the folder runs."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: no such diffusers folder")
+    pipeline = (folder / "unet").is_dir()
+    unet_dir, scheduler_dir = (folder / "unet", folder / "scheduler") if pipeline else (folder, folder)
+    config = _json(unet_dir / "config.json", "model")
+    if config.get("_class_name") not in UNET_CLASSES:
+        raise ValueError(f"{unet_dir / 'config.json'}: {config.get('_class_name')!r} is not supported; supported: "
+                         f"{', '.join(UNET_CLASSES)} (pixel-space, unconditional or class-conditional)")
+    scheduler = _json(scheduler_dir / "scheduler_config.json", "scheduler")
+    weights = unet_dir / WEIGHTS
+    if not weights.is_file():
+        pickled = sorted(p.name for p in unet_dir.glob("*.bin"))
+        raise ValueError(f"{unet_dir}: no {WEIGHTS}" + (f"; {', '.join(pickled)} is a pickle, which this project "
+                         "never loads (it can run code): convert it to safetensors first" if pickled else ""))
+    kwargs = dict(unet=config, alphas_cumprod=alphas_cumprod_of(scheduler, scheduler_dir / "scheduler_config.json"),
+                  prediction_type=scheduler.get("prediction_type", "epsilon"))
+    try:
+        with torch.device("meta"):  # the architecture gate: count before allocating anything
+            size = sum(p.numel() for p in VPDenoiser(**kwargs).parameters())
+        if size > MAX_PARAMETERS:
+            raise ValueError(f"{size:,} parameters, above the limit of {MAX_PARAMETERS:,}")
+        net = VPDenoiser(**kwargs)
+        net.unet.load_state_dict(load_file(str(weights)), strict=True)
+    except (TypeError, ValueError, RuntimeError, OSError, SafetensorError) as exc:
+        raise ValueError(f"{folder}: not a usable diffusers VP model ({str(exc).splitlines()[0][:300]})") from None
+    return net.eval().requires_grad_(False)
