@@ -2,6 +2,7 @@
 
     sid digits train-detector --out sid/data/digits-features-v1.pt
     sid digits train-teacher  --out sid/data/digits-teacher.pt
+    sid digits train-ddpm-teacher --out sid/data/digits-ddpm
 """
 
 from __future__ import annotations
@@ -23,12 +24,21 @@ def build_parser() -> Parser:
         p.add_argument("--out", type=Path, required=True, help="where to write the weight file (.pt)")
         p.add_argument("--steps", type=int, default=4000 if name == "train-teacher" else 1500, help="optimiser steps")
         p.add_argument("--seed", type=int, default=0, help="random seed")
+    ddpm = sub.add_parser("train-ddpm-teacher", help="the diffusers DDPM teacher (a pipeline folder)")
+    ddpm.add_argument("--out", type=Path, required=True, help="the pipeline folder to write (unet/ + scheduler/)")
+    ddpm.add_argument("--steps", type=int, default=3000, help="optimiser steps")
+    ddpm.add_argument("--seed", type=int, default=0, help="random seed")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     torch.set_flush_denormal(True)  # denormals made CPU iterations up to 10x slower
+    if args.command == "train-ddpm-teacher":
+        from sid.digits_ddpm import train_ddpm_teacher  # noqa: PLC0415 (imports diffusers: only this subcommand)
+
+        print(f"wrote {args.out}: {train_ddpm_teacher(args.out, steps=args.steps, seed=args.seed)}")
+        return
     start = time.time()
     if args.command == "train-teacher":
         saved = train_teacher(steps=args.steps, seed=args.seed)

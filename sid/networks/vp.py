@@ -1,0 +1,207 @@
+"""A discrete-time VP (DDPM) diffusion network in EDM's convention: D(x; sigma) = the x0 it predicts.
+
+A DDPM-style model is trained on x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps at integer timesteps t. EDM's x is
+x_t / sqrt(abar_t) = x0 + sigma_t eps with sigma_t = sqrt((1 - abar_t) / abar_t), so (docs/sid-facts.md, VP teachers):
+
+    the network's input   x_t = x / sqrt(1 + sigma^2)
+    its timestep          t(sigma): fractional, by linear interpolation in log-sigma between the two nearest
+                          trained timesteps (as k-diffusion's discrete denoisers do); below the smallest trained
+                          sigma it clamps to the first timestep, above the largest to the last
+    D(x; sigma)           epsilon:        x - sigma * eps_theta
+                          v_prediction:   sqrt(abar) x_t - sqrt(1 - abar) v_theta, abar = 1 / (1 + sigma^2)
+                          sample:         the output
+
+`VPDenoiser` wraps a diffusers `UNet2DModel` built from its config (no pickles: weights come from safetensors) and
+behaves as this project's `EDMPrecond` does where SiD needs it: `img_resolution`, `img_channels`, `label_dim`, a
+plain `init_kwargs` that rebuilds it (`VPDenoiser(**net.init_kwargs)`), and `forward(x, sigma, class_labels,
+augment_labels)` (augment labels are ignored: the network has no augmentation conditioning, as an EDM network with
+augment_dim 0).
+"""
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def sigmas_of(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """sigma_t = sqrt((1 - abar_t) / abar_t) for each trained timestep t (float64, increasing)."""
+    abar = alphas_cumprod.to(torch.float64)
+    return ((1 - abar) / abar).sqrt()
+
+
+def timestep_of(sigma: torch.Tensor, log_sigmas: torch.Tensor) -> torch.Tensor:
+    """The fractional timestep of each sigma: linear in log-sigma between the trained timesteps around it, clamped to
+    [0, T - 1] outside the trained range."""
+    log_sigma = sigma.to(log_sigmas.dtype).log().reshape(-1)
+    # index of the last trained sigma <= sigma (0 below the range), at most T - 2 so that low + 1 exists
+    low = (log_sigma[None, :] >= log_sigmas[:, None]).sum(dim=0).sub(1).clamp(0, len(log_sigmas) - 2)
+    lo, hi = log_sigmas[low], log_sigmas[low + 1]
+    w = ((log_sigma - lo) / (hi - lo)).clamp(0, 1)
+    return low.to(log_sigmas.dtype) + w
+
+
+class VPDenoiser(nn.Module):
+    def __init__(self, unet: dict[str, Any],         # the UNet2DModel's config (diffusers' config.json, plain data)
+                 alphas_cumprod: list[float],        # abar_t of each trained timestep (the scheduler's)
+                 prediction_type: str = "epsilon",   # what the UNet predicts: epsilon | v_prediction | sample
+                 dropout: float | None = None,       # None: the config's; SiD sets its own for fake score and G
+                 use_fp16: bool = False,             # run the UNet in fp16 on CUDA (weights stay fp32)
+                 kind: str = "diffusers-vp"):        # the teacher kind, recorded with the weights
+        super().__init__()
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type {prediction_type!r} is not mapped to EDM's convention; supported: "
+                             f"{', '.join(PREDICTION_TYPES)}")
+        config = {k: v for k, v in dict(unet).items() if not str(k).startswith("_")}
+        if dropout is not None:
+            config["dropout"] = float(dropout)
+        self.unet = UNet2DModel.from_config(config)
+        cfg = self.unet.config
+        if cfg.time_embedding_type != "positional":
+            raise ValueError(f"time_embedding_type {cfg.time_embedding_type!r}: only 'positional' timestep embeddings "
+                             f"take the fractional timesteps a VP teacher in EDM's convention needs")
+        if cfg.in_channels != cfg.out_channels:
+            raise ValueError(f"the UNet maps {cfg.in_channels} to {cfg.out_channels} channels; a denoiser needs the "
+                             f"same number in and out (a learned-variance output is not supported)")
+        size = cfg.sample_size
+        if not isinstance(size, int):
+            if len(set(size)) != 1:
+                raise ValueError(f"sample_size {size}: only square images are supported")
+            size = int(size[0])
+        abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64, device="cpu")  # also under a meta-device build
+        if abar.ndim != 1 or len(abar) < 2 or not bool(((abar > 0) & (abar < 1)).all()) \
+                or not bool((abar[1:] < abar[:-1]).all()):
+            raise ValueError("alphas_cumprod must be a decreasing sequence in (0, 1) with at least 2 timesteps")
+        self.img_resolution, self.img_channels = size, int(cfg.in_channels)
+        self.label_dim = int(cfg.num_class_embeds or 0) if cfg.class_embed_type is None else 0
+        self.prediction_type, self.use_fp16, self.augment_dim = prediction_type, use_fp16, 0
+        self.register_buffer("log_sigmas", sigmas_of(abar).log(), persistent=False)
+        self.sigma_min, self.sigma_max = float(sigmas_of(abar)[0]), float(sigmas_of(abar)[-1])
+        self.init_kwargs = dict(unet={k: v for k, v in cfg.items() if not k.startswith("_")},
+                                alphas_cumprod=[float(a) for a in abar], prediction_type=prediction_type,
+                                dropout=float(cfg.dropout), use_fp16=use_fp16, kind=kind)
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        return timestep_of(sigma, self.log_sigmas)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, class_labels: torch.Tensor | None = None,
+                augment_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (N, C, R, R) in EDM's scale; sigma: a scalar, (N,) or (N, 1, 1, 1); class_labels: (N, label_dim)
+        one-hot or None (class 0). Returns D(x; sigma) in float32."""
+        x = x.to(torch.float32)
+        n = x.shape[0]
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1)
+        if sigma.shape[0] not in (1, n):
+            raise ValueError(f"sigma must be a scalar or have one value per sample ({n}), got {sigma.shape[0]} values")
+        sigma = sigma.expand(n)
+        classes = None
+        if self.label_dim:
+            classes = torch.zeros(n, dtype=torch.long, device=x.device) if class_labels is None \
+                else class_labels.reshape(n, self.label_dim).argmax(dim=1)
+        s = sigma.reshape(-1, 1, 1, 1)
+        abar = 1 / (1 + s.to(torch.float64) ** 2)  # the VP point of this sigma: x_t = sqrt(abar) x
+        x_t = x * abar.sqrt().to(torch.float32)
+        dtype = torch.float16 if self.use_fp16 and x.device.type == "cuda" else torch.float32
+        with torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32):
+            out = self.unet(x_t.to(dtype), self.timestep(sigma).to(torch.float32), class_labels=classes).sample
+        out = out.to(torch.float32)
+        if self.prediction_type == "epsilon":
+            return x - s * out
+        if self.prediction_type == "v_prediction":
+            return (abar.sqrt() * x_t - (1 - abar).sqrt() * out).to(torch.float32)
+        return out
+
+    def round_sigma(self, sigma: torch.Tensor | float) -> torch.Tensor:
+        return torch.as_tensor(sigma)
+
+
+def sigma_range_error(net: nn.Module, sigma_max: float, what: str) -> str | None:
+    """A message when `sigma_max` (the largest noise level a run asks of the network) exceeds the largest sigma the
+    network was trained on; None when it fits or the network has no such limit."""
+    limit = getattr(net, "sigma_max", math.inf)
+    if sigma_max > limit * (1 + 1e-6):
+        return (f"{what}: the run asks for sigma up to {sigma_max:g}, above the teacher's largest trained sigma "
+                f"{limit:.4g}; lower sigma_init / tmax or use a teacher trained to that noise level")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- a diffusers folder
+UNET_CLASSES = ("UNet2DModel",)
+# Discrete-time VP schedulers: each derives abar_t from the same beta-schedule keys as DDPMScheduler.
+VP_SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "DPMSolverMultistepScheduler",
+                 "DPMSolverSinglestepScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
+                 "HeunDiscreteScheduler", "LMSDiscreteScheduler", "UniPCMultistepScheduler", "DEISMultistepScheduler")
+BETA_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+             "rescale_betas_zero_snr")
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+MAX_PARAMETERS = 4_000_000_000  # far above any pixel-space UNet2DModel; a config asking for more is refused unbuilt
+
+
+def _json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path.parent}: not a diffusers {what} folder (no {path.name})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a diffusers {what} config ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def alphas_cumprod_of(scheduler: dict[str, Any], path: Path) -> list[float]:
+    """abar_t of a discrete-time VP scheduler config, by diffusers' own beta-schedule arithmetic (DDPMScheduler)."""
+    name = scheduler.get("_class_name")
+    if name not in VP_SCHEDULERS:
+        raise ValueError(f"{path}: scheduler {name!r} is not a discrete-time VP scheduler; supported: "
+                         f"{', '.join(VP_SCHEDULERS)} (epsilon, v or sample prediction)")
+    try:
+        ddpm = DDPMScheduler(**{k: scheduler[k] for k in BETA_KEYS if k in scheduler})
+    except (TypeError, ValueError, NotImplementedError) as exc:
+        raise ValueError(f"{path}: scheduler config not understood ({exc})") from None
+    abar = ddpm.alphas_cumprod.double()
+    if not bool((abar > 0).all()):
+        raise ValueError(f"{path}: the schedule reaches zero signal (abar = 0, infinite sigma: zero terminal SNR); "
+                         f"EDM's convention needs a finite largest sigma")
+    return abar.tolist()
+
+
+def load_diffusers(folder: str | Path) -> VPDenoiser:
+    """A VP denoiser from a saved diffusers model: a pipeline folder (`unet/` + `scheduler/`, as DDPMPipeline saves)
+    or a `UNet2DModel` folder with its `scheduler_config.json` beside `config.json`. Weights from safetensors only;
+    nothing is downloaded and no code from the folder runs."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: no such diffusers folder")
+    pipeline = (folder / "unet").is_dir()
+    unet_dir, scheduler_dir = (folder / "unet", folder / "scheduler") if pipeline else (folder, folder)
+    config = _json(unet_dir / "config.json", "model")
+    if config.get("_class_name") not in UNET_CLASSES:
+        raise ValueError(f"{unet_dir / 'config.json'}: {config.get('_class_name')!r} is not supported; supported: "
+                         f"{', '.join(UNET_CLASSES)} (pixel-space, unconditional or class-conditional)")
+    scheduler = _json(scheduler_dir / "scheduler_config.json", "scheduler")
+    weights = unet_dir / WEIGHTS
+    if not weights.is_file():
+        pickled = sorted(p.name for p in unet_dir.glob("*.bin"))
+        raise ValueError(f"{unet_dir}: no {WEIGHTS}" + (f"; {', '.join(pickled)} is a pickle, which this project "
+                         "never loads (it can run code): convert it to safetensors first" if pickled else ""))
+    kwargs = dict(unet=config, alphas_cumprod=alphas_cumprod_of(scheduler, scheduler_dir / "scheduler_config.json"),
+                  prediction_type=scheduler.get("prediction_type", "epsilon"))
+    try:
+        with torch.device("meta"):  # the architecture gate: count before allocating anything
+            size = sum(p.numel() for p in VPDenoiser(**kwargs).parameters())
+        if size > MAX_PARAMETERS:
+            raise ValueError(f"{size:,} parameters, above the limit of {MAX_PARAMETERS:,}")
+        net = VPDenoiser(**kwargs)
+        net.unet.load_state_dict(load_file(str(weights)), strict=True)
+    except (TypeError, ValueError, RuntimeError, OSError, SafetensorError) as exc:
+        raise ValueError(f"{folder}: not a usable diffusers VP model ({str(exc).splitlines()[0][:300]})") from None
+    return net.eval().requires_grad_(False)
