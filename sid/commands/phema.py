@@ -63,7 +63,8 @@ def rebuild(snaps: list[tuple[int, float, Path]], header: dict[str, Any], step: 
 
     usable = [s for s in snaps if s[0] <= step]
     net = EDMPrecond(**header["init_kwargs"])
-    net.load_state_dict(combine([(s, g) for s, g, _ in usable], [p for _, _, p in usable], step, sigma_rel))
+    net.load_state_dict(combine([(s, g) for s, g, _ in usable], [p for _, _, p in usable], step, sigma_rel,
+                                buffers={name for name, _ in net.named_buffers()}))
     return net.eval().requires_grad_(False), len(usable)
 
 
