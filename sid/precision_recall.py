@@ -49,9 +49,9 @@ def _distances(rows: Tensor, cols: Tensor, col_batch_size: int) -> Tensor:
     distances = torch.cat([torch.cdist(rows[None], block[None], compute_mode="use_mm_for_euclid_dist")[0]
                            for block in padded.chunk(blocks)], dim=1)[:, :n]
     if not distances.isfinite().all():  # the official code would go on with inf/NaN balls
-        raise ValueError(f"precision_recall: the float16 distances overflow (squared norms up to "
-                         f"{float(rows.float().square().sum(1).max()):.4g}; float16 ends at 65504): features of "
-                         f"Inception's scale are needed")
+        largest = max(float(x.float().square().sum(1).max()) for x in (rows, cols))
+        raise ValueError(f"precision_recall: the float16 distances overflow (squared norms up to {largest:.4g}; "
+                         f"float16 ends at 65504): features of Inception's scale are needed")
     return distances
 
 
