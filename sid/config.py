@@ -29,9 +29,10 @@ EVAL_SCHEDULES = ("every", "official")
 SNAPSHOT_KINDS = ("all", "best", "last")  # keep_snapshots: 'all', or a comma list of 'best' and 'last'
 ADAM_EPS = {"fp16": 1e-6}                # the official rule: 1e-6 with fp16, else ADAM_EPS_DEFAULT
 ADAM_EPS_DEFAULT = 1e-8
-# The official code's progress ticks (docs/sid-facts.md section 3): a tick ends once 10 kimg more were used; it evaluates at
-# ticks 10, 20, ..., 100 (the early, fast part of the curve) and every 50 ticks.
-OFFICIAL_TICK_KIMG, OFFICIAL_DENSE_TICKS, OFFICIAL_SNAP_TICKS = 10.0, range(10, 101, 10), 50
+# The official code's progress ticks (docs/sid-facts.md section 3): a tick ends once eval_tick_kimg more kimg were used
+# (run_sid.sh --tick); it evaluates after tick 0 (the first iteration), at ticks 10, 20, ..., 100 (the early, fast part
+# of the curve), every --snap 50 ticks and at the end.
+OFFICIAL_DENSE_TICKS, OFFICIAL_SNAP_TICKS = range(10, 101, 10), 50
 
 
 SIGMA_REL_RANGE = (0.0, 0.3)  # post-hoc EMA profiles, exclusive: outside, no power-function EMA of a run
@@ -90,6 +91,7 @@ class DistillConfig:
     duration_kimg: float = 500_000.0        # stop once this many generator images (thousands) were used
     eval_every_kimg: float = 512.0          # eval_schedule 'every': evaluate this often, plus at 0 and at the end
     eval_schedule: str = "every"            # 'every' (eval_every_kimg) or 'official' (SiD's ticks: dense early)
+    eval_tick_kimg: float = 10.0            # eval_schedule 'official': kimg per tick (run_sid.sh --tick; ImageNet 20)
     keep_snapshots: str = "best,last"       # G_ema files kept per evaluation: 'all', or 'best', 'last', 'best,last'
     # Evaluation
     fid_images: int = 50_000                # generated images per FID evaluation
@@ -119,7 +121,7 @@ class DistillConfig:
             if kind == "float" and not math.isfinite(value):
                 raise bad(f.name, "must be finite")
         positive = ("sigma_init", "lr", "glr", "adam_eps", "batch", "ema_mimg",
-                    "duration_kimg", "eval_every_kimg", "fid_images", "ls", "lsg")
+                    "duration_kimg", "eval_every_kimg", "eval_tick_kimg", "fid_images", "ls", "lsg")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise bad(name, "must be > 0")
@@ -186,21 +188,26 @@ class DistillConfig:
         return self.iterations * self.batch / 1000
 
     def evaluation_iterations(self) -> list[int]:
-        """Iterations after which the run evaluates: 0, the schedule's points, and the last iteration."""
+        """Iterations after which the run evaluates: 0 (the teacher-initialised generator), the schedule's points,
+        and the last iteration. On the official schedule the 0 takes the place of the official evaluation after the
+        first iteration (the end of tick 0, unless that is also the last): every other point is the official loop's."""
         last = self.iterations
         if self.eval_schedule == "official":
-            return sorted({0, last} | {i for i in self._official_ticks() if i < last})
+            return sorted({0, last} | set(self._official_ticks()[1:]))
         every = self.eval_every_kimg * 1000 / self.batch
-        return sorted({0, last} | {min(last, math.ceil(k * every - 1e-9)) for k in range(1, math.ceil(last / every) + 1)})
+        return sorted({0, last} | {min(last, math.ceil(k * every - 1e-9))
+                                   for k in range(1, math.ceil(last / every) + 1)})
 
     def _official_ticks(self) -> list[int]:
-        """Iterations that end an evaluated official tick. Tick 0 ends after the first iteration, each later one at
-        the first iteration with nimg >= its start + 10 kimg: 40 iterations (10.24 kimg) at batch 256, so tick 10
-        ends at iteration 401 (102.7 kimg)."""
-        per_tick = math.ceil(OFFICIAL_TICK_KIMG * 1000 / self.batch)
+        """Iterations after which the official loop evaluates: the end of tick 0 (the first iteration), of ticks
+        10, 20, ..., 100 and of every 50th tick, and the last iteration. A later tick ends at the first iteration
+        whose image count reaches its start + eval_tick_kimg: 40 iterations of 256 for 10 kimg (tick 10 ends at
+        iteration 401, 102.7 kimg), 3 of 8192 for ImageNet's 20 kimg (tick 10 at iteration 31, 254.0 kimg)."""
+        per_tick = math.ceil(self.eval_tick_kimg * 1000 / self.batch - 1e-9)
         last_tick = (self.iterations - 1) // per_tick
-        return [1 + t * per_tick for t in range(1, last_tick + 1)
-                if t in OFFICIAL_DENSE_TICKS or t % OFFICIAL_SNAP_TICKS == 0]
+        ticks = [1 + t * per_tick for t in range(last_tick + 1)
+                 if t == 0 or t in OFFICIAL_DENSE_TICKS or t % OFFICIAL_SNAP_TICKS == 0]
+        return ticks + [self.iterations] if ticks[-1] < self.iterations else ticks
 
     def phema_iterations(self) -> list[int]:
         """Iterations after which the post-hoc EMA profiles are saved (none without profiles)."""
@@ -243,7 +250,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "imagenet64-cond": dict(teacher="edm:imagenet64-cond", alpha=1.2, batch=8192, batch_per_device=16, lr=4e-6,
                             glr=4e-6, precision="fp16", dropout=0.1, augment=0.0, ema_mimg=2.0,
                             duration_kimg=1_000_000.0, eval_every_kimg=1024.0, eval_schedule="official",
-                            fid_images=50_000,
+                            eval_tick_kimg=20.0, fid_images=50_000,
                             fid_detector=INCEPTION, fid_ref="edm:imagenet-64x64"),
     "ffhq64": dict(_FFHQ_LIKE, teacher="edm:ffhq64", alpha=1.2, lr=1e-5, glr=1e-5, g_beta1=0.9,
                    fid_ref="edm:ffhq-64x64"),

@@ -150,7 +150,8 @@ class Detector(Protocol):
     feature_dim: int   # D of the features and of the reference statistics
 
     def __call__(self, images: Tensor) -> Tensor: ...   # uint8 [N, C, H, W] -> float [N, D]
-    # Optional: `probabilities(images) -> [N, classes]` (softmax), which makes sid evaluate report an Inception Score.
+    # Optional: `probabilities(images) -> [N, classes]` (softmax), which makes sid evaluate report an Inception Score,
+    # and `features_and_probabilities(images) -> ([N, D], [N, classes])`, both from one forward pass.
 
 
 class InceptionDetector:
@@ -183,11 +184,20 @@ class InceptionDetector:
         return features
 
     @torch.no_grad()
+    def features_and_probabilities(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """(pool features [N, 2048], softmax class probabilities [N, 1008]) from one forward pass: the probabilities
+        are what the network's own `no_output_bias=True` call gives (StyleGAN3's and SiD's is50k), softmax of
+        linear(features, output.weight) without the bias, here computed from the features instead of a second pass."""
+        features = self(images)
+        output = getattr(self.net, "output", None)
+        if not isinstance(getattr(output, "weight", None), Tensor):
+            raise ValueError(f"{self.name}: this network has no output layer (output.weight), so no class "
+                             f"probabilities or Inception Score")
+        return features, torch.softmax(torch.nn.functional.linear(features, output.weight), dim=1)
+
     def probabilities(self, images: Tensor) -> Tensor:
         """Softmax class probabilities [N, 1008] without the output bias, as StyleGAN3's Inception Score."""
-        if images.shape[1] == 1:
-            images = images.repeat(1, 3, 1, 1)
-        return self.net(images.to(self.device), no_output_bias=True)
+        return self.features_and_probabilities(images)[1]
 
 
 _DETECTORS: dict[str, Callable[[torch.device], Detector]] = {}
@@ -225,13 +235,22 @@ def feature_stats(images: Iterable[Tensor], detector: Detector, *,
                   probabilities: list[np.ndarray] | None = None,
                   into: GroupedFeatureStats | None = None) -> FeatureStats | GroupedFeatureStats:
     """FeatureStats of the detector features of uint8 NCHW batches: the one accumulation behind every FD here.
-    With a `probabilities` list (Inception Score), each batch's class probabilities are appended to it too. `into`
-    (a GroupedFeatureStats, say) accumulates instead of a new FeatureStats and is returned."""
+    With a `probabilities` list (Inception Score), each batch's class probabilities are appended to it too, from the
+    same forward pass where the detector has features_and_probabilities. `into` (a GroupedFeatureStats, say)
+    accumulates instead of a new FeatureStats and is returned."""
+    if probabilities is not None and not hasattr(detector, "probabilities"):
+        raise ValueError(f"detector {detector.name} gives no class probabilities: no Inception Score")
+    one_pass = probabilities is not None and hasattr(detector, "features_and_probabilities")
     stats = FeatureStats() if into is None else into
     for batch in images:
-        stats.update(detector(batch))
-        if probabilities is not None:
-            probabilities.append(detector.probabilities(batch).detach().float().cpu().numpy())
+        if one_pass:
+            features, probs = detector.features_and_probabilities(batch)
+        else:
+            features = detector(batch)
+            probs = detector.probabilities(batch) if probabilities is not None else None
+        stats.update(features)
+        if probs is not None:
+            probabilities.append(probs.detach().float().cpu().numpy())
     return stats
 
 
@@ -322,6 +341,19 @@ def score_generated(generate: Callable[[int, int], Tensor], num_images: int, det
     NCHW; the last batch is short when batch_size does not divide num_images."""
     return score_images(_generated_batches(generate, num_images, batch_size), detector, ref_mu, ref_sigma,
                         groups=groups)
+
+
+@torch.no_grad()
+def compute_fd_std_is(generate: Callable[[int, int], Tensor], num_images: int, detector: Detector, ref_mu, ref_sigma,
+                      *, batch_size: int = 256, groups: int = FD_STD_GROUPS) -> tuple[float, float, float, float]:
+    """(Frechet distance, its sampling standard error, Inception Score mean, its std over 10 splits) of the same
+    `num_images` generated images, each batch through the detector once (features and class probabilities from one
+    forward pass where it has features_and_probabilities): compute_fd_std's numbers and the official is50k's, as the
+    official CIFAR-10 run reports both at each training evaluation (`--metrics fid50k_full,is50k`)."""
+    probabilities: list[np.ndarray] = []
+    grouped = feature_stats(_generated_batches(generate, num_images, batch_size), detector,
+                            probabilities=probabilities, into=GroupedFeatureStats(groups))
+    return (*fd_jackknife(grouped, ref_mu, ref_sigma), *inception_score(np.concatenate(probabilities)))
 
 
 def _generated_batches(generate: Callable[[int, int], Tensor], num_images: int, batch_size: int) -> Iterator[Tensor]:

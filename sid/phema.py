@@ -10,14 +10,17 @@ relative to t:  sigma_rel^2 = (gamma + 1) / ((gamma + 2)^2 (gamma + 3)).
 
 Reconstruction: a snapshot of profile gamma_i taken at step t_i is the integral of theta against
 p_i(tau) = (gamma_i + 1) tau^gamma_i / t_i^(gamma_i + 1) on [0, t_i]. The target profile p_r is approximated by
-sum_i x_i p_i in L2, so x solves A x = b with A_ij = <p_i, p_j> and b_i = <p_i, p_r>, integrals in closed form; the
-reconstructed weights are sum_i x_i snapshot_i.
+sum_i x_i p_i in L2, so x solves A x = b with A_ij = <p_i, p_j> and b_i = <p_i, p_r>, integrals in closed form.
+As EDM2 (training/phema.py solve_posthoc_coefficients, reconstruct_phema.py), x is then divided by its sum, so the
+reconstruction is a weighted average: the least-squares x alone sums to 0.73-0.96 for a few snapshots and would scale
+every weight by that. The reconstructed parameters are sum_i x_i snapshot_i; buffers (resampling filters, Fourier
+frequencies: not trained, not averaged) are copied from the newest snapshot, as EDM2 copies them from an input.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -65,9 +68,9 @@ def step_weights(step: int, gamma: float) -> np.ndarray:
 
 
 def coefficients(snapshots: Sequence[tuple[int, float]], target: tuple[int, float]) -> np.ndarray:
-    """x with sum_i x_i p_i closest to the target profile; `snapshots` and `target` are (step, gamma). Runs of up
-    to EXACT_STEPS steps use the exact discrete weights (the continuous profile is off by ~gamma / (2 tau) at step
-    tau), longer ones the closed-form integrals of the continuous profiles."""
+    """x with sum_i x_i p_i closest to the target profile, normalised to sum to 1 (EDM2); `snapshots` and `target`
+    are (step, gamma). Runs of up to EXACT_STEPS steps use the exact discrete weights (the continuous profile is off
+    by ~gamma / (2 tau) at step tau), longer ones the closed-form integrals of the continuous profiles."""
     steps = [s for s, _ in snapshots] + [target[0]]
     if max(steps) * len(steps) <= EXACT_STEPS:
         top = max(steps)
@@ -80,7 +83,12 @@ def coefficients(snapshots: Sequence[tuple[int, float]], target: tuple[int, floa
         g = np.array([gamma for _, gamma in snapshots], dtype=np.float64)
         a = _inner(t[:, None], g[:, None], t[None, :], g[None, :])
         b = _inner(t, g, np.float64(target[0]), np.float64(target[1]))
-    x, *_ = np.linalg.lstsq(a, b, rcond=None)
+    x, *_ = np.linalg.lstsq(a, b, rcond=None)  # least squares: repeated snapshots make A singular
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = x / x.sum()  # the sum is tiny (not wrong) for a short EMA long after the last snapshot
+    if not np.isfinite(x).all():
+        raise ValueError(f"post-hoc EMA: no reconstruction of step {target[0]} from snapshots at steps "
+                         f"{sorted({s for s, _ in snapshots})}: the least-squares weights sum to 0")
     return x
 
 
@@ -92,32 +100,49 @@ def _weights(profiles: Sequence[tuple[int, float]], step: int, sigma_rel: float)
     return usable, coefficients([profiles[i] for i in usable], (step, exponent(sigma_rel)))
 
 
-def _weighted_sum(weights: Sequence[float], states: Iterable[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """sum_i w_i state_i in float64, one state at a time, back in each tensor's dtype; integer buffers are not
-    averaged (the first state's are kept)."""
+def _weighted_sum(weights: Sequence[float], states: Iterable[Mapping[str, torch.Tensor]], buffers: Collection[str],
+                  newest: int) -> dict[str, torch.Tensor]:
+    """sum_i w_i state_i over the parameters in float64, one state at a time, back in each tensor's dtype. Buffers
+    (the names in `buffers`) and integer tensors are not averaged: they are copied from state number `newest`."""
     total: dict[str, torch.Tensor] = {}
     dtypes: dict[str, torch.dtype] = {}
-    for weight, state in zip(weights, states):
+    keys = None
+    for index, (weight, state) in enumerate(zip(weights, states)):
+        if keys is None:
+            keys = set(state)
+        elif set(state) != keys:
+            raise ValueError(f"post-hoc EMA snapshots of different networks: snapshot {index} and the first differ "
+                             f"in {sorted(set(state) ^ keys)[0]!r} and {len(set(state) ^ keys) - 1} more tensors")
         for name, value in state.items():
-            if not value.is_floating_point():
-                total.setdefault(name, value.clone())
+            if name in buffers or not value.is_floating_point():
+                if index == newest:
+                    total[name] = value.clone()
                 continue
             dtypes.setdefault(name, value.dtype)
             total[name] = total.get(name, torch.zeros_like(value, dtype=torch.float64)) + float(weight) * value.double()
     return {k: v.to(dtypes[k]) if k in dtypes else v for k, v in total.items()}
 
 
-def combine(profiles: Sequence[tuple[int, float]], files: Sequence[Path], step: int,
-            sigma_rel: float) -> dict[str, torch.Tensor]:
+def combine(profiles: Sequence[tuple[int, float]], files: Sequence[Path], step: int, sigma_rel: float, *,
+            buffers: Collection[str]) -> dict[str, torch.Tensor]:
     """reconstruct() over snapshot files (saved generators, sid.saved), loaded one at a time: a run's snapshots need
     not fit in memory together."""
     usable, x = _weights(profiles, step, sigma_rel)
-    return _weighted_sum(x, (SavedGenerator.load(files[i]).state_dict for i in usable))
+    states = (SavedGenerator.load(files[i]).state_dict for i in usable)
+    return _weighted_sum(x, states, buffers, _newest([profiles[i] for i in usable]))
 
 
-def reconstruct(snapshots: Sequence[tuple[int, float, Mapping[str, torch.Tensor]]], step: int,
-                sigma_rel: float) -> dict[str, torch.Tensor]:
+def reconstruct(snapshots: Sequence[tuple[int, float, Mapping[str, torch.Tensor]]], step: int, sigma_rel: float, *,
+                buffers: Collection[str]) -> dict[str, torch.Tensor]:
     """The weights of the sigma_rel EMA at training step `step` from snapshots (step, gamma, state dict) taken at
-    or before it, combined in float64."""
+    or before it, parameters combined in float64. `buffers`: the state-dict names of the network's buffers
+    ({name for name, _ in net.named_buffers()}), copied from the newest usable snapshot."""
     usable, x = _weights([(s, g) for s, g, _ in snapshots], step, sigma_rel)
-    return _weighted_sum(x, (snapshots[i][2] for i in usable))
+    return _weighted_sum(x, (snapshots[i][2] for i in usable), buffers,
+                         _newest([snapshots[i][:2] for i in usable]))
+
+
+def _newest(profiles: Sequence[tuple[int, float]]) -> int:
+    """Position of the snapshot whose buffers the reconstruction keeps: the latest, of those the longest profile
+    (smallest gamma), as EDM2 keeps its last input in (nimg, sigma_rel) order."""
+    return max(range(len(profiles)), key=lambda i: (profiles[i][0], -profiles[i][1], i))

@@ -47,7 +47,8 @@ from sid.tracking import RunTracker, TrackingSettings
 # Config fields a resumed run may change: they do not shape the numbers of the evaluations already made.
 RESUMABLE_CHANGES = ("duration_kimg", "keep_snapshots")
 # Fields added after the first checkpoints were written, with the value those runs had.
-LATER_FIELDS = {"init_generator": "", "eval_schedule": "every", "phema": "", "phema_every_kimg": 0.0}
+LATER_FIELDS = {"init_generator": "", "eval_schedule": "every", "phema": "", "phema_every_kimg": 0.0,
+                "eval_tick_kimg": 10.0}
 
 def save_image_grid(images: torch.Tensor, path: Path, scale: int = 4) -> None:
     """Images in [-1, 1] (N, C, H, W) tiled into a square-ish PNG, upscaled `scale` times for small images."""

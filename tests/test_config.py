@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 
 from sid.config import PRESETS, ConfigError, DistillConfig, preset
@@ -65,3 +66,82 @@ def test_evaluation_schedule(duration, every, batch, expected):
     cfg = preset("digits", duration_kimg=duration, eval_every_kimg=every, batch=batch, batch_per_device=batch)
     assert cfg.evaluation_iterations() == expected
     assert cfg.iterations == expected[-1]
+
+
+# run_sid.sh's --tick (kimg per tick) of each official preset; a preset added with eval_schedule 'official' needs its
+# entry here, read from the official script.
+RUN_SID_TICK_KIMG = {"cifar10-uncond": 10, "cifar10-cond": 10, "imagenet64-cond": 20, "ffhq64": 10, "afhqv2-64": 10}
+OFFICIAL = [name for name, values in PRESETS.items() if values.get("eval_schedule") == "official"]
+
+
+def official_loop_evaluations(batch: int, total_kimg: int, kimg_per_tick: int, snapshot_ticks: int = 50) -> list[int]:
+    """Iterations after which SiD's training loop (training/sid_training_loop.py of mingyuanzhou/SiD) evaluates,
+    re-enacted step by step in integers: cur_nimg grows by the batch after each iteration; `done` once it reaches
+    total_kimg * 1000; an iteration ends a tick unless (not done, not tick 0, and cur_nimg < the tick's start +
+    kimg_per_tick * 1000); a tick's end evaluates when done, cur_tick % snapshot_ticks == 0 or cur_tick in
+    [10, 20, ..., 100]; then cur_tick += 1 and the next tick starts at cur_nimg."""
+    cur_nimg = cur_tick = tick_start_nimg = iteration = 0
+    evaluated = []
+    while True:
+        iteration += 1
+        cur_nimg += batch
+        done = cur_nimg >= total_kimg * 1000
+        if not done and cur_tick != 0 and cur_nimg < tick_start_nimg + kimg_per_tick * 1000:
+            continue
+        if done or cur_tick % snapshot_ticks == 0 or cur_tick in [10, 20, 30, 40, 50, 60, 70, 80, 90, 100]:
+            evaluated.append(iteration)
+        cur_tick += 1
+        tick_start_nimg = cur_nimg
+        if done:
+            return evaluated
+
+
+def test_the_official_presets_evaluate_on_the_official_schedule():
+    assert set(OFFICIAL) == set(RUN_SID_TICK_KIMG) and preset("digits").eval_schedule == "every"
+
+
+@pytest.mark.parametrize("name", OFFICIAL)
+def test_official_presets_use_run_sids_tick(name):
+    assert preset(name).eval_tick_kimg == RUN_SID_TICK_KIMG[name]
+
+
+# Each official preset at shortened durations (a whole tick count, one ending inside a tick, one inside the dense
+# part) and at its full duration where re-enacting it is quick (ImageNet's 122,071 iterations; CIFAR-10's millions
+# take seconds).
+SCHEDULE_CASES = [(name, kimg) for name in OFFICIAL for kimg in (60_000, 1_234, 250)] + [
+    (name, int(PRESETS[name]["duration_kimg"])) for name in OFFICIAL if preset(name).iterations <= 200_000]
+
+
+@pytest.mark.parametrize("name, duration_kimg", SCHEDULE_CASES)
+def test_official_schedule_is_the_official_loops_with_the_baseline_at_0_for_its_first(name, duration_kimg):
+    # The official loop's first evaluation is after iteration 1 (tick 0); this project's is at 0 kimg, before any
+    # step. Every later point is the official one.
+    cfg = preset(name, duration_kimg=float(duration_kimg))
+    official = official_loop_evaluations(cfg.batch, duration_kimg, RUN_SID_TICK_KIMG[name])
+    assert official[0] == 1 and cfg.evaluation_iterations() == [0, *official[1:]]
+    assert cfg.iterations == official[-1]
+
+
+def test_official_schedule_follows_any_tick_length():
+    cfg = preset("digits", eval_schedule="official", eval_tick_kimg=0.5, duration_kimg=64.0)  # 4 iterations a tick
+    assert cfg.evaluation_iterations() == [0, *official_loop_evaluations(128, 64, 0.5)[1:]]
+    assert cfg.evaluation_iterations()[:4] == [0, 41, 81, 121]
+    one = cfg.replace(duration_kimg=0.1)  # a run of one iteration: the official loop evaluates its end, so does this
+    assert official_loop_evaluations(128, 0.1, 0.5) == [1] and one.evaluation_iterations() == [0, 1]
+
+
+def test_imagenet_evaluates_823_times_in_1000_mimg_as_the_official_loop():
+    cfg = preset("imagenet64-cond")  # batch 8192, a 20 kimg tick: 3 iterations (24.6 kimg) a tick
+    kimg = cfg.evaluation_kimg()
+    assert len(kimg) == 823  # the official loop's 823, the first (8.192 kimg, tick 0) at 0 kimg
+    assert kimg[:5] == pytest.approx([0.0, 253.952, 499.712, 745.472, 991.232])  # ticks 10, 20, 30, 40
+    assert np.diff(kimg[11:-1]) == pytest.approx(1228.8)  # from tick 100 on: every 50 ticks of 24.576 kimg
+    assert kimg[-1] == cfg.final_kimg == pytest.approx(1_000_005.632)  # 122,071 iterations: the first >= 1000 Mimg
+
+
+def test_official_schedule_at_batch_256_evaluates_densely_then_every_50_ticks():
+    cifar = preset("cifar10-uncond")  # a tick is 40 iterations (10.24 kimg); tick 0 ends after iteration 1
+    kimg = cifar.evaluation_kimg()
+    assert kimg[:3] == pytest.approx([0.0, 102.656, 205.056])
+    assert kimg[10] == pytest.approx(1024.256) and kimg[11] - kimg[10] == pytest.approx(512.0)
+    assert kimg[-1] == pytest.approx(cifar.final_kimg)

@@ -14,7 +14,7 @@ from sid import metrics
 from sid.commands import evaluate as eval_cli
 from sid.commands import generate as gen_cli
 from sid.config import INCEPTION, preset
-from sid.metrics import InceptionDetector, inception_score, save_reference_stats
+from sid.metrics import InceptionDetector, compute_fd_std, compute_fd_std_is, inception_score, save_reference_stats
 from sid.results import SCORE_SCHEMA, read_evaluations, read_scores
 from sid.run import run_local
 
@@ -102,29 +102,38 @@ def test_evaluate_npz_draws_match_scipy_fd_and_is(tmp_path, standin, capsys):
 
 
 class TinyInception(torch.nn.Module):
-    """NVIDIA's Inception call signature: features with return_features, else softmax (optionally without bias)."""
+    """NVIDIA's TorchScript Inception in structure: `layers` give the 2048 pool features (returned with
+    return_features), `output` is the 1008-class linear layer, whose bias is left out with no_output_bias; else
+    the softmax of the logits."""
 
     def __init__(self):
         super().__init__()
         g = torch.Generator().manual_seed(3)
         self.proj = torch.nn.Parameter(torch.randn(3, 2048, generator=g))
-        self.out = torch.nn.Parameter(torch.randn(2048, 1008, generator=g) / 10)
-        self.bias = torch.nn.Parameter(torch.full((1008,), 100.0))
+        self.output = torch.nn.Linear(2048, 1008)
+        with torch.no_grad():
+            self.output.weight.copy_(torch.randn(1008, 2048, generator=g) / 10)
+            self.output.bias.copy_(100.0 * torch.arange(1008) / 1008)
 
     def forward(self, img: torch.Tensor, return_features: bool = False, no_output_bias: bool = False):
         features = (img.to(torch.float32).mean(dim=[2, 3]) / 255) @ self.proj
         if return_features:
             return features
-        logits = features @ self.out
-        return torch.softmax(logits if no_output_bias else logits + self.bias * torch.arange(1008) / 1008, dim=1)
+        logits = torch.nn.functional.linear(features, self.output.weight) if no_output_bias else self.output(features)
+        return torch.softmax(logits, dim=1)
 
 
-def test_inception_detector_gives_an_fid_and_an_is_without_output_bias(tmp_path, monkeypatch):
+def tiny_inception_detector(tmp_path) -> InceptionDetector:
     path = tmp_path / "inception.pt"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.jit.save(torch.jit.script(TinyInception()), str(path))
-    monkeypatch.setitem(metrics._DETECTORS, INCEPTION, lambda device: InceptionDetector(str(path), device=device))
+    return InceptionDetector(str(path))
+
+
+def test_inception_detector_gives_an_fid_and_an_is_without_output_bias(tmp_path, monkeypatch):
+    detector = tiny_inception_detector(tmp_path)
+    monkeypatch.setitem(metrics._DETECTORS, INCEPTION, lambda device: detector)
     arr = np.random.default_rng(4).integers(0, 256, (30, 5, 5, 3), dtype=np.uint8)
     save_reference_stats(tmp_path / "ref.npz", np.zeros(2048), np.eye(2048))
     rows = eval_cli.evaluate(write_npz(tmp_path / "x.npz", arr), detector_name=INCEPTION,
@@ -133,6 +142,73 @@ def test_inception_detector_gives_an_fid_and_an_is_without_output_bias(tmp_path,
     probs = net(torch.from_numpy(arr).permute(0, 3, 1, 2), no_output_bias=True).detach().double().numpy()
     assert (rows[0]["is_mean"], rows[0]["is_std"]) == pytest.approx(scipy_is(probs, 10), rel=1e-5)
     assert "FID (inception-2015-12-05, 30 images)" in eval_cli.summary(rows)
+
+
+def test_inception_features_and_probabilities_come_from_one_pass_as_the_networks_own_calls(tmp_path):
+    detector = tiny_inception_detector(tmp_path)
+    images = torch.from_numpy(np.random.default_rng(6).integers(0, 256, (9, 3, 5, 5), dtype=np.uint8))
+    features, probs = detector.features_and_probabilities(images)
+    torch.testing.assert_close(features, detector.net(images, return_features=True))
+    torch.testing.assert_close(probs, detector.net(images, no_output_bias=True))  # the is50k call: no output bias
+    torch.testing.assert_close(detector.probabilities(images), probs)
+
+
+class OnePassStandIn(StandIn):
+    """StandIn whose features and probabilities come from one call, counted; its separate calls are refused."""
+
+    name = "standin-one-pass"
+
+    def __init__(self):
+        super().__init__()
+        self.passes = 0
+
+    def forward(self, images):
+        raise AssertionError("a second pass: features asked for separately")
+
+    def probabilities(self, images):
+        raise AssertionError("a second pass: probabilities asked for separately")
+
+    def features_and_probabilities(self, images):
+        self.passes += 1
+        return StandIn.forward(self, images), StandIn.probabilities(self, images)
+
+
+@pytest.mark.parametrize("num_images, batch", [(50, 7), (40, 40)])
+def test_fd_and_is_of_training_evaluations_come_from_one_detector_pass(num_images, batch):
+    # The IS of the same images as the FD (the official CIFAR-10 run's fid50k_full,is50k), each batch through the
+    # detector once: FD and its error as compute_fd_std's, IS as scipy's entropies over 10 splits.
+    rng = np.random.default_rng(num_images)
+    pixels = rng.uniform(-1, 1, (num_images, 1, 4, 4))
+    mu_ref, a = rng.standard_normal(12), rng.standard_normal((12, 30))
+
+    def generate(index, n):
+        return torch.from_numpy(pixels[index * batch: index * batch + n])
+
+    detector = OnePassStandIn()
+    fd, fd_std, is_mean, is_std = compute_fd_std_is(generate, num_images, detector, mu_ref, a @ a.T / 30,
+                                                    batch_size=batch)
+    assert detector.passes == -(-num_images // batch)
+    assert (fd, fd_std) == pytest.approx(compute_fd_std(generate, num_images, StandIn(), mu_ref, a @ a.T / 30,
+                                                        batch_size=batch), rel=1e-12)
+    uint8 = np.clip(pixels * 127.5 + 128, 0, 255).astype(np.uint8).reshape(num_images, 16).astype(np.float64)
+    feats = uint8 / 255 @ W_FEATURES.numpy()
+    assert fd == pytest.approx(scipy_fd(feats.mean(0), np.cov(feats, rowvar=False, bias=True), mu_ref, a @ a.T / 30),
+                               rel=1e-9)
+    logits = uint8 / 64 @ W_CLASSES.numpy()
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    # probabilities kept in float32, as the official code keeps them
+    assert (is_mean, is_std) == pytest.approx(scipy_is(probs / probs.sum(1, keepdims=True), 10), rel=1e-6)
+
+
+def test_fd_and_is_refuse_a_detector_without_class_probabilities():
+    class FeaturesOnly(torch.nn.Module):
+        name = "features-only"
+
+        def forward(self, images):
+            return images.flatten(1).double()
+
+    with pytest.raises(ValueError, match="detector features-only gives no class probabilities: no Inception Score"):
+        compute_fd_std_is(lambda i, n: torch.zeros(n, 1, 4, 4), 20, FeaturesOnly(), np.zeros(16), np.eye(16))
 
 
 def save_pngs(folder, arr):

@@ -1,5 +1,5 @@
 """The run folder: snapshots kept by policy, best.pt at the lowest FD (ties: the earlier), nothing saved for a diverged
-evaluation, checkpoints of another architecture refused, and the official evaluation schedule."""
+evaluation, checkpoints of another architecture refused."""
 
 from __future__ import annotations
 
@@ -107,18 +107,6 @@ def test_resume_with_another_architecture_is_one_error_and_overwrites_nothing(tm
         error = again.stderr.strip().splitlines()[-1]
         assert "another network architecture" in error and "model_channels: saved 16, this run 32" in error, error
         assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
-
-
-def test_official_schedule_evaluates_densely_early_then_every_50_ticks():
-    cifar = preset("cifar10-uncond")  # batch 256: a tick is 40 iterations (10.24 kimg), tick 0 ends at iteration 1
-    kimg = cifar.evaluation_kimg()
-    assert kimg[:3] == pytest.approx([0.0, 102.656, 205.056])
-    assert kimg[10] == pytest.approx(1024.256) and kimg[11] - kimg[10] == pytest.approx(512.0)
-    assert kimg[-1] == pytest.approx(cifar.final_kimg)
-    imagenet = preset("imagenet64-cond")  # batch 8192: 2 iterations a tick, 16.384 kimg
-    assert imagenet.evaluation_kimg()[1] == pytest.approx(21 * 8.192)
-    assert preset("digits").eval_schedule == "every"
-    assert all(preset(name).eval_schedule == "official" for name in ("cifar10-cond", "ffhq64", "afhqv2-64"))
 
 
 @pytest.mark.parametrize("name, precision, expected", [

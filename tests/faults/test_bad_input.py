@@ -48,6 +48,7 @@ OUT_OF_RANGE = {
     "duration_kimg": [("0", "must be > 0"), ("-1", "must be > 0")],
     "eval_every_kimg": [("0", "must be > 0")],
     "eval_schedule": [("ticks", "must be one of every, official")],
+    "eval_tick_kimg": [("0", "must be > 0")],
     "phema": [("0.5", "phema: expected distinct sigma_rel values in (0, 0.3)"), ("0.05,0.05", "distinct")],
     "phema_every_kimg": [("-1", "must be >= 0")],
     "keep_snapshots": [("none", "must be 'all', 'best', 'last' or 'best,last'"), ("best,all", "must be 'all'")],
