@@ -142,7 +142,7 @@ def wrap(label: str, width: int = 32) -> str:
 def palette(values: Sequence[float | str]) -> dict:
     """Colour per distinct value. Up to MAX_LEVELS values (a sweep): colour-blind-safe qualitative colours in
     sorted order. More (a random search): a sequential map by value, shown with a colour bar (see hue_key)."""
-    levels = sorted(set(v for v in values if not (isinstance(v, float) and math.isnan(v))))
+    levels = sorted({v for v in values if not (isinstance(v, float) and math.isnan(v))})
     if len(levels) <= MAX_LEVELS:
         return dict(zip(levels, sns.color_palette("colorblind", len(levels))))
     norm, cmap = _continuous(levels)

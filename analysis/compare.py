@@ -112,7 +112,7 @@ def plot(table: pd.DataFrame, *, x: str = "alpha") -> plt.Figure:
         if ok.any():
             ax.hlines(ys[ok], g["lo"][ok], g["hi"][ok], color=colours[stat], linewidth=2.2, zorder=3,
                       gid=f"interval:{stat}")
-        sx = np.concatenate([d for d in g["diffs"]]) if len(g) else np.array([])
+        sx = np.concatenate(list(g["diffs"])) if len(g) else np.array([])
         sy = np.concatenate([np.full(len(d), y) for d, y in zip(g["diffs"], ys)]) if len(g) else np.array([])
         ax.scatter(sx, sy, marker="o", s=14, facecolor="none", edgecolor=colours[stat], linewidth=0.8, zorder=5,
                    gid=f"seeds:{stat}")

@@ -51,7 +51,7 @@ def plot(evals: pd.DataFrame, trials: pd.DataFrame | None = None, *, hue: str = 
     for (study, level), g in data.groupby(["study", hue], sort=True):
         dash = STUDY_DASHES[studies.index(study) % len(STUDY_DASHES)]
         if repeats:  # every seed as a thin line under the mean, so an outlier seed is seen, not averaged away
-            for (trial, seed), t in g.groupby(["trial_id", "seed"], sort=True):
+            for (_, seed), t in g.groupby(["trial_id", "seed"], sort=True):
                 ax.plot(t["x"], t["fid"], color=colours[level], linewidth=0.7, alpha=0.45, linestyle=dash,
                         gid=f"seed:{level}:{seed}:{study}")
         sns.lineplot(data=g, x="x", y="fid", color=colours[level], errorbar=common.SPREAD if repeats else None,

@@ -105,7 +105,8 @@ def settings_markdown(trials: pd.DataFrame, evals: pd.DataFrame, x: str, metric:
     lines = [f"- swept: {common.short(x)} = {', '.join(common.fmt(v) for v in sorted(trials[x].unique()))}"
              + (f"; also varying: {', '.join(varying)}" if varying else ""),
              f"- seeds: {', '.join(map(str, seeds))} ({per_value} per value); trials: {len(trials)} ({states})",
-             f"- budget: {max(kimg):g} kimg per trial, {len(kimg)} evaluations (kimg {', '.join(f'{k:g}' for k in kimg)})",
+             f"- budget: {max(kimg):g} kimg per trial, {len(kimg)} evaluations "
+             f"(kimg {', '.join(f'{k:g}' for k in kimg)})",
              f"- metric: {metric}; each evaluation's sampling error: {FD_STD_METHOD}",
              f"- fixed: {fixed}",
              f"- device-hours: {trials['device_hours'].sum():.3g} in all "

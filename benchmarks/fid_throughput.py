@@ -26,6 +26,7 @@ from sid.config import DIGITS_FEATURES, preset
 from sid.distill import Distiller
 from sid.flags import RENAMED, Parser
 from sid.metrics import FeatureStats, frechet_distance, get_detector, quantize
+from sid.teachers import load_reference
 from sid.testing.fixtures import random_teacher, synchronize
 
 
@@ -37,7 +38,7 @@ class InceptionStandIn:
 
     def __init__(self, device: torch.device) -> None:
         try:
-            import torchvision
+            import torchvision  # noqa: PLC0415 (torchvision: optional)
         except ImportError:
             raise SystemExit("inception-v3-standin needs torchvision (installed on the GPU machines)") from None
         torch.manual_seed(0)
@@ -66,12 +67,12 @@ def evaluate(distiller: Distiller, detector, images: int, batch: int, detector_p
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=detector_precision == "bf16")
     for index in range(math.ceil(images / batch)):
         n = min(batch, images - index * batch)
-        pixels, seconds = timed(lambda: quantize(distiller.sample(index, n)), device)
+        pixels, seconds = timed(lambda: quantize(distiller.sample(index, n)), device)  # noqa: B023 (called at once)
         gen_s += seconds
         with autocast:
-            features, seconds = timed(lambda: detector(pixels).float(), device)
+            features, seconds = timed(lambda: detector(pixels).float(), device)  # noqa: B023 (called at once)
         first = features if first is None else first
-        _, update_s = timed(lambda: stats.update(features), device)
+        _, update_s = timed(lambda: stats.update(features), device)  # noqa: B023 (called at once)
         det_s += seconds + update_s
     fd, fd_s = timed(lambda: frechet_distance(*stats.mean_cov(), *reference(stats)), device)
     return dict(generation_s=gen_s, detector_s=det_s, fd=fd, fd_s=fd_s, features=first)
@@ -100,12 +101,10 @@ def main(argv: list[str] | None = None) -> None:
           f"{detector.name}, {gpu}, torch {torch.__version__}", flush=True)
     config = preset(args.preset)
     if detector.name == config.fid_detector == DIGITS_FEATURES:
-        from sid.teachers import load_reference
-
         real = load_reference(config.fid_ref)
-        reference = lambda stats: real
+        reference = lambda stats: real  # noqa: E731 (one of two one-line choices)
     else:  # no reference statistics offline: a fixed made-up one, so that only the generated side varies
-        reference = lambda stats: (np.full(detector.feature_dim, 0.1), np.eye(detector.feature_dim))
+        reference = lambda stats: (np.full(detector.feature_dim, 0.1), np.eye(detector.feature_dim))  # noqa: E731
     rows = []
     for precision in args.precisions.split(","):
         distiller = Distiller(config.replace(precision=precision, batch=batch, batch_per_device=batch), teacher,

@@ -19,6 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from sid.cluster.resources import TrialResources
+from sid.run import run_local
+
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local cluster, no token file needed (docs/ray-notes.md pitfall 3)
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 
@@ -32,13 +35,10 @@ from sid.results import read_evaluations
 def run_mode(config, out: Path, workers: int, gpus_per_worker: float, device: str) -> dict:
     start = time.perf_counter()
     if workers == 0:
-        from sid.run import run_local
-
         path = run_local(config, out, device=parse_device(device), resume=False, progress=False)
         threads = torch.get_num_threads()
     else:
-        from sid.cluster.distributed import run_distributed
-        from sid.cluster.resources import TrialResources
+        from sid.cluster.distributed import run_distributed  # noqa: PLC0415 (imports Ray: only this path needs it)
 
         path = run_distributed(config, out, resources=TrialResources(workers=workers, gpus_per_worker=gpus_per_worker),
                                address=None, resume=False)

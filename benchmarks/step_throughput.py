@@ -28,6 +28,7 @@ import time
 import warnings
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from sid.config import PRECISIONS, ConfigError, DistillConfig, preset
 from sid.distill import Distiller
@@ -35,7 +36,8 @@ from sid.micro_batch import fit_micro_batch
 from sid.networks.precond import EDMPrecond
 from sid.testing.fixtures import flat_params, random_teacher, synchronize
 
-ANCHOR_GFLOP_PER_IMAGE = {"cifar10-uncond": 29.9e3 / 64, "cifar10-cond": 29.9e3 / 64}  # docs/benchmarks.md (the official code on one H200)
+# docs/benchmarks.md (the official code on one H200)
+ANCHOR_GFLOP_PER_IMAGE = {"cifar10-uncond": 29.9e3 / 64, "cifar10-cond": 29.9e3 / 64}
 SUFFIXES = {"cl": dict(memory_format="channels_last"), "compile": dict(compile="default"),
             "fit": dict(batch_per_device=0)}
 
@@ -69,8 +71,6 @@ def release(device: torch.device) -> None:
 
 def flops_per_image(config: DistillConfig, teacher: EDMPrecond, device: torch.device, images: int = 2) -> float:
     """Matmul/convolution/attention FLOPs of one eager fp32 iteration per generator image (linear in the batch)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     trial = Distiller(config.replace(batch=images, batch_per_device=images, precision="fp32", compile="off"), teacher,
                       device=device)
     with FlopCounterMode(display=False) as counter:

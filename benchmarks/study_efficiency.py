@@ -2,12 +2,14 @@
 
 Runs a full grid once (values of alpha x glr x seeds on digits, each trial in this process, one after another), then
 replays the cheaper variants on its rows: ASHA's noise-aware rung rule, the rule plus the curve forecast
-(sid/cluster/stopping.py, the code a study's stopper runs), and Optuna (TPE, GP) choosing among the grid's settings with those
+(sid/cluster/stopping.py, the code a study's stopper runs), and Optuna (TPE, GP) choosing among the grid's settings
+with those
 stops. The replay is exact: a run's noise is drawn per slot from (seed, iteration), so a trial stopped at kimg k would
 have produced the same rows up to k that the full run did. Trials arrive in grid order, one at a time.
 
 For each variant: device-hours spent (the kimg each trial ran, at the grid's median device-seconds per kimg) and
-their ratio to the full grid, the setting it picks (lowest mean final FD over the seeds it completed), whether that is the full
+their ratio to the full grid, the setting it picks (lowest mean final FD over the seeds it completed), whether that is
+the full
 grid's winner or within the seed noise of it, and the Spearman rank correlation of the first-rung values it decided
 on with the trials' final values.
 
@@ -136,11 +138,12 @@ def variants(rows: pd.DataFrame, grace: float, full_kimg: float, optuna_trials: 
 
 
 def optuna_order(by_trial, finals, sampler: str, n: int, grace: float, full_kimg: float):
-    """Optuna choosing settings of the grid (categorical), told the truth about stopped trials (sid.cluster.search's rules:
+    """Optuna choosing settings of the grid (categorical), told the truth about stopped trials (sid.cluster.search's
+    rules:
     stopped = PRUNED); each setting it asks for runs the next unused seed. Returns (trials run, where each ended)."""
-    import optuna
+    import optuna  # noqa: PLC0415 (Optuna: only studies and their reports need it)
 
-    from sid.cluster.search import make_sampler
+    from sid.cluster.search import make_sampler  # noqa: PLC0415 (imports Ray: only this path needs it)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     settings = finals.groupby(SETTING)["trial"].apply(list).to_dict()

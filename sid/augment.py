@@ -1,4 +1,5 @@
-"""EDM's non-leaking augmentation pipe (edm: training/augment.py), restricted to what SiD enables (docs/sid-facts.md 2.1).
+"""EDM's non-leaking augmentation pipe (edm: training/augment.py), restricted to what SiD enables (docs/sid-facts.md
+2.1).
 
 SiD applies it only to the fake-score inputs, with the multipliers xflip 1e8, yflip, scale, rotate_frac, aniso,
 translate_frac = 1 and no colour ops. Each op is enabled per sample with probability multiplier * p, so for any
@@ -74,8 +75,8 @@ class AugmentPipe:
             raise ValueError(f"AugmentPipe expects float images [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
         N, _, H, W = images.shape
         dev = images.device
-        rand = lambda *shape: torch.rand(shape, generator=generator, device=dev)
-        randn = lambda *shape: torch.randn(shape, generator=generator, device=dev)
+        rand = lambda *shape: torch.rand(shape, generator=generator, device=dev)  # noqa: E731 (EDM's names)
+        randn = lambda *shape: torch.randn(shape, generator=generator, device=dev)  # noqa: E731
         labels = torch.zeros(N, LABEL_DIM, device=dev)
 
         for col, mult, dim in ((0, self.xflip, 3), (1, self.yflip, 2)):

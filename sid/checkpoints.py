@@ -105,7 +105,8 @@ def load_edm_pickle(source: str | Path, *, registry: Mapping[str, Asset | str] |
 def _load(path: Path, overrides: Mapping[str, Any]) -> EDMPrecond:
     data = read_snapshot(path)
     if not (isinstance(data, dict) and "ema" in data):
-        found = (f"a dict with keys {sorted(k[:60] if isinstance(k, str) else _REPR.repr(k) for k in data)[:20]}" if isinstance(data, dict)
+        keys = sorted(k[:60] if isinstance(k, str) else _REPR.repr(k) for k in data) if isinstance(data, dict) else []
+        found = (f"a dict with keys {keys[:20]}" if isinstance(data, dict)
                  else type(data).__name__)
         raise CheckpointError(f"{path}: expected an EDM/SiD network snapshot, a dict with key 'ema' (EDM also has "
                               f"loss_fn, augment_pipe, dataset_kwargs); found {found}")

@@ -37,7 +37,7 @@ TEACHER_KWARGS = dict(img_resolution=8, img_channels=1, label_dim=0, model_type=
 
 def load_digits_images(held_out: bool | None = None) -> torch.Tensor:
     """All 1,797 digits as float32 [N, 1, 8, 8] in [-1, 1]; held_out=False/True gives the even/odd split."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # noqa: PLC0415 (scikit-learn: slow to import, only the digits data need it)
 
     images = torch.from_numpy(load_digits().images).float().div(16).mul(2).sub(1).unsqueeze(1)
     if held_out is None:
@@ -46,7 +46,7 @@ def load_digits_images(held_out: bool | None = None) -> torch.Tensor:
 
 
 def load_digits_labels() -> torch.Tensor:
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # noqa: PLC0415 (scikit-learn: slow to import, only the digits data need it)
 
     return torch.from_numpy(load_digits().target).long()
 

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from sid import fast, phema
+from sid.augment import AugmentPipe
 from sid.config import DistillConfig, parse_sigma_rels
 from sid.generators import check_same_architecture
 from sid.losses import fake_score_loss, generator_loss, sample_fake_score_sigma, sample_generator_sigma
@@ -137,8 +138,6 @@ class Distiller:
                                         betas=(config.g_beta1, config.beta2), **adam)
         self.augment = None
         if config.augment > 0:
-            from sid.augment import AugmentPipe
-
             self.augment = AugmentPipe(p=config.augment)
         self.fake_ddp, self.gen_ddp = self.fake_score, self.generator
         if world_size > 1 and torch.distributed.is_initialized():

@@ -44,6 +44,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import torch
+
 # ---------------------------------------------------------------------------------------------- a run folder
 CONFIG_FILE = "config.yaml"          # the complete resolved config: the command's options and every DistillConfig field
 EVALUATIONS = "evaluations.parquet"  # a one-run folder's rows
@@ -55,7 +57,7 @@ PHEMA = "phema"                      # phema/<sigma_rel>-<kimg>.pt: post-hoc EMA
 PHEMA_FILE = "phema.parquet"         # written by `sid phema` into each run folder; not an evaluations file
 SCORES_FILE = "scores.parquet"       # written by `sid evaluate`; not an evaluations file
 LEGACY_GENERATOR = "generator.pt"    # the G_ema file of run folders written before snapshots existed
-RUN_FILES = (BEST, LEGACY_GENERATOR)  # what a run folder resolves to as a generator, in order (then its newest snapshot)
+RUN_FILES = (BEST, LEGACY_GENERATOR)  # what a run folder resolves to, in order (then its newest snapshot)
 TRACKING_FILE = "tracking.json"      # ids of the MLflow / W&B runs of this folder, so a resume continues them
 TENSORBOARD_DIR = "tensorboard"      # <run folder>/tensorboard/events.out.tfevents.*
 MLFLOW_DIR = "mlruns"                # default MLflow file store: <run folder>/mlruns
@@ -149,8 +151,6 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 
 def save_torch_atomic(obj: Any, path: str | os.PathLike) -> Path:
     """torch.save of plain data (tensors and containers: read back with weights_only=True), atomically."""
-    import torch  # here: analysis/ reads results through this package without torch
-
     return write_file_atomic(path, lambda f: torch.save(obj, f))
 
 

@@ -220,7 +220,7 @@ def get_detector(name: str, device: torch.device | str = "cpu") -> Detector:
 
 
 def _digits_detector(device: torch.device) -> Detector:
-    from sid.digits import DigitsDetector  # lazy: the digits module pulls in the networks
+    from sid.digits import DigitsDetector  # noqa: PLC0415 (lazy: the digits module pulls in the networks)
 
     return DigitsDetector().to(device)
 
@@ -415,7 +415,7 @@ def _encoded_images(source: Path) -> Iterator[tuple[str, Path | io.BytesIO]]:
 def iter_image_batches(source: str | os.PathLike, batch_size: int = 64) -> Iterator[Tensor]:
     """uint8 [N, C, H, W] batches of the PNG/JPEG images in a folder (recursively) or a zip, in sorted name order.
     Grayscale stays 1 channel; palette, RGBA, ... become RGB (detectors take 1 or 3 channels); one size for all."""
-    import PIL.Image
+    import PIL.Image  # noqa: PLC0415 (Pillow: only image files need it)
 
     batch, shape = [], None
     for name, file in _encoded_images(Path(source)):

@@ -10,13 +10,17 @@ SCORE_KEY, PHEMA_KEY): writing a row again, as a resumed trial does, replaces it
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
+import platform
 import re
+import subprocess
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import torch
 
 from sid.files import NOT_EVALUATIONS, SCORES_FILE, TRIALS_FILE, write_file_atomic
 
@@ -179,8 +184,6 @@ def _fill_later(frame: pd.DataFrame, schema: pa.Schema) -> pd.DataFrame:
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str:
     """The commit of this checkout ('' for an installed package or without git)."""
-    import subprocess
-
     try:
         done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True,
                               timeout=5)
@@ -192,12 +195,6 @@ def git_commit() -> str:
 def provenance(config: Mapping[str, Any] | None = None, device: str | None = None) -> dict[str, str]:
     """What made a results file, for its Parquet metadata: package version, git commit (when this is a checkout),
     torch and CUDA versions, the device's name and the complete config (JSON)."""
-    import json
-    import platform
-    from importlib import metadata
-
-    import torch
-
     try:
         version = metadata.version("sid-studies")
     except metadata.PackageNotFoundError:

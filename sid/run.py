@@ -52,7 +52,7 @@ LATER_FIELDS = {"init_generator": "", "eval_schedule": "every", "phema": "", "ph
 
 def save_image_grid(images: torch.Tensor, path: Path, scale: int = 4) -> None:
     """Images in [-1, 1] (N, C, H, W) tiled into a square-ish PNG, upscaled `scale` times for small images."""
-    from PIL import Image
+    from PIL import Image  # noqa: PLC0415 (Pillow: only image files need it)
 
     n, c, h, w = images.shape
     cols = int(n**0.5) or 1
@@ -185,7 +185,7 @@ def run_rank(config: DistillConfig, folder: RunFolder | None, *, device: torch.d
 
 
 def run_local(config: DistillConfig, out: Path, *, device: torch.device, resume: bool, progress: bool = True,
-              tracking: TrackingSettings = TrackingSettings(), config_text: str | None = None) -> Path:
+              tracking: TrackingSettings = TrackingSettings(), config_text: str | None = None) -> Path:  # noqa: B008 (frozen: safe to share)
     """Run (or continue) one distillation in this process; return the evaluations file. `config_text`: the
     command's config.yaml (default: the DistillConfig's), written with the first evaluation."""
     folder = RunFolder(out, config_text=config_text)

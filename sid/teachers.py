@@ -11,7 +11,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from sid.assets import Asset
+from sid.assets import Asset, is_url
+from sid.checkpoints import fetch_checkpoint, fetch_fid_ref, load_edm_pickle
+from sid.digits import TEACHER_FILE, TEACHER_KWARGS, DigitsDetector, load_digits_images
+from sid.metrics import FeatureStats, load_reference_stats, quantize
 from sid.networks.precond import EDMPrecond
 
 # One registry per kind of name: the EDM assets 'edm:<name>' resolves to, each with its pinned sha256 (checked by
@@ -63,15 +66,9 @@ def load_teacher(spec: str) -> nn.Module:
     """The teacher denoiser (EDMPrecond, eval, frozen, float32, CPU) named by a config's `teacher` field:
     'digits', a project network file (*.pt, path or URL), or an EDM/SiD pickle by name ('edm:...'), path or URL."""
     if spec == "digits":
-        from sid.digits import TEACHER_FILE
-
         return load_network_file(TEACHER_FILE)
     if spec.endswith(".pt"):
-        from sid.assets import is_url
-        from sid.checkpoints import fetch_checkpoint
-
         return load_network_file(fetch_checkpoint(spec, EDM_TEACHERS, "teacher") if is_url(spec) else spec)
-    from sid.checkpoints import load_edm_pickle
 
     return load_edm_pickle(spec, registry=EDM_TEACHERS)
 
@@ -79,9 +76,6 @@ def load_teacher(spec: str) -> nn.Module:
 @lru_cache(maxsize=1)
 def _digits_reference() -> tuple[np.ndarray, np.ndarray]:
     """Feature mean and biased covariance (float64) of all 1,797 real digits on the shipped detector."""
-    from sid.digits import DigitsDetector, load_digits_images
-    from sid.metrics import FeatureStats, quantize
-
     stats = FeatureStats()
     stats.update(DigitsDetector()(quantize(load_digits_images())))
     return stats.mean_cov()
@@ -91,8 +85,6 @@ def load_reference(spec: str) -> tuple[np.ndarray, np.ndarray]:
     """Reference feature statistics (mu, sigma) named by a config's `fid_ref` field."""
     if spec == "digits":
         return _digits_reference()
-    from sid.checkpoints import fetch_fid_ref
-    from sid.metrics import load_reference_stats
 
     return load_reference_stats(fetch_fid_ref(spec, EDM_FID_REFS))
 
@@ -119,9 +111,8 @@ EDM_ARCHITECTURES: dict[str, dict[str, Any]] = {
 def teacher_architecture(spec: str) -> dict[str, Any]:
     """The constructor arguments of a named teacher ('digits' or an EDM_ARCHITECTURES name), without loading it."""
     if spec == "digits":
-        from sid.digits import TEACHER_KWARGS
-
         return dict(TEACHER_KWARGS)
     if spec not in EDM_ARCHITECTURES:
-        raise ValueError(f"no recorded architecture for teacher {spec!r}; known: digits, {', '.join(EDM_ARCHITECTURES)}")
+        known = ", ".join(EDM_ARCHITECTURES)
+        raise ValueError(f"no recorded architecture for teacher {spec!r}; known: digits, {known}")
     return dict(EDM_ARCHITECTURES[spec])

@@ -2,7 +2,8 @@
 
 After each evaluation rank 0 logs the row's numbers stepped on images seen (round(kimg * 1000), so a resumed run
 continues its axis and runs of different batch sizes line up), the sample grid of that evaluation as an image, and
-once the whole config as hyperparameters. Studies do the same through Ray Tune's logger callbacks (sid/cluster/study.py),
+once the whole config as hyperparameters. Studies do the same through Ray Tune's logger callbacks
+(sid/cluster/study.py),
 which step on the `timesteps_total` every report carries (STEP_KEY).
 
 A tracker that cannot start or log (no such server, a library missing at run time) is switched off with one line
@@ -13,14 +14,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import json
 import math
 import os
 import sys
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from sid.config import DistillConfig
 
@@ -56,8 +61,6 @@ def metrics_of(row: Mapping[str, Any]) -> dict[str, float]:
 
 def check_trackers(names: Sequence[str]) -> tuple[str, ...]:
     """The trackers, each once; TrackerError (one line) for an unknown name or a library that is not installed."""
-    import importlib.util
-
     unique = tuple(dict.fromkeys(names))
     for name in unique:
         if name not in TRACKERS:
@@ -123,8 +126,8 @@ class _TensorBoard(_Backend):
         self.logdir = folder / TENSORBOARD_DIR
 
     def start(self, config: Mapping[str, Any], ids: dict[str, str]) -> None:
-        from tensorboardX import SummaryWriter
-        from tensorboardX.summary import hparams
+        from tensorboardX import SummaryWriter  # noqa: PLC0415 (a tracker backend, loaded only when used)
+        from tensorboardX.summary import hparams  # noqa: PLC0415 (a tracker backend, loaded only when used)
 
         self.writer = SummaryWriter(str(self.logdir), flush_secs=10)
         # The HParams plugin's three summaries in this run's own event file (add_hparams would open another run).
@@ -137,8 +140,7 @@ class _TensorBoard(_Backend):
         for key, value in metrics.items():
             self.writer.add_scalar(key, value, global_step=step)
         if image is not None and image.exists():
-            import numpy as np
-            from PIL import Image
+            from PIL import Image  # noqa: PLC0415 (Pillow: only image files need it)
 
             self.writer.add_image("samples", np.asarray(Image.open(image).convert("RGB")), global_step=step,
                                   dataformats="HWC")
@@ -156,7 +158,7 @@ class _MLflow(_Backend):
             settings.experiment, folder
 
     def start(self, config: Mapping[str, Any], ids: dict[str, str]) -> None:
-        from mlflow import MlflowClient
+        from mlflow import MlflowClient  # noqa: PLC0415 (a tracker backend, installed only when used)
 
         self.client = MlflowClient(tracking_uri=self.uri)
         with _fail_fast():
@@ -173,7 +175,7 @@ class _MLflow(_Backend):
         self.run_id = ids["mlflow_run_id"] = run_id
 
     def log(self, metrics: dict[str, float], step: int, image: Path | None) -> None:
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # noqa: PLC0415 (a tracker backend, installed only when used)
 
         now = _millis()
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
@@ -193,7 +195,7 @@ class _Wandb(_Backend):
         self.folder, self.project = folder, settings.experiment
 
     def start(self, config: Mapping[str, Any], ids: dict[str, str]) -> None:
-        import wandb
+        import wandb  # noqa: PLC0415 (a tracker backend, installed only when used)
 
         self.folder.mkdir(parents=True, exist_ok=True)
         run_id = ids.get("wandb_run_id") or wandb.util.generate_id()
@@ -202,7 +204,7 @@ class _Wandb(_Backend):
         ids["wandb_run_id"] = run_id
 
     def log(self, metrics: dict[str, float], step: int, image: Path | None) -> None:
-        import wandb
+        import wandb  # noqa: PLC0415 (a tracker backend, installed only when used)
 
         data: dict[str, Any] = dict(metrics)
         if image is not None and image.exists():
@@ -217,14 +219,12 @@ _BACKENDS = {"tensorboard": _TensorBoard, "mlflow": _MLflow, "wandb": _Wandb}
 
 
 def _params(config: Mapping[str, Any]) -> list:
-    from mlflow.entities import Param
+    from mlflow.entities import Param  # noqa: PLC0415 (a tracker backend, installed only when used)
 
     return [Param(k, str(v)) for k, v in config.items()]
 
 
 def _millis() -> int:
-    import time
-
     return int(time.time() * 1000)
 
 

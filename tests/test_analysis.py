@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-
 from analysis import ablation, best_table, common, fid_vs_images, hpo_report, import_official_logs
-from sid.results import read_evaluations
-from sid.testing.results import ALPHAS, DIVERGED, ERRORED, NAN_ROW, SEEDS, write_results
+from sid.results import read_evaluations, write_evaluations
+from sid.testing.results import ALPHAS, DIVERGED, ERRORED, KIMG, NAN_ROW, SEEDS, distance, row, write_results
+
+ROOT = Path(__file__).resolve().parent.parent
 
 DIGITS_LABEL = "FD on digits-features-v1 (2,048 images)"
 
@@ -328,8 +328,6 @@ def test_imported_run_plots_beside_ours(tmp_path):
 @pytest.mark.parametrize("name", ["ablation", "fid_vs_images", "best_table"])
 def test_one_seed_per_alpha_and_nothing_diverged_renders(tmp_path, name):
     # The shape of the default digits sweep: the ablation then has no legend entry at all.
-    from sid.results import write_evaluations
-    from sid.testing.results import KIMG, distance, row
 
     for alpha in ALPHAS:
         rows = [row("sweep", f"a{alpha}", alpha=alpha, seed=0, kimg=k, fid=distance(alpha, 0, k)) for k in KIMG]

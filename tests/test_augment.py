@@ -32,15 +32,16 @@ def expected_position(labels: torch.Tensor, xy: tuple[float, float], size: int) 
     """Where EDM's transform sends point xy, rebuilt from the labels alone (valid when r = 0): flips first, then the
     output point q with G_inv q = p, G_inv = S(1/s) R(rot) S(1/a, a) T(-t), composed in EDM's order."""
     out = []
-    for l in labels.double():
-        p = torch.tensor([xy[0] * (1 - 2 * l[0]), xy[1] * (1 - 2 * l[1]), 1.0], dtype=torch.float64)
-        s, a = 2 ** (0.2 * l[2]), 2 ** (0.2 * l[5])
-        rot = math.atan2(l[4], l[3] + 1)
+    for lab in labels.double():
+        p = torch.tensor([xy[0] * (1 - 2 * lab[0]), xy[1] * (1 - 2 * lab[1]), 1.0], dtype=torch.float64)
+        s, a = 2 ** (0.2 * lab[2]), 2 ** (0.2 * lab[5])
+        rot = math.atan2(lab[4], lab[3] + 1)
         S = torch.diag(torch.stack([1 / s, 1 / s, torch.tensor(1.0, dtype=torch.float64)]))
         R = torch.tensor([[math.cos(rot), -math.sin(rot), 0], [math.sin(rot), math.cos(rot), 0], [0, 0, 1]],
                          dtype=torch.float64)
         A = torch.diag(torch.stack([1 / a, a, torch.tensor(1.0, dtype=torch.float64)]))
-        T = torch.tensor([[1, 0, -l[7] * size * 0.125], [0, 1, -l[8] * size * 0.125], [0, 0, 1]], dtype=torch.float64)
+        T = torch.tensor([[1, 0, -lab[7] * size * 0.125], [0, 1, -lab[8] * size * 0.125], [0, 0, 1]],
+                         dtype=torch.float64)
         out.append(torch.linalg.solve(S @ R @ A @ T, p)[:2])
     return torch.stack(out)
 

@@ -1,7 +1,8 @@
 """cluster.yaml / cluster-local.yaml: valid for the installed Ray, shaped as docs/cluster.md says, closed to the world.
 
 Everything is checked offline with Ray's own code: the schema and checks `ray up` runs before it touches a cloud
-(prepare_config + validate_config, docs/ray-notes.md section 5), the node-type table the head's autoscaler builds from the
+(prepare_config + validate_config, docs/ray-notes.md section 5), the node-type table the head's autoscaler builds from
+the
 file, and the autoscaler's scheduler deciding which node types to launch for a trial's placement group.
 """
 

@@ -18,7 +18,8 @@ def test_every_preset_is_valid(name):
     ("cifar10-uncond", "dropout", 0.13), ("cifar10-uncond", "augment", 0.12), ("cifar10-cond", "duration_kimg", 800e3),
     ("imagenet64-cond", "batch", 8192), ("imagenet64-cond", "glr", 4e-6), ("imagenet64-cond", "ema_mimg", 2.0),
     ("imagenet64-cond", "precision", "fp16"), ("imagenet64-cond", "augment", 0.0), ("ffhq64", "g_beta1", 0.9),
-    ("ffhq64", "adam_eps", 1e-6), ("afhqv2-64", "alpha", 1.0), ("afhqv2-64", "lr", 5e-6), ("ffhq64", "batch_per_device", 32),
+    ("ffhq64", "adam_eps", 1e-6), ("afhqv2-64", "alpha", 1.0), ("afhqv2-64", "lr", 5e-6),
+    ("ffhq64", "batch_per_device", 32),
 ])
 def test_presets_carry_the_official_values(name, field, value):
     assert getattr(preset(name), field) == value

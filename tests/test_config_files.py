@@ -30,7 +30,8 @@ def test_run_config_round_trips_through_print_config(tmp_path, monkeypatch, caps
     path = tmp_path / "run.yaml"
     path.write_text(text)
     assert printed(sid.commands.distill.main, ["--config", str(path), "--print-config"], capsys) == text
-    again = yaml.safe_load(printed(sid.commands.distill.main, ["--config", str(path), "--alpha", "0.8", "--print-config"], capsys))
+    argv = ["--config", str(path), "--alpha", "0.8", "--print-config"]
+    again = yaml.safe_load(printed(sid.commands.distill.main, argv, capsys))
     assert again == {**values, "alpha": 0.8}  # the command line wins over the file
     # a hand-written file: a few keys, flag spellings accepted
     path.write_text("preset: cifar10-uncond\ntracker: mlflow\nlr: 2.0e-5\n")

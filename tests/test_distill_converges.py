@@ -10,6 +10,8 @@ from torch import nn
 
 from sid.config import preset
 from sid.distill import Distiller
+from sid.results import read_evaluations
+from sid.run import run_local
 from sid.testing.fixtures import tiny_teacher
 
 
@@ -63,9 +65,6 @@ def test_generator_moves_to_the_modes_of_an_analytic_teacher():
 
 @pytest.mark.slow
 def test_digits_frechet_distance_falls_by_at_least_half(tmp_path):
-    from sid.results import read_evaluations
-    from sid.run import run_local
-
     config = preset("digits", duration_kimg=2.56, eval_every_kimg=2.56, fid_images=1024)  # 20 iterations
     rows = read_evaluations(run_local(config, tmp_path, device=torch.device("cpu"), resume=False, progress=False))
     start, end = rows["fid"].iloc[0], rows["fid"].iloc[-1]

@@ -17,6 +17,7 @@ from sid.config import INCEPTION, preset
 from sid.metrics import InceptionDetector, compute_fd_std, compute_fd_std_is, inception_score, save_reference_stats
 from sid.results import SCORE_SCHEMA, read_evaluations, read_scores
 from sid.run import run_local
+from sid.teachers import load_teacher
 
 W_FEATURES = torch.randn(16, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 W_CLASSES = torch.randn(16, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -314,8 +315,6 @@ def test_bad_generator_settings_exit_2_and_write_nothing(short_run, capsys, tmp_
 
 
 def test_a_generator_with_non_finite_images_scores_nan_not_the_fd_of_black_images(tmp_path):
-    from sid.teachers import load_teacher
-
     net = load_teacher("digits")
     with torch.no_grad():
         next(net.parameters()).fill_(float("nan"))

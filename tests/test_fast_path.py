@@ -15,11 +15,13 @@ import sys
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 from torch.overrides import TorchFunctionMode
 
 from sid import fast, micro_batch
 from sid.config import ConfigError, preset
 from sid.distill import Distiller
+from sid.loop import Evaluator, train
 from sid.losses import fake_score_loss, generator_loss, sample_fake_score_sigma, sample_generator_sigma
 from sid.testing.fixtures import RowSink, flat_params, random_teacher
 
@@ -166,8 +168,6 @@ def test_channels_last_iteration_equals_contiguous(teacher):
 
 @pytest.mark.slow  # ~30 s of dynamo tracing on 2 cores
 def test_compiled_unets_match_eager_and_stop_compiling_after_the_first_iteration(teacher):
-    from torch._dynamo.utils import counters
-
     torch._dynamo.reset()
     counters.clear()
     eager, compiled = Distiller(config(), teacher), Distiller(config(), teacher)
@@ -267,8 +267,6 @@ def test_fast_path_fields_reject_bad_values(field, value, match):
 # ---------------------------------------------------------------------------------------------- evaluation
 @pytest.mark.parametrize("final,counts", [(0, [64, 64, 64]), (256, [64, 64, 256])])
 def test_only_the_last_evaluation_uses_fid_images_final(teacher, final, counts):
-    from sid.loop import Evaluator, train
-
     cfg = config(fid_images=64, fid_images_final=final, duration_kimg=0.032, eval_every_kimg=0.016)
     sink = RowSink()
     train(Distiller(cfg, teacher), evaluator=Evaluator(cfg), sinks=[sink], progress=False)

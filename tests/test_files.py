@@ -11,10 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from sid.testing.fixtures import make_teacher
-
-ROOT = Path(__file__).resolve().parents[1]
-
 import sid.files
 from sid.config import preset
 from sid.files import (
@@ -26,6 +22,9 @@ from sid.files import (
     write_text_atomic,
 )
 from sid.run import run_local
+from sid.testing.fixtures import make_teacher
+
+ROOT = Path(__file__).resolve().parents[1]
 
 WRITERS = {
     "bytes": lambda path: write_bytes_atomic(path, b"\x00\x01"),

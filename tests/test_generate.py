@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import PIL.Image
 import pytest
 import torch
 
+from sid.commands import COMMANDS
 from sid.commands import generate as gen_cli
 from sid.generators import format_seeds, generate, load_generator, parse_seeds, seed_inputs
 from sid.metrics import quantize
@@ -184,14 +186,11 @@ def test_class_beyond_the_label_dimension_is_refused(tmp_path, capsys):
 
 
 def test_sid_console_script_dispatches_to_the_commands(tmp_path, digits):
-    import tomllib
-
-    from sid.commands import COMMANDS
-
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["sid"] == "sid.commands:main" and set(COMMANDS) == {"distill", "generate", "evaluate", "export",
                                                                            "phema", "ref", "digits"}
-    assert {v for k, v in scripts.items() if k != "sid"} == {"studies.alpha_sweep:main", "studies.sigma_init_sweep:main",
+    assert {v for k, v in scripts.items() if k != "sid"} == {"studies.alpha_sweep:main",
+                                                          "studies.sigma_init_sweep:main",
                                                           "studies.hpo:main"}  # the study commands
     torch.save(snapshot(digits), tmp_path / "g.pt")
     code = "from sid.commands import main; main()"

@@ -344,7 +344,8 @@ def test_fd_jackknife_estimates_the_spread_over_independent_draws():
 
 def test_score_is_the_distance_of_all_images_with_an_error_and_nan_error_without_enough_images():
     pool = torch.rand(40, 1, 2, 2, generator=torch.Generator().manual_seed(3)) * 2 - 1
-    generate = lambda index, n: pool[index * 8: index * 8 + n]
+    def generate(index, n):
+        return pool[index * 8: index * 8 + n]
     rng = np.random.default_rng(4)
     ref_mu, ref_sigma = rng.standard_normal(4) * 50 + 128, random_spd(4, rng) * 1000
     score = score_generated(generate, 40, PixelDetector(), ref_mu, ref_sigma, batch_size=8)

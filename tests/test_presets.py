@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import traceback
 from pathlib import Path
 
@@ -84,8 +85,6 @@ def _ddp_rank(rank: int, world_size: int, port: int, teachers: dict[str, str], o
 
 @pytest.fixture(scope="module")
 def two_ranks(teachers, tmp_path_factory) -> Path:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -4,6 +4,7 @@ file metadata, older files read with the new columns null, and docs/reading-resu
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from sid.config import preset
 from sid.results import (
@@ -76,9 +78,6 @@ def test_rows_carry_every_shaping_field_and_files_say_what_made_them(tmp_path):
     assert (back["dropout"], back["augment"], back["fid_ref"], back["ema_mimg"]) == (0.1, 0.05, "digits", 0.02)
     assert pq.read_schema(path).names == EVALUATION_SCHEMA.names
     meta = file_metadata(path)
-    import json
-
-    import torch
 
     assert json.loads(meta["sid_config"]) == config.to_dict()
     assert meta["torch_version"] == torch.__version__ and meta["device"].startswith("cpu: ")

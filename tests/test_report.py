@@ -15,6 +15,8 @@ from scipy import stats
 from analysis import common, compare, fid_vs_images, report
 from sid.config import preset
 from sid.results import read_evaluations
+from sid.run import run_local
+from sid.testing.fixtures import make_teacher
 
 
 def gid(artists, prefix):
@@ -107,9 +109,6 @@ def test_log_axis_over_a_narrow_range_has_readable_ticks():
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """Four real runs, alpha 1.0 / 1.2 x seeds 0 / 1, each with its fid_std; one folder holds them as a study."""
-    from sid.run import run_local
-    from sid.testing.fixtures import make_teacher
-
     root = tmp_path_factory.mktemp("study")
     teacher = make_teacher(root / "tiny.pt")
     for alpha in (1.0, 1.2):

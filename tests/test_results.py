@@ -3,8 +3,13 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
+from analysis import common
+from sid.cluster.trials import TrialRecord, trial_row
+from sid.config import preset
 from sid.results import (
     EVALUATION_KEY,
     EVALUATION_SCHEMA,
@@ -14,6 +19,7 @@ from sid.results import (
     SCORE_KEY,
     SCORE_SCHEMA,
     TRIAL_SCHEMA,
+    Divergence,
     best_of,
     best_row,
     is_uri,
@@ -22,6 +28,7 @@ from sid.results import (
     read_parquet,
     read_trials,
     schema_version,
+    summarise_rows,
     upsert,
     upsert_evaluations,
     write_trials,
@@ -50,7 +57,6 @@ def test_upsert_replaces_rows_with_the_same_trial_and_kimg(tmp_path):
 def test_columns_and_types_follow_the_schema(tmp_path):
     path = tmp_path / "evaluations.parquet"
     upsert_evaluations(path, [row(fid=math.nan, status="diverged")])
-    import pyarrow.parquet as pq
 
     schema = pq.read_schema(path)
     assert schema.names == EVALUATION_SCHEMA.names
@@ -78,7 +84,7 @@ def test_truncated_file_is_skipped_with_a_warning_naming_it(tmp_path):
 def test_failed_write_leaves_the_previous_file_intact(tmp_path):
     path = tmp_path / "evaluations.parquet"
     upsert_evaluations(path, [row(kimg=0.0)])
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 (pyarrow's error type for a bad value varies by version)
         upsert_evaluations(path, [row(kimg=1.0, fid="not a number")])
     assert read_evaluations(path)["kimg"].tolist() == [0.0]
     assert [p.name for p in tmp_path.iterdir()] == ["evaluations.parquet"]  # no temporary left behind
@@ -131,8 +137,6 @@ def trial(fids, statuses=None, losses=None):
     ([math.nan], ["diverged"], math.nan, math.nan, math.nan, "fid nan"),
 ])
 def test_summarise_rows_is_the_one_definition(fids, statuses, best, best_kimg, final, diverged):
-    from sid.results import summarise_rows
-
     rows = trial(fids, statuses).sample(frac=1, random_state=0)  # any order
     got = summarise_rows(rows)
     assert got["best_fid"] == pytest.approx(best, nan_ok=True) and got["best_kimg"] == pytest.approx(best_kimg,
@@ -144,11 +148,6 @@ def test_summarise_rows_is_the_one_definition(fids, statuses, best, best_kimg, f
 
 def test_analysis_and_the_study_table_agree_on_every_trial(tmp_path):
     """The same rows through analysis/ (no trials table) and through the study's trials table."""
-    from analysis import common
-    from sid.cluster.trials import TrialRecord, trial_row
-    from sid.config import preset
-    from sid.results import Divergence
-
     cases = {"fine": [30.0, 20.0, 25.0], "jump": [30.0, 400.0], "nan": [30.0, math.nan]}
     frames = [trial(f).assign(trial_id=name) for name, f in cases.items()]
     derived = common.summarise(pd.concat(frames, ignore_index=True)).set_index("trial_id")
@@ -166,7 +165,6 @@ def test_fid_std_follows_fid_images_and_older_files_read_as_nan(tmp_path):
     upsert_evaluations(new, [row(fid_std=0.25)])
     old = tmp_path / "old" / "evaluations.parquet"
     old.parent.mkdir()
-    import pyarrow.parquet as pq
 
     legacy = pa.schema([f for f in EVALUATION_SCHEMA if f.name != "fid_std"])  # a file written before the column
     pq.write_table(pa.Table.from_pylist([row()], schema=legacy), old)
@@ -204,8 +202,6 @@ KINDS = {
 
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_the_upsert_is_idempotent_keyed_versioned_and_stores_null_for_what_was_not_computed(tmp_path, kind):
-    import pyarrow.parquet as pq
-
     schema, key, rows, again, missing = KINDS[kind]
     path = tmp_path / f"{kind}.parquet"
     upsert(path, rows, schema, key)
@@ -222,8 +218,6 @@ def test_the_upsert_is_idempotent_keyed_versioned_and_stores_null_for_what_was_n
 
 
 def pc_any_nan(column) -> bool:
-    import pyarrow.compute as pc
-
     return bool(pc.any(pc.is_nan(column.fill_null(0.0))).as_py())
 
 

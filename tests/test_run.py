@@ -8,10 +8,13 @@ import pytest
 import torch
 
 from sid.config import preset
+from sid.digits import DigitsDetector
+from sid.distill import Distiller
 from sid.files import snapshot_name
+from sid.loop import Evaluator, train
 from sid.results import EVALUATION_SCHEMA, read_evaluations
 from sid.run import run_local
-from sid.teachers import load_network_file
+from sid.teachers import load_network_file, load_teacher
 from sid.testing.fixtures import RowSink, make_teacher
 
 
@@ -70,9 +73,6 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, teac
 def test_a_distiller_restored_at_kimg_0_does_not_evaluate_kimg_0_again(teacher_file, resumed, evaluated):
     # A checkpoint is taken right after each evaluation, kimg 0 included: a Ray Train restart can restore that
     # first one, whose iteration is 0, so "resumed" cannot be inferred from the iteration.
-    from sid.distill import Distiller
-    from sid.loop import Evaluator, train
-    from sid.teachers import load_teacher
 
     config = tiny(teacher_file)
     sink = RowSink()
@@ -133,8 +133,6 @@ def test_existing_run_needs_resume(tmp_path, teacher_file):
 
 
 def test_digits_training_commands_write_loadable_networks(tmp_path):
-    from sid.digits import DigitsDetector
-
     for command in ("train-teacher", "train-detector"):
         done = subprocess.run([sys.executable, "-m", "sid", "digits", command, "--steps", "3", "--out",
                                str(tmp_path / f"{command}.pt")], capture_output=True, text=True, timeout=120)

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+import torch as _torch
 
 from sid.config import ConfigError, preset
 from sid.distill import Distiller
@@ -16,7 +17,7 @@ from sid.files import BEST, SNAPSHOTS, snapshot_name
 from sid.loop import make_row
 from sid.networks.precond import EDMPrecond
 from sid.results import best_of
-from sid.run import RunFolder
+from sid.run import LATER_FIELDS, RunFolder, load_checkpoint
 from sid.teachers import load_network_file
 from sid.testing.fixtures import TEACHER_KWARGS, make_teacher
 
@@ -121,10 +122,6 @@ def test_adam_eps_follows_the_official_rule_unless_set(name, precision, expected
 
 
 def test_checkpoints_written_before_todays_fields_still_resume(tmp_path, teacher_file):
-    import torch as _torch
-
-    from sid.run import LATER_FIELDS, load_checkpoint
-
     cfg = config(teacher_file)
     distiller = Distiller(cfg, load_network_file(teacher_file))
     old = {k: v for k, v in cfg.to_dict().items() if k not in (*LATER_FIELDS, "keep_snapshots")}

@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 from benchmarks.study_efficiency import variants
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 KIMG = [0.0, 1.0, 2.0, 4.0, 8.0]
 
@@ -37,7 +38,8 @@ def test_cheap_variants_spend_less_and_find_the_grid_winner():
     assert full["ratio"] == 1.0 and full["stopped"] == 0 and full["device_h"] == pytest.approx(12 * 8 / 3600)
     assert full["picked"] == "alpha=1, glr=0.0001" and full["same"]
     asha = table.loc["asha"]
-    assert asha["ratio"] < 0.8 and asha["stopped"] >= 4 and asha["picked"] == "alpha=1, glr=0.0001"  # bad ones come first
+    # the bad settings come first
+    assert asha["ratio"] < 0.8 and asha["stopped"] >= 4 and asha["picked"] == "alpha=1, glr=0.0001"
     assert table.loc["asha+curve", "ratio"] <= asha["ratio"] + 1e-12
     assert table["spearman_first_rung"].dropna().gt(0.8).all()  # first rungs rank these curves as their ends do
     optuna_rows = table[table.index.str.startswith(("tpe", "gp"))]

@@ -3,6 +3,7 @@ local file store. One run in this process (its own APIs, sid/tracking.py) and on
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -11,6 +12,8 @@ import mlflow  # noqa: F401 (the test extra installs it: a missing one must fail
 import pytest
 import yaml
 
+import sid.commands.distill
+from sid.cluster.space import Grid
 from sid.config import preset
 from sid.files import CONFIG_FILE, MLFLOW_DIR, TENSORBOARD_DIR, TRACKING_FILE
 from sid.results import read_evaluations
@@ -23,7 +26,7 @@ os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
 
 
 def scalars(logdir: Path, tag: str) -> list[tuple[int, float]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: PLC0415 (a tracker reader, loaded only when used)
 
     events = EventAccumulator(str(logdir), size_guidance={"scalars": 0, "images": 0})
     events.Reload()
@@ -31,7 +34,7 @@ def scalars(logdir: Path, tag: str) -> list[tuple[int, float]]:
 
 
 def mlflow_runs(store: Path) -> list:
-    from mlflow import MlflowClient
+    from mlflow import MlflowClient  # noqa: PLC0415 (a tracker backend, installed only when used)
 
     client = MlflowClient(tracking_uri=store.resolve().as_uri())
     return client, client.search_runs([e.experiment_id for e in client.search_experiments()])
@@ -78,10 +81,9 @@ def test_unreachable_tracking_uri_switches_tracking_off_once_and_the_run_goes_on
 @pytest.mark.ray
 @pytest.mark.timeout(240)
 def test_study_metrics_reach_tensorboard_and_mlflow_and_tune_sees_flat_configs(tmp_path):
-    import ray
+    import ray  # noqa: PLC0415 (Ray: only the distributed path needs it)
 
-    from sid.cluster.space import Grid
-    from sid.cluster.study import Study, result_grid, run_study
+    from sid.cluster.study import Study, result_grid, run_study  # noqa: PLC0415 (imports Ray: only this path needs it)
 
     study = Study(name="tracked", base=preset("digits", **TINY), space={"alpha": Grid([1.0, 1.2])},
                   storage=tmp_path, tracking=TrackingSettings(("tensorboard", "mlflow"), experiment="tracked"))
@@ -128,10 +130,6 @@ def test_study_metrics_reach_tensorboard_and_mlflow_and_tune_sees_flat_configs(t
     (["--tracker", "wandb"], "tracker wandb needs the wandb package: pip install 'sid-studies[wandb]'"),
 ])
 def test_unknown_or_uninstalled_tracker_is_one_error_with_exit_code_2(tmp_path, monkeypatch, capsys, argv, words):
-    import importlib.util
-
-    import sid.commands.distill
-
     if "wandb" in argv and importlib.util.find_spec("wandb") is not None:
         pytest.skip("wandb is installed here")
     monkeypatch.chdir(tmp_path)

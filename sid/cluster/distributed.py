@@ -42,6 +42,7 @@ from sid.files import (
     write_text_atomic,
 )
 from sid.run import RunFolder, load_checkpoint, run_rank
+from sid.teachers import load_teacher
 from sid.tracking import STEP_KEY, RunTracker, TrackingSettings, step_of
 
 RUN_NAME = "train"             # Ray Train run name of a one-run folder (storage: <out>/ray/train)
@@ -71,7 +72,7 @@ def _live_nodes() -> list[dict[str, float]]:
 def _autoscaler_node_types() -> list[dict[str, float]]:
     """Resources of each node type an autoscaler may add ([] on a fixed cluster). Ray Train reads the same
     private GCS entry for its own check against the autoscaler's maximum."""
-    from ray._private.state import state
+    from ray._private.state import state  # noqa: PLC0415 (Ray: only the distributed path needs it)
 
     config = state.get_cluster_config()
     return [dict(group.resources) for group in config.node_group_configs if group.max_count != 0] if config else []
@@ -201,7 +202,7 @@ def build_trainer(
     resume_path: str | os.PathLike | None = None,  # checkpoint.pt to start from when this Train run has none
     workers_dir: str | os.PathLike | None = None,  # where each rank records its pid/node/device (None = nowhere)
     callbacks: Sequence[ray.train.UserCallback] = (),  # e.g. [TuneReportCallback()] inside a Tune driver function
-    loop: Callable[[dict[str, Any]], None] = train_worker,  # what each worker runs (sid.cluster.dry_run: place, load, stop)
+    loop: Callable[[dict[str, Any]], None] = train_worker,  # what each worker runs (dry_run: place, load, stop)
     loop_extra: Mapping[str, Any] | None = None,  # more loop_config entries for `loop`
     backend: str | None = None,               # torch.distributed backend; None: nccl on GPUs, gloo on CPUs
     check: bool = True,                       # check the batch split and the cluster (False: the caller did, once)
@@ -280,7 +281,7 @@ def resolve(resources: TrialResources, *, cpus_default: float | None = None) -> 
 
 
 def run_distributed(config: DistillConfig, out: Path, *, resources: TrialResources, address: str | None,
-                    resume: bool, tracking: TrackingSettings = TrackingSettings(),
+                    resume: bool, tracking: TrackingSettings = TrackingSettings(),  # noqa: B008 (frozen: safe to share)
                     config_text: str | None = None) -> Path:
     """Run (or continue) one distillation through Ray Train; return the evaluations file <out>/evaluations.parquet.
 
@@ -292,7 +293,6 @@ def run_distributed(config: DistillConfig, out: Path, *, resources: TrialResourc
     if resume and not (out / CHECKPOINT).exists():
         raise ValueError(f"resume: {out} holds no {CHECKPOINT} to continue from")
     if resume:  # here, one line, rather than as a failed worker group
-        from sid.teachers import load_teacher
 
         state = load_checkpoint(out / CHECKPOINT, config)
         check_architecture(state.get("generator_init_kwargs"),

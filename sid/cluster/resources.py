@@ -1,7 +1,8 @@
 """The resources of one run, or of each trial of a study: DDP workers, GPUs and CPUs per worker, placement, restarts.
 
 One value, validated once, carried by the one-run command, the study scripts, sid.cluster.study, sid.cluster.dry_run and
-sid.cluster.distributed. Plain Python (no Ray, no torch): requests that cannot work on any cluster are refused here, before
+sid.cluster.distributed. Plain Python (no Ray, no torch): requests that cannot work on any cluster are refused here,
+before
 Ray starts; whether a given cluster can hold them is sid.cluster.distributed's `check_resources`.
 """
 
@@ -20,7 +21,7 @@ class TrialResources:
     workers: int = 1                         # DDP ranks (Ray Train workers) of one run or trial
     gpus_per_worker: float | None = None     # None: 1 if the cluster has GPUs, else 0 (CPU workers); < 1 only alone
     cpus_per_worker: float | None = None     # None: the runner's default (a study: 1; one run: an even share)
-    placement_strategy: str | None = None    # PACK, SPREAD, STRICT_PACK, STRICT_SPREAD; None: STRICT_PACK if one node fits
+    placement_strategy: str | None = None    # PACK, SPREAD, STRICT_*; None: STRICT_PACK if one node fits
     max_failures: int = 2                    # worker-group restarts from the newest checkpoint before giving up
 
     def __post_init__(self) -> None:

@@ -1,5 +1,6 @@
 """Stopping rules of a study, on FD-versus-kimg curves, plain Python (no Ray): the study's Tune stopper
-(sid.cluster.study.CurveStopper) and the efficiency benchmark's replay (benchmarks/study_efficiency.py) apply the same code.
+(sid.cluster.study.CurveStopper) and the efficiency benchmark's replay (benchmarks/study_efficiency.py) apply the same
+code.
 
 * Rungs (asynchronous successive halving, ASHA's rule): at rung kimg grace * eta^k a trial goes on if its smoothed FD
   is within the best 1/eta of the values recorded at that rung so far, or within `z` times the measured noise of

@@ -178,7 +178,8 @@ def summary(trials: pd.DataFrame, searched: Sequence[str]) -> str:
 
 def record_stop(folder: Path, trial_id: str, reason: str, kimg: float) -> None:
     """Keep why a trial was stopped, for its row in trials.parquet (the stopper runs in Tune's driver)."""
-    write_text_atomic(folder / STOPS_DIR / f"{trial_id}.json", json.dumps(dict(trial_id=trial_id, reason=reason, kimg=kimg)))
+    record = json.dumps(dict(trial_id=trial_id, reason=reason, kimg=kimg))
+    write_text_atomic(folder / STOPS_DIR / f"{trial_id}.json", record)
 
 
 def stop_reason(folder: Path, trial_id: str) -> str:

@@ -84,7 +84,8 @@ def add_resource_flags(parser: Parser, *, per: str) -> None:
                        help="CPUs per worker (default: " + ("1" if per == "trial" else "an even share of the cluster's")
                             + ")")
     group.add_argument("--placement", dest="placement_strategy", choices=STRATEGIES, default=None,
-                       help="placement of one set of workers (default: STRICT_PACK when one node holds them, else PACK)")
+                       help="placement of one set of workers (default: STRICT_PACK when one node holds them, "
+                            "else PACK)")
     group.add_argument("--max-failures", type=int, default=2,
                        help="worker-group restarts from the newest checkpoint before giving up")
 

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
             path = run_local(config, out, device=device, resume=args.resume, progress=not args.no_progress,
                              tracking=tracking, config_text=config_yaml(values))
         else:
-            from sid.cluster.distributed import run_distributed
+            from sid.cluster.distributed import run_distributed  # noqa: PLC0415 (imports Ray: only this path needs it)
 
             path = run_distributed(config, out, resources=resources, address=args.address, resume=args.resume,
                                    tracking=tracking, config_text=config_yaml(values))

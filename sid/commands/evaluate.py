@@ -24,12 +24,19 @@ import torch
 from tqdm import tqdm
 
 from sid.assets import AssetError
-from sid.config import INCEPTION, DistillConfig
+from sid.config import DETECTORS, INCEPTION, PRESETS, DistillConfig
 from sid.devices import parse_device
 from sid.files import EVALUATIONS, RUN_FILES, SCORES_FILE
 from sid.flags import RENAMED, Parser
 from sid.generators import MAX_SEED, check_class, format_seeds, generate, load_generator
-from sid.metrics import check_reference, get_detector, inception_score, iter_image_batches, score_images
+from sid.metrics import (
+    _encoded_images,
+    check_reference,
+    get_detector,
+    inception_score,
+    iter_image_batches,
+    score_images,
+)
 from sid.results import SCORE_KEY, SCORE_SCHEMA, now_utc, provenance, read_parquet, upsert
 from sid.teachers import load_reference
 
@@ -96,7 +103,6 @@ def count_images(source: str, kind: str) -> tuple[int, tuple[int, ...]]:
         arr = load_npz(source)
         return len(arr), (arr.shape[3], arr.shape[1], arr.shape[2])
     first = next(iter_image_batches(source, 1))
-    from sid.metrics import _encoded_images
 
     return sum(1 for _ in _encoded_images(Path(source))), tuple(first.shape[1:])
 
@@ -207,8 +213,6 @@ def training_values(source: str) -> str | None:
 
 
 def build_parser() -> Parser:
-    from sid.config import DETECTORS, PRESETS
-
     parser = Parser(prog="sid evaluate", description=__doc__.split("\n\n")[0],
                     renamed={k: RENAMED[k] for k in ("--detector", "--ref", "--images", "--batch")})
     parser.add_argument("source", help="run folder, snapshot .pt, export .safetensors, SiD/EDM .pkl (path or URL), "
@@ -236,8 +240,6 @@ def build_parser() -> Parser:
 
 def settings(args: argparse.Namespace) -> dict:
     """Detector, reference and images per draw: flags, else --preset, else the run's config, else digits."""
-    from sid.config import PRESETS
-
     config = {}
     own = Path(args.source).is_dir() or args.source.endswith((".pt", ".safetensors", ".json"))
     if source_kind(args.source) == "generator" and args.preset is None and own and Path(args.source).exists():

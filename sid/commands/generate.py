@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.multiprocessing as mp
 from tqdm import tqdm
 
 from sid.config import DistillConfig
@@ -34,7 +36,7 @@ def png_path(outdir: Path, seed: int, subdirs: bool) -> Path:
 
 
 def save_pngs(pixels: np.ndarray, seeds: Sequence[int], outdir: Path, subdirs: bool) -> None:
-    import PIL.Image
+    import PIL.Image  # noqa: PLC0415 (Pillow: only image files need it)
 
     for seed, image in zip(seeds, pixels):
         path = png_path(outdir, seed, subdirs)
@@ -75,9 +77,6 @@ def run(source: str, seeds: list[int], *, net: torch.nn.Module, devices: list[st
     """Generate in this process on one device, or one shard of seeds per device in spawned processes."""
     if len(devices) == 1:
         return generate_pixels(net, seeds, device=devices[0], keep=keep, **options)
-    from concurrent.futures import ProcessPoolExecutor
-
-    import torch.multiprocessing as mp
 
     shards = [list(s) for s in np.array_split(np.array(seeds, dtype=np.int64), len(devices)) if len(s)]
     with ProcessPoolExecutor(len(shards), mp_context=mp.get_context("spawn")) as pool:

@@ -81,7 +81,8 @@ def phema_run(run: Path, targets: tuple[float, ...], *, last_only: bool, device:
             net, used = rebuild(snaps, header, step, sigma_rel)
             images = config.fid_images_at(step)  # as many images as the run's own evaluation there
             net = net.to(device)
-            score = evaluator.score(lambda index, n: sample_evaluation_batch(net, config, index, n, device), images)
+            score = evaluator.score(lambda index, n: sample_evaluation_batch(net, config, index, n, device),  # noqa: B023
+                                    images)  # (scored before the loop moves on)
             rows.append(dict(study="", trial_id=run.name, **{c: getattr(config, c) for c in CONFIG_COLUMNS},
                              sigma_rel=sigma_rel, kimg=step * config.batch / 1000, iteration=step, snapshots=used,
                              fid=score.fd, fid_detector=config.fid_detector, fid_images=images, fid_std=score.fd_std,

@@ -37,7 +37,8 @@ def weight_init(shape: Sequence[int], mode: str, fan_in: int, fan_out: int) -> t
         return math.sqrt(3 / fan_in) * (torch.rand(*shape) * 2 - 1)
     if mode == "kaiming_normal":
         return math.sqrt(1 / fan_in) * torch.randn(*shape)
-    raise ValueError(f"init_mode must be xavier_uniform, xavier_normal, kaiming_uniform or kaiming_normal, got {mode!r}")
+    raise ValueError(f"init_mode must be xavier_uniform, xavier_normal, kaiming_uniform or kaiming_normal, "
+                     f"got {mode!r}")
 
 
 class Linear(nn.Module):
@@ -151,7 +152,8 @@ class UNetBlock(nn.Module):
         self.out_channels = out_channels
         self.emb_channels = emb_channels
         # ADM with fewer than channels_per_head channels gets 0 heads, i.e. no attention layer at all (as in EDM).
-        self.num_heads = 0 if not attention else num_heads if num_heads is not None else out_channels // channels_per_head
+        self.num_heads = 0 if not attention else (
+            num_heads if num_heads is not None else out_channels // channels_per_head)
         self.dropout = dropout
         self.skip_scale = skip_scale
         self.adaptive_scale = adaptive_scale

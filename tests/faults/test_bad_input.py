@@ -213,7 +213,7 @@ STUDY_CASES += [row(["alpha_sweep", ["--dry-run"]], (["--resume"], "nothing to -
 @pytest.mark.parametrize("script, mode, argv, words", STUDY_CASES)
 def test_study_flag_with_a_bad_value_is_one_error_with_exit_code_2(workdir, monkeypatch, capsys, script, mode, argv,
                                                                     words):
-    import sid.cluster.dry_run
+    import sid.cluster.dry_run  # noqa: PLC0415 (imports Ray: only this path needs it)
 
     def started(*args, **kwargs):
         raise AssertionError("validation let a bad value through: Ray was about to start")

@@ -121,7 +121,8 @@ def audit(path: Path, relative: str) -> tuple[list[str], int]:
         if not isinstance(node, ast.Call):
             continue
         name, keywords = dotted(node.func), {k.arg: k.value for k in node.keywords}
-        literal = lambda key: isinstance(keywords.get(key), ast.Constant) and keywords[key].value
+        def literal(key, keywords=keywords):
+            return isinstance(keywords.get(key), ast.Constant) and keywords[key].value
         if name == "torch.load":
             checked += 1
             if literal("weights_only") is not True:
