@@ -42,6 +42,7 @@ figures: setup
 	$(PY) analysis/compare.py $(DEMO) --x alpha --out figures
 
 test: setup
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 bench: setup
