@@ -343,17 +343,16 @@ def score_generated(generate: Callable[[int, int], Tensor], num_images: int, det
                         groups=groups)
 
 
-@torch.no_grad()
 def compute_fd_std_is(generate: Callable[[int, int], Tensor], num_images: int, detector: Detector, ref_mu, ref_sigma,
                       *, batch_size: int = 256, groups: int = FD_STD_GROUPS) -> tuple[float, float, float, float]:
     """(Frechet distance, its sampling standard error, Inception Score mean, its std over 10 splits) of the same
     `num_images` generated images, each batch through the detector once (features and class probabilities from one
-    forward pass where it has features_and_probabilities): compute_fd_std's numbers and the official is50k's, as the
+    forward pass where it has features_and_probabilities): score_generated's numbers and the official is50k's, as the
     official CIFAR-10 run reports both at each training evaluation (`--metrics fid50k_full,is50k`)."""
     probabilities: list[np.ndarray] = []
-    grouped = feature_stats(_generated_batches(generate, num_images, batch_size), detector,
-                            probabilities=probabilities, into=GroupedFeatureStats(groups))
-    return (*fd_jackknife(grouped, ref_mu, ref_sigma), *inception_score(np.concatenate(probabilities)))
+    score = score_images(_generated_batches(generate, num_images, batch_size), detector, ref_mu, ref_sigma,
+                         groups=groups, probabilities=probabilities)
+    return score.fd, score.fd_std, *inception_score(np.concatenate(probabilities))
 
 
 def _generated_batches(generate: Callable[[int, int], Tensor], num_images: int, batch_size: int) -> Iterator[Tensor]:

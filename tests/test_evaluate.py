@@ -14,7 +14,7 @@ from sid import metrics
 from sid.commands import evaluate as eval_cli
 from sid.commands import generate as gen_cli
 from sid.config import INCEPTION, preset
-from sid.metrics import InceptionDetector, compute_fd_std, compute_fd_std_is, inception_score, save_reference_stats
+from sid.metrics import InceptionDetector, compute_fd_std_is, inception_score, save_reference_stats, score_generated
 from sid.results import SCORE_SCHEMA, read_evaluations, read_scores
 from sid.run import run_local
 from sid.teachers import load_teacher
@@ -177,7 +177,7 @@ class OnePassStandIn(StandIn):
 @pytest.mark.parametrize("num_images, batch", [(50, 7), (40, 40)])
 def test_fd_and_is_of_training_evaluations_come_from_one_detector_pass(num_images, batch):
     # The IS of the same images as the FD (the official CIFAR-10 run's fid50k_full,is50k), each batch through the
-    # detector once: FD and its error as compute_fd_std's, IS as scipy's entropies over 10 splits.
+    # detector once: FD and its error as score_generated's, IS as scipy's entropies over 10 splits.
     rng = np.random.default_rng(num_images)
     pixels = rng.uniform(-1, 1, (num_images, 1, 4, 4))
     mu_ref, a = rng.standard_normal(12), rng.standard_normal((12, 30))
@@ -189,8 +189,8 @@ def test_fd_and_is_of_training_evaluations_come_from_one_detector_pass(num_image
     fd, fd_std, is_mean, is_std = compute_fd_std_is(generate, num_images, detector, mu_ref, a @ a.T / 30,
                                                     batch_size=batch)
     assert detector.passes == -(-num_images // batch)
-    assert (fd, fd_std) == pytest.approx(compute_fd_std(generate, num_images, StandIn(), mu_ref, a @ a.T / 30,
-                                                        batch_size=batch), rel=1e-12)
+    score = score_generated(generate, num_images, StandIn(), mu_ref, a @ a.T / 30, batch_size=batch)
+    assert (fd, fd_std) == pytest.approx((score.fd, score.fd_std), rel=1e-12)
     uint8 = np.clip(pixels * 127.5 + 128, 0, 255).astype(np.uint8).reshape(num_images, 16).astype(np.float64)
     feats = uint8 / 255 @ W_FEATURES.numpy()
     assert fd == pytest.approx(scipy_fd(feats.mean(0), np.cov(feats, rowvar=False, bias=True), mu_ref, a @ a.T / 30),

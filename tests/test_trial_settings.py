@@ -18,8 +18,7 @@ from sid.cluster.resources import TrialResources
 from sid.cluster.space import StudyError
 from sid.cluster.trials import TrialSettings
 from sid.config import DistillConfig, preset
-from sid.files import SETTINGS_FILE
-from sid.results import WriteError
+from sid.files import SETTINGS_FILE, WriteError
 
 TINY = dict(batch=8, batch_per_device=8, fid_images=256, duration_kimg=0.032, eval_every_kimg=0.016)
 
