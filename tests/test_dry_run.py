@@ -5,6 +5,7 @@ served through the URL code path (file://)."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import os
@@ -169,6 +170,7 @@ def test_the_study_script_dry_run_prints_where_each_trial_ran(gpu_cluster, teach
 def test_a_trial_the_cluster_cannot_hold_fails_before_anything_waits(gpu_cluster, teacher_url, tmp_path):
     spec = study(teacher_url, tmp_path, "too-big", [1.0], workers=GPUS_PER_NODE + 1, gpus_per_worker=1.0,
                  placement_strategy="STRICT_PACK")
+    spec = dataclasses.replace(spec, base=spec.base.replace(batch=10, batch_per_device=2))  # splits over 5 ranks
     with pytest.raises(ResourceError, match="room for 4 such worker"):
         dry_run_study(spec, hold_s=0.0)
 

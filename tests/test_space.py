@@ -135,7 +135,8 @@ def test_the_study_yaml_holds_the_space_as_data():
     assert yaml.safe_load(study_yaml(spec))["space"] == {
         "lr": {"range": [1e-5, 1e-3], "scale": "log"}, "alpha": {"choice": [1.0, 1.2]},
         "seed": {"range": [0, 3], "scale": "int"}}
-    assert yaml.safe_load(study_yaml(study({"alpha": Grid([0.5, 1.0])})))["space"] == {"alpha": {"grid": [0.5, 1.0]}}
+    grid = study({"alpha": Grid(list(np.linspace(0.5, 1.0, 2))), "seed": Grid(list(np.arange(2)))})
+    assert yaml.safe_load(study_yaml(grid))["space"] == {"alpha": {"grid": [0.5, 1.0]}, "seed": {"grid": [0, 1]}}
 
 
 def test_the_studies_defined_in_the_docs_are_valid(tmp_path, monkeypatch):

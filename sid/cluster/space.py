@@ -173,7 +173,12 @@ def space_data(space: Mapping[str, Dimension]) -> dict[str, dict[str, Any]]:
     for field, dimension in space.items():
         kind = KINDS[type(dimension)]
         if isinstance(dimension, Range):
-            data[field] = {kind: [dimension.low, dimension.high], "scale": SEARCHABLE[field]}
+            data[field] = {kind: [_plain(dimension.low), _plain(dimension.high)], "scale": SEARCHABLE[field]}
         else:
-            data[field] = {kind: list(dimension.values)}
+            data[field] = {kind: [_plain(v) for v in dimension.values]}
     return data
+
+
+def _plain(value: Any) -> int | float:
+    """A checked value as a Python int or float (numpy's scalars are no YAML)."""
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
