@@ -3,6 +3,8 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from sid.results import (
@@ -50,8 +52,6 @@ def test_upsert_replaces_rows_with_the_same_trial_and_kimg(tmp_path):
 def test_columns_and_types_follow_the_schema(tmp_path):
     path = tmp_path / "evaluations.parquet"
     upsert_evaluations(path, [row(fid=math.nan, status="diverged")])
-    import pyarrow.parquet as pq
-
     schema = pq.read_schema(path)
     assert schema.names == EVALUATION_SCHEMA.names
     assert schema.field("fid").type == pa.float64() and schema.field("written_at").type == pa.timestamp("us", tz="UTC")
@@ -166,8 +166,6 @@ def test_fid_std_follows_fid_images_and_older_files_read_as_nan(tmp_path):
     upsert_evaluations(new, [row(fid_std=0.25)])
     old = tmp_path / "old" / "evaluations.parquet"
     old.parent.mkdir()
-    import pyarrow.parquet as pq
-
     legacy = pa.schema([f for f in EVALUATION_SCHEMA if f.name != "fid_std"])  # a file written before the column
     pq.write_table(pa.Table.from_pylist([row()], schema=legacy), old)
     frame = read_evaluations(tmp_path).sort_values("fid_std")
@@ -204,8 +202,6 @@ KINDS = {
 
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_the_upsert_is_idempotent_keyed_versioned_and_stores_null_for_what_was_not_computed(tmp_path, kind):
-    import pyarrow.parquet as pq
-
     schema, key, rows, again, missing = KINDS[kind]
     path = tmp_path / f"{kind}.parquet"
     upsert(path, rows, schema, key)
@@ -222,8 +218,6 @@ def test_the_upsert_is_idempotent_keyed_versioned_and_stores_null_for_what_was_n
 
 
 def pc_any_nan(column) -> bool:
-    import pyarrow.compute as pc
-
     return bool(pc.any(pc.is_nan(column.fill_null(0.0))).as_py())
 
 

@@ -15,8 +15,8 @@ from sid.config import ConfigError, preset
 from sid.distill import Distiller
 from sid.files import BEST, SNAPSHOTS, snapshot_name
 from sid.loop import make_row
-from sid.results import best_of
 from sid.networks.precond import EDMPrecond
+from sid.results import best_of
 from sid.run import RunFolder
 from sid.teachers import load_network_file
 
