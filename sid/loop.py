@@ -99,8 +99,8 @@ def train(distiller: Distiller, *, evaluator: Evaluator | None, sinks: Sequence[
             if is_main:
                 bar.write(f"kimg {row['kimg']:9.2f}  {cfg.fid_detector} FD({row['fid_images']}) {fid:9.4f} "
                           f"± {fid_std:<7.3g}loss_fake {stats['loss_fake_score']:10.4g}  "
-                          f"loss_G {stats['loss_generator']:10.4g}  "
-                          f"{row['images_per_s']:8.1f} img/s  status {row['status']}")
+                          f"loss_G {stats['loss_generator']:10.4g}  {row['images_per_s']:8.1f} img/s  "
+                          f"status {row['status']}")
             for sink in sinks:
                 sink.on_evaluation(row, distiller, best)
             last_wall, last_iteration = time.perf_counter(), distiller.iteration

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save
 
 from sid.config import DistillConfig
 from sid.files import save_torch_atomic, write_bytes_atomic, write_text_atomic
@@ -81,8 +83,6 @@ class SavedGenerator:
         under "sid"). Returns `path`."""
         path = Path(path)
         if path.suffix == ".safetensors":
-            from safetensors.torch import save  # noqa: PLC0415 (safetensors: only exports need it)
-
             text = json.dumps(self.export_json(), indent=2, allow_nan=False)
             tensors = {k: (v.float() if v.is_floating_point() else v).contiguous().clone()
                        for k, v in self.state_dict.items()}
@@ -154,9 +154,6 @@ def _number(value: Any) -> Any:
 def _load_export(path: Path) -> SavedGenerator:
     """An export: FILE.safetensors with FILE.json beside it (or the same JSON in its header). Reads only tensors
     and JSON."""
-    from safetensors import SafetensorError, safe_open  # noqa: PLC0415 (safetensors: only exports need it)
-    from safetensors.torch import load_file  # noqa: PLC0415 (safetensors: only exports need it)
-
     weights, json_path = path.with_suffix(".safetensors"), path.with_suffix(".json")
     try:
         tensors = load_file(str(weights))

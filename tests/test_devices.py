@@ -36,9 +36,9 @@ def test_a_bad_device_is_one_error_naming_what_was_expected(text, words):
 def test_one_device_where_a_command_runs_on_one():
     assert parse_device("cpu") == torch.device("cpu")
     assert parse_device("auto") == (torch.device("cuda:0") if CUDA else torch.device("cpu"))
-    expected = r"^--device: expected one device \(auto, cpu, cuda or cuda:N\), got 'cpu,cpu'$"
-    with pytest.raises(ValueError, match=expected):
+    with pytest.raises(ValueError) as error:
         parse_device("cpu,cpu")
+    assert str(error.value) == "--device: expected one device (auto, cpu, cuda or cuda:N), got 'cpu,cpu'"
 
 
 @pytest.mark.parametrize("command, argv", [

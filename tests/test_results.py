@@ -57,7 +57,6 @@ def test_upsert_replaces_rows_with_the_same_trial_and_kimg(tmp_path):
 def test_columns_and_types_follow_the_schema(tmp_path):
     path = tmp_path / "evaluations.parquet"
     upsert_evaluations(path, [row(fid=math.nan, status="diverged")])
-
     schema = pq.read_schema(path)
     assert schema.names == EVALUATION_SCHEMA.names
     assert schema.field("fid").type == pa.float64() and schema.field("written_at").type == pa.timestamp("us", tz="UTC")
@@ -165,7 +164,6 @@ def test_fid_std_follows_fid_images_and_older_files_read_as_nan(tmp_path):
     upsert_evaluations(new, [row(fid_std=0.25)])
     old = tmp_path / "old" / "evaluations.parquet"
     old.parent.mkdir()
-
     legacy = pa.schema([f for f in EVALUATION_SCHEMA if f.name != "fid_std"])  # a file written before the column
     pq.write_table(pa.Table.from_pylist([row()], schema=legacy), old)
     frame = read_evaluations(tmp_path).sort_values("fid_std")

@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from sid.assets import AssetError
-from sid.config import DETECTORS, INCEPTION, PRESETS, DistillConfig
+from sid.config import DETECTORS, FD_STD_GROUPS, INCEPTION, PRESETS, DistillConfig
 from sid.devices import parse_device
 from sid.files import EVALUATIONS, RUN_FILES, SCORES_FILE
 from sid.flags import RENAMED, Parser
@@ -117,7 +117,8 @@ def check_images_fit(detector, shape: tuple[int, ...], source: str) -> None:
 
 def evaluate(source: str, *, detector_name: str, ref: str, images: int, repeats: int, seed_start: int = 0,
              class_idx: int | None = None, sigma_init: float | None = None, batch: int = 64, device: str = "cpu",
-             progress: bool = True) -> list[dict]:
+             progress: bool = True,
+             groups: int = FD_STD_GROUPS) -> list[dict]:  # of fid_std's jackknife: one more distance each
     """One score row per draw (sid.results.SCORE_SCHEMA). ValueError for every bad input, before any work."""
     if images < 2 or repeats < 1:
         raise ValueError(f"--fid-images must be >= 2 and --repeats >= 1, got {images} and {repeats}")
@@ -165,7 +166,7 @@ def evaluate(source: str, *, detector_name: str, ref: str, images: int, repeats:
                 yield b
 
         # The training evaluations' scoring: FD, its standard error, and NaN if any image is non-finite.
-        score = score_images(counted(draw), detector, mu_ref, sigma_ref, probabilities=probs)
+        score = score_images(counted(draw), detector, mu_ref, sigma_ref, groups=groups, probabilities=probs)
         is_mean, is_std = inception_score(np.concatenate(probs), IS_SPLITS) \
             if (with_is and score.finite) else (math.nan, math.nan)
         rows.append(dict(source=source, kind=kind, repeat=r, seeds=label,
