@@ -43,7 +43,7 @@ def test_one_device_where_a_command_runs_on_one():
 
 @pytest.mark.parametrize("command, argv", [
     (distill.main, ["--out", "OUT"]),
-    (generate.main, ["--network", "digits", "--outdir", "OUT"]),
+    (generate.main, ["--network", "digits", "--out", "OUT"]),
     (evaluate.main, ["digits", "--out", "OUT/scores.parquet"]),
     (phema.main, ["OUT"]),
 ], ids=["distill", "generate", "evaluate", "phema"])
