@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -126,20 +127,19 @@ def edm_denoising_loss(net: nn.Module, images: torch.Tensor, generator: torch.Ge
     return fake_score_loss(net, images, sigma=sigma, noise=noise).mean()
 
 
-def train_teacher(*, steps: int = 4000, batch: int = 128, lr: float = 1e-3, ema_halflife_steps: float = 200.0,
-                  seed: int = 0, log_every: int = 250) -> dict:
-    """Train the digits teacher with EDM's loss on all 1,797 digits; return its EMA weights."""
-    torch.manual_seed(seed)
+def train_on_digits(net: nn.Module, loss_of: Callable[[nn.Module, torch.Tensor, torch.Generator], torch.Tensor], *,
+                    steps: int, batch: int, lr: float, ema_halflife_steps: float, seed: int, log_every: int,
+                    what: str) -> nn.Module:
+    """Adam (a 200-step warm-up) on random batches of all 1,797 digits with `loss_of(net, images, generator)`, an EMA
+    of the weights alongside; returns the EMA network. Both embedded teachers are trained by this one loop."""
     images = load_digits_images()
-    net = EDMPrecond(**TEACHER_KWARGS)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     beta = 0.5 ** (1 / ema_halflife_steps)
     start = time.time()
     for step in range(steps):
-        batch_images = images[torch.randint(len(images), (batch,), generator=gen)]
-        loss = edm_denoising_loss(net, batch_images, gen)
+        loss = loss_of(net, images[torch.randint(len(images), (batch,), generator=gen)], gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         for group in opt.param_groups:  # short warm-up: the first Adam steps are large for a fresh U-Net
@@ -148,7 +148,16 @@ def train_teacher(*, steps: int = 4000, batch: int = 128, lr: float = 1e-3, ema_
         with torch.no_grad():
             torch._foreach_lerp_(list(ema.parameters()), list(net.parameters()), 1 - beta)
         if log_every and (step + 1) % log_every == 0:
-            print(f"teacher step {step + 1}/{steps} loss {loss.item():.3f} ({time.time() - start:.0f} s)", flush=True)
+            print(f"{what} step {step + 1}/{steps} loss {loss.item():.3f} ({time.time() - start:.0f} s)", flush=True)
+    return ema
+
+
+def train_teacher(*, steps: int = 4000, batch: int = 128, lr: float = 1e-3, ema_halflife_steps: float = 200.0,
+                  seed: int = 0, log_every: int = 250) -> dict:
+    """Train the digits teacher with EDM's loss on all 1,797 digits; return its EMA weights."""
+    torch.manual_seed(seed)  # the network's initialisation
+    ema = train_on_digits(EDMPrecond(**TEACHER_KWARGS), edm_denoising_loss, steps=steps, batch=batch, lr=lr,
+                          ema_halflife_steps=ema_halflife_steps, seed=seed, log_every=log_every, what="teacher")
     n_params = sum(p.numel() for p in ema.parameters())
     return dict(init_kwargs=dict(TEACHER_KWARGS), state_dict=ema.state_dict(),
                 meta=dict(steps=steps, batch=batch, lr=lr, seed=seed, n_params=n_params))

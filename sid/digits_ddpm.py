@@ -7,14 +7,13 @@ folder (unet/ + scheduler/, safetensors), which `--teacher diffusers:sid/data/di
 
 from __future__ import annotations
 
-import copy
 import time
 from pathlib import Path
 
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
-from sid.digits import DATA, load_digits_images
+from sid.digits import DATA, train_on_digits
 
 # The second embedded teacher, of another kind: a diffusers UNet2DModel trained as a DDPM (epsilon prediction, the
 # linear beta schedule of Ho et al. 2020, 1000 steps), saved as a diffusers pipeline folder (safetensors) that
@@ -31,32 +30,19 @@ def train_ddpm_teacher(out: Path, *, steps: int = 3000, batch: int = 128, lr: fl
                        ema_halflife_steps: float = 200.0, seed: int = 0, log_every: int = 250) -> dict:
     """Train the DDPM digits teacher (epsilon-prediction loss at uniform integer timesteps) on all 1,797 digits and
     save its EMA weights as a diffusers pipeline folder `out`; return the training facts."""
-    torch.manual_seed(seed)
-    images = load_digits_images()
-    net = UNet2DModel(**DDPM_UNET)
-    ema = copy.deepcopy(net).eval().requires_grad_(False)
+    torch.manual_seed(seed)  # the network's initialisation
     scheduler = DDPMScheduler(**DDPM_SCHEDULE)
     abar = scheduler.alphas_cumprod
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    beta = 0.5 ** (1 / ema_halflife_steps)
-    start = time.time()
-    for step in range(steps):
-        x0 = images[torch.randint(len(images), (batch,), generator=gen)]
-        t = torch.randint(len(abar), (batch,), generator=gen)
+
+    def epsilon_loss(net: UNet2DModel, x0: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        t = torch.randint(len(abar), (len(x0),), generator=gen)
         eps = torch.randn(x0.shape, generator=gen)
         a = abar[t].reshape(-1, 1, 1, 1)
-        loss = (net(a.sqrt() * x0 + (1 - a).sqrt() * eps, t).sample - eps).square().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        for group in opt.param_groups:  # short warm-up, as for the EDM teacher
-            group["lr"] = lr * min(1.0, (step + 1) / 200)
-        opt.step()
-        with torch.no_grad():
-            torch._foreach_lerp_(list(ema.parameters()), list(net.parameters()), 1 - beta)
-        if log_every and (step + 1) % log_every == 0:
-            print(f"ddpm teacher step {step + 1}/{steps} loss {loss.item():.3f} ({time.time() - start:.0f} s)",
-                  flush=True)
+        return (net(a.sqrt() * x0 + (1 - a).sqrt() * eps, t).sample - eps).square().mean()
+
+    start = time.time()
+    ema = train_on_digits(UNet2DModel(**DDPM_UNET), epsilon_loss, steps=steps, batch=batch, lr=lr,
+                          ema_halflife_steps=ema_halflife_steps, seed=seed, log_every=log_every, what="ddpm teacher")
     DDPMPipeline(unet=ema, scheduler=scheduler).save_pretrained(out, safe_serialization=True)
     return dict(steps=steps, batch=batch, lr=lr, seed=seed, n_params=sum(p.numel() for p in ema.parameters()),
                 train_seconds=round(time.time() - start, 1))

@@ -12,6 +12,7 @@ from sid.digits import DigitsDetector
 from sid.distill import Distiller
 from sid.files import snapshot_name
 from sid.loop import Evaluator, train
+from sid.networks.vp import load_diffusers
 from sid.results import EVALUATION_SCHEMA, read_evaluations
 from sid.run import run_local
 from sid.teachers import load_network_file, load_teacher
@@ -141,3 +142,9 @@ def test_digits_training_commands_write_loadable_networks(tmp_path):
     assert (teacher.img_channels, teacher.img_resolution) == (1, 8)
     features = DigitsDetector(tmp_path / "train-detector.pt")(torch.zeros(3, 1, 8, 8, dtype=torch.uint8))
     assert features.shape == (3, 64) and features.dtype == torch.float64
+    done = subprocess.run([sys.executable, "-m", "sid", "digits", "train-ddpm-teacher", "--steps", "3", "--out",
+                           str(tmp_path / "ddpm")], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    ddpm = load_diffusers(tmp_path / "ddpm")  # the second teacher kind: a diffusers pipeline folder
+    assert (ddpm.img_channels, ddpm.img_resolution, ddpm.label_dim, ddpm.prediction_type) == (1, 8, 0, "epsilon")
+    assert ddpm(torch.zeros(2, 1, 8, 8), 2.5).shape == (2, 1, 8, 8)
