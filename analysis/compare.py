@@ -123,17 +123,17 @@ def best_rows(table: pd.DataFrame) -> pd.DataFrame:
     return table[table["stat"].isin(("best", BOTH))]
 
 
-def merge_same(table: pd.DataFrame) -> pd.DataFrame:
-    """Where a pair's best and final comparisons hold the same per-seed differences (every trial's best is its final
-    value), one row with stat 'best = final' instead of two identical ones."""
+def merge_same(table: pd.DataFrame, trials: pd.DataFrame, x: str) -> pd.DataFrame:
+    """Where every trial of a pair's two values has its best FD at its final evaluation (best = final, as when all
+    trials are not converged), one row with stat 'best = final' instead of two identical ones."""
+    same = (trials["best_fid"] == trials["final_fid"]) | (trials["best_fid"].isna() & trials["final_fid"].isna())
     keep, drop = [], set()
-    for _, g in table.groupby(["study", "a", "b"], sort=False):
+    for (study, a, b), g in table.groupby(["study", "a", "b"], sort=False):
         best, final = g[g["stat"] == "best"], g[g["stat"] == "final"]
-        if len(best) == 1 and len(final) == 1:
-            db, df = best["diffs"].iloc[0], final["diffs"].iloc[0]
-            if len(db) == len(df) and np.array_equal(db, df) and best["dropped"].iloc[0] == final["dropped"].iloc[0]:
-                keep.append(best.index[0])
-                drop.add(final.index[0])
+        mine = (trials["study"] == study) & trials[x].isin((a, b))
+        if len(best) == 1 and len(final) == 1 and same[mine].all():
+            keep.append(best.index[0])
+            drop.add(final.index[0])
     out = table.drop(index=list(drop))
     out.loc[keep, "stat"] = BOTH
     order = {s: i for i, s in enumerate((BOTH, *STATS))}
@@ -222,7 +222,7 @@ def compare(trials: pd.DataFrame, *, x: str = "alpha", detector: str | None = No
     """paired() for both stats on the trials of one metric (mixed detectors are refused, naming them), pairs whose
     best and final comparisons are the same merged into one 'best = final' row."""
     data, _ = common.select_metric(trials, detector, fid_images)
-    return merge_same(pd.concat([paired(data, x=x, stat=s) for s in STATS], ignore_index=True))
+    return merge_same(pd.concat([paired(data, x=x, stat=s) for s in STATS], ignore_index=True), data, x)
 
 
 def build_parser() -> argparse.ArgumentParser:
