@@ -56,7 +56,7 @@ DEFAULT_WIDTH = 6.4  # inches; 3.25 fits one column of a two-column paper
 NOT_CONVERGED = "best FD at the last evaluation: the budget ended before the curve flattened"
 # Per value, besides its colour: what tells overlapping bands and lines apart, also in greyscale.
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
-HATCHES = ("////", "\\\\\\\\", "xxx", "...", "||||", "----", "+++", "ooo")
+HATCHES = ("//", "\\\\", "xx", "..", "||", "--", "++", "oo")
 DASHES = ((0, (1, 1.2)), (0, (4, 1.5)), (0, (4, 1.5, 1, 1.5)), (0, (2, 2)), (0, (6, 2, 1, 2, 1, 2)),
           (0, (1, 3)), (0, (8, 2)), (0, (3, 1, 1, 1)))
 

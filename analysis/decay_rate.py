@@ -158,7 +158,7 @@ def to_markdown(table: pd.DataFrame, x: str, *, floor: float = 0.0, kimg_range=N
     else:
         lines += ["", "No trial has enough evaluations in its range for a fit."]
     flagged = int(fitted["not_converged"].sum()) if len(fitted) else 0
-    if flagged:
+    if flagged and kimg_range is None:
         lines.append(f"{flagged} of {len(fitted)} fitted trials are not converged ({common.NOT_CONVERGED}): their "
                      f"range is the whole curve, and the rate says nothing about where it flattens.")
     pairs = compare_rates(table, x)

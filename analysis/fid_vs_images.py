@@ -58,7 +58,7 @@ def plot(evals: pd.DataFrame, trials: pd.DataFrame | None = None, *, hue: str = 
         m = marks[level]
         if repeats:  # every seed as a thin line under the mean, so an outlier seed is seen, not averaged away
             for (_, seed), t in g.groupby(["trial_id", "seed"], sort=True):
-                ax.plot(t["x"], t["fid"], color=m.colour, linewidth=0.8, alpha=0.7, linestyle=m.dash,
+                ax.plot(t["x"], t["fid"], color=m.colour, linewidth=1.0, alpha=0.9, linestyle=m.dash,
                         gid=f"seed:{level}:{seed}:{study}")
         per = g.groupby("x")["fid"]
         mean = per.mean()
@@ -103,7 +103,7 @@ def plot(evals: pd.DataFrame, trials: pd.DataFrame | None = None, *, hue: str = 
     if len(ends):
         handles.append(Line2D([], [], marker="X", color="white", markeredgecolor="black", markerfacecolor="0.6",
                               markersize=9, label="diverged"))
-    legend = (f"{common.SPREAD_LABEL} (hatched)\ndashed: single seeds" if repeats else
+    legend = (f"{common.SPREAD_LABEL} (hatched)\nthin lines: single seeds" if repeats else
               "band: " + common.fd_interval_label().replace(" (", "\n(") if sampling else None)
     labels = [h[1].get_label() if isinstance(h, tuple) else h.get_label() for h in handles]
     if width is not None and width < 5:  # a column-wide figure has no room inside the axes

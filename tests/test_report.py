@@ -152,7 +152,7 @@ def test_curves_of_a_real_study_draw_each_seed_and_the_band(study):
         alpha, seed = float(line.get_gid().split(":")[1]), int(line.get_gid().split(":")[2])
         mine = evals[(evals["alpha"] == alpha) & (evals["seed"] == seed) & (evals["kimg"] > 0)].sort_values("kimg")
         np.testing.assert_allclose(line.get_ydata(), mine["fid"])
-    assert "min–max over runs (hatched)\ndashed: single seeds" in ax.get_legend().get_title().get_text()
+    assert "min–max over runs (hatched)\nthin lines: single seeds" in ax.get_legend().get_title().get_text()
     one_seed = evals[evals["seed"] == 0]
     ax = fid_vs_images.plot(one_seed, common.summarise(one_seed)).axes[0]
     (band,) = gid(ax.collections, "sampling:1.0")
