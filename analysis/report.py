@@ -202,9 +202,13 @@ def build(study: Sequence[str | Path], out: str | Path, *, x: str = "alpha", tea
     text)."""
     evals, trials = common.load(study)
     evals, metric = common.select_metric(evals, detector, fid_images)
+    metric = common.md_text(metric)  # the detector's name comes from the rows
     trials, _ = common.select_metric(trials, detector, fid_images)
     if x not in trials.columns:
         raise common.AnalysisError(f"--x {x!r} is not a results column")
+    varying = hpo_report.searched(trials)
+    if x not in varying and len(varying) == 1:  # a sweep of another field (sigma_init_sweep.py): compare that
+        x = varying[0]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     formats = tuple(dict.fromkeys(("png", *formats)))  # the pages show the PNGs
@@ -297,7 +301,9 @@ def _plain(markdown: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = common.parser(__doc__, out_default="report")
-    p.add_argument("--x", choices=common.SWEEPABLE, default="alpha", help="the swept setting the report compares")
+    p.add_argument("--x", choices=common.SWEEPABLE, default="alpha",
+                   help="the swept setting the report compares (default alpha; the only one that varies, if alpha "
+                        "does not)")
     p.add_argument("--teacher-fid", type=float, default=None, help="teacher's FD: a dashed line in the curve figure")
     return p
 

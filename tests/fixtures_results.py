@@ -131,17 +131,18 @@ def write_results(root: Path) -> Results:
 
 def write_study(root: Path, curves: dict[tuple[float, int], Sequence[float]], *, kimg: Sequence[float] | None = None,
                 name: str = "sweep", fid_std: float = 0.5, states: dict | None = None, config: str | None = None,
-                samples: bool = False) -> Path:
-    """A study folder `root/name` shaped like a sweep's: per (alpha, seed) one trial with the given FD curve (at kimg
-    0, 2, 4, ... unless `kimg` says), its evaluations file and a trials table (state 'completed' unless `states`
-    gives (alpha, seed) -> state), optionally a config.yaml text and a sample grid in each run folder."""
+                samples: bool = False, field: str = "alpha") -> Path:
+    """A study folder `root/name` shaped like a sweep of `field`: per (value, seed) one trial with the given FD curve
+    (at kimg 0, 2, 4, ... unless `kimg` says), its evaluations file and a trials table (state 'completed' unless
+    `states` gives (value, seed) -> state), optionally a config.yaml text and a sample grid in each run folder."""
     folder = root / name
     rows = []
     for (alpha, seed), fids in curves.items():
         trial = f"a{alpha}-s{seed}"
         points = kimg if kimg is not None else [2.0 * i for i in range(len(fids))]
         for i, (k, fid) in enumerate(zip(points, fids)):
-            rows.append(row(name, trial, alpha=alpha, seed=seed, kimg=k, fid=fid, order=i) | {"fid_std": fid_std})
+            rows.append(row(name, trial, alpha=1.0, seed=seed, kimg=k, fid=fid, order=i)
+                        | {"fid_std": fid_std, field: alpha})
         if samples:
             grid = folder / "runs" / trial / f"samples-{round(points[-1] * 1000 / 128):07d}.png"
             grid.parent.mkdir(parents=True, exist_ok=True)

@@ -204,3 +204,12 @@ def test_without_a_rescore_the_report_names_the_winners_curse(tmp_path):
                      r"low \(the winner's curse\)", text)
     assert "python -m sid evaluate <study>/runs/<trial\\_id> --repeats 5" in text or \
         "python -m sid evaluate <study>/runs/<trial_id> --repeats 5" in text
+
+
+def test_a_sweep_of_another_field_is_reported_on_that_field(tmp_path):
+    study = write_study(tmp_path, {(v, s): [800.0, 40.0 + v + s, 30.0 + v + s] for v in (1.5, 2.5) for s in (0, 1)},
+                        field="sigma_init")
+    path, verdict = report.build([study], tmp_path / "report")  # --x alpha, the default, does not vary here
+    text = path.read_text()
+    assert "- swept: σ_init = 1.5, 2.5" in text and "| σ_init = 1.5 vs 2.5 |" in text
+    assert "Best configuration" not in verdict  # a sweep with seeds, not a search
