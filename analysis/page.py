@@ -2,7 +2,7 @@
 a copied file shows everything; nothing is fetched), every text escaped.
 
 It converts the subset of Markdown that analysis/report.py writes: headings, lists, tables, images on their own
-line, paragraphs, **bold**, *italic* and the backslash escapes of common.md_text.
+line, paragraphs, **bold**, *italic*, `code` and the backslash escapes of common.md_text.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ def data_uri(path: Path) -> str | None:
 
 
 def inline(text: str) -> str:
-    """One line of Markdown as escaped HTML: escapes (\\| ...) kept literal, **bold** and *italic* marked up."""
+    """One line of Markdown as escaped HTML: escapes (\\| ...) kept literal, **bold**, *italic* and `code` marked
+    up."""
     kept: list[str] = []
 
     def keep(m: re.Match) -> str:
@@ -38,6 +39,7 @@ def inline(text: str) -> str:
         return f"\x00{len(kept) - 1}\x00"
 
     text = html.escape(_ESCAPED.sub(keep, text), quote=False)
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
     text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
     text = re.sub(r"(?<![*\w])\*([^*]+)\*(?![*\w])", r"<em>\1</em>", text)
     return re.sub("\x00(\\d+)\x00", lambda m: html.escape(kept[int(m[1])], quote=False), text)

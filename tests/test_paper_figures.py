@@ -134,3 +134,5 @@ def test_markdown_text_from_parquet_cannot_break_the_page():
     assert "\n" not in text and "<img" not in html and "&lt;img src=x&gt;" in html
     assert page._cells(f"| {text} | 2 |") == [text, "2"]  # the escaped '|' does not split a cell
     assert "<em>" not in html and "*c*" in html and "[l](http://x)" in html
+    assert page.inline("run `sid evaluate <run>` **now**") == \
+        "run <code>sid evaluate &lt;run&gt;</code> <strong>now</strong>"
