@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import ablation, common, compare, decay_rate, fid_vs_images, hpo_report, page, rescore
+from analysis import ablation, common, compare, decay_rate, fid_vs_images, hpo_report, page, rescore, searches
 from sid.config import FD_STD_METHOD
 
 REPORT = "report"  # file name of the report, without extension
@@ -206,7 +206,7 @@ def build(study: Sequence[str | Path], out: str | Path, *, x: str = "alpha", tea
     trials, _ = common.select_metric(trials, detector, fid_images)
     if x not in trials.columns:
         raise common.AnalysisError(f"--x {x!r} is not a results column")
-    varying = hpo_report.searched(trials)
+    varying = searches.searched(trials)
     if x not in varying and len(varying) == 1:  # a sweep of another field (sigma_init_sweep.py): compare that
         x = varying[0]
     out = Path(out)
@@ -214,7 +214,7 @@ def build(study: Sequence[str | Path], out: str | Path, *, x: str = "alpha", tea
     formats = tuple(dict.fromkeys(("png", *formats)))  # the pages show the PNGs
     title = common.title_for(study, trials, x, title)
     names = ", ".join(sorted(common.md_text(s) or "single run" for s in trials["study"].unique()))
-    if hpo_report.is_search(study, trials, x):
+    if searches.is_search(study, trials, x):
         return _build_search(study, out, evals, trials, x, metric, title, names, width, formats)
     common.save(fid_vs_images.plot(evals, trials, hue=x, teacher_fid=teacher_fid, width=width, title=title), out,
                 "fid_vs_images", formats)
@@ -265,14 +265,14 @@ def _build_search(study, out, evals, trials, x, metric, title, names, width, for
     """The report of an Optuna search: best configuration with every searched field, top trials, the figures."""
     if trials["study"].nunique() > 1:
         raise common.AnalysisError(f"several searches ({names}): report one at a time")
-    found = hpo_report.search(study, trials, evals)
-    warning = hpo_report.importance_warning(found)
+    found = searches.search(study, trials, evals)
+    warning = searches.importance_warning(found)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     common.save(hpo_report.plot(trials, found=found, width=width, title=title), out, "hpo_report", formats)
     common.save(fid_vs_images.plot(evals, trials, hue=x, width=width, title=title), out, "fid_vs_images", formats)
-    best = hpo_report.best_configuration(found)
-    verdict = (f"**Best configuration found: {hpo_report.configuration_text(best, found.params)}** (best "
+    best = searches.best_configuration(found)
+    verdict = (f"**Best configuration found: {searches.configuration_text(best, found.params)}** (best "
                f"{best['best_fid']:.3f}, one run: no seed spread, so no ranking beyond noise is claimed)."
                if best is not None else "**No complete trial: no best configuration.**")
     flagged = common.not_converged_note(trials)

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from fixtures_results import ALPHAS, DIVERGED, ERRORED, KIMG, NAN_ROW, SEEDS, distance, row, write_results
 
-from analysis import ablation, best_table, common, fid_vs_images, hpo_report, import_official_logs
+from analysis import ablation, best_table, common, fid_vs_images, hpo_report, import_official_logs, searches
 from sid.results import read_evaluations, write_evaluations
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,7 +165,7 @@ def test_hpo_report_history_importances_and_parallel_view(hpo):
 
 def test_optuna_study_from_trials_table(hpo):
     trials = hpo[1]
-    study = hpo_report.to_optuna(trials, hpo_report.searched(trials))
+    study = searches.to_optuna(trials, searches.searched(trials))
     states = [t.state.name for t in study.trials]
     assert states.count("COMPLETE") == 9 and states.count("PRUNED") == 1  # the diverged trial, as the study tells it
     assert study.best_value == trials["best_fid"].min()

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from fixtures_results import row, trials_table
 
-from analysis import common, hpo_report, report
+from analysis import common, hpo_report, report, searches
 from sid.results import write_evaluations, write_trials
 
 KIMG = (0.0, 2.0, 4.0, 6.0)  # the budget: 6 kimg, batch 128 -> iteration = kimg * 1000 / 128
@@ -86,21 +86,21 @@ def test_pruned_trials_stay_pruned_when_read_from_the_storage(tmp_path, storage)
             "recorded sqlite": f"sqlite:///{tmp_path / 'hpo.db'}"}[storage]
     write_hpo(folder, storage=spec, trials_file=False)  # an interrupted study: its rows say nothing of stops
     evals, trials = common.load([folder])
-    found = hpo_report.search([folder], trials, evals)
-    assert found.source != hpo_report.REBUILT and found.params == ["alpha", "lr"]
+    found = searches.search([folder], trials, evals)
+    assert found.source != searches.REBUILT and found.params == ["alpha", "lr"]
     states = found.trials.set_index("trial_id")["optuna_state"]
     assert states[[f"t{i}" for i in range(len(TRIALS))]].tolist() == [STATES[e] for *_, e in TRIALS]
     assert states["optuna #5"] == "FAIL"  # the orphan appears, with no value
-    best = hpo_report.best_configuration(found)
+    best = searches.best_configuration(found)
     assert best["trial_id"] == "t1" and best["best_fid"] == 21.0  # not the diverged t3 (18.0) nor any pruned one
-    assert list(hpo_report.complete(found)["trial_id"]) == ["t1", "t0", "t4"]
+    assert list(searches.complete(found)["trial_id"]) == ["t1", "t0", "t4"]
 
 
 def test_without_a_storage_the_rebuild_tells_stopped_trials_as_pruned(tmp_path):
     write_hpo(tmp_path / "hpo", storage=None)
     evals, trials = common.load([tmp_path / "hpo"])
-    found = hpo_report.search([tmp_path / "hpo"], trials, evals)
-    assert found.source == hpo_report.REBUILT
+    found = searches.search([tmp_path / "hpo"], trials, evals)
+    assert found.source == searches.REBUILT
     by_id = {t.user_attrs["trial_id"]: t for t in found.study.trials}
     assert [by_id[f"t{i}"].state.name for i in range(len(TRIALS))] == [STATES[e] for *_, e in TRIALS]
     step = {kimg: round(kimg * 1000 / 128) for kimg in KIMG}
@@ -145,6 +145,6 @@ def test_an_unreadable_storage_falls_back_and_says_why(tmp_path):
     write_hpo(folder, storage=None)
     (folder / "optuna.journal").write_bytes(b'{"op_code": 0, "worker_id": "x", "study_name": "hpo"\n not json\n')
     evals, trials = common.load([folder])
-    found = hpo_report.search([folder], trials, evals)
-    assert found.source.startswith(hpo_report.REBUILT) and "could not be read" in found.source
+    found = searches.search([folder], trials, evals)
+    assert found.source.startswith(searches.REBUILT) and "could not be read" in found.source
     assert found.trials.set_index("trial_id").loc["t2", "optuna_state"] == "PRUNED"
