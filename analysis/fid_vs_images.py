@@ -132,8 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     def body(args: argparse.Namespace) -> None:
         evals, trials = common.load(args.studies)
-        fig = plot(evals, trials, hue=args.hue, teacher_fid=args.teacher_fid, unit=args.unit, detector=args.detector,
-                   fid_images=args.fid_images, width=args.width,
+        fig = plot(evals, trials, hue=args.hue, teacher_fid=args.teacher_fid, unit=args.unit,
+                   detector=args.detector, fid_images=args.fid_images, width=args.width,
                    title=common.title_for(args.studies, trials, args.hue, args.title))
         common.save(fig, args.out, args.name, args.format)
 

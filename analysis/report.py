@@ -310,8 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     def body(args: argparse.Namespace) -> None:
-        path, verdict = build(args.studies, args.out, x=args.x, teacher_fid=args.teacher_fid, detector=args.detector,
-                              fid_images=args.fid_images, title=args.title, width=args.width, formats=args.format)
+        path, verdict = build(args.studies, args.out, x=args.x, teacher_fid=args.teacher_fid,
+                              detector=args.detector, fid_images=args.fid_images, title=args.title,
+                              width=args.width, formats=args.format)
         print(f"report: {path} (and {path.with_suffix('.html')})\nverdict: {verdict}")
 
     common.cli(build_parser(), body, argv)
