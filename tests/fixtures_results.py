@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import matplotlib.image
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from sid.results import write_evaluations, write_trials
 
@@ -149,7 +149,7 @@ def write_study(root: Path, curves: dict[tuple[float, int], Sequence[float]], *,
             rgb = np.zeros((16, 16, 3), np.uint8)
             rgb[..., 0] = int(alpha * 100) % 256
             rgb[..., 1] = seed * 40 % 256
-            matplotlib.image.imsave(grid, rgb)
+            Image.fromarray(rgb).save(grid)
     evals = pd.DataFrame(rows)
     for trial, g in evals.groupby("trial_id"):
         write_evaluations(folder / "evaluations" / f"{trial}.parquet", g)
