@@ -363,8 +363,7 @@ def description(paths: Sequence[str | Path]) -> str | None:
 def auto_title(trials: pd.DataFrame, x: str | None = None) -> str:
     """A figure title that says what the data are: the swept values (or the searched fields), seeds, preset and
     budget, e.g. 'α = 0.5, 1.0, 1.2 × 3 seeds · digits-study · 9.6 kimg per trial'."""
-    frame = trials.dropna(subset=["best_kimg", "last_kimg"], how="all") if "last_kimg" in trials else trials
-    frame = frame if len(frame) else trials
+    frame = trials
     varying = [c for c in SWEEPABLE if c in frame and frame[c].nunique(dropna=True) > 1]
     parts = []
     seeds = int(frame["seed"].nunique()) if "seed" in frame else 1
