@@ -59,7 +59,7 @@ def test_not_converged_in_table_figure_and_report(tmp_path):
     assert len(rings.get_offsets()) == 3
     legend = " ".join(t.get_text() for t in ax.figure.legends[0].get_texts())
     assert "not converged (best at the last evaluation): 3 of 4" in legend
-    path, _ = report.build([study], tmp_path / "report")
+    path, _ = report.build([study], tmp_path / "report", formats=("png",))
     text = path.read_text()
     assert "Not converged: 3 of 4 trials not converged (best FD at the last evaluation" in text
     assert "| 1 of 2 |" in text and "| 2 of 2 |" in text  # the column, per value
@@ -185,7 +185,7 @@ def test_rescored_generators_appear_beside_the_training_time_best(tmp_path):
                         fid_std=1.5)
     run = study / "runs" / "a1.0-s0"
     append_scores(run / "scores.parquet", score_rows([27.0, 28.5, 26.9, 27.6], source=str(run)))
-    path, _ = report.build([study], tmp_path / "report")
+    path, _ = report.build([study], tmp_path / "report", formats=("png",))
     text = path.read_text()
     fids = np.array([27.0, 28.5, 26.9, 27.6])
     lo, hi = stats.t.interval(0.95, 3, loc=fids.mean(), scale=stats.sem(fids))
@@ -198,7 +198,7 @@ def test_rescored_generators_appear_beside_the_training_time_best(tmp_path):
 
 def test_without_a_rescore_the_report_names_the_winners_curse(tmp_path):
     study = write_study(tmp_path, {(1.0, 0): [800.0, 40.0, 30.0], (1.2, 0): [800.0, 45.0, 33.0]})
-    path, _ = report.build([study], tmp_path / "report")
+    path, _ = report.build([study], tmp_path / "report", formats=("png",))
     text = path.read_text()
     assert re.search(r"No re-scored generator was found .*minimum over 3 noisy evaluations per trial, so it is biased "
                      r"low \(the winner's curse\)", text)
@@ -209,7 +209,8 @@ def test_without_a_rescore_the_report_names_the_winners_curse(tmp_path):
 def test_a_sweep_of_another_field_is_reported_on_that_field(tmp_path):
     study = write_study(tmp_path, {(v, s): [800.0, 40.0 + v + s, 30.0 + v + s] for v in (1.5, 2.5) for s in (0, 1)},
                         field="sigma_init")
-    path, verdict = report.build([study], tmp_path / "report")  # --x alpha, the default, does not vary here
+    # --x alpha, the default, does not vary here
+    path, verdict = report.build([study], tmp_path / "report", formats=("png",))
     text = path.read_text()
     assert "- swept: σ_init = 1.5, 2.5" in text and "| σ_init = 1.5 vs 2.5 |" in text
     assert "Best configuration" not in verdict  # a sweep with seeds, not a search
