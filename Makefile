@@ -29,7 +29,7 @@ lock:
 		-o requirements.lock
 
 # The default study; a second `make demo` resumes it (or, when finished, prints its table again). It ends with the
-# study report's path and its recommendation.
+# study report's path and its verdict.
 demo: setup
 	$(PY) studies/alpha_sweep.py $(if $(wildcard $(DEMO)/tuner.pkl),--resume,)
 	$(MAKE) figures
@@ -40,6 +40,7 @@ figures: setup
 	$(PY) analysis/ablation.py $(DEMO) --x alpha --out figures
 	$(PY) analysis/best_table.py $(DEMO) --out figures
 	$(PY) analysis/compare.py $(DEMO) --x alpha --out figures
+	$(PY) analysis/decay_rate.py $(DEMO) --x alpha --out figures
 
 test: setup
 	$(VENV)/bin/ruff check .

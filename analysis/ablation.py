@@ -4,7 +4,8 @@
 One point per trial, coloured by alpha; a black line with error bars gives the mean and min-max over the trials
 at each value (seeds), drawn when some value has repeats. A trial that diverged or failed is never dropped: with
 a finite value it is drawn as a cross, without one (`--stat final` of a diverged run, a trial that failed before
-any finite evaluation) as a red triangle pinned to the top of the axis.
+any finite evaluation) as a red triangle pinned to the top of the axis. A trial that is not converged (its best
+is at its last evaluation: common.not_converged) gets a black ring, counted in the legend.
 
   python analysis/ablation.py results/alpha_sweep --x alpha --stat best --out figures
 """
@@ -27,9 +28,11 @@ TOP = 0.965  # axes fraction where trials without a finite value are pinned
 
 
 def plot(trials: pd.DataFrame, *, x: str = "alpha", stat: str = "best", detector: str | None = None,
-         fid_images: int | None = None, colours: dict | None = None) -> plt.Figure:
+         fid_images: int | None = None, colours: dict | None = None, width: float | None = None,
+         title: str | None = None) -> plt.Figure:
     """The figure. Finite trial points carry gid 'trials', trials without a finite value gid 'no-value', the
-    mean line gid 'mean'."""
+    mean line gid 'mean', rings around not-converged trials gid 'not-converged'. `title` defaults to
+    common.auto_title()."""
     if stat not in ("best", "final"):
         raise common.AnalysisError(f"--stat must be best or final, got {stat!r}")
     colours = colours or common.palette(trials["alpha"])
@@ -37,8 +40,8 @@ def plot(trials: pd.DataFrame, *, x: str = "alpha", stat: str = "best", detector
     data = data.assign(value=data[f"{stat}_fid"])
     ok, missing = data[np.isfinite(data["value"])], data[~np.isfinite(data["value"])]
 
-    common.style()
-    fig, ax = plt.subplots(figsize=(7.2, 4.4))
+    common.style(width)
+    fig, ax = common.figure((7.2, 4.4), width)
     repeats = bool(len(ok)) and ok.groupby(x).size().max() > 1
     if repeats:
         sns.lineplot(data=ok, x=x, y="value", errorbar=common.SPREAD, err_style="bars", color="0.15", marker="s",
@@ -49,6 +52,10 @@ def plot(trials: pd.DataFrame, *, x: str = "alpha", stat: str = "best", detector
                         markers={False: "o", True: "X"}, s=70, edgecolor="white", linewidth=0.6, alpha=0.9,
                         legend=False, ax=ax, zorder=3)
         ax.collections[-1].set_gid("trials")
+    flagged = ok[common.not_converged(ok)] if len(ok) else ok
+    if len(flagged):
+        ax.scatter(flagged[x], flagged["value"], s=150, facecolor="none", edgecolor="0.1", linewidth=1.0, zorder=4,
+                   gid="not-converged")
     if x in common.LOG_PARAMS:
         ax.set_xscale("log")
     else:
@@ -79,12 +86,15 @@ def plot(trials: pd.DataFrame, *, x: str = "alpha", stat: str = "best", detector
     if len(missing):
         handles.append(Line2D([], [], marker="v", linestyle="", color="crimson", markeredgecolor="black",
                               markersize=9, label="no finite value (diverged or failed)"))
-    ax.set_title(", ".join(s or "single run" for s in sorted(data["study"].unique())), fontsize="medium")
+    if len(flagged):
+        handles.append(Line2D([], [], marker="o", linestyle="", markerfacecolor="none", markeredgecolor="0.1",
+                              markersize=11, label=f"not converged (best at the last evaluation): {len(flagged)} "
+                                                   f"of {len(data)}"))
+    ax.set_title(title if title is not None else common.auto_title(data, x), fontsize="medium")
     # Under the axes: the data (and pinned markers) can fill every corner inside them.
     if handles:  # none for one seed per alpha with nothing diverged: the colours are the x axis
-        ax.legend(handles=handles, fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.17),
-                  ncol=min(len(handles), 3), frameon=False)
-    fig.tight_layout()
+        fig.legend(handles=handles, fontsize="small", loc="outside lower center",
+                   ncol=1 if width and width < 5 else min(len(handles), 2), frameon=False)
     return fig
 
 
@@ -100,8 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     def body(args: argparse.Namespace) -> None:
         _, trials = common.load(args.studies)
-        fig = plot(trials, x=args.x, stat=args.stat, detector=args.fid_detector, fid_images=args.fid_images)
-        common.save(fig, args.out, args.name or f"ablation_{args.x}_{args.stat}")
+        fig = plot(trials, x=args.x, stat=args.stat, detector=args.fid_detector, fid_images=args.fid_images,
+                   width=args.width, title=common.title_for(args.studies, trials, args.x, args.title))
+        common.save(fig, args.out, args.name or f"ablation_{args.x}_{args.stat}", args.format)
 
     common.cli(build_parser(), body, argv)
 

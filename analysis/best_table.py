@@ -4,8 +4,9 @@ per dataset, mean +- std, alpha = 1.0 and 1.2, teacher and competitors beside th
 A setting is one study's config without the seed. Per setting: the best FID of each seed's run, mean +- sample
 std over the seeds that reached a finite value (the paper's +- is over 10 evaluations of one generator, which is
 a different spread), how many runs, how many diverged and how many have no finite value, the kimg where the best
-was reached (a range when seeds differ) and device-hours per run. Only config columns that differ between rows
-are shown; the others are listed under the table. The best setting of each study is bold.
+was reached (a range when seeds differ), how many runs are not converged (their best is at their last evaluation:
+the budget ended before the curve flattened, common.not_converged) and device-hours per run. Only config columns
+that differ between rows are shown; the others are listed under the table. The best setting of each study is bold.
 
   python analysis/best_table.py results/alpha_sweep results/hpo --out figures
 """
@@ -27,7 +28,8 @@ SHOWN_ALWAYS = ("study", "alpha")
 
 def table(trials: pd.DataFrame) -> pd.DataFrame:
     """One row per setting with numeric columns: runs, diverged, seeds_finite, best_mean, best_std,
-    best_kimg_min/max (over seeds), device_hours (mean per run), metric (axis label); sorted by study, best_mean."""
+    best_kimg_min/max (over seeds), not_converged (runs), device_hours (mean per run), metric (axis label); sorted by
+    study, best_mean."""
     rows = []
     for key, g in trials.groupby(common.SETTING, dropna=False, sort=False):
         best = g["best_fid"][np.isfinite(g["best_fid"])]
@@ -36,6 +38,7 @@ def table(trials: pd.DataFrame) -> pd.DataFrame:
                      "best_std": best.std(ddof=1) if len(best) > 1 else math.nan,
                      "best_kimg_min": g.loc[best.index, "best_kimg"].min() if len(best) else math.nan,
                      "best_kimg_max": g.loc[best.index, "best_kimg"].max() if len(best) else math.nan,
+                     "not_converged": int(common.not_converged(g).sum()),
                      "device_hours": g["device_hours"].mean(),
                      "metric": common.metric_label(key[-2], key[-1])})
     out = pd.DataFrame(rows).sort_values(["study", "best_mean"], na_position="last")
@@ -50,7 +53,7 @@ def _layout(frame: pd.DataFrame) -> tuple[list[str], list[list[str]], list[bool]
     metrics = frame["metric"].unique()
     best_head = f"best {metrics[0]}" if len(metrics) == 1 else "best"
     header = [common.short(c) for c in varying] + ([] if len(metrics) == 1 else ["metric"]) + [
-        best_head, "runs", "diverged", "no value", "kimg at best", "device-h / run"]
+        best_head, "runs", "diverged", "no value", "kimg at best", "not converged", "device-h / run"]
     cells = []
     for _, r in frame.iterrows():
         spread = "" if math.isnan(r["best_std"]) else f" ± {r['best_std']:.3f}"
@@ -58,11 +61,15 @@ def _layout(frame: pd.DataFrame) -> tuple[list[str], list[list[str]], list[bool]
         cells.append([common.fmt(r[c]) or "(single run)" for c in varying]
                      + ([] if len(metrics) == 1 else [r["metric"]])
                      + [best, str(r["runs"]), str(r["diverged"]), str(r["runs"] - r["seeds_finite"]),
-                        _kimg(r["best_kimg_min"], r["best_kimg_max"]),
+                        _kimg(r["best_kimg_min"], r["best_kimg_max"]), str(r["not_converged"]),
                         "—" if math.isnan(r["device_hours"]) else f"{r['device_hours']:.3g}"])
     firsts = frame.groupby("study", sort=False)["best_mean"].transform("min")
     bold = list((frame["best_mean"] == firsts).to_numpy())
-    return header, cells, bold, "settings shared by all rows: " + (", ".join(shared) or "none")
+    note = "settings shared by all rows: " + (", ".join(shared) or "none")
+    if frame["not_converged"].sum():
+        note += (f". not converged: runs with their {common.NOT_CONVERGED} ({int(frame['not_converged'].sum())} of "
+                 f"{int(frame['runs'].sum())})")
+    return header, cells, bold, note
 
 
 def _kimg(lo: float, hi: float) -> str:
@@ -92,7 +99,7 @@ def _tex(text: str) -> str:
 def to_latex(frame: pd.DataFrame) -> str:
     header, cells, bold, note = _layout(frame)
     best_col = next(i for i, h in enumerate(header) if h.startswith("best"))
-    lines = [r"\begin{tabular}{" + "l" * (len(header) - 6) + "rrrrrr}", r"\toprule",
+    lines = [r"\begin{tabular}{" + "l" * (len(header) - 7) + "rrrrrrr}", r"\toprule",
              " & ".join(_tex(h) for h in header) + r" \\", r"\midrule"]
     for row, b in zip(cells, bold):
         row = [rf"\textbf{{{_tex(v)}}}" if b and i == best_col else _tex(v) for i, v in enumerate(row)]
@@ -102,7 +109,7 @@ def to_latex(frame: pd.DataFrame) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = common.parser(__doc__)
+    p = common.parser(__doc__, figure=False)  # tables: no title, width or image format
     p.add_argument("--name", default="best_table", help="output file name without extension (.md and .tex)")
     p.add_argument("--top", type=int, default=0, help="keep the N best settings of each study (0 = all)")
     return p

@@ -1,11 +1,14 @@
-"""Report of an Optuna hyperparameter study: search history with best-so-far, parameter importances (Optuna's
-fANOVA) and a parallel-coordinates view. The SiD paper has no such figure: it backs the paper's appendix
-ablations (alpha, sigma_init, learning rates) with a search instead of a grid.
+"""Report of an Optuna hyperparameter study: the best configuration with every searched field, the top trials, the
+search history with best-so-far, parameter importances (Optuna's fANOVA) and a parallel-coordinates view. The SiD
+paper has no such figure: it backs the paper's appendix ablations (alpha, sigma_init, learning rates) with a search
+instead of a grid.
 
-The trials table is loaded into an in-memory Optuna study (create_trial + add_trials) with each trial's best FID
-as the objective, as the studies report it to Optuna. Trials without a finite value (diverged, failed) become
-FAIL trials: they appear in the history as red triangles and in the parallel view as grey dashed lines. One figure
-per study: hpo_report_<study>.png/pdf.
+The Optuna study is read from the study's own storage where one exists, so a trial the study pruned (stopped early
+or diverged: its value is not a result at full budget) stays pruned; without one it is rebuilt as the study tells
+Optuna (analysis/searches.py). Only COMPLETE trials rank and enter the importances; importances from fewer than 10
+complete trials are flagged as unreliable (in the figure, the Markdown and on stderr). Trials without a finite value
+appear in the history as red triangles and in the parallel view as grey dashed lines. Per study:
+hpo_report_<study>.<format> and hpo_report_<study>.md (the best configuration and the top trials).
 
   python analysis/hpo_report.py results/hpo --out figures
 """
@@ -14,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -27,61 +32,67 @@ from matplotlib.lines import Line2D
 from matplotlib.transforms import blended_transform_factory
 
 from analysis import common
+from analysis.searches import (
+    MIN_IMPORTANCE_TRIALS,
+    REBUILT,
+    Search,
+    best_configuration,
+    complete,
+    configuration_text,
+    importance_warning,
+    importances,
+    search,
+)
 
-CATEGORICAL = ("precision",)
-SEARCHABLE = (*common.SWEEPABLE, *CATEGORICAL)  # what an imported or hand-made study may vary
-
-
-def searched(trials: pd.DataFrame) -> list[str]:
-    """The hyperparameters that vary over the study's trials."""
-    return [p for p in SEARCHABLE if p in trials and trials[p].nunique(dropna=True) > 1]
-
-
-def to_optuna(trials: pd.DataFrame, params: Sequence[str], name: str = "study") -> optuna.Study:
-    """An in-memory Optuna study holding the trials (objective: best_fid, minimised), in the given row order."""
-    dists: dict[str, optuna.distributions.BaseDistribution] = {}
-    for p in params:
-        values = trials[p].dropna()
-        if p in CATEGORICAL:
-            dists[p] = optuna.distributions.CategoricalDistribution(sorted(values.unique()))
-        elif pd.api.types.is_integer_dtype(values):
-            dists[p] = optuna.distributions.IntDistribution(int(values.min()), int(values.max()))
-        else:
-            log = p in common.LOG_PARAMS and values.min() > 0
-            dists[p] = optuna.distributions.FloatDistribution(float(values.min()), float(values.max()), log=log)
-    study = optuna.create_study(study_name=name, direction="minimize", storage=optuna.storages.InMemoryStorage())
-    made = []
-    for _, r in trials.iterrows():
-        params_ = {p: (r[p] if p in CATEGORICAL else dists[p].to_external_repr(float(r[p]))) for p in params}
-        finite = math.isfinite(r["best_fid"])
-        made.append(optuna.trial.create_trial(
-            params=params_, distributions=dists, value=float(r["best_fid"]) if finite else None,
-            state=optuna.trial.TrialState.COMPLETE if finite else optuna.trial.TrialState.FAIL,
-            user_attrs={"trial_id": r["trial_id"]}))
-    study.add_trials(made)
-    return study
+TOP = 5  # trials in the top-k table
 
 
-def importances(study: optuna.Study) -> dict[str, float]:
-    """fANOVA importances (seeded, so the figure is reproducible); empty when they cannot be estimated."""
-    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-    if len(complete) < 2 or not complete[0].params:
-        return {}
-    return optuna.importance.get_param_importances(
-        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+def to_markdown(s: Search, label: str, top: int = TOP) -> str:
+    """The best configuration with every searched field, the top trials, the states and the importance caveat."""
+    best = best_configuration(s)
+    counts = s.trials["optuna_state"].value_counts()
+    states = ", ".join(f"{n} {k.lower()}" for k, n in counts.items())
+    lines = []
+    if best is None:
+        lines.append(f"No complete trial: no best configuration ({states}).")
+    else:
+        lines.append(f"Best configuration ({len(s.params)} searched field{'s' * (len(s.params) != 1)}): "
+                     f"{configuration_text(best, s.params)}: best {label} {best['best_fid']:.3f} "
+                     f"(trial {common.md_text(best['trial_id'])}, one run: no seed spread).")
+    source = s.source if s.source.startswith(REBUILT) else f"read from {s.source}"
+    lines += ["", f"Trials: {len(s.trials)} ({states}); Optuna states {common.md_text(source)}. Only complete trials "
+                  f"(run to the end of the budget) rank; a pruned trial's value is at a smaller budget.", ""]
+    done = complete(s).head(top)
+    if len(done):
+        header = ["rank", "trial", *[common.short(p) for p in s.params], f"best {label}", "kimg at best",
+                  "not converged"]
+        lines += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        for rank, (_, r) in enumerate(done.iterrows(), 1):
+            flag = "yes" if bool(r.get("not_converged", False)) else "no"
+            lines.append(f"| {rank} | {common.md_text(r['trial_id'])} | "
+                         + " | ".join(common.fmt(r[p]) for p in s.params)
+                         + f" | {r['best_fid']:.3f} | {r.get('best_kimg', math.nan):g} | {flag} |")
+        lines.append(f"\nTop {len(done)} complete trials by best {label}.")
+    warning = importance_warning(s)
+    if warning:
+        lines.append(f"\n**Warning: {warning}.**")
+    return "\n".join(lines) + "\n"
 
 
 def _history(ax: plt.Axes, trials: pd.DataFrame, label: str) -> None:
     number = np.arange(1, len(trials) + 1)
     value = trials["best_fid"].to_numpy(dtype=float)
     finite = np.isfinite(value)
-    diverged = trials["diverged"].to_numpy(dtype=bool)
-    sns.scatterplot(x=number[finite], y=value[finite], color="0.35", s=45, ax=ax, zorder=3,
-                    style=np.where(diverged[finite], "diverged later", "trial"),
-                    markers={"trial": "o", "diverged later": "X"})
+    state = trials["optuna_state"].to_numpy()
+    kind = np.where(trials["diverged"].fillna(False).to_numpy(dtype=bool), "diverged later",
+                    np.where(state == "COMPLETE", "complete", "pruned (value at a smaller budget)"))
+    markers = {"complete": "o", "diverged later": "X", "pruned (value at a smaller budget)": "s"}
+    sns.scatterplot(x=number[finite], y=value[finite], color="0.35", s=45, ax=ax, zorder=3, style=kind[finite],
+                    markers={k: v for k, v in markers.items() if k in set(kind[finite])})
     ax.collections[-1].set_gid("history")
-    best = pd.Series(value).cummin().ffill().to_numpy()
-    ax.step(number, best, where="post", color="crimson", linewidth=2, label="best so far", gid="best-so-far")
+    best = pd.Series(np.where(state == "COMPLETE", value, np.nan)).cummin().ffill().to_numpy()
+    ax.step(number, best, where="post", color="crimson", linewidth=2, label="best so far (complete)",
+            gid="best-so-far")
     ax.set_yscale("log")
     common.log_ticks(ax.yaxis)
     if (~finite).any():
@@ -98,10 +109,10 @@ def _history(ax: plt.Axes, trials: pd.DataFrame, label: str) -> None:
     ax.set_title("search history", fontsize="medium")
 
 
-def _importance(ax: plt.Axes, scores: dict[str, float]) -> None:
+def _importance(ax: plt.Axes, scores: dict[str, float], warning: str | None) -> None:
     ax.set_title("parameter importance (fANOVA)", fontsize="medium")
     if not scores:
-        ax.text(0.5, 0.5, "needs ≥ 2 completed trials\nand a searched parameter", ha="center", va="center",
+        ax.text(0.5, 0.5, "needs ≥ 2 complete trials\nand a searched parameter", ha="center", va="center",
                 transform=ax.transAxes, color="0.4")
         ax.set_axis_off()
         return
@@ -112,6 +123,9 @@ def _importance(ax: plt.Axes, scores: dict[str, float]) -> None:
     ax.set_xlim(0, 1)
     ax.set_ylabel("")
     ax.set_xlabel("share of the objective's variance")
+    if warning:
+        ax.text(0.98, 0.02, f"< {MIN_IMPORTANCE_TRIALS} complete trials:\nnot reliable", transform=ax.transAxes,
+                ha="right", va="bottom", fontsize="small", color="crimson", gid="importance-warning")
 
 
 def _scaled(column: pd.Series, log: bool) -> tuple[np.ndarray, str, str]:
@@ -171,48 +185,56 @@ def _parallel(ax: plt.Axes, trials: pd.DataFrame, params: Sequence[str], label: 
                  fontsize="medium")
 
 
-def plot(trials: pd.DataFrame, *, study: str | None = None) -> plt.Figure:
-    """The report of one study (`study` may be omitted when the trials hold only one). Artists carry gids:
-    'history', 'best-so-far', 'failed', 'importance' (bars), 'parallel', 'parallel-failed'."""
-    names = sorted(trials["study"].unique())
-    if study is None and len(names) > 1:
-        raise common.AnalysisError(f"trials of several studies ({', '.join(names)}): choose one")
-    study = names[0] if study is None else study
-    trials = trials[trials["study"] == study]
-    if trials.empty:
-        raise common.AnalysisError(f"no trials of study {study!r}")
-    trials, label = common.select_metric(trials, None, None)
-    trials = trials.sort_values(["first_written", "trial_id"]).reset_index(drop=True)
-    params = searched(trials)
+def plot(trials: pd.DataFrame, *, study: str | None = None, found: Search | None = None, width: float | None = None,
+         title: str | None = None) -> plt.Figure:
+    """The report of one study (`study` may be omitted when the trials hold only one; `found` is its search(),
+    rebuilt from `trials` when omitted). Artists carry gids: 'history', 'best-so-far', 'failed', 'importance'
+    (bars), 'importance-warning', 'parallel', 'parallel-failed'."""
+    found = found or search([], trials, name=study)
+    _, label = common.select_metric(found.trials.dropna(subset=["fid_detector"]), None, None)
+    rows = found.trials.assign(diverged=found.trials.get("diverged", False))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    scores = importances(to_optuna(trials, params, study)) if params else {}
+    scores = importances(found.study) if found.params else {}
 
-    common.style()
-    fig = plt.figure(figsize=(13, 8.8))
-    grid = fig.add_gridspec(2, 2, height_ratios=(1, 1.05), width_ratios=(1.5, 1), hspace=0.45, wspace=0.2)
-    _history(fig.add_subplot(grid[0, 0]), trials, label)
-    _importance(fig.add_subplot(grid[0, 1]), scores)
-    if params:
-        _parallel(fig.add_subplot(grid[1, :]), trials, params, label)
-    failed = int((~np.isfinite(trials["best_fid"])).sum())
-    best = trials.loc[trials["best_fid"].idxmin()] if failed < len(trials) else None
-    summary = f"{study or 'single run'}: {len(trials)} trial{'s' * (len(trials) > 1)}, {failed} without a finite value"
+    common.style(width)
+    fig = plt.figure(figsize=(13, 8.8) if width is None else (width, width * 8.8 / 13), layout="constrained")
+    grid = fig.add_gridspec(2, 2, height_ratios=(1, 1.05), width_ratios=(1.5, 1))
+    _history(fig.add_subplot(grid[0, 0]), rows, label)
+    _importance(fig.add_subplot(grid[0, 1]), scores, importance_warning(found))
+    if found.params:
+        _parallel(fig.add_subplot(grid[1, :]), rows, found.params, label)
+    best = best_configuration(found)
+    failed = int((~np.isfinite(rows["best_fid"].astype(float))).sum())
+    done = int((rows["optuna_state"] == "COMPLETE").sum())
+    summary = (f"{len(rows)} trial{'s' * (len(rows) > 1)}: {done} complete, {failed} without a finite value")
     if best is not None:
-        summary += f", best {best['best_fid']:.3f} ({best['trial_id']})"
-    fig.suptitle(summary, fontsize="large")
+        summary += f"; best {best['best_fid']:.3f}: {configuration_text(best, found.params)}"
+    fig.suptitle(f"{title or found.name or 'single run'}\n{summary}", fontsize="medium")
     return fig
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return common.parser(__doc__)
+    p = common.parser(__doc__)
+    p.add_argument("--top", type=int, default=TOP, help=f"trials in the top-k table (default {TOP})")
+    return p
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     def body(args: argparse.Namespace) -> None:
-        _, trials = common.load(args.studies)
-        trials, _ = common.select_metric(trials, args.fid_detector, args.fid_images)
-        for study in sorted(trials["study"].unique()):
-            common.save(plot(trials, study=study), args.out, f"hpo_report_{study or 'run'}")
+        evals, trials = common.load(args.studies)
+        trials, label = common.select_metric(trials, args.fid_detector, args.fid_images)
+        out = Path(args.out)
+        for name in sorted(trials["study"].unique()):
+            found = search(args.studies, trials, evals, name)
+            warning = importance_warning(found)
+            if warning:
+                print(f"warning: {warning}", file=sys.stderr)
+            title = args.title or common.description(args.studies) or name
+            common.save(plot(trials, found=found, width=args.width, title=title), out,
+                        f"hpo_report_{name or 'run'}", args.format)
+            md = f"# {common.md_text(title)}\n\n" + to_markdown(found, label, args.top)
+            (out / f"hpo_report_{name or 'run'}.md").write_text(md)
+            print(md)
 
     common.cli(build_parser(), body, argv)
 

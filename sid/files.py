@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Callable, Iterator
@@ -85,6 +86,12 @@ def snapshot_name(kimg: float) -> str:
 def samples_name(iteration: int) -> str:
     """'samples-0000050.png': the sample grid of the evaluation after `iteration`."""
     return f"samples-{iteration:07d}.png"
+
+
+def samples_iteration(name: str) -> int | None:
+    """The iteration of a sample grid's file name (samples_name's inverse); None for any other name."""
+    m = re.fullmatch(r"samples-(\d+)\.png", name)
+    return int(m[1]) if m else None
 
 
 def phema_name(sigma_rel: float, kimg: float) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import ablation, best_table, common, fid_vs_images, hpo_report, import_official_logs
+from analysis import ablation, best_table, common, fid_vs_images, hpo_report, import_official_logs, searches
 from sid.results import read_evaluations, write_evaluations
 from sid.testing.results import ALPHAS, DIVERGED, ERRORED, KIMG, NAN_ROW, SEEDS, distance, row, write_results
 
@@ -165,9 +165,9 @@ def test_hpo_report_history_importances_and_parallel_view(hpo):
 
 def test_optuna_study_from_trials_table(hpo):
     trials = hpo[1]
-    study = hpo_report.to_optuna(trials, hpo_report.searched(trials))
+    study = searches.to_optuna(trials, searches.searched(trials))
     states = [t.state.name for t in study.trials]
-    assert states.count("COMPLETE") == 9 and states.count("FAIL") == 1
+    assert states.count("COMPLETE") == 9 and states.count("PRUNED") == 1  # the diverged trial, as the study tells it
     assert study.best_value == trials["best_fid"].min()
     assert set(study.best_params) == {"alpha", "lr", "glr"}
     assert study.best_params["lr"] == trials.loc[trials["best_fid"].idxmin(), "lr"]
@@ -205,8 +205,10 @@ def test_script_writes_valid_non_blank_files(results, tmp_path, name):
     if name == "best_table":
         assert [f.suffix for f in files] == [".md", ".tex"] and "|---|" in files[0].read_text()
         return
-    assert sorted(f.suffix for f in files) == [".pdf", ".png"]
-    for f in files:
+    tables = [f for f in files if f.suffix == ".md"]
+    assert sorted(f.suffix for f in files if f not in tables) == [".pdf", ".png"]
+    assert [f.name for f in tables] == (["hpo_report_hpo.md"] if name == "hpo_report" else [])
+    for f in (f for f in files if f not in tables):
         data = f.read_bytes()
         if f.suffix == ".png":
             assert data[:8] == b"\x89PNG\r\n\x1a\n"
@@ -328,7 +330,6 @@ def test_imported_run_plots_beside_ours(tmp_path):
 @pytest.mark.parametrize("name", ["ablation", "fid_vs_images", "best_table"])
 def test_one_seed_per_alpha_and_nothing_diverged_renders(tmp_path, name):
     # The shape of the default digits sweep: the ablation then has no legend entry at all.
-
     for alpha in ALPHAS:
         rows = [row("sweep", f"a{alpha}", alpha=alpha, seed=0, kimg=k, fid=distance(alpha, 0, k)) for k in KIMG]
         write_evaluations(tmp_path / "sweep" / "evaluations" / f"a{alpha}.parquet", rows)

@@ -80,19 +80,6 @@ def test_mixed_detectors_are_refused_naming_them():
         compare.compare(mixed)
 
 
-def test_recommendation_names_verdicts_against_each_value():
-    rng = np.random.default_rng(1)
-    base = rng.normal(20, 3, 5)
-    trials = synthetic_trials({0.5: list(base + 5), 1.0: list(base + rng.normal(0, 0.2, 5)),
-                               1.2: list(base + 0.05 + rng.normal(0, 0.2, 5))})
-    values = report.value_table(trials, pd.DataFrame({"study": [], "trial_id": [], "kimg": [], "fid_std": []}),
-                                "alpha")
-    text = report.recommend(values, compare.compare(trials), "alpha")
-    best = trials.groupby("alpha")["best_fid"].mean().idxmin()
-    assert text.startswith(f"α = {common.fmt(best)}: lowest mean best FD")
-    assert "better than 0.5 beyond noise" in text and "tied with" in text and compare.TEST in text
-
-
 def test_log_axis_over_a_narrow_range_has_readable_ticks():
     fig, ax = plt.subplots()
     ax.plot([1, 2], [12, 60])
@@ -128,16 +115,27 @@ def test_report_of_a_real_study(study, tmp_path, capsys):
     assert np.isfinite(evals["fid_std"]).all() and (evals["fid_std"] > 0).all()
     final = evals.sort_values("kimg").groupby("trial_id").tail(1)
     best = evals.groupby(["alpha", "seed"])["fid"].min().groupby("alpha").mean()
-    assert f"**Recommended: α = {common.fmt(best.idxmin())}: lowest mean best FD" in md
-    assert f"recommended: α = {common.fmt(best.idxmin())}" in printed and str(tmp_path / "report.md") in printed
+    verdicts = compare.best_rows(compare.compare(common.load([study])[1]))
+    assert len(verdicts) == 1  # 1.0 vs 1.2: recommended only if one is better beyond noise
+    recommended = verdicts["verdict"].iloc[0] in ("better", "worse")
+    assert ("**Recommended: α = " in md) is recommended and ("Recommended" in md) is recommended
+    if not recommended:
+        assert md.count("**Nothing is distinguishable at this budget") == 1
+        assert f"lowest mean best FD: α = {common.fmt(best.idxmin())}, not a recommendation" in md
+    first = next(line for line in md.splitlines() if line.startswith("**"))
+    assert f"verdict: {first.replace('**', '')}" in printed and str(tmp_path / "report.md") in printed
     assert "FD on digits-features-v1 (128 images)" in md and "0, 1 (2 per value)" in md
     assert "| 1.0 | 2 | " in md and "paired t-test over seeds" in md and "α = 1.0 vs 1.2 | best" in md
     median_std = final.groupby("alpha")["fid_std"].median()
-    assert f"| {median_std[1.2]:.2f} |" in md  # the sampling error beside the seed spread
+    half = stats.t.ppf(0.975, 9) * median_std[1.2]
+    assert f"| {median_std[1.2]:.2f} (±{half:.2f}) |" in md  # the sampling error and its t(9) interval
     for name in ("fid_vs_images", "ablation_alpha_best", "ablation_alpha_final", "compare"):
         assert f"]({name}.png)" in md and (tmp_path / f"{name}.png").stat().st_size > 10_000
+    assert "decay_rate.png" not in md  # two evaluations after kimg 0 make no fit
+    assert md.count("](samples_alpha_") == 2  # the runs' own last sample grids, one per value
     html = (tmp_path / "report.html").read_text()
-    assert html.count("<img ") == 4 and "<table>" in html and "<strong>Recommended:" in html
+    assert html.count("<img ") == 6 and html.count('src="data:image/png;base64,') == 6
+    assert "<table>" in html and "<strong>" in html
 
 
 def test_curves_of_a_real_study_draw_each_seed_and_the_band(study):
@@ -150,11 +148,14 @@ def test_curves_of_a_real_study_draw_each_seed_and_the_band(study):
         alpha, seed = float(line.get_gid().split(":")[1]), int(line.get_gid().split(":")[2])
         mine = evals[(evals["alpha"] == alpha) & (evals["seed"] == seed) & (evals["kimg"] > 0)].sort_values("kimg")
         np.testing.assert_allclose(line.get_ydata(), mine["fid"])
-    assert "min–max over runs; thin: single seeds" in ax.get_legend().get_title().get_text()
+    assert "min–max over runs (hatched)\nthin lines: single seeds" in ax.get_legend().get_title().get_text()
     one_seed = evals[evals["seed"] == 0]
     ax = fid_vs_images.plot(one_seed, common.summarise(one_seed)).axes[0]
     (band,) = gid(ax.collections, "sampling:1.0")
-    assert "±2 fid_std" in ax.get_legend().get_title().get_text() and not gid(ax.get_lines(), "seed:")
+    assert "±2.262 fid_std" in ax.get_legend().get_title().get_text() and not gid(ax.get_lines(), "seed:")
+    top = band.get_paths()[0].vertices[:, 1].max()
+    assert top == pytest.approx((one_seed["fid"] + stats.t.ppf(0.975, 9) * one_seed["fid_std"])[
+        one_seed["kimg"] > 0].max())
 
 
 def test_report_of_an_empty_folder_is_exit_code_2(tmp_path, capsys):
@@ -163,13 +164,3 @@ def test_report_of_an_empty_folder_is_exit_code_2(tmp_path, capsys):
         report.main([str(tmp_path / "empty"), "--out", str(tmp_path / "out")])
     assert exit_.value.code == 2 and "no evaluation rows" in capsys.readouterr().err
     assert "analysis.report" in sys.modules
-
-
-def test_a_recommendation_without_any_difference_beyond_noise_says_so():
-    rng = np.random.default_rng(2)
-    trials = synthetic_trials({0.5: list(rng.normal(20, 3, 3)), 1.0: list(rng.normal(20, 3, 3))})
-    values = report.value_table(trials, pd.DataFrame({"study": [], "trial_id": [], "kimg": [], "fid_std": []}),
-                                "alpha")
-    table = compare.compare(trials)
-    assert set(table["verdict"]) == {"within noise"}
-    assert "not better than any other value beyond noise; tied with" in report.recommend(values, table, "alpha")

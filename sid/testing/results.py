@@ -15,14 +15,16 @@ Layout written by write_results(root):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
-from sid.files import EVALUATIONS, EVALUATIONS_DIR, TRIALS_FILE
+from sid.files import CONFIG_FILE, EVALUATIONS, EVALUATIONS_DIR, RUNS_DIR, TRIALS_FILE, samples_name
 from sid.results import write_evaluations, write_trials
 
 ALPHAS = (0.5, 1.0, 1.2, 1.5)
@@ -126,3 +128,36 @@ def write_results(root: Path) -> Results:
     whole.unlink()
     return Results(root=root, alpha_sweep=root / "alpha_sweep", hpo=root / "hpo", cifar_run=root / "cifar_run",
                    cut_file=cut, evals=pd.concat([sweep, hpo, cifar], ignore_index=True))
+
+
+def write_study(root: Path, curves: dict[tuple[float, int], Sequence[float]], *, kimg: Sequence[float] | None = None,
+                name: str = "sweep", fid_std: float = 0.5, states: dict | None = None, config: str | None = None,
+                samples: bool = False, field: str = "alpha") -> Path:
+    """A study folder `root/name` shaped like a sweep of `field`: per (value, seed) one trial with the given FD curve
+    (at kimg 0, 2, 4, ... unless `kimg` says), its evaluations file and a trials table (state 'completed' unless
+    `states` gives (value, seed) -> state), optionally a config.yaml text and a sample grid in each run folder."""
+    folder = root / name
+    rows = []
+    for (alpha, seed), fids in curves.items():
+        trial = f"a{alpha}-s{seed}"
+        points = kimg if kimg is not None else [2.0 * i for i in range(len(fids))]
+        for i, (k, fid) in enumerate(zip(points, fids)):
+            rows.append(row(name, trial, alpha=1.0, seed=seed, kimg=k, fid=fid, order=i)
+                        | {"fid_std": fid_std, field: alpha})
+        if samples:
+            grid = folder / RUNS_DIR / trial / samples_name(round(points[-1] * 1000 / 128))
+            grid.parent.mkdir(parents=True, exist_ok=True)
+            rgb = np.zeros((16, 16, 3), np.uint8)
+            rgb[..., 0] = int(alpha * 100) % 256
+            rgb[..., 1] = seed * 40 % 256
+            Image.fromarray(rgb).save(grid)
+    evals = pd.DataFrame(rows)
+    for trial, g in evals.groupby("trial_id"):
+        write_evaluations(folder / EVALUATIONS_DIR / f"{trial}.parquet", g)
+    table = trials_table(evals).iloc[:-1]  # without the fixture's failed trial
+    for (alpha, seed), state in (states or {}).items():
+        table.loc[table["trial_id"] == f"a{alpha}-s{seed}", "state"] = state
+    write_trials(folder / TRIALS_FILE, table)
+    if config is not None:
+        (folder / CONFIG_FILE).write_text(config)
+    return folder
