@@ -9,12 +9,14 @@ import subprocess
 import sys
 import tomllib
 from importlib import metadata
+from pathlib import Path
 
 from packaging.markers import Marker
 from packaging.requirements import Requirement
-from shared_helpers import ROOT
 
 import sid
+
+ROOT = Path(__file__).resolve().parents[1]  # not from shared_helpers, which imports torch: these run without it
 
 
 def lock_entries() -> dict[str, tuple[str, str | None, int]]:
