@@ -12,7 +12,7 @@ setup: $(STAMP)
 
 # torch first, outside the hashed lock, so that each machine gets its build (the version: requirements-torch.txt):
 #   make setup                                                      PyTorch's CPU build (Linux; on macOS the MPS one)
-#   make setup TORCH_INDEX=https://download.pytorch.org/whl/cu128   a CUDA 12.8 build (cu126, cu130, ...: pytorch.org)
+#   make setup TORCH_INDEX=https://download.pytorch.org/whl/cu130   a CUDA 13.0 build (cu126, cu128, ...: pytorch.org)
 #   make setup TORCH_INDEX=                                         PyPI's default build (CUDA 13 on Linux x86_64)
 #   make setup TORCH=                                               keep the torch already in .venv
 # Then requirements.lock (made by `make lock`): every other package, pinned with hashes that pip checks, one lock for

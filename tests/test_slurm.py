@@ -25,10 +25,15 @@ RECIPE = ROOT / "slurm" / "sid-study.sbatch"
 # digits at 4 iterations of batch 8, evaluated at 0, 0.016 and 0.032 kimg on 256 images
 TINY_STUDY = ["--batch=8", "--batch-per-device=8", "--fid-images=256", "--duration-kimg=0.032",
               "--eval-every-kimg=0.016"]
-# prints its own cluster's CPUs and nodes, then waits to be cancelled
-PROBE = ("import ray, time; ray.init(address='auto'); "
-         "print(f'probe: {ray.cluster_resources()[\"CPU\"]:g} CPU, {len(ray.nodes())} node', flush=True); "
-         "time.sleep(600)")
+# prints its own cluster's CPUs and nodes, then waits to be stopped, saying whether by SIGINT
+PROBE = """import ray, time
+ray.init(address="auto")
+print(f"probe: {ray.cluster_resources()['CPU']:g} CPU, {len(ray.nodes())} node", flush=True)
+try:
+    time.sleep(600)
+except KeyboardInterrupt:
+    print("probe: interrupted", flush=True)
+"""
 
 
 @pytest.fixture(scope="session")
@@ -124,7 +129,9 @@ def test_study_on_two_nodes_finishes_through_sbatch(slurm, ray_tmp, tmp_path):
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_two_jobs_on_one_node_get_their_own_clusters_and_cancel_cleanly(slurm, ray_tmp, tmp_path):
+def test_two_jobs_on_one_node_get_their_own_clusters_and_stop_cleanly(slurm, ray_tmp, tmp_path):
+    """Both jobs run on sid1 at once; the first is cancelled (every process gets SIGTERM), the second is stopped as at
+    its time limit (--signal=B:TERM: the batch shell alone, which interrupts the command and then stops Ray)."""
     outputs = [tmp_path / f"job{i}.out" for i in range(2)]
     jobs = [slurm.sbatch("--nodes=1", "--cpus-per-task=1", "--nodelist=sid1", "--time=10", f"--output={out}",
                          f"--chdir={tmp_path}", str(RECIPE), "python", "-c", PROBE, "--address", "auto",
@@ -144,9 +151,12 @@ def test_two_jobs_on_one_node_get_their_own_clusters_and_cancel_cleanly(slurm, r
         assert all("probe: 1 CPU, 1 node\n" in text for text in texts), "\n".join(t[-3000:] for t in texts)
         assert [slurm.job(job)["JobState"] for job in jobs] == ["RUNNING", "RUNNING"]
     finally:
-        slurm.run("scancel", *jobs)
+        slurm.run("scancel", jobs[0])
+        slurm.run("scancel", "--batch", "--signal=TERM", jobs[1])
         records = [slurm.wait(job, timeout=90) for job in jobs]
     texts = [read(out) for out in outputs]
-    assert [r["JobState"] for r in records] == ["CANCELLED", "CANCELLED"], records
+    assert records[0]["JobState"] == "CANCELLED" and (records[1]["JobState"], records[1]["ExitCode"]) == \
+        ("FAILED", "143:0"), records  # the second: the script's exit code after SIGTERM
+    assert "probe: interrupted" in texts[1], texts[1][-3000:]  # the command got SIGINT, as a study needs
     assert all("sid-study.sbatch: ray stopped" in text for text in texts), "\n".join(t[-3000:] for t in texts)
     assert_cleaned_up(ray_tmp, "\n".join(texts))
