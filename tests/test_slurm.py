@@ -1,6 +1,6 @@
 """slurm/sid-study.sbatch against a real Slurm on this machine (tests/slurm_local.py: two nodes, each this machine): a
 study whose two DDP ranks run on two nodes finishes through sbatch, two jobs on one node each get their own Ray
-cluster, and a cancelled job leaves no Ray process or folder behind.
+cluster, and neither a cancelled job nor one stopped as at its time limit leaves a Ray process or folder behind.
 
 The Slurm tests skip, saying why, where Slurm is not installed or we are not root (a laptop); CI installs Slurm
 (.ci/run) and fails them instead of skipping."""
