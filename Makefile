@@ -15,17 +15,17 @@ setup: $(STAMP)
 #   make setup TORCH_INDEX=https://download.pytorch.org/whl/cu130   a CUDA 13.0 build (cu126, cu128, ...: pytorch.org)
 #   make setup TORCH_INDEX=                                         PyPI's default build (CUDA 13 on Linux x86_64)
 #   make setup TORCH=                                               keep the torch already in .venv
-# Then requirements.lock (made by `make lock`): every other package, pinned with hashes that pip checks, one lock for
-# Python 3.11-3.13 on Linux (x86_64, aarch64) and macOS (arm64); then torch's own dependencies (sympy, networkx, ...;
-# for PyPI's build its CUDA libraries) from PyPI; then this project without its dependencies.
+# torch's own dependencies (sympy, networkx, ...; for PyPI's build its CUDA libraries) come from PyPI. Then
+# requirements.lock (made by `make lock`): every other package, pinned with hashes that pip checks, one lock for Python
+# 3.11-3.13 on Linux (x86_64, aarch64) and macOS (arm64); then this project without its dependencies.
 TORCH       ?= -r requirements-torch.txt
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
 $(STAMP): pyproject.toml requirements.lock requirements-torch.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(if $(TORCH),$(PY) -m pip install -q --no-deps $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)))
-	$(PY) -m pip install -q --require-hashes -r requirements.lock
 	$(if $(TORCH),$(PY) -m pip install -q $(TORCH))
+	$(PY) -m pip install -q --require-hashes -r requirements.lock
 	$(PY) -m pip install -q --no-deps -e ".[test]"
 	$(PY) -m pip check
 	touch $(STAMP)
