@@ -35,7 +35,7 @@ $(STAMP): pyproject.toml requirements.lock requirements-torch.txt
 lock:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	test -x $(VENV)/bin/uv || $(PY) -m pip install -q "uv>=0.9"
-	$(VENV)/bin/uv pip compile pyproject.toml --extra test --universal --python-version 3.11 --generate-hashes \
+	$(VENV)/bin/uv pip compile --quiet pyproject.toml --extra test --universal --python-version 3.11 --generate-hashes \
 		--excludes requirements-torch.txt $(LOCK_FLAGS) -o requirements.lock
 
 # The default study; a second `make demo` resumes it (or, when finished, prints its table again). It ends with the
