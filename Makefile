@@ -10,23 +10,33 @@ DEMO   := results/alpha_sweep-digits-study
 
 setup: $(STAMP)
 
-# requirements.lock (made by `make lock`) pins every package the tests ran with, with hashes that pip checks. Its
-# torch is the CPU build (requirements-torch.txt): on a GPU machine install your CUDA build into .venv first and set
-# SID_KEEP_TORCH=1, so that the lock's torch entry is left out and does not replace it.
-$(STAMP): pyproject.toml requirements.lock
+# torch first, outside the hashed lock, so that each machine gets its build (the version: requirements-torch.txt):
+#   make setup                                                      PyTorch's CPU build (Linux; on macOS the MPS one)
+#   make setup TORCH_INDEX=https://download.pytorch.org/whl/cu130   a CUDA 13.0 build (cu126, cu128, ...: pytorch.org)
+#   make setup TORCH_INDEX=                                         PyPI's default build (CUDA 13 on Linux x86_64)
+#   make setup TORCH=                                               keep the torch already in .venv
+# torch's own dependencies (sympy, networkx, ...; for PyPI's build its CUDA libraries) come from PyPI. Then
+# requirements.lock (made by `make lock`): every other package, pinned with hashes that pip checks, one lock for Python
+# 3.11-3.13 on Linux (x86_64, aarch64) and macOS (arm64); then this project without its dependencies.
+TORCH       ?= -r requirements-torch.txt
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+
+$(STAMP): pyproject.toml requirements.lock requirements-torch.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	awk -v keep="$$SID_KEEP_TORCH" '/^torch==/ {skip = keep != ""; if (skip) next} /^[^ ]/ && !/^torch==/ {skip = 0} !skip' \
-		requirements.lock > $(VENV)/lock.txt
-	$(PY) -m pip install -q --require-hashes -r $(VENV)/lock.txt
+	$(if $(TORCH),$(PY) -m pip install -q --no-deps $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)))
+	$(if $(TORCH),$(PY) -m pip install -q $(TORCH))
+	$(PY) -m pip install -q --require-hashes -r requirements.lock
 	$(PY) -m pip install -q --no-deps -e ".[test]"
+	$(PY) -m pip check
 	touch $(STAMP)
 
 # Re-lock after a change to pyproject.toml: keeps the current pins where they still fit (--upgrade for newer ones).
-# LOCK_FLAGS: where your indexes are, e.g. --extra-index-url https://download.pytorch.org/whl/cpu for the CPU torch.
+# One universal resolution (markers for each Python and platform) without torch; it installs uv into .venv.
 lock:
-	uv pip compile pyproject.toml --extra test --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
-		--generate-hashes --override requirements-torch.txt --index-strategy unsafe-best-match $(LOCK_FLAGS) \
-		-o requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	test -x $(VENV)/bin/uv || $(PY) -m pip install -q "uv>=0.9"
+	$(VENV)/bin/uv pip compile --quiet pyproject.toml --extra test --universal --python-version 3.11 --generate-hashes \
+		--excludes requirements-torch.txt $(LOCK_FLAGS) -o requirements.lock
 
 # The default study; a second `make demo` resumes it (or, when finished, prints its table again). It ends with the
 # study report's path and its verdict.

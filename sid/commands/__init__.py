@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from sid import __version__
+
 COMMANDS = {  # name: (module whose main(argv) runs it, one-line help)
     "distill": ("sid.commands.distill", "distil a teacher into a one-step generator"),
     "generate": ("sid.commands.generate", "sample a generator into PNGs and/or an npz, one image per seed"),
@@ -23,7 +25,7 @@ COMMANDS = {  # name: (module whose main(argv) runs it, one-line help)
 
 
 def usage() -> str:
-    lines = ["usage: sid COMMAND [options]   (sid COMMAND --help for its options)", "", "commands:"]
+    lines = ["usage: sid COMMAND [options]   (sid COMMAND --help for its options; sid --version)", "", "commands:"]
     lines += [f"  {name:<10}{text}" for name, (_, text) in COMMANDS.items()]
     return "\n".join(lines)
 
@@ -32,6 +34,9 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
+        return
+    if argv[0] == "--version":
+        print(f"sid-studies {__version__}")
         return
     if argv[0] not in COMMANDS:
         print(f"{usage()}\n\nsid: error: unknown command {argv[0]!r}; expected one of {', '.join(COMMANDS)}",
