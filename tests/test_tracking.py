@@ -1,5 +1,6 @@
-"""Experiment trackers, read back with their own readers: TensorBoard's EventAccumulator and MLflow's client on a
-local file store. One run in this process (its own APIs, sid/tracking.py) and one study (Ray Tune's callbacks)."""
+"""Experiment trackers, read back with their own readers: TensorBoard's EventAccumulator, MLflow's client on a
+local file store and W&B's offline run files (WANDB_MODE=offline, no account, no network). One run in this process
+(its own APIs, sid/tracking.py) and one study (Ray Tune's callbacks)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,16 @@ from pathlib import Path
 
 import mlflow  # noqa: F401 (the test extra installs it: a missing one must fail, not skip)
 import pytest
+import torch
+import wandb  # noqa: F401 (the test extra installs it: a missing one must fail, not skip)
 import yaml
-from shared_helpers import code_blocks
+from shared_helpers import code_blocks, wandb_runs
 
 from sid.config import preset
-from sid.files import CONFIG_FILE, MLFLOW_DIR, TENSORBOARD_DIR, TRACKING_FILE
+from sid.files import CONFIG_FILE, MLFLOW_DIR, TENSORBOARD_DIR, TRACKING_FILE, samples_name
 from sid.results import read_evaluations
 from sid.run import run_local
-from sid.tracking import RunTracker, TrackingSettings
+from sid.tracking import RunTracker, TrackingSettings, off_note, switched_off
 
 os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
 
@@ -29,6 +32,19 @@ def scalars(logdir: Path, tag: str) -> list[tuple[int, float]]:
     events = EventAccumulator(str(logdir), size_guidance={"scalars": 0, "images": 0})
     events.Reload()
     return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+@pytest.fixture
+def wandb_offline(tmp_path, monkeypatch):
+    """W&B offline: no account, no network; its own files (settings, cache) in tmp_path."""
+    home = tmp_path / "wandb-home"
+    for key, sub in (("WANDB_DIR", ""), ("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config"),
+                     ("WANDB_DATA_DIR", "data"), ("WANDB_ARTIFACT_DIR", "artifacts")):
+        monkeypatch.setenv(key, str(home / sub))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    return home
 
 
 def mlflow_runs(store: Path) -> list:
@@ -67,6 +83,34 @@ def test_one_run_logs_to_tensorboard_and_mlflow_and_a_resume_continues_the_axis(
     assert "tracking:" not in capsys.readouterr().err
 
 
+@pytest.mark.timeout(240)
+def test_one_run_logs_metrics_config_and_samples_to_wandb_offline_and_a_resume_continues_the_run(
+        tmp_path, wandb_offline, capsys):
+    out = tmp_path / "run"
+    tracking = TrackingSettings(("wandb",), experiment="digits-wandb")
+    run_local(preset("digits", **TINY), out, device=torch.device("cpu"), resume=False, progress=False,
+              tracking=tracking)
+    run_local(preset("digits", **{**TINY, "duration_kimg": 0.048}), out, device=torch.device("cpu"), resume=True,
+              progress=False, tracking=tracking)
+    assert "tracking:" not in capsys.readouterr().err  # on with wandb 0.31, where wandb.util.generate_id is gone
+    rows = read_evaluations(out).sort_values("kimg")
+    runs = wandb_runs(out / "wandb")  # <run>/wandb/offline-run-*: what `wandb sync` uploads later
+    run_id = json.loads((out / TRACKING_FILE).read_text())["wandb_run_id"]
+    assert list(runs) == [run_id] and len(runs[run_id]["folders"]) == 2  # the resume continued the same run
+    run = runs[run_id]
+    assert run["name"] == "run" and run["config"]["alpha"] == 1.2 and run["config"]["preset"] == "digits"
+    assert run["config"]["duration_kimg"] == 0.048  # the resume updated the run's config (config, not metrics)
+    history = [(step, values) for step, values in run["history"] if "fid" in values]
+    assert [s for s, _ in history] == [round(k * 1000) for k in rows["kimg"]] == [0, 16, 32, 48]
+    assert [v["fid"] for _, v in history] == pytest.approx(rows["fid"].tolist(), rel=1e-6)
+    assert {"best_fid", "images_per_s", "kimg", "loss_generator"} <= set(history[-1][1])
+    assert not {"alpha", "iteration", "batch"} & set(history[-1][1])  # config fields and labels are not metrics
+    for _, values in history:  # every evaluation's sample grid, copied into the offline run's media
+        assert values["samples/_type"] == "image-file"
+        assert any((folder / "files" / values["samples/path"]).is_file() for folder in run["folders"])
+    assert sorted(p.name for p in out.glob("samples-*.png")) == [samples_name(i) for i in (0, 2, 4, 6)]
+
+
 def test_unreachable_tracking_uri_switches_tracking_off_once_and_the_run_goes_on(tmp_path, capsys):
     tracker = RunTracker(tmp_path, {"alpha": 1.2}, TrackingSettings(("mlflow",), "http://127.0.0.1:9"))
     for kimg in (0.0, 0.016, 0.032):
@@ -74,6 +118,20 @@ def test_unreachable_tracking_uri_switches_tracking_off_once_and_the_run_goes_on
     tracker.close()
     err = capsys.readouterr().err
     assert err.count("tracking: mlflow is off") == 1 and "127.0.0.1:9" in err
+    assert list(switched_off(tmp_path)) == ["mlflow"] and "127.0.0.1:9" in off_note(tmp_path)
+
+
+@pytest.mark.timeout(120)
+def test_the_final_line_of_a_run_names_the_trackers_it_switched_off(tmp_path, monkeypatch, capsys):
+    import sid.commands.distill
+
+    monkeypatch.chdir(tmp_path)
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in {**TINY, "duration_kimg": 0.016}.items()]
+    sid.commands.distill.main(["--preset", "digits", *flags, "--out", "run", "--no-progress", "--device", "cpu",
+                               "--tracker", "mlflow", "--tracking-uri", "http://127.0.0.1:9"])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("done in ") and "; trackers switched off: mlflow (" in last and "127.0.0.1:9" in last
+    assert len(read_evaluations(tmp_path / "run")) == 2  # the run went on: its rows are the record
 
 
 @pytest.mark.ray
