@@ -63,7 +63,7 @@ def wandb_runs(folder: Path) -> dict[str, dict]:
     {key: value})] in order; an image's keys are 'samples/path', ...), 'folders' (its offline run folders)}. The file
     is LevelDB's log format: a 7-byte ':W&B' header, then 32 KiB blocks of records with a 7-byte header (crc, length,
     kind: 1 full, 2 first, 3 middle, 4 last)."""
-    from wandb.proto.wandb_internal_pb2 import Record
+    from wandb.proto.wandb_internal_pb2 import Record  # noqa: PLC0415 (wandb is slow to import)
 
     runs: dict[str, dict] = {}
     for path in sorted(Path(folder).rglob("run-*.wandb"), key=lambda p: p.parent.name):

@@ -134,18 +134,28 @@ def test_the_final_line_of_a_run_names_the_trackers_it_switched_off(tmp_path, mo
     assert len(read_evaluations(tmp_path / "run")) == 2  # the run went on: its rows are the record
 
 
+def images(logdir: Path, tag: str) -> list[int]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(logdir), size_guidance={"images": 0})
+    events.Reload()
+    return [e.step for e in events.Images(tag)]
+
+
 @pytest.mark.ray
-@pytest.mark.timeout(240)
-def test_study_metrics_reach_tensorboard_and_mlflow_and_tune_sees_flat_configs(tmp_path):
+@pytest.mark.timeout(300)
+def test_study_metrics_and_sample_grids_reach_tensorboard_mlflow_and_wandb_and_tune_sees_flat_configs(
+        tmp_path, wandb_offline, capsys):
     import ray
     from ray import tune
 
     from sid.cluster.study import Study, result_grid, run_study
 
     study = Study(name="tracked", base=preset("digits", **TINY), space={"alpha": tune.grid_search([1.0, 1.2])},
-                  storage=tmp_path, tracking=TrackingSettings(("tensorboard", "mlflow"), experiment="tracked"))
+                  storage=tmp_path, tracking=TrackingSettings(("tensorboard", "mlflow", "wandb"),
+                                                              experiment="tracked"))
     ray.init(address="local", num_cpus=2, object_store_memory=256 * 2**20, include_dashboard=True,
-             log_to_driver=False)
+             log_to_driver=False)  # after wandb_offline: the W&B logging actors inherit WANDB_MODE=offline
     try:
         trials = run_study(study)
     finally:
@@ -157,16 +167,39 @@ def test_study_metrics_reach_tensorboard_and_mlflow_and_tune_sees_flat_configs(t
         assert yaml.safe_load((study.folder / "runs" / trial_id / CONFIG_FILE).read_text())["alpha"] in (1.0, 1.2)
     client, runs = mlflow_runs(study.folder / MLFLOW_DIR)
     assert len(runs) == 2
+    wandb_by_id = wandb_runs(study.folder / "wandb")
+    assert sorted(wandb_by_id) == sorted(rows["trial_id"].unique())  # one W&B run per trial, named by its id
+    constant = {"alpha", "batch", "fid_images", "iteration", "training_iteration", "time_total_s", "timestamp",
+                "time_this_iter_s", "pid", "timesteps_total", "world_size"}
     for trial_id, mine in rows.groupby("trial_id"):
-        # stepped on images seen, not on reports; Ray's callbacks read a step of 0 as missing and log kimg 0 at 1
-        want = sorted((max(1, round(k * 1000)), f) for k, f in zip(mine["kimg"], mine["fid"]))
+        # stepped on images seen (kimg 0 at step 0), not on reports
+        want = sorted((round(k * 1000), f) for k, f in zip(mine["kimg"], mine["fid"]))
         logged = scalars(study.folder / f"trial-{trial_id}", "ray/tune/fid")
-        assert [s for s, _ in logged] == [1, 16, 32]
-        assert logged == [(s, pytest.approx(f, rel=1e-6)) for s, f in want]
+        assert logged == [(s, pytest.approx(f, rel=1e-6)) for s, f in want] and [s for s, _ in logged] == [0, 16, 32]
+        assert images(study.folder / f"trial-{trial_id}", "samples") == [0, 16, 32]  # the trial's sample grids
         run = next(r for r in runs if trial_id in r.data.tags["trial_name"])
         history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "fid"))
         assert history == [(s, pytest.approx(f)) for s, f in want]
         assert set(run.data.params) == {"alpha", "preset"}  # flat: the searched field and the preset's name
+        assert not constant & set(run.data.metrics)  # only what changes between evaluations
+        assert {"fid", "best_fid", "images_per_s", "loss_generator"} <= set(run.data.metrics)
+        assert len([a for a in client.list_artifacts(run.info.run_id, "samples") if a.path.endswith(".png")]) == 3
+        w = wandb_by_id[trial_id]
+        assert w["config"]["alpha"] == mine["alpha"].iloc[0] and w["config"]["preset"] == "digits"
+        steps = [(step, values) for step, values in w["history"] if "fid" in values]
+        assert [(s, v["fid"]) for s, v in steps] == [(s, pytest.approx(f, rel=1e-6)) for s, f in want]
+        assert not constant & {k for _, v in steps for k in v}
+        assert all(v["samples/_type"] == "image-file" for _, v in steps)
+
+    out = capsys.readouterr().out  # what the study printed: evaluation lines with spread and target kimg, progress
+    for trial_id, mine in rows.groupby("trial_id"):
+        for row in mine.itertuples():
+            line = next(x for x in out.splitlines() if x.startswith(f"[{trial_id}] kimg {row.kimg:.4g}/0.032 "))
+            assert f"FD {row.fid:.4f} ± {row.fid_std:.2g}" in line and f"{row.images_per_s:.0f} img/s" in line
+    progress = [x for x in out.splitlines() if x.startswith("study: ")]
+    assert progress[0] == "study: 0 of 2 trials done, 1 running, 1 pending; kimg 0/0.064; 0 img/s; ETA unknown"
+    assert progress[-1].startswith("study: 2 of 2 trials done, 0 running, 0 pending; kimg 0.064/0.064; ")
+    assert progress[-1].endswith("; finished")
 
     grid = result_grid(study.folder)  # offline, after the cluster is gone
     assert len(grid) == 2 and not grid.errors

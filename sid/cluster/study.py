@@ -216,7 +216,7 @@ class StudyCallback(ray.tune.Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         print(f"[{trial.trial_id}] start  {trial_label(trial)}", flush=True)
-        print(self.progress.line(trials), flush=True)
+        print(self.progress.line(trials, started=trial), flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         print(evaluation_line(trial.trial_id, result, self.final_kimg, trial_label(trial)), flush=True)

@@ -59,10 +59,11 @@ class Progress:
         t0, k0, t, k = self.seen.get(trial_id, (0.0, 0.0, 0.0, 0.0))
         return (k - k0) / (t - t0) if k > k0 and t > t0 else None
 
-    def line(self, trials: list, ended: Any = None, now: float | None = None) -> str:
+    def line(self, trials: list, ended: Any = None, started: Any = None, now: float | None = None) -> str:
+        """`ended`/`started`: a trial Tune is ending or starting (its status changes only after the callback)."""
         now = time.time() if now is None else now
         done = [t for t in trials if t.status in DONE_STATES or t is ended]
-        running = [t for t in trials if t.status == "RUNNING" and t is not ended]
+        running = [t for t in trials if (t.status == "RUNNING" or t is started) and t not in done]
         pending = max(0, self.planned - len(done) - len(running))
         last = {t.trial_id: float(t.last_result.get("kimg", 0.0) or 0.0) for t in trials}
         kimg_done = sum(last.values())
