@@ -2,8 +2,8 @@
 
 After each evaluation rank 0 logs the row's numbers stepped on images seen (round(kimg * 1000), so a resumed run
 continues its axis and runs of different batch sizes line up), the sample grid of that evaluation as an image, and
-once the whole config as hyperparameters. Studies do the same through Ray Tune's logger callbacks (sid/cluster/study.py),
-which step on the `timesteps_total` every report carries (STEP_KEY).
+once the whole config as hyperparameters. Studies do the same through Ray Tune's logger callbacks
+(sid/cluster/study_trackers.py), one tracker run per trial.
 
 A tracker that cannot start or log (no such server, a library missing at run time) is switched off with one line
 on stderr and the run goes on: the Parquet rows stay the record; <run>/TRACKING_OFF_FILE names it for the command's

@@ -143,7 +143,7 @@ def images(logdir: Path, tag: str) -> list[int]:
 
 
 @pytest.mark.ray
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_study_metrics_and_sample_grids_reach_tensorboard_mlflow_and_wandb_and_tune_sees_flat_configs(
         tmp_path, wandb_offline, capsys):
     import ray

@@ -95,3 +95,11 @@ class StudyWandb(WandbLoggerCallback):
         image = samples_path(self.folder, trial.trial_id, result)
         self._trial_queues[trial].put((_QueueItem.RESULT, (step_of(result), str(image) if image else None,
                                                            trial_metrics(result))))
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        # A study that ends without its trials' ends (interrupted, timed out) would otherwise wait upload_timeout
+        # (30 min) for logging actors still waiting for more results: tell them to finish first.
+        for trial in list(self._trial_logging_actors):
+            if trial in self._trial_queues:
+                self._signal_logging_actor_stop(trial)
+        super().on_experiment_end(trials, **info)
