@@ -241,7 +241,9 @@ def test_progress_counts_trials_and_kimg_and_estimates_from_the_measured_rate():
     line = progress.line([a, b, FakeTrial("c", "ERROR", 0.0)], now=120.0)
     assert line.startswith("study: 2 of 4 trials done, 1 running, 1 pending; kimg 0.75/2.5; 50 img/s; ETA 0:00:35")
     done = [FakeTrial(x, "TERMINATED", 1.0) for x in "abcd"]
-    assert progress.line(done[:3], ended=FakeTrial("d", "RUNNING", 1.0)).endswith("; kimg 3/4; 0 img/s; ETA unknown")
+    # between trials (none running, one pending): the trials' mean rate
+    assert progress.line(done[:3], now=130.0).endswith("3 of 4 trials done, 0 running, 1 pending; kimg 3/4; 50 img/s; "
+                                                       "ETA 0:00:20")
     assert progress.line(done).endswith("kimg 4/4; 0 img/s; finished")
 
 

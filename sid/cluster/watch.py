@@ -70,7 +70,8 @@ class Progress:
         # a stopped trial's budget ends where it stopped; every other trial runs to final_kimg
         total = sum(last[t.trial_id] for t in done) + (self.planned - len(done)) * self.final_kimg
         known = [r for r in map(self.rate, self.seen) if r is not None]
-        speed = sum(self.rate(t.trial_id) or (sum(known) / len(known) if known else 0.0) for t in running)
+        mean = sum(known) / len(known) if known else 0.0
+        speed = sum(self.rate(t.trial_id) or mean for t in running) or (mean if pending else 0.0)  # between trials
         eta = "ETA unknown" if not known or speed <= 0 else f"ETA {duration(max(0.0, total - kimg_done) / speed)}"
         if pending == 0 and not running:
             eta = "finished"
