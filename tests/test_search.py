@@ -11,8 +11,9 @@ import optuna
 import pytest
 from ray import tune
 
-from sid.cluster.search import FidelityOptunaSearch, StorageError, make_sampler, open_storage
+from sid.cluster.search import FidelityOptunaSearch, StorageError, make_sampler, metric_name, open_storage
 from sid.cluster.stopping import CurveRule, Point, power_law_forecast, smoothed
+from sid.config import preset
 
 FINAL = 0.032  # kimg at which the trials of these tests end by themselves
 
@@ -66,9 +67,6 @@ def test_optuna_hears_completed_stopped_diverged_and_failed_trials_for_what_they
     ({"fid_images_final": 1024}, "FD digits-features-v1 (256 images, 1024 at the end)"),
 ])
 def test_the_optuna_metric_is_named_by_detector_and_images(overrides, name):
-    from sid.cluster.search import metric_name
-    from sid.config import preset
-
     assert metric_name(preset("digits", fid_images=256, **overrides)) == name
 
 
