@@ -60,6 +60,7 @@ SCORES_FILE = "scores.parquet"       # written by `sid evaluate`; not an evaluat
 LEGACY_GENERATOR = "generator.pt"    # the G_ema file of run folders written before snapshots existed
 RUN_FILES = (BEST, LEGACY_GENERATOR)  # what a run folder resolves to, in order (then its newest snapshot)
 TRACKING_FILE = "tracking.json"      # ids of the MLflow / W&B runs of this folder, so a resume continues them
+TRACKING_OFF_FILE = "tracking-off.json"  # trackers this run switched off, and why (for the command's final line)
 TENSORBOARD_DIR = "tensorboard"      # <run folder>/tensorboard/events.out.tfevents.*
 MLFLOW_DIR = "mlruns"                # default MLflow file store: <run folder>/mlruns
 RAY_DIR = "ray"                      # ray/train/: the Ray Train storage of a --workers N run (its own checkpoints)

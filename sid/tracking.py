@@ -3,11 +3,11 @@
 After each evaluation rank 0 logs the row's numbers stepped on images seen (round(kimg * 1000), so a resumed run
 continues its axis and runs of different batch sizes line up), the sample grid of that evaluation as an image, and
 once the whole config as hyperparameters. Studies do the same through Ray Tune's logger callbacks
-(sid/cluster/study.py),
-which step on the `timesteps_total` every report carries (STEP_KEY).
+(sid/cluster/study_trackers.py), one tracker run per trial.
 
 A tracker that cannot start or log (no such server, a library missing at run time) is switched off with one line
-on stderr and the run goes on: the Parquet rows stay the record. Ray is not imported here.
+on stderr and the run goes on: the Parquet rows stay the record; <run>/TRACKING_OFF_FILE names it for the command's
+final line (switched_off). Ray is not imported here.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import math
 import os
 import sys
 import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sid.config import DistillConfig
+from sid.files import MLFLOW_DIR, TENSORBOARD_DIR, TRACKING_FILE, TRACKING_OFF_FILE, samples_name, write_text_atomic
 
 if TYPE_CHECKING:
     from sid.distill import Distiller
-from sid.files import MLFLOW_DIR, TENSORBOARD_DIR, TRACKING_FILE, samples_name, write_text_atomic
 
 TRACKERS = ("tensorboard", "mlflow", "wandb")
 # The package each tracker needs, and the extra of this project that installs it.
@@ -198,7 +199,7 @@ class _Wandb(_Backend):
         import wandb  # noqa: PLC0415 (a tracker backend, installed only when used)
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        run_id = ids.get("wandb_run_id") or wandb.util.generate_id()
+        run_id = ids.get("wandb_run_id") or uuid.uuid4().hex[:16]  # wandb.util.generate_id is gone in wandb 0.31
         self.run = wandb.init(project=self.project, dir=str(self.folder), id=run_id, resume="allow",
                               name=self.folder.name, config=dict(config))
         ids["wandb_run_id"] = run_id
@@ -236,11 +237,17 @@ class RunTracker:
         self.folder, self.config = Path(folder), dict(config)
         self.backends: list[_Backend] = [_BACKENDS[n](self.folder, settings) for n in settings.trackers]
         self.started = False
+        self.off: dict[str, str] = {}  # tracker -> why it was switched off
 
     def _off(self, backend: _Backend, exc: BaseException) -> None:
-        print(f"tracking: {backend.name} is off for the rest of this run ({type(exc).__name__}: "
-              f"{str(exc).splitlines()[0][:300] if str(exc) else ''})", file=sys.stderr, flush=True)
+        why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        print(f"tracking: {backend.name} is off for the rest of this run ({why})", file=sys.stderr, flush=True)
         self.backends.remove(backend)
+        self.off[backend.name] = why
+        try:  # a file, since the run may be a Ray Train worker in another process than the command
+            write_text_atomic(self.folder / TRACKING_OFF_FILE, json.dumps(self.off, indent=1))
+        except OSError:  # WriteError included
+            pass  # the stderr line above stays
 
     def _start(self) -> None:
         self.started = True
@@ -276,3 +283,19 @@ class RunTracker:
                 backend.close()
             except Exception as exc:
                 self._off(backend, exc)
+
+
+def switched_off(folder: Path) -> dict[str, str]:
+    """The trackers a run in `folder` switched off, each with its reason (empty when none; written by RunTracker)."""
+    path = Path(folder) / TRACKING_OFF_FILE
+    try:
+        off = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError):
+        return {"?": f"{path} is unreadable"}
+    return {str(k): str(v) for k, v in off.items()} if isinstance(off, dict) else {}
+
+
+def off_note(folder: Path) -> str:
+    """'; trackers switched off: wandb (AttributeError: ...)' for a run's final line, or ''."""
+    off = switched_off(folder)
+    return "; trackers switched off: " + ", ".join(f"{k} ({v})" for k, v in off.items()) if off else ""

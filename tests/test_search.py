@@ -4,14 +4,23 @@ persistent storage, and the noise-aware stopping rules (checked against numpy's 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import optuna
 import pytest
 
-from sid.cluster.search import FidelityOptunaSearch, StorageError, make_sampler, open_storage, tune_space
+from sid.cluster.search import (
+    FidelityOptunaSearch,
+    StorageError,
+    make_sampler,
+    metric_name,
+    open_storage,
+    tune_space,
+)
 from sid.cluster.space import Range
 from sid.cluster.stopping import CurveRule, Point, power_law_forecast, smoothed
+from sid.config import preset
 
 FINAL = 0.032  # kimg at which the trials of these tests end by themselves
 
@@ -20,7 +29,8 @@ def searcher(storage, **kwargs) -> FidelityOptunaSearch:
     space = tune_space({"alpha": Range(0.5, 1.5), "lr": Range(1e-5, 1e-3)})
     return FidelityOptunaSearch(space=FidelityOptunaSearch.convert_search_space(space),
                                 metric="best_fid", mode="min", sampler=make_sampler("tpe", 0), study_name="s",
-                                storage=storage, final_kimg=FINAL, **kwargs)
+                                storage=storage, final_kimg=FINAL, metric_name="FD digits-features-v1 (256 images)",
+                                run_root=Path("/study/runs"), **kwargs)
 
 
 def result(kimg: float, best: float, fid: float | None = None, iteration: int | None = None) -> dict:
@@ -30,12 +40,13 @@ def result(kimg: float, best: float, fid: float | None = None, iteration: int | 
 
 # ---------------------------------------------------------------------------------------------- Optuna feedback
 @pytest.mark.parametrize("story, state, value, intermediate", [
-    # reached the end of its budget: its best FD is a result
-    ([result(0.016, 50.0), result(0.032, 40.0)], "COMPLETE", 40.0, {2: 50.0, 4: 40.0}),
+    # reached the end of its budget: its best FD is a result; the intermediate values are the curve (each
+    # evaluation's FD, 44 at the end) at images seen, not the running best (40)
+    ([result(0.016, 40.0), result(0.032, 40.0, fid=44.0)], "COMPLETE", 40.0, {16: 40.0, 32: 44.0}),
     # stopped at its first rung: pruned (Optuna keeps its last intermediate value), never COMPLETE at full budget
-    ([result(0.016, 60.0)], "PRUNED", 60.0, {2: 60.0}),
-    # diverged at the end: its fid is NaN, its best is an earlier value: pruned
-    ([result(0.016, 45.0), result(0.032, 45.0, fid=math.nan)], "PRUNED", 45.0, {2: 45.0, 4: 45.0}),
+    ([result(0.016, 60.0)], "PRUNED", 60.0, {16: 60.0}),
+    # diverged at the end: its fid is NaN (not a point of the curve), its best is an earlier value: pruned
+    ([result(0.016, 45.0), result(0.032, 45.0, fid=math.nan)], "PRUNED", 45.0, {16: 45.0}),
     # failed before any result
     ([], "FAIL", None, {}),
 ])
@@ -49,10 +60,21 @@ def test_optuna_hears_completed_stopped_diverged_and_failed_trials_for_what_they
         search.on_trial_result("t1", r)
     search.on_trial_complete("t1", story[-1] if story else None, error=not story)
     # A second process sees the same study in the journal file (what optuna-dashboard reads).
-    trial = optuna.load_study(study_name="s", storage=open_storage(journal)).trials[0]
+    study = optuna.load_study(study_name="s", storage=open_storage(journal))
+    trial = study.trials[0]
     assert trial.state.name == state and trial.value == value
     assert trial.intermediate_values == intermediate
     assert trial.params["alpha"] == config["alpha"]
+    assert study.metric_names == ["FD digits-features-v1 (256 images)"]  # the dashboard's axis, not "Objective 0"
+    assert trial.user_attrs == {"tune_trial_id": "t1", "run_folder": str(Path("/study/runs/t1"))}
+
+
+@pytest.mark.parametrize("overrides, name", [
+    ({}, "FD digits-features-v1 (256 images)"),
+    ({"fid_images_final": 1024}, "FD digits-features-v1 (256 images, 1024 at the end)"),
+])
+def test_the_optuna_metric_is_named_by_detector_and_images(overrides, name):
+    assert metric_name(preset("digits", fid_images=256, **overrides)) == name
 
 
 def test_points_to_evaluate_come_first_and_the_gp_sampler_runs(tmp_path):

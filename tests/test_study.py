@@ -10,6 +10,7 @@ import importlib
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -25,9 +27,11 @@ from ray.tune.experiment import Trial
 
 from sid.cluster.distributed import RAY_ENV, ResourceError, connect
 from sid.cluster.resources import TrialResources
+from sid.cluster.search import open_storage
 from sid.cluster.space import Grid, Range
 from sid.cluster.study import Study, StudyCallback, plan, run_study, trial_capacity
 from sid.cluster.trials import TrialRecord, trial_state
+from sid.cluster.watch import Progress, duration, evaluation_line
 from sid.config import preset
 from sid.results import CONFIG_COLUMNS, EVALUATION_SCHEMA, SCHEMA_VERSION, TRIAL_SCHEMA, Divergence, read_evaluations
 from sid.testing.fixtures import TINY, flags, session_processes
@@ -237,6 +241,46 @@ def test_the_plan_checks_the_cluster_once_and_hands_the_trials_resolved_resource
         plan(too_big, study.folder)
 
 
+# ---------------------------------------------------------------------------------------------- watching
+class FakeTrial:  # what Progress reads of a Tune trial
+    def __init__(self, trial_id, status, kimg=None):
+        self.trial_id, self.status = trial_id, status
+        self.last_result = {} if kimg is None else {"kimg": kimg}
+
+
+def test_progress_counts_trials_and_kimg_and_estimates_from_the_measured_rate():
+    progress = Progress(planned=4, final_kimg=1.0)
+    a, b = FakeTrial("a", "RUNNING", 0.0), FakeTrial("b", "PENDING")
+    progress.observe("a", 0.0, now=100.0)
+    assert progress.line([a, b], started=b, now=100.0) == \
+        "study: 0 of 4 trials done, 2 running, 2 pending; kimg 0/4; 0 img/s; ETA unknown"
+    assert not progress.due(now=129.0) and progress.due(now=130.0)
+    progress.observe("a", 0.5, now=110.0)  # 0.05 kimg/s; b not measured yet: counted at a's rate
+    a.last_result, b.status = {"kimg": 0.5}, "RUNNING"
+    assert progress.line([a, b], now=110.0) == \
+        f"study: 0 of 4 trials done, 2 running, 2 pending; kimg 0.5/4; 100 img/s; ETA {duration(3.5 / 0.1)}"
+    # a stopped early at 0.5: its budget ends there
+    a.status, b.status, b.last_result = "TERMINATED", "RUNNING", {"kimg": 0.25}
+    line = progress.line([a, b, FakeTrial("c", "ERROR", 0.0)], now=120.0)
+    assert line.startswith("study: 2 of 4 trials done, 1 running, 1 pending; kimg 0.75/2.5; 50 img/s; ETA 0:00:35")
+    done = [FakeTrial(x, "TERMINATED", 1.0) for x in "abcd"]
+    # between trials (none running, one pending): the trials' mean rate
+    assert progress.line(done[:3], now=130.0).endswith("3 of 4 trials done, 0 running, 1 pending; kimg 3/4; 50 img/s; "
+                                                       "ETA 0:00:20")
+    assert progress.line(done).endswith("kimg 4/4; 0 img/s; finished")
+
+
+@pytest.mark.parametrize("result, line", [
+    (dict(kimg=0.016, fid=45.12345, fid_std=0.812, best_fid=40.0, images_per_s=123.4, loss_fake_score=0.5,
+          loss_generator=2.0),
+     "[t1] kimg 0.016/0.032  FD 45.1234 ± 0.81  best 40.0000  123 img/s  loss_fake 0.5  loss_G 2  alpha=1"),
+    (dict(kimg=0.0, fid=90.0, fid_std=math.nan, best_fid=90.0, images_per_s=math.nan),  # kimg 0: no training yet
+     "[t1] kimg 0/0.032  FD 90.0000 ± n/a  best 90.0000  nan img/s  loss_fake nan  loss_G nan  alpha=1"),
+])
+def test_an_evaluation_line_shows_the_spread_the_target_kimg_and_the_speed(result, line):
+    assert evaluation_line("t1", result, 0.032, "alpha=1") == line
+
+
 # ---------------------------------------------------------------------------------------------- studies
 def params(folder: Path, trial_id: str) -> dict:
     return json.loads((folder / f"trial-{trial_id}" / "params.json").read_text())
@@ -296,7 +340,7 @@ def test_grid_study_with_asha_stops_the_bad_learning_rate_and_records_every_eval
 
 @pytest.mark.ray
 @pytest.mark.timeout(180)
-def test_optuna_study_samples_within_the_space_and_keeps_its_state(tmp_path, local_ray):
+def test_optuna_study_samples_within_the_space_and_keeps_its_state(tmp_path, local_ray, capsys):
     space = {"alpha": Range(0.5, 1.5), "lr": Range(1e-5, 1e-3)}
     study = Study(name="tpe", base=preset("digits", **TINY), space=space, searcher="optuna", num_samples=3,
                   storage=tmp_path)
@@ -304,5 +348,23 @@ def test_optuna_study_samples_within_the_space_and_keeps_its_state(tmp_path, loc
     assert len(trials) == 3 and (trials["state"] == "completed").all()
     assert trials["alpha"].between(0.5, 1.5).all() and trials["lr"].between(1e-5, 1e-3).all()
     assert trials["alpha"].nunique() == 3 and trials["lr"].nunique() == 3
-    check_study_files(study.folder, trials, ["alpha", "lr"])
+    rows = check_study_files(study.folder, trials, ["alpha", "lr"])
     assert list(study.folder.glob("searcher-state-*.pkl"))  # what --resume gives back to Optuna
+
+    # The Optuna study as optuna-dashboard shows it: a named metric, trials linked to Tune's, FD curves at images seen
+    optuna_study = optuna.load_study(study_name="tpe", storage=open_storage(study.folder / "optuna.journal"))
+    assert optuna_study.metric_names == ["FD digits-features-v1 (256 images)"]
+    linked = {t.user_attrs["tune_trial_id"]: t for t in optuna_study.trials}
+    assert sorted(linked) == sorted(trials["trial_id"])
+    for trial_id, mine in rows.groupby("trial_id"):
+        trial = linked[trial_id]
+        assert trial.user_attrs["run_folder"] == str(study.folder / "runs" / trial_id)
+        assert (study.folder / "runs" / trial_id / "samples-0000004.png").is_file()
+        curve = {round(k * 1000): pytest.approx(f) for k, f in zip(mine["kimg"], mine["fid"])}
+        assert trial.intermediate_values == curve
+        assert trial.state.name == "COMPLETE" and trial.value == pytest.approx(mine["fid"].min())
+
+    progress = [x for x in capsys.readouterr().out.splitlines() if x.startswith("study: ")]
+    assert progress[0].startswith("study: 0 of 3 trials done, ") and progress[0].endswith("; ETA unknown")
+    assert any(re.search(r"; \d+ img/s; ETA \d+:\d\d:\d\d$", x) for x in progress)  # once a rate was measured
+    assert progress[-1] == "study: 3 of 3 trials done, 0 running, 0 pending; kimg 0.096/0.096; 0 img/s; finished"

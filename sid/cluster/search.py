@@ -7,8 +7,9 @@ successive halving and curve forecasts.
 * Storage: a journal file `<study>/optuna.journal` by default, or a database URL (`sqlite:///...`): `optuna-dashboard
   <storage>` and `optuna.load_study(study_name=<name>, storage=<storage>)` show the live study.
 * Feedback: Optuna hears a trial's best FD as COMPLETE only when the trial reached the end of its budget; a trial
-  stopped early or diverged is PRUNED (with its intermediate values, reported at the run's iteration), a failed one
-  FAIL, so a value from a first rung is never taken for a final result.
+  stopped early or diverged is PRUNED (with its intermediate values: each evaluation's FD at its images seen), a
+  failed one FAIL, so a value from a first rung is never taken for a final result. The metric is named
+  `FD <detector> (<n> images)`; user attributes `tune_trial_id` and `run_folder` link an Optuna trial to Tune's.
 * Stopping: sid/cluster/stopping.py's rules on the trial's Parquet rows (read, not kept, so a restored study judges the
   whole history); the reason of every stop goes to `<study>/stops/<trial_id>.json` and from there into
   trials.parquet.
@@ -17,6 +18,7 @@ successive halving and curve forecasts.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,8 +33,9 @@ from sid.cluster.space import SAMPLERS, Choice, Dimension, Grid, Range
 from sid.cluster.stopping import CurveRule, Point
 from sid.cluster.trials import record_stop
 from sid.config import SEARCHABLE
-from sid.files import EVALUATIONS_DIR, JOURNAL
+from sid.files import EVALUATIONS_DIR, JOURNAL, RUNS_DIR
 from sid.results import Divergence, read_parquet
+from sid.tracking import step_of
 
 
 def tune_space(space: Mapping[str, Dimension]) -> dict[str, Any]:
@@ -87,21 +90,37 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
 
 class FidelityOptunaSearch(OptunaSearch):
     """OptunaSearch that tells stopped and diverged trials as PRUNED, not as completed results at full budget, and
-    reports intermediate values at the run's own iteration (monotonic across restarts, unlike Tune's counter)."""
+    reports each evaluation's FD as an intermediate value at its images seen (round(kimg * 1000): monotonic across
+    restarts, unlike Tune's counter, and comparable across batch sizes). The study's metric is named (detector and
+    images, for optuna-dashboard) and each Optuna trial carries its Tune trial id and run folder as user attributes."""
 
-    def __init__(self, *args: Any, final_kimg: float, **kwargs: Any) -> None:
-        self.final_kimg = final_kimg
+    def __init__(self, *args: Any, final_kimg: float, metric_name: str | None = None,
+                 run_root: Path | None = None, **kwargs: Any) -> None:
+        self.final_kimg, self.metric_name, self.run_root = final_kimg, metric_name, run_root
         super().__init__(*args, **kwargs)
+        if metric_name is not None and getattr(self, "_ot_study", None) is not None:
+            with warnings.catch_warnings():  # experimental since Optuna 3.2, still so in 5.0: no line per study
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self._ot_study.set_metric_names([metric_name])
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        ot_trial = self._ot_trials.get(trial_id)
+        if config is not None and ot_trial is not None:
+            ot_trial.set_user_attr("tune_trial_id", trial_id)
+            if self.run_root is not None:
+                ot_trial.set_user_attr("run_folder", str(Path(self.run_root) / trial_id))
+        return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        value = result.get(self.metric)
+        value = result.get("fid")  # this evaluation's FD: the curve, not the running best
         ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is None or trial_id in self._completed_trials or not _finite(value):
+        if ot_trial is None or trial_id in self._completed_trials or not _finite(value) or "kimg" not in result:
             return
         # Optuna keeps the first value of a step; a trial the journal already holds as finished (a study resumed from
         # an older searcher state) takes no more reports.
         try:
-            ot_trial.report(float(value), int(result.get("iteration", result.get("training_iteration", 0))))
+            ot_trial.report(float(value), step_of(result))
         except RuntimeError:
             pass
 
@@ -144,7 +163,16 @@ def make_searcher(study: Study) -> FidelityOptunaSearch:
                                 mode="min",
                                 sampler=make_sampler(study.sampler, study.optuna_seed), study_name=study.name,
                                 storage=storage, points_to_evaluate=list(study.points_to_evaluate) or None,
-                                final_kimg=study.base.final_kimg)
+                                final_kimg=study.base.final_kimg, metric_name=metric_name(study.base),
+                                run_root=study.folder / RUNS_DIR)
+
+
+def metric_name(config: Any) -> str:
+    """The name of a study's Optuna metric: 'FD digits-features-v1 (4096 images)' (a DistillConfig)."""
+    images = f"{config.fid_images} images"
+    if config.fid_images_final and config.fid_images_final != config.fid_images:
+        images += f", {config.fid_images_final} at the end"
+    return f"FD {config.fid_detector} ({images})"
 
 
 class StudyStopper(ray.tune.Stopper):

@@ -46,9 +46,10 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from sid.cluster.distributed import build_trainer, check_resources, connect, default_placement, resolve
 from sid.cluster.resources import TrialResources
 from sid.cluster.search import StorageError, StudyStopper, make_searcher, open_storage, tune_space
-from sid.cluster.space import SAMPLERS, Dimension, StudyError, check_point, check_space, space_data
+from sid.cluster.space import SAMPLERS, Dimension, Grid, StudyError, check_point, check_space, space_data
 from sid.cluster.stopping import CurveRule
 from sid.cluster.trials import TrialRecord, TrialSettings, write_trials_table
+from sid.cluster.watch import Progress, evaluation_line
 from sid.config import SEARCHABLE, ConfigError, DistillConfig
 from sid.files import CONFIG_FILE, EVALUATIONS_DIR, MLFLOW_DIR, RUNS_DIR, TRAIN_DIR, TRIALS_FILE, write_text_atomic
 from sid.results import Divergence, is_uri, read_parquet
@@ -196,29 +197,34 @@ def trial_label(trial: ray.tune.experiment.Trial) -> str:
 
 
 class StudyCallback(ray.tune.Callback):
-    """In the Tune driver: one progress line per evaluation and per trial end; trials.parquet rewritten at each trial
-    end and at the end of the study."""
+    """In the Tune driver: one line per evaluation and per trial start and end, a study progress line
+    (sid.cluster.watch) after each trial start and end and at most every PROGRESS_EVERY_S between them;
+    trials.parquet rewritten at each trial end and at the end of the study."""
 
-    def __init__(self, folder: Path, study: str, divergence: Divergence, settings: TrialSettings) -> None:
+    def __init__(self, folder: Path, study: str, divergence: Divergence, settings: TrialSettings,
+                 planned: int = 1) -> None:
         self.folder, self.study, self.divergence, self.settings = folder, study, divergence, settings
+        self.final_kimg = settings.base.final_kimg
+        self.progress = Progress(planned=planned, final_kimg=self.final_kimg)
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         print(f"[{trial.trial_id}] start  {trial_label(trial)}", flush=True)
+        print(self.progress.line(trials, started=trial), flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        def get(key: str) -> float:
-            return result.get(key, math.nan)
-
-        print(f"[{trial.trial_id}] kimg {get('kimg'):8.4g}  FD {get('fid'):9.4f}  best {get('best_fid'):9.4f}  "
-              f"loss_fake {get('loss_fake_score'):9.4g}  loss_G {get('loss_generator'):9.4g}  {trial_label(trial)}",
-              flush=True)
+        print(evaluation_line(trial.trial_id, result, self.final_kimg, trial_label(trial)), flush=True)
+        self.progress.observe(trial.trial_id, float(result.get("kimg", 0.0)))
+        if self.progress.due():
+            print(self.progress.line(trials), flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self.write(trials, ended=trial)  # Tune marks it TERMINATED only after this call
+        print(self.progress.line(trials, ended=trial), flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self.write(trials)
         print(f"[{trial.trial_id}] error  {self.record(trial, 'error').error}  {trial_label(trial)}", flush=True)
+        print(self.progress.line(trials, ended=trial), flush=True)
 
     def on_experiment_end(self, trials, **info) -> None:
         self.write(trials)
@@ -277,25 +283,31 @@ def plan(study: Study, folder: Path, saved: TrialSettings | None = None) -> tupl
 
 
 def tracker_callbacks(study: Study) -> list[Any]:
-    """Ray Tune's own logger callbacks for the study's trackers; they step on the STEP_KEY every report carries."""
+    """Ray Tune's own logger callbacks for the study's trackers (sid/cluster/study_trackers.py: each evaluation's
+    metrics stepped on images seen, and its sample grid)."""
+    if not study.tracking.trackers:
+        return []
+    from sid.cluster.study_trackers import StudyMLflow, StudyTensorBoard, StudyWandb  # noqa: PLC0415 (slow import)
+
     callbacks: list[Any] = []
     for name in study.tracking.trackers:
         if name == "tensorboard":  # <study>/trial-<id>/events.out.tfevents.* (Tune adds none of its own then)
-            from ray.tune.logger import TBXLoggerCallback  # noqa: PLC0415 (tensorboardX: an optional package)
-
-            callbacks.append(TBXLoggerCallback())
+            callbacks.append(StudyTensorBoard(study.folder))
         elif name == "mlflow":
-            from ray.air.integrations.mlflow import MLflowLoggerCallback  # noqa: PLC0415 (mlflow: optional)
-
-            callbacks.append(MLflowLoggerCallback(tracking_uri=mlflow_uri(study.tracking.tracking_uri,
-                                                                          study.folder / MLFLOW_DIR),
-                                                  experiment_name=study.tracking.experiment or study.name))
-        elif name == "wandb":
-            from ray.air.integrations.wandb import WandbLoggerCallback  # noqa: PLC0415 (wandb: optional)
-
-            callbacks.append(WandbLoggerCallback(project=study.tracking.experiment or study.name,
-                                                 group=study.name, dir=str(study.folder)))
+            callbacks.append(StudyMLflow(study.folder, tracking_uri=mlflow_uri(study.tracking.tracking_uri,
+                                                                               study.folder / MLFLOW_DIR),
+                                         experiment_name=study.tracking.experiment or study.name))
+        elif name == "wandb":  # <study>/wandb/ (offline-)run-*-<trial_id>
+            callbacks.append(StudyWandb(study.folder, project=study.tracking.experiment or study.name,
+                                        group=study.name, dir=str(study.folder)))
     return callbacks
+
+
+def planned_trials(study: Study) -> int:
+    """Trials the study runs: grid: every combination num_samples times; optuna: num_samples."""
+    if study.searcher != "grid":
+        return study.num_samples
+    return study.num_samples * math.prod(len(d.values) for d in study.space.values() if isinstance(d, Grid))
 
 
 def _tuner(study: Study, trainable: Any, concurrency: int, settings: TrialSettings) -> ray.tune.Tuner:
@@ -316,7 +328,8 @@ def _tuner(study: Study, trainable: Any, concurrency: int, settings: TrialSettin
         run_config=ray.tune.RunConfig(
             name=study.name, storage_path=str(study.folder.parent), verbose=0,
             stop=StudyStopper(study.folder, study.divergence, rule),
-            callbacks=[StudyCallback(study.folder, study.name, study.divergence, settings), *tracker_callbacks(study)],
+            callbacks=[StudyCallback(study.folder, study.name, study.divergence, settings, planned_trials(study)),
+                       *tracker_callbacks(study)],
             failure_config=ray.tune.FailureConfig(max_failures=0)),  # Train already restarts failed workers
     )
 

@@ -28,11 +28,11 @@ from sid.commands.cli import (
     tracking_from_args,
 )
 from sid.devices import parse_device
-from sid.files import CHECKPOINT
+from sid.files import CHECKPOINT, TRACKING_OFF_FILE
 from sid.flags import Parser
 from sid.results import is_uri
 from sid.run import run_local
-from sid.tracking import DEFAULT_EXPERIMENT
+from sid.tracking import DEFAULT_EXPERIMENT, off_note
 
 
 def build_parser() -> Parser:
@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for stale in out.glob(".*.tmp"):  # half-written by a killed run (files are written beside, then renamed)
             stale.unlink()
+        (out / TRACKING_OFF_FILE).unlink(missing_ok=True)  # an earlier attempt's switched-off trackers
         if resources.workers == 1 and args.address is None:
             path = run_local(config, out, device=device, resume=args.resume, progress=not args.no_progress,
                              tracking=tracking, config_text=config_yaml(values))
@@ -94,4 +95,4 @@ def main(argv: list[str] | None = None) -> None:
     except (OSError, AssetError) as exc:  # results disk full or read-only, a download failed: not the input's fault
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
-    print(f"done in {time.time() - start:.0f} s; evaluations: {path}")
+    print(f"done in {time.time() - start:.0f} s; evaluations: {path}{off_note(out)}")
