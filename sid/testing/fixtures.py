@@ -22,6 +22,8 @@ TEACHER_KWARGS: dict[str, Any] = dict(img_resolution=8, img_channels=1, label_di
                                       dropout=0.0)
 # The digits preset at tiny budgets: 1 iteration = 0.008 kimg, an evaluation every 2 iterations, 4 iterations.
 TINY: dict[str, Any] = dict(batch=8, batch_per_device=8, fid_images=256, eval_every_kimg=0.016, duration_kimg=0.032)
+# TINY for DDP: batch 8 split as 2 ranks x 4, or 1 process x 2 rounds of 4 (the same noise slots, sid/distill.py)
+DDP_TINY: dict[str, Any] = dict(TINY, batch_per_device=4)
 
 
 def tiny_teacher(seed: int = 0, **overrides: Any) -> EDMPrecond:
@@ -84,6 +86,15 @@ def random_teacher(name: str, *, scaled: bool = False, seed: int = 0) -> EDMPrec
 def flat_params(module: torch.nn.Module) -> torch.Tensor:
     """Every parameter of `module` in one float32 vector."""
     return torch.cat([p.detach().float().flatten() for p in module.parameters()])
+
+
+def assert_same_networks(state: dict, reference: dict, *, rtol: float = 1e-5) -> None:
+    """Generator, fake score and G_ema of two training states (Distiller.state_dict, checkpoint.pt) equal to float32
+    rounding: each tensor within `rtol` of its largest magnitude (at least 1)."""
+    for net in ("generator", "fake_score", "generator_ema"):
+        for key, value in reference[net].items():
+            scale = max(value.abs().max().item(), 1.0)
+            assert (state[net][key] - value).abs().max().item() <= rtol * scale, (net, key)
 
 
 def synchronize(device: torch.device) -> None:
