@@ -97,7 +97,7 @@ class DistillConfig:
     fid_images: int = 50_000                # generated images per FID evaluation
     fid_images_final: int = 0               # images of the last evaluation (0 = fid_images)
     fid_detector: str = INCEPTION           # feature network of the Frechet distance (DETECTORS)
-    fid_ref: str = "edm:cifar10-32x32"      # reference statistics: 'digits', 'edm:<name>', .npz path, URL or hf://
+    fid_ref: str = "edm:cifar10-32x32"      # reference statistics: 'digits', 'edm:<name>', .npz path or URL
     seed: int = 0                           # run seed; per-rank noise derives from (seed, rank, iteration)
 
     def __post_init__(self) -> None:
