@@ -14,6 +14,7 @@ change which image a seed gives.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -84,12 +85,19 @@ def generator_file(source: str | Path) -> str:
 def load_generator(source: str | Path) -> tuple[EDMPrecond, SavedGenerator]:
     """(G as EDMPrecond in eval mode, float32, CPU, frozen; what is known about it) for any generator source (see
     the module doc). The SavedGenerator's `source` is the file read (or the name); a pickle or teacher name says
-    nothing beyond its weights (sigma_init, config, fid: None). Every failure is a ValueError naming the source."""
+    nothing beyond its weights (sigma_init, config, fid: None); for an hf:// source it is the spec. Every failure is
+    a ValueError naming the source."""
     if hub.is_hub(str(source)):
         try:
-            source = hub.resolve(str(source))  # then read like the local file or folder it now is
+            local = hub.resolve(str(source))  # then read like the local file or folder it now is
         except AssetError as exc:
             raise ValueError(str(exc)) from exc
+        net, saved = _load_local(local)
+        return net, dataclasses.replace(saved, source=str(source))
+    return _load_local(source)
+
+
+def _load_local(source: str | Path) -> tuple[EDMPrecond, SavedGenerator]:
     text = generator_file(source)
     if text.endswith((".pt", *EXPORT_SUFFIXES)) and not is_url(text):
         saved = SavedGenerator.load(text)

@@ -172,7 +172,7 @@ def test_an_uploaded_export_loads_as_the_generator_it_was(hf_home, tmp_path, lay
             "pinned file": f"hf://lab/sid-digits/generator.safetensors@{COMMIT}"}[layout]
     loaded, saved = load_generator(spec)
     local, _ = load_generator(export)
-    assert saved.sigma_init == 2.5 and saved.kimg == 1.0
+    assert saved.sigma_init == 2.5 and saved.kimg == 1.0 and saved.source == spec  # the spec, not the cache path
     for key, value in local.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
 

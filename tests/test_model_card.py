@@ -10,7 +10,7 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 
-from sid.commands import export
+from sid.commands import evaluate, export
 from sid.config import preset
 from sid.generators import load_generator
 from sid.model_card import format_score, render, teacher_licence
@@ -21,6 +21,7 @@ from sid.testing.fixtures import hub_cache, use_offline_hub
 from sid.testing.results import row
 
 FID, FID_STD, KIMG = 3.2512, 0.2137, 12.8
+FID_IMAGES = 1000  # not the digits preset's 2048: read from the run's config, not from the preset
 
 
 @pytest.fixture
@@ -30,7 +31,8 @@ def run(tmp_path):
     with torch.no_grad():
         next(net.parameters()).add_(0.01)
     folder = tmp_path / "run"
-    SavedGenerator.of(net, sigma_init=2.5, config=preset("digits").to_dict(), kimg=KIMG, iteration=100, fid=FID,
+    config = preset("digits", fid_images=FID_IMAGES).to_dict()
+    SavedGenerator.of(net, sigma_init=2.5, config=config, kimg=KIMG, iteration=100, fid=FID,
                       fid_detector="digits-features-v1", fid_images=2048).save(folder / "best.pt")
     rows = [row("", "run", alpha=1.2, seed=0, kimg=k, fid=f) | {"fid_std": s}
             for k, f, s in [(6.4, 9.5, 0.8), (KIMG, FID, FID_STD)]]
@@ -70,6 +72,9 @@ def test_what_the_card_says_uploads_and_reads_back_as_the_same_generator(run, tm
     assert saved.fid == FID and saved.kimg == KIMG
     for key, value in local.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
+    # sid evaluate takes the detector, reference and image count from the uploaded export's JSON, as from a run
+    args = evaluate.build_parser().parse_args(["hf://lab/sid-digits/generator.safetensors"])
+    assert evaluate.settings(args) == dict(detector_name="digits-features-v1", ref="digits", images=FID_IMAGES)
 
 
 @pytest.mark.parametrize("teacher, licence, base_model", [
