@@ -56,6 +56,7 @@ LATER_FIELDS = {"init_generator": "", "eval_schedule": "every", "phema": "", "ph
                 "eval_tick_kimg": 10.0}
 # What torchrun (torch.distributed.run) sets in each process it starts; all of them mean "a rank of a torchrun run".
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+TORCHRUN_RESTARTS = "TORCHELASTIC_RESTART_COUNT"  # set by torchrun too: restarts of the worker group so far
 # How long a rank waits at a collective: the other ranks wait in their next all-reduce while rank 0 evaluates
 # (Ray Train's TorchConfig default; torch's own default for NCCL, 10 min, is shorter than a large FID).
 PROCESS_GROUP_TIMEOUT_S = 1800
@@ -222,7 +223,8 @@ class TorchrunRank:
     """This process's place in a torchrun run, from its environment."""
     rank: int
     world_size: int
-    local_rank: int  # the rank on this node: its GPU is cuda:<local_rank>
+    local_rank: int   # the rank on this node: its GPU is cuda:<local_rank>
+    restart: int = 0  # how often torchrun restarted the group (--max-restarts): > 0 continues from checkpoint.pt
 
 
 def torchrun_rank() -> TorchrunRank | None:
@@ -236,23 +238,29 @@ def torchrun_rank() -> TorchrunRank | None:
         raise ValueError(f"torchrun environment incomplete: {', '.join(missing)} not set (start the command with "
                          "torchrun, or unset " + ", ".join(k for k in TORCHRUN_ENV if k not in missing) + ")")
     try:
-        rank = TorchrunRank(int(found["RANK"]), int(found["WORLD_SIZE"]), int(found["LOCAL_RANK"]))
+        rank = TorchrunRank(int(found["RANK"]), int(found["WORLD_SIZE"]), int(found["LOCAL_RANK"]),
+                            int(os.environ.get(TORCHRUN_RESTARTS) or 0))
     except ValueError:
-        raise ValueError(f"torchrun environment: RANK, WORLD_SIZE and LOCAL_RANK must be integers, got "
-                         f"{found['RANK']!r}, {found['WORLD_SIZE']!r}, {found['LOCAL_RANK']!r}") from None
+        raise ValueError(f"torchrun environment: RANK, WORLD_SIZE, LOCAL_RANK and {TORCHRUN_RESTARTS} must be "
+                         f"integers, got {found['RANK']!r}, {found['WORLD_SIZE']!r}, {found['LOCAL_RANK']!r}, "
+                         f"{os.environ.get(TORCHRUN_RESTARTS)!r}") from None
     if not 0 <= rank.rank < rank.world_size or rank.local_rank < 0:
         raise ValueError(f"torchrun environment: expected 0 <= RANK < WORLD_SIZE and LOCAL_RANK >= 0, got {rank}")
     return rank
 
 
 @contextlib.contextmanager
-def process_group(device: torch.device) -> Iterator[None]:
+def process_group(device: torch.device, rank: TorchrunRank) -> Iterator[None]:
     """torch.distributed's default group for a torchrun rank (env:// rendezvous; waits for every rank): NCCL on a
-    GPU, gloo on CPUs; destroyed on exit."""
+    GPU, gloo on CPUs; destroyed on exit. Its keys live under a prefix per torchrun restart: torchrun keeps one store
+    across restarts, and a restarted group that read the dead group's addresses failed to connect or hung."""
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    timeout = datetime.timedelta(seconds=PROCESS_GROUP_TIMEOUT_S)
+    store, _, _ = next(torch.distributed.rendezvous("env://", rank.rank, rank.world_size, timeout=timeout))
     torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                         timeout=datetime.timedelta(seconds=PROCESS_GROUP_TIMEOUT_S),
+                                         store=torch.distributed.PrefixStore(f"sid/restart-{rank.restart}", store),
+                                         rank=rank.rank, world_size=rank.world_size, timeout=timeout,
                                          device_id=device if device.type == "cuda" else None)
     try:
         yield

@@ -7,8 +7,11 @@ slots); torchrun starts 2 CPU processes (`python -m torch.distributed.run`, whic
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -34,12 +37,17 @@ def teacher(tmp_path_factory) -> str:
     return make_teacher(tmp_path_factory.mktemp("teacher") / "teacher.pt", channel_mult=[1, 2])
 
 
-def torchrun(out: Path, teacher: str, *extra: str, nproc: int = 2) -> str:
-    """`torchrun --standalone --nproc-per-node N -m sid distill ...` on the CPU; its output (it must succeed)."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "sid", "distill", "--out", str(out), f"--teacher={teacher}", "--device=cpu", "--no-progress",
-               *flags(**DDP_TINY), *extra]  # a later flag in `extra` wins
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=200)
+def torchrun_command(out: Path, teacher: str, *extra: str, launcher: tuple[str, ...] = ()) -> list[str]:
+    """`torchrun --standalone --nproc-per-node 2 [launcher] -m sid distill ...` on the CPU at DDP_TINY budgets."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", *launcher,
+            "-m", "sid", "distill", "--out", str(out), f"--teacher={teacher}", "--device=cpu", "--no-progress",
+            *flags(**DDP_TINY), *extra]  # a later flag in `extra` wins
+
+
+def torchrun(out: Path, teacher: str, *extra: str) -> str:
+    """Run torchrun_command; its output (it must succeed)."""
+    done = subprocess.run(torchrun_command(out, teacher, *extra), cwd=ROOT, capture_output=True, text=True,
+                          timeout=200)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     return done.stdout
 
@@ -91,6 +99,47 @@ def test_two_torchrun_ranks_give_the_rows_and_folder_of_one_process_and_resume(t
     assert files_of(out) == files_of(reference)  # the same run folder: snapshots, best.pt, grids, config.yaml
 
 
+def rank_pid(launcher: int, rank: int) -> int | None:
+    """The pid of the process torchrun (`launcher`) started as `rank`, read from /proc, or None."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            environ = (stat.parent / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == launcher and f"RANK={rank}".encode() in environ:
+            return int(stat.parent.name)
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_a_killed_rank_restarts_the_group_from_the_checkpoint_with_max_restarts(tmp_path, teacher):
+    out = tmp_path / "run"
+    kimg = 6 * DDP_TINY["eval_every_kimg"]  # 12 iterations, an evaluation every 2: the kill lands mid-run
+    command = torchrun_command(out, teacher, f"--duration-kimg={kimg}", launcher=("--max-restarts=1",))
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        victim, deadline = None, time.time() + 200
+        while victim is None and process.poll() is None and time.time() < deadline:
+            rows = out / "evaluations.parquet"
+            if rows.exists() and len(read_evaluations(rows)) >= 2 and (out / "checkpoint.pt").exists():
+                victim = rank_pid(process.pid, 1)
+                if victim is not None:
+                    os.kill(victim, signal.SIGKILL)
+            time.sleep(0.05)
+        log, _ = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    assert victim is not None, f"the run ended before a rank could be killed:\n{log[-3000:]}"
+    assert process.returncode == 0, log[-3000:]
+    assert "continuing at kimg" in log  # the restarted group resumed from checkpoint.pt, not from scratch
+    rows = read_evaluations(out / "evaluations.parquet")
+    config = preset("digits", **dict(DDP_TINY, duration_kimg=kimg))
+    assert rows["kimg"].tolist() == pytest.approx(config.evaluation_kimg())  # each point once, none missing
+    assert set(rows["world_size"]) == {2} and rows["status"].eq("ok").all()
+
+
 TORCHRUN_VALUES = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1",
                    "MASTER_PORT": "29500"}
 
@@ -98,6 +147,8 @@ TORCHRUN_VALUES = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_AD
 @pytest.mark.parametrize("env, expected", [
     ({}, None),
     (TORCHRUN_VALUES, TorchrunRank(rank=1, world_size=2, local_rank=1)),
+    ({**TORCHRUN_VALUES, "TORCHELASTIC_RESTART_COUNT": "2"}, TorchrunRank(rank=1, world_size=2, local_rank=1,
+                                                                         restart=2)),
 ])
 def test_torchrun_rank_reads_torchruns_environment(monkeypatch, env, expected):
     for key in TORCHRUN_ENV:
@@ -109,7 +160,7 @@ def test_torchrun_rank_reads_torchruns_environment(monkeypatch, env, expected):
 
 @pytest.mark.parametrize("env, argv, words", [
     ({**TORCHRUN_VALUES, "MASTER_PORT": ""}, [], ["torchrun environment incomplete", "MASTER_PORT not set"]),
-    ({**TORCHRUN_VALUES, "RANK": "one"}, [], ["RANK, WORLD_SIZE and LOCAL_RANK must be integers", "'one'"]),
+    ({**TORCHRUN_VALUES, "RANK": "one"}, [], ["RANK, WORLD_SIZE, LOCAL_RANK and TORCHELASTIC_RESTART_COUNT", "'one'"]),
     ({**TORCHRUN_VALUES, "RANK": "2"}, [], ["0 <= RANK < WORLD_SIZE"]),
     (TORCHRUN_VALUES, ["--workers=2"], ["under torchrun each process is one rank", "leave out --workers"]),
     (TORCHRUN_VALUES, ["--address=auto"], ["under torchrun each process is one rank"]),

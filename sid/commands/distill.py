@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> None:
                      "number): leave out --workers and --address")
     rank = torchrun.rank if torchrun is not None else 0
     has_state = (out / CHECKPOINT).exists()
+    if torchrun is not None and torchrun.restart > 0 and has_state:  # torchrun --max-restarts restarted the group
+        args.resume = True
     if args.resume and not has_state:
         parser.error(f"--resume: {out} holds no {CHECKPOINT} to continue from")
     if has_state and not args.resume:
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         for stale in out.glob(".*.tmp") if rank == 0 else ():  # half-written by a killed run (written, then renamed)
             stale.unlink()
         if torchrun is not None:
-            with process_group(device):
+            with process_group(device, torchrun):
                 path = run_local(config, out, device=device, resume=args.resume, progress=not args.no_progress,
                                  tracking=tracking, config_text=config_yaml(values), rank=rank,
                                  world_size=torchrun.world_size)
