@@ -75,7 +75,7 @@ def fetch(source: str, *, sha256: str | None = None, cache_dir: str | Path | Non
         if not path.is_file():
             raise FileNotFoundError(f"no such file: {str(path)!r} (expected a local file path or an "
                                     f"https:// or file:// URL)")
-        _check_digest(str(path), sha256_of(path) if sha256 else None, sha256)
+        check_digest(str(path), sha256_of(path) if sha256 else None, sha256)
         return path
     scheme = urllib.parse.urlparse(source).scheme
     if scheme not in URL_SCHEMES:
@@ -107,7 +107,7 @@ def fetch(source: str, *, sha256: str | None = None, cache_dir: str | Path | Non
     return dest
 
 
-def _check_digest(what: str, digest: str | None, expected: str | None) -> None:
+def check_digest(what: str, digest: str | None, expected: str | None) -> None:
     if expected and digest != expected.lower():
         raise AssetError(f"sha256 mismatch for {what}: expected {expected.lower()}, got {digest}")
 
@@ -152,7 +152,7 @@ def _download(url: str, dest: Path, sha256: str | None, *, max_bytes: int = MAX_
             if size and done != size:
                 raise AssetError(f"download of {url} ended early: {done} of {size} bytes")
             digest = h.hexdigest()
-            _check_digest(url, digest, sha256)  # raising inside the block leaves `dest` as it was
+            check_digest(url, digest, sha256)  # raising inside the block leaves `dest` as it was
         return digest
     except (urllib.error.URLError, OSError) as e:
         raise AssetError(f"could not download {url}: {e}") from e

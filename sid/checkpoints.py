@@ -7,7 +7,8 @@ EDM pickles its networks with `torch_utils.persistence`: every network object re
 name + state), so loading runs no code from the file and changes nothing in the process. Our own `EDMPrecond` is then
 built from the recorded constructor arguments (`_init_kwargs`, within ARCHITECTURE_LIMITS) and the weights are loaded
 with strict=True. Names such as 'edm:cifar10-uncond' resolve through a registry passed in by the caller
-(sid.teachers.EDM_TEACHERS / EDM_FID_REFS) to NVIDIA's URLs and pinned sha256 digests, fetched by sid.assets.fetch."""
+(sid.teachers.EDM_TEACHERS / EDM_FID_REFS) to NVIDIA's URLs and pinned sha256 digests, fetched by sid.assets.fetch;
+`hf://` specs are read through the Hugging Face Hub's cache (sid.hub.resolve)."""
 
 import reprlib
 import sys
@@ -17,6 +18,7 @@ from typing import Any
 
 import torch
 
+from sid import hub
 from sid.assets import Asset, AssetError, fetch
 from sid.networks.precond import EDMPrecond
 from sid.safe_pickle import CheckpointError, Record, SnapshotUnpickler
@@ -47,7 +49,7 @@ _REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict = 
 
 def fetch_checkpoint(source: str, registry: Mapping[str, Asset | str], what: str) -> Path:
     """Local path of `source`: a name in `registry` (e.g. 'edm:cifar10-uncond', fetched and checked against its
-    pinned sha256), a local path or a URL."""
+    pinned sha256), a local path, a URL or a Hub file (hf://ORG/REPO/PATH[@REVISION], sid.hub)."""
     sha256 = None
     if source.startswith("edm:"):
         if source not in registry:
@@ -58,7 +60,10 @@ def fetch_checkpoint(source: str, registry: Mapping[str, Asset | str], what: str
             print(f"sid.checkpoints: warning: no sha256 is pinned for {what} {source}; trusting the digest "
                   f"recorded at its first download", file=sys.stderr)
     try:
-        return fetch(source, sha256=sha256)
+        path = hub.resolve(source, sha256=sha256) if hub.is_hub(source) else fetch(source, sha256=sha256)
+        if not path.is_file():
+            raise ValueError(f"a folder, not a file (name the {what} file in it)")
+        return path
     except (OSError, AssetError, ValueError) as e:
         raise CheckpointError(f"cannot get {what} {source!r}: {e}") from e
 

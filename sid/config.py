@@ -58,8 +58,8 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class DistillConfig:
     preset: str = "digits"                  # name of the preset these values started from (a label only)
-    teacher: str = "digits"                 # 'digits', 'edm:<name>', a local .pkl path or an http(s) URL
-    init_generator: str = ""                # initial generator: snapshot, run folder or SiD .pkl ('' = the teacher)
+    teacher: str = "digits"                 # 'digits', 'edm:<name>', .pkl/.pt path, https URL or hf://ORG/REPO/FILE
+    init_generator: str = ""                # initial generator: snapshot, run folder, .pkl, hf://... ('' = the teacher)
     # SiD
     alpha: float = 1.2                      # weight of the ||f_phi - f_psi||^2 term in the generator loss
     tmax: int = 800                         # generator-loss noise: t ~ U[0, tmax/1000] on the rho=7 schedule

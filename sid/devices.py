@@ -37,3 +37,18 @@ def parse_device(text: str) -> torch.device:
     if len(devices) > 1 and text.strip() != "auto":
         raise ValueError(f"--device: expected one device ({FORMS}), got {text!r}")
     return devices[0]
+
+
+def rank_device(text: str, local_rank: int) -> torch.device:
+    """The device of a torchrun rank: 'auto' is cuda:<local_rank> when this machine has CUDA devices, else the CPU;
+    'cuda' is cuda:<local_rank>; 'cpu' the CPU. A fixed 'cuda:N' is refused: each rank takes its own GPU."""
+    name = text.strip()
+    if name not in ("auto", "cuda", "cpu"):
+        raise ValueError(f"--device: under torchrun expected auto, cuda or cpu (rank k uses cuda:<LOCAL_RANK>), "
+                         f"got {text!r}")
+    if name == "cpu" or (name == "auto" and not torch.cuda.device_count()):
+        return torch.device("cpu")
+    if local_rank >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: LOCAL_RANK {local_rank} but this machine has {torch.cuda.device_count()} "
+                         "CUDA device(s); start at most that many processes per node (--nproc-per-node)")
+    return torch.device(f"cuda:{local_rank}")

@@ -250,12 +250,17 @@ class Distiller:
     def pop_stats(self) -> dict[str, float]:
         """Mean losses per iteration and NaN samples since the last call (one device sync). The losses are NaN
         without an iteration, and when the NaN guard dropped every sample of both phases: their means are 0/0 then,
-        not the 0 that was summed."""
-        fake, gen, nans = self._stats.tolist()
+        not the 0 that was summed. Over DDP ranks (every rank calls this at the same iterations): the global
+        batch's, as one process accumulating it would report, not rank 0's share."""
+        stats, ranks = self._stats, 1
+        if self.world_size > 1 and torch.distributed.is_initialized():
+            stats, ranks = stats.clone(), self.world_size
+            torch.distributed.all_reduce(stats)
+        fake, gen, nans = stats.tolist()
         k = self._stat_iterations
-        measured = k > 0 and nans < 2 * k * self.batch_per_rank
-        out = dict(loss_fake_score=fake / k if measured else math.nan,
-                   loss_generator=gen / k if measured else math.nan, nan_samples=int(nans))
+        measured = k > 0 and nans < 2 * k * self.batch_per_rank * ranks
+        out = dict(loss_fake_score=fake / (k * ranks) if measured else math.nan,
+                   loss_generator=gen / (k * ranks) if measured else math.nan, nan_samples=int(nans))
         self._stats.zero_()
         self._stat_iterations = 0
         return out

@@ -4,7 +4,8 @@
 generator of this project (sid.saved: a snapshot `generator-<kimg>.pt`, best.pt, generator.pt, a post-hoc EMA
 profile, a training checkpoint.pt, an export .safetensors/.json), an official SiD/EDM `network-snapshot-*.pkl` (path
 or URL, read by the code-free loader sid.checkpoints.load_edm_pickle, which returns the EDMPrecond under 'ema'), or
-a teacher name ('digits', 'edm:<name>': the generator SiD starts from).
+a teacher name ('digits', 'edm:<name>': the generator SiD starts from). Any of these files or folders may be on the
+Hugging Face Hub: `hf://ORG/REPO[/PATH][@REVISION]` (sid.hub), e.g. a repository `sid export` + `hf upload` made.
 
 Generation follows the official one-step sampler: z = sigma_init * randn, x = G(z, sigma_init, class one-hot), with z
 and the random class of image i drawn from torch.Generator(seed i) alone, so batching, sharding and device do not
@@ -13,6 +14,7 @@ change which image a seed gives.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -20,9 +22,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sid.assets import is_url
+from sid import hub
+from sid.assets import AssetError, is_url
 from sid.checkpoints import CheckpointError
-from sid.files import RUN_FILES, SNAPSHOT_PATTERN, SNAPSHOTS
+from sid.files import EXPORT_FILE, RUN_FILES, SNAPSHOT_PATTERN, SNAPSHOTS
 from sid.networks.precond import EDMPrecond, architecture_difference
 from sid.saved import EXPORT_SUFFIXES, SavedGenerator
 from sid.teachers import load_teacher
@@ -63,23 +66,38 @@ def format_seeds(seeds: Sequence[int]) -> str:
 # ---------------------------------------------------------------------------------------------- loading
 def generator_file(source: str | Path) -> str:
     """The file a generator source names: a run folder's best.pt, else generator.pt, else its newest snapshot (no
-    finite FD yet); anything else as given. ValueError for a folder that is not a run folder."""
+    finite FD yet), else an export's generator.safetensors (an uploaded export: a Hub repository); anything else as
+    given. ValueError for a folder that is none of these."""
     text = str(source)
     path = Path(text)
     if is_url(text) or not path.is_dir():
         return text
     found = next((path / name for name in RUN_FILES if (path / name).is_file()), None)
     found = found or max((path / SNAPSHOTS).glob(SNAPSHOT_PATTERN), default=None)
+    exported = path / Path(EXPORT_FILE).name
+    found = found or (exported if exported.is_file() else None)
     if found is None:
-        raise ValueError(f"{path}: a folder but not a run folder (expected {' or '.join(RUN_FILES)} or "
-                         f"{SNAPSHOTS}/{SNAPSHOT_PATTERN} in it)")
+        raise ValueError(f"{path}: a folder but not a run folder (expected {' or '.join(RUN_FILES)}, "
+                         f"{SNAPSHOTS}/{SNAPSHOT_PATTERN} or an export's {exported.name} in it)")
     return str(found)
 
 
 def load_generator(source: str | Path) -> tuple[EDMPrecond, SavedGenerator]:
     """(G as EDMPrecond in eval mode, float32, CPU, frozen; what is known about it) for any generator source (see
     the module doc). The SavedGenerator's `source` is the file read (or the name); a pickle or teacher name says
-    nothing beyond its weights (sigma_init, config, fid: None). Every failure is a ValueError naming the source."""
+    nothing beyond its weights (sigma_init, config, fid: None); for an hf:// source it is the spec. Every failure is
+    a ValueError naming the source."""
+    if hub.is_hub(str(source)):
+        try:
+            local = hub.resolve(str(source))  # then read like the local file or folder it now is
+        except AssetError as exc:
+            raise ValueError(str(exc)) from exc
+        net, saved = _load_local(local)
+        return net, dataclasses.replace(saved, source=str(source))
+    return _load_local(source)
+
+
+def _load_local(source: str | Path) -> tuple[EDMPrecond, SavedGenerator]:
     text = generator_file(source)
     if text.endswith((".pt", *EXPORT_SUFFIXES)) and not is_url(text):
         saved = SavedGenerator.load(text)

@@ -1,5 +1,6 @@
 """A run's folder and one rank of a run: rows, training state, G_ema snapshots, sample grids, and `run_rank()`, which
-the one-run command and the Ray Train worker both use; `run_local()` runs one in this process.
+the one-run command and the Ray Train worker both use; `run_local()` runs one in this process, or this process's rank
+of a torchrun run (`torchrun_rank()`, `process_group()`: torch.distributed without Ray, docs/distributed.md).
 
 The folder's files and their names are listed once, in sid/files.py; snapshots, best.pt and the post-hoc EMA
 profiles are saved generators (sid/saved.py).
@@ -11,7 +12,11 @@ and best.pt stay the last good ones. Every file holds plain tensors and containe
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import datetime
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +54,12 @@ RESUMABLE_CHANGES = ("duration_kimg", "keep_snapshots")
 # Fields added after the first checkpoints were written, with the value those runs had.
 LATER_FIELDS = {"init_generator": "", "eval_schedule": "every", "phema": "", "phema_every_kimg": 0.0,
                 "eval_tick_kimg": 10.0}
+# What torchrun (torch.distributed.run) sets in each process it starts; all of them mean "a rank of a torchrun run".
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+TORCHRUN_RESTARTS = "TORCHELASTIC_RESTART_COUNT"  # set by torchrun too: restarts of the worker group so far
+# How long a rank waits at a collective: the other ranks wait in their next all-reduce while rank 0 evaluates
+# (Ray Train's TorchConfig default; torch's own default for NCCL, 10 min, is shorter than a large FID).
+PROCESS_GROUP_TIMEOUT_S = 1800
 
 def save_image_grid(images: torch.Tensor, path: Path, scale: int = 4) -> None:
     """Images in [-1, 1] (N, C, H, W) tiled into a square-ish PNG, upscaled `scale` times for small images."""
@@ -185,18 +196,73 @@ def run_rank(config: DistillConfig, folder: RunFolder | None, *, device: torch.d
 
 
 def run_local(config: DistillConfig, out: Path, *, device: torch.device, resume: bool, progress: bool = True,
-              tracking: TrackingSettings = TrackingSettings(), config_text: str | None = None) -> Path:  # noqa: B008 (frozen: safe to share)
-    """Run (or continue) one distillation in this process; return the evaluations file. `config_text`: the
-    command's config.yaml (default: the DistillConfig's), written with the first evaluation."""
+              tracking: TrackingSettings = TrackingSettings(), config_text: str | None = None,  # noqa: B008 (frozen: safe to share)
+              rank: int = 0, world_size: int = 1) -> Path:  # this process's rank (torchrun; process_group() first)
+    """Run (or continue) one distillation in this process, or its rank of a torchrun run; return the evaluations
+    file. `config_text`: the command's config.yaml (default: the DistillConfig's), written with the first evaluation.
+    Every rank reads the checkpoint it continues from (a shared folder across nodes); only rank 0 writes."""
     folder = RunFolder(out, config_text=config_text)
-    tracker = RunTracker(out, config.to_dict(), tracking)
+    tracker = RunTracker(out, config.to_dict(), tracking) if rank == 0 else None
     state = None
     if resume:
         state = load_checkpoint(out / CHECKPOINT, config)
         check_rows_readable(folder)
-        print(f"resuming {out}")
+        if rank == 0:
+            print(f"resuming {out}")
     try:
-        run_rank(config, folder, device=device, state=state, trial_id=out.name, progress=progress, sinks=[tracker])
+        run_rank(config, folder if rank == 0 else None, device=device, rank=rank, world_size=world_size, state=state,
+                 trial_id=out.name, progress=progress, sinks=[tracker] if tracker is not None else [])
     finally:
-        tracker.close()
+        if tracker is not None:
+            tracker.close()
     return folder.rows_path
+
+
+@dataclass(frozen=True)
+class TorchrunRank:
+    """This process's place in a torchrun run, from its environment."""
+    rank: int
+    world_size: int
+    local_rank: int   # the rank on this node: its GPU is cuda:<local_rank>
+    restart: int = 0  # how often torchrun restarted the group (--max-restarts): > 0 continues from checkpoint.pt
+
+
+def torchrun_rank() -> TorchrunRank | None:
+    """This process's rank when torchrun started it (every variable of TORCHRUN_ENV set), else None. ValueError for
+    a partial or malformed environment (one line naming what is missing), not a hang in init_process_group."""
+    found = {key: os.environ.get(key) for key in TORCHRUN_ENV}
+    if not any(found.values()):
+        return None
+    missing = [key for key, value in found.items() if not value]
+    if missing:
+        raise ValueError(f"torchrun environment incomplete: {', '.join(missing)} not set (start the command with "
+                         "torchrun, or unset " + ", ".join(k for k in TORCHRUN_ENV if k not in missing) + ")")
+    try:
+        rank = TorchrunRank(int(found["RANK"]), int(found["WORLD_SIZE"]), int(found["LOCAL_RANK"]),
+                            int(os.environ.get(TORCHRUN_RESTARTS) or 0))
+    except ValueError:
+        raise ValueError(f"torchrun environment: RANK, WORLD_SIZE, LOCAL_RANK and {TORCHRUN_RESTARTS} must be "
+                         f"integers, got {found['RANK']!r}, {found['WORLD_SIZE']!r}, {found['LOCAL_RANK']!r}, "
+                         f"{os.environ.get(TORCHRUN_RESTARTS)!r}") from None
+    if not 0 <= rank.rank < rank.world_size or rank.local_rank < 0:
+        raise ValueError(f"torchrun environment: expected 0 <= RANK < WORLD_SIZE and LOCAL_RANK >= 0, got {rank}")
+    return rank
+
+
+@contextlib.contextmanager
+def process_group(device: torch.device, rank: TorchrunRank) -> Iterator[None]:
+    """torch.distributed's default group for a torchrun rank (env:// rendezvous; waits for every rank): NCCL on a
+    GPU, gloo on CPUs; destroyed on exit. Its keys live under a prefix per torchrun restart: torchrun keeps one store
+    across restarts, and a restarted group that read the dead group's addresses failed to connect or hung."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    timeout = datetime.timedelta(seconds=PROCESS_GROUP_TIMEOUT_S)
+    store, _, _ = next(torch.distributed.rendezvous("env://", rank.rank, rank.world_size, timeout=timeout))
+    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                         store=torch.distributed.PrefixStore(f"sid/restart-{rank.restart}", store),
+                                         rank=rank.rank, world_size=rank.world_size, timeout=timeout,
+                                         device_id=device if device.type == "cuda" else None)
+    try:
+        yield
+    finally:
+        torch.distributed.destroy_process_group()

@@ -29,6 +29,7 @@ from sid.devices import parse_device
 from sid.files import EVALUATIONS, RUN_FILES, SCORES_FILE
 from sid.flags import RENAMED, Parser
 from sid.generators import MAX_SEED, check_class, format_seeds, generate, load_generator
+from sid.hub import is_hub
 from sid.metrics import (
     _encoded_images,
     check_reference,
@@ -243,7 +244,9 @@ def settings(args: argparse.Namespace) -> dict:
     """Detector, reference and images per draw: flags, else --preset, else the run's config, else digits."""
     config = {}
     own = Path(args.source).is_dir() or args.source.endswith((".pt", ".safetensors", ".json"))
-    if source_kind(args.source) == "generator" and args.preset is None and own and Path(args.source).exists():
+    on_hub = is_hub(args.source)  # an uploaded export (sid.hub): its JSON names its detector and reference too
+    if source_kind(args.source) == "generator" and args.preset is None and (own and Path(args.source).exists()
+                                                                            or on_hub):
         config = load_generator(args.source)[1].config or {}
     base = dict(PRESETS.get(args.preset or config.get("preset") or "digits", PRESETS["digits"]))
     if args.preset is None:  # the run's own choices over its preset's

@@ -5,6 +5,7 @@ nothing in the library imports it.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from pathlib import Path
@@ -22,6 +23,8 @@ TEACHER_KWARGS: dict[str, Any] = dict(img_resolution=8, img_channels=1, label_di
                                       dropout=0.0)
 # The digits preset at tiny budgets: 1 iteration = 0.008 kimg, an evaluation every 2 iterations, 4 iterations.
 TINY: dict[str, Any] = dict(batch=8, batch_per_device=8, fid_images=256, eval_every_kimg=0.016, duration_kimg=0.032)
+# TINY for DDP: batch 8 split as 2 ranks x 4, or 1 process x 2 rounds of 4 (the same noise slots, sid/distill.py)
+DDP_TINY: dict[str, Any] = dict(TINY, batch_per_device=4)
 
 
 def tiny_teacher(seed: int = 0, **overrides: Any) -> EDMPrecond:
@@ -84,6 +87,53 @@ def random_teacher(name: str, *, scaled: bool = False, seed: int = 0) -> EDMPrec
 def flat_params(module: torch.nn.Module) -> torch.Tensor:
     """Every parameter of `module` in one float32 vector."""
     return torch.cat([p.detach().float().flatten() for p in module.parameters()])
+
+
+def assert_same_networks(state: dict, reference: dict, *, rtol: float = 1e-5) -> None:
+    """Generator, fake score and G_ema of two training states (Distiller.state_dict, checkpoint.pt) equal to float32
+    rounding: each tensor within `rtol` of its largest magnitude (at least 1)."""
+    for net in ("generator", "fake_score", "generator_ema"):
+        for key, value in reference[net].items():
+            scale = max(value.abs().max().item(), 1.0)
+            assert (state[net][key] - value).abs().max().item() <= rtol * scale, (net, key)
+
+
+def hub_cache(hf_home: str | Path, repo_id: str, files: dict[str, bytes], *, revision: str = "main",
+              commit: str = "", repo_type: str = "model") -> Path:
+    """Lay out a Hugging Face Hub cache entry as huggingface_hub writes it ($HF_HOME/hub/models--ORG--REPO/: blobs
+    named by their digest, sha256 for .pt/.pkl/.npz/.safetensors (LFS on the Hub) and the git blob sha1 for the rest;
+    snapshots/<commit>/PATH linked to them; refs/<revision> holding the commit); return the snapshot folder. `commit`:
+    40 hex digits (default: derived from the files)."""
+    root = Path(hf_home) / "hub" / f"{repo_type}s--{repo_id.replace('/', '--')}"
+    commit = commit or hashlib.sha1(repr(sorted(files.items())).encode(), usedforsecurity=False).hexdigest()
+    snapshot = root / "snapshots" / commit
+    for name, data in files.items():
+        if name.endswith((".pt", ".pkl", ".npz", ".safetensors")):
+            blob = hashlib.sha256(data).hexdigest()
+        else:
+            blob = hashlib.sha1(f"blob {len(data)}\0".encode() + data, usedforsecurity=False).hexdigest()
+        (root / "blobs").mkdir(parents=True, exist_ok=True)
+        (root / "blobs" / blob).write_bytes(data)
+        link = snapshot / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(Path(*[".."] * (len(Path(name).parts) + 1), "blobs", blob))
+    snapshot.mkdir(parents=True, exist_ok=True)
+    if revision != commit:
+        (root / "refs" / revision).parent.mkdir(parents=True, exist_ok=True)
+        (root / "refs" / revision).write_text(commit)
+    return snapshot
+
+
+def use_offline_hub(monkeypatch, hf_home: str | Path) -> None:
+    """Point huggingface_hub at the cache in `hf_home`, offline (HF_HOME, HF_HUB_OFFLINE=1): in the environment for
+    subprocesses, and in huggingface_hub.constants, which this process read when it first imported it."""
+    from huggingface_hub import constants  # noqa: PLC0415 (huggingface_hub: only the Hub tests need it)
+
+    monkeypatch.setenv("HF_HOME", str(hf_home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(Path(hf_home) / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
 
 
 def synchronize(device: torch.device) -> None:
