@@ -86,11 +86,12 @@ EVALUATION_SCHEMA = pa.schema([
     ("ema_rampup", pa.float64()),
     ("duration_kimg", pa.float64()),   # the run's planned length
     ("fid_ref", pa.string()),          # reference statistics of the Frechet distance
+    ("labels", pa.string()),           # where the classes of a conditional generator came from (sid.datasets)
     ("written_at", pa.timestamp("us", tz="UTC")),
 ])
 EVALUATION_KEY = ("trial_id", "kimg")  # one row per evaluation point of a trial
 # Columns a file may lack because it was written before they existed: read back as nulls.
-LATER_COLUMNS = frozenset((*MORE_CONFIG_COLUMNS, "fid_std"))
+LATER_COLUMNS = frozenset((*MORE_CONFIG_COLUMNS, "fid_std", "labels"))
 
 TRIAL_STATES = ("completed", "stopped_early", "diverged", "error", "running")
 

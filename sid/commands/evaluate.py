@@ -35,6 +35,7 @@ from sid.metrics import (
     get_detector,
     inception_score,
     iter_image_batches,
+    read_npz,
     score_images,
 )
 from sid.results import SCORE_KEY, SCORE_SCHEMA, now_utc, provenance, read_parquet, upsert
@@ -60,13 +61,7 @@ def source_kind(source: str) -> str:
 
 def load_npz(path: str) -> np.ndarray:
     """arr_0 of an npz as uint8 [N, H, W, C] (the layout sid generate, ADM's evaluator and clean-fid use)."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if "arr_0" not in data:
-                raise ValueError(f"{path}: expected an npz with arr_0 (uint8 [N, H, W, C]), found {sorted(data)}")
-            arr = data["arr_0"]
-    except (OSError, EOFError) as exc:
-        raise ValueError(f"{path}: not a readable npz ({exc})") from exc
+    arr = read_npz(path, ["arr_0"], expected="an npz with arr_0 (uint8 [N, H, W, C])")["arr_0"]
     if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[3] not in (1, 3):
         raise ValueError(f"{path}: expected arr_0 as uint8 [N, H, W, C] with C 1 or 3, got {arr.dtype} {arr.shape}")
     return arr
