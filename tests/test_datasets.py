@@ -14,10 +14,12 @@ import zlib
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from sid.commands import distill as distill_cli
 from sid.commands import evaluate as eval_cli
 from sid.commands import ref as ref_cli
+from sid.commands.cli import config_from_args, parse
 from sid.datasets import MAX_LABELS_BYTES, open_dataset
 from sid.digits import DigitsDetector, load_digits_labels
 from sid.metrics import load_class_counts, load_reference_stats
@@ -225,3 +227,20 @@ def test_sid_ref_statistics_score_a_run_in_distill_and_evaluate(ref_run, capsys)
     fid_ref, fid_digits = scores["fid"].tolist()
     assert fid_ref == pytest.approx(fid_digits, rel=1e-2) and fid_ref != fid_digits
 
+
+def test_a_runs_config_file_with_another_precision_follows_the_adam_eps_rule(ref_run):
+    """config.yaml stores adam_eps unset (null): read back with --precision fp16 it is the official 1e-6, not the
+    1e-8 the fp32 run resolved; a value set in the file or on the command line is kept."""
+    config_file = ref_run / "run" / "config.yaml"
+    assert yaml.safe_load(config_file.read_text())["adam_eps"] is None
+
+    def config(*argv):
+        parser = distill_cli.build_parser()
+        return config_from_args(parser, parse(parser, ["--config", str(config_file), *argv]))
+
+    assert config().adam_eps == 1e-8 and config("--precision", "fp16").adam_eps == 1e-6
+    assert config("--precision", "fp16", "--adam-eps", "1e-8").adam_eps == 1e-8
+    explicit = ref_run / "explicit.yaml"
+    explicit.write_text(config_file.read_text().replace("adam_eps: null", "adam_eps: 1.0e-8"))
+    parser = distill_cli.build_parser()
+    assert config_from_args(parser, parse(parser, ["--config", str(explicit), "--precision", "fp16"])).adam_eps == 1e-8
