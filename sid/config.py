@@ -166,6 +166,8 @@ class DistillConfig:
             raise bad("phema", str(exc).split(", got")[0]) from None
         if not self.teacher:
             raise bad("teacher", "must name a teacher")
+        if self.class_counts not in ("", "uniform") and not self.class_counts.endswith(".npz"):
+            raise bad("class_counts", "must be '', 'uniform' or an .npz with class_counts (sid ref)")
 
     # ------------------------------------------------------------------ helpers
     def replace(self, **overrides: Any) -> DistillConfig:

@@ -41,7 +41,7 @@ from sid.metrics import (
 
 DIGITS = "digits"                  # the shipped digits (sid/digits.py)
 LABELS_FILE = "dataset.json"       # EDM dataset_tool's labels, at the top of a folder or zip
-MAX_LABELS_BYTES = 256 * 2 ** 20   # dataset.json (ImageNet's 1.28 M labels: ~50 MB)
+MAX_LABELS_BYTES = 128 * 2 ** 20   # dataset.json (ImageNet's 1.28 M labels: ~50 MB)
 MAX_CLASSES = 100_000              # the most classes a label may name (as sid.checkpoints' label_dim limit)
 NPZ_IMAGES, NPZ_LABELS = ("arr_0", "images"), ("arr_1", "labels")  # accepted names of the npz arrays, in order
 # Presets whose dataset is not balanced, with what the official code does that uniform labels do not.
@@ -274,6 +274,9 @@ def label_distribution(config: DistillConfig, label_dim: int, *, warn: bool = Tr
     draws of a run without counts). A preset whose dataset is not balanced (UNBALANCED) without counts gets uniform
     labels and, with `warn`, one warning saying what differs from the official code."""
     if not label_dim:
+        if config.class_counts:
+            raise ValueError(f"class_counts {config.class_counts}: the teacher {config.teacher} is unconditional "
+                             f"(no labels to draw); leave class_counts out")
         return UNCONDITIONAL
     counts, origin = None, ""
     if config.class_counts == "uniform":
