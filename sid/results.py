@@ -114,7 +114,7 @@ TRIAL_SCHEMA = pa.schema([
 
 SCORE_SCHEMA = pa.schema([
     ("source", pa.string()),           # what was scored: run folder, snapshot, .pkl, image folder or .npz, as given
-    ("kind", pa.string()),             # 'generator' | 'folder' | 'npz'
+    ("kind", pa.string()),             # 'generator' | 'folder' | 'zip' | 'npz'
     ("repeat", pa.int64()),            # index of the independent draw, 0..repeats-1
     ("seeds", pa.string()),            # seeds of a generator draw ('0-49999'); image range of a file ('images 0-49999')
     ("sigma_init", pa.float64()),      # generator input noise level (NaN for image files)

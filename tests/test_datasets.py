@@ -244,3 +244,19 @@ def test_a_runs_config_file_with_another_precision_follows_the_adam_eps_rule(ref
     explicit.write_text(config_file.read_text().replace("adam_eps: null", "adam_eps: 1.0e-8"))
     parser = distill_cli.build_parser()
     assert config_from_args(parser, parse(parser, ["--config", str(explicit), "--precision", "fp16"])).adam_eps == 1e-8
+
+
+def test_sid_evaluate_scores_every_kind_of_dataset_alike(tmp_path, capsys):
+    images, fids = digits_like(40), []
+    ref_cli.main([write_dataset("npz", tmp_path / "ref-data.npz", digits_like(40, seed=1)), "--fid-detector",
+                  "digits-features-v1", "--out", str(tmp_path / "ref.npz")])
+    for kind in KINDS:
+        source = write_dataset(kind, tmp_path / f"{kind}.{'npz' if kind.startswith('npz') else kind}", images)
+        eval_cli.main([source, "--fid-detector", "digits-features-v1", "--fid-ref", str(tmp_path / "ref.npz"),
+                       "--fid-images", "20", "--repeats", "2", "--out", str(tmp_path / "s.parquet"), "--no-progress"])
+        rows = read_scores(tmp_path / "s.parquet")
+        rows = rows[rows["source"] == source]
+        assert rows["kind"].tolist() == [kind.split("-")[0]] * 2 and rows["fid_ref"].eq(str(tmp_path / "ref.npz")).all()
+        fids.append(rows["fid"].tolist())
+    capsys.readouterr()
+    assert all(f == pytest.approx(fids[0], rel=1e-5) for f in fids) and fids[0][0] != fids[0][1]
