@@ -20,10 +20,12 @@ from sid.commands import distill as distill_cli
 from sid.commands import evaluate as eval_cli
 from sid.commands import ref as ref_cli
 from sid.commands.cli import config_from_args, parse
+from sid.config import PRESETS, preset
 from sid.datasets import MAX_LABELS_BYTES, open_dataset
 from sid.digits import DigitsDetector, load_digits_labels
 from sid.metrics import load_class_counts, load_reference_stats
 from sid.results import read_evaluations, read_scores
+from sid.teachers import teacher_architecture
 from sid.testing.fixtures import TINY, flags, write_dataset
 
 KINDS = ("folder", "zip", "npz", "npz-nchw")
@@ -260,3 +262,12 @@ def test_sid_evaluate_scores_every_kind_of_dataset_alike(tmp_path, capsys):
         fids.append(rows["fid"].tolist())
     capsys.readouterr()
     assert all(f == pytest.approx(fids[0], rel=1e-5) for f in fids) and fids[0][0] != fids[0][1]
+
+
+@pytest.mark.parametrize("name", [p for p in PRESETS if PRESETS[p].get("data")])
+def test_a_preset_with_data_defaults_to_images_that_fit_its_teacher(name):
+    config = preset(name)
+    arch = teacher_architecture(config.teacher)
+    assert config.data == "digits"
+    open_dataset(config.data).info.check_matches(resolution=arch["img_resolution"], channels=arch["img_channels"],
+                                                 label_dim=arch["label_dim"])
