@@ -99,6 +99,9 @@ class DistillConfig:
     fid_detector: str = INCEPTION           # feature network of the Frechet distance (DETECTORS)
     fid_ref: str = "edm:cifar10-32x32"      # reference statistics: 'digits', 'edm:<name>', .npz path or URL
     seed: int = 0                           # run seed; per-rank noise derives from (seed, rank, iteration)
+    # Data (sid/datasets.py)
+    data: str = ""                          # real images for methods that train on them: folder, zip, .npz, 'digits'
+    class_counts: str = ""                  # class frequencies of labels: .npz (sid ref), 'uniform', '' = fid_ref's
 
     def __post_init__(self) -> None:
         if self.adam_eps is None:  # frozen: resolved once here, so to_dict(), checkpoints and rows hold the value
@@ -163,6 +166,8 @@ class DistillConfig:
             raise bad("phema", str(exc).split(", got")[0]) from None
         if not self.teacher:
             raise bad("teacher", "must name a teacher")
+        if self.class_counts not in ("", "uniform") and not self.class_counts.endswith(".npz"):
+            raise bad("class_counts", "must be '', 'uniform' or an .npz with class_counts (sid ref)")
 
     # ------------------------------------------------------------------ helpers
     def replace(self, **overrides: Any) -> DistillConfig:
@@ -260,7 +265,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # between evaluations (docs/digits_preset.md).
     "digits": dict(teacher="digits", alpha=1.2, batch=128, batch_per_device=128, lr=1e-4, glr=1e-4,
                    precision="fp32", dropout=0.0, augment=0.0, ema_mimg=0.02, ema_rampup=0.3, duration_kimg=25.6,
-                   eval_every_kimg=6.4, fid_images=2048, fid_detector=DIGITS_FEATURES, fid_ref="digits"),
+                   eval_every_kimg=6.4, fid_images=2048, fid_detector=DIGITS_FEATURES, fid_ref="digits",
+                   data="digits"),
 }
 # The study scripts' default: the digits default at a budget for many trials (the default alpha sweep's 9 trials,
 # 2 at a time on 2 CPU cores, in under 10 minutes). 4,096 images per evaluation: half the sampling error of 1,024

@@ -25,6 +25,7 @@ from torch import nn
 from sid import fast, phema
 from sid.augment import AugmentPipe
 from sid.config import DistillConfig, parse_sigma_rels
+from sid.datasets import UNCONDITIONAL, LabelDistribution, sample_classes
 from sid.generators import check_same_architecture
 from sid.losses import fake_score_loss, generator_loss, sample_fake_score_sigma, sample_generator_sigma
 from sid.networks.precond import architecture_difference
@@ -60,24 +61,28 @@ def slot_seed(seed: int, iteration: int, phase: int, slot: int) -> int:
 
 
 def generator_inputs(n: int, rng: torch.Generator, *, img_shape: tuple[int, ...], label_dim: int, sigma_init: float,
-                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """z = sigma_init * N(0, I) and one-hot labels of uniform classes (None for an unconditional network)."""
+                     device: torch.device,
+                     class_probs: torch.Tensor | None = None,  # the dataset's class frequencies; None: uniform
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """z = sigma_init * N(0, I) and one-hot labels of classes drawn from `class_probs` (sid.datasets.sample_classes;
+    None for an unconditional network)."""
     z = torch.randn((n, *img_shape), generator=rng, device=device) * sigma_init
     labels = None
-    if label_dim:  # uniform classes (the official loop draws dataset labels; CIFAR-10 is balanced)
-        classes = torch.randint(label_dim, (n,), generator=rng, device=device)
-        labels = nn.functional.one_hot(classes, label_dim).float()
+    if label_dim:
+        labels = nn.functional.one_hot(sample_classes(n, rng, label_dim, class_probs), label_dim).float()
     return z, labels
 
 
 @torch.no_grad()
 def sample_evaluation_batch(net: nn.Module, config: DistillConfig, batch_index: int, n: int,
-                            device: torch.device) -> torch.Tensor:
-    """Images of evaluation batch `batch_index` of a run: its latents depend on (seed, batch) only, so every
-    evaluation of a run, and every post-hoc EMA of it (sid/commands/phema.py), sees the same z."""
+                            device: torch.device, *, class_probs: torch.Tensor | None = None) -> torch.Tensor:
+    """Images of evaluation batch `batch_index` of a run: its latents (and classes, drawn from `class_probs`) depend
+    on (seed, batch) only, so every evaluation of a run, and every post-hoc EMA of it (sid/commands/phema.py), sees
+    the same z."""
     rng = torch.Generator(device).manual_seed(slot_seed(config.seed, 0, PHASE_EVAL, batch_index))
     z, labels = generator_inputs(n, rng, img_shape=(net.img_channels, net.img_resolution, net.img_resolution),
-                                 label_dim=net.label_dim, sigma_init=config.sigma_init, device=device)
+                                 label_dim=net.label_dim, sigma_init=config.sigma_init, device=device,
+                                 class_probs=class_probs)
     fast.set_precision_flags(config.precision, device)
     with fast.autocast(config.precision, device):
         return net(z, torch.full((n,), config.sigma_init, device=device), labels).float()
@@ -97,10 +102,12 @@ class Distiller:
                  rank: int = 0, world_size: int = 1,
                  student: nn.Module | None = None,    # initial weights of fake score and generator (default: teacher)
                  generator: nn.Module | None = None,  # config.init_generator, loaded by the caller (load_generator)
-                 micro_batch: int = 0) -> None:       # per-device micro-batch when config.batch_per_device is 0
+                 micro_batch: int = 0,                # per-device micro-batch when config.batch_per_device is 0
+                 labels: LabelDistribution | None = None) -> None:  # classes drawn (None: uniform)
         """SiD (the default) starts fake score and generator from the teacher's weights. No I/O here: the caller
-        loads what the config names (teacher, init_generator) and, with batch_per_device 0, measures `micro_batch`
-        first (sid.micro_batch.fit_micro_batch)."""
+        loads what the config names (teacher, init_generator, the labels' class counts: sid.datasets.
+        label_distribution) and, with batch_per_device 0, measures `micro_batch` first
+        (sid.micro_batch.fit_micro_batch)."""
         self.config, self.device, self.rank, self.world_size = config, torch.device(device), rank, world_size
         per_device = config.batch_per_device or micro_batch
         if per_device < 1:
@@ -113,6 +120,7 @@ class Distiller:
         self.micro_batch = self.batch_per_rank // self.rounds
         self.img_shape = (teacher.img_channels, teacher.img_resolution, teacher.img_resolution)
         self.label_dim = teacher.label_dim
+        self.labels = labels or LabelDistribution(None, "uniform" if self.label_dim else UNCONDITIONAL.source)
         use_fp16 = config.precision == "fp16"  # the official mode: U-Net bodies in fp16 on CUDA
         self.teacher = rebuild(teacher, use_fp16=use_fp16).to(self.device).eval().requires_grad_(False)
         student = teacher if student is None else student
@@ -168,7 +176,7 @@ class Distiller:
 
     def _generator_inputs(self, n: int, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
         return generator_inputs(n, rng, img_shape=self.img_shape, label_dim=self.label_dim,
-                                sigma_init=self.config.sigma_init, device=self.device)
+                                sigma_init=self.config.sigma_init, device=self.device, class_probs=self.labels.probs)
 
     def _sigma(self, n: int) -> torch.Tensor:
         return torch.full((n,), self.config.sigma_init, device=self.device)
@@ -268,7 +276,8 @@ class Distiller:
     # ------------------------------------------------------------------------------------------ sampling
     def sample(self, batch_index: int, batch_size: int) -> torch.Tensor:
         """G_ema images of a fixed evaluation batch: the same z at every evaluation of a run."""
-        return sample_evaluation_batch(self.generator_ema, self.config, batch_index, batch_size, self.device)
+        return sample_evaluation_batch(self.generator_ema, self.config, batch_index, batch_size, self.device,
+                                       class_probs=self.labels.probs)
 
     # ------------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict:

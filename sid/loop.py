@@ -63,7 +63,7 @@ def make_row(distiller: Distiller, *, fid: float, stats: dict, wall_s: float, im
         device_s=wall_s * distiller.world_size, fid=fid, fid_detector=cfg.fid_detector,
         fid_images=cfg.fid_images_at(distiller.iteration), fid_std=fid_std,
         images_per_s=images_per_s, **stats, status="ok" if finite else "diverged",
-        **{c: getattr(cfg, c) for c in MORE_CONFIG_COLUMNS}, written_at=now_utc(),
+        **{c: getattr(cfg, c) for c in MORE_CONFIG_COLUMNS}, labels=distiller.labels.source, written_at=now_utc(),
     )
 
 

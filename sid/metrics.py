@@ -6,7 +6,7 @@ Detectors share one protocol (uint8 NCHW in, float features [N, D] out; attribut
 looked up by name, so every number can carry the name of the detector that produced it. Only a Frechet distance on
 `inception-2015-12-05` features is an FID.
 
-`sid ref` (sid/commands/ref.py) writes reference statistics of a folder or zip of images.
+`sid ref` (sid/commands/ref.py) writes reference statistics of a dataset (sid/datasets.py), with its class counts.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import math
 import os
 import warnings
 import zipfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -36,6 +36,7 @@ INCEPTION_FILE = Asset("https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/p
                        "inception-2015-12-05.pt",
                        sha256="f58cb9b6ec323ed63459aa4fb441fe750cfe39fafad6da5cb504a16f19e958f4", bytes=95_607_719)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+CLASS_COUNTS = "class_counts"  # the reference file's array of images per class (labelled data; sid ref)
 
 
 # ---------------------------------------------------------------------------------------------- Frechet distance
@@ -123,25 +124,71 @@ def quantize(images: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- reference statistics
+def read_npz(path: str | os.PathLike, names: Sequence[str], *, expected: str,
+             max_bytes: float = math.inf) -> dict[str, np.ndarray]:
+    """The arrays `names` of an .npz, read without pickles; every failure is one ValueError naming the file,
+    `expected` saying what the file should hold when a name is missing. (The untrusted-inputs work, #29, bounds the
+    decompression and the declared sizes here: every npz of the project is read through this function.)"""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if any(name not in data for name in names):
+                raise ValueError(f"{path}: expected {expected}, found {sorted(data)[:20]}")
+            arrays = {name: data[name] for name in names}
+    except (OSError, EOFError, zipfile.BadZipFile, ValueError) as exc:  # ValueError: pickled (object) arrays
+        if str(exc).startswith(f"{path}: "):
+            raise
+        raise ValueError(f"{path}: not a readable npz ({str(exc)[:200]})") from None
+    total = sum(a.nbytes for a in arrays.values())
+    if total > max_bytes:
+        raise ValueError(f"{path}: refusing to read {total:,} bytes of arrays (at most {max_bytes:,.0f} here)")
+    return arrays
+
+
 def load_reference_stats(source: str | os.PathLike, *, sha256: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(mu, sigma) float64 from an EDM-style .npz (keys `mu`, `sigma`) at a path or URL (downloaded once)."""
     path = fetch(str(source), sha256=sha256)
-    with np.load(path, allow_pickle=False) as data:
-        if "mu" not in data or "sigma" not in data:
-            raise ValueError(f"{source} is not reference statistics: expected an .npz with arrays 'mu' and 'sigma', "
-                             f"found {sorted(data.keys())}")
-        mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
+    data = read_npz(path, ("mu", "sigma"), expected="reference statistics, an .npz with arrays 'mu' and 'sigma'")
+    mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
     if mu.ndim != 1 or sigma.shape != (mu.shape[0],) * 2:
         raise ValueError(f"{source}: expected mu [D] and sigma [D, D], got {mu.shape} and {sigma.shape}")
     return mu, sigma
 
 
-def save_reference_stats(path: str | os.PathLike, mu, sigma) -> Path:
-    """Write (mu, sigma) as an EDM-style .npz, atomically (temporary file + rename)."""
+def load_class_counts(source: str | os.PathLike) -> np.ndarray | None:
+    """The `class_counts` (int64 [classes], images per class of the dataset) of a reference statistics file or a
+    counts file, both written by `sid ref` of labelled data; None when the file has none (EDM's fid-refs, `sid ref`
+    of unlabelled images)."""
+    path = fetch(str(source))
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = {Path(n).stem for n in archive.namelist()}
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ValueError(f"{source}: not a readable npz ({exc})") from None
+    if CLASS_COUNTS not in members:
+        return None
+    counts = read_npz(path, (CLASS_COUNTS,), expected="class counts")[CLASS_COUNTS]
+    return check_class_counts(counts, str(source))
+
+
+def check_class_counts(counts: np.ndarray, source: str) -> np.ndarray:
+    """`counts` as int64 [classes]; ValueError naming `source` unless whole numbers >= 0 with a positive sum."""
+    counts = np.asarray(counts)
+    if counts.ndim != 1 or not len(counts) or counts.dtype.kind not in "iu" or (counts < 0).any() or counts.sum() < 1:
+        raise ValueError(f"{source}: expected {CLASS_COUNTS} as integers >= 0 [classes] with a positive sum, got "
+                         f"{counts.dtype} {counts.shape}")
+    return counts.astype(np.int64)
+
+
+def save_reference_stats(path: str | os.PathLike, mu, sigma, *, class_counts=None) -> Path:
+    """Write (mu, sigma) as an EDM-style .npz, atomically (temporary file + rename), with the dataset's images per
+    class as `class_counts` when given (labelled data; EDM's readers ignore the extra array)."""
     mu, sigma, path = _f64(mu), _f64(sigma), Path(path)
     if mu.ndim != 1 or sigma.shape != (mu.shape[0],) * 2:
         raise ValueError(f"save_reference_stats expects mu [D] and sigma [D, D], got {mu.shape} and {sigma.shape}")
-    return write_file_atomic(path, lambda f: np.savez(f, mu=mu, sigma=sigma))
+    arrays = dict(mu=mu, sigma=sigma)
+    if class_counts is not None:
+        arrays[CLASS_COUNTS] = check_class_counts(class_counts, str(path))
+    return write_file_atomic(path, lambda f: np.savez(f, **arrays))
 
 
 # ---------------------------------------------------------------------------------------------- detectors
@@ -411,16 +458,25 @@ def _encoded_images(source: Path) -> Iterator[tuple[str, Path | io.BytesIO]]:
         raise ValueError(f"expected a folder or a .zip of PNG/JPEG images, got {str(source)!r}")
 
 
-def iter_image_batches(source: str | os.PathLike, batch_size: int = 64) -> Iterator[Tensor]:
-    """uint8 [N, C, H, W] batches of the PNG/JPEG images in a folder (recursively) or a zip, in sorted name order.
-    Grayscale stays 1 channel; palette, RGBA, ... become RGB (detectors take 1 or 3 channels); one size for all."""
+def _decode(name: str, file: Path | io.BytesIO) -> np.ndarray:
+    """One image as uint8 [H, W, C]: grayscale stays 1 channel; palette, RGBA, ... become RGB (detectors take 1 or 3
+    channels). A file that is no readable image is one ValueError naming it."""
     import PIL.Image  # noqa: PLC0415 (Pillow: only image files need it)
 
-    batch, shape = [], None
-    for name, file in _encoded_images(Path(source)):
+    try:
         with PIL.Image.open(file) as img:
             arr = np.array(img if img.mode in ("L", "RGB") else img.convert("RGB"))
-        arr = arr[:, :, None] if arr.ndim == 2 else arr
+    except (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError) as exc:
+        raise ValueError(f"{name}: not a readable image ({str(exc)[:200]})") from None
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def iter_image_batches(source: str | os.PathLike, batch_size: int = 64) -> Iterator[Tensor]:
+    """uint8 [N, C, H, W] batches of the PNG/JPEG images in a folder (recursively) or a zip, in sorted name order,
+    one size for all (_decode)."""
+    batch, shape = [], None
+    for name, file in _encoded_images(Path(source)):
+        arr = _decode(name, file)
         if shape is not None and arr.shape != shape:
             raise ValueError(f"{name} has shape {arr.shape} (H, W, C) but earlier images have {shape}")
         shape = arr.shape

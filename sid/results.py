@@ -86,11 +86,12 @@ EVALUATION_SCHEMA = pa.schema([
     ("ema_rampup", pa.float64()),
     ("duration_kimg", pa.float64()),   # the run's planned length
     ("fid_ref", pa.string()),          # reference statistics of the Frechet distance
+    ("labels", pa.string()),           # where the classes of a conditional generator came from (sid.datasets)
     ("written_at", pa.timestamp("us", tz="UTC")),
 ])
 EVALUATION_KEY = ("trial_id", "kimg")  # one row per evaluation point of a trial
 # Columns a file may lack because it was written before they existed: read back as nulls.
-LATER_COLUMNS = frozenset((*MORE_CONFIG_COLUMNS, "fid_std"))
+LATER_COLUMNS = frozenset((*MORE_CONFIG_COLUMNS, "fid_std", "labels"))
 
 TRIAL_STATES = ("completed", "stopped_early", "diverged", "error", "running")
 
@@ -113,7 +114,7 @@ TRIAL_SCHEMA = pa.schema([
 
 SCORE_SCHEMA = pa.schema([
     ("source", pa.string()),           # what was scored: run folder, snapshot, .pkl, image folder or .npz, as given
-    ("kind", pa.string()),             # 'generator' | 'folder' | 'npz'
+    ("kind", pa.string()),             # 'generator' | 'folder' | 'zip' | 'npz'
     ("repeat", pa.int64()),            # index of the independent draw, 0..repeats-1
     ("seeds", pa.string()),            # seeds of a generator draw ('0-49999'); image range of a file ('images 0-49999')
     ("sigma_init", pa.float64()),      # generator input noise level (NaN for image files)

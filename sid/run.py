@@ -24,6 +24,7 @@ import torch
 import yaml
 
 from sid.config import DistillConfig
+from sid.datasets import label_distribution
 from sid.distill import Distiller
 from sid.files import (
     BEST,
@@ -53,7 +54,9 @@ from sid.tracking import RunTracker, TrackingSettings
 RESUMABLE_CHANGES = ("duration_kimg", "keep_snapshots")
 # Fields added after the first checkpoints were written, with the value those runs had.
 LATER_FIELDS = {"init_generator": "", "eval_schedule": "every", "phema": "", "phema_every_kimg": 0.0,
-                "eval_tick_kimg": 10.0}
+                "eval_tick_kimg": 10.0, "class_counts": ""}
+# Later fields that the runs written before them never read: a checkpoint without one matches any value.
+UNREAD_LATER_FIELDS = ("data",)
 # What torchrun (torch.distributed.run) sets in each process it starts; all of them mean "a rank of a torchrun run".
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 TORCHRUN_RESTARTS = "TORCHELASTIC_RESTART_COUNT"  # set by torchrun too: restarts of the worker group so far
@@ -149,7 +152,8 @@ def load_checkpoint(path: Path, config: DistillConfig) -> dict:
     """A run's saved state, refused if it was made with a different config (RESUMABLE_CHANGES may differ)."""
     state = load_plain(path, "training checkpoint of this project")
     try:
-        saved = {**LATER_FIELDS, **state["config"], **{k: getattr(config, k) for k in RESUMABLE_CHANGES}}
+        saved = {**LATER_FIELDS, **{k: getattr(config, k) for k in UNREAD_LATER_FIELDS}, **state["config"],
+                 **{k: getattr(config, k) for k in RESUMABLE_CHANGES}}
     except (KeyError, TypeError) as exc:
         raise ValueError(f"{path}: not a training checkpoint of this project (no config: {exc!r})") from exc
     if saved != config.to_dict():
@@ -174,12 +178,13 @@ def run_rank(config: DistillConfig, folder: RunFolder | None, *, device: torch.d
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # denormals made CPU iterations up to 10x slower
     teacher = load_teacher(config.teacher)
+    labels = label_distribution(config, teacher.label_dim, warn=rank == 0)
     generator = load_generator(config.init_generator)[0] if config.init_generator else None
     micro_batch = 0
     if not config.batch_per_device:  # 0: the largest that fits, measured on this device before the run starts
         micro_batch = fit_micro_batch(config, teacher, device=device, world_size=world_size, generator=generator)
     distiller = Distiller(config, teacher, device=device, rank=rank, world_size=world_size, generator=generator,
-                          micro_batch=micro_batch)
+                          micro_batch=micro_batch, labels=labels)
     wall_s, best = 0.0, None
     if state is not None:
         distiller.load_state_dict(state)

@@ -25,7 +25,8 @@ def test_run_config_round_trips_through_print_config(tmp_path, monkeypatch, caps
     text = printed(sid.commands.distill.main, ["--preset", "digits", "--alpha", "1.5", "--tracker", "tensorboard",
                                   "--precision", "fp16", "--print-config"], capsys)
     values = yaml.safe_load(text)
-    assert values["alpha"] == 1.5 and values["adam_eps"] == 1e-6 and values["trackers"] == ["tensorboard"]
+    assert values["alpha"] == 1.5 and values["adam_eps"] is None and values["trackers"] == ["tensorboard"]
+    assert "adam_eps: null  # the official rule: 1e-06 with precision fp16" in text  # unset: follows precision
     assert values["fid_ref"] == "digits" and values["out"] == "runs/digits"  # resolved, not None
     path = tmp_path / "run.yaml"
     path.write_text(text)
@@ -36,7 +37,7 @@ def test_run_config_round_trips_through_print_config(tmp_path, monkeypatch, caps
     # a hand-written file: a few keys, flag spellings accepted
     path.write_text("preset: cifar10-uncond\ntracker: mlflow\nlr: 2.0e-5\n")
     short = yaml.safe_load(printed(sid.commands.distill.main, ["--config", str(path), "--print-config"], capsys))
-    want = preset("cifar10-uncond", lr=2e-5).to_dict()
+    want = {**preset("cifar10-uncond", lr=2e-5).to_dict(), "adam_eps": None}
     assert {k: short[k] for k in want} == want and short["trackers"] == ["mlflow"]
 
 

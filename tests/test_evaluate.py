@@ -223,8 +223,8 @@ def save_pngs(folder, arr):
 @pytest.mark.parametrize("case, match", [
     ("small-folder", "images of shape [1, 4, 4] (C, H, W) do not fit: digits-features-v1 expects"),
     ("rgb-npz", "images of shape [3, 8, 8] (C, H, W) do not fit"),
-    ("no-arr_0", "expected an npz with arr_0 (uint8 [N, H, W, C]), found ['images']"),
-    ("float-npz", "expected arr_0 as uint8 [N, H, W, C]"),
+    ("no-arr_0", "expected images under arr_0 or images, found ['pixels']"),
+    ("float-npz", "expected arr_0 as uint8 images [N, H, W, C] or [N, C, H, W]"),
     ("mismatch", "reference inception.npz has 2048-d statistics but detector digits-features-v1 gives 64-d"),
     ("too-few", "expected at least 40 images (2 draws of 20), found 30"),
     ("class", "--class and --sigma-init apply to generators"),
@@ -241,7 +241,7 @@ def test_evaluate_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, m
     elif case == "rgb-npz":
         source = write_npz(tmp_path / "rgb.npz", np.repeat(digits, 3, axis=3))
     elif case == "no-arr_0":
-        np.savez(tmp_path / "n.npz", images=digits)
+        np.savez(tmp_path / "n.npz", pixels=digits)
         source = str(tmp_path / "n.npz")
     elif case == "float-npz":
         source = write_npz(tmp_path / "f.npz", digits.astype(np.float32))

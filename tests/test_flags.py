@@ -58,7 +58,7 @@ RETIRED = [
     (sid.commands.generate.main, ["--network", "digits", "--outdir", "p"], "--outdir is no longer accepted: use --out"),
     (sid.commands.generate.main, ["--network", "digits", "--batch", "8"], "use --batch-per-device"),
     (sid.commands.ref.main, ["--images", "pngs", "--fid-detector", "pixels", "--out", "r.npz"],
-     "--images is no longer accepted: use SOURCE (the first argument)"),
+     "--images is no longer accepted: use DATA (the first argument)"),
     (sid.commands.ref.main, ["pngs", "--detector", "pixels", "--out", "r.npz"], "use --fid-detector"),
     (importlib.import_module("analysis.compare").main, ["results", "--detector", "x"], "use --fid-detector"),
     (importlib.import_module("studies.alpha_sweep").main, ["--workers-per-trial", "2"], "use --workers"),

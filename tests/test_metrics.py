@@ -269,7 +269,8 @@ def test_ref_command_on_folder_and_zip(png_folder, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("setup, match", [
-    ("mixed", "has shape"), ("empty", "no .png"), ("missing", "expected a folder or a .zip"), ("detector", "unknown"),
+    ("mixed", "has shape"), ("empty", "no PNG/JPEG images found"), ("missing", "no such dataset"),
+    ("detector", "unknown"),
 ])
 def test_ref_command_reports_bad_input(setup, match, png_folder, tmp_path, monkeypatch, capsys):
     folder, _ = png_folder

@@ -19,7 +19,7 @@ COMMANDS = {  # name: (module whose main(argv) runs it, one-line help)
     "evaluate": ("sid.commands.evaluate", "FD/FID (+ Inception Score) of a generator, image folder or npz over draws"),
     "export": ("sid.commands.export", "write a run's generator as safetensors + JSON"),
     "phema": ("sid.commands.phema", "rebuild and score the generator's EMA of other lengths (post-hoc EMA)"),
-    "ref": ("sid.commands.ref", "reference statistics (mu, sigma) of a folder or zip of images, for --fid-ref"),
+    "ref": ("sid.commands.ref", "reference statistics (mu, sigma, class counts) of a dataset, for --fid-ref"),
     "digits": ("sid.commands.digits", "train the embedded digits default's teacher or feature network"),
 }
 

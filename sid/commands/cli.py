@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from sid.cluster.resources import STRATEGIES, TrialResources
-from sid.config import PRESETS, ConfigError, DistillConfig, preset
+from sid.config import ADAM_EPS, ADAM_EPS_DEFAULT, PRECISIONS, PRESETS, ConfigError, DistillConfig, preset
 from sid.flags import Parser
 from sid.tracking import TRACKERS, TrackerError, TrackingSettings, check_trackers
 
@@ -246,16 +246,26 @@ def parse(parser: Parser, argv: list[str] | None = None) -> argparse.Namespace:
 
 def resolved_config(parser: Parser, args: argparse.Namespace, config: DistillConfig,
                     **more: Any) -> dict[str, Any]:
-    """Every option of the command with its value, config fields resolved (the preset's values, adam_eps's rule):
-    what --print-config prints and config.yaml holds. Fields a study searches have no flag and are left out."""
+    """Every option of the command with its value, config fields resolved (the preset's values): what
+    --print-config prints and config.yaml holds. adam_eps stays null unless it was set (flag or file), so that the
+    file read back with another --precision follows the official rule (config_yaml notes the value it gives). Fields
+    a study searches have no flag and are left out."""
     options = file_options(parser)
     values = {k: v for k, v in vars(args).items() if k in options}
     values.update({k: v for k, v in config.to_dict().items() if k in options}, **more)
+    if "adam_eps" in values and getattr(args, "adam_eps", None) is None:
+        values["adam_eps"] = None
     return {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
 
 
 def config_yaml(values: dict[str, Any]) -> str:
-    return yaml.safe_dump(values, sort_keys=False, default_flow_style=None)
+    """The YAML of resolved_config's values; an unset adam_eps carries a comment with the value the rule gives."""
+    text = yaml.safe_dump(values, sort_keys=False, default_flow_style=None)
+    if values.get("adam_eps", 0) is None and values.get("precision") in PRECISIONS:
+        eps = ADAM_EPS.get(values["precision"], ADAM_EPS_DEFAULT)
+        text = re.sub(r"^adam_eps: null$", f"adam_eps: null  # the official rule: {eps:g} with precision "
+                      f"{values['precision']}", text, count=1, flags=re.M)
+    return text
 
 
 def print_config(values: dict[str, Any]) -> None:

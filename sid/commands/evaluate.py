@@ -1,4 +1,5 @@
-"""Score a generator, an image folder or an npz the way the paper reports it: Frechet distance over independent draws.
+"""Score a generator or a set of images (folder, zip, npz: sid.datasets) the way the paper reports it: Frechet
+distance over independent draws.
 
     sid evaluate runs/digits --repeats 5                 # 5 draws of fid_images images, seeds 0.., mean +- std
     sid evaluate out.npz --preset cifar10-uncond --fid-images 50000
@@ -6,9 +7,9 @@
 Every draw goes through the same sid.metrics code as the training-time evaluations (quantize, FeatureStats with the
 biased /N covariance, frechet_distance), so a run's evaluations and `sid evaluate` agree up to the choice of images.
 Draw r of a generator uses seeds seed_start + r*N .. seed_start + (r+1)*N - 1 (the images `sid generate` writes for
-those seeds); draw r of a folder or npz uses its images r*N .. (r+1)*N - 1 in sorted order. With an Inception detector
-the Inception Score (10 splits, as StyleGAN3's is50k) of each draw is reported too. Rows go to a Parquet scores file
-(sid.results.SCORE_SCHEMA) and a table is printed.
+those seeds); draw r of a set of images uses its images r*N .. (r+1)*N - 1 in its order (sorted names). With an
+Inception detector the Inception Score (10 splits, as StyleGAN3's is50k) of each draw is reported too. Rows go to a
+Parquet scores file (sid.results.SCORE_SCHEMA) and a table is printed.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,19 +27,13 @@ from tqdm import tqdm
 
 from sid.assets import AssetError
 from sid.config import DETECTORS, FD_STD_GROUPS, INCEPTION, PRESETS, DistillConfig
+from sid.datasets import open_dataset
 from sid.devices import parse_device
 from sid.files import EVALUATIONS, RUN_FILES, SCORES_FILE
 from sid.flags import RENAMED, Parser
 from sid.generators import MAX_SEED, check_class, format_seeds, generate, load_generator
 from sid.hub import is_hub
-from sid.metrics import (
-    _encoded_images,
-    check_reference,
-    get_detector,
-    inception_score,
-    iter_image_batches,
-    score_images,
-)
+from sid.metrics import check_reference, get_detector, inception_score, score_images
 from sid.results import SCORE_KEY, SCORE_SCHEMA, now_utc, provenance, read_parquet, upsert
 from sid.teachers import load_reference
 
@@ -50,37 +46,16 @@ def score_label(detector: str, images: int) -> str:
 
 
 def source_kind(source: str) -> str:
-    """'npz', 'folder' (images) or 'generator' (anything load_generator resolves)."""
+    """'npz', 'zip' or 'folder' (a dataset of images, sid.datasets) or 'generator' (anything load_generator
+    resolves)."""
     path = Path(source)
     if source.endswith(".npz"):
         return "npz"
+    if source.endswith(".zip") and path.is_file() and zipfile.is_zipfile(path):
+        return "zip"
     if path.is_dir() and not any((path / name).is_file() for name in RUN_FILES):
         return "folder"
     return "generator"
-
-
-def load_npz(path: str) -> np.ndarray:
-    """arr_0 of an npz as uint8 [N, H, W, C] (the layout sid generate, ADM's evaluator and clean-fid use)."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if "arr_0" not in data:
-                raise ValueError(f"{path}: expected an npz with arr_0 (uint8 [N, H, W, C]), found {sorted(data)}")
-            arr = data["arr_0"]
-    except (OSError, EOFError) as exc:
-        raise ValueError(f"{path}: not a readable npz ({exc})") from exc
-    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[3] not in (1, 3):
-        raise ValueError(f"{path}: expected arr_0 as uint8 [N, H, W, C] with C 1 or 3, got {arr.dtype} {arr.shape}")
-    return arr
-
-
-def file_batches(source: str, kind: str, batch: int) -> Iterator[torch.Tensor]:
-    """uint8 NCHW batches of an npz's or folder's images, in order."""
-    if kind == "npz":
-        arr = load_npz(source)
-        for start in range(0, len(arr), batch):
-            yield torch.from_numpy(arr[start:start + batch]).permute(0, 3, 1, 2).contiguous()
-    else:
-        yield from iter_image_batches(source, batch)
 
 
 class Rebatcher:
@@ -96,16 +71,6 @@ class Rebatcher:
             head, self.rest = batch[:left], (batch[left:] if len(batch) > left else None)
             left -= len(head)
             yield head
-
-
-def count_images(source: str, kind: str) -> tuple[int, tuple[int, ...]]:
-    """(number of images, shape [C, H, W] of the first) of an npz or folder."""
-    if kind == "npz":
-        arr = load_npz(source)
-        return len(arr), (arr.shape[3], arr.shape[1], arr.shape[2])
-    first = next(iter_image_batches(source, 1))
-
-    return sum(1 for _ in _encoded_images(Path(source))), tuple(first.shape[1:])
 
 
 def check_images_fit(detector, shape: tuple[int, ...], source: str) -> None:
@@ -141,11 +106,12 @@ def evaluate(source: str, *, detector_name: str, ref: str, images: int, repeats:
     else:
         if class_idx is not None or sigma_init is not None:
             raise ValueError(f"--class and --sigma-init apply to generators, not to the images of {source}")
-        available, shape = count_images(source, kind)
+        dataset = open_dataset(source)
+        available, shape = dataset.info.images, dataset.info.shape
         if available < images * repeats:
             raise ValueError(f"{source}: expected at least {images * repeats} images ({repeats} draws of {images}), "
                              f"found {available}")
-        stream = Rebatcher(file_batches(source, kind, batch))
+        stream = Rebatcher(dataset.images(batch))
     check_images_fit(detector, shape, source)
     with_is = hasattr(detector, "probabilities")
     rows = []
@@ -218,7 +184,8 @@ def build_parser() -> Parser:
     parser = Parser(prog="sid evaluate", description=__doc__.split("\n\n")[0],
                     renamed={k: RENAMED[k] for k in ("--detector", "--ref", "--images", "--batch")})
     parser.add_argument("source", help="run folder, snapshot .pt, export .safetensors, SiD/EDM .pkl (path or URL), "
-                                       "'digits'/'edm:<name>', a folder of PNG/JPEG images, or an npz (arr_0)")
+                                       "'digits'/'edm:<name>', or images: a folder or zip of PNG/JPEG, an npz "
+                                       "(docs/data.md)")
     parser.add_argument("--preset", default=None, choices=list(PRESETS), metavar="NAME",
                         help="detector, reference and image count of this preset (default: the run's, else digits)")
     parser.add_argument("--fid-detector", default=None,

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from sid.config import DistillConfig, parse_sigma_rels
+from sid.datasets import label_distribution
 from sid.devices import parse_device
 from sid.distill import sample_evaluation_batch
 from sid.files import PHEMA, PHEMA_FILE
@@ -74,6 +75,7 @@ def phema_run(run: Path, targets: tuple[float, ...], *, last_only: bool, device:
     snaps, header = list_snapshots(run)
     config = DistillConfig(**header.config)
     evaluator = Evaluator(config, device)
+    probs = label_distribution(config, int(header.init_kwargs.get("label_dim") or 0)).probs  # the run's own classes
     steps = sorted({s for s, _, _ in snaps})
     rows = []
     for step in steps[-1:] if last_only else steps:
@@ -81,8 +83,10 @@ def phema_run(run: Path, targets: tuple[float, ...], *, last_only: bool, device:
             net, used = rebuild(snaps, header, step, sigma_rel)
             images = config.fid_images_at(step)  # as many images as the run's own evaluation there
             net = net.to(device)
-            score = evaluator.score(lambda index, n: sample_evaluation_batch(net, config, index, n, device),  # noqa: B023
-                                    images)  # (scored before the loop moves on)
+            def sample(index: int, n: int, net=net) -> torch.Tensor:
+                return sample_evaluation_batch(net, config, index, n, device, class_probs=probs)
+
+            score = evaluator.score(sample, images)
             rows.append(dict(study="", trial_id=run.name, **{c: getattr(config, c) for c in CONFIG_COLUMNS},
                              sigma_rel=sigma_rel, kimg=step * config.batch / 1000, iteration=step, snapshots=used,
                              fid=score.fd, fid_detector=config.fid_detector, fid_images=images, fid_std=score.fd_std,

@@ -1,25 +1,24 @@
-"""`sid ref`: reference statistics (EDM's .npz: mu, sigma) of a folder or zip of images, for `--fid-ref`.
+"""`sid ref`: reference statistics (EDM's .npz: mu, sigma) of a dataset, for `--fid-ref`; with labelled data also its
+images per class (`class_counts`), from which a conditional run draws its labels (docs/data.md).
 
-    sid ref DIR_OR_ZIP --fid-detector NAME --out ref.npz
+    sid ref DATA --fid-detector NAME --out ref.npz      # DATA: image folder, EDM dataset zip, .npz or 'digits'
 """
 
 from __future__ import annotations
 
+from sid.datasets import open_dataset
 from sid.flags import RENAMED, Parser
-from sid.metrics import (
-    detector_names,
-    get_detector,
-    iter_image_batches,
-    reference_stats_for_images,
-    save_reference_stats,
-)
+from sid.metrics import detector_names, get_detector, reference_stats_for_images, save_reference_stats
 
 
 def build_parser() -> Parser:
     parser = Parser(prog="sid ref", description=__doc__.split("\n\n")[0],
-                    renamed={"--images": "SOURCE (the first argument)",
+                    renamed={"--images": "DATA (the first argument)",
                              **{k: RENAMED[k] for k in ("--detector", "--batch")}})
-    parser.add_argument("source", help="folder (searched recursively) or .zip of PNG/JPEG images")
+    parser.add_argument("source", metavar="DATA",
+                        help="image folder (searched recursively; EDM's dataset.json labels it), zip of images (EDM's "
+                             "dataset_tool), .npz (uint8 images under arr_0 or images, labels under arr_1 or labels) "
+                             "or 'digits'")
     parser.add_argument("--fid-detector", required=True, help=f"detector name: {', '.join(detector_names())}")
     parser.add_argument("--out", required=True, help="output .npz path")
     parser.add_argument("--batch-per-device", type=int, default=64, help="images per detector call")
@@ -30,9 +29,15 @@ def build_parser() -> Parser:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.batch_per_device < 1:
+        parser.error(f"--batch-per-device: expected an integer >= 1, got {args.batch_per_device}")
     try:
+        dataset = open_dataset(args.source)
         detector = get_detector(args.fid_detector, args.device)
-        mu, sigma = reference_stats_for_images(iter_image_batches(args.source, args.batch_per_device), detector)
-    except (ValueError, FileNotFoundError) as e:
-        parser.error(str(e))
-    print(f"wrote {save_reference_stats(args.out, mu, sigma)} ({detector.name}, {mu.shape[0]} features)")
+        mu, sigma = reference_stats_for_images(dataset.images(args.batch_per_device), detector)
+    except (ValueError, FileNotFoundError) as exc:  # bad data: one line, nothing written
+        parser.error(str(exc))
+    info = dataset.info
+    path = save_reference_stats(args.out, mu, sigma, class_counts=info.class_counts)
+    classes = f", class_counts of {info.label_dim} classes" if info.class_counts is not None else ", no labels"
+    print(f"wrote {path} ({detector.name}, {mu.shape[0]} features, {info.images} images{classes})")

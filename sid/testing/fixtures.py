@@ -6,11 +6,15 @@ nothing in the library imports it.
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import math
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from sid.config import PRESETS, DistillConfig, preset
@@ -49,6 +53,42 @@ def make_teacher(path: str | Path, seed: int = 0, **overrides: Any) -> str:
 def tiny_config(teacher: str = "digits", **overrides: Any) -> DistillConfig:
     """The digits preset at TINY budgets with `teacher`, then `overrides`."""
     return preset("digits", teacher=teacher, **{**TINY, **overrides})
+
+
+def write_dataset(kind: str, path: str | Path, images: np.ndarray, labels: np.ndarray | None = None) -> str:
+    """Write uint8 images [N, H, W, C] (and class labels [N]) as a dataset of `kind` (sid.datasets) at `path`:
+    'folder' and 'zip' as EDM's dataset_tool lays them out (00000/img00000000.png, dataset.json), 'npz' (NHWC under
+    arr_0, labels under arr_1) or 'npz-nchw' (NCHW under images, labels under labels); return the path."""
+    import PIL.Image  # noqa: PLC0415 (Pillow: only image files need it)
+
+    path = Path(path)
+    names = [f"{i // 1000:05d}/img{i:08d}.png" for i in range(len(images))]
+    table = {"labels": None if labels is None else [[n, int(c)] for n, c in zip(names, labels)]}
+    if kind.startswith("npz"):
+        nchw = kind == "npz-nchw"
+        arrays = {"images" if nchw else "arr_0": images.transpose(0, 3, 1, 2) if nchw else images}
+        if labels is not None:
+            arrays["labels" if nchw else "arr_1"] = labels
+        np.savez(path, **arrays)
+        return str(path)
+    encoded = []
+    for img in images:
+        buffer = io.BytesIO()
+        PIL.Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img).save(buffer, format="PNG")
+        encoded.append(buffer.getvalue())
+    if kind == "folder":
+        for name, data in zip(names, encoded):
+            (path / name).parent.mkdir(parents=True, exist_ok=True)
+            (path / name).write_bytes(data)
+        (path / "dataset.json").write_text(json.dumps(table))
+    elif kind == "zip":
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
+            for name, data in zip(names, encoded):
+                archive.writestr(name, data)
+            archive.writestr("dataset.json", json.dumps(table))
+    else:
+        raise ValueError(f"write_dataset: unknown kind {kind!r}")
+    return str(path)
 
 
 def flags(**values: Any) -> list[str]:

@@ -18,7 +18,9 @@ from sid.config import DistillConfig
 
 FLOATS = [f.name for f in dataclasses.fields(DistillConfig) if f.type in ("float", float)]
 INTS = [f.name for f in dataclasses.fields(DistillConfig) if f.type in ("int", int)]
-UNCONSTRAINED = {"preset", "alpha"}  # preset is --preset (below); any finite alpha is a valid SiD loss weight
+# preset is --preset (below); any finite alpha is a valid SiD loss weight; data is read only by the methods that
+# train on real images, which check it (sid.datasets; tests/test_datasets.py)
+UNCONSTRAINED = {"preset", "alpha", "data"}
 # Values outside each field's domain (beyond the type errors that every numeric field gets below).
 OUT_OF_RANGE = {
     "teacher": [("", "must name a teacher"), ("missing.pt", "missing.pt: no such network file"),
@@ -58,6 +60,8 @@ OUT_OF_RANGE = {
     "fid_detector": [("inception", "must be one of inception-2015-12-05")],
     "fid_ref": [("missing.npz", "no such file: 'missing.npz'"), ("edm:nope", "known names")],
     "seed": [("-1", "must be >= 0")],
+    "class_counts": [("counts.txt", "must be '', 'uniform' or an .npz"),
+                     ("c.npz", "class_counts c.npz: the teacher digits is unconditional")],
 }
 
 
