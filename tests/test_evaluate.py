@@ -7,17 +7,17 @@ import numpy as np
 import PIL.Image
 import pytest
 import scipy.linalg
-import scipy.stats
 import torch
 
 from sid import metrics
 from sid.commands import evaluate as eval_cli
 from sid.commands import generate as gen_cli
 from sid.config import INCEPTION, preset
-from sid.metrics import InceptionDetector, compute_fd_std_is, inception_score, save_reference_stats, score_generated
+from sid.metrics import InceptionDetector, inception_score, save_reference_stats, score_generated
 from sid.results import SCORE_SCHEMA, read_evaluations, read_scores
 from sid.run import run_local
 from sid.teachers import load_teacher
+from sid.testing.fixtures import scipy_inception_score
 
 W_FEATURES = torch.randn(16, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 W_CLASSES = torch.randn(16, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -48,21 +48,11 @@ def scipy_fd(mu1, s1, mu2, s2) -> float:
     return float(np.real(np.square(mu1 - mu2).sum() + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2))))
 
 
-def scipy_is(p, splits):
-    """exp(mean KL(p(y|x) || p(y))) per split via scipy.stats.entropy; mean and (ddof 0) std over the splits,
-    split i being rows i*N//splits .. (i+1)*N//splits - 1 as in StyleGAN3's inception_score.py."""
-    scores = []
-    for part in (p[i * len(p) // splits: (i + 1) * len(p) // splits] for i in range(splits)):
-        py = part.mean(axis=0)
-        scores.append(np.exp(np.mean([scipy.stats.entropy(row, py) for row in part])))
-    return np.mean(scores), np.std(scores)
-
-
 @pytest.mark.parametrize("n, splits", [(100, 10), (103, 10), (37, 3)])
 def test_inception_score_matches_scipy_entropy(n, splits):
     p = np.random.default_rng(n).dirichlet(np.full(7, 0.3), size=n)
     got = inception_score(p, splits)
-    assert got == pytest.approx(scipy_is(p, splits), rel=1e-12)
+    assert got == pytest.approx(scipy_inception_score(p, splits), rel=1e-12)
 
 
 def test_inception_score_closed_forms():
@@ -97,7 +87,7 @@ def test_evaluate_npz_draws_match_scipy_fd_and_is(tmp_path, standin, capsys):
         assert row["fid"] == pytest.approx(want, rel=1e-9)
         logits = part / 64 @ W_CLASSES.numpy()
         probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-        assert (row["is_mean"], row["is_std"]) == pytest.approx(scipy_is(probs, 10), rel=1e-6)
+        assert (row["is_mean"], row["is_std"]) == pytest.approx(scipy_inception_score(probs, 10), rel=1e-6)
     out = capsys.readouterr().out
     assert "FD (standin-v1, 20 images)" in out and "mean +- std over 2 draws" in out and "IS (10 splits)" in out
 
@@ -142,7 +132,7 @@ def test_inception_detector_gives_an_fid_and_an_is_without_output_bias(tmp_path,
                              groups=2)  # each group is one more 2048-d distance: few here, this is about the IS
     net = TinyInception()
     probs = net(torch.from_numpy(arr).permute(0, 3, 1, 2), no_output_bias=True).detach().double().numpy()
-    assert (rows[0]["is_mean"], rows[0]["is_std"]) == pytest.approx(scipy_is(probs, 10), rel=1e-5)
+    assert (rows[0]["is_mean"], rows[0]["is_std"]) == pytest.approx(scipy_inception_score(probs, 10), rel=1e-5)
     assert "FID (inception-2015-12-05, 30 images)" in eval_cli.summary(rows)
 
 
@@ -187,8 +177,8 @@ def test_fd_and_is_of_training_evaluations_come_from_one_detector_pass(num_image
         return torch.from_numpy(pixels[index * batch: index * batch + n])
 
     detector = OnePassStandIn()
-    fd, fd_std, is_mean, is_std = compute_fd_std_is(generate, num_images, detector, mu_ref, a @ a.T / 30,
-                                                    batch_size=batch)
+    both = score_generated(generate, num_images, detector, mu_ref, a @ a.T / 30, batch_size=batch, with_is=True)
+    fd, fd_std, is_mean, is_std = both.fd, both.fd_std, both.is_mean, both.is_std
     assert detector.passes == -(-num_images // batch)
     score = score_generated(generate, num_images, StandIn(), mu_ref, a @ a.T / 30, batch_size=batch)
     assert (fd, fd_std) == pytest.approx((score.fd, score.fd_std), rel=1e-12)
@@ -199,7 +189,7 @@ def test_fd_and_is_of_training_evaluations_come_from_one_detector_pass(num_image
     logits = uint8 / 64 @ W_CLASSES.numpy()
     probs = np.exp(logits - logits.max(1, keepdims=True))
     # probabilities kept in float32, as the official code keeps them
-    assert (is_mean, is_std) == pytest.approx(scipy_is(probs / probs.sum(1, keepdims=True), 10), rel=1e-6)
+    assert (is_mean, is_std) == pytest.approx(scipy_inception_score(probs / probs.sum(1, keepdims=True), 10), rel=1e-6)
 
 
 def test_fd_and_is_refuse_a_detector_without_class_probabilities():
@@ -210,7 +200,8 @@ def test_fd_and_is_refuse_a_detector_without_class_probabilities():
             return images.flatten(1).double()
 
     with pytest.raises(ValueError, match="detector features-only gives no class probabilities: no Inception Score"):
-        compute_fd_std_is(lambda i, n: torch.zeros(n, 1, 4, 4), 20, FeaturesOnly(), np.zeros(16), np.eye(16))
+        score_generated(lambda i, n: torch.zeros(n, 1, 4, 4), 20, FeaturesOnly(), np.zeros(16), np.eye(16),
+                        with_is=True)
 
 
 def save_pngs(folder, arr):

@@ -112,6 +112,19 @@ def code_blocks(text: str, info: str = "python") -> list[str]:
             if m.group(1).strip() == info]
 
 
+def scipy_inception_score(p, splits: int = 10) -> tuple[float, float]:
+    """An independent Inception Score in float64: exp(mean KL(p(y|x) || p(y))) per split via scipy.stats.entropy;
+    mean and (ddof 0) std over the splits, split i being rows i*N//splits .. (i+1)*N//splits - 1 as in StyleGAN3's
+    inception_score.py."""
+    import scipy.stats  # noqa: PLC0415 (scipy: only the tests' references need it)
+
+    scores = []
+    for part in (p[i * len(p) // splits: (i + 1) * len(p) // splits] for i in range(splits)):
+        py = part.mean(axis=0)
+        scores.append(math.exp(sum(scipy.stats.entropy(row, py) for row in part) / len(part)))
+    return float(sum(scores) / len(scores)), float(torch.tensor(scores, dtype=torch.float64).std(correction=0))
+
+
 class RowSink:
     """A training-loop sink (sid.loop.Sink) that keeps what it is handed: each row, and the best row at that point."""
 
