@@ -1,7 +1,6 @@
 """`sid evaluate`: FD and IS against independent float64 computations (scipy), draws, rows, bad input, and the issue's
 end-to-end check on a real short digits run."""
 
-import shutil
 import warnings
 from pathlib import Path
 
@@ -18,14 +17,14 @@ from sid import metrics
 from sid.commands import evaluate as eval_cli
 from sid.commands import generate as gen_cli
 from sid.config import INCEPTION, preset
-from sid.files import BEST, RUNS_DIR, SCORES_FILE, TRIALS_FILE
+from sid.files import BEST, RUNS_DIR, SCORES_FILE
 from sid.metrics import InceptionDetector, inception_score, save_reference_stats, score_generated
-from sid.results import SCORE_SCHEMA, TRIAL_SCHEMA, read_evaluations, read_scores, write_trials
+from sid.results import SCORE_SCHEMA, read_evaluations, read_scores
 from sid.run import run_local
 from sid.saved import SavedGenerator
 from sid.scoring import rescore
 from sid.teachers import load_teacher
-from sid.testing.fixtures import scipy_inception_score
+from sid.testing.fixtures import scipy_inception_score, study_of_generators
 
 W_FEATURES = torch.randn(16, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 W_CLASSES = torch.randn(16, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -417,22 +416,9 @@ def test_rescore_scores_best_pt_on_fresh_seeds_and_a_finished_draw_is_not_redone
     assert again["written_at"].iloc[:2].tolist() == rows["written_at"].tolist()
 
 
-def write_study(folder, run, best_fids: dict[str, float]):
-    """A study folder of finished trials whose run folders hold `run`'s best.pt, with these best FDs."""
-    rows = []
-    for trial, fid in best_fids.items():
-        (folder / RUNS_DIR / trial).mkdir(parents=True)
-        shutil.copy(run / BEST, folder / RUNS_DIR / trial / BEST)
-        rows.append({**{f.name: None for f in TRIAL_SCHEMA}, "study": folder.name, "trial_id": trial,
-                     "state": "completed", "best_fid": fid, "best_kimg": 0.256, "evaluations": 3})
-    write_trials(folder / TRIALS_FILE, pd.DataFrame(rows).astype({"best_fid": float, "best_kimg": float}))
-
-
 @pytest.mark.parametrize("trials, rescored_trials", [("best", ["b"]), ("all", ["a", "b"])])
 def test_rescore_of_a_study_scores_its_best_trial_or_every_trial(tmp_path, small_run, trials, rescored_trials):
-    study = tmp_path / "study"
-    write_study(study, small_run, {"a": 30.0, "b": 20.0, "c": float("nan")})  # c: no finite evaluation
-    (study / RUNS_DIR / "c" / BEST).unlink()
+    study = study_of_generators(tmp_path / "study", small_run / BEST, {"a": 30.0, "b": 20.0, "c": float("nan")})
     rows = rescore(study, trials=trials, repeats=1)
     assert sorted(Path(s).parent.name for s in rows["source"]) == rescored_trials
     assert [t for t in "abc" if (study / RUNS_DIR / t / SCORES_FILE).exists()] == rescored_trials

@@ -26,11 +26,23 @@ from ray.tune.experiment import Trial
 from sid.cluster.distributed import RAY_ENV, ResourceError, connect
 from sid.cluster.resources import TrialResources
 from sid.cluster.space import Grid, Range
-from sid.cluster.study import Study, StudyCallback, plan, run_study, trial_capacity
+from sid.cluster.study import Study, StudyCallback, plan, rescore_at_end, run_study, trial_capacity
 from sid.cluster.trials import TrialRecord, trial_state
 from sid.config import preset
-from sid.results import CONFIG_COLUMNS, EVALUATION_SCHEMA, SCHEMA_VERSION, TRIAL_SCHEMA, Divergence, read_evaluations
-from sid.testing.fixtures import TINY, flags, session_processes
+from sid.files import BEST, RUNS_DIR, SCORES_FILE, TRIALS_FILE
+from sid.results import (
+    CONFIG_COLUMNS,
+    EVALUATION_SCHEMA,
+    SCHEMA_VERSION,
+    TRIAL_SCHEMA,
+    Divergence,
+    read_evaluations,
+    read_scores,
+    read_trials,
+    write_trials,
+)
+from sid.saved import SavedGenerator
+from sid.testing.fixtures import TINY, flags, session_processes, study_of_generators, tiny_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 # 1 iteration = 0.008 kimg; evaluations at 0, 0.016, 0.032 kimg
@@ -292,6 +304,13 @@ def test_grid_study_with_asha_stops_the_bad_learning_rate_and_records_every_eval
     assert trials.set_index("glr").loc[1.0, "last_kimg"] == pytest.approx(0.016)
     at_rung = rows[np.isclose(rows["kimg"], 0.016)].set_index("glr")["fid"]
     assert at_rung[1.0] > at_rung[[1e-4, 5e-5]].max()  # it was stopped for being worse there
+    # At its end the study re-scored its best trial's best.pt on fresh latents (study.rescore 'best'), 3 draws.
+    best = trials.sort_values("best_fid")["trial_id"].iloc[0]
+    scored = [t for t in trials["trial_id"] if (study.folder / RUNS_DIR / t / SCORES_FILE).exists()]
+    assert scored == [best]
+    rescored = read_scores(study.folder / RUNS_DIR / best / SCORES_FILE)
+    assert rescored["repeat"].tolist() == [0, 1, 2] and rescored["fid_images"].eq(TINY["fid_images"]).all()
+    assert rescored["fid"].map(math.isfinite).all()
 
 
 @pytest.mark.ray
@@ -306,3 +325,35 @@ def test_optuna_study_samples_within_the_space_and_keeps_its_state(tmp_path, loc
     assert trials["alpha"].nunique() == 3 and trials["lr"].nunique() == 3
     check_study_files(study.folder, trials, ["alpha", "lr"])
     assert list(study.folder.glob("searcher-state-*.pkl"))  # what --resume gives back to Optuna
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("rescore, case, scored", [
+    ("best", "finished", ["b"]),        # the lowest best FD; c has no finite evaluation (no best.pt)
+    ("all", "finished", ["a", "b"]),
+    ("none", "finished", []),
+    ("best", "interrupted", []),        # a trial left running: the study is not finished, nothing is re-scored
+    ("best", "broken best.pt", []),     # reported with the command that finishes it, not raised
+])
+def test_a_finished_study_rescores_its_chosen_generators_as_a_ray_task(tmp_path, local_ray, capsys, rescore, case,
+                                                                       scored):
+    base = preset("digits", **TINY)
+    generator = SavedGenerator.of(tiny_teacher(), sigma_init=2.5, config=base.to_dict(), kimg=0.032)
+    study = Study(name="done", base=base, space={"alpha": Grid([1.0])}, storage=tmp_path, rescore=rescore,
+                  rescore_repeats=2)
+    study_of_generators(study.folder, generator.save(tmp_path / "g.pt"), {"a": 30.0, "b": 20.0, "c": math.nan})
+    if case == "interrupted":
+        table = read_trials(study.folder / TRIALS_FILE)
+        write_trials(study.folder / TRIALS_FILE, table.assign(state=["completed", "completed", "running"]))
+    if case == "broken best.pt":
+        (study.folder / RUNS_DIR / "b" / BEST).write_bytes(b"not a generator")
+    rescore_at_end(study, TrialResources(cpus_per_worker=1.0, gpus_per_worker=0))
+    assert [t for t in "abc" if (study.folder / RUNS_DIR / t / SCORES_FILE).exists()] == scored
+    out = capsys.readouterr().out
+    for trial in scored:
+        rows = read_scores(study.folder / RUNS_DIR / trial / SCORES_FILE)
+        assert rows["repeat"].tolist() == [0, 1] and rows["fid"].map(math.isfinite).all()
+        assert rows["generator_kimg"].eq(0.032).all() and f"re-scored {study.folder / RUNS_DIR / trial / BEST}" in out
+    if case == "broken best.pt":
+        assert "re-score failed (" in out and f"run `sid evaluate --rescore {study.folder}` to finish it" in out
