@@ -430,6 +430,7 @@ def test_rescore_of_a_study_scores_its_best_trial_or_every_trial(tmp_path, small
                                                    "--fid-images"),
     (["{run}", "--rescore", "{run}"], "expected SOURCE or --rescore RUN_OR_STUDY (one of them)"),
     (["--rescore", "{run}", "--repeats", "0"], "--repeats: expected >= 1, got 0"),
+    (["{run}", "--rescore-trials", "all"], "--rescore-trials goes with --rescore RUN_OR_STUDY"),
 ])
 def test_rescore_bad_input_exits_2_with_one_line(tmp_path, small_run, capsys, argv, match):
     (tmp_path / "empty").mkdir()

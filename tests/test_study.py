@@ -304,7 +304,7 @@ def test_grid_study_with_asha_stops_the_bad_learning_rate_and_records_every_eval
     assert trials.set_index("glr").loc[1.0, "last_kimg"] == pytest.approx(0.016)
     at_rung = rows[np.isclose(rows["kimg"], 0.016)].set_index("glr")["fid"]
     assert at_rung[1.0] > at_rung[[1e-4, 5e-5]].max()  # it was stopped for being worse there
-    # At its end the study re-scored its best trial's best.pt on fresh latents (study.rescore 'best'), 3 draws.
+    # At its end the study re-scored its best trial's best.pt on fresh latents (study.rescore_trials 'best'), 3 draws.
     best = trials.sort_values("best_fid")["trial_id"].iloc[0]
     scored = [t for t in trials["trial_id"] if (study.folder / RUNS_DIR / t / SCORES_FILE).exists()]
     assert scored == [best]
@@ -329,18 +329,19 @@ def test_optuna_study_samples_within_the_space_and_keeps_its_state(tmp_path, loc
 
 @pytest.mark.ray
 @pytest.mark.timeout(150)
-@pytest.mark.parametrize("rescore, case, scored", [
+@pytest.mark.parametrize("rescore_trials, case, scored", [
     ("best", "finished", ["b"]),        # the lowest best FD; c has no finite evaluation (no best.pt)
     ("all", "finished", ["a", "b"]),
     ("none", "finished", []),
     ("best", "interrupted", []),        # a trial left running: the study is not finished, nothing is re-scored
     ("best", "broken best.pt", []),     # reported with the command that finishes it, not raised
 ])
-def test_a_finished_study_rescores_its_chosen_generators_as_a_ray_task(tmp_path, local_ray, capsys, rescore, case,
-                                                                       scored):
+def test_a_finished_study_rescores_its_chosen_generators_as_a_ray_task(tmp_path, local_ray, capsys, rescore_trials,
+                                                                       case, scored):
     base = preset("digits", **TINY)
     generator = SavedGenerator.of(tiny_teacher(), sigma_init=2.5, config=base.to_dict(), kimg=0.032)
-    study = Study(name="done", base=base, space={"alpha": Grid([1.0])}, storage=tmp_path, rescore=rescore,
+    study = Study(name="done", base=base, space={"alpha": Grid([1.0])}, storage=tmp_path,
+                  rescore_trials=rescore_trials,
                   rescore_repeats=2)
     study_of_generators(study.folder, generator.save(tmp_path / "g.pt"), {"a": 30.0, "b": 20.0, "c": math.nan})
     if case == "interrupted":

@@ -82,7 +82,7 @@ class Study:
     storage: Path = Path("results")            # parent folder; on a multi-node cluster a path every node shares
     optuna_seed: int = 0                       # seed of the TPE sampler
     tracking: TrackingSettings = TrackingSettings()  # trackers, through Ray Tune's logger callbacks
-    rescore: str = "best"                      # at the end: re-score the best trial's best.pt, 'all' trials', 'none'
+    rescore_trials: str = "best"               # at the end: re-score the best trial's best.pt, 'all' trials', 'none'
     rescore_repeats: int = RESCORE_REPEATS     # its draws on fresh latents, each of the evaluations' image count
 
     @property
@@ -133,8 +133,8 @@ class Study:
                 open_storage(self.optuna_storage)
             except StorageError as exc:
                 raise bad(str(exc)) from None
-        if self.rescore not in (*RESCORE_TRIALS, "none"):
-            raise bad(f"rescore must be one of {', '.join(RESCORE_TRIALS)}, none; got {self.rescore!r}")
+        if self.rescore_trials not in (*RESCORE_TRIALS, "none"):
+            raise bad(f"rescore_trials must be one of {', '.join(RESCORE_TRIALS)}, none; got {self.rescore_trials!r}")
         if self.rescore_repeats < 1:
             raise bad(f"rescore_repeats must be >= 1, got {self.rescore_repeats}")
         if self.max_concurrent is not None and self.max_concurrent < 1:
@@ -362,19 +362,20 @@ def rescore_at_end(study: Study, worker: TrialResources) -> None:
     trials' results stand, and `sid evaluate --rescore <study>` does the same later (finished draws are kept)."""
     path = study.folder / TRIALS_FILE
     table = read_parquet(path) if path.is_file() else pd.DataFrame()
-    if study.rescore == "none" or table.empty or (table["state"] == "running").any():
+    if study.rescore_trials == "none" or table.empty or (table["state"] == "running").any():
         return
     gpus = worker.gpus_per_worker or 0
     task = ray.remote(rescore_study).options(num_cpus=worker.cpus_per_worker, num_gpus=gpus)
-    print(f"re-scoring {'the best trial' if study.rescore == 'best' else 'every trial'} on fresh latents "
+    print(f"re-scoring {'the best trial' if study.rescore_trials == 'best' else 'every trial'} on fresh latents "
           f"({study.rescore_repeats} draws)", flush=True)
     try:
-        rows = ray.get(task.remote(study.folder, trials=study.rescore, repeats=study.rescore_repeats,
+        rows = ray.get(task.remote(study.folder, trials=study.rescore_trials, repeats=study.rescore_repeats,
                                    device="cuda" if gpus else "cpu"))
     except Exception as exc:  # any failure of the re-score leaves the study's own results intact
         cause = getattr(exc, "cause", None) or exc
         print(f"re-score failed ({type(cause).__name__}: {str(cause).splitlines()[-1] if str(cause) else ''}); "
-              f"run `sid evaluate --rescore {study.folder}` to finish it", flush=True)
+              f"run `sid evaluate --rescore {study.folder}"
+              f"{' --rescore-trials all' if study.rescore_trials == 'all' else ''}` to finish it", flush=True)
         return
     for source, group in rows.groupby("source", sort=False):
         fid = group["fid"].astype(float)

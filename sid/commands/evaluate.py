@@ -2,13 +2,17 @@
 
     sid evaluate runs/digits --repeats 5                 # 5 draws of fid_images images, seeds 0.., mean +- std
     sid evaluate out.npz --preset cifar10-uncond --fid-images 50000
+    sid evaluate runs/c10 --metrics fd,is,pr --pr-ref train.zip   # + Inception Score, precision/recall (pr50k3)
+    sid evaluate --rescore results/my-study          # the best trial's best.pt on 3 fresh draws (sid.scoring)
 
 Every draw goes through the same sid.metrics code as the training-time evaluations (quantize, FeatureStats with the
 biased /N covariance, frechet_distance), so a run's evaluations and `sid evaluate` agree up to the choice of images.
 Draw r of a generator uses seeds seed_start + r*N .. seed_start + (r+1)*N - 1 (the images `sid generate` writes for
 those seeds); draw r of a folder or npz uses its images r*N .. (r+1)*N - 1 in sorted order. With an Inception detector
-the Inception Score (10 splits, as StyleGAN3's is50k) of each draw is reported too. Rows go to a Parquet scores file
-(sid.results.SCORE_SCHEMA) and a table is printed.
+the Inception Score (10 splits, as StyleGAN3's is50k) of each draw is reported too (`--metrics` chooses; `pr` adds
+precision/recall against `--pr-ref` real images, k = 3 as the official pr50k3). Rows go to a Parquet scores file
+(sid.results.SCORE_SCHEMA) and a table is printed. `--rescore RUN_OR_STUDY` scores a run's best.pt again on fresh
+latents with the run's own settings, into the run folder's scores file, keeping draws already there.
 """
 
 from __future__ import annotations
@@ -219,8 +223,8 @@ def build_parser() -> Parser:
     parser.add_argument("--rescore", default=None, metavar="RUN_OR_STUDY",
                         help=f"instead of SOURCE: re-score a run's {BEST} (a study's best trial's) on fresh latents "
                              f"with the run's own images, detector, reference and metrics, into <run>/{SCORES_FILE}")
-    parser.add_argument("--rescore-trials", default="best", choices=RESCORE_TRIALS,
-                        help="--rescore of a study: its best trial's generator, or every trial's")
+    parser.add_argument("--rescore-trials", default=None, choices=RESCORE_TRIALS,
+                        help="--rescore of a study: its best trial's generator (default), or every trial's")
     parser.add_argument("--preset", default=None, choices=list(PRESETS), metavar="NAME",
                         help="detector, reference and image count of this preset (default: the run's, else digits)")
     parser.add_argument("--fid-detector", default=None,
@@ -273,6 +277,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("expected SOURCE or --rescore RUN_OR_STUDY (one of them)")
     if args.rescore is not None:
         return main_rescore(parser, args)
+    if args.rescore_trials is not None:
+        parser.error("--rescore-trials goes with --rescore RUN_OR_STUDY")
     source = Path(args.source)
     out = Path(args.out) if args.out else (source if source_kind(args.source) == "generator" and source.is_dir()
                                            else Path(".")) / SCORES_FILE
@@ -301,16 +307,18 @@ def main(argv: list[str] | None = None) -> None:
 
 def main_rescore(parser: Parser, args: argparse.Namespace) -> None:
     """`sid evaluate --rescore RUN_OR_STUDY`: sid.scoring.rescore, its rows printed as a table per generator."""
-    chosen = [f"--{k.replace('_', '-')}" for k in ("preset", "fid_detector", "fid_ref", "fid_images", "class_idx",
-                                                   "sigma_init", "metrics", "pr_ref", "pr_images", "out")
-              if getattr(args, k) is not None] + (["--seed-start"] if args.seed_start else [])
+    flags = {"preset": "--preset", "fid_detector": "--fid-detector", "fid_ref": "--fid-ref",
+             "fid_images": "--fid-images", "class_idx": "--class", "sigma_init": "--sigma-init",
+             "metrics": "--metrics", "pr_ref": "--pr-ref", "pr_images": "--pr-images", "out": "--out"}
+    chosen = [flag for dest, flag in flags.items() if getattr(args, dest) is not None] + \
+        (["--seed-start"] if args.seed_start else [])
     if chosen:
         parser.error(f"--rescore uses the run's own settings and seeds: leave out {', '.join(chosen)}")
     try:
         device = parse_device(args.device)
-        rows = rescore(args.rescore, trials=args.rescore_trials, repeats=RESCORE_REPEATS if args.repeats is None
-                       else args.repeats, device=str(device), batch=args.batch_per_device,
-                       progress=not args.no_progress)
+        repeats = RESCORE_REPEATS if args.repeats is None else args.repeats
+        rows = rescore(args.rescore, trials=args.rescore_trials or "best", repeats=repeats, device=str(device),
+                       batch=args.batch_per_device, progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as exc:
         parser.error(str(exc))
     except (OSError, AssetError) as exc:  # a download failed: not the input's fault
