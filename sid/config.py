@@ -22,6 +22,11 @@ DETECTORS = (INCEPTION, DIGITS_FEATURES)
 # per evaluation and no more images.
 FD_STD_GROUPS = 10
 FD_STD_METHOD = f"delete-one-group jackknife s.e. over {FD_STD_GROUPS} disjoint groups of the generated images"
+# What an evaluation can compute, one spelling each (eval_metrics, `sid evaluate --metrics`): the Frechet distance,
+# the Inception Score (10 splits, StyleGAN3's is50k) and precision/recall (k = 3 neighbours, the official pr50k3).
+METRICS = ("fd", "is", "pr")
+TRAINING_METRICS = ("fd", "is")          # a training evaluation's: precision/recall needs real images (sid evaluate)
+CLASS_DETECTORS = (INCEPTION,)           # detectors with class probabilities: the ones an Inception Score can use
 # Fields a study can search (sid/cluster/space.py), with the scale of their values: 'linear' (a Range is searched
 # uniformly), 'log' (log-uniformly; figures use log axes), 'int' (integers; a Range covers low..high).
 SEARCHABLE: dict[str, str] = {"alpha": "linear", "sigma_init": "linear", "lr": "log", "glr": "log", "seed": "int"}
@@ -48,6 +53,15 @@ def parse_sigma_rels(text: str) -> tuple[float, ...]:
     lo, hi = SIGMA_REL_RANGE
     if any(not (math.isfinite(v) and lo < v < hi) for v in values) or len(set(values)) < len(values):
         raise ValueError(expected)
+    return values
+
+
+def parse_metrics(text: str, allowed: tuple[str, ...] = METRICS) -> tuple[str, ...]:
+    """'fd,is' -> ('fd', 'is'); ValueError naming the allowed ones. The Frechet distance is always computed."""
+    values = tuple(v.strip() for v in text.split(",")) if text.strip() else ()
+    if not values or any(v not in allowed for v in values) or len(set(values)) < len(values) or "fd" not in values:
+        raise ValueError(f"expected a comma list of distinct metrics from {', '.join(allowed)} that includes fd, "
+                         f"got {text!r}")
     return values
 
 
@@ -98,6 +112,7 @@ class DistillConfig:
     fid_images_final: int = 0               # images of the last evaluation (0 = fid_images)
     fid_detector: str = INCEPTION           # feature network of the Frechet distance (DETECTORS)
     fid_ref: str = "edm:cifar10-32x32"      # reference statistics: 'digits', 'edm:<name>', .npz path or URL
+    eval_metrics: str = "fd"                # metrics of each evaluation: 'fd', or 'fd,is' (+ Inception Score)
     seed: int = 0                           # run seed; per-rank noise derives from (seed, rank, iteration)
     # Data (sid/datasets.py)
     data: str = ""                          # real images for methods that train on them: folder, zip, .npz, 'digits'
@@ -168,6 +183,13 @@ class DistillConfig:
             raise bad("teacher", "must name a teacher")
         if self.class_counts not in ("", "uniform") and not self.class_counts.endswith(".npz"):
             raise bad("class_counts", "must be '', 'uniform' or an .npz with class_counts (sid ref)")
+        try:
+            metrics = parse_metrics(self.eval_metrics, TRAINING_METRICS)
+        except ValueError as exc:
+            raise bad("eval_metrics", str(exc).split(", got")[0]) from None
+        if "is" in metrics and self.fid_detector not in CLASS_DETECTORS:
+            raise bad("eval_metrics", f"'is' needs a detector with class probabilities ({', '.join(CLASS_DETECTORS)}),"
+                                      f" not fid_detector {self.fid_detector}")
 
     # ------------------------------------------------------------------ helpers
     def replace(self, **overrides: Any) -> DistillConfig:
@@ -250,7 +272,9 @@ _FFHQ_LIKE = dict(batch=512, batch_per_device=32, precision="fp16", dropout=0.05
                   fid_detector=INCEPTION)
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "cifar10-uncond": dict(_CIFAR, teacher="edm:cifar10-uncond", duration_kimg=500_000.0),
+    # The official CIFAR-10 uncond run reports the Inception Score at each evaluation (--metrics fid50k_full,is50k);
+    # every other official run only the FID.
+    "cifar10-uncond": dict(_CIFAR, teacher="edm:cifar10-uncond", duration_kimg=500_000.0, eval_metrics="fd,is"),
     "cifar10-cond": dict(_CIFAR, teacher="edm:cifar10-cond", duration_kimg=800_000.0),
     "imagenet64-cond": dict(teacher="edm:imagenet64-cond", alpha=1.2, batch=8192, batch_per_device=16, lr=4e-6,
                             glr=4e-6, precision="fp16", dropout=0.1, augment=0.0, ema_mimg=2.0,

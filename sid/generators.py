@@ -9,7 +9,9 @@ Hugging Face Hub: `hf://ORG/REPO[/PATH][@REVISION]` (sid.hub), e.g. a repository
 
 Generation follows the official one-step sampler: z = sigma_init * randn, x = G(z, sigma_init, class one-hot), with z
 and the random class of image i drawn from torch.Generator(seed i) alone, so batching, sharding and device do not
-change which image a seed gives.
+change which image a seed gives. That generator is a CPU one (rng 'sid'): the same images on any machine. The official
+generate_onestep.py draws from a CUDA generator per seed instead (rng 'official', official_inputs), whose numbers only
+a CUDA device gives: the images of its seeds, reproduced where one exists.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ from sid.saved import EXPORT_SUFFIXES, SavedGenerator
 from sid.teachers import load_teacher
 
 MAX_SEED = 2**32 - 1              # the seed range of EDM's and SiD's generate scripts
+# Where each seed's latents come from: 'sid', a CPU torch.Generator (every device gives the same images); 'official',
+# a torch.Generator on the CUDA device as the official generate_onestep.py (its images, on CUDA only).
+RNGS = ("sid", "official")
 
 
 # ---------------------------------------------------------------------------------------------- seeds
@@ -141,6 +146,27 @@ def seed_inputs(seeds: Sequence[int], net: nn.Module, sigma_init: float,
     return z, labels
 
 
+def official_inputs(seeds: Sequence[int], net: nn.Module, sigma_init: float, class_idx: int | None = None, *,
+                    device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(z float64 [N, C, R, R], one-hot labels float32 [N, label_dim] or None) on `device`, drawn as the official
+    generate_onestep.py draws them: one torch.Generator(device) per seed, seeded with seed mod 2^32; from each its
+    image's standard normal latents (float32), then, for a conditional network, its class (randint(label_dim) of
+    shape []: drawn even when class_idx fixes the class, after the latents, so it changes nothing); z = sigma_init *
+    latents in float64. On a CUDA device these are the official images' inputs; a CPU device gives the same call
+    order on the CPU generator (what a test without CUDA can check)."""
+    shape = (net.img_channels, net.img_resolution, net.img_resolution)
+    generators = [torch.Generator(device).manual_seed(int(seed) % (1 << 32)) for seed in seeds]
+    latents = torch.stack([torch.randn(shape, generator=g, device=device) for g in generators])
+    labels = None
+    if net.label_dim:
+        classes = torch.stack([torch.randint(net.label_dim, size=[], generator=g, device=device) for g in generators])
+        labels = torch.eye(net.label_dim, device=device)[classes]
+        if class_idx is not None:
+            labels[:, :] = 0
+            labels[:, class_idx] = 1
+    return sigma_init * latents.to(torch.float64), labels
+
+
 def check_class(net: nn.Module, class_idx: int | None) -> None:
     if class_idx is None:
         return
@@ -153,15 +179,31 @@ def check_class(net: nn.Module, class_idx: int | None) -> None:
 
 @torch.no_grad()
 def generate(net: nn.Module, seeds: Sequence[int], *, sigma_init: float, class_idx: int | None = None,
-             batch: int = 64, device: torch.device | str = "cpu") -> Iterator[torch.Tensor]:
+             batch: int = 64, device: torch.device | str = "cpu",
+             rng: str = "sid") -> Iterator[torch.Tensor]:  # of RNGS: where each seed's latents come from
     """Float images in [-1, 1] (NCHW, CPU) of `seeds`, `batch` at a time, in seed order. Quantise with
-    sid.metrics.quantize, as the training-time FID does."""
+    sid.metrics.quantize, as the training-time FID does (rng 'official': in float64, as generate_onestep.py)."""
     check_class(net, class_idx)
     if batch < 1:
         raise ValueError(f"--batch: expected >= 1, got {batch}")
+    check_rng(rng, device)
     net = net.to(device)
     for start in range(0, len(seeds), batch):
-        z, labels = seed_inputs(seeds[start:start + batch], net, sigma_init, class_idx)
+        part = seeds[start:start + batch]
+        if rng == "official":
+            z, labels = official_inputs(part, net, sigma_init, class_idx, device=device)
+        else:
+            z, labels = seed_inputs(part, net, sigma_init, class_idx)
         sigma = torch.full((len(z),), float(sigma_init), device=device)
         labels = None if labels is None else labels.to(device)
         yield net(z.to(device), sigma, labels).float().cpu()
+
+
+def check_rng(rng: str, device: torch.device | str) -> None:
+    """ValueError (one line, with the reason) for an unknown rng, or rng 'official' on a device that is not CUDA."""
+    if rng not in RNGS:
+        raise ValueError(f"--rng: expected one of {', '.join(RNGS)}, got {rng!r}")
+    if rng == "official" and torch.device(device).type != "cuda":
+        raise ValueError(f"--rng official needs a CUDA device (got {device}): the official generate_onestep.py draws "
+                         f"each seed's latents from a CUDA generator, whose numbers a CPU generator does not give; "
+                         f"--rng sid gives the same images on every device")

@@ -19,10 +19,10 @@ from typing import Any, Protocol
 import torch
 from tqdm import tqdm
 
-from sid.config import DistillConfig
+from sid.config import DistillConfig, parse_metrics
 from sid.distill import Distiller
 from sid.fast import eval_batch_size
-from sid.metrics import Score, get_detector, score_generated
+from sid.metrics import Detector, Score, get_detector, score_generated
 from sid.results import CONFIG_COLUMNS, MORE_CONFIG_COLUMNS, best_of, now_utc
 from sid.teachers import load_reference
 
@@ -34,13 +34,20 @@ class Sink(Protocol):
 
 
 class Evaluator:
-    """Frechet distance of G_ema samples against the config's reference statistics."""
+    """Frechet distance of G_ema samples against the config's reference statistics, and their Inception Score from
+    the same detector pass where the config's eval_metrics asks for it."""
 
     def __init__(self, config: DistillConfig, device: torch.device | str = "cpu",
-                 batch_size: int = 0) -> None:  # images per generator/detector call; 0: by device (sid.fast)
+                 batch_size: int = 0,               # images per generator/detector call; 0: by device (sid.fast)
+                 detector: Detector | None = None,  # the features' network (default: config.fid_detector's)
+                 ) -> None:
         self.config, self.batch_size = config, batch_size or eval_batch_size(torch.device(device))
-        self.detector = get_detector(config.fid_detector, device)
+        self.detector = detector or get_detector(config.fid_detector, device)
         self.mu, self.sigma = load_reference(config.fid_ref)
+        self.with_is = "is" in parse_metrics(config.eval_metrics)
+        if self.with_is and not hasattr(self.detector, "probabilities"):
+            raise ValueError(f"eval_metrics {config.eval_metrics!r}: detector {self.detector.name} gives no class "
+                             f"probabilities, so no Inception Score")
 
     def __call__(self, distiller: Distiller, num_images: int) -> Score:
         """The score of the run's G_ema on its fixed evaluation latents."""
@@ -49,11 +56,13 @@ class Evaluator:
     def score(self, sample: Callable[[int, int], torch.Tensor], num_images: int) -> Score:
         """The score (sid.metrics.score_images: FD, its standard error, NaN for non-finite images) of the images
         `sample(batch_index, n)` gives (sid/commands/phema.py passes a rebuilt EMA)."""
-        return score_generated(sample, num_images, self.detector, self.mu, self.sigma, batch_size=self.batch_size)
+        return score_generated(sample, num_images, self.detector, self.mu, self.sigma, batch_size=self.batch_size,
+                               with_is=self.with_is)
 
 
 def make_row(distiller: Distiller, *, fid: float, stats: dict, wall_s: float, images_per_s: float, study: str,
-             trial_id: str, fid_std: float = math.nan) -> dict[str, Any]:
+             trial_id: str, fid_std: float = math.nan, is_mean: float = math.nan,
+             is_std: float = math.nan) -> dict[str, Any]:
     cfg = distiller.config
     finite = math.isfinite(fid) and all(math.isfinite(stats[k]) or distiller.iteration == 0
                                         for k in ("loss_fake_score", "loss_generator"))
@@ -61,7 +70,7 @@ def make_row(distiller: Distiller, *, fid: float, stats: dict, wall_s: float, im
         study=study, trial_id=trial_id, **{c: getattr(cfg, c) for c in CONFIG_COLUMNS},
         world_size=distiller.world_size, kimg=distiller.kimg, iteration=distiller.iteration, wall_s=wall_s,
         device_s=wall_s * distiller.world_size, fid=fid, fid_detector=cfg.fid_detector,
-        fid_images=cfg.fid_images_at(distiller.iteration), fid_std=fid_std,
+        fid_images=cfg.fid_images_at(distiller.iteration), fid_std=fid_std, is_mean=is_mean, is_std=is_std,
         images_per_s=images_per_s, **stats, status="ok" if finite else "diverged",
         **{c: getattr(cfg, c) for c in MORE_CONFIG_COLUMNS}, labels=distiller.labels.source, written_at=now_utc(),
     )
@@ -93,12 +102,15 @@ def train(distiller: Distiller, *, evaluator: Evaluator | None, sinks: Sequence[
             score = evaluator(distiller, cfg.fid_images_at(distiller.iteration)) \
                 if (evaluator is not None and is_main) else None
             fid, fid_std = (score.fd, score.fd_std) if score is not None else (math.nan, math.nan)
-            row = make_row(distiller, fid=fid, fid_std=fid_std, stats=stats, wall_s=wall_s, study=study,
-                           trial_id=trial_id, images_per_s=images / elapsed if images else math.nan)
+            is_mean, is_std = (score.is_mean, score.is_std) if score is not None else (math.nan, math.nan)
+            row = make_row(distiller, fid=fid, fid_std=fid_std, is_mean=is_mean, is_std=is_std, stats=stats,
+                           wall_s=wall_s, study=study, trial_id=trial_id,
+                           images_per_s=images / elapsed if images else math.nan)
             best = best_of(best, row)
             if is_main:
+                inception = f"IS {is_mean:.3f} ± {is_std:.3f}  " if evaluator is not None and evaluator.with_is else ""
                 bar.write(f"kimg {row['kimg']:9.2f}  {cfg.fid_detector} FD({row['fid_images']}) {fid:9.4f} "
-                          f"± {fid_std:<7.3g}loss_fake {stats['loss_fake_score']:10.4g}  "
+                          f"± {fid_std:<7.3g}{inception}loss_fake {stats['loss_fake_score']:10.4g}  "
                           f"loss_G {stats['loss_generator']:10.4g}  {row['images_per_s']:8.1f} img/s  "
                           f"status {row['status']}")
             for sink in sinks:

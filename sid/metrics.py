@@ -37,6 +37,7 @@ INCEPTION_FILE = Asset("https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/p
                        sha256="f58cb9b6ec323ed63459aa4fb441fe750cfe39fafad6da5cb504a16f19e958f4", bytes=95_607_719)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CLASS_COUNTS = "class_counts"  # the reference file's array of images per class (labelled data; sid ref)
+IS_SPLITS = 10  # the Inception Score's splits (StyleGAN3's is50k: mean and std over 10 parts of the images)
 
 
 # ---------------------------------------------------------------------------------------------- Frechet distance
@@ -113,13 +114,15 @@ class FeatureStats:
         return mu.cpu().numpy(), cov.cpu().numpy()
 
 
-def quantize(images: Tensor) -> Tensor:
+def quantize(images: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     """Float images in [-1, 1] -> uint8 exactly as SiD: clamp(x * 127.5 + 128, 0, 255) then truncate (so -1 -> 0,
     1 -> 255, and each uint8 value k covers x in [(k - 128) / 127.5, (k - 127) / 127.5)). NaN pixels become 0, which
-    the official cast gives on CPU and CUDA in practice, made explicit here because a NaN cast is undefined."""
+    the official cast gives on CPU and CUDA in practice, made explicit here because a NaN cast is undefined. `dtype`:
+    the arithmetic's, float32 as SiD's training-time FID, float64 as its generate_onestep.py (a value within float32
+    round-off of an integer step can truncate to the other side)."""
     if not images.is_floating_point():
         raise ValueError(f"quantize expects float images in [-1, 1], got {images.dtype}")
-    x = torch.nan_to_num(images.detach().to(torch.float32) * 127.5 + 128, nan=0.0)
+    x = torch.nan_to_num(images.detach().to(dtype) * 127.5 + 128, nan=0.0)
     return x.clamp(0, 255).to(torch.uint8)
 
 
@@ -280,22 +283,26 @@ register_detector(DIGITS_FEATURES, _digits_detector)
 @torch.no_grad()
 def feature_stats(images: Iterable[Tensor], detector: Detector, *,
                   probabilities: list[np.ndarray] | None = None,
+                  features: list[np.ndarray] | None = None,
                   into: GroupedFeatureStats | None = None) -> FeatureStats | GroupedFeatureStats:
     """FeatureStats of the detector features of uint8 NCHW batches: the one accumulation behind every FD here.
     With a `probabilities` list (Inception Score), each batch's class probabilities are appended to it too, from the
-    same forward pass where the detector has features_and_probabilities. `into` (a GroupedFeatureStats, say)
-    accumulates instead of a new FeatureStats and is returned."""
+    same forward pass where the detector has features_and_probabilities; with a `features` list (precision/recall),
+    each batch's features as float32. `into` (a GroupedFeatureStats, say) accumulates instead of a new FeatureStats
+    and is returned."""
     if probabilities is not None and not hasattr(detector, "probabilities"):
         raise ValueError(f"detector {detector.name} gives no class probabilities: no Inception Score")
     one_pass = probabilities is not None and hasattr(detector, "features_and_probabilities")
     stats = FeatureStats() if into is None else into
     for batch in images:
         if one_pass:
-            features, probs = detector.features_and_probabilities(batch)
+            feats, probs = detector.features_and_probabilities(batch)
         else:
-            features = detector(batch)
+            feats = detector(batch)
             probs = detector.probabilities(batch) if probabilities is not None else None
-        stats.update(features)
+        stats.update(feats)
+        if features is not None:
+            features.append(feats.detach().float().cpu().numpy())
         if probs is not None:
             probabilities.append(probs.detach().float().cpu().numpy())
     return stats
@@ -353,19 +360,24 @@ class Score:
     fd_std: float   # its sampling standard error (fd_jackknife); NaN when any image is non-finite or groups are empty
     images: int     # images scored
     finite: bool    # every image was finite (stored uint8 images always are)
+    is_mean: float = math.nan  # Inception Score, mean over IS_SPLITS splits (NaN: not asked for, or non-finite images)
+    is_std: float = math.nan   # its std over the splits
 
 
 @torch.no_grad()
 def score_images(batches: Iterable[Tensor], detector: Detector, ref_mu, ref_sigma, *, groups: int = FD_STD_GROUPS,
-                 probabilities: list[np.ndarray] | None = None) -> Score:
-    """The one score of images behind every Frechet distance here (training evaluations, `sid phema`, `sid
-    evaluate`): detector features accumulated in `groups` disjoint groups (GroupedFeatureStats), their union's
-    distance and its jackknife standard error (fd_jackknife). Float batches in [-1, 1] are quantized as SiD does;
-    if any of their pixels is non-finite, distance and error are NaN: quantize maps NaN pixels to black, and a
-    distance to black images would pass a diverged generator off as a finite, merely poor, score. uint8 batches
-    (stored images) are scored as they are. With a `probabilities` list (Inception Score), each batch's class
-    probabilities are appended to it."""
+                 with_is: bool = False,                       # also the Inception Score, from the same detector pass
+                 features: list[np.ndarray] | None = None,    # gets each batch's features (precision/recall)
+                 ) -> Score:
+    """The one score of images behind every Frechet distance and Inception Score here (training evaluations, `sid
+    phema`, `sid evaluate`): detector features accumulated in `groups` disjoint groups (GroupedFeatureStats), their
+    union's distance and its jackknife standard error (fd_jackknife); `with_is`, the Inception Score of the class
+    probabilities of the same forward pass (inception_score, IS_SPLITS splits: StyleGAN3's and SiD's is50k). Float
+    batches in [-1, 1] are quantized as SiD does; if any of their pixels is non-finite, every value is NaN: quantize
+    maps NaN pixels to black, and a score of black images would pass a diverged generator off as a finite, merely
+    poor, one. uint8 batches (stored images) are scored as they are."""
     finite: list[Tensor] = []  # one flag per float batch on its device, read once at the end (not a sync per batch)
+    probabilities: list[np.ndarray] | None = [] if with_is else None
 
     def quantized() -> Iterator[Tensor]:
         for batch in batches:
@@ -374,32 +386,24 @@ def score_images(batches: Iterable[Tensor], detector: Detector, ref_mu, ref_sigm
                 batch = quantize(batch)
             yield batch
 
-    grouped = feature_stats(quantized(), detector, probabilities=probabilities, into=GroupedFeatureStats(groups))
+    grouped = GroupedFeatureStats(groups)
+    feature_stats(quantized(), detector, probabilities=probabilities, features=features, into=grouped)
     fd, fd_std = fd_jackknife(grouped, ref_mu, ref_sigma)
     all_finite = bool(torch.stack(finite).all()) if finite else True
+    is_mean, is_std = inception_score(np.concatenate(probabilities)) if with_is and all_finite else (math.nan,) * 2
     if not all_finite:
         fd = fd_std = math.nan
-    return Score(fd=fd, fd_std=fd_std, images=grouped.num_items, finite=all_finite)
+    return Score(fd=fd, fd_std=fd_std, images=grouped.num_items, finite=all_finite, is_mean=is_mean, is_std=is_std)
 
 
 def score_generated(generate: Callable[[int, int], Tensor], num_images: int, detector: Detector, ref_mu, ref_sigma,
-                    *, batch_size: int = 256, groups: int = FD_STD_GROUPS) -> Score:
+                    *, batch_size: int = 256, groups: int = FD_STD_GROUPS, with_is: bool = False) -> Score:
     """score_images of `num_images` generated images: `generate(batch_index, n)` returns n float images in [-1, 1],
-    NCHW; the last batch is short when batch_size does not divide num_images."""
+    NCHW; the last batch is short when batch_size does not divide num_images. `with_is`: the Inception Score of the
+    same images too, each batch through the detector once (the official CIFAR-10 uncond run reports both at each
+    training evaluation: `--metrics fid50k_full,is50k`)."""
     return score_images(_generated_batches(generate, num_images, batch_size), detector, ref_mu, ref_sigma,
-                        groups=groups)
-
-
-def compute_fd_std_is(generate: Callable[[int, int], Tensor], num_images: int, detector: Detector, ref_mu, ref_sigma,
-                      *, batch_size: int = 256, groups: int = FD_STD_GROUPS) -> tuple[float, float, float, float]:
-    """(Frechet distance, its sampling standard error, Inception Score mean, its std over 10 splits) of the same
-    `num_images` generated images, each batch through the detector once (features and class probabilities from one
-    forward pass where it has features_and_probabilities): score_generated's numbers and the official is50k's, as the
-    official CIFAR-10 run reports both at each training evaluation (`--metrics fid50k_full,is50k`)."""
-    probabilities: list[np.ndarray] = []
-    score = score_images(_generated_batches(generate, num_images, batch_size), detector, ref_mu, ref_sigma,
-                         groups=groups, probabilities=probabilities)
-    return score.fd, score.fd_std, *inception_score(np.concatenate(probabilities))
+                        groups=groups, with_is=with_is)
 
 
 def _generated_batches(generate: Callable[[int, int], Tensor], num_images: int, batch_size: int) -> Iterator[Tensor]:
@@ -414,7 +418,7 @@ def _generated_batches(generate: Callable[[int, int], Tensor], num_images: int, 
         yield images
 
 
-def inception_score(probabilities: np.ndarray, splits: int = 10) -> tuple[float, float]:
+def inception_score(probabilities: np.ndarray, splits: int = IS_SPLITS) -> tuple[float, float]:
     """(mean, std) over `splits` equal consecutive parts of exp(mean_i KL(p(y|x_i) || p(y))), p(y) the part's mean:
     StyleGAN3's is50k (float64 here; std over splits with ddof 0, as there)."""
     p = _f64(probabilities)

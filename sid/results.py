@@ -43,6 +43,12 @@ MORE_CONFIG_COLUMNS = ("init_generator", "ls", "lsg", "beta1", "g_beta1", "beta2
                        "memory_format", "compile", "dropout", "augment", "ema_mimg", "ema_rampup", "duration_kimg",
                        "fid_ref")
 
+# The Inception Score of a set of images: the same two columns in evaluation rows and score rows.
+IS_FIELDS = (
+    pa.field("is_mean", pa.float64()),  # Inception Score, mean over 10 splits (null: not computed)
+    pa.field("is_std", pa.float64()),   # its std over the splits (ddof 0, as StyleGAN3's is50k)
+)
+
 EVALUATION_SCHEMA = pa.schema([
     ("study", pa.string()),            # study name ('' for a single run)
     ("trial_id", pa.string()),         # Tune trial id, or the run folder's name for a single run
@@ -65,6 +71,7 @@ EVALUATION_SCHEMA = pa.schema([
     ("fid_detector", pa.string()),     # feature network: 'inception-2015-12-05' (FID) or 'digits-features-v1' (FD)
     ("fid_images", pa.int64()),        # generated images behind this value
     ("fid_std", pa.float64()),         # its sampling standard error (sid.config.FD_STD_METHOD); NaN if not computed
+    *IS_FIELDS,                        # of the same images, where the config's eval_metrics has 'is' (a later column)
     ("loss_fake_score", pa.float64()), # mean over the iterations since the previous evaluation
     ("loss_generator", pa.float64()),
     ("images_per_s", pa.float64()),    # generator images per second of training since the previous evaluation
@@ -91,7 +98,8 @@ EVALUATION_SCHEMA = pa.schema([
 ])
 EVALUATION_KEY = ("trial_id", "kimg")  # one row per evaluation point of a trial
 # Columns a file may lack because it was written before they existed: read back as nulls.
-LATER_COLUMNS = frozenset((*MORE_CONFIG_COLUMNS, "fid_std", "labels"))
+LATER_COLUMNS = frozenset((*MORE_CONFIG_COLUMNS, "fid_std", "labels", *(f.name for f in IS_FIELDS), "pr_precision",
+                           "pr_recall", "pr_ref", "pr_real_images", "generator_kimg"))
 
 TRIAL_STATES = ("completed", "stopped_early", "diverged", "error", "running")
 
@@ -124,8 +132,12 @@ SCORE_SCHEMA = pa.schema([
     ("fid_images", pa.int64()),        # images in this draw, as in evaluation rows
     ("fid_std", pa.float64()),         # its sampling standard error, as in evaluation rows (a later column)
     ("fid_ref", pa.string()),          # reference statistics: 'digits', 'edm:<name>', .npz path or URL
-    ("is_mean", pa.float64()),         # Inception Score, mean over 10 splits of this draw (null without Inception)
-    ("is_std", pa.float64()),          # its std over the splits
+    *IS_FIELDS,                        # of this draw
+    ("pr_precision", pa.float64()),    # share of this draw inside the real images' k=3 manifold (null: not computed)
+    ("pr_recall", pa.float64()),       # share of the real images inside this draw's k=3 manifold
+    ("pr_ref", pa.string()),           # the real images of precision/recall: folder, zip, npz or 'digits' ('' if none)
+    ("pr_real_images", pa.int64()),    # how many of them (the first, in sorted order)
+    ("generator_kimg", pa.float64()),  # training kimg of the scored generator, where its file records it
     ("written_at", pa.timestamp("us", tz="UTC")),
 ])
 # A draw is what was scored, with which images and how: scoring it again replaces its row.

@@ -51,7 +51,7 @@ from sid.teachers import load_plain, load_teacher
 from sid.tracking import RunTracker, TrackingSettings
 
 # Config fields a resumed run may change: they do not shape the numbers of the evaluations already made.
-RESUMABLE_CHANGES = ("duration_kimg", "keep_snapshots")
+RESUMABLE_CHANGES = ("duration_kimg", "keep_snapshots", "eval_metrics")
 # Fields added after the first checkpoints were written, with the value those runs had.
 LATER_FIELDS = {"init_generator": "", "eval_schedule": "every", "phema": "", "phema_every_kimg": 0.0,
                 "eval_tick_kimg": 10.0, "class_counts": ""}

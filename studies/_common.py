@@ -32,6 +32,7 @@ from sid.commands.cli import (
 from sid.config import SEARCHABLE, DistillConfig
 from sid.files import EVALUATIONS_DIR, TRIALS_FILE
 from sid.flags import Parser
+from sid.scoring import RESCORE_REPEATS, RESCORE_TRIALS
 
 if TYPE_CHECKING:  # sid.cluster.study imports Ray: loaded only when a study runs
     from sid.cluster.study import Study
@@ -70,6 +71,12 @@ def build_parser(doc: str, *, swept: tuple[str, ...], asha: bool) -> Parser:
                        help="also stop a trial whose power-law forecast of its final FD cannot beat the best final FD")
     group.add_argument("--noise-z", type=float, default=1.0,
                        help="differences below this many times the measured noise are ties (default: 1)")
+    group.add_argument("--rescore-trials", choices=(*RESCORE_TRIALS, "none"), default="best",
+                       help="at the end, score the best trial's best.pt (or every trial's: all) again on fresh "
+                            "latents into its run folder's scores.parquet (default: best)")
+    group.add_argument("--rescore-repeats", type=int, default=RESCORE_REPEATS,
+                       help=f"draws of that re-score, each of the evaluations' image count (default: "
+                            f"{RESCORE_REPEATS})")
     parser.epilog = ("Results: <storage>/<name>/trials.parquet and <storage>/<name>/evaluations/*.parquet, snapshots "
                      "in <storage>/<name>/runs/<trial_id>/ (see docs/studies.md).")
     add_resource_flags(parser, per="trial")
@@ -131,7 +138,8 @@ def main(parser: argparse.ArgumentParser, args: argparse.Namespace, *, script: s
     values = resolved_config(parser, args, base, name=name)
     spec = Study(name=name, base=base, space=space(base),
                  tracking=tracking_from_args(parser, args, experiment=name), storage=args.storage,
-                 asha=args.asha, curve_stop=args.curve_stop, noise_z=args.noise_z,
+                 asha=args.asha, curve_stop=args.curve_stop, noise_z=args.noise_z, rescore_trials=args.rescore_trials,
+                 rescore_repeats=args.rescore_repeats,
                  resources=resources_from_args(parser, args), max_concurrent=args.max_concurrent,
                  **study)
     if args.print_config:

@@ -1,4 +1,5 @@
 import math
+import re
 
 import numpy as np
 import pytest
@@ -146,3 +147,27 @@ def test_official_schedule_at_batch_256_evaluates_densely_then_every_50_ticks():
     assert kimg[:3] == pytest.approx([0.0, 102.656, 205.056])
     assert kimg[10] == pytest.approx(1024.256) and kimg[11] - kimg[10] == pytest.approx(512.0)
     assert kimg[-1] == pytest.approx(cifar.final_kimg)
+
+
+# The metrics of each official run_sid.sh (--metrics): the CIFAR-10 uncond run reports the Inception Score too.
+RUN_SID_METRICS = {"cifar10-uncond": "fid50k_full,is50k", "cifar10-cond": "fid50k_full",
+                   "imagenet64-cond": "fid50k_full", "ffhq64": "fid50k_full", "afhqv2-64": "fid50k_full"}
+OFFICIAL_NAMES = {"fid50k_full": "fd", "is50k": "is"}
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_each_preset_computes_the_official_runs_metrics_at_its_evaluations(name):
+    official = RUN_SID_METRICS.get(name, "fid50k_full")  # digits: the FD only
+    assert preset(name).eval_metrics == ",".join(OFFICIAL_NAMES[m] for m in official.split(","))
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (dict(eval_metrics="fd,pr"), "eval_metrics: expected a comma list of distinct metrics from fd, is that includes"),
+    (dict(eval_metrics="is"), "that includes fd"),
+    (dict(eval_metrics="fd,fd"), "distinct metrics"),
+    (dict(eval_metrics="fd,is"), "'is' needs a detector with class probabilities (inception-2015-12-05), not "
+                                 "fid_detector digits-features-v1"),
+])
+def test_bad_eval_metrics_are_one_line_errors(overrides, match):
+    with pytest.raises(ConfigError, match=re.escape(match)):
+        preset("digits", **overrides)

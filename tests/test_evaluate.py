@@ -2,22 +2,29 @@
 end-to-end check on a real short digits run."""
 
 import warnings
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import PIL.Image
 import pytest
 import scipy.linalg
-import scipy.stats
 import torch
+from scipy.spatial.distance import cdist
+from sklearn.neighbors import NearestNeighbors
 
 from sid import metrics
 from sid.commands import evaluate as eval_cli
 from sid.commands import generate as gen_cli
 from sid.config import INCEPTION, preset
-from sid.metrics import InceptionDetector, compute_fd_std_is, inception_score, save_reference_stats, score_generated
+from sid.files import BEST, RUNS_DIR, SCORES_FILE
+from sid.metrics import InceptionDetector, inception_score, save_reference_stats, score_generated
 from sid.results import SCORE_SCHEMA, read_evaluations, read_scores
 from sid.run import run_local
+from sid.saved import SavedGenerator
+from sid.scoring import rescore
 from sid.teachers import load_teacher
+from sid.testing.fixtures import scipy_inception_score, study_of_generators
 
 W_FEATURES = torch.randn(16, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 W_CLASSES = torch.randn(16, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -48,21 +55,11 @@ def scipy_fd(mu1, s1, mu2, s2) -> float:
     return float(np.real(np.square(mu1 - mu2).sum() + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2))))
 
 
-def scipy_is(p, splits):
-    """exp(mean KL(p(y|x) || p(y))) per split via scipy.stats.entropy; mean and (ddof 0) std over the splits,
-    split i being rows i*N//splits .. (i+1)*N//splits - 1 as in StyleGAN3's inception_score.py."""
-    scores = []
-    for part in (p[i * len(p) // splits: (i + 1) * len(p) // splits] for i in range(splits)):
-        py = part.mean(axis=0)
-        scores.append(np.exp(np.mean([scipy.stats.entropy(row, py) for row in part])))
-    return np.mean(scores), np.std(scores)
-
-
 @pytest.mark.parametrize("n, splits", [(100, 10), (103, 10), (37, 3)])
 def test_inception_score_matches_scipy_entropy(n, splits):
     p = np.random.default_rng(n).dirichlet(np.full(7, 0.3), size=n)
     got = inception_score(p, splits)
-    assert got == pytest.approx(scipy_is(p, splits), rel=1e-12)
+    assert got == pytest.approx(scipy_inception_score(p, splits), rel=1e-12)
 
 
 def test_inception_score_closed_forms():
@@ -97,7 +94,7 @@ def test_evaluate_npz_draws_match_scipy_fd_and_is(tmp_path, standin, capsys):
         assert row["fid"] == pytest.approx(want, rel=1e-9)
         logits = part / 64 @ W_CLASSES.numpy()
         probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-        assert (row["is_mean"], row["is_std"]) == pytest.approx(scipy_is(probs, 10), rel=1e-6)
+        assert (row["is_mean"], row["is_std"]) == pytest.approx(scipy_inception_score(probs, 10), rel=1e-6)
     out = capsys.readouterr().out
     assert "FD (standin-v1, 20 images)" in out and "mean +- std over 2 draws" in out and "IS (10 splits)" in out
 
@@ -142,7 +139,7 @@ def test_inception_detector_gives_an_fid_and_an_is_without_output_bias(tmp_path,
                              groups=2)  # each group is one more 2048-d distance: few here, this is about the IS
     net = TinyInception()
     probs = net(torch.from_numpy(arr).permute(0, 3, 1, 2), no_output_bias=True).detach().double().numpy()
-    assert (rows[0]["is_mean"], rows[0]["is_std"]) == pytest.approx(scipy_is(probs, 10), rel=1e-5)
+    assert (rows[0]["is_mean"], rows[0]["is_std"]) == pytest.approx(scipy_inception_score(probs, 10), rel=1e-5)
     assert "FID (inception-2015-12-05, 30 images)" in eval_cli.summary(rows)
 
 
@@ -187,8 +184,8 @@ def test_fd_and_is_of_training_evaluations_come_from_one_detector_pass(num_image
         return torch.from_numpy(pixels[index * batch: index * batch + n])
 
     detector = OnePassStandIn()
-    fd, fd_std, is_mean, is_std = compute_fd_std_is(generate, num_images, detector, mu_ref, a @ a.T / 30,
-                                                    batch_size=batch)
+    both = score_generated(generate, num_images, detector, mu_ref, a @ a.T / 30, batch_size=batch, with_is=True)
+    fd, fd_std, is_mean, is_std = both.fd, both.fd_std, both.is_mean, both.is_std
     assert detector.passes == -(-num_images // batch)
     score = score_generated(generate, num_images, StandIn(), mu_ref, a @ a.T / 30, batch_size=batch)
     assert (fd, fd_std) == pytest.approx((score.fd, score.fd_std), rel=1e-12)
@@ -199,7 +196,7 @@ def test_fd_and_is_of_training_evaluations_come_from_one_detector_pass(num_image
     logits = uint8 / 64 @ W_CLASSES.numpy()
     probs = np.exp(logits - logits.max(1, keepdims=True))
     # probabilities kept in float32, as the official code keeps them
-    assert (is_mean, is_std) == pytest.approx(scipy_is(probs / probs.sum(1, keepdims=True), 10), rel=1e-6)
+    assert (is_mean, is_std) == pytest.approx(scipy_inception_score(probs / probs.sum(1, keepdims=True), 10), rel=1e-6)
 
 
 def test_fd_and_is_refuse_a_detector_without_class_probabilities():
@@ -210,7 +207,8 @@ def test_fd_and_is_refuse_a_detector_without_class_probabilities():
             return images.flatten(1).double()
 
     with pytest.raises(ValueError, match="detector features-only gives no class probabilities: no Inception Score"):
-        compute_fd_std_is(lambda i, n: torch.zeros(n, 1, 4, 4), 20, FeaturesOnly(), np.zeros(16), np.eye(16))
+        score_generated(lambda i, n: torch.zeros(n, 1, 4, 4), 20, FeaturesOnly(), np.zeros(16), np.eye(16),
+                        with_is=True)
 
 
 def save_pngs(folder, arr):
@@ -229,6 +227,10 @@ def save_pngs(folder, arr):
     ("too-few", "expected at least 40 images (2 draws of 20), found 30"),
     ("class", "--class and --sigma-init apply to generators"),
     ("device", "--device: unknown device 'gpu0': expected auto, cpu, cuda or cuda:N"),
+    ("metrics", "--metrics: expected a comma list of distinct metrics from fd, is, pr that includes fd, got 'fid'"),
+    ("is-digits", "--metrics is: detector digits-features-v1 gives no class probabilities (no Inception Score)"),
+    ("pr-no-ref", "--metrics pr and --pr-ref go together: precision/recall compares with real images"),
+    ("pr-too-many", "--pr-images: {source} holds 30 images, fewer than the 100 asked for"),
 ])
 def test_evaluate_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, case, match):
     monkeypatch.chdir(tmp_path)
@@ -254,6 +256,15 @@ def test_evaluate_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, m
         argv += ["--class", "1"]
     elif case == "device":
         argv += ["--device", "gpu0"]
+    elif case == "metrics":
+        argv += ["--metrics", "fid"]
+    elif case == "is-digits":
+        argv += ["--metrics", "fd,is"]
+    elif case == "pr-no-ref":
+        argv += ["--metrics", "fd,pr"]
+    elif case == "pr-too-many":
+        argv += ["--metrics", "fd,pr", "--pr-ref", source, "--pr-images", "100"]
+        match = match.format(source=source)
     with pytest.raises(SystemExit) as exit_info:
         eval_cli.main([source, *argv])
     assert exit_info.value.code == 2 and match in capsys.readouterr().err.strip().splitlines()[-1]
@@ -333,3 +344,100 @@ def test_a_distillation_started_from_the_run_begins_where_the_run_ended(short_ru
     want = source.loc[source["fid"].idxmin()] if (short_run / "best.pt").exists() else source.iloc[-1]
     first = read_evaluations(tmp_path / "more").iloc[0]
     assert first["kimg"] == 0 and first["fid"] == pytest.approx(want["fid"], rel=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------- precision/recall
+def sklearn_precision_recall(real: np.ndarray, generated: np.ndarray, k: int = 3) -> tuple[float, float]:
+    """Kynkaanniemi et al.'s definition in float64: each vector's ball reaches its k-th nearest other vector of its
+    set; precision = generated vectors in some real ball, recall = real vectors in some generated ball."""
+    shares = []
+    for manifold, probes in ((real, generated), (generated, real)):
+        radii = NearestNeighbors(n_neighbors=k + 1).fit(manifold).kneighbors(manifold)[0][:, k]  # [0]: itself
+        shares.append(float((cdist(probes, manifold) <= radii[None, :]).any(axis=1).mean()))
+    return shares[0], shares[1]
+
+
+def test_evaluate_precision_recall_matches_a_float64_nearest_neighbour_computation(tmp_path, standin, capsys):
+    rng = np.random.default_rng(7)
+    generated = rng.integers(0, 256, (60, 4, 4, 1), dtype=np.uint8)
+    real = np.clip(rng.normal(160, 60, (45, 4, 4, 1)), 0, 255).astype(np.uint8)  # overlapping, not equal
+    mu_ref, a = rng.standard_normal(12), rng.standard_normal((12, 30))
+    save_reference_stats(tmp_path / "ref.npz", mu_ref, a @ a.T / 30)
+    eval_cli.main([write_npz(tmp_path / "x.npz", generated), "--fid-detector", "standin-v1", "--fid-ref",
+                   str(tmp_path / "ref.npz"), "--fid-images", "30", "--repeats", "2", "--metrics", "fd,pr",
+                   "--pr-ref", write_npz(tmp_path / "real.npz", real), "--pr-images", "40", "--batch-per-device", "7",
+                   "--out", str(tmp_path / "s.parquet"), "--no-progress"])
+    rows = read_scores(tmp_path / "s.parquet")
+    assert rows["pr_real_images"].eq(40).all() and rows["pr_ref"].eq(str(tmp_path / "real.npz")).all()
+    assert rows["is_mean"].isna().all()  # not asked for
+    features = lambda pixels: pixels.reshape(len(pixels), 16).astype(np.float64) / 255 @ W_FEATURES.numpy()  # noqa: E731
+    for r, row in rows.iterrows():
+        want = sklearn_precision_recall(features(real[:40]), features(generated[30 * r: 30 * (r + 1)]))
+        assert 0 < want[0] < 1 and 0 < want[1] < 1
+        # float16 distances, as the official metric: at most one borderline vector of a set on the other side
+        assert abs(round(row["pr_precision"] * 30) - round(want[0] * 30)) <= 1
+        assert abs(round(row["pr_recall"] * 40) - round(want[1] * 40)) <= 1
+    assert "precision / recall (k = 3, 40 real images of" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------- re-scores
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """A real digits run of 2 iterations, evaluated on 256 images: its best.pt is what gets re-scored."""
+    out = tmp_path_factory.mktemp("rescore") / "run"
+    config = preset("digits", duration_kimg=0.256, eval_every_kimg=0.128, fid_images=256)
+    run_local(config, out, device=torch.device("cpu"), resume=False, progress=False)
+    return out
+
+
+def rescored(run) -> pd.DataFrame:
+    rows = read_scores(run / SCORES_FILE)
+    return rows[rows["source"] == str(run / BEST)].sort_values("repeat").reset_index(drop=True)
+
+
+def test_rescore_scores_best_pt_on_fresh_seeds_and_a_finished_draw_is_not_redone(small_run, capsys):
+    eval_cli.main(["--rescore", str(small_run), "--repeats", "2", "--no-progress"])
+    rows = rescored(small_run)
+    best = SavedGenerator.load(small_run / BEST)
+    start = 2**31  # apart from sid generate's and sid evaluate's default seeds 0..
+    assert rows["seeds"].tolist() == [f"{start}-{start + 255}", f"{start + 256}-{start + 511}"]
+    assert rows["generator_kimg"].tolist() == pytest.approx([best.kimg] * 2)
+    assert rows["fid_images"].eq(256).all() and rows["fid_detector"].eq("digits-features-v1").all()
+    assert rows["fid_ref"].eq("digits").all() and rows["fid"].map(np.isfinite).all()
+    # draw 0 is sid evaluate's draw of the same seeds: the same images, the same score
+    plain, = eval_cli.evaluate(str(small_run / BEST), detector_name="digits-features-v1", ref="digits", images=256,
+                               repeats=1, seed_start=start, progress=False)
+    assert rows["fid"].iloc[0] == pytest.approx(plain["fid"], rel=1e-9)
+    assert "FD (digits-features-v1, 256 images)" in capsys.readouterr().out
+    # Resumed with more draws: the two finished ones are kept as they are, one is added.
+    eval_cli.main(["--rescore", str(small_run), "--repeats", "3", "--no-progress"])
+    again = rescored(small_run)
+    assert again["repeat"].tolist() == [0, 1, 2]
+    assert again["written_at"].iloc[:2].tolist() == rows["written_at"].tolist()
+
+
+@pytest.mark.parametrize("trials, rescored_trials", [("best", ["b"]), ("all", ["a", "b"])])
+def test_rescore_of_a_study_scores_its_best_trial_or_every_trial(tmp_path, small_run, trials, rescored_trials):
+    study = study_of_generators(tmp_path / "study", small_run / BEST, {"a": 30.0, "b": 20.0, "c": float("nan")})
+    rows = rescore(study, trials=trials, repeats=1)
+    assert sorted(Path(s).parent.name for s in rows["source"]) == rescored_trials
+    assert [t for t in "abc" if (study / RUNS_DIR / t / SCORES_FILE).exists()] == rescored_trials
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--rescore", "{empty}"], "neither a run folder (best.pt) nor a study folder (trials.parquet)"),
+    (["--rescore", "{run}", "--fid-images", "64"], "--rescore uses the run's own settings and seeds: leave out "
+                                                   "--fid-images"),
+    (["{run}", "--rescore", "{run}"], "expected SOURCE or --rescore RUN_OR_STUDY (one of them)"),
+    (["--rescore", "{run}", "--repeats", "0"], "--repeats: expected >= 1, got 0"),
+    (["{run}", "--rescore-trials", "all"], "--rescore-trials goes with --rescore RUN_OR_STUDY"),
+])
+def test_rescore_bad_input_exits_2_with_one_line(tmp_path, small_run, capsys, argv, match):
+    (tmp_path / "empty").mkdir()
+    argv = [a.format(empty=tmp_path / "empty", run=small_run) for a in argv]
+    before = read_scores(small_run / SCORES_FILE) if (small_run / SCORES_FILE).exists() else None
+    with pytest.raises(SystemExit) as exit_info:
+        eval_cli.main([*argv, "--no-progress"])
+    assert exit_info.value.code == 2 and match in capsys.readouterr().err.strip().splitlines()[-1]
+    after = read_scores(small_run / SCORES_FILE) if (small_run / SCORES_FILE).exists() else None
+    assert (before is None and after is None) or before.equals(after)

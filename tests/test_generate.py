@@ -12,7 +12,7 @@ import torch
 
 from sid.commands import COMMANDS
 from sid.commands import generate as gen_cli
-from sid.generators import format_seeds, generate, load_generator, parse_seeds, seed_inputs
+from sid.generators import format_seeds, generate, load_generator, official_inputs, parse_seeds, seed_inputs
 from sid.metrics import quantize
 from sid.teachers import load_teacher
 from sid.testing.edm_pickles import ADM, dump, edm_snapshot, random_net
@@ -82,6 +82,40 @@ def test_random_and_fixed_classes_of_a_conditional_generator():
     assert labels.shape == (200, 10) and labels.sum(1).eq(1).all() and len(set(classes.tolist())) == 10
     z5, labels5 = seed_inputs(range(200), net, 2.5, class_idx=5)
     assert torch.equal(z5, z) and labels5.argmax(1).eq(5).all()  # the class does not change the noise
+
+
+def official_reference(seeds, shape, label_dim, sigma_init, class_idx=None):
+    """generate_onestep.py's inputs on a CPU generator, in float64: per seed a generator seeded with seed mod 2^32,
+    its latents first, then its class (drawn even when --class fixes it); z = sigma_init * latents in float64."""
+    zs, classes = [], []
+    for seed in seeds:
+        rng = torch.Generator("cpu").manual_seed(seed % 2**32)
+        zs.append(torch.randn(shape, generator=rng, dtype=torch.float32).to(torch.float64) * sigma_init)
+        if label_dim:
+            drawn = int(torch.randint(label_dim, size=[], generator=rng))
+            classes.append(drawn if class_idx is None else class_idx)
+    labels = torch.eye(label_dim, dtype=torch.float64)[classes] if label_dim else None
+    return torch.stack(zs), labels
+
+
+@pytest.mark.parametrize("kind", ["unconditional", "conditional", "fixed class"])
+def test_official_rng_draws_each_seeds_latents_then_its_class_as_generate_onestep(digits, kind):
+    net = digits if kind == "unconditional" else random_net(ADM)
+    seeds, class_idx = [0, 1, 7, 123456, 2**32 - 1], 3 if kind == "fixed class" else None
+    z, labels = official_inputs(seeds, net, 2.3, class_idx, device="cpu")  # 2.3: not a float32 number
+    want_z, want_labels = official_reference(seeds, (net.img_channels, net.img_resolution, net.img_resolution),
+                                             net.label_dim, 2.3, class_idx)
+    assert z.dtype == torch.float64 and torch.equal(z, want_z)
+    assert (labels is None) == (want_labels is None) and (labels is None or torch.equal(labels.double(), want_labels))
+    # On a CPU generator the draws are the project's own (rng 'sid'): only the CUDA generator tells them apart.
+    sid_z, sid_labels = seed_inputs(seeds, net, 2.5, class_idx)
+    assert torch.equal(official_inputs(seeds, net, 2.5, class_idx, device="cpu")[0].float(), sid_z)
+    assert sid_labels is None or torch.equal(sid_labels, labels)
+
+
+def test_official_rng_is_refused_without_cuda(digits):
+    with pytest.raises(ValueError, match="--rng official needs a CUDA device"):
+        next(generate(digits, [0], sigma_init=2.5, rng="official", device="cpu"))
 
 
 def test_load_generator_resolves_run_folders_snapshots_checkpoints_and_names(tmp_path, digits):
@@ -163,6 +197,8 @@ def test_sharding_over_two_processes_gives_the_same_images(tmp_path, digits):
     (["--npz", "out.zip"], "ending in .npz"),
     (["--device", "tpu"], "--device"),
     (["--network", "nowhere.pkl"], "no such file or folder"),
+    (["--rng", "official", "--device", "cpu"], "--rng official needs a CUDA device (got cpu): the official "
+                                              "generate_onestep.py draws each seed's latents from a CUDA generator"),
 ])
 def test_generate_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, digits, capsys, args, match):
     torch.save(snapshot(digits), tmp_path / "g.pt")

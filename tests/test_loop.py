@@ -6,19 +6,21 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from sid.commands import evaluate as eval_cli
-from sid.config import preset
+from sid.config import INCEPTION, preset
 from sid.distill import Distiller
 from sid.files import CHECKPOINT, samples_name
-from sid.loop import Evaluator, make_row
+from sid.loop import Evaluator, make_row, train
+from sid.metrics import get_detector, quantize
 from sid.results import read_evaluations
 from sid.run import RunFolder, run_rank
 from sid.saved import SavedGenerator
 from sid.teachers import load_teacher
-from sid.testing.fixtures import RowSink, make_teacher
+from sid.testing.fixtures import RowSink, make_teacher, scipy_inception_score
 from sid.tracking import RunTracker, TrackingSettings
 
 
@@ -123,3 +125,48 @@ def test_the_losses_are_nan_when_the_nan_guard_dropped_every_sample(teacher_file
     distiller.step()
     stats = distiller.pop_stats()
     assert stats["nan_samples"] == 0 and math.isfinite(stats["loss_fake_score"])
+
+
+W_DIGIT_FEATURES = torch.randn(64, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+W_DIGIT_CLASSES = torch.randn(64, 10, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+
+class DigitsStandIn(torch.nn.Module):
+    """A detector of 8x8 gray images, linear in the pixels: 64 features (the digits reference's width) and 10-class
+    probabilities, both recomputable in float64 numpy."""
+
+    name, feature_dim = "digits-standin", 64
+
+    def forward(self, images):
+        return images.flatten(1).double() / 255 @ W_DIGIT_FEATURES
+
+    def probabilities(self, images):
+        return torch.softmax(images.flatten(1).double() / 64 @ W_DIGIT_CLASSES, dim=1)
+
+
+@pytest.mark.parametrize("metrics", ["fd", "fd,is"])
+def test_training_evaluations_record_the_inception_score_of_their_own_images(teacher_file, metrics):
+    # fid_detector names Inception (the detector an Inception Score needs); the stand-in computes, so that the IS can
+    # be recomputed independently: scipy's entropies of the same images' probabilities, 10 splits.
+    config = tiny(teacher_file, fid_detector=INCEPTION, eval_metrics=metrics, fid_images=40)
+    distiller, rows = Distiller(config, load_teacher(teacher_file)), RowSink()
+    train(distiller, evaluator=Evaluator(config, detector=DigitsStandIn(), batch_size=16), sinks=[rows],
+          progress=False)
+    assert [r["kimg"] for r in rows.rows] == pytest.approx(config.evaluation_kimg())
+    if metrics == "fd":
+        assert all(math.isnan(r["is_mean"]) and math.isnan(r["is_std"]) for r in rows.rows)
+        return
+    assert all(math.isfinite(r["is_mean"]) and r["is_std"] >= 0 for r in rows.rows)
+    images = torch.cat([distiller.sample(i, n) for i, n in enumerate([16, 16, 8])])  # the last evaluation's images
+    logits = quantize(images).flatten(1).double().numpy() / 64 @ W_DIGIT_CLASSES.numpy()
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    want = scipy_inception_score(probs / probs.sum(1, keepdims=True), 10)
+    assert (rows.rows[-1]["is_mean"], rows.rows[-1]["is_std"]) == pytest.approx(want, rel=1e-6)
+    fd_only = Evaluator(config.replace(eval_metrics="fd"), detector=DigitsStandIn(), batch_size=16)
+    assert rows.rows[-1]["fid"] == pytest.approx(fd_only.score(distiller.sample, 40).fd, rel=1e-12)
+
+
+def test_an_inception_score_with_a_detector_without_class_probabilities_is_refused(teacher_file):
+    config = tiny(teacher_file, fid_detector=INCEPTION, eval_metrics="fd,is")
+    with pytest.raises(ValueError, match="detector digits-features-v1 gives no class probabilities"):
+        Evaluator(config, detector=get_detector("digits-features-v1"))

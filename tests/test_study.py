@@ -29,12 +29,24 @@ from sid.cluster.distributed import RAY_ENV, ResourceError, connect
 from sid.cluster.resources import TrialResources
 from sid.cluster.search import open_storage
 from sid.cluster.space import Grid, Range
-from sid.cluster.study import Study, StudyCallback, plan, run_study, trial_capacity
+from sid.cluster.study import Study, StudyCallback, plan, rescore_at_end, run_study, trial_capacity
 from sid.cluster.trials import TrialRecord, trial_state
 from sid.cluster.watch import Progress, duration, evaluation_line
 from sid.config import preset
-from sid.results import CONFIG_COLUMNS, EVALUATION_SCHEMA, SCHEMA_VERSION, TRIAL_SCHEMA, Divergence, read_evaluations
-from sid.testing.fixtures import TINY, flags, session_processes
+from sid.files import BEST, RUNS_DIR, SCORES_FILE, TRIALS_FILE
+from sid.results import (
+    CONFIG_COLUMNS,
+    EVALUATION_SCHEMA,
+    SCHEMA_VERSION,
+    TRIAL_SCHEMA,
+    Divergence,
+    read_evaluations,
+    read_scores,
+    read_trials,
+    write_trials,
+)
+from sid.saved import SavedGenerator
+from sid.testing.fixtures import TINY, flags, session_processes, study_of_generators, tiny_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 # 1 iteration = 0.008 kimg; evaluations at 0, 0.016, 0.032 kimg
@@ -326,7 +338,7 @@ def test_grid_study_with_asha_stops_the_bad_learning_rate_and_records_every_eval
     # the stop is ASHA's.
     study = Study(name="grid", base=preset("digits", **TINY), space={"glr": Grid([1e-4, 1.0, 5e-5])},
                   asha=True, max_concurrent=1, divergence=Divergence(fid_factor=math.inf, loss_patience=10**6),
-                  storage=tmp_path)
+                  storage=tmp_path, rescore_repeats=1)  # one draw: the re-score's own test has more
     trials = run_study(study)
     rows = check_study_files(study.folder, trials, ["glr"])
     states = trials.set_index("glr")["state"]
@@ -336,6 +348,13 @@ def test_grid_study_with_asha_stops_the_bad_learning_rate_and_records_every_eval
     assert trials.set_index("glr").loc[1.0, "last_kimg"] == pytest.approx(0.016)
     at_rung = rows[np.isclose(rows["kimg"], 0.016)].set_index("glr")["fid"]
     assert at_rung[1.0] > at_rung[[1e-4, 5e-5]].max()  # it was stopped for being worse there
+    # At its end the study re-scored its best trial's best.pt on fresh latents (study.rescore_trials 'best').
+    best = trials.sort_values("best_fid")["trial_id"].iloc[0]
+    scored = [t for t in trials["trial_id"] if (study.folder / RUNS_DIR / t / SCORES_FILE).exists()]
+    assert scored == [best]
+    rescored = read_scores(study.folder / RUNS_DIR / best / SCORES_FILE)
+    assert rescored["repeat"].tolist() == [0] and rescored["fid_images"].eq(TINY["fid_images"]).all()
+    assert rescored["fid"].map(math.isfinite).all()
 
 
 @pytest.mark.ray
@@ -368,3 +387,35 @@ def test_optuna_study_samples_within_the_space_and_keeps_its_state(tmp_path, loc
     assert progress[0].startswith("study: 0 of 3 trials done, ") and progress[0].endswith("; ETA unknown")
     assert any(re.search(r"; \d+ img/s; ETA \d+:\d\d:\d\d$", x) for x in progress)  # once a rate was measured
     assert progress[-1] == "study: 3 of 3 trials done, 0 running, 0 pending; kimg 0.096/0.096; 0 img/s; finished"
+
+@pytest.mark.ray
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("rescore_trials, case, scored", [
+    ("best", "finished", ["b"]),        # the lowest best FD; c has no finite evaluation (no best.pt)
+    ("all", "finished", ["a", "b"]),
+    ("none", "finished", []),
+    ("best", "interrupted", []),        # a trial left running: the study is not finished, nothing is re-scored
+    ("best", "broken best.pt", []),     # reported with the command that finishes it, not raised
+])
+def test_a_finished_study_rescores_its_chosen_generators_as_a_ray_task(tmp_path, local_ray, capsys, rescore_trials,
+                                                                       case, scored):
+    base = preset("digits", **TINY)
+    generator = SavedGenerator.of(tiny_teacher(), sigma_init=2.5, config=base.to_dict(), kimg=0.032)
+    study = Study(name="done", base=base, space={"alpha": Grid([1.0])}, storage=tmp_path,
+                  rescore_trials=rescore_trials,
+                  rescore_repeats=2)
+    study_of_generators(study.folder, generator.save(tmp_path / "g.pt"), {"a": 30.0, "b": 20.0, "c": math.nan})
+    if case == "interrupted":
+        table = read_trials(study.folder / TRIALS_FILE)
+        write_trials(study.folder / TRIALS_FILE, table.assign(state=["completed", "completed", "running"]))
+    if case == "broken best.pt":
+        (study.folder / RUNS_DIR / "b" / BEST).write_bytes(b"not a generator")
+    rescore_at_end(study, TrialResources(cpus_per_worker=1.0, gpus_per_worker=0))
+    assert [t for t in "abc" if (study.folder / RUNS_DIR / t / SCORES_FILE).exists()] == scored
+    out = capsys.readouterr().out
+    for trial in scored:
+        rows = read_scores(study.folder / RUNS_DIR / trial / SCORES_FILE)
+        assert rows["repeat"].tolist() == [0, 1] and rows["fid"].map(math.isfinite).all()
+        assert rows["generator_kimg"].eq(0.032).all() and f"re-scored {study.folder / RUNS_DIR / trial / BEST}" in out
+    if case == "broken best.pt":
+        assert "re-score failed (" in out and f"run `sid evaluate --rescore {study.folder}` to finish it" in out

@@ -53,6 +53,7 @@ from sid.cluster.watch import Progress, evaluation_line
 from sid.config import SEARCHABLE, ConfigError, DistillConfig
 from sid.files import CONFIG_FILE, EVALUATIONS_DIR, MLFLOW_DIR, RUNS_DIR, TRAIN_DIR, TRIALS_FILE, write_text_atomic
 from sid.results import Divergence, is_uri, read_parquet
+from sid.scoring import RESCORE_REPEATS, RESCORE_TRIALS, rescore_study
 from sid.tracking import STEP_KEY, TrackingSettings, mlflow_uri, step_of
 
 if TYPE_CHECKING:
@@ -82,6 +83,8 @@ class Study:
     storage: Path = Path("results")            # parent folder; on a multi-node cluster a path every node shares
     optuna_seed: int = 0                       # seed of the TPE sampler
     tracking: TrackingSettings = TrackingSettings()  # trackers, through Ray Tune's logger callbacks
+    rescore_trials: str = "best"               # at the end: re-score the best trial's best.pt, 'all' trials', 'none'
+    rescore_repeats: int = RESCORE_REPEATS     # its draws on fresh latents, each of the evaluations' image count
 
     @property
     def cpus_per_worker(self) -> float:
@@ -131,6 +134,10 @@ class Study:
                 open_storage(self.optuna_storage)
             except StorageError as exc:
                 raise bad(str(exc)) from None
+        if self.rescore_trials not in (*RESCORE_TRIALS, "none"):
+            raise bad(f"rescore_trials must be one of {', '.join(RESCORE_TRIALS)}, none; got {self.rescore_trials!r}")
+        if self.rescore_repeats < 1:
+            raise bad(f"rescore_repeats must be >= 1, got {self.rescore_repeats}")
         if self.max_concurrent is not None and self.max_concurrent < 1:
             raise bad(f"max_concurrent must be >= 1, got {self.max_concurrent}")
         if not isinstance(self.resources, TrialResources):
@@ -362,6 +369,33 @@ def result_grid(folder: str | os.PathLike) -> ray.tune.ResultGrid:
     return ResultGrid(ExperimentAnalysis(str(Path(folder).resolve())))
 
 
+def rescore_at_end(study: Study, worker: TrialResources) -> None:
+    """Once every trial has ended: the study's chosen generator(s) re-scored on fresh latents (sid.scoring, into each
+    run folder's scores.parquet), as a Ray task on one worker's resources. A failure is reported, not raised: the
+    trials' results stand, and `sid evaluate --rescore <study>` does the same later (finished draws are kept)."""
+    path = study.folder / TRIALS_FILE
+    table = read_parquet(path) if path.is_file() else pd.DataFrame()
+    if study.rescore_trials == "none" or table.empty or (table["state"] == "running").any():
+        return
+    gpus = worker.gpus_per_worker or 0
+    task = ray.remote(rescore_study).options(num_cpus=worker.cpus_per_worker, num_gpus=gpus)
+    print(f"re-scoring {'the best trial' if study.rescore_trials == 'best' else 'every trial'} on fresh latents "
+          f"({study.rescore_repeats} draws)", flush=True)
+    try:
+        rows = ray.get(task.remote(study.folder, trials=study.rescore_trials, repeats=study.rescore_repeats,
+                                   device="cuda" if gpus else "cpu"))
+    except Exception as exc:  # any failure of the re-score leaves the study's own results intact
+        cause = getattr(exc, "cause", None) or exc
+        print(f"re-score failed ({type(cause).__name__}: {str(cause).splitlines()[-1] if str(cause) else ''}); "
+              f"run `sid evaluate --rescore {study.folder}"
+              f"{' --rescore-trials all' if study.rescore_trials == 'all' else ''}` to finish it", flush=True)
+        return
+    for source, group in rows.groupby("source", sort=False):
+        fid = group["fid"].astype(float)
+        print(f"re-scored {source}: FD {fid.mean():.4f} +- {fid.std(ddof=1) if len(fid) > 1 else math.nan:.4f} "
+              f"over {len(fid)} draws of {int(group['fid_images'].iloc[0])} images", flush=True)
+
+
 def run_study(study: Study, *, resume: bool = False, address: str | None = None,
               config_text: str | None = None) -> pd.DataFrame:
     """Run (or, with resume, continue) a study; return its trials table (also in <folder>/trials.parquet); Tune's
@@ -398,6 +432,7 @@ def run_study(study: Study, *, resume: bool = False, address: str | None = None,
                   f"{trial.per_worker()} each; {folder}", flush=True)
             tuner = _tuner(study, trainable, concurrency, settings)
         tuner.fit()
+        rescore_at_end(study, settings.resources)
     finally:
         if started:
             ray.shutdown()

@@ -3,13 +3,18 @@ distance over independent draws.
 
     sid evaluate runs/digits --repeats 5                 # 5 draws of fid_images images, seeds 0.., mean +- std
     sid evaluate out.npz --preset cifar10-uncond --fid-images 50000
+    sid evaluate runs/c10 --metrics fd,is,pr --pr-ref train.zip   # + Inception Score, precision/recall (pr50k3)
+    sid evaluate --rescore results/my-study          # the best trial's best.pt on 3 fresh draws (sid.scoring)
 
 Every draw goes through the same sid.metrics code as the training-time evaluations (quantize, FeatureStats with the
 biased /N covariance, frechet_distance), so a run's evaluations and `sid evaluate` agree up to the choice of images.
 Draw r of a generator uses seeds seed_start + r*N .. seed_start + (r+1)*N - 1 (the images `sid generate` writes for
 those seeds); draw r of a set of images uses its images r*N .. (r+1)*N - 1 in its order (sorted names). With an
-Inception detector the Inception Score (10 splits, as StyleGAN3's is50k) of each draw is reported too. Rows go to a
-Parquet scores file (sid.results.SCORE_SCHEMA) and a table is printed.
+Inception detector the Inception Score (10 splits, as StyleGAN3's is50k) of each draw is reported too (`--metrics`
+chooses; `pr` adds precision/recall against `--pr-ref` real images, k = 3 as the official pr50k3). Rows go to a
+Parquet scores file (sid.results.SCORE_SCHEMA) and a table is printed. `--rescore RUN_OR_STUDY` scores a run's
+best.pt again on fresh latents with the run's own settings, into the run folder's scores file, keeping draws already
+there.
 """
 
 from __future__ import annotations
@@ -25,19 +30,20 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from sid import scoring
 from sid.assets import AssetError
-from sid.config import DETECTORS, FD_STD_GROUPS, INCEPTION, PRESETS, DistillConfig
+from sid.config import DETECTORS, FD_STD_GROUPS, INCEPTION, METRICS, PRESETS, DistillConfig, parse_metrics
 from sid.datasets import open_dataset
 from sid.devices import parse_device
-from sid.files import EVALUATIONS, RUN_FILES, SCORES_FILE
+from sid.files import BEST, EVALUATIONS, RUN_FILES, SCORES_FILE
 from sid.flags import RENAMED, Parser
 from sid.generators import MAX_SEED, check_class, format_seeds, generate, load_generator
 from sid.hub import is_hub
-from sid.metrics import check_reference, get_detector, inception_score, score_images
+from sid.metrics import check_reference, get_detector
+from sid.precision_recall import PR_NEIGHBOURS
 from sid.results import SCORE_KEY, SCORE_SCHEMA, now_utc, provenance, read_parquet, upsert
+from sid.scoring import RESCORE_REPEATS, RESCORE_TRIALS, rescore
 from sid.teachers import load_reference
-
-IS_SPLITS = 10
 
 
 def score_label(detector: str, images: int) -> str:
@@ -84,6 +90,9 @@ def check_images_fit(detector, shape: tuple[int, ...], source: str) -> None:
 def evaluate(source: str, *, detector_name: str, ref: str, images: int, repeats: int, seed_start: int = 0,
              class_idx: int | None = None, sigma_init: float | None = None, batch: int = 64, device: str = "cpu",
              progress: bool = True,
+             metrics: str | None = None,       # comma list of METRICS (None: fd, and is where the detector can)
+             pr_ref: str | None = None,        # precision/recall's real images: folder, zip, npz or 'digits'
+             pr_images: int | None = None,     # how many of them (None: all, up to `images`)
              groups: int = FD_STD_GROUPS) -> list[dict]:  # of fid_std's jackknife: one more distance each
     """One score row per draw (sid.results.SCORE_SCHEMA). ValueError for every bad input, before any work."""
     if images < 2 or repeats < 1:
@@ -92,9 +101,22 @@ def evaluate(source: str, *, detector_name: str, ref: str, images: int, repeats:
         raise ValueError(f"--sigma-init: expected a number > 0, got {sigma_init}")
     kind = source_kind(source)
     detector = get_detector(detector_name, device)
+    if metrics is None:
+        wanted = ("fd", "is") if hasattr(detector, "probabilities") else ("fd",)
+    else:
+        try:
+            wanted = parse_metrics(metrics)
+        except ValueError as exc:
+            raise ValueError(f"--metrics: {exc}") from None
+    if "is" in wanted and not hasattr(detector, "probabilities"):
+        raise ValueError(f"--metrics is: detector {detector.name} gives no class probabilities (no Inception Score)")
+    if ("pr" in wanted) != (pr_ref is not None):
+        raise ValueError("--metrics pr and --pr-ref go together: precision/recall compares with real images")
+    if pr_images is not None and (pr_ref is None or pr_images <= PR_NEIGHBOURS):
+        raise ValueError(f"--pr-images: expected > {PR_NEIGHBOURS} with --pr-ref, got {pr_images}")
     mu_ref, sigma_ref = load_reference(ref)
     check_reference(detector, mu_ref, ref)
-    net = None
+    net, kimg = None, math.nan
     if kind == "generator":
         last = seed_start + images * repeats - 1
         if seed_start < 0 or last > MAX_SEED:
@@ -102,6 +124,7 @@ def evaluate(source: str, *, detector_name: str, ref: str, images: int, repeats:
         net, saved = load_generator(source)
         check_class(net, class_idx)
         sigma_init = sigma_init or saved.sampling_sigma_init
+        kimg = float(saved.kimg) if saved.kimg is not None else math.nan
         shape = (net.img_channels, net.img_resolution, net.img_resolution)
     else:
         if class_idx is not None or sigma_init is not None:
@@ -113,7 +136,10 @@ def evaluate(source: str, *, detector_name: str, ref: str, images: int, repeats:
                              f"found {available}")
         stream = Rebatcher(dataset.images(batch))
     check_images_fit(detector, shape, source)
-    with_is = hasattr(detector, "probabilities")
+    real = None
+    if pr_ref is not None:  # once for every draw: the real set does not change
+        real = scoring.real_features(pr_ref, detector, pr_images or images, exact=pr_images is not None,
+                                     batch=batch)
     rows = []
     bar = tqdm(total=images * repeats, unit="img", disable=not progress, file=sys.stdout, dynamic_ncols=True,
                desc=f"evaluate {detector.name}")
@@ -125,7 +151,6 @@ def evaluate(source: str, *, detector_name: str, ref: str, images: int, repeats:
         else:
             label = f"images {r * images}-{(r + 1) * images - 1}"
             draw = stream.take(images)
-        probs: list[np.ndarray] | None = [] if with_is else None
 
         def counted(batches):
             for b in batches:
@@ -133,14 +158,13 @@ def evaluate(source: str, *, detector_name: str, ref: str, images: int, repeats:
                 yield b
 
         # The training evaluations' scoring: FD, its standard error, and NaN if any image is non-finite.
-        score = score_images(counted(draw), detector, mu_ref, sigma_ref, groups=groups, probabilities=probs)
-        is_mean, is_std = inception_score(np.concatenate(probs), IS_SPLITS) \
-            if (with_is and score.finite) else (math.nan, math.nan)
+        values = scoring.score_draw(counted(draw), detector, mu_ref, sigma_ref, metrics=wanted, real=real,
+                                    groups=groups, device=device)
         rows.append(dict(source=source, kind=kind, repeat=r, seeds=label,
                          sigma_init=float(sigma_init) if net is not None else math.nan,
-                         class_label=-1 if class_idx is None else class_idx,
-                         fid=score.fd, fid_detector=detector.name, fid_images=score.images, fid_std=score.fd_std,
-                         fid_ref=ref, is_mean=is_mean, is_std=is_std, written_at=now_utc()))
+                         class_label=-1 if class_idx is None else class_idx, fid_detector=detector.name,
+                         fid_ref=ref, **values, pr_ref=pr_ref or "", pr_real_images=0 if real is None else len(real),
+                         generator_kimg=kimg, written_at=now_utc()))
     bar.close()
     return rows
 
@@ -162,6 +186,10 @@ def summary(rows: list[dict]) -> str:
         lines.append(f"{label}: {fds[0]:.4f} (one draw; --repeats R for mean +- std)")
     if with_is:
         lines.append(f"IS: {np.mean([r['is_mean'] for r in rows]):.3f} (mean of the draws' 10-split means)")
+    if rows[0].get("pr_ref"):
+        lines.append(f"precision / recall (k = {PR_NEIGHBOURS}, {rows[0]['pr_real_images']} real images of "
+                     f"{rows[0]['pr_ref']}): " + ", ".join(f"{r['pr_precision']:.4f} / {r['pr_recall']:.4f}"
+                                                           for r in rows))
     return "\n".join(lines)
 
 
@@ -183,9 +211,14 @@ def training_values(source: str) -> str | None:
 def build_parser() -> Parser:
     parser = Parser(prog="sid evaluate", description=__doc__.split("\n\n")[0],
                     renamed={k: RENAMED[k] for k in ("--detector", "--ref", "--images", "--batch")})
-    parser.add_argument("source", help="run folder, snapshot .pt, export .safetensors, SiD/EDM .pkl (path or URL), "
-                                       "'digits'/'edm:<name>', or images: a folder or zip of PNG/JPEG, an npz "
-                                       "(docs/data.md)")
+    parser.add_argument("source", nargs="?", default=None,
+                        help="run folder, snapshot .pt, export .safetensors, SiD/EDM .pkl (path or URL), "
+                             "'digits'/'edm:<name>', or images: a folder or zip of PNG/JPEG, an npz (docs/data.md)")
+    parser.add_argument("--rescore", default=None, metavar="RUN_OR_STUDY",
+                        help=f"instead of SOURCE: re-score a run's {BEST} (a study's best trial's) on fresh latents "
+                             f"with the run's own images, detector, reference and metrics, into <run>/{SCORES_FILE}")
+    parser.add_argument("--rescore-trials", default=None, choices=RESCORE_TRIALS,
+                        help="--rescore of a study: its best trial's generator (default), or every trial's")
     parser.add_argument("--preset", default=None, choices=list(PRESETS), metavar="NAME",
                         help="detector, reference and image count of this preset (default: the run's, else digits)")
     parser.add_argument("--fid-detector", default=None,
@@ -193,7 +226,16 @@ def build_parser() -> Parser:
     parser.add_argument("--fid-ref", default=None,
                         help="reference statistics: 'digits', 'edm:<name>', .npz path or URL (default: the preset's)")
     parser.add_argument("--fid-images", type=int, default=None, help="images per draw (default: the preset's)")
-    parser.add_argument("--repeats", type=int, default=1, help="independent draws (disjoint seeds or images)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help=f"independent draws (disjoint seeds or images; default 1, --rescore {RESCORE_REPEATS})")
+    parser.add_argument("--metrics", default=None,
+                        help=f"comma list of {', '.join(METRICS)} (FD, Inception Score, precision/recall with "
+                             f"k = {PR_NEIGHBOURS}); default: fd, and is where the detector has class probabilities")
+    parser.add_argument("--pr-ref", default=None,
+                        help="real images of precision/recall: folder or zip of PNG/JPEG, npz (arr_0) or 'digits'")
+    parser.add_argument("--pr-images", type=int, default=None,
+                        help="real images of precision/recall, the first in sorted order (default: all, up to "
+                             "--fid-images; the official pr50k3: 50000)")
     parser.add_argument("--seed-start", type=int, default=0, help="first seed of draw 0 (generators)")
     parser.add_argument("--class", dest="class_idx", type=int, default=None,
                         help="class of every image (conditional generators; default: a random class per seed)")
@@ -227,6 +269,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.batch_per_device < 1:
         parser.error(f"--batch-per-device: expected >= 1, got {args.batch_per_device}")
+    if (args.source is None) == (args.rescore is None):
+        parser.error("expected SOURCE or --rescore RUN_OR_STUDY (one of them)")
+    if args.rescore is not None:
+        return main_rescore(parser, args)
+    if args.rescore_trials is not None:
+        parser.error("--rescore-trials goes with --rescore RUN_OR_STUDY")
     source = Path(args.source)
     out = Path(args.out) if args.out else (source if source_kind(args.source) == "generator" and source.is_dir()
                                            else Path(".")) / SCORES_FILE
@@ -237,9 +285,10 @@ def main(argv: list[str] | None = None) -> None:
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # as in training: denormals made CPU networks up to 10x slower
     try:
-        rows = evaluate(args.source, **settings(args), repeats=args.repeats, seed_start=args.seed_start,
-                        class_idx=args.class_idx, sigma_init=args.sigma_init, batch=args.batch_per_device,
-                        device=str(device), progress=not args.no_progress)
+        rows = evaluate(args.source, **settings(args), repeats=1 if args.repeats is None else args.repeats,
+                        seed_start=args.seed_start, class_idx=args.class_idx, sigma_init=args.sigma_init,
+                        batch=args.batch_per_device, device=str(device), progress=not args.no_progress,
+                        metrics=args.metrics, pr_ref=args.pr_ref, pr_images=args.pr_images)
     except (ValueError, FileNotFoundError) as exc:
         parser.error(str(exc))
     except (OSError, AssetError) as exc:  # a download failed: not the input's fault
@@ -250,3 +299,27 @@ def main(argv: list[str] | None = None) -> None:
     if source_kind(args.source) == "generator" and (own := training_values(args.source)):
         print(own)
     print(f"rows added to {out}")
+
+
+def main_rescore(parser: Parser, args: argparse.Namespace) -> None:
+    """`sid evaluate --rescore RUN_OR_STUDY`: sid.scoring.rescore, its rows printed as a table per generator."""
+    flags = {"preset": "--preset", "fid_detector": "--fid-detector", "fid_ref": "--fid-ref",
+             "fid_images": "--fid-images", "class_idx": "--class", "sigma_init": "--sigma-init",
+             "metrics": "--metrics", "pr_ref": "--pr-ref", "pr_images": "--pr-images", "out": "--out"}
+    chosen = [flag for dest, flag in flags.items() if getattr(args, dest) is not None] + \
+        (["--seed-start"] if args.seed_start else [])
+    if chosen:
+        parser.error(f"--rescore uses the run's own settings and seeds: leave out {', '.join(chosen)}")
+    try:
+        device = parse_device(args.device)
+        repeats = RESCORE_REPEATS if args.repeats is None else args.repeats
+        rows = rescore(args.rescore, trials=args.rescore_trials or "best", repeats=repeats, device=str(device),
+                       batch=args.batch_per_device, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as exc:
+        parser.error(str(exc))
+    except (OSError, AssetError) as exc:  # a download failed: not the input's fault
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    for source, group in rows.groupby("source", sort=False):
+        print(summary(group.to_dict("records")))
+        print(f"rows in {Path(source).parent / SCORES_FILE}")

@@ -6,7 +6,8 @@
 network-snapshot .pkl (path or URL; read without executing its code) or 'digits' / 'edm:<name>' (the teacher as a
 generator: SiD's starting point). Image i depends on seed i alone (sid.generators), and pixels are quantised with
 sid.metrics.quantize, so the files hold exactly the images the in-memory FD of `sid evaluate` sees. With more than one
-CUDA device the seeds are split into one contiguous shard per device (one process each).
+CUDA device the seeds are split into one contiguous shard per device (one process each). `--rng official` draws each
+seed's latents as the official generate_onestep.py does (a CUDA generator per seed: its images, on CUDA only).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from sid.config import DistillConfig
 from sid.devices import parse_devices
 from sid.files import write_file_atomic
 from sid.flags import RENAMED, Parser
-from sid.generators import check_class, generate, load_generator, parse_seeds
+from sid.generators import RNGS, check_class, check_rng, generate, load_generator, parse_seeds
 from sid.metrics import quantize
 
 
@@ -46,14 +47,16 @@ def save_pngs(pixels: np.ndarray, seeds: Sequence[int], outdir: Path, subdirs: b
 
 def generate_pixels(net: torch.nn.Module, seeds: Sequence[int], *, sigma_init: float, class_idx: int | None,
                     batch: int, device: str, outdir: Path | None = None, subdirs: bool = False,
-                    keep: bool = True, progress: bool = True, position: int = 0) -> np.ndarray | None:
+                    keep: bool = True, progress: bool = True, position: int = 0,
+                    rng: str = "sid") -> np.ndarray | None:  # of sid.generators.RNGS
     """uint8 NHWC images of `seeds` (None unless `keep`), PNGs written to `outdir` as they come."""
     kept = []
     bar = tqdm(total=len(seeds), unit="img", disable=not progress, position=position, file=sys.stdout,
                desc=f"generate {device}", dynamic_ncols=True)
     done = 0
-    for images in generate(net, seeds, sigma_init=sigma_init, class_idx=class_idx, batch=batch, device=device):
-        pixels = quantize(images).permute(0, 2, 3, 1).numpy()
+    for images in generate(net, seeds, sigma_init=sigma_init, class_idx=class_idx, batch=batch, device=device,
+                           rng=rng):
+        pixels = quantize(images, torch.float64 if rng == "official" else torch.float32).permute(0, 2, 3, 1).numpy()
         if outdir is not None:
             save_pngs(pixels, seeds[done:done + len(pixels)], outdir, subdirs)
         if keep:
@@ -103,6 +106,10 @@ def build_parser() -> Parser:
     parser.add_argument("--npz", default=None, help="also write all images as FILE.npz (arr_0: uint8 NHWC)")
     parser.add_argument("--device", default="auto", help="auto (every CUDA device, else cpu), cpu, cuda:N, or a "
                                                          "comma list: one shard of seeds per device")
+    parser.add_argument("--rng", default="sid", choices=RNGS,
+                        help="latents of each seed: 'sid' (a CPU generator: the same images on every device) or "
+                             "'official' (a CUDA generator, as the official generate_onestep.py: its images; CUDA "
+                             "only)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -126,6 +133,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.npz and not args.npz.endswith(".npz"):
             raise ValueError(f"--npz: expected a file name ending in .npz, got {args.npz!r}")
         devices = [str(d) for d in parse_devices(args.device)]
+        for device in devices:
+            check_rng(args.rng, device)
         net, saved = load_generator(args.network)
         check_class(net, args.class_idx)
     except ValueError as exc:
@@ -138,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         outdir.mkdir(parents=True, exist_ok=True)
     pixels = run(saved.source, seeds, net=net, devices=devices, keep=args.npz is not None,
                  sigma_init=sigma_init, class_idx=args.class_idx, batch=args.batch_per_device, outdir=outdir,
-                 subdirs=args.subdirs, progress=not args.no_progress)
+                 subdirs=args.subdirs, progress=not args.no_progress, rng=args.rng)
     if args.npz:
         write_file_atomic(args.npz, lambda f: np.savez(f, arr_0=pixels))
     where = " and ".join(str(p) for p in (outdir, args.npz) if p)

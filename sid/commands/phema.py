@@ -74,7 +74,7 @@ def phema_run(run: Path, targets: tuple[float, ...], *, last_only: bool, device:
     """Rows for one run folder (also written to <run>/phema.parquet, replacing the same (sigma_rel, kimg))."""
     snaps, header = list_snapshots(run)
     config = DistillConfig(**header.config)
-    evaluator = Evaluator(config, device)
+    evaluator = Evaluator(config.replace(eval_metrics="fd"), device)  # phema rows hold the FD only: no IS pass
     probs = label_distribution(config, int(header.init_kwargs.get("label_dim") or 0)).probs  # the run's own classes
     steps = sorted({s for s, _, _ in snaps})
     rows = []

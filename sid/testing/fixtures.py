@@ -10,15 +10,19 @@ import io
 import json
 import math
 import re
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from sid.config import PRESETS, DistillConfig, preset
+from sid.files import BEST, RUNS_DIR, TRIALS_FILE
 from sid.networks.precond import EDMPrecond
+from sid.results import TRIAL_SCHEMA, write_trials
 from sid.teachers import teacher_architecture
 
 # A small random 8x8 teacher: tests about runs, faults and placement need no quality; an iteration takes ~0.05 s.
@@ -200,6 +204,33 @@ def code_blocks(text: str, info: str = "python") -> list[str]:
     a Tune study folder, are picked only when asked for)."""
     return [m.group(2) for m in re.finditer(r"^```([^\n]*)\n(.*?)^```", text, flags=re.M | re.S)
             if m.group(1).strip() == info]
+
+
+def study_of_generators(folder: Path, generator: Path, best_fids: dict[str, float]) -> Path:
+    """A study folder of finished trials (trials.parquet) whose run folders each hold a copy of `generator` as their
+    best.pt, with these best FDs (a NaN: a trial without a finite evaluation, and so without best.pt)."""
+    rows = []
+    for trial, fid in best_fids.items():
+        (folder / RUNS_DIR / trial).mkdir(parents=True)
+        if math.isfinite(fid):
+            shutil.copy(generator, folder / RUNS_DIR / trial / BEST)
+        rows.append({**{f.name: None for f in TRIAL_SCHEMA}, "study": folder.name, "trial_id": trial,
+                     "state": "completed", "best_fid": fid, "best_kimg": 0.0, "evaluations": 1})
+    write_trials(folder / TRIALS_FILE, pd.DataFrame(rows).astype({"best_fid": float, "best_kimg": float}))
+    return folder
+
+
+def scipy_inception_score(p, splits: int = 10) -> tuple[float, float]:
+    """An independent Inception Score in float64: exp(mean KL(p(y|x) || p(y))) per split via scipy.stats.entropy;
+    mean and (ddof 0) std over the splits, split i being rows i*N//splits .. (i+1)*N//splits - 1 as in StyleGAN3's
+    inception_score.py."""
+    import scipy.stats  # noqa: PLC0415 (scipy: only the tests' references need it)
+
+    scores = []
+    for part in (p[i * len(p) // splits: (i + 1) * len(p) // splits] for i in range(splits)):
+        py = part.mean(axis=0)
+        scores.append(math.exp(sum(scipy.stats.entropy(row, py) for row in part) / len(part)))
+    return float(sum(scores) / len(scores)), float(torch.tensor(scores, dtype=torch.float64).std(correction=0))
 
 
 class RowSink:
