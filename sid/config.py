@@ -58,7 +58,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class DistillConfig:
     preset: str = "digits"                  # name of the preset these values started from (a label only)
-    teacher: str = "digits"                 # 'digits', 'edm:<name>', a local .pkl path or an http(s) URL
+    teacher: str = "digits"                 # 'digits', 'edm:<name>', 'diffusers:PATH', a path, URL or module:function
     init_generator: str = ""                # initial generator: snapshot, run folder or SiD .pkl ('' = the teacher)
     # SiD
     alpha: float = 1.2                      # weight of the ||f_phi - f_psi||^2 term in the generator loss

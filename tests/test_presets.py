@@ -2,11 +2,11 @@
 process accumulating the same micro-batches, and a resume in the middle.
 
 Parametrized over sid.config.PRESETS: a preset added later is covered without a new test (its teacher needs an entry
-in sid.teachers.EDM_ARCHITECTURES, or this file fails for it). The scaled-down networks keep everything of the real
-one that changes the computation graph (model type, embedding/encoder/decoder types, augment_dim, label_dim, attention,
-the preset's dropout, augment probability and precision flags) and shrink widths, blocks and resolution for a CPU.
-The DDP ranks are two processes of torch.multiprocessing on gloo, started once for all presets.
-"""
+in sid.teachers.EDM_ARCHITECTURES or be an embedded one, or this file fails for it). digits-ddpm brings the diffusers
+VP kind through the same tests. The scaled-down networks keep everything of the real one that changes the computation
+graph (model type, embedding/encoder/decoder types, augment_dim, label_dim, attention, the preset's dropout, augment
+probability and precision flags) and shrink widths, blocks and resolution for a CPU.
+The DDP ranks are two processes of torch.multiprocessing on gloo, started once for all presets."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ import torch.multiprocessing as mp
 
 from sid.config import PRESETS, preset
 from sid.distill import Distiller
+from sid.networks.build import build_network
 from sid.networks.precond import EDMPrecond
 from sid.teachers import EDM_ARCHITECTURES, load_network_file, teacher_architecture
 from sid.testing.fixtures import preset_architecture, random_teacher, save_network
@@ -113,8 +114,9 @@ def test_scaled_architecture_keeps_what_shapes_the_graph(name):
     for key in ("model_type", "label_dim", "augment_dim", "embedding_type", "encoder_type", "decoder_type",
                 "channel_mult", "img_channels"):
         assert small.get(key) == real.get(key), key
-    net = EDMPrecond(**small)
-    assert any("attn" in k or "qkv" in k for k in net.state_dict()), "the scaled network lost its attention"
+    net = build_network(small)
+    assert any(word in k for k in net.state_dict() for word in ("attn", "qkv", "attentions")), \
+        "the scaled network lost its attention"
 
 
 @pytest.mark.parametrize("name", NAMES)
