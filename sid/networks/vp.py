@@ -202,7 +202,7 @@ def diffusers_kwargs(folder: str | Path) -> dict[str, Any]:
         raise ValueError(f"{scheduler_dir / 'scheduler_config.json'}: prediction_type {prediction!r} is not mapped to "
                          f"EDM's convention; supported: {', '.join(PREDICTION_TYPES)}")
     return dict(unet=config, alphas_cumprod=alphas_cumprod_of(scheduler, scheduler_dir / "scheduler_config.json"),
-                prediction_type=prediction)
+                prediction_type=prediction, kind=VP_KIND)
 
 
 def load_diffusers(folder: str | Path) -> VPDenoiser:
