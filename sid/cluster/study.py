@@ -30,7 +30,6 @@ import dataclasses
 import itertools
 import math
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +51,7 @@ from sid.cluster.trials import TrialRecord, TrialSettings, write_trials_table
 from sid.config import SEARCHABLE, ConfigError, DistillConfig
 from sid.files import CONFIG_FILE, EVALUATIONS_DIR, MLFLOW_DIR, RUNS_DIR, TRAIN_DIR, TRIALS_FILE, write_text_atomic
 from sid.results import Divergence, is_uri, read_parquet
+from sid.teachers import teacher_kind
 from sid.tracking import STEP_KEY, TrackingSettings, mlflow_uri, step_of
 
 if TYPE_CHECKING:
@@ -145,8 +145,8 @@ class Study:
             raise StudyError(f"storage must be a local or mounted shared folder (e.g. NFS), got {self.storage}: "
                              "trials write their Parquet rows with plain file I/O")
         teacher = self.base.teacher
-        if not re.match(r"^(\w+:|digits$)", teacher) and not Path(teacher).is_file():
-            raise bad(f"teacher {teacher}: no such file (on a cluster: a path every node sees)")
+        if teacher_kind(teacher) is None:  # a spec of no form (sid.teachers.TEACHER_FORMS), e.g. a missing file
+            raise bad(f"teacher {teacher}: no such file and no teacher spec (on a cluster: a path every node sees)")
         blocked = next((p for p in (self.folder, *self.folder.parents) if p.exists() and not p.is_dir()), None)
         if blocked is not None:
             raise StudyError(f"storage: {blocked} exists and is not a folder")
