@@ -262,6 +262,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                    precision="fp32", dropout=0.0, augment=0.0, ema_mimg=0.02, ema_rampup=0.3, duration_kimg=25.6,
                    eval_every_kimg=6.4, fid_images=2048, fid_detector=DIGITS_FEATURES, fid_ref="digits"),
 }
+# The second embedded teacher, of another kind (a diffusers DDPM, sid/digits_ddpm.py), with the digits settings: its
+# sigma range (sigma_init 2.5; 24.4 at tmax 800) lies within the teacher's (sigma 0.01 to 157; docs/teachers.md).
+PRESETS["digits-ddpm"] = dict(PRESETS["digits"], teacher="digits-ddpm")
 # The study scripts' default: the digits default at a budget for many trials (the default alpha sweep's 9 trials,
 # 2 at a time on 2 CPU cores, in under 10 minutes). 4,096 images per evaluation: half the sampling error of 1,024
 # for about 3% more time (docs/digits_preset.md).

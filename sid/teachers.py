@@ -103,13 +103,13 @@ def load_diffusers_teacher(path: str | Path) -> nn.Module:
 
 def teacher_kind(spec: str) -> str | None:
     """Which form of TEACHER_FORMS `spec` has, in the documented order: 'digits', 'digits-ddpm', 'edm', 'diffusers',
-    'hub', 'file' (an existing path or a URL), 'factory'; None for none of them."""
+    'hub', 'file' (an existing path, a .pt/.pkl path or a URL), 'factory'; None for none of them."""
     if spec in ("digits", "digits-ddpm"):
         return spec
     for prefix, kind in (("edm:", "edm"), (DIFFUSERS, "diffusers"), (HUB, "hub")):
         if spec.startswith(prefix):
             return kind
-    if is_url(spec) or Path(spec).exists():
+    if is_url(spec) or Path(spec).exists() or Path(spec).suffix in (".pt", ".pkl"):  # a missing one: its loader says
         return "file"
     return "factory" if is_factory_spec(spec) else None
 

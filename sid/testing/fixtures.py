@@ -181,7 +181,7 @@ def user_teacher() -> UserDenoiser:
 
 
 # Teacher kinds of the tests, each a --teacher spec that teacher_specs writes (sid.teachers.TEACHER_FORMS).
-TEACHER_KINDS = ("edm-pickle", "network-file", "digits", "diffusers-epsilon", "diffusers-v",
+TEACHER_KINDS = ("edm-pickle", "network-file", "digits", "digits-ddpm", "diffusers-epsilon", "diffusers-v",
                  "diffusers-sample", "diffusers-class", "factory-module", "factory-file")
 
 
