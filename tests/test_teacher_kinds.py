@@ -15,13 +15,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
+from sid.commands import evaluate as evaluate_command
 from sid.commands import export as export_command
 from sid.commands import generate as generate_command
 from sid.distill import Distiller
-from sid.files import CHECKPOINT
+from sid.files import CHECKPOINT, EVALUATIONS
 from sid.generators import load_generator
 from sid.networks.build import network_kind
 from sid.run import run_local
@@ -93,7 +95,7 @@ def test_a_factory_made_generator_rebuilds_only_with_the_factory_named_again(kin
 
 
 @pytest.mark.parametrize("kind", ["diffusers-epsilon", "diffusers-class", "factory-module"])
-def test_a_run_with_each_teacher_kind_resumes_exports_and_generates(kind, specs, tmp_path):
+def test_a_run_with_each_teacher_kind_resumes_exports_generates_evaluates_and_inits_another(kind, specs, tmp_path):
     config = tiny_config(specs[kind], duration_kimg=0.016)
     run_local(config, tmp_path / "run", device=torch.device("cpu"), resume=False, progress=False)
     run_local(config.replace(duration_kimg=0.032), tmp_path / "run", device=torch.device("cpu"), resume=True,
@@ -107,6 +109,14 @@ def test_a_run_with_each_teacher_kind_resumes_exports_and_generates(kind, specs,
                            "--device", "cpu", "--no-progress", *factory])
     a, b = np.load(tmp_path / "a.npz")["arr_0"], np.load(tmp_path / "b.npz")["arr_0"]
     assert a.shape == (4, 8, 8, 1) and np.array_equal(a, b)  # the export generates the run's images
+    evaluate_command.main([str(tmp_path / "g.safetensors"), "--fid-images", "64", "--device", "cpu", "--no-progress",
+                           "--out", str(tmp_path / "scores.parquet"), *factory])
+    assert np.isfinite(pd.read_parquet(tmp_path / "scores.parquet")["fid"]).all()
+    again = tiny_config(specs[kind], duration_kimg=0.008, init_generator=str(tmp_path / "g.safetensors"))
+    run_local(again, tmp_path / "again", device=torch.device("cpu"), resume=False, progress=False)
+    # it starts from the exported G (best.pt of the run): its first evaluation sees the same images as the best one
+    assert pd.read_parquet(tmp_path / "again" / EVALUATIONS)["fid"].iloc[0] == pytest.approx(
+        pd.read_parquet(tmp_path / "run" / EVALUATIONS)["fid"].min(), rel=1e-6)
 
 
 def test_the_vp_teacher_clamps_below_its_smallest_sigma_and_says_so_once(specs):
