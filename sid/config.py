@@ -72,7 +72,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class DistillConfig:
     preset: str = "digits"                  # name of the preset these values started from (a label only)
-    teacher: str = "digits"                 # 'digits', 'edm:<name>', .pkl/.pt path, https URL or hf://ORG/REPO/FILE
+    teacher: str = "digits"                 # digits, edm:<name>, diffusers:PATH, path, URL, hf://, module:function
     init_generator: str = ""                # initial generator: snapshot, run folder, .pkl, hf://... ('' = the teacher)
     # SiD
     alpha: float = 1.2                      # weight of the ||f_phi - f_psi||^2 term in the generator loss
@@ -292,6 +292,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                    eval_every_kimg=6.4, fid_images=2048, fid_detector=DIGITS_FEATURES, fid_ref="digits",
                    data="digits"),
 }
+# The second embedded teacher, of another kind (a diffusers DDPM, sid/digits_ddpm.py), with the digits settings: its
+# sigma range (sigma_init 2.5; 24.4 at tmax 800) lies within the teacher's (sigma 0.01 to 157; docs/teachers.md).
+PRESETS["digits-ddpm"] = dict(PRESETS["digits"], teacher="digits-ddpm")
 # The study scripts' default: the digits default at a budget for many trials (the default alpha sweep's 9 trials,
 # 2 at a time on 2 CPU cores, in under 10 minutes). 4,096 images per evaluation: half the sampling error of 1,024
 # for about 3% more time (docs/digits_preset.md).

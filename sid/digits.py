@@ -27,6 +27,7 @@ from sid.networks.precond import EDMPrecond
 DATA = Path(__file__).parent / "data"
 TEACHER_FILE = DATA / "digits-teacher.pt"
 DETECTOR_FILE = DATA / "digits-features-v1.pt"
+DDPM_TEACHER_DIR = DATA / "digits-ddpm"  # the second embedded teacher, a diffusers DDPM folder (sid/digits_ddpm.py)
 
 # The teacher: an EDM-preconditioned DDPM++-style SongUNet at 8x8, 1 channel.
 # 0.75 M parameters: one SiD iteration at batch 128 (about 12 forward-equivalents) takes ~0.5 s on 2 CPU cores.

@@ -29,14 +29,15 @@ from sid.datasets import UNCONDITIONAL, LabelDistribution, sample_classes
 from sid.generators import check_same_architecture
 from sid.losses import fake_score_loss, generator_loss, sample_fake_score_sigma, sample_generator_sigma
 from sid.networks.precond import architecture_difference
+from sid.teachers import sigma_range
 
 PHASE_FAKE, PHASE_GENERATOR, PHASE_EVAL = 0, 1, 2
 DDP_ARGS = inspect.signature(nn.parallel.DistributedDataParallel).parameters
 
 
 def rebuild(net: nn.Module, **overrides) -> nn.Module:
-    """A new network of the same architecture and weights, with some constructor arguments changed
-    (this run's dropout, the official fp16 mode)."""
+    """A new network of the same kind, architecture and weights, with some constructor arguments changed
+    (this run's dropout, the official fp16 mode): how SiD copies the teacher into fake score and generator."""
     clone = type(net)(**{**net.init_kwargs, **overrides})
     clone.load_state_dict(net.state_dict())
     return clone
@@ -118,6 +119,7 @@ class Distiller:
             raise ValueError(f"batch {config.batch} over {world_size} ranks does not split into {self.rounds} "
                              f"equal micro-batches of at most {per_device}")
         self.micro_batch = self.batch_per_rank // self.rounds
+        self.notes = sigma_range(teacher, config)  # refuses a run beyond the teacher's largest sigma, before training
         self.img_shape = (teacher.img_channels, teacher.img_resolution, teacher.img_resolution)
         self.label_dim = teacher.label_dim
         self.labels = labels or LabelDistribution(None, "uniform" if self.label_dim else UNCONDITIONAL.source)

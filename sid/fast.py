@@ -54,8 +54,8 @@ def prepare_network(net: nn.Module, *, memory_format: str = "contiguous", compil
     the state-dict keys, so checkpoints stay EDM-compatible. The Distiller's per-phase train/eval and requires_grad
     changes cost a handful of graphs in the first iteration and no recompiles after it (tests/test_fast_path.py)."""
     net.to(memory_format=_TORCH_FORMATS[memory_format])
-    if compile != "off":
-        net.model.compile(mode=compile, dynamic=False)
+    if compile != "off":  # the U-Net: EDMPrecond's model, a VP denoiser's unet, else the whole network
+        next((getattr(net, n) for n in ("model", "unet") if hasattr(net, n)), net).compile(mode=compile, dynamic=False)
     return net
 
 

@@ -4,8 +4,9 @@
 generator of this project (sid.saved: a snapshot `generator-<kimg>.pt`, best.pt, generator.pt, a post-hoc EMA
 profile, a training checkpoint.pt, an export .safetensors/.json), an official SiD/EDM `network-snapshot-*.pkl` (path
 or URL, read by the code-free loader sid.checkpoints.load_edm_pickle, which returns the EDMPrecond under 'ema'), or
-a teacher name ('digits', 'edm:<name>': the generator SiD starts from). Any of these files or folders may be on the
-Hugging Face Hub: `hf://ORG/REPO[/PATH][@REVISION]` (sid.hub), e.g. a repository `sid export` + `hf upload` made.
+a teacher spec (sid.teachers: 'digits', 'edm:<name>', 'diffusers:PATH', ...: the generator SiD starts from). Any of
+these files or folders may be on the Hugging Face Hub: `hf://ORG/REPO[/PATH][@REVISION]` (sid.hub), e.g. a repository
+`sid export` + `hf upload` made.
 
 Generation follows the official one-step sampler: z = sigma_init * randn, x = G(z, sigma_init, class one-hot), with z
 and the random class of image i drawn from torch.Generator(seed i) alone, so batching, sharding and device do not
@@ -28,14 +29,17 @@ from sid import hub
 from sid.assets import AssetError, is_url
 from sid.checkpoints import CheckpointError
 from sid.files import EXPORT_FILE, RUN_FILES, SNAPSHOT_PATTERN, SNAPSHOTS
-from sid.networks.precond import EDMPrecond, architecture_difference
+from sid.networks.precond import architecture_difference
 from sid.saved import EXPORT_SUFFIXES, SavedGenerator
-from sid.teachers import load_teacher
+from sid.teachers import TEACHER_FORMS, load_teacher, teacher_kind
 
 MAX_SEED = 2**32 - 1              # the seed range of EDM's and SiD's generate scripts
 # Where each seed's latents come from: 'sid', a CPU torch.Generator (every device gives the same images); 'official',
 # a torch.Generator on the CUDA device as the official generate_onestep.py (its images, on CUDA only).
 RNGS = ("sid", "official")
+# The --factory flag of sid generate / evaluate / export.
+FACTORY_HELP = ("the module:function (or file.py:function) that made the teacher of a factory-made generator: "
+                "its code runs to rebuild it (a file's recorded name never does)")
 
 
 # ---------------------------------------------------------------------------------------------- seeds
@@ -87,9 +91,10 @@ def generator_file(source: str | Path) -> str:
     return str(found)
 
 
-def load_generator(source: str | Path) -> tuple[EDMPrecond, SavedGenerator]:
-    """(G as EDMPrecond in eval mode, float32, CPU, frozen; what is known about it) for any generator source (see
-    the module doc). The SavedGenerator's `source` is the file read (or the name); a pickle or teacher name says
+def load_generator(source: str | Path, *, factory: str | None = None) -> tuple[nn.Module, SavedGenerator]:
+    """(G in eval mode, float32, CPU, frozen; what is known about it) for any generator source (see the module doc).
+    `factory`: the module:function a factory-made generator is rebuilt with, named by the user (a file's recorded
+    name never runs). The SavedGenerator's `source` is the file read (or the name); a pickle or teacher spec says
     nothing beyond its weights (sigma_init, config, fid: None); for an hf:// source it is the spec. Every failure is
     a ValueError naming the source."""
     if hub.is_hub(str(source)):
@@ -97,20 +102,21 @@ def load_generator(source: str | Path) -> tuple[EDMPrecond, SavedGenerator]:
             local = hub.resolve(str(source))  # then read like the local file or folder it now is
         except AssetError as exc:
             raise ValueError(str(exc)) from exc
-        net, saved = _load_local(local)
+        net, saved = _load_local(local, factory)
         return net, dataclasses.replace(saved, source=str(source))
-    return _load_local(source)
+    return _load_local(source, factory)
 
 
-def _load_local(source: str | Path) -> tuple[EDMPrecond, SavedGenerator]:
+def _load_local(source: str | Path, factory: str | None) -> tuple[nn.Module, SavedGenerator]:
     text = generator_file(source)
     if text.endswith((".pt", *EXPORT_SUFFIXES)) and not is_url(text):
         saved = SavedGenerator.load(text)
-        return saved.network(), saved
-    # EDM/SiD pickle (path or URL), or a teacher name: the teacher-initialised generator
-    if not (is_url(text) or text == "digits" or text.startswith("edm:") or Path(text).exists()):
+        return saved.network(factory=factory), saved
+    # EDM/SiD pickle (path or URL), or a teacher spec: the teacher-initialised generator
+    if teacher_kind(text) is None:
         raise ValueError(f"{text}: no such file or folder; expected a run folder, a .pt snapshot, "
-                         f"a .safetensors export, a network-snapshot .pkl (path or URL), 'digits' or 'edm:<name>'")
+                         f"a .safetensors export, a network-snapshot .pkl (path or URL) or a teacher "
+                         f"({'; '.join(TEACHER_FORMS)})")
     try:
         net = load_teacher(text).float().eval().requires_grad_(False)
     except (CheckpointError, OSError) as exc:

@@ -127,8 +127,18 @@ def sample_generator_sigma(n: int, tmax: float, *, generator: torch.Generator | 
     if not 0 <= tmax <= 1000:
         raise ValueError(f"tmax must be in [0, 1000] (thousandths of the rho schedule), got {tmax}")
     t = torch.rand(n, generator=generator, device=_device(generator, device)) * (tmax / 1000)
+    return _rho_sigma(t)
+
+
+def _rho_sigma(t: Tensor | float) -> Tensor | float:
+    """The generator loss's sigma at t in [0, 1]: (smax^(1/rho) + (1 - t)(smin^(1/rho) - smax^(1/rho)))^rho."""
     hi, lo = SIGMA_MAX ** (1 / RHO), SIGMA_MIN ** (1 / RHO)
     return (hi + (1 - t) * (lo - hi)) ** RHO
+
+
+def generator_sigma_max(tmax: float) -> float:
+    """The largest sigma the generator loss asks for at `tmax` (24.408 at tmax 800): a teacher must reach it."""
+    return float(_rho_sigma(tmax / 1000))
 
 
 def sample_fake_score_sigma(n: int, *, generator: torch.Generator | None = None, device=None) -> Tensor:

@@ -47,7 +47,7 @@ from sid.loop import Evaluator, Sink, train
 from sid.micro_batch import fit_micro_batch
 from sid.results import EVALUATION_SCHEMA, best_row, provenance, read_parquet, upsert_evaluations
 from sid.saved import SavedGenerator
-from sid.teachers import load_plain, load_teacher
+from sid.teachers import load_plain, load_teacher, teacher_kind
 from sid.tracking import RunTracker, TrackingSettings
 
 # Config fields a resumed run may change: they do not shape the numbers of the evaluations already made.
@@ -179,13 +179,18 @@ def run_rank(config: DistillConfig, folder: RunFolder | None, *, device: torch.d
         torch.set_flush_denormal(True)  # denormals made CPU iterations up to 10x slower
     teacher = load_teacher(config.teacher)
     labels = label_distribution(config, teacher.label_dim, warn=rank == 0)
-    generator = load_generator(config.init_generator)[0] if config.init_generator else None
+    # a factory-made init generator is rebuilt by the factory the user named as the teacher (never the file's name)
+    factory = config.teacher if teacher_kind(config.teacher) == "factory" else None
+    generator = load_generator(config.init_generator, factory=factory)[0] if config.init_generator else None
     micro_batch = 0
     if not config.batch_per_device:  # 0: the largest that fits, measured on this device before the run starts
         micro_batch = fit_micro_batch(config, teacher, device=device, world_size=world_size, generator=generator)
     distiller = Distiller(config, teacher, device=device, rank=rank, world_size=world_size, generator=generator,
                           micro_batch=micro_batch, labels=labels)
     wall_s, best = 0.0, None
+    if rank == 0:
+        for note in distiller.notes:  # said once per run, not per sigma
+            print(note, flush=True)
     if state is not None:
         distiller.load_state_dict(state)
         wall_s = float(state["wall_s"])

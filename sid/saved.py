@@ -13,6 +13,7 @@ samples at DistillConfig's default (`sampling_sigma_init`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -24,10 +25,12 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
+from torch import nn
 
 from sid.config import DistillConfig
 from sid.files import save_torch_atomic, write_bytes_atomic, write_text_atomic
-from sid.networks.precond import EDMPrecond
+from sid.networks.build import build_network, network_kind
+from sid.networks.kinds import FACTORY_KIND
 from sid.teachers import load_plain
 
 FORMAT = "sid-generator-v1"  # the "format" of an export's JSON
@@ -40,7 +43,7 @@ EXPORT_CONFIG_KEYS = ("preset", "teacher", "fid_detector", "fid_ref", "sigma_ini
 class SavedGenerator:
     """A generator's weights and what is known about them. None: the file does not say."""
 
-    init_kwargs: dict[str, Any]              # EDMPrecond's constructor arguments
+    init_kwargs: dict[str, Any]              # the network's constructor arguments, with its kind (sid.networks.build)
     state_dict: dict[str, torch.Tensor]      # its weights (CPU)
     sigma_init: float | None = None          # the noise level it samples at (None: sampling_sigma_init's default)
     config: dict[str, Any] | None = None     # DistillConfig.to_dict() of its run (an older export: a few fields)
@@ -55,7 +58,8 @@ class SavedGenerator:
 
     @classmethod
     def of(cls, net: torch.nn.Module, **fields: Any) -> SavedGenerator:
-        """The weights of `net` (an EDMPrecond; detached CPU copies) with the given fields."""
+        """The weights of `net` (a network of any kind of sid.networks.build; detached CPU copies) with the given
+        fields."""
         state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
         return cls(init_kwargs=dict(net.init_kwargs), state_dict=state, **fields)
 
@@ -64,12 +68,16 @@ class SavedGenerator:
         """The noise level to sample at: the file's sigma_init, else DistillConfig's default."""
         return float(self.sigma_init) if self.sigma_init is not None else DistillConfig.sigma_init
 
-    def network(self) -> EDMPrecond:
-        """The EDMPrecond (eval mode, float32, CPU, frozen), built around these tensors without a random init first.
-        ValueError naming the source when the weights do not fit the constructor arguments."""
+    def network(self, factory: str | None = None) -> nn.Module:
+        """The network (eval mode, float32, CPU, frozen) of the recorded kind (sid.networks.build), built around these
+        tensors without a random init first. A factory-made generator needs `factory` (module:function), named by
+        the user: the name in the file is never run. ValueError naming the source when the weights do not fit the
+        constructor arguments."""
         try:
-            with torch.device("meta"):  # every tensor is assigned below
-                net = EDMPrecond(**self.init_kwargs)
+            # every tensor is assigned below; the user's factory runs as usual (its buffers must be real)
+            meta = network_kind(self.init_kwargs) != FACTORY_KIND
+            with torch.device("meta") if meta else contextlib.nullcontext():
+                net = build_network(self.init_kwargs, factory=factory)
             net.load_state_dict(self.state_dict, strict=True, assign=True)
         except (TypeError, ValueError, RuntimeError, KeyError, AttributeError) as exc:
             raise ValueError(f"{self.source or 'generator'}: weights do not fit the recorded init_kwargs "

@@ -2,18 +2,17 @@
 an integer timestep t, D(x_t / sqrt(abar_t); sigma_t) must equal the x0 that `DDPMScheduler.step` derives from the
 same UNet output (`pred_original_sample`, clip_sample off), for epsilon-, v- and sample-prediction."""
 
-import math
 
 import numpy as np
 import pytest
 import torch
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from diffusers import DDPMScheduler, UNet2DModel
 
-from sid.networks.vp import VPDenoiser, load_diffusers, sigma_range_error, sigmas_of, timestep_of
-
-UNET = dict(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(16, 32),
-            down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-            norm_num_groups=8)
+from sid.config import preset
+from sid.networks.vp import VPDenoiser, load_diffusers, sigmas_of, timestep_of
+from sid.teachers import sigma_range
+from sid.testing.fixtures import TINY_UNET as UNET
+from sid.testing.fixtures import save_pipeline
 
 
 def tiny_vp(prediction_type: str, num_class_embeds: int | None = None,
@@ -82,23 +81,17 @@ def test_unsupported_vp_networks_are_one_clear_error(change, words):
         VPDenoiser(**{**kwargs, **change})
 
 
-def test_a_run_asking_for_more_noise_than_the_teacher_knows_is_refused():
+@pytest.mark.parametrize("sigma_init, tmax, refused", [(2.5, 800, False), (80.0, 1000, False), (200.0, 800, True)])
+def test_a_run_asking_for_more_noise_than_the_teacher_knows_is_refused(sigma_init, tmax, refused):
     net, _ = tiny_vp("epsilon")  # linear DDPM: largest sigma ~157
-    assert sigma_range_error(net, 80.0, "teacher") is None
-    message = sigma_range_error(net, 500.0, "teacher")
-    assert message and "largest trained sigma" in message and math.isfinite(net.sigma_max)
-
-
-def save_pipeline(folder, prediction_type="epsilon", weights=True, scheduler_class="DDPMScheduler"):
-    """A diffusers pipeline folder as DDPMPipeline.save_pretrained writes it: unet/ + scheduler/."""
-    torch.manual_seed(0)
-    unet = UNet2DModel(**UNET)
-    scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type, clip_sample=False)
-    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(folder, safe_serialization=weights)
-    if scheduler_class != "DDPMScheduler":
-        path = folder / "scheduler" / "scheduler_config.json"
-        path.write_text(path.read_text().replace('"DDPMScheduler"', f'"{scheduler_class}"'))
-    return unet
+    config = preset("digits", sigma_init=sigma_init, tmax=tmax)
+    if refused:
+        with pytest.raises(ValueError, match="largest trained sigma 157"):
+            sigma_range(net, config)
+    else:
+        assert sigma_range(net, config) == [f"teacher digits: below sigma {net.sigma_min:.4g} (its smallest trained "
+                                            f"sigma) its timestep clamps to the first, as discrete-time denoisers do "
+                                            f"(SiD asks down to sigma 0.002)"]
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])

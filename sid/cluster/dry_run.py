@@ -42,7 +42,7 @@ from sid.config import DistillConfig
 from sid.files import TRAIN_DIR, write_text_atomic
 from sid.loop import Evaluator
 from sid.results import write_atomic
-from sid.teachers import load_teacher
+from sid.teachers import load_teacher, sigma_range
 
 DEFAULT_HOLD_S = 5.0          # each worker holds its resources this long, so trials that can overlap do
 MARKER = ".sid-dry-run"       # marks a folder as a dry run's, which the next dry run may replace
@@ -76,7 +76,7 @@ def probe_worker(loop_config: dict[str, Any]) -> None:
     config = DistillConfig(**loop_config["config"])
     context, runtime = ray.train.get_context(), ray.get_runtime_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
-    load_teacher(config.teacher)  # every rank loads the teacher; rank 0 also evaluates (detector, reference)
+    sigma_range(load_teacher(config.teacher), config)  # every rank loads the teacher; rank 0 also evaluates
     if rank == 0:
         Evaluator(config, "cpu")
     ranks = torch.ones(())

@@ -30,7 +30,6 @@ import dataclasses
 import itertools
 import math
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +42,7 @@ import yaml
 from ray.tune import ExperimentAnalysis, ResultGrid
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from sid.assets import is_url
 from sid.cluster.distributed import build_trainer, check_resources, connect, default_placement, resolve
 from sid.cluster.resources import TrialResources
 from sid.cluster.search import StorageError, StudyStopper, make_searcher, open_storage, tune_space
@@ -54,6 +54,7 @@ from sid.config import SEARCHABLE, ConfigError, DistillConfig
 from sid.files import CONFIG_FILE, EVALUATIONS_DIR, MLFLOW_DIR, RUNS_DIR, TRAIN_DIR, TRIALS_FILE, write_text_atomic
 from sid.results import Divergence, is_uri, read_parquet
 from sid.scoring import RESCORE_REPEATS, RESCORE_TRIALS, rescore_study
+from sid.teachers import teacher_kind
 from sid.tracking import STEP_KEY, TrackingSettings, mlflow_uri, step_of
 
 if TYPE_CHECKING:
@@ -153,8 +154,10 @@ class Study:
             raise StudyError(f"storage must be a local or mounted shared folder (e.g. NFS), got {self.storage}: "
                              "trials write their Parquet rows with plain file I/O")
         teacher = self.base.teacher
-        if not re.match(r"^(\w+:|digits$)", teacher) and not Path(teacher).is_file():
-            raise bad(f"teacher {teacher}: no such file (on a cluster: a path every node sees)")
+        kind = teacher_kind(teacher)  # None: a spec of no form (sid.teachers.TEACHER_FORMS)
+        if kind is None or (kind == "file" and not is_url(teacher) and not Path(teacher).is_file()):
+            raise bad(f"teacher {teacher}: no such file (on a cluster: a path every node sees) and no other teacher "
+                      f"spec")
         blocked = next((p for p in (self.folder, *self.folder.parents) if p.exists() and not p.is_dir()), None)
         if blocked is not None:
             raise StudyError(f"storage: {blocked} exists and is not a folder")

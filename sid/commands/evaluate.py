@@ -37,7 +37,7 @@ from sid.datasets import open_dataset
 from sid.devices import parse_device
 from sid.files import BEST, EVALUATIONS, RUN_FILES, SCORES_FILE
 from sid.flags import RENAMED, Parser
-from sid.generators import MAX_SEED, check_class, format_seeds, generate, load_generator
+from sid.generators import FACTORY_HELP, MAX_SEED, check_class, format_seeds, generate, load_generator
 from sid.hub import is_hub
 from sid.metrics import check_reference, get_detector
 from sid.precision_recall import PR_NEIGHBOURS
@@ -93,6 +93,7 @@ def evaluate(source: str, *, detector_name: str, ref: str, images: int, repeats:
              metrics: str | None = None,       # comma list of METRICS (None: fd, and is where the detector can)
              pr_ref: str | None = None,        # precision/recall's real images: folder, zip, npz or 'digits'
              pr_images: int | None = None,     # how many of them (None: all, up to `images`)
+             factory: str | None = None,       # module:function of a factory-made generator (sid.generators)
              groups: int = FD_STD_GROUPS) -> list[dict]:  # of fid_std's jackknife: one more distance each
     """One score row per draw (sid.results.SCORE_SCHEMA). ValueError for every bad input, before any work."""
     if images < 2 or repeats < 1:
@@ -121,7 +122,7 @@ def evaluate(source: str, *, detector_name: str, ref: str, images: int, repeats:
         last = seed_start + images * repeats - 1
         if seed_start < 0 or last > MAX_SEED:
             raise ValueError(f"--seed-start: expected seeds within 0-{MAX_SEED}, got {seed_start}-{last}")
-        net, saved = load_generator(source)
+        net, saved = load_generator(source, factory=factory)
         check_class(net, class_idx)
         sigma_init = sigma_init or saved.sampling_sigma_init
         kimg = float(saved.kimg) if saved.kimg is not None else math.nan
@@ -245,6 +246,7 @@ def build_parser() -> Parser:
     parser.add_argument("--device", default="auto", help="torch device: auto (cuda if present), cpu, cuda, cuda:N")
     parser.add_argument("--out", default=None, help=f"scores Parquet file to add the rows to (default: {SCORES_FILE}"
                                                     " in the run folder when SOURCE is one, else here)")
+    parser.add_argument("--factory", default=None, metavar="MODULE:FUNCTION", help=FACTORY_HELP)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -256,7 +258,7 @@ def settings(args: argparse.Namespace) -> dict:
     on_hub = is_hub(args.source)  # an uploaded export (sid.hub): its JSON names its detector and reference too
     if source_kind(args.source) == "generator" and args.preset is None and (own and Path(args.source).exists()
                                                                             or on_hub):
-        config = load_generator(args.source)[1].config or {}
+        config = load_generator(args.source, factory=args.factory)[1].config or {}
     base = dict(PRESETS.get(args.preset or config.get("preset") or "digits", PRESETS["digits"]))
     if args.preset is None:  # the run's own choices over its preset's
         base.update({k: config[k] for k in ("fid_detector", "fid_ref", "fid_images") if config.get(k)})
@@ -288,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
         rows = evaluate(args.source, **settings(args), repeats=1 if args.repeats is None else args.repeats,
                         seed_start=args.seed_start, class_idx=args.class_idx, sigma_init=args.sigma_init,
                         batch=args.batch_per_device, device=str(device), progress=not args.no_progress,
-                        metrics=args.metrics, pr_ref=args.pr_ref, pr_images=args.pr_images)
+                        metrics=args.metrics, pr_ref=args.pr_ref, pr_images=args.pr_images, factory=args.factory)
     except (ValueError, FileNotFoundError) as exc:
         parser.error(str(exc))
     except (OSError, AssetError) as exc:  # a download failed: not the input's fault

@@ -2,8 +2,10 @@
 
     sid export RUN --format safetensors [--out FILE.safetensors]
 
-writes FILE.safetensors (the state dict, float32, EDM's parameter names) and FILE.json beside it: the saved
-generator's fields (sid.saved.SavedGenerator.export_json): `init_kwargs` (EDMPrecond's constructor arguments),
+writes FILE.safetensors (the state dict, float32; EDM's parameter names for an EDM network, diffusers' under `unet.`
+for a diffusers VP one) and FILE.json beside it: the saved generator's fields (sid.saved.SavedGenerator.export_json):
+`init_kwargs` (the network's constructor arguments and its `kind`: the diffusers config and schedule of a VP network;
+for a factory-made one only the factory's name, which runs only when named again with --factory),
 `sigma_init`, `preset`, `teacher`, `fid_detector`, `fid_ref`, `best_fid` and its `fid_images`/`kimg`/`iteration`, the
 `source` it was exported from and the run's whole `config`. The same JSON is stored in the safetensors header metadata
 under "sid". Non-finite numbers (e.g. sigma_max = inf) are written as the strings "inf"/"-inf"/"nan" so the JSON is
@@ -23,20 +25,23 @@ from pathlib import Path
 
 from sid.files import EXPORT_FILE, write_text_atomic
 from sid.flags import Parser
-from sid.generators import load_generator
+from sid.generators import FACTORY_HELP, load_generator
 from sid.model_card import CARD_FILE, evaluation_row, render
 
 FORMATS = ("safetensors",)
 
 
 def export_safetensors(source: str | Path, out: str | Path, *,
-                       card_repo: str | None = None) -> tuple[Path, ...]:  # a Hub repo id: also write the model card
-    """Write `out` (.safetensors) and its .json for the generator `source` resolves to (sid.generators), and with
-    `card_repo` README.md beside them; return the paths written."""
+                       card_repo: str | None = None,  # a Hub repo id: also write the model card
+                       factory: str | None = None,    # MODULE:FUNCTION that rebuilds a factory-made generator
+                       ) -> tuple[Path, ...]:
+    """Write `out` (.safetensors) and its .json for the generator `source` resolves to (sid.generators; a
+    factory-made one is rebuilt by `factory`), and with `card_repo` README.md beside them; return the paths written."""
     out = Path(out)
     if out.suffix != ".safetensors":
         raise ValueError(f"--out: expected a file name ending in .safetensors, got {str(out)!r}")
-    _, saved = load_generator(source)  # the network is built once: weights that do not fit are refused here
+    # the network is built once: weights that do not fit are refused here
+    _, saved = load_generator(source, factory=factory)
     written = (saved.save(out), out.with_suffix(".json"))
     if card_repo is None:
         return written
@@ -58,6 +63,7 @@ def build_parser() -> Parser:
     parser.add_argument("--repo-id", default=None, metavar="ORG/NAME",
                         help="the Hub repository the card's load and `hf upload` lines name (default: "
                              "YOUR-ORG/<run folder name>)")
+    parser.add_argument("--factory", default=None, metavar="MODULE:FUNCTION", help=FACTORY_HELP)
     return parser
 
 
@@ -72,7 +78,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--repo-id: expected a Hub repository id ORG/NAME, got {args.repo_id!r}")
     repo_id = args.repo_id or f"YOUR-ORG/{(run if run.is_dir() else run.parent).resolve().name}"
     try:
-        weights, meta, *card = export_safetensors(args.run, out, card_repo=repo_id if args.model_card else None)
+        weights, meta, *card = export_safetensors(args.run, out, card_repo=repo_id if args.model_card else None,
+                                                  factory=args.factory)
     except ValueError as exc:
         parser.error(str(exc))
     except OSError as exc:

@@ -26,7 +26,7 @@ from sid.config import DistillConfig
 from sid.devices import parse_devices
 from sid.files import write_file_atomic
 from sid.flags import RENAMED, Parser
-from sid.generators import RNGS, check_class, check_rng, generate, load_generator, parse_seeds
+from sid.generators import FACTORY_HELP, RNGS, check_class, check_rng, generate, load_generator, parse_seeds
 from sid.metrics import quantize
 
 
@@ -67,23 +67,25 @@ def generate_pixels(net: torch.nn.Module, seeds: Sequence[int], *, sigma_init: f
     return np.concatenate(kept) if keep else None
 
 
-def _shard(source: str, seeds: list[int], options: dict, device: str, position: int) -> np.ndarray | None:
+def _shard(source: str, factory: str | None, seeds: list[int], options: dict, device: str,
+           position: int) -> np.ndarray | None:
     """One process per device: loads the network itself (a module would be pickled through the pipe)."""
     if device == "cpu":
         torch.set_flush_denormal(True)  # as in training: denormals made CPU networks up to 10x slower
-    net, _ = load_generator(source)
+    net, _ = load_generator(source, factory=factory)
     return generate_pixels(net, seeds, device=device, position=position, **options)
 
 
 def run(source: str, seeds: list[int], *, net: torch.nn.Module, devices: list[str], keep: bool,
-        **options) -> np.ndarray | None:
+        factory: str | None = None, **options) -> np.ndarray | None:
     """Generate in this process on one device, or one shard of seeds per device in spawned processes."""
     if len(devices) == 1:
         return generate_pixels(net, seeds, device=devices[0], keep=keep, **options)
 
     shards = [list(s) for s in np.array_split(np.array(seeds, dtype=np.int64), len(devices)) if len(s)]
     with ProcessPoolExecutor(len(shards), mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(_shard, source, [int(x) for x in shard], dict(options, keep=keep), device, position)
+        futures = [pool.submit(_shard, source, factory, [int(x) for x in shard], dict(options, keep=keep), device,
+                               position)
                    for position, (shard, device) in enumerate(zip(shards, devices))]
         parts = [f.result() for f in futures]
     return np.concatenate(parts) if keep else None
@@ -94,7 +96,8 @@ def build_parser() -> Parser:
                     renamed={k: RENAMED[k] for k in ("--batch", "--outdir")})
     parser.add_argument("--network", required=True,
                         help="run folder, snapshot .pt, export .safetensors, SiD/EDM network-snapshot .pkl "
-                             "(path or URL), 'digits' or 'edm:<name>'")
+                             "(path or URL), or a teacher: 'digits', 'edm:<name>', 'diffusers:PATH', ...")
+    parser.add_argument("--factory", default=None, metavar="MODULE:FUNCTION", help=FACTORY_HELP)
     parser.add_argument("--seeds", default="0-63", help="seeds, one image each: ranges and lists, e.g. 0-9,20,30-39")
     parser.add_argument("--class", dest="class_idx", type=int, default=None,
                         help="class index of every image (conditional networks; default: a random class per seed)")
@@ -135,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         devices = [str(d) for d in parse_devices(args.device)]
         for device in devices:
             check_rng(args.rng, device)
-        net, saved = load_generator(args.network)
+        net, saved = load_generator(args.network, factory=args.factory)
         check_class(net, args.class_idx)
     except ValueError as exc:
         parser.error(str(exc))
@@ -145,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     outdir = Path(args.out) if args.out else None
     if outdir is not None:
         outdir.mkdir(parents=True, exist_ok=True)
-    pixels = run(saved.source, seeds, net=net, devices=devices, keep=args.npz is not None,
+    pixels = run(saved.source, seeds, net=net, devices=devices, keep=args.npz is not None, factory=args.factory,
                  sigma_init=sigma_init, class_idx=args.class_idx, batch=args.batch_per_device, outdir=outdir,
                  subdirs=args.subdirs, progress=not args.no_progress, rng=args.rng)
     if args.npz:

@@ -23,7 +23,7 @@ from sid.distill import sample_evaluation_batch
 from sid.files import PHEMA, PHEMA_FILE
 from sid.flags import Parser
 from sid.loop import Evaluator
-from sid.networks.precond import EDMPrecond
+from sid.networks.build import build_network
 from sid.phema import combine, exponent
 from sid.results import CONFIG_COLUMNS, PHEMA_KEY, PHEMA_SCHEMA, now_utc, provenance, upsert
 from sid.saved import SavedGenerator
@@ -62,10 +62,10 @@ def list_snapshots(run: Path) -> tuple[list[tuple[int, float, Path]], SavedGener
 
 def rebuild(snaps: list[tuple[int, float, Path]], header: SavedGenerator, step: int,
             sigma_rel: float) -> tuple[torch.nn.Module, int]:
-    """The EDMPrecond with the sigma_rel EMA at `step`, and how many snapshots went into it."""
+    """The generator (of the run's kind) with the sigma_rel EMA at `step`, and how many snapshots went into it."""
     usable = [s for s in snaps if s[0] <= step]
     with torch.device("meta"):  # only the buffer names: buffers are copied, not averaged (sid/phema.py)
-        buffers = {name for name, _ in EDMPrecond(**header.init_kwargs).named_buffers()}
+        buffers = {name for name, _ in build_network(header.init_kwargs).named_buffers()}
     state = combine([(s, g) for s, g, _ in usable], [p for _, _, p in usable], step, sigma_rel, buffers=buffers)
     return SavedGenerator(init_kwargs=header.init_kwargs, state_dict=state, source=header.source).network(), len(usable)
 

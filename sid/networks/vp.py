@@ -19,7 +19,6 @@ augment_dim 0).
 """
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,18 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from sid.networks.kinds import VP_KIND
+
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, recursively: a config that reads the same from JSON."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def sigmas_of(alphas_cumprod: torch.Tensor) -> torch.Tensor:
@@ -55,7 +65,7 @@ class VPDenoiser(nn.Module):
                  prediction_type: str = "epsilon",   # what the UNet predicts: epsilon | v_prediction | sample
                  dropout: float | None = None,       # None: the config's; SiD sets its own for fake score and G
                  use_fp16: bool = False,             # run the UNet in fp16 on CUDA (weights stay fp32)
-                 kind: str = "diffusers-vp"):        # the teacher kind, recorded with the weights
+                 kind: str = VP_KIND):               # the network kind, recorded with the weights
         super().__init__()
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type {prediction_type!r} is not mapped to EDM's convention; supported: "
@@ -83,14 +93,17 @@ class VPDenoiser(nn.Module):
         self.img_resolution, self.img_channels = size, int(cfg.in_channels)
         self.label_dim = int(cfg.num_class_embeds or 0) if cfg.class_embed_type is None else 0
         self.prediction_type, self.use_fp16, self.augment_dim = prediction_type, use_fp16, 0
-        self.register_buffer("log_sigmas", sigmas_of(abar).log(), persistent=False)
+        # float64 on the CPU, not a buffer: .float() / .half() / .to() of the network must not round the schedule
+        self.log_sigmas = sigmas_of(abar).log()
         self.sigma_min, self.sigma_max = float(sigmas_of(abar)[0]), float(sigmas_of(abar)[-1])
-        self.init_kwargs = dict(unet={k: v for k, v in cfg.items() if not k.startswith("_")},
+        # Plain data (lists, not tuples: the same after a JSON round trip); dropout once, at the top level, where
+        # architecture_difference knows it is a runtime setting.
+        self.init_kwargs = dict(unet={k: _plain(v) for k, v in cfg.items() if not k.startswith("_") and k != "dropout"},
                                 alphas_cumprod=[float(a) for a in abar], prediction_type=prediction_type,
                                 dropout=float(cfg.dropout), use_fp16=use_fp16, kind=kind)
 
     def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
-        return timestep_of(sigma, self.log_sigmas)
+        return timestep_of(sigma, self.log_sigmas.to(sigma.device))
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, class_labels: torch.Tensor | None = None,
                 augment_labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -122,15 +135,6 @@ class VPDenoiser(nn.Module):
     def round_sigma(self, sigma: torch.Tensor | float) -> torch.Tensor:
         return torch.as_tensor(sigma)
 
-
-def sigma_range_error(net: nn.Module, sigma_max: float, what: str) -> str | None:
-    """A message when `sigma_max` (the largest noise level a run asks of the network) exceeds the largest sigma the
-    network was trained on; None when it fits or the network has no such limit."""
-    limit = getattr(net, "sigma_max", math.inf)
-    if sigma_max > limit * (1 + 1e-6):
-        return (f"{what}: the run asks for sigma up to {sigma_max:g}, above the teacher's largest trained sigma "
-                f"{limit:.4g}; lower sigma_init / tmax or use a teacher trained to that noise level")
-    return None
 
 
 # ---------------------------------------------------------------------------------------------- a diffusers folder
@@ -174,27 +178,43 @@ def alphas_cumprod_of(scheduler: dict[str, Any], path: Path) -> list[float]:
     return abar.tolist()
 
 
-def load_diffusers(folder: str | Path) -> VPDenoiser:
-    """A VP denoiser from a saved diffusers model: a pipeline folder (`unet/` + `scheduler/`, as DDPMPipeline saves)
-    or a `UNet2DModel` folder with its `scheduler_config.json` beside `config.json`. Weights from safetensors only;
-    nothing is downloaded and no code from the folder runs."""
+def diffusers_folders(folder: str | Path) -> tuple[Path, Path]:
+    """(the UNet's folder, the scheduler's folder) of a saved diffusers model: a pipeline folder (`unet/` +
+    `scheduler/`, as DDPMPipeline saves) or a `UNet2DModel` folder with `scheduler_config.json` beside `config.json`."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{folder}: no such diffusers folder")
-    pipeline = (folder / "unet").is_dir()
-    unet_dir, scheduler_dir = (folder / "unet", folder / "scheduler") if pipeline else (folder, folder)
+    if (folder / "unet").is_dir():
+        return folder / "unet", folder / "scheduler"
+    return folder, folder
+
+
+def diffusers_kwargs(folder: str | Path) -> dict[str, Any]:
+    """VPDenoiser's constructor arguments of a saved diffusers model, from its two JSON configs (no weights read)."""
+    unet_dir, scheduler_dir = diffusers_folders(folder)
     config = _json(unet_dir / "config.json", "model")
     if config.get("_class_name") not in UNET_CLASSES:
         raise ValueError(f"{unet_dir / 'config.json'}: {config.get('_class_name')!r} is not supported; supported: "
                          f"{', '.join(UNET_CLASSES)} (pixel-space, unconditional or class-conditional)")
     scheduler = _json(scheduler_dir / "scheduler_config.json", "scheduler")
+    prediction = scheduler.get("prediction_type", "epsilon")
+    if prediction not in PREDICTION_TYPES:
+        raise ValueError(f"{scheduler_dir / 'scheduler_config.json'}: prediction_type {prediction!r} is not mapped to "
+                         f"EDM's convention; supported: {', '.join(PREDICTION_TYPES)}")
+    return dict(unet=config, alphas_cumprod=alphas_cumprod_of(scheduler, scheduler_dir / "scheduler_config.json"),
+                prediction_type=prediction, kind=VP_KIND)
+
+
+def load_diffusers(folder: str | Path) -> VPDenoiser:
+    """A VP denoiser from a saved diffusers model (diffusers_folders). Weights from safetensors only; nothing is
+    downloaded and no code from the folder runs."""
+    kwargs = diffusers_kwargs(folder)
+    unet_dir = diffusers_folders(folder)[0]
     weights = unet_dir / WEIGHTS
     if not weights.is_file():
         pickled = sorted(p.name for p in unet_dir.glob("*.bin"))
         raise ValueError(f"{unet_dir}: no {WEIGHTS}" + (f"; {', '.join(pickled)} is a pickle, which this project "
                          "never loads (it can run code): convert it to safetensors first" if pickled else ""))
-    kwargs = dict(unet=config, alphas_cumprod=alphas_cumprod_of(scheduler, scheduler_dir / "scheduler_config.json"),
-                  prediction_type=scheduler.get("prediction_type", "epsilon"))
     try:
         with torch.device("meta"):  # the architecture gate: count before allocating anything
             size = sum(p.numel() for p in VPDenoiser(**kwargs).parameters())

@@ -18,12 +18,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
 from sid.config import PRESETS, DistillConfig, preset
 from sid.files import BEST, RUNS_DIR, TRIALS_FILE
+from sid.networks.build import build_network
 from sid.networks.precond import EDMPrecond
 from sid.results import TRIAL_SCHEMA, write_trials
 from sid.teachers import teacher_architecture
+from sid.testing.edm_pickles import SONG, dump, edm_snapshot, random_net
 
 # A small random 8x8 teacher: tests about runs, faults and placement need no quality; an iteration takes ~0.05 s.
 TEACHER_KWARGS: dict[str, Any] = dict(img_resolution=8, img_channels=1, label_dim=0, model_type="SongUNet",
@@ -41,7 +44,7 @@ def tiny_teacher(seed: int = 0, **overrides: Any) -> EDMPrecond:
     return EDMPrecond(**{**TEACHER_KWARGS, **overrides}).eval().requires_grad_(False)
 
 
-def save_network(net: EDMPrecond, path: str | Path) -> str:
+def save_network(net: nn.Module, path: str | Path) -> str:
     """Write `net` as a project network file (constructor arguments + state dict); return its path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,21 +107,22 @@ def preset_architecture(name: str, *, scaled: bool = False) -> dict[str, Any]:
     """The constructor arguments of preset `name`'s teacher (sid.teachers) with the dropout SiD trains it with.
     `scaled`: small enough for a CPU test, keeping everything that changes the computation graph (model type,
     embedding/encoder/decoder types, augment_dim, label_dim, attention): 16 px (digits keeps its 8 px), one block per
-    level, 16 base channels (32 for ADM, which attends with 64 channels per head: one head at 8 px)."""
+    level, 16 base channels (32 for ADM, which attends with 64 channels per head: one head at 8 px). A diffusers VP
+    teacher (digits-ddpm) is returned at its size."""
     arch = {**teacher_architecture(PRESETS[name]["teacher"]), "dropout": preset(name).dropout}
-    if not scaled or name == "digits":
+    if not scaled or name == "digits" or "model_type" not in arch:  # digits and a VP teacher (8 px) stay as they are
         return arch
     channels = 32 if arch["model_type"] == "DhariwalUNet" else 16
     return dict(arch, img_resolution=16, model_channels=channels, num_blocks=1)
 
 
-def random_teacher(name: str, *, scaled: bool = False, seed: int = 0) -> EDMPrecond:
+def random_teacher(name: str, *, scaled: bool = False, seed: int = 0) -> nn.Module:
     """Preset `name`'s teacher architecture with every tensor random: weights N(0, 1/fan_in) (EDM's initialisation
     leaves output layers at 0, which would make teacher and students trivial functions and leave earlier parameters
     without gradient), biases N(0, 0.1^2), GroupNorm scales 1 + N(0, 0.1^2). Never zeros: they can time faster than
     real data."""
     torch.manual_seed(seed)
-    net = EDMPrecond(**preset_architecture(name, scaled=scaled))
+    net = build_network(preset_architecture(name, scaled=scaled))
     with torch.no_grad():
         for p in net.parameters():
             if p.ndim > 1:
@@ -243,3 +247,78 @@ class RowSink:
     def on_evaluation(self, row, distiller, best) -> None:
         self.rows.append(row)
         self.bests.append(best)
+
+
+# ---------------------------------------------------------------------------------------------- teachers of each kind
+# A tiny diffusers UNet2DModel (8x8, 1 channel, no attention): the VP teachers of the tests.
+TINY_UNET: dict[str, Any] = dict(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
+                                 block_out_channels=(16, 32), down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8)
+
+
+def save_pipeline(folder: str | Path, prediction_type: str = "epsilon", *, weights: bool = True,
+                  scheduler_class: str = "DDPMScheduler", num_class_embeds: int | None = None,
+                  seed: int = 0) -> nn.Module:
+    """A diffusers pipeline folder as DDPMPipeline.save_pretrained writes it (unet/ + scheduler/; `weights` False: a
+    pickled .bin instead of safetensors) with a tiny random UNet (diffusers' own initialisation); returns the UNet."""
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel  # noqa: PLC0415 (diffusers: slow to import)
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    unet = UNet2DModel(**TINY_UNET, num_class_embeds=num_class_embeds)
+    scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type, clip_sample=False)
+    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(folder, safe_serialization=weights)
+    if scheduler_class != "DDPMScheduler":
+        path = folder / "scheduler" / "scheduler_config.json"
+        path.write_text(path.read_text().replace('"DDPMScheduler"', f'"{scheduler_class}"'))
+    return unet
+
+
+class UserDenoiser(nn.Module):
+    """A researcher's own denoiser (neither EDMPrecond nor diffusers): two convolutions around EDM's scalings, made
+    by the factory `sid.testing.fixtures:user_teacher` with fixed weights."""
+
+    img_resolution, img_channels, label_dim = 8, 1, 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.conv1, self.conv2 = nn.Conv2d(2, 16, 3, padding=1), nn.Conv2d(16, 1, 3, padding=1)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float,
+                class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1, 1, 1, 1).expand(len(x), 1, 1, 1)
+        c_skip, c_out, c_in = 0.25 / (s**2 + 0.25), s * 0.5 / (s**2 + 0.25).sqrt(), 1 / (s**2 + 0.25).sqrt()
+        h = torch.cat([x * c_in, s.log().div(4).expand(-1, 1, *x.shape[2:])], dim=1)
+        return c_skip * x + c_out * self.conv2(nn.functional.silu(self.conv1(h)))
+
+
+def user_teacher() -> UserDenoiser:
+    """The factory of the module:function teacher kind in the tests."""
+    return UserDenoiser()
+
+
+# Teacher kinds of the tests, each a --teacher spec that teacher_specs writes (sid.teachers.TEACHER_FORMS).
+TEACHER_KINDS = ("edm-pickle", "network-file", "digits", "digits-ddpm", "diffusers-epsilon", "diffusers-v",
+                 "diffusers-sample", "diffusers-class", "factory-module", "factory-file")
+
+
+def teacher_specs(folder: str | Path) -> dict[str, str]:
+    """{kind: --teacher spec} for every TEACHER_KINDS entry, its files written under `folder` (tiny, random)."""
+    folder = Path(folder)
+    specs = {"edm-pickle": str(dump(folder / "edm.pkl", edm_snapshot(random_net(SONG)), folder / "code-ran")),
+             "network-file": make_teacher(folder / "teacher.pt"), "digits": "digits", "digits-ddpm": "digits-ddpm",
+             "factory-module": "sid.testing.fixtures:user_teacher"}
+    for kind, prediction in (("epsilon", "epsilon"), ("v", "v_prediction"), ("sample", "sample")):
+        save_pipeline(folder / kind, prediction)
+        specs[f"diffusers-{kind}"] = f"diffusers:{folder / kind}"
+    save_pipeline(folder / "class", num_class_embeds=10)
+    specs["diffusers-class"] = f"diffusers:{folder / 'class'}"
+    factory_file = folder / "my_teacher.py"
+    factory_file.write_text("from sid.testing.fixtures import UserDenoiser\n\n\n"
+                            "def make():\n    return UserDenoiser()\n")
+    specs["factory-file"] = f"{factory_file}:make"
+    return specs
