@@ -12,6 +12,7 @@ so batching, sharding and device do not change which image a seed gives.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sid.checkpoints import build_checked
 from sid.files import RUN_FILES
 from sid.networks.precond import EDMPrecond, architecture_difference
 
@@ -83,12 +85,9 @@ def _from_saved(saved: Any, path: Path) -> tuple[EDMPrecond, dict[str, Any]]:
     if isinstance(saved, dict) and "generator_ema" in saved and "generator_init_kwargs" in saved:
         saved = dict(init_kwargs=saved["generator_init_kwargs"], state_dict=saved["generator_ema"],
                      config=saved.get("config"), sigma_init=(saved.get("config") or {}).get("sigma_init"))
-    try:
-        net = EDMPrecond(**saved["init_kwargs"])
-        net.load_state_dict(saved["state_dict"])
-    except (KeyError, TypeError, RuntimeError, ValueError) as exc:
-        raise ValueError(f"{path}: not a generator file of this project ({{init_kwargs, state_dict}}): {exc}") \
-            from exc
+    if not (isinstance(saved, dict) and "init_kwargs" in saved and "state_dict" in saved):
+        raise ValueError(f"{path}: not a generator file of this project ({{init_kwargs, state_dict}})")
+    net = build_checked(saved["init_kwargs"], saved["state_dict"], path)
     info = {k: saved.get(k) for k in ("sigma_init", "config", "kimg", "fid", "fid_detector", "fid_images")}
     return net, info
 
@@ -133,6 +132,9 @@ def load_generator(source: str | Path) -> tuple[EDMPrecond, dict[str, Any]]:
         except (CheckpointError, OSError) as exc:
             raise ValueError(str(exc)) from exc
     info = {"sigma_init": None, **info, "source": text}
+    sigma = info["sigma_init"]
+    if sigma is not None and not (type(sigma) in (int, float) and 0 < sigma < math.inf):
+        raise ValueError(f"{text}: the recorded sigma_init {str(sigma)[:60]!r} is not a number > 0")
     return net.float().eval().requires_grad_(False), info
 
 
@@ -221,13 +223,9 @@ def load_exported(path: str | Path) -> tuple[EDMPrecond, dict[str, Any]]:
         raise ValueError(f"{path}: not a generator export (.safetensors + .json): {exc}") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{path}: expected JSON with format {FORMAT!r}, got {str(meta)[:80]!r}")
-    kwargs = {k: _number(v) for k, v in meta["init_kwargs"].items()}
-    try:
-        with torch.device("meta"):  # no random init: every tensor is assigned below
-            net = EDMPrecond(**kwargs)
-        net.load_state_dict(tensors, strict=True, assign=True)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise ValueError(f"{path}: weights do not fit the recorded init_kwargs: {exc}") from exc
+    kwargs = meta.get("init_kwargs")
+    kwargs = {k: _number(v) for k, v in kwargs.items()} if isinstance(kwargs, dict) else kwargs
+    net = build_checked(kwargs, tensors, weights)
     info = dict(sigma_init=meta.get("sigma_init"), fid=_number(meta.get("best_fid")),
                 fid_detector=meta.get("fid_detector"), fid_images=meta.get("fid_images"), kimg=meta.get("kimg"),
                 config={k: meta.get(k) for k in ("preset", "teacher", "fid_detector", "fid_ref", "sigma_init")})

@@ -108,13 +108,20 @@ def _weighted_sum(weights: Sequence[float], states: Iterable[Mapping[str, torch.
 
 
 def combine(profiles: Sequence[tuple[int, float]], files: Sequence[Path], step: int,
-            sigma_rel: float) -> dict[str, torch.Tensor]:
+            sigma_rel: float, *, like: torch.nn.Module) -> dict[str, torch.Tensor]:
     """reconstruct() over snapshot files (plain data, weights_only), loaded one at a time: a run's snapshots need
-    not fit in memory together."""
+    not fit in memory together. Each file's weights must fit `like` (sid.checkpoints.check_weights) before any sum."""
+    from sid.checkpoints import check_weights
     from sid.teachers import load_plain
 
+    def state(path: Path) -> dict[str, torch.Tensor]:
+        saved = load_plain(path, "post-hoc EMA snapshot")
+        weights = saved.get("state_dict") if isinstance(saved, dict) else None
+        check_weights(like, weights, path)
+        return weights
+
     usable, x = _weights(profiles, step, sigma_rel)
-    return _weighted_sum(x, (load_plain(files[i], "post-hoc EMA snapshot")["state_dict"] for i in usable))
+    return _weighted_sum(x, (state(files[i]) for i in usable))
 
 
 def reconstruct(snapshots: Sequence[tuple[int, float, Mapping[str, torch.Tensor]]], step: int,

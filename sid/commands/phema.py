@@ -11,6 +11,7 @@ with the length. The table printed at the end gives each run's best length.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from sid.checkpoints import build_checked, check_architecture
 from sid.config import DistillConfig, parse_sigma_rels
 from sid.files import PHEMA, PHEMA_FILE
 from sid.results import CONFIG_COLUMNS, PHEMA_SCHEMA, now_utc, read_parquet, write_atomic
@@ -44,7 +46,11 @@ def list_snapshots(run: Path) -> tuple[list[tuple[int, float, Path]], dict[str, 
     if not paths:
         raise ValueError(f"{run / PHEMA}: no post-hoc EMA snapshots")
     header = load_plain(paths[-1], "post-hoc EMA snapshot")
-    batch = DistillConfig(**header["config"]).batch
+    try:
+        batch = DistillConfig(**header["config"]).batch
+    except (KeyError, TypeError, ValueError) as exc:  # not a dict, no config, or a config this version refuses
+        raise ValueError(f"{paths[-1]}: not a post-hoc EMA snapshot of this project ({str(exc)[:300]})") from None
+    check_architecture(header["init_kwargs"] if isinstance(header.get("init_kwargs"), dict) else None, paths[-1])
     found = []
     for path in paths:
         try:
@@ -58,13 +64,12 @@ def list_snapshots(run: Path) -> tuple[list[tuple[int, float, Path]], dict[str, 
 def rebuild(snaps: list[tuple[int, float, Path]], header: dict[str, Any], step: int,
             sigma_rel: float) -> tuple[torch.nn.Module, int]:
     """The EDMPrecond with the sigma_rel EMA at `step`, and how many snapshots went into it."""
-    from sid.networks.precond import EDMPrecond
     from sid.phema import combine
 
     usable = [s for s in snaps if s[0] <= step]
-    net = EDMPrecond(**header["init_kwargs"])
-    net.load_state_dict(combine([(s, g) for s, g, _ in usable], [p for _, _, p in usable], step, sigma_rel))
-    return net.eval().requires_grad_(False), len(usable)
+    like = check_architecture(header["init_kwargs"], usable[-1][2])  # each snapshot is checked against it
+    state = combine([(s, g) for s, g, _ in usable], [p for _, _, p in usable], step, sigma_rel, like=like)
+    return build_checked(header["init_kwargs"], state, usable[-1][2], nbytes=math.inf), len(usable)
 
 
 def phema_run(run: Path, targets: tuple[float, ...], *, last_only: bool, device: torch.device) -> pd.DataFrame:
