@@ -82,7 +82,8 @@ def test_study_metrics_reach_tensorboard_and_mlflow_and_tune_sees_flat_configs(t
     import ray
     from ray import tune
 
-    from sid.cluster.study import Study, result_grid, run_study
+    from sid.cluster.study import Study, run_study
+    from sid.cluster.trust import result_grid
 
     study = Study(name="tracked", base=preset("digits", **TINY), space={"alpha": tune.grid_search([1.0, 1.2])},
                   storage=tmp_path, tracking=TrackingSettings(("tensorboard", "mlflow"), experiment="tracked"))

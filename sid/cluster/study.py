@@ -23,7 +23,6 @@ import dataclasses
 import itertools
 import json
 import math
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from sid.cluster.resources import TrialResources
 from sid.cluster.search import SAMPLERS, StorageError, StudyStopper, make_searcher, open_storage
 from sid.cluster.stopping import CurveRule
 from sid.cluster.trials import TrialRecord, write_trials_table
+from sid.cluster.trust import untrusted_study
 from sid.config import SEARCHABLE, ConfigError, DistillConfig
 from sid.files import CONFIG_FILE, EVALUATIONS_DIR, MLFLOW_DIR, RUNS_DIR, SETTINGS_FILE, TRAIN_DIR, TRIALS_FILE
 from sid.results import Divergence, is_uri, read_parquet
@@ -326,19 +326,6 @@ def _tuner(study: Study, trainable: Any, concurrency: int, settings: Mapping[str
     )
 
 
-def check_trusted_folder(folder: Path) -> None:
-    """Ray's Tuner.restore unpickles <study>/tuner.pkl (and the searcher's *.pkl state): whoever can write them runs
-    code in this process. Refuse (StudyError) a study folder, or a pickle in it, that another user owns or may write."""
-    for path in [folder, *sorted(folder.rglob("*.pkl"))]:
-        st = path.stat()
-        if st.st_uid != os.getuid():
-            raise StudyError(f"--resume: refusing {path}: it is owned by user id {st.st_uid}, not by you, and resuming "
-                             f"unpickles the study's files (code could run); copy the study folder to resume it")
-        if st.st_mode & 0o022:
-            raise StudyError(f"--resume: refusing {path}: it is writable by other users (mode {st.st_mode & 0o777:o}) "
-                             f"and resuming unpickles the study's files (code could run); chmod go-w it first")
-
-
 def study_yaml(study: Study) -> str:
     """config.yaml of a study made in Python: its definition, the base config in full."""
     import yaml
@@ -349,19 +336,11 @@ def study_yaml(study: Study) -> str:
                                base=study.base.to_dict()), sort_keys=False)
 
 
-def result_grid(folder: str | os.PathLike) -> ray.tune.ResultGrid:
-    """Tune's ResultGrid of a study folder, offline (no cluster, nothing resumed): one Result per trial with its flat
-    config (searched fields + preset), last metrics and the per-report history (`metrics_dataframe`)."""
-    from ray.tune import ExperimentAnalysis, ResultGrid
-
-    return ResultGrid(ExperimentAnalysis(str(Path(folder).resolve())))
-
-
 def run_study(study: Study, *, resume: bool = False, address: str | None = None,
               config_text: str | None = None) -> pd.DataFrame:
     """Run (or, with resume, continue) a study; return its trials table (also in <folder>/trials.parquet); Tune's
-    own view of it is result_grid(study.folder). `config_text`: the study command's resolved config, written to
-    <folder>/config.yaml (a resume keeps the first one).
+    own view of it is sid.cluster.trust.result_grid(study.folder). `config_text`: the study command's resolved
+    config, written to <folder>/config.yaml (a resume keeps the first one).
 
     Uses the connected Ray if there is one, else joins `address` ('auto': a running cluster) or starts a local one.
     A resumed study keeps its saved definition (space, searcher and Optuna state, scheduler); unfinished and errored
@@ -371,8 +350,8 @@ def run_study(study: Study, *, resume: bool = False, address: str | None = None,
     restorable = ray.tune.Tuner.can_restore(folder) if folder.exists() else False
     if resume and not restorable:
         raise StudyError(f"--resume: {folder} holds no study to continue")
-    if resume:
-        check_trusted_folder(folder)
+    if resume and (why := untrusted_study(folder)):
+        raise StudyError(f"--resume: {why}")
     if not resume and folder.exists() and any(folder.iterdir()):
         raise StudyError(f"{folder} already holds a study; pass --resume to continue it, or another --name")
     started = connect(address, quiet=True)  # our progress lines, not Tune's tables
