@@ -151,47 +151,21 @@ def check_architecture(kwargs: Any, path: str | os.PathLike) -> EDMPrecond:
                               f"arguments {_REPR.repr(kwargs)}: {e}".replace("\n", " ")) from e
 
 
-def check_weights(net: EDMPrecond, state: Any, path: str | os.PathLike, nbytes: int | None = None) -> None:
-    """`state` fits `net` (check_architecture's meta network): the same names and shapes, plain CPU tensors without
-    a zero stride, whose bytes all fit in the file's `nbytes` (default: its size), so no tensor stands for more
-    weights than the file stores. CheckpointError naming `path` otherwise."""
-    kind = net.init_kwargs.get("model_type", "network")
-
-    def bad(what: str) -> CheckpointError:
-        return CheckpointError(f"{path}: the weights do not fit the {kind} built from the recorded arguments: {what}")
-
-    if not (isinstance(state, Mapping) and all(isinstance(k, str) for k in state)):
-        raise bad(f"they are {_REPR.repr(state)}, not a dict of named tensors")
-    wanted = {name: tensor.shape for name, tensor in net.state_dict().items()}
-    missing, unexpected = [k for k in wanted if k not in state], [k for k in state if k not in wanted]
-    if missing or unexpected:
-        raise bad(f"{len(missing)} missing ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}), "
-                  f"{len(unexpected)} unexpected ({', '.join(k[:60] for k in unexpected[:3])}"
-                  f"{', ...' if len(unexpected) > 3 else ''})")
-    total = 0
-    for name, shape in wanted.items():
-        tensor = state[name]
-        if not (type(tensor) in (torch.Tensor, torch.nn.Parameter) and tensor.device.type == "cpu"
-                and tensor.layout == torch.strided):
-            raise bad(f"{name} is {_REPR.repr(tensor)}, not a plain CPU tensor")
-        if tensor.shape != shape:
-            raise bad(f"{name} has shape {list(tensor.shape)}, the architecture {list(shape)}")
-        if any(st == 0 and n > 1 for n, st in zip(tensor.shape, tensor.stride())):
-            raise CheckpointError(f"{path}: refusing to load: {name} of shape {list(shape)} has a zero stride (one "
-                                  f"stored value standing for many weights)")
-        total += tensor.numel() * tensor.element_size()
-    nbytes = os.path.getsize(path) if nbytes is None else nbytes
-    if total > nbytes:
-        raise CheckpointError(f"{path}: refusing to load: the weights span {total:,} bytes but the file holds "
-                              f"{nbytes:,}")
+def check_weights(net: EDMPrecond, state: Any, path: str | os.PathLike, nbytes: float | None = None) -> None:
+    """`state` fits `net` (check_architecture's meta network): plain CPU tensors without a zero stride whose bytes
+    all fit in the file's `nbytes` (default: its size), so that no tensor stands for more weights than the file
+    stores, with the network's names and shapes. CheckpointError naming `path` otherwise."""
+    _check_tensors(state, path, nbytes)
+    _check_fit(net, state, path)
 
 
-def build_checked(kwargs: Any, state: Any, path: str | os.PathLike, nbytes: int | None = None) -> EDMPrecond:
-    """The network a file describes, through the gate: check_architecture, check_weights, then the weights assigned
-    (strict): EDMPrecond in eval mode, float32, on CPU, requires_grad False. One CheckpointError naming `path` for
-    every failure."""
+def build_checked(kwargs: Any, state: Any, path: str | os.PathLike, nbytes: float | None = None) -> EDMPrecond:
+    """The network a file describes, through the gate: its tensors (before anything is built), check_architecture,
+    their names and shapes, then the weights assigned (strict): EDMPrecond in eval mode, float32, on CPU,
+    requires_grad False. One CheckpointError naming `path` for every failure."""
+    _check_tensors(state, path, nbytes)
     net = check_architecture(kwargs, path)
-    check_weights(net, state, path, nbytes)
+    _check_fit(net, state, path)
     try:
         net.load_state_dict(state, strict=True, assign=True)
     except (RuntimeError, TypeError, ValueError, AttributeError) as e:
@@ -199,6 +173,39 @@ def build_checked(kwargs: Any, state: Any, path: str | os.PathLike, nbytes: int 
         raise CheckpointError(f"{path}: the weights do not fit the {net.init_kwargs.get('model_type')} built from "
                               f"the recorded arguments: {' '.join(lines[:3])[:500]}") from e
     return net.float().eval().requires_grad_(False)
+
+
+def _check_tensors(state: Any, path: str | os.PathLike, nbytes: float | None) -> None:
+    if not (isinstance(state, Mapping) and all(isinstance(k, str) for k in state)):
+        raise CheckpointError(f"{path}: the weights are {_REPR.repr(state)}, not a dict of named tensors")
+    total = 0
+    for name, tensor in state.items():
+        if not (type(tensor) in (torch.Tensor, torch.nn.Parameter) and tensor.device.type == "cpu"
+                and tensor.layout == torch.strided):
+            raise CheckpointError(f"{path}: the weight {name[:80]} is {_REPR.repr(tensor)}, not a plain CPU tensor")
+        if any(st == 0 and n > 1 for n, st in zip(tensor.shape, tensor.stride())):
+            raise CheckpointError(f"{path}: refusing to load: {name[:80]} of shape {list(tensor.shape)} has a zero "
+                                  f"stride (one stored value standing for many weights)")
+        total += tensor.numel() * tensor.element_size()
+    nbytes = os.path.getsize(path) if nbytes is None else nbytes
+    if total > nbytes:
+        raise CheckpointError(f"{path}: refusing to load: the weights span {total:,} bytes but the file holds "
+                              f"{nbytes:,}")
+
+
+def _check_fit(net: EDMPrecond, state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
+    kind = net.init_kwargs.get("model_type", "network")
+    wanted = {name: tensor.shape for name, tensor in net.state_dict().items()}
+    missing, unexpected = [k for k in wanted if k not in state], [k for k in state if k not in wanted]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: the weights do not fit the {kind} built from the recorded arguments: {len(missing)} missing "
+            f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}), {len(unexpected)} unexpected "
+            f"({', '.join(k[:60] for k in unexpected[:3])}{', ...' if len(unexpected) > 3 else ''})")
+    for name, shape in wanted.items():
+        if state[name].shape != shape:
+            raise CheckpointError(f"{path}: the weights do not fit the {kind} built from the recorded arguments: "
+                                  f"{name} has shape {list(state[name].shape)}, the architecture {list(shape)}")
 
 
 def check_limits(kwargs: Mapping[str, Any]) -> None:

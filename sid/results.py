@@ -338,8 +338,7 @@ def _read_bounded(path: str | os.PathLike) -> pd.DataFrame:
     nested = [f.name for f in columns if pa.types.is_nested(f.type)]
     if nested:
         raise ValueError(f"nested column {nested[0]!r} (results files hold flat columns)")
-    text = [f.name for f in columns if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
-            or pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
+    text = [f.name for f in columns if _is_text(f.type.value_type if pa.types.is_dictionary(f.type) else f.type)]
     data.seek(0)
     table = pq.ParquetFile(data, read_dictionary=text).read()  # text stays encoded until its size is known
     decoded = table.nbytes
@@ -355,6 +354,11 @@ def _read_bounded(path: str | os.PathLike) -> pd.DataFrame:
                                  type=table.schema.field(name).type.value_type)
         table = table.set_column(index, pa.field(name, plain.type), plain)
     return table.to_pandas()
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    return (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind)
+            or pa.types.is_large_binary(kind))
 
 
 def _files(paths: Iterable[str | os.PathLike], pattern: str) -> list[Path]:
