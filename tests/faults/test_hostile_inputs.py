@@ -280,6 +280,10 @@ def rows(path):
 
 CALLS = dict(teacher=load_network_file, generator=load_generator, phema=phema, reference=load_reference_stats,
              npz=load_npz, images=lambda path: next(iter_image_batches(path)), rows=rows)
+import io, pyarrow as pa, pyarrow.parquet as pq
+buffer = io.BytesIO()  # Arrow's allocator reserves its address space on first use: before the limit
+pq.write_table(pa.table({"a": ["x"] * 1000}), buffer)
+pq.read_table(pa.BufferReader(buffer.getvalue())).to_pandas()
 if sys.argv[2] != "unlimited":
     vm = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024
     resource.setrlimit(resource.RLIMIT_AS, (vm + 2 ** 30, resource.RLIM_INFINITY))  # 1 GiB beyond the imports
