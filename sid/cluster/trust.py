@@ -39,8 +39,9 @@ MAX_JSON_BYTES = 256 * 2 ** 20  # one trial's result.json (one line per report: 
 def untrusted_study(folder: str | os.PathLike) -> str | None:
     """Why the study folder may not be handed to Ray's decoders (None: it may). Everything in it (Tune's state, the
     searcher's, trial_settings.json, every subfolder and file: see the module doc) must be owned by this user and
-    writable by nobody else, with no symbolic link inside, and the folder holding it must not let others replace it.
-    Then only this user can have written what Ray unpickles. Reads metadata only (lstat), never a file's contents."""
+    writable by nobody else, as must any file a link in it leads to outside it (no link may lead to a folder
+    outside it), and the folder holding it must not let others replace it. Then only this user can have written what Ray unpickles. Reads metadata only, never a file's
+    contents."""
     folder = Path(folder)
     uid = os.getuid()
     parent = folder.resolve().parent
@@ -48,17 +49,37 @@ def untrusted_study(folder: str | os.PathLike) -> str | None:
     if info.st_uid not in (uid, 0) and info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
         return (f"refusing {folder}: the folder holding it ({parent}, mode {info.st_mode & 0o7777:o}) lets other "
                 f"users replace it, and resuming unpickles the study's files (code could run)")
+    root = folder.resolve()
     for path in _entries(folder):
         info = path.lstat()
-        if stat.S_ISLNK(info.st_mode):
-            return (f"refusing {path}: a symbolic link inside the study folder, and resuming unpickles the study's "
-                    f"files (code could run); copy the study without links to resume it")
+        link = stat.S_ISLNK(info.st_mode)
+        why = _link_outside(path, root, uid) if link else None
+        if why:
+            return (f"refusing {path}: a symbolic link to {os.readlink(path)}, {why}, and resuming unpickles the "
+                    f"study's files (code could run); copy the study without it to resume it")
         if info.st_uid != uid:
             return (f"refusing {path}: it is owned by user id {info.st_uid}, not by you, and resuming unpickles the "
                     f"study's files (code could run); copy the study folder to resume it")
-        if info.st_mode & 0o022:
+        if not link and info.st_mode & 0o022:
             return (f"refusing {path}: it is writable by other users (mode {info.st_mode & 0o777:o}) and resuming "
                     f"unpickles the study's files (code could run); chmod -R go-w the study folder first")
+    return None
+
+
+def _link_outside(path: Path, root: Path, uid: int) -> str | None:
+    """What is wrong with a link in a study (None: nothing). One to inside points at what the walk checks; one to
+    outside (W&B links its logs to its cache) must lead to a file of this user that nobody else can write."""
+    target = path.resolve()
+    if target.is_relative_to(root):
+        return None
+    try:
+        info = target.stat()
+    except OSError:
+        return None  # dangling: there is nothing to read through it
+    if stat.S_ISDIR(info.st_mode):
+        return "a folder outside the study (not checked)"
+    if info.st_uid != uid or info.st_mode & 0o022:
+        return "outside the study, a file other users own or can write"
     return None
 
 

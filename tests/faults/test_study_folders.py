@@ -16,7 +16,7 @@ from _util import tiny_config
 from ray import cloudpickle, tune
 
 from sid.cluster.study import Study, StudyError, run_study
-from sid.cluster.trust import result_grid
+from sid.cluster.trust import result_grid, untrusted_study
 
 
 class RunsCommand:
@@ -88,7 +88,9 @@ HOW = {  # what another user could have done -> the path refused, and why
     "a trial's error.pkl writable by the group": ("trial-a_00001/error.pkl", 0o664, "writable by other users"),
     "a Train checkpoint writable by the group": ("train/train-a_00000/checkpoint_000000/state.pt", 0o664,
                                                  "writable by other users"),
-    "a link inside": ("trial-a_00000/params.pkl", "link", "a symbolic link inside the study folder"),
+    "a link to a file others can write": ("trial-a_00000/params.pkl", "link", "a symbolic link to .*elsewhere.pkl, "
+                                          "outside the study, a file other users own or can write"),
+    "a link to a folder outside": ("train", "link to folder", "a symbolic link to .*, a folder outside the study"),
     "experiment state of another owner": ("experiment_state-2026-01-01_00-00-00.json", "chown",
                                           "owned by user id 4242"),
 }
@@ -112,9 +114,14 @@ def test_resume_refuses_a_study_with_any_file_others_own_or_can_write(tmp_path, 
         path.chmod(0o755 if path.is_dir() else 0o644)
     where, change, message = HOW[how]
     target = study.folder / where
-    if change == "link":
+    if change == "link":  # the payload, where whoever can write it can change it
         target.unlink()
         target.symlink_to(tmp_path / "elsewhere.pkl")
+        (tmp_path / "elsewhere.pkl").write_bytes(pickle.dumps(RunsCommand(marker)))
+        (tmp_path / "elsewhere.pkl").chmod(0o666)
+    elif change == "link to folder":
+        target.rename(tmp_path / "train")
+        target.symlink_to(tmp_path / "train")
     elif change == "chown":
         os.chown(target, 4242, -1)
     else:
@@ -123,6 +130,21 @@ def test_resume_refuses_a_study_with_any_file_others_own_or_can_write(tmp_path, 
     with pytest.raises(StudyError, match=f"--resume: refusing {shown}: .*{message}.*code could run"):
         run_study(study, resume=True)
     assert not marker.exists() and not ray.is_initialized()
+
+
+def test_the_resume_gate_passes_a_study_of_this_user_with_links_inside_it(tmp_path, marker):
+    """W&B keeps links in the study: `wandb/latest-run` to a folder inside, its logs to files of this user outside."""
+    folder = crafted_study(tmp_path / "study", marker)
+    (folder / "wandb" / "offline-run-1").mkdir(parents=True)
+    (folder / "wandb" / "latest-run").symlink_to("offline-run-1")
+    (folder / "wandb" / "debug.log").symlink_to(folder / "wandb" / "offline-run-1" / "debug.log")
+    (tmp_path / "wandb-cache.log").write_text("")  # W&B links its core log to its cache, outside the study
+    (folder / "wandb" / "offline-run-1" / "debug-core.log").symlink_to(tmp_path / "wandb-cache.log")
+    (folder / "wandb" / "offline-run-1" / "gone.log").symlink_to(tmp_path / "deleted.log")
+    for path in (folder, *folder.rglob("*"), tmp_path / "wandb-cache.log"):
+        if not path.is_symlink():
+            path.chmod(0o755 if path.is_dir() else 0o600)
+    assert untrusted_study(folder) is None
 
 
 @pytest.mark.timeout(60)
