@@ -41,7 +41,7 @@ from sid.results import write_evaluations
 ROOT = Path(__file__).resolve().parents[2]
 
 SECONDS = 5.0          # each refusal, on a loaded 2-core machine (they take milliseconds)
-MEMORY = 256 * 2**20   # how much one case may raise the loading process's peak resident memory
+MEMORY = 256 * 2**20   # how far one case may raise the loading process's resident memory
 CHILD_SECONDS = 240    # the whole child; a case that blocks is reported as not done in time
 BLOCKS = ("EDMPrecond", 10**6)  # num_blocks 10**6: building it hung every loader but the .pkl one
 
@@ -287,8 +287,17 @@ pq.read_table(pa.BufferReader(buffer.getvalue())).to_pandas()
 if sys.argv[2] != "unlimited":
     vm = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024
     resource.setrlimit(resource.RLIMIT_AS, (vm + 2 ** 30, resource.RLIM_INFINITY))  # 1 GiB beyond the imports
+def memory(key):  # bytes; VmHWM is the peak resident memory of this process image (ru_maxrss survives exec)
+    return int(next(l for l in open("/proc/self/status") if l.startswith(key)).split()[1]) * 1024
+
 for case, call, path in json.loads(sys.argv[1]):
-    peak, start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.monotonic()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # the peak starts again from the current resident memory
+        reset = True
+    except OSError:
+        reset = False
+    resident, peak, start = memory("VmRSS"), memory("VmHWM"), time.monotonic()
     try:
         CALLS[call](path)
         result = dict(loaded=True)
@@ -296,9 +305,9 @@ for case, call, path in json.loads(sys.argv[1]):
         result = dict(error=str(e))
     except BaseException as e:
         result = dict(other=f"{type(e).__name__}: {e}"[:300])
-    now = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps(dict(case=case, seconds=time.monotonic() - start, grown=(now - peak) * 1024, peak=now * 1024,
-                          **result)), flush=True)
+    seconds, now = time.monotonic() - start, memory("VmHWM")
+    print(json.dumps(dict(case=case, seconds=seconds, grown=now - (resident if reset else peak), peak=now, **result)),
+          flush=True)
 """
 
 
