@@ -9,6 +9,7 @@ that reads them (Ray 2.60; docs/reliability.md):
                                     a CLOUDPICKLE_FALLBACK payload: ExperimentAnalysis, ResultGrid, Tuner.restore
     basic-variant-state-*.json      a pickle despite its name: the grid searcher's state, read on restore
     searcher-state-*.pkl            pickle: the Optuna searcher's state (its sampler, study), read on restore
+    search_gen_state-*.json         a pickle despite its name: the searcher's generator, read on restore
     trial-<id>/error.pkl            cloudpickle: a failed trial's exception, read by ResultGrid.errors / Result.error
     trial-<id>/params.pkl           pickle: a trial's config (written by Tune's JSON logger; Tune does not read it)
     trial_settings.json             plain JSON, but it chooses every trial's work (base config, folder, resources)
