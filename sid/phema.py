@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sid.checkpoints import check_weights
 from sid.config import parse_sigma_rels  # noqa: F401 (the profiles' one parser, re-exported for callers)
+from sid.teachers import load_plain
 
 EXACT_STEPS = 20_000_000  # steps x profiles up to which the exact discrete weights are used (160 MB of float64)
 
@@ -111,9 +113,6 @@ def combine(profiles: Sequence[tuple[int, float]], files: Sequence[Path], step: 
             sigma_rel: float, *, like: torch.nn.Module) -> dict[str, torch.Tensor]:
     """reconstruct() over snapshot files (plain data, weights_only), loaded one at a time: a run's snapshots need
     not fit in memory together. Each file's weights must fit `like` (sid.checkpoints.check_weights) before any sum."""
-    from sid.checkpoints import check_weights
-    from sid.teachers import load_plain
-
     def state(path: Path) -> dict[str, torch.Tensor]:
         saved = load_plain(path, "post-hoc EMA snapshot")
         weights = saved.get("state_dict") if isinstance(saved, dict) else None

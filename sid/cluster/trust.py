@@ -41,8 +41,8 @@ def untrusted_study(folder: str | os.PathLike) -> str | None:
     """Why the study folder may not be handed to Ray's decoders (None: it may). Everything in it (Tune's state, the
     searcher's, trial_settings.json, every subfolder and file: see the module doc) must be owned by this user and
     writable by nobody else, as must any file a link in it leads to outside it (no link may lead to a folder
-    outside it), and the folder holding it must not let others replace it. Then only this user can have written what Ray unpickles. Reads metadata only, never a file's
-    contents."""
+    outside it), and the folder holding it must not let others replace it. Then only this user can have written
+    what Ray unpickles. Reads metadata only, never a file's contents."""
     folder = Path(folder)
     uid = os.getuid()
     parent = folder.resolve().parent
