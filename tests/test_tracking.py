@@ -83,7 +83,8 @@ def test_unreachable_tracking_uri_switches_tracking_off_once_and_the_run_goes_on
 def test_study_metrics_reach_tensorboard_and_mlflow_and_tune_sees_flat_configs(tmp_path):
     import ray  # noqa: PLC0415 (Ray: only the distributed path needs it)
 
-    from sid.cluster.study import Study, result_grid, run_study  # noqa: PLC0415 (imports Ray: only this path needs it)
+    from sid.cluster.study import Study, run_study  # noqa: PLC0415 (imports Ray: only this path needs it)
+    from sid.cluster.trust import result_grid  # noqa: PLC0415 (imports Ray)
 
     study = Study(name="tracked", base=preset("digits", **TINY), space={"alpha": Grid([1.0, 1.2])},
                   storage=tmp_path, tracking=TrackingSettings(("tensorboard", "mlflow"), experiment="tracked"))

@@ -35,6 +35,7 @@ from sid.metrics import (
     get_detector,
     inception_score,
     iter_image_batches,
+    read_npz,
     score_images,
 )
 from sid.results import SCORE_KEY, SCORE_SCHEMA, now_utc, provenance, read_parquet, upsert
@@ -60,13 +61,7 @@ def source_kind(source: str) -> str:
 
 def load_npz(path: str) -> np.ndarray:
     """arr_0 of an npz as uint8 [N, H, W, C] (the layout sid generate, ADM's evaluator and clean-fid use)."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if "arr_0" not in data:
-                raise ValueError(f"{path}: expected an npz with arr_0 (uint8 [N, H, W, C]), found {sorted(data)}")
-            arr = data["arr_0"]
-    except (OSError, EOFError) as exc:
-        raise ValueError(f"{path}: not a readable npz ({exc})") from exc
+    arr = read_npz(path, ["arr_0"], expected="an npz with arr_0 (uint8 [N, H, W, C])")["arr_0"]
     if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[3] not in (1, 3):
         raise ValueError(f"{path}: expected arr_0 as uint8 [N, H, W, C] with C 1 or 3, got {arr.dtype} {arr.shape}")
     return arr
@@ -240,14 +235,15 @@ def build_parser() -> Parser:
 
 
 def settings(args: argparse.Namespace) -> dict:
-    """Detector, reference and images per draw: flags, else --preset, else the run's config, else digits."""
-    config = {}
+    """Detector, reference and images per draw: flags, else those of --preset, else of the preset the generator's
+    file names (one of PRESETS: only its name is taken from the file), else of digits. A file never chooses the work
+    itself: its recorded image count or reference (a URL would be downloaded) are not read."""
+    name = args.preset
     own = Path(args.source).is_dir() or args.source.endswith((".pt", ".safetensors", ".json"))
-    if source_kind(args.source) == "generator" and args.preset is None and own and Path(args.source).exists():
-        config = load_generator(args.source)[1].config or {}
-    base = dict(PRESETS.get(args.preset or config.get("preset") or "digits", PRESETS["digits"]))
-    if args.preset is None:  # the run's own choices over its preset's
-        base.update({k: config[k] for k in ("fid_detector", "fid_ref", "fid_images") if config.get(k)})
+    if name is None and source_kind(args.source) == "generator" and own and Path(args.source).exists():
+        recorded = (load_generator(args.source)[1].config or {}).get("preset")
+        name = recorded if isinstance(recorded, str) and recorded in PRESETS else None
+    base = PRESETS[name or "digits"]
     return dict(detector_name=args.fid_detector or base["fid_detector"], ref=args.fid_ref or base["fid_ref"],
                 images=args.fid_images or base["fid_images"])
 
