@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import stat
 import warnings
 import zipfile
 import zlib
@@ -29,7 +28,7 @@ from torch import Tensor
 
 from sid.assets import Asset, fetch
 from sid.config import DIGITS_FEATURES, FD_STD_GROUPS, INCEPTION
-from sid.files import write_file_atomic
+from sid.files import read_regular, write_file_atomic
 
 # NVIDIA's TorchScript Inception-v3 (the INCEPTION detector's file). Its sha256 and size are pinned as
 # crowsonkb/k-diffusion pins the same URL (k_diffusion/evaluation.py, InceptionV3FeatureExtractor) and as the Git LFS
@@ -502,17 +501,9 @@ def _image_files(folder: Path) -> Iterator[Path]:
 
 
 def _open_regular(path: Path) -> io.BytesIO:
-    """The bytes of an image file, opened without blocking and read only if it is a regular file (a FIFO swapped in
-    after the folder was listed is refused, not waited on)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise ValueError(f"{path} is not a regular file; refusing to read it")
-        if info.st_size > MAX_IMAGE_BYTES:
-            raise ValueError(f"{path}: {info.st_size:,} bytes, more than an image file of at most "
-                             f"{MAX_IMAGE_PIXELS:,} pixels needs")
-        return io.BytesIO(f.read())
+    """The bytes of an image file, read only if it is a regular file (a FIFO swapped in after the folder was listed
+    is refused, not waited on) of at most MAX_IMAGE_BYTES."""
+    return io.BytesIO(read_regular(path, MAX_IMAGE_BYTES, "image file"))
 
 
 def _encoded_images(source: Path) -> Iterator[tuple[str, Path | io.BytesIO]]:

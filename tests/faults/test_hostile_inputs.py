@@ -1,7 +1,7 @@
 """Crafted files against the loaders of this project's own formats and the readers of images, npz and Parquet
 (issue 29): torch.save files whose pickle would make loading crawl or balloon, architectures that would take hours to
-build, decompression bombs, files that are not regular files. Each must end in one clear ValueError naming the file,
-within a time bound and without a memory blow-up.
+build (also as a diffusers folder), decompression bombs, files that are not regular files. Each must end in one clear
+ValueError naming the file, within a time bound and without a memory blow-up.
 
 The files are made here; they are loaded in ONE child process (torch imported once) under an address-space limit,
 which reports per case its outcome, its time and how much it raised the child's peak memory. A case that hangs
@@ -228,6 +228,36 @@ def parquet_of_40m_rows(tmp: Path) -> Path:
     return study_with_rows(tmp, pa.table({"study": pa.nulls(4 * 10**7, pa.string())}))
 
 
+DIFFUSERS_UNET = dict(_class_name="UNet2DModel", sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
+                      block_out_channels=[32], down_block_types=["DownBlock2D"], up_block_types=["UpBlock2D"],
+                      norm_num_groups=8)
+DIFFUSERS_SCHEDULER = dict(_class_name="DDPMScheduler", num_train_timesteps=1000, beta_schedule="linear")
+
+
+def diffusers_folder(tmp: Path, unet: dict, scheduler: dict) -> Path:
+    """A diffusers pipeline folder (unet/ + scheduler/) of the given configs; the weights file is never reached."""
+    for sub, file, config in (("unet", "config.json", unet), ("scheduler", "scheduler_config.json", scheduler)):
+        (tmp / "pipe" / sub).mkdir(parents=True)
+        (tmp / "pipe" / sub / file).write_text(json.dumps(config))
+    (tmp / "pipe" / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    return tmp / "pipe"
+
+
+def diffusers_unet_of_10e6_layers(tmp: Path) -> Path:
+    return diffusers_folder(tmp, dict(DIFFUSERS_UNET, layers_per_block=10**6), DIFFUSERS_SCHEDULER)
+
+
+def diffusers_scheduler_of_10e10_steps(tmp: Path) -> Path:
+    return diffusers_folder(tmp, DIFFUSERS_UNET, dict(DIFFUSERS_SCHEDULER, num_train_timesteps=10**10))
+
+
+def diffusers_config_that_is_a_fifo(tmp: Path) -> Path:
+    folder = diffusers_folder(tmp, DIFFUSERS_UNET, DIFFUSERS_SCHEDULER)
+    (folder / "unet" / "config.json").unlink()
+    os.mkfifo(folder / "unet" / "config.json")
+    return folder
+
+
 def fifo_named_png(tmp: Path) -> Path:
     folder = tmp / "fifo"
     folder.mkdir()
@@ -241,7 +271,8 @@ CASES = {
     ".pt generator of 10**6 blocks": (pt_snapshot_of_10e6_blocks, "generator", "num_blocks = 1000000 is outside"),
     "checkpoint.pt of 10**6 blocks": (checkpoint_of_10e6_blocks, "generator", "num_blocks = 1000000 is outside"),
     "export of 10**6 blocks": (export_of_10e6_blocks, "generator", "num_blocks = 1000000 is outside"),
-    "export whose arguments are a list": (export_whose_arguments_are_a_list, "generator", "expected JSON with format .* and init_kwargs"),
+    "export whose arguments are a list": (export_whose_arguments_are_a_list, "generator",
+                                          "expected JSON with format .* and init_kwargs"),
     "post-hoc EMA snapshots of 10**6 blocks": (phema_run_of_10e6_blocks, "phema", "num_blocks = 1000000 is outside"),
     "789M weights in zero strides": (weights_in_zero_strides, "teacher", "has a zero stride"),
     ".pt dict of keys that hash alike": (pt_dict_of_keys_that_hash_alike, "teacher", r"more than 64 integers of 2\*"),
@@ -253,6 +284,12 @@ CASES = {
     "zip member of 640 MiB": (zip_with_an_image_member_of_640_mib, "images", "671,088,640 bytes"),
     "Parquet text of 3.7 GiB": (parquet_of_repeated_text, "rows", "bomb.parquet: .*decode to 3,98"),
     "Parquet of 4*10**7 rows": (parquet_of_40m_rows, "rows", "bomb.parquet: .*40,000,000 rows"),
+    "diffusers UNet of 10**6 layers per block": (diffusers_unet_of_10e6_layers, "diffusers",
+                                                 "layers_per_block = 1000000 is outside"),
+    "diffusers scheduler of 10**10 timesteps": (diffusers_scheduler_of_10e10_steps, "diffusers",
+                                                "num_train_timesteps 10000000000 is outside"),
+    "diffusers config.json that is a FIFO": (diffusers_config_that_is_a_fifo, "diffusers",
+                                             "config.json is not a regular file"),  # it blocked too
     "FIFO named *.png": (fifo_named_png, "images", "0.png is not a regular file"),  # last: it blocked
 }
 assert list(CASES)[-1] == "FIFO named *.png"
@@ -265,6 +302,7 @@ from sid.commands.evaluate import load_npz
 from sid.commands.phema import list_snapshots, rebuild
 from sid.generators import load_generator
 from sid.metrics import iter_image_batches, load_reference_stats
+from sid.networks.vp import load_diffusers
 from sid.results import read_evaluations
 from sid.teachers import load_network_file
 
@@ -279,7 +317,7 @@ def rows(path):
     raise ValueError(f"{len(frame)} rows; " + " | ".join(str(w.message) for w in caught))
 
 CALLS = dict(teacher=load_network_file, generator=load_generator, phema=phema, reference=load_reference_stats,
-             npz=load_npz, images=lambda path: next(iter_image_batches(path)), rows=rows)
+             npz=load_npz, images=lambda path: next(iter_image_batches(path)), rows=rows, diffusers=load_diffusers)
 import io, pyarrow as pa, pyarrow.parquet as pq
 buffer = io.BytesIO()  # Arrow's allocator reserves its address space on first use: before the limit
 pq.write_table(pa.table({"a": ["x"] * 1000}), buffer)
