@@ -8,7 +8,9 @@ one alpha keeps one colour in every figure made from the same folders.
 from __future__ import annotations
 
 import argparse
+import html
 import math
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -171,6 +173,18 @@ def fmt(value: object) -> str:
     if isinstance(value, (float, np.floating)):
         return f"{value:.1f}" if float(value).is_integer() else f"{value:.4g}"
     return str(value)
+
+
+MARKDOWN_ESCAPES = "\\`*[]!|"  # characters a value's text may not use as Markdown: links, images, emphasis, cells
+
+
+def md(value: object) -> str:
+    """A value read from a results file as text for report.md: fmt(value) on one line (control characters and
+    line breaks become spaces: a study name's newline started an image line that report.html loaded from anywhere),
+    HTML's special characters escaped (a file's value never becomes raw HTML) and Markdown's link, image, emphasis and
+    table characters backslash-escaped."""
+    text = re.sub(r"[\x00-\x1f\x7f\x85\u2028\u2029]", " ", fmt(value))
+    return re.sub(f"([{re.escape(MARKDOWN_ESCAPES)}])", r"\\\1", html.escape(text, quote=False))
 
 
 def level_name(column: str, value: object) -> str:

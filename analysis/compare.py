@@ -85,9 +85,9 @@ def to_markdown(table: pd.DataFrame, x: str = "alpha") -> str:
         p = "—" if math.isnan(r["p"]) else f"{r['p']:.3g}"
         dropped = f" ({r['dropped']} without a value)" if r["dropped"] else ""
         diff = "—" if math.isnan(r["diff"]) else f"{r['diff']:+.3f}"
-        lines.append(f"| {name} = {common.fmt(r['a'])} vs {common.fmt(r['b'])} | {r['stat']} | {diff} | {interval} "
+        lines.append(f"| {name} = {common.md(r['a'])} vs {common.md(r['b'])} | {r['stat']} | {diff} | {interval} "
                      f"| {p} | {r['n']}{dropped} | {r['verdict']} |")
-    metrics = ", ".join(sorted(table["metric"].unique())) if len(table) else "—"
+    metrics = ", ".join(common.md(m) for m in sorted(table["metric"].unique())) if len(table) else "—"
     note = f"\nDifferences of {metrics}; negative: a is lower (better). Test: {TEST}, two-sided, no correction for " \
            f"multiple comparisons."
     if len(table) and (table["n"] < 2).all():

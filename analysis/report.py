@@ -60,11 +60,11 @@ def value_markdown(table: pd.DataFrame, x: str, metric: str) -> str:
         best = f"**{best}**" if i == best_row else best
         diverged = f", {int(r['diverged'])} diverged" if r["diverged"] else ""
         std = "—" if not math.isfinite(r["fid_std"]) else f"{r['fid_std']:.2f}"
-        lines.append(f"| {common.fmt(r[x])} | {int(r['runs'])}{diverged} | {best} | {_spread(r, 'final')} | "
+        lines.append(f"| {common.md(r[x])} | {int(r['runs'])}{diverged} | {best} | {_spread(r, 'final')} | "
                      f"{r['best_kimg']:.3g} | {std} |")
-    return ("\n".join(lines) + f"\n\n{metric}. FD: mean ± sample s.d. (min–max) over seeds, the training-seed "
-            f"spread. fid_std: median over the trials of their final evaluation's sampling error ({FD_STD_METHOD}); "
-            f"'—' where it was not recorded.\n")
+    return ("\n".join(lines) + f"\n\n{common.md(metric)}. FD: mean ± sample s.d. (min–max) over seeds, the "
+            f"training-seed spread. fid_std: median over the trials of their final evaluation's sampling error "
+            f"({FD_STD_METHOD}); '—' where it was not recorded.\n")
 
 
 def recommend(values: pd.DataFrame, verdicts: pd.DataFrame, x: str) -> str:
@@ -72,14 +72,14 @@ def recommend(values: pd.DataFrame, verdicts: pd.DataFrame, x: str) -> str:
     if not values["best_mean"].notna().any():
         return "no recommendation: no trial reached a finite FD"
     best = values.loc[values["best_mean"].idxmin(), x]
-    name = f"{common.short(x)} = {common.fmt(best)}"
+    name = f"{common.short(x)} = {common.md(best)}"
     if len(values) < 2:
         return f"{name}: the only value run"
     table = verdicts[verdicts["stat"] == "best"]
     groups: dict[str, list[str]] = {}
     for other in values[x]:
         if other != best:
-            groups.setdefault(compare.verdict_against(table, best, other), []).append(common.fmt(other))
+            groups.setdefault(compare.verdict_against(table, best, other), []).append(common.md(other))
     parts = [f"better than {', '.join(groups.pop('better'))} beyond noise"] if "better" in groups else \
         ["not better than any other value beyond noise"]
     if "within noise" in groups:
@@ -95,19 +95,19 @@ def recommend(values: pd.DataFrame, verdicts: pd.DataFrame, x: str) -> str:
 
 def settings_markdown(trials: pd.DataFrame, evals: pd.DataFrame, x: str, metric: str) -> str:
     config = [c for c in common.SETTING if c not in ("study", x, "fid_detector", "fid_images")]
-    fixed = ", ".join(f"{c} = {common.fmt(trials[c].iloc[0])}" for c in config if trials[c].nunique() == 1)
+    fixed = ", ".join(f"{c} = {common.md(trials[c].iloc[0])}" for c in config if trials[c].nunique() == 1)
     varying = [c for c in config if trials[c].nunique() > 1]
     kimg = sorted(evals["kimg"].unique())
     seeds = sorted(int(s) for s in trials["seed"].dropna().unique())
     per_value = sorted(set(trials.groupby(x)["seed"].nunique()))
     per_value = f"{per_value[0]}" if len(per_value) == 1 else f"{per_value[0]}–{per_value[-1]}"
-    states = ", ".join(f"{n} {s}" for s, n in trials["state"].value_counts().items())
-    lines = [f"- swept: {common.short(x)} = {', '.join(common.fmt(v) for v in sorted(trials[x].unique()))}"
+    states = ", ".join(f"{n} {common.md(s)}" for s, n in trials["state"].value_counts().items())
+    lines = [f"- swept: {common.short(x)} = {', '.join(common.md(v) for v in sorted(trials[x].unique()))}"
              + (f"; also varying: {', '.join(varying)}" if varying else ""),
              f"- seeds: {', '.join(map(str, seeds))} ({per_value} per value); trials: {len(trials)} ({states})",
              f"- budget: {max(kimg):g} kimg per trial, {len(kimg)} evaluations "
              f"(kimg {', '.join(f'{k:g}' for k in kimg)})",
-             f"- metric: {metric}; each evaluation's sampling error: {FD_STD_METHOD}",
+             f"- metric: {common.md(metric)}; each evaluation's sampling error: {FD_STD_METHOD}",
              f"- fixed: {fixed}",
              f"- device-hours: {trials['device_hours'].sum():.3g} in all "
              f"({trials['device_hours'].mean():.3g} per trial; training only, evaluations excluded)"]
@@ -145,7 +145,7 @@ def build(study: Sequence[str | Path], out: str | Path, *, x: str = "alpha", tea
         common.save(compare.plot(verdicts, x=x), out, "compare")
     values = value_table(trials, evals, x)
     recommendation = recommend(values, verdicts, x)
-    names = ", ".join(sorted(s or "single run" for s in trials["study"].unique()))
+    names = ", ".join(sorted(common.md(s) if s else "single run" for s in trials["study"].unique()))
     figures = [("fid_vs_images", "FD against generator images seen, per value: mean over seeds, band and thin lines "
                                  "as the legend says"),
                (f"ablation_{x}_best", "best FD per trial (points) and per value (mean, min–max over seeds)"),
@@ -166,8 +166,18 @@ def build(study: Sequence[str | Path], out: str | Path, *, x: str = "alpha", tea
 
 
 def _inline(text: str) -> str:
-    text = html.escape(text, quote=False)
-    return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", re.sub(r"(?<!\*)\*([^*]+)\*(?!\*)", r"<em>\1</em>", text))
+    """One line of report Markdown as HTML: **strong**, *em*; values arrive escaped (analysis.common.md), so their
+    entities are decoded once and their backslash-escaped characters stay literal."""
+    pieces = re.split(r"(\\.)", html.unescape(text))
+    out = []
+    for i, piece in enumerate(pieces):
+        if i % 2:  # a backslash-escaped character
+            out.append(html.escape(piece[1], quote=False))
+        else:
+            piece = html.escape(piece, quote=False)
+            out.append(re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>",
+                              re.sub(r"(?<!\*)\*([^*]+)\*(?!\*)", r"<em>\1</em>", piece)))
+    return "".join(out)
 
 
 def to_html(markdown: str, *, title: str) -> str:
@@ -176,7 +186,8 @@ def to_html(markdown: str, *, title: str) -> str:
 
     def flush() -> None:
         if rows:
-            head, *rest = [[c.strip() for c in r.strip("|").split("|")] for r in rows if not r.startswith("|---")]
+            head, *rest = [[c.strip() for c in re.split(r"(?<!\\)\|", r.strip().strip("|"))] for r in rows
+                           if not r.startswith("|---")]
             body.append("<table><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr>" + "".join(
                 "<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in rest) + "</table>")
             rows.clear()
@@ -185,7 +196,7 @@ def to_html(markdown: str, *, title: str) -> str:
             items.clear()
 
     for line in markdown.splitlines():
-        image = re.fullmatch(r"!\[(.*)\]\((.*)\)", line.strip())
+        image = re.fullmatch(r"!\[(.*)\]\(([\w.-]+\.png)\)", line.strip())  # only the report's own figures
         if line.startswith("|"):
             rows.append(line)
             continue
@@ -203,7 +214,7 @@ def to_html(markdown: str, *, title: str) -> str:
     flush()
     style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #bbb;padding:.2em .5em}")
-    return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+    return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{_inline(title)}</title>"
             f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 

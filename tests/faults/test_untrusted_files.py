@@ -13,6 +13,7 @@ import http.server
 import json
 import os
 import pickle
+import re
 import threading
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import torch
 from _util import ROOT, run_command
 from safetensors.torch import save_file
 
+from analysis import report
 from sid.assets import Asset, AssetError, cache_path, fetch
 from sid.checkpoints import fetch_checkpoint
 from sid.commands.distill import main as distill_main
@@ -95,6 +97,8 @@ SOURCES = ["sid", "studies", "analysis", "benchmarks"]
 ALLOWED = {
     ("sid/safe_pickle.py", "pickle._Unpickler"): "the restricted unpickler of EDM/SiD snapshots (allow-list)",
     ("sid/metrics.py", "torch.jit.load"): "NVIDIA's Inception-v3 exists only as TorchScript (fetched by sid.assets)",
+    ("sid/detectors.py", "torch.jit.load"): "a user's own feature network, named by --fid-detector PATH.pt (the trust "
+                                            "model: sid/detectors.py, docs/evaluate.md)",
 }
 
 
@@ -149,7 +153,7 @@ def test_every_load_in_the_code_is_weights_only_or_the_restricted_unpickler():
             problems += found
             checked += n
     assert not problems, "\n".join(problems)
-    assert checked >= 2  # teachers.load_plain, digits: the audit saw them
+    assert checked >= 2  # safe_pickle.load_plain, digits: the audit saw them
 
 
 @pytest.mark.parametrize("source, problem", [
@@ -351,3 +355,22 @@ def test_a_link_planted_in_the_cache_is_one_clear_error_and_nothing_is_written_t
     with pytest.raises(AssetError, match=f"refusing .*{link.name}.*symbolic link"):
         fetch(genuine.as_uri(), cache_dir=cache)
     assert (victim.read_text() == "precious\n") if planted != "record linked to nowhere" else not victim.exists()
+
+
+@pytest.mark.parametrize("field", ["study", "fid_detector"])
+def test_report_values_from_a_results_file_never_become_markup_or_new_lines(tmp_path, field):
+    """A study name with a newline put an image line into report.md that report.html loaded from a remote host, and
+    values kept raw HTML; values are now one escaped line and report.html shows only the report's own figures."""
+    hostile = "x\n![pixel](https=//attacker.example/p.png) <img src=https://attacker.example/q.png> | *y*"
+    study = tmp_path / (hostile.replace("/", "%") if field == "study" else "study")  # the study's name: its folder's
+    rows = [dict(row(study.name, f"a{alpha}-s{seed}", alpha=alpha, seed=seed, kimg=kimg,
+                     fid=5.0 - alpha * kimg / 10 + seed), **({"fid_detector": hostile} if field != "study" else {}))
+            for alpha in (1.0, 1.2) for seed in (0, 1) for kimg in (0.0, 1.0, 2.0)]
+    write_evaluations(study / "evaluations" / "all.parquet", rows)
+    path, _ = report.build([study], tmp_path / "out")
+    md, page = path.read_text(), path.with_suffix(".html").read_text()
+    assert "attacker.example" in md  # the value is shown, as text
+    assert not [line for line in md.splitlines() if "attacker" in line and line.lstrip().startswith(("!", "<", "#"))
+                and not line.startswith("# Study report: ")]
+    assert "<img src=https" not in md and "<img src=https" not in page and "](https" not in md.replace("\\]", "")
+    assert not re.search(r"<img [^>]*src=\"?https?[:=%]", page) and page.count("<img ") == 4
