@@ -152,10 +152,11 @@ def check_architecture(kwargs: Any, path: str | os.PathLike) -> EDMPrecond:
                               f"arguments {_REPR.repr(kwargs)}: {e}".replace("\n", " ")) from e
 
 
-def check_weights(net: EDMPrecond, state: Any, path: str | os.PathLike, nbytes: float | None = None) -> None:
-    """`state` fits `net` (check_architecture's meta network): plain CPU tensors without a zero stride whose bytes
-    all fit in the file's `nbytes` (default: its size), so that no tensor stands for more weights than the file
-    stores, with the network's names and shapes. CheckpointError naming `path` otherwise."""
+def check_weights(net: torch.nn.Module, state: Any, path: str | os.PathLike, nbytes: float | None = None) -> None:
+    """`state` fits `net` (check_architecture's meta network, or any network built on the meta device): plain CPU
+    tensors without a zero stride whose bytes all fit in the file's `nbytes` (default: its size), so that no tensor
+    stands for more weights than the file stores, with the network's names and shapes. CheckpointError naming `path`
+    otherwise."""
     _check_tensors(state, path, nbytes)
     _check_fit(net, state, path)
 
@@ -194,8 +195,8 @@ def _check_tensors(state: Any, path: str | os.PathLike, nbytes: float | None) ->
                               f"{nbytes:,}")
 
 
-def _check_fit(net: EDMPrecond, state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
-    kind = net.init_kwargs.get("model_type", "network")
+def _check_fit(net: torch.nn.Module, state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
+    kind = getattr(net, "init_kwargs", {}).get("model_type") or type(net).__name__
     wanted = {name: tensor.shape for name, tensor in net.state_dict().items()}
     missing, unexpected = [k for k in wanted if k not in state], [k for k in state if k not in wanted]
     if missing or unexpected:

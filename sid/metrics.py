@@ -27,7 +27,8 @@ import torch
 from torch import Tensor
 
 from sid.assets import Asset, fetch
-from sid.config import DIGITS_FEATURES, FD_STD_GROUPS, INCEPTION
+from sid.config import DIGITS_FEATURES, DINOV2, FD_STD_GROUPS, INCEPTION, is_detector_file
+from sid.detectors import DetectorFile, DinoV2Detector
 from sid.files import read_regular, write_file_atomic
 
 # NVIDIA's TorchScript Inception-v3 (the INCEPTION detector's file). Its sha256 and size are pinned as
@@ -296,9 +297,13 @@ def detector_names() -> list[str]:
 
 
 def get_detector(name: str, device: torch.device | str = "cpu") -> Detector:
-    if name not in _DETECTORS:
-        raise ValueError(f"unknown detector {name!r}; registered: {', '.join(sorted(_DETECTORS))}")
-    return _DETECTORS[name](torch.device(device))
+    """The detector registered as `name`, or the TorchScript feature network of the file `name` (*.pt)."""
+    if name in _DETECTORS:
+        return _DETECTORS[name](torch.device(device))
+    if is_detector_file(name):
+        return DetectorFile(name, device=torch.device(device))
+    raise ValueError(f"unknown detector {name!r}; registered: {', '.join(sorted(_DETECTORS))}, or a TorchScript "
+                     f"file (*.pt)")
 
 
 def _digits_detector(device: torch.device) -> Detector:
@@ -309,6 +314,7 @@ def _digits_detector(device: torch.device) -> Detector:
 
 register_detector(INCEPTION, lambda device: InceptionDetector(device=device))
 register_detector(DIGITS_FEATURES, _digits_detector)
+register_detector(DINOV2, lambda device: DinoV2Detector(device=device))
 
 
 # ---------------------------------------------------------------------------------------------- evaluation

@@ -17,7 +17,10 @@ opcode that calls or mutates something goes through a check here:
   without zero strides (one stored number cannot stand for a whole weight matrix);
 - numpy is not used: scalars are decoded from their bytes with a dtype from a fixed list;
 - no opcode reads more bytes than the file holds (a length field cannot allocate memory the file does not back).
-The pure-Python pickle machinery (`pickle._Unpickler`) is used because the C one cannot be hooked per opcode."""
+The pure-Python pickle machinery (`pickle._Unpickler`) is used because the C one cannot be hooked per opcode.
+
+The project's own .pt files (plain data written by torch.save) are read by `load_plain`: scan_torch_file's opcode walk,
+then torch.load(weights_only=True)."""
 
 from __future__ import annotations
 
@@ -593,3 +596,19 @@ def scan_torch_file(path: str | os.PathLike) -> None:
         raise
     except Exception as e:  # pickletools' own ValueError for a cut or malformed stream
         raise CheckpointError(f"malformed pickle ({type(e).__name__}: {str(e)[:200]})".replace("\n", " ")) from None
+
+
+def load_plain(path: str | os.PathLike, what: str) -> Any:
+    """torch.load of a file of plain data (tensors, containers, numbers): weights_only=True refuses a pickle that
+    names any other global before anything runs, and scan_torch_file refuses before it what would
+    make the load balloon or crawl. Every failure is one ValueError naming the file and `what`."""
+    try:
+        scan_torch_file(path)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such {what}") from None
+    except CheckpointError as exc:
+        raise ValueError(f"{path}: not a {what} ({exc})") from None
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as exc:  # refused global, torn or foreign file
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        raise ValueError(f"{path}: not a {what} ({next((x for x in lines if 'GLOBAL' in x), lines[0])})") from exc

@@ -29,7 +29,7 @@ from sid.checkpoints import build_checked
 from sid.config import DistillConfig
 from sid.files import save_torch_atomic, write_bytes_atomic, write_text_atomic
 from sid.networks.precond import EDMPrecond
-from sid.teachers import load_plain
+from sid.safe_pickle import load_plain
 
 FORMAT = "sid-generator-v1"  # the "format" of an export's JSON
 EXPORT_SUFFIXES = (".safetensors", ".json")

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import pickle
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from sid.assets import Asset, is_url
@@ -16,7 +14,7 @@ from sid.checkpoints import build_checked, fetch_checkpoint, fetch_fid_ref, load
 from sid.digits import TEACHER_FILE, TEACHER_KWARGS, DigitsDetector, load_digits_images
 from sid.metrics import FeatureStats, load_reference_stats, quantize
 from sid.networks.precond import EDMPrecond
-from sid.safe_pickle import CheckpointError, scan_torch_file
+from sid.safe_pickle import load_plain
 
 # One registry per kind of name: the EDM assets 'edm:<name>' resolves to, each with its pinned sha256 (checked by
 # sid.assets.fetch on download and on every load from the cache). No public record of the sha256 of these NVIDIA
@@ -37,22 +35,6 @@ EDM_FID_REFS: dict[str, Asset] = {  # Inception reference statistics (npz with m
     "edm:ffhq-64x64": Asset(f"{_EDM_CDN}/fid-refs/ffhq-64x64.npz", sha256=None),
     "edm:afhqv2-64x64": Asset(f"{_EDM_CDN}/fid-refs/afhqv2-64x64.npz", sha256=None),
 }
-
-
-def load_plain(path: str | Path, what: str) -> Any:
-    """torch.load of a file of plain data (tensors, containers, numbers): weights_only=True refuses a pickle that
-    names any other global before anything runs, and sid.safe_pickle.scan_torch_file refuses before it what would
-    make the load balloon or crawl. Every failure is one ValueError naming the file and `what`."""
-    try:
-        scan_torch_file(path)
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such {what}") from None
-    except CheckpointError as exc:
-        raise ValueError(f"{path}: not a {what} ({exc})") from None
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as exc:  # refused global, torn or foreign file
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
-        raise ValueError(f"{path}: not a {what} ({next((x for x in lines if 'GLOBAL' in x), lines[0])})") from exc
 
 
 def load_network_file(path: str | Path) -> EDMPrecond:

@@ -216,7 +216,8 @@ def build_parser() -> Parser:
     parser.add_argument("--preset", default=None, choices=list(PRESETS), metavar="NAME",
                         help="detector, reference and image count of this preset (default: the run's, else digits)")
     parser.add_argument("--fid-detector", default=None,
-                        help=f"feature network: {', '.join(DETECTORS)} or registered (default: the preset's)")
+                        help=f"feature network: {', '.join(DETECTORS)}, a registered one, or a TorchScript "
+                             f"file PATH.pt (default: the preset's)")
     parser.add_argument("--fid-ref", default=None,
                         help="reference statistics: 'digits', 'edm:<name>', .npz path or URL (default: the preset's)")
     parser.add_argument("--fid-images", type=int, default=None, help="images per draw (default: the preset's)")

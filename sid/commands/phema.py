@@ -88,10 +88,11 @@ def phema_run(run: Path, targets: tuple[float, ...], *, last_only: bool, device:
                                     images)  # (scored before the loop moves on)
             rows.append(dict(study="", trial_id=run.name, **{c: getattr(config, c) for c in CONFIG_COLUMNS},
                              sigma_rel=sigma_rel, kimg=step * config.batch / 1000, iteration=step, snapshots=used,
-                             fid=score.fd, fid_detector=config.fid_detector, fid_images=images, fid_std=score.fd_std,
+                             fid=score.fd, fid_detector=evaluator.detector.name, fid_images=images,
+                             fid_std=score.fd_std,
                              written_at=now_utc()))
             print(f"{run.name}  kimg {step * config.batch / 1000:8.3f}  sigma_rel {sigma_rel:.3f}  "
-                  f"{config.fid_detector} FD({images}) {score.fd:9.4f} ± {score.fd_std:.3g}", flush=True)
+                  f"{evaluator.detector.name} FD({images}) {score.fd:9.4f} ± {score.fd_std:.3g}", flush=True)
     return upsert(run / PHEMA_FILE, rows, PHEMA_SCHEMA, PHEMA_KEY,
                   metadata=provenance(config.to_dict(), str(device)))
 

@@ -20,7 +20,8 @@ def build_parser() -> Parser:
                     renamed={"--images": "SOURCE (the first argument)",
                              **{k: RENAMED[k] for k in ("--detector", "--batch")}})
     parser.add_argument("source", help="folder (searched recursively) or .zip of PNG/JPEG images")
-    parser.add_argument("--fid-detector", required=True, help=f"detector name: {', '.join(detector_names())}")
+    parser.add_argument("--fid-detector", required=True,
+                        help=f"detector name ({', '.join(detector_names())}) or a TorchScript file PATH.pt")
     parser.add_argument("--out", required=True, help="output .npz path")
     parser.add_argument("--batch-per-device", type=int, default=64, help="images per detector call")
     parser.add_argument("--device", default="cpu", help="torch device of the detector, e.g. cuda")
