@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import pickle
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from sid.assets import Asset, is_url
-from sid.checkpoints import fetch_checkpoint, fetch_fid_ref, load_edm_pickle
+from sid.checkpoints import build_checked, fetch_checkpoint, fetch_fid_ref, load_edm_pickle
 from sid.digits import TEACHER_FILE, TEACHER_KWARGS, DigitsDetector, load_digits_images
 from sid.metrics import FeatureStats, load_reference_stats, quantize
 from sid.networks.precond import EDMPrecond
+from sid.safe_pickle import load_plain
 
 # One registry per kind of name: the EDM assets 'edm:<name>' resolves to, each with its pinned sha256 (checked by
 # sid.assets.fetch on download and on every load from the cache). No public record of the sha256 of these NVIDIA
@@ -38,28 +37,13 @@ EDM_FID_REFS: dict[str, Asset] = {  # Inception reference statistics (npz with m
 }
 
 
-def load_plain(path: str | Path, what: str) -> Any:
-    """torch.load of a file of plain data (tensors, containers, numbers): weights_only=True refuses a pickle that
-    names any other global before anything runs. Every failure is one ValueError naming the file and `what`."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such {what}") from None
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as exc:  # refused global, torn or foreign file
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
-        raise ValueError(f"{path}: not a {what} ({next((x for x in lines if 'GLOBAL' in x), lines[0])})") from exc
-
-
 def load_network_file(path: str | Path) -> EDMPrecond:
     """A network saved by this project (`{init_kwargs, state_dict, ...}`, e.g. a run's generator.pt or the digits
     teacher): plain data only, loaded with weights_only=True."""
     saved = load_plain(path, "network file")
-    try:
-        net = EDMPrecond(**saved["init_kwargs"])
-        net.load_state_dict(saved["state_dict"])
-    except (KeyError, TypeError, RuntimeError) as exc:
-        raise ValueError(f"{path}: not a network file of this project ({{init_kwargs, state_dict}}): {exc}") from exc
-    return net.eval().requires_grad_(False)
+    if not (isinstance(saved, dict) and "init_kwargs" in saved and "state_dict" in saved):
+        raise ValueError(f"{path}: not a network file of this project ({{init_kwargs, state_dict}})")
+    return build_checked(saved["init_kwargs"], saved["state_dict"], path)
 
 
 def load_teacher(spec: str) -> nn.Module:

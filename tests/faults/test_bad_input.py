@@ -57,7 +57,7 @@ OUT_OF_RANGE = {
     "fid_images": [("0", "must be > 0"), ("-1", "must be > 0"),
                    ("1", "must be >= 2")],
     "fid_images_final": [("-1", "must be >= 0")],
-    "fid_detector": [("inception", "must be one of inception-2015-12-05")],
+    "fid_detector": [("inception", "must be one of inception-2015-12-05"), ("missing.pt", "cannot read it")],
     "fid_ref": [("missing.npz", "no such file: 'missing.npz'"), ("edm:nope", "known names")],
     "seed": [("-1", "must be >= 0")],
     "class_counts": [("counts.txt", "must be '', 'uniform' or an .npz"),
