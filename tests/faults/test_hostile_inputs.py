@@ -298,7 +298,7 @@ CHILD = r"""
 import json, resource, sys, time, warnings
 from pathlib import Path
 import torch
-from sid.commands.evaluate import load_npz
+from sid.datasets import open_dataset
 from sid.commands.phema import list_snapshots, rebuild
 from sid.generators import load_generator
 from sid.metrics import iter_image_batches, load_reference_stats
@@ -317,7 +317,8 @@ def rows(path):
     raise ValueError(f"{len(frame)} rows; " + " | ".join(str(w.message) for w in caught))
 
 CALLS = dict(teacher=load_network_file, generator=load_generator, phema=phema, reference=load_reference_stats,
-             npz=load_npz, images=lambda path: next(iter_image_batches(path)), rows=rows, diffusers=load_diffusers)
+             npz=lambda path: next(open_dataset(path).images()), images=lambda path: next(iter_image_batches(path)),
+             rows=rows, diffusers=load_diffusers)
 import io, pyarrow as pa, pyarrow.parquet as pq
 buffer = io.BytesIO()  # Arrow's allocator reserves its address space on first use: before the limit
 pq.write_table(pa.table({"a": ["x"] * 1000}), buffer)
