@@ -264,6 +264,11 @@ def fmt(value: object) -> str:
     return str(value)
 
 
+def md(value: object) -> str:
+    """A setting's value from a results file as one line of Markdown text: md_text(fmt(value))."""
+    return md_text(fmt(value))
+
+
 def level_name(column: str, value: object) -> str:
     return f"{short(column)} = {fmt(value)}"
 
@@ -428,7 +433,9 @@ def last_samples(run: Path) -> tuple[Path, int] | None:
 
 def md_text(value: object) -> str:
     """A value from Parquet as text safe inside a Markdown table cell or line: no '|', no line breaks, no markup."""
-    text = " ".join(str(value).split())
+    # control characters and line breaks become spaces: a study name's newline started an image line that
+    # report.html loaded from anywhere
+    text = " ".join(re.sub(r"[\x00-\x1f\x7f\x85\u2028\u2029]", " ", str(value)).split())
     return re.sub(MD_SPECIAL, r"\\\1", text)
 
 

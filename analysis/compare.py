@@ -153,7 +153,7 @@ def to_markdown(table: pd.DataFrame, x: str = "alpha") -> str:
         diff = "—" if math.isnan(r["diff"]) else f"{r['diff']:+.3f}"
         lines.append(f"| {name} = {common.fmt(r['a'])} vs {common.fmt(r['b'])} | {r['stat']} | {diff} | {interval} "
                      f"| {p} | {r['n']}{dropped} | {r['verdict']} | {needed_text(r['needed'])} |")
-    metrics = ", ".join(sorted(table["metric"].unique())) if len(table) else "—"
+    metrics = ", ".join(common.md_text(m) for m in sorted(table["metric"].unique())) if len(table) else "—"
     note = (f"\nDifferences of {metrics}; negative: a is lower (better). Test: {TEST}, two-sided, no correction for "
             f"multiple comparisons. Seeds for p < {1 - LEVEL:.2g}: for a pair within noise, the fewest paired seeds at "
             f"which the observed mean difference would be significant if the per-seed spread stayed as observed "

@@ -7,10 +7,13 @@ statistics in sid.teachers, the Inception detector in sid.metrics) has its sha25
 digest wins over the sidecar and is checked on every load from the cache; trust on first use (the sidecar alone)
 is left for URLs the user names. Downloads are https only (plain http only with a digest to check; file:// for local
 and offline use), also after redirects, and at most `max_bytes` long. A download never replaces a cached file that
-is still good. Only the standard library and filelock: no extra dependency."""
+is still good. The cache may be shared: a cached file or its digest record planted as a link is an error, never
+followed. Only the standard library and filelock: no extra dependency."""
 
+import errno
 import hashlib
 import os
+import stat
 import sys
 import time
 import urllib.error
@@ -87,7 +90,10 @@ def fetch(source: str, *, sha256: str | None = None, cache_dir: str | Path | Non
     dest.parent.mkdir(parents=True, exist_ok=True)
     sidecar = dest.with_name(dest.name + ".sha256")
     with FileLock(str(dest) + ".lock"):
-        recorded = sidecar.read_text().strip() if sidecar.is_file() else None
+        if dest.is_symlink():  # a shared cache: another user may have planted it
+            raise AssetError(f"refusing the cached {dest}: it is a symbolic link (to {os.readlink(dest)!r}); "
+                             f"a cached download is a plain file: remove the link")
+        recorded = _read_sidecar(sidecar)
         expected = pinned or recorded   # the pinned digest wins over the sidecar
         if dest.is_file():
             digest = sha256_of(dest)
@@ -97,7 +103,7 @@ def fetch(source: str, *, sha256: str | None = None, cache_dir: str | Path | Non
                 expected = digest
             elif digest == expected:
                 if recorded != digest:
-                    write_text_atomic(sidecar, digest + "\n")
+                    write_text_atomic(sidecar, digest + "\n")  # a new file renamed over a link, never through it
                 return dest
             else:
                 print(f"sid.assets: cached {dest} is corrupt or was replaced: its sha256 is {digest}, the "
@@ -105,6 +111,29 @@ def fetch(source: str, *, sha256: str | None = None, cache_dir: str | Path | Non
         digest = _download(source, dest, expected, max_bytes=max_bytes, https_only=not pinned)
         write_text_atomic(sidecar, digest + "\n")  # after the rename: a crash in between only costs a re-download
     return dest
+
+
+_NOFOLLOW = os.O_NOFOLLOW | os.O_NONBLOCK  # a link is an error (ELOOP), a FIFO never blocks the open
+
+
+def _sidecar_error(sidecar: Path, exc: OSError) -> AssetError:
+    why = "it is a symbolic link" if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
+    return AssetError(f"refusing the digest record {sidecar}: {why}; a digest record is a plain file of this cache: "
+                      f"remove it to download again")
+
+
+def _read_sidecar(sidecar: Path) -> str | None:
+    """The sha256 recorded beside a cached download, read without following a link (None: no record)."""
+    try:
+        fd = os.open(sidecar, os.O_RDONLY | _NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _sidecar_error(sidecar, exc) from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise AssetError(f"refusing the digest record {sidecar}: not a regular file")
+        return f.read(1024).decode(errors="replace").strip() or None
 
 
 def check_digest(what: str, digest: str | None, expected: str | None) -> None:

@@ -10,6 +10,7 @@ with strict=True. Names such as 'edm:cifar10-uncond' resolve through a registry 
 (sid.teachers.EDM_TEACHERS / EDM_FID_REFS) to NVIDIA's URLs and pinned sha256 digests, fetched by sid.assets.fetch;
 `hf://` specs are read through the Hugging Face Hub's cache (sid.hub.resolve)."""
 
+import os
 import reprlib
 import sys
 from collections.abc import Mapping
@@ -24,7 +25,7 @@ from sid.networks.precond import EDMPrecond
 from sid.safe_pickle import CheckpointError, Record, SnapshotUnpickler
 
 __all__ = ["CheckpointError", "Record", "ARCHITECTURE_LIMITS", "fetch_checkpoint", "fetch_fid_ref", "read_snapshot",
-           "load_edm_pickle"]
+           "load_edm_pickle", "check_architecture", "check_weights", "build_checked"]
 
 # Bounds on the recorded constructor arguments, checked before anything is built. They admit every EDM/EDM2 network
 # (largest: EDM2-XXL, 448 channels x 4 = 1792 per level, 3 blocks, 64x64 latents; ImageNet ADM: 192 x 4, 1000
@@ -39,6 +40,8 @@ ARCHITECTURE_LIMITS = dict(
     num_blocks=16,            # residual blocks per level
     channel_mult_emb=16,
     attn_resolutions=16,      # entries
+    resample_filter=8,        # taps (DDPM++: 2, NCSN++: 4)
+    channel_mult_noise=16,
 )
 MAX_DEPTH = 32  # nesting of modules in 'ema' and of constructor arguments (EDM: about 6 and 2)
 MAX_NODES = 100_000  # modules in 'ema', values in the constructor arguments (EDM: about 500 and 30); a crafted file
@@ -127,30 +130,89 @@ def _load(path: Path, overrides: Mapping[str, Any]) -> EDMPrecond:
     try:
         kwargs = {"model_type": "DhariwalUNet", **_plain(kwargs), **overrides}  # EDM's EDMPrecond default model_type
         check_limits(kwargs)
+        weights = _flatten(ema, budget=[MAX_NODES])
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    return build_checked(kwargs, weights, path)
+
+
+def check_architecture(kwargs: Any, path: str | os.PathLike) -> EDMPrecond:
+    """The one gate before a network is built from a file's constructor arguments (EDM pickles, the project's .pt
+    teachers, generators, checkpoints and post-hoc EMA snapshots, safetensors exports): a dict of plain values within
+    MAX_DEPTH / MAX_NODES and ARCHITECTURE_LIMITS, then built on the meta device (no memory, no initialisation).
+    Returns that meta network; every failure is one CheckpointError naming `path`."""
+    if not (isinstance(kwargs, dict) and all(isinstance(k, str) for k in kwargs)):
+        raise CheckpointError(f"{path}: the recorded constructor arguments are {_REPR.repr(kwargs)}, not a dict of "
+                              f"named values")
+    try:
+        kwargs = _plain(kwargs)
+        check_limits(kwargs)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
     try:
-        with torch.device("meta"):  # no time spent on random init: every tensor is replaced below
-            net = EDMPrecond(**kwargs)
+        with torch.device("meta"):
+            return EDMPrecond(**kwargs)
     except Exception as e:  # odd recorded values can fail anywhere in the constructor
         raise CheckpointError(f"{path}: unknown architecture: cannot build EDMPrecond from the recorded "
                               f"arguments {_REPR.repr(kwargs)}: {e}".replace("\n", " ")) from e
+
+
+def check_weights(net: torch.nn.Module, state: Any, path: str | os.PathLike, nbytes: float | None = None) -> None:
+    """`state` fits `net` (check_architecture's meta network, or any network built on the meta device): plain CPU
+    tensors without a zero stride whose bytes all fit in the file's `nbytes` (default: its size), so that no tensor
+    stands for more weights than the file stores, with the network's names and shapes. CheckpointError naming `path`
+    otherwise."""
+    _check_tensors(state, path, nbytes)
+    _check_fit(net, state, path)
+
+
+def build_checked(kwargs: Any, state: Any, path: str | os.PathLike, nbytes: float | None = None) -> EDMPrecond:
+    """The network a file describes, through the gate: its tensors (before anything is built), check_architecture,
+    their names and shapes, then the weights assigned (strict): EDMPrecond in eval mode, float32, on CPU,
+    requires_grad False. One CheckpointError naming `path` for every failure."""
+    _check_tensors(state, path, nbytes)
+    net = check_architecture(kwargs, path)
+    _check_fit(net, state, path)
     try:
-        weights = _flatten(ema, budget=[MAX_NODES])
-        stored = sum(t.numel() for t in weights.values())
-        wanted = sum(p.numel() for p in net.state_dict().values())
-        if wanted > stored:  # before load_state_dict lists every missing key
-            raise CheckpointError(f"the weights do not fit the {kwargs['model_type']} built from the recorded "
-                                  f"arguments: it has {wanted:,} weights, the file holds {stored:,}")
-        net.load_state_dict(weights, strict=True, assign=True)
-    except CheckpointError as e:
-        raise CheckpointError(f"{path}: {e}") from None
+        net.load_state_dict(state, strict=True, assign=True)
     except (RuntimeError, TypeError, ValueError, AttributeError) as e:
         lines = str(e).splitlines()
-        more = f"\n\t... ({len(lines) - 6} more)" if len(lines) > 6 else ""
-        raise CheckpointError(f"{path}: the weights do not fit the {kwargs['model_type']} built from the recorded "
-                              f"arguments: " + "\n".join(lines[:6]) + more) from e
+        raise CheckpointError(f"{path}: the weights do not fit the {net.init_kwargs.get('model_type')} built from "
+                              f"the recorded arguments: {' '.join(lines[:3])[:500]}") from e
     return net.float().eval().requires_grad_(False)
+
+
+def _check_tensors(state: Any, path: str | os.PathLike, nbytes: float | None) -> None:
+    if not (isinstance(state, Mapping) and all(isinstance(k, str) for k in state)):
+        raise CheckpointError(f"{path}: the weights are {_REPR.repr(state)}, not a dict of named tensors")
+    total = 0
+    for name, tensor in state.items():
+        if not (type(tensor) in (torch.Tensor, torch.nn.Parameter) and tensor.device.type == "cpu"
+                and tensor.layout == torch.strided):
+            raise CheckpointError(f"{path}: the weight {name[:80]} is {_REPR.repr(tensor)}, not a plain CPU tensor")
+        if any(st == 0 and n > 1 for n, st in zip(tensor.shape, tensor.stride())):
+            raise CheckpointError(f"{path}: refusing to load: {name[:80]} of shape {list(tensor.shape)} has a zero "
+                                  f"stride (one stored value standing for many weights)")
+        total += tensor.numel() * tensor.element_size()
+    nbytes = os.path.getsize(path) if nbytes is None else nbytes
+    if total > nbytes:
+        raise CheckpointError(f"{path}: refusing to load: the weights span {total:,} bytes but the file holds "
+                              f"{nbytes:,}")
+
+
+def _check_fit(net: torch.nn.Module, state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
+    kind = getattr(net, "init_kwargs", {}).get("model_type") or type(net).__name__
+    wanted = {name: tensor.shape for name, tensor in net.state_dict().items()}
+    missing, unexpected = [k for k in wanted if k not in state], [k for k in state if k not in wanted]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: the weights do not fit the {kind} built from the recorded arguments: {len(missing)} missing "
+            f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}), {len(unexpected)} unexpected "
+            f"({', '.join(k[:60] for k in unexpected[:3])}{', ...' if len(unexpected) > 3 else ''})")
+    for name, shape in wanted.items():
+        if state[name].shape != shape:
+            raise CheckpointError(f"{path}: the weights do not fit the {kind} built from the recorded arguments: "
+                                  f"{name} has shape {list(state[name].shape)}, the architecture {list(shape)}")
 
 
 def check_limits(kwargs: Mapping[str, Any]) -> None:
@@ -173,6 +235,7 @@ def check_limits(kwargs: Mapping[str, Any]) -> None:
     integer("augment_dim", 0, limits["augment_dim"])
     integer("num_blocks", 0, limits["num_blocks"])
     integer("channel_mult_emb", 1, limits["channel_mult_emb"])
+    integer("channel_mult_noise", 1, limits["channel_mult_noise"])
     channels = integer("model_channels", 1, limits["widest_level"])
     mult = kwargs.get("channel_mult")
     if mult is not None:
@@ -181,6 +244,9 @@ def check_limits(kwargs: Mapping[str, Any]) -> None:
             raise bad("channel_mult", mult, f"1..{limits['levels']} positive integers")
         if channels is not None and channels * max(mult) > limits["widest_level"]:
             raise bad("model_channels * max(channel_mult)", channels * max(mult), f"at most {limits['widest_level']}")
+    taps = kwargs.get("resample_filter")
+    if taps is not None and not (isinstance(taps, (list, tuple)) and 1 <= len(taps) <= limits["resample_filter"]):
+        raise bad("resample_filter", taps, f"1..{limits['resample_filter']} taps")
     attn = kwargs.get("attn_resolutions")
     if attn is not None and not (isinstance(attn, (list, tuple)) and len(attn) <= limits["attn_resolutions"]):
         raise bad("attn_resolutions", attn, f"at most {limits['attn_resolutions']} entries")

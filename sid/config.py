@@ -17,7 +17,16 @@ COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs")
 # Feature networks of the Frechet distance, by the name every row, figure and table carries. Only INCEPTION gives FID.
 INCEPTION = "inception-2015-12-05"      # NVIDIA's TorchScript Inception-v3 (EDM's and SiD's FID)
 DIGITS_FEATURES = "digits-features-v1"  # the digits classifier trained by this project (sid/digits.py)
-DETECTORS = (INCEPTION, DIGITS_FEATURES)
+DINOV2 = "dinov2-vitl14"                # EDM2's FD_DINOv2: DINOv2 ViT-L/14 class tokens (sid/detectors.py)
+DETECTORS = (INCEPTION, DIGITS_FEATURES, DINOV2)
+DETECTOR_FILE_SUFFIX = ".pt"            # any other fid_detector ending so: a TorchScript feature network's file
+
+
+def is_detector_file(name: str) -> bool:
+    """Whether a fid_detector value names a TorchScript file of the user's (sid.detectors.DetectorFile)."""
+    return name not in DETECTORS and name.endswith(DETECTOR_FILE_SUFFIX)
+
+
 # fid_std, each evaluation's sampling error (sid.metrics.fd_jackknife): K groups cost K more eigendecompositions
 # per evaluation and no more images.
 FD_STD_GROUPS = 10
@@ -110,7 +119,7 @@ class DistillConfig:
     # Evaluation
     fid_images: int = 50_000                # generated images per FID evaluation
     fid_images_final: int = 0               # images of the last evaluation (0 = fid_images)
-    fid_detector: str = INCEPTION           # feature network of the Frechet distance (DETECTORS)
+    fid_detector: str = INCEPTION           # feature network of the Frechet distance (DETECTORS or a TorchScript .pt)
     fid_ref: str = "edm:cifar10-32x32"      # reference statistics: 'digits', 'edm:<name>', .npz path or URL
     eval_metrics: str = "fd"                # metrics of each evaluation: 'fd', or 'fd,is' (+ Inception Score)
     seed: int = 0                           # run seed; per-rank noise derives from (seed, rank, iteration)
@@ -166,8 +175,8 @@ class DistillConfig:
             raise bad("memory_format", f"must be one of {', '.join(MEMORY_FORMATS)}")
         if self.compile not in COMPILE_MODES:
             raise bad("compile", f"must be one of {', '.join(COMPILE_MODES)}")
-        if self.fid_detector not in DETECTORS:
-            raise bad("fid_detector", f"must be one of {', '.join(DETECTORS)}")
+        if self.fid_detector not in DETECTORS and not is_detector_file(self.fid_detector):
+            raise bad("fid_detector", f"must be one of {', '.join(DETECTORS)} or a TorchScript file (*.pt)")
         if self.eval_schedule not in EVAL_SCHEDULES:
             raise bad("eval_schedule", f"must be one of {', '.join(EVAL_SCHEDULES)}")
         kinds = self.keep_snapshots.split(",")

@@ -41,6 +41,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -98,6 +99,25 @@ def samples_iteration(name: str) -> int | None:
 def phema_name(sigma_rel: float, kimg: float) -> str:
     """'0.0500-000102.656.pt': a post-hoc EMA profile at one snapshot point."""
     return f"{sigma_rel:.4f}-{kimg:010.3f}.pt"
+
+
+# ---------------------------------------------------------------------------------------------- bounded reads
+def read_regular(path: str | os.PathLike, max_bytes: int, what: str = "file") -> bytes:
+    """The bytes of `path`, read only if it is a regular file of at most `max_bytes`: opened without blocking, so a
+    FIFO or device named like a file is refused, not waited on (or read for ever). ValueError naming the file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot open this {what} ({exc.strerror or exc})") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"{path} is not a regular file; refusing to read it")
+        if info.st_size > max_bytes:
+            raise ValueError(f"{path}: {info.st_size:,} bytes, more than a {what} may have ({max_bytes:,})")
+        return f.read(max_bytes + 1)[:max_bytes]
 
 
 # ---------------------------------------------------------------------------------------------- atomic writers

@@ -61,15 +61,17 @@ class Evaluator:
 
 
 def make_row(distiller: Distiller, *, fid: float, stats: dict, wall_s: float, images_per_s: float, study: str,
-             trial_id: str, fid_std: float = math.nan, is_mean: float = math.nan,
-             is_std: float = math.nan) -> dict[str, Any]:
+             trial_id: str, fid_std: float = math.nan, is_mean: float = math.nan, is_std: float = math.nan,
+             fid_detector: str | None = None) -> dict[str, Any]:
+    """One evaluation row. `fid_detector`: the detector's name (a TorchScript file's carries its digest); default the
+    config's."""
     cfg = distiller.config
     finite = math.isfinite(fid) and all(math.isfinite(stats[k]) or distiller.iteration == 0
                                         for k in ("loss_fake_score", "loss_generator"))
     return dict(
         study=study, trial_id=trial_id, **{c: getattr(cfg, c) for c in CONFIG_COLUMNS},
         world_size=distiller.world_size, kimg=distiller.kimg, iteration=distiller.iteration, wall_s=wall_s,
-        device_s=wall_s * distiller.world_size, fid=fid, fid_detector=cfg.fid_detector,
+        device_s=wall_s * distiller.world_size, fid=fid, fid_detector=fid_detector or cfg.fid_detector,
         fid_images=cfg.fid_images_at(distiller.iteration), fid_std=fid_std, is_mean=is_mean, is_std=is_std,
         images_per_s=images_per_s, **stats, status="ok" if finite else "diverged",
         **{c: getattr(cfg, c) for c in MORE_CONFIG_COLUMNS}, labels=distiller.labels.source, written_at=now_utc(),
@@ -105,11 +107,12 @@ def train(distiller: Distiller, *, evaluator: Evaluator | None, sinks: Sequence[
             is_mean, is_std = (score.is_mean, score.is_std) if score is not None else (math.nan, math.nan)
             row = make_row(distiller, fid=fid, fid_std=fid_std, is_mean=is_mean, is_std=is_std, stats=stats,
                            wall_s=wall_s, study=study, trial_id=trial_id,
-                           images_per_s=images / elapsed if images else math.nan)
+                           images_per_s=images / elapsed if images else math.nan,
+                           fid_detector=evaluator.detector.name if evaluator is not None and is_main else None)
             best = best_of(best, row)
             if is_main:
                 inception = f"IS {is_mean:.3f} ± {is_std:.3f}  " if evaluator is not None and evaluator.with_is else ""
-                bar.write(f"kimg {row['kimg']:9.2f}  {cfg.fid_detector} FD({row['fid_images']}) {fid:9.4f} "
+                bar.write(f"kimg {row['kimg']:9.2f}  {row['fid_detector']} FD({row['fid_images']}) {fid:9.4f} "
                           f"± {fid_std:<7.3g}{inception}loss_fake {stats['loss_fake_score']:10.4g}  "
                           f"loss_G {stats['loss_generator']:10.4g}  {row['images_per_s']:8.1f} img/s  "
                           f"status {row['status']}")

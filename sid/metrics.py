@@ -16,6 +16,7 @@ import math
 import os
 import warnings
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +27,9 @@ import torch
 from torch import Tensor
 
 from sid.assets import Asset, fetch
-from sid.config import DIGITS_FEATURES, FD_STD_GROUPS, INCEPTION
-from sid.files import write_file_atomic
+from sid.config import DIGITS_FEATURES, DINOV2, FD_STD_GROUPS, INCEPTION, is_detector_file
+from sid.detectors import DetectorFile, DinoV2Detector
+from sid.files import read_regular, write_file_atomic
 
 # NVIDIA's TorchScript Inception-v3 (the INCEPTION detector's file). Its sha256 and size are pinned as
 # crowsonkb/k-diffusion pins the same URL (k_diffusion/evaluation.py, InceptionV3FeatureExtractor) and as the Git LFS
@@ -38,6 +40,14 @@ INCEPTION_FILE = Asset("https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/p
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CLASS_COUNTS = "class_counts"  # the reference file's array of images per class (labelled data; sid ref)
 IS_SPLITS = 10  # the Inception Score's splits (StyleGAN3's is50k: mean and std over 10 parts of the images)
+MAX_IMAGE_PIXELS = 4096 * 4096   # pixels of one image file (EDM2's largest images: 512 x 512), checked before decoding
+MAX_IMAGE_BYTES = 256 * 2 ** 20  # one encoded image in a zip, checked before it is inflated
+NPZ_MAX_RATIO = 100              # an npz member may inflate to this many times its size (np.savez_compressed of
+# images: a few times; the 1.8 KB bomb of issue 29: over 10**6 times)
+NPZ_SMALL = 2 ** 20              # members up to this size are exempt from the ratio (tiny arrays of zeros)
+NPZ_HEADER = 10_000              # bytes of an .npy header (numpy's own default limit)
+REFERENCE_BYTES = 2 ** 30        # mu and sigma together (Inception's 2048-d: 32 MiB)
+_CHUNK = 2 ** 20
 
 
 # ---------------------------------------------------------------------------------------------- Frechet distance
@@ -129,28 +139,84 @@ def quantize(images: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
 # ---------------------------------------------------------------------------------------------- reference statistics
 def read_npz(path: str | os.PathLike, names: Sequence[str], *, expected: str,
              max_bytes: float = math.inf) -> dict[str, np.ndarray]:
-    """The arrays `names` of an .npz, read without pickles; every failure is one ValueError naming the file,
-    `expected` saying what the file should hold when a name is missing. (The untrusted-inputs work, #29, bounds the
-    decompression and the declared sizes here: every npz of the project is read through this function.)"""
+    """The arrays `names` of an .npz, each checked before a byte of it is decompressed: the member stored or deflated
+    (not bzip2/lzma, whose ratio has no bound) and at most NPZ_MAX_RATIO times its compressed size, its .npy header
+    (format 1 or 2) a plain number dtype whose shape accounts for exactly the member's declared size, all members at
+    most `max_bytes`. np.load alone allocates whatever a header declares and inflates whatever a member holds (a
+    1.8 KB file asked for 4.3 GiB). Every failure is one ValueError naming the file; `expected` says what the file
+    should hold when a name is missing."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if any(name not in data for name in names):
-                raise ValueError(f"{path}: expected {expected}, found {sorted(data)[:20]}")
-            arrays = {name: data[name] for name in names}
-    except (OSError, EOFError, zipfile.BadZipFile, ValueError) as exc:  # ValueError: pickled (object) arrays
-        if str(exc).startswith(f"{path}: "):
-            raise
-        raise ValueError(f"{path}: not a readable npz ({str(exc)[:200]})") from None
-    total = sum(a.nbytes for a in arrays.values())
-    if total > max_bytes:
-        raise ValueError(f"{path}: refusing to read {total:,} bytes of arrays (at most {max_bytes:,.0f} here)")
-    return arrays
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable npz ({exc})") from None
+    with archive:
+        members = {info.filename.removesuffix(".npy"): info for info in archive.infolist()}
+        if any(name not in members for name in names):
+            raise ValueError(f"{path}: expected {expected}, found {sorted(members)[:20]}")
+        plans = [(name, members[name], *_npy_header(archive, members[name], path)) for name in names]
+        total = sum(dtype.itemsize * math.prod(shape) for _, _, dtype, shape, _, _ in plans)
+        if total > max_bytes:
+            raise ValueError(f"{path}: refusing to read {total:,} bytes of arrays (at most {max_bytes:,.0f} here)")
+        return {name: _npy_data(archive, info, dtype, shape, fortran, offset, path)
+                for name, info, dtype, shape, fortran, offset in plans}
+
+
+def _npy_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path) -> tuple[np.dtype, tuple, bool, int]:
+    """(dtype, shape, fortran order, data offset) of one .npy member, after the checks of read_npz."""
+    where = f"{path}: member {info.filename!r}"
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise ValueError(f"{where} is compressed with method {info.compress_type}; refusing it (np.savez stores or "
+                         f"deflates, and other methods expand without bound)")
+    if info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size:
+        raise ValueError(f"{where} declares {info.file_size} bytes but stores {info.compress_size}")
+    if info.file_size > max(NPZ_MAX_RATIO * info.compress_size, NPZ_SMALL):
+        raise ValueError(f"{where} would expand {info.compress_size:,} bytes to {info.file_size:,}: refusing a "
+                         f"decompression bomb (at most {NPZ_MAX_RATIO}x)")
+    try:
+        with archive.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f"npy format version {version}")
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(f, max_header_size=NPZ_HEADER)
+            offset = f.tell()
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, SyntaxError) as exc:
+        raise ValueError(f"{where}: not a readable .npy header ({str(exc)[:200]})") from None
+    if dtype.kind not in "biuf" or dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
+        raise ValueError(f"{where} holds {dtype}; only plain numbers are read")
+    if math.prod(shape) * dtype.itemsize != info.file_size - offset:
+        raise ValueError(f"{where}: its header declares {list(shape)} {dtype} ({math.prod(shape) * dtype.itemsize:,} "
+                         f"bytes) but the member holds {info.file_size - offset:,}")
+    return dtype, shape, fortran, offset
+
+
+def _npy_data(archive: zipfile.ZipFile, info: zipfile.ZipInfo, dtype: np.dtype, shape: tuple, fortran: bool,
+              offset: int, path) -> np.ndarray:
+    """The array of one checked member, read into an array of its declared size (never more bytes than that)."""
+    array = np.empty(math.prod(shape), dtype)
+    view = memoryview(array).cast("B")
+    try:
+        with archive.open(info) as f:
+            f.read(offset)
+            done = 0
+            while done < len(view):
+                block = f.read(min(_CHUNK, len(view) - done))
+                if not block:
+                    raise ValueError("it ends early")
+                view[done:done + len(block)] = block
+                done += len(block)
+            if f.read(1):  # also makes zipfile check the member's CRC
+                raise ValueError("it holds more than its header declares")
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise ValueError(f"{path}: member {info.filename!r} is not readable ({str(exc)[:200]})") from None
+    return array.reshape(shape, order="F" if fortran else "C")
 
 
 def load_reference_stats(source: str | os.PathLike, *, sha256: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(mu, sigma) float64 from an EDM-style .npz (keys `mu`, `sigma`) at a path or URL (downloaded once)."""
     path = fetch(str(source), sha256=sha256)
-    data = read_npz(path, ("mu", "sigma"), expected="reference statistics, an .npz with arrays 'mu' and 'sigma'")
+    data = read_npz(path, ("mu", "sigma"), expected="reference statistics, an .npz with arrays 'mu' and 'sigma'",
+                    max_bytes=REFERENCE_BYTES)
     mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
     if mu.ndim != 1 or sigma.shape != (mu.shape[0],) * 2:
         raise ValueError(f"{source}: expected mu [D] and sigma [D, D], got {mu.shape} and {sigma.shape}")
@@ -264,9 +330,13 @@ def detector_names() -> list[str]:
 
 
 def get_detector(name: str, device: torch.device | str = "cpu") -> Detector:
-    if name not in _DETECTORS:
-        raise ValueError(f"unknown detector {name!r}; registered: {', '.join(sorted(_DETECTORS))}")
-    return _DETECTORS[name](torch.device(device))
+    """The detector registered as `name`, or the TorchScript feature network of the file `name` (*.pt)."""
+    if name in _DETECTORS:
+        return _DETECTORS[name](torch.device(device))
+    if is_detector_file(name):
+        return DetectorFile(name, device=torch.device(device))
+    raise ValueError(f"unknown detector {name!r}; registered: {', '.join(sorted(_DETECTORS))}, or a TorchScript "
+                     f"file (*.pt)")
 
 
 def _digits_detector(device: torch.device) -> Detector:
@@ -277,6 +347,7 @@ def _digits_detector(device: torch.device) -> Detector:
 
 register_detector(INCEPTION, lambda device: InceptionDetector(device=device))
 register_detector(DIGITS_FEATURES, _digits_detector)
+register_detector(DINOV2, lambda device: DinoV2Detector(device=device))
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
@@ -449,35 +520,72 @@ def reference_stats_for_images(images: Iterable[Tensor], detector: Detector, *,
     return feature_stats(images, detector).mean_cov(unbiased=unbiased)
 
 
+def _image_files(folder: Path) -> Iterator[Path]:
+    """The image files under `folder`, recursively, without following links to folders; a non-regular file (a FIFO,
+    a device, a link to one) named like an image is an error, never opened."""
+    entries = []
+    with os.scandir(folder) as scan:
+        for entry in scan:
+            if entry.is_dir(follow_symlinks=False):
+                entries.append((entry.name, True))
+            elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
+                if not entry.is_file():  # stat follows a link: a link to a regular file is read
+                    raise ValueError(f"{entry.path} is not a regular file (a FIFO, device or dangling link?); "
+                                     f"refusing to read it")
+                entries.append((entry.name, False))
+    for name, is_dir in sorted(entries):
+        if is_dir:
+            yield from _image_files(folder / name)
+        else:
+            yield folder / name
+
+
+def _open_regular(path: Path) -> io.BytesIO:
+    """The bytes of an image file, read only if it is a regular file (a FIFO swapped in after the folder was listed
+    is refused, not waited on) of at most MAX_IMAGE_BYTES."""
+    return io.BytesIO(read_regular(path, MAX_IMAGE_BYTES, "image file"))
+
+
 def _encoded_images(source: Path) -> Iterator[tuple[str, Path | io.BytesIO]]:
     """(name, file) of each PNG/JPEG in a folder (recursively) or a zip, in sorted name order."""
     if source.is_dir():
-        for path in sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+        for path in _image_files(source):
             yield str(path), path
     elif zipfile.is_zipfile(source):
         with zipfile.ZipFile(source) as archive:
-            for name in sorted(n for n in archive.namelist() if Path(n).suffix.lower() in IMAGE_SUFFIXES):
-                yield name, io.BytesIO(archive.read(name))
+            infos = sorted((i for i in archive.infolist() if Path(i.filename).suffix.lower() in IMAGE_SUFFIXES),
+                           key=lambda i: i.filename)
+            for info in infos:
+                if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) \
+                        or info.file_size > MAX_IMAGE_BYTES:
+                    raise ValueError(f"{source}: member {info.filename!r} ({info.file_size:,} bytes, compression "
+                                     f"method {info.compress_type}) is not a stored or deflated image file of at "
+                                     f"most {MAX_IMAGE_BYTES:,} bytes")
+                yield info.filename, io.BytesIO(archive.read(info))
     else:
         raise ValueError(f"expected a folder or a .zip of PNG/JPEG images, got {str(source)!r}")
 
 
 def _decode(name: str, file: Path | io.BytesIO) -> np.ndarray:
-    """One image as uint8 [H, W, C]: grayscale stays 1 channel; palette, RGBA, ... become RGB (detectors take 1 or 3
-    channels). A file that is no readable image is one ValueError naming it."""
+    """One image as uint8 [H, W, C]: its size and mode checked right after the header is read, before any pixel is
+    decoded (PIL decodes lazily: a 20 KB PNG can decode to 2 GiB)."""
     import PIL.Image  # noqa: PLC0415 (Pillow: only image files need it)
 
     try:
-        with PIL.Image.open(file) as img:
+        with PIL.Image.open(_open_regular(file) if isinstance(file, Path) else file) as img:
+            width, height = img.size
+            if not 0 < width * height <= MAX_IMAGE_PIXELS:
+                raise ValueError(f"{width} x {height} pixels (at most {MAX_IMAGE_PIXELS:,} are decoded)")
             arr = np.array(img if img.mode in ("L", "RGB") else img.convert("RGB"))
-    except (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError) as exc:
+    except (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError, zlib.error) as exc:
         raise ValueError(f"{name}: not a readable image ({str(exc)[:200]})") from None
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
 def iter_image_batches(source: str | os.PathLike, batch_size: int = 64) -> Iterator[Tensor]:
-    """uint8 [N, C, H, W] batches of the PNG/JPEG images in a folder (recursively) or a zip, in sorted name order,
-    one size for all (_decode)."""
+    """uint8 [N, C, H, W] batches of the PNG/JPEG images in a folder (recursively) or a zip, in sorted name order.
+    Grayscale stays 1 channel; palette, RGBA, ... become RGB (detectors take 1 or 3 channels); one size for all.
+    Only regular files are read, each image's size is checked before it is decoded (MAX_IMAGE_PIXELS)."""
     batch, shape = [], None
     for name, file in _encoded_images(Path(source)):
         arr = _decode(name, file)

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sid.checkpoints import check_weights
 from sid.saved import SavedGenerator
 
 EXACT_STEPS = 20_000_000  # steps x profiles up to which the exact discrete weights are used (160 MB of float64)
@@ -124,12 +125,18 @@ def _weighted_sum(weights: Sequence[float], states: Iterable[Mapping[str, torch.
 
 
 def combine(profiles: Sequence[tuple[int, float]], files: Sequence[Path], step: int, sigma_rel: float, *,
-            buffers: Collection[str]) -> dict[str, torch.Tensor]:
+            like: torch.nn.Module) -> dict[str, torch.Tensor]:
     """reconstruct() over snapshot files (saved generators, sid.saved), loaded one at a time: a run's snapshots need
-    not fit in memory together."""
+    not fit in memory together. `like`: the network they are snapshots of (sid.checkpoints.check_architecture's
+    meta network); each file's weights must fit it (check_weights) before any sum, and its buffers are copied."""
+    def state(path: Path) -> dict[str, torch.Tensor]:
+        weights = SavedGenerator.load(path).state_dict
+        check_weights(like, weights, path)
+        return weights
+
     usable, x = _weights(profiles, step, sigma_rel)
-    states = (SavedGenerator.load(files[i]).state_dict for i in usable)
-    return _weighted_sum(x, states, buffers, _newest([profiles[i] for i in usable]))
+    buffers = {name for name, _ in like.named_buffers()}
+    return _weighted_sum(x, (state(files[i]) for i in usable), buffers, _newest([profiles[i] for i in usable]))
 
 
 def reconstruct(snapshots: Sequence[tuple[int, float, Mapping[str, torch.Tensor]]], step: int, sigma_rel: float, *,

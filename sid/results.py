@@ -33,6 +33,10 @@ import torch
 from sid.files import NOT_EVALUATIONS, SCORES_FILE, TRIALS_FILE, write_file_atomic
 
 SCHEMA_VERSION = "1"
+# What one results file may cost to read (a study's rows file: a few hundred rows, a few hundred KB decoded).
+MAX_ROWS = 2_000_000
+MAX_COLUMNS = 1_000
+MAX_BYTES = 2 ** 30   # its size on disk, its declared column data, its decoded columns
 
 # Columns copied from the run's config into every row (and into the trials table).
 CONFIG_COLUMNS = ("preset", "teacher", "alpha", "tmax", "sigma_init", "lr", "glr", "batch", "precision", "seed")
@@ -284,21 +288,69 @@ def schema_version(path: str | os.PathLike) -> str | None:
 
 
 def read_parquet(path: str | os.PathLike, schema: pa.Schema | None = None) -> pd.DataFrame:
-    """Read one results file; raise ValueError naming the file if it is not readable Parquet."""
+    """Read one results file; raise ValueError naming the file if it is not readable Parquet or would cost more
+    than the budgets (MAX_ROWS, MAX_COLUMNS, MAX_BYTES: checked from the footer, and for text columns from their
+    dictionaries, before any column is decoded; a MemoryError on the way is the same ValueError)."""
     try:
-        # One open, read whole: a path-based read may open the file again for its pages, and a writer's rename in
-        # between (a trial's rank 0 while the study's stopper reads) mixes two files' footer and pages.
-        with open(path, "rb") as f:
-            frame = pq.read_table(pa.BufferReader(f.read())).to_pandas()
+        try:
+            frame = _read_bounded(path)
+            if schema is not None:
+                frame = _fill_later(frame, schema)
+        except MemoryError:
+            raise ValueError("too large to read (out of memory)") from None
     except Exception as exc:  # a cut file raises Arrow/OS errors; crafted pandas metadata Key/Type/ValueErrors
         raise ValueError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc})") from exc
     if schema is not None:
-        frame = _fill_later(frame, schema)
         missing = [n for n in schema.names if n not in frame.columns]
         if missing:
             raise ValueError(f"{path}: missing columns {', '.join(missing)}")
         frame = frame[[*schema.names, *(c for c in frame.columns if c not in schema.names)]]
     return frame
+
+
+def _read_bounded(path: str | os.PathLike) -> pd.DataFrame:
+    """One results file as a frame, within the budgets. A small file can ask for a lot: a 1 MB text value stored
+    once in a column's dictionary and repeated on every row decodes to rows x 1 MB."""
+    # One open, read whole: a path-based read may open the file again for its pages, and a writer's rename in
+    # between (a trial's rank 0 while the study's stopper reads) mixes two files' footer and pages.
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > MAX_BYTES:
+            raise ValueError(f"{size:,} bytes, more than a results file of at most {MAX_BYTES:,}")
+        data = pa.BufferReader(f.read())
+    footer = pq.ParquetFile(data)
+    meta, columns = footer.metadata, footer.schema_arrow
+    if meta.num_rows > MAX_ROWS or meta.num_columns > MAX_COLUMNS:
+        raise ValueError(f"{meta.num_rows:,} rows and {meta.num_columns} columns (at most {MAX_ROWS:,} and "
+                         f"{MAX_COLUMNS})")
+    declared = sum(meta.row_group(g).column(c).total_uncompressed_size
+                   for g in range(meta.num_row_groups) for c in range(meta.num_columns))
+    if declared > MAX_BYTES:
+        raise ValueError(f"{declared:,} bytes of column data (at most {MAX_BYTES:,})")
+    nested = [f.name for f in columns if pa.types.is_nested(f.type)]
+    if nested:
+        raise ValueError(f"nested column {nested[0]!r} (results files hold flat columns)")
+    text = [f.name for f in columns if _is_text(f.type.value_type if pa.types.is_dictionary(f.type) else f.type)]
+    data.seek(0)
+    table = pq.ParquetFile(data, read_dictionary=text).read()  # text stays encoded until its size is known
+    decoded = table.nbytes
+    for name in text:
+        for chunk in table.column(name).chunks:
+            lengths = pc.binary_length(chunk.dictionary).take(chunk.indices)
+            decoded += (pc.sum(lengths).as_py() or 0) - chunk.dictionary.nbytes
+    if decoded > MAX_BYTES:
+        raise ValueError(f"its columns decode to {decoded:,} bytes (at most {MAX_BYTES:,})")
+    for name in text:
+        index = table.schema.get_field_index(name)
+        plain = pa.chunked_array([c.dictionary_decode() for c in table.column(name).chunks],
+                                 type=table.schema.field(name).type.value_type)
+        table = table.set_column(index, pa.field(name, plain.type), plain)
+    return table.to_pandas()
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    return (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind)
+            or pa.types.is_large_binary(kind))
 
 
 def _files(paths: Iterable[str | os.PathLike], pattern: str) -> list[Path]:

@@ -46,8 +46,9 @@ from sid.generators import load_generator
 from sid.loop import Evaluator, Sink, train
 from sid.micro_batch import fit_micro_batch
 from sid.results import EVALUATION_SCHEMA, best_row, provenance, read_parquet, upsert_evaluations
+from sid.safe_pickle import load_plain
 from sid.saved import SavedGenerator
-from sid.teachers import load_plain, load_teacher, teacher_kind
+from sid.teachers import load_teacher, teacher_kind
 from sid.tracking import RunTracker, TrackingSettings
 
 # Config fields a resumed run may change: they do not shape the numbers of the evaluations already made.

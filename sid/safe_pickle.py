@@ -8,22 +8,32 @@ opcode that calls or mutates something goes through a check here:
 - NEWOBJ/NEWOBJ_EX only create Records and dicts, without arguments;
 - BUILD only sets the state of a Record or of a numpy-dtype stand-in (never of a function, class or tensor, so no
   file can change `torch` or this module for later loads in the process);
+- the container opcodes (APPEND(S), SETITEM(S), ADDITEMS, DICT, FROZENSET, and calls of dict/set/OrderedDict) act
+  only on exact lists, dicts, sets and OrderedDicts (pickle's own ADDITEMS would call `.add` of anything, e.g. a
+  tensor's); a dict or set holds at most MAX_KEYS entries whose keys are strings, bytes, small integers, floats,
+  None or short tuples of strings (integers that hash alike would make every insert O(n));
 - the storage blob inside (`torch.storage._load_from_bytes`: a legacy torch.save of one storage) is parsed here, not
   by torch.load: one storage of a fixed dtype whose bytes are in the file; tensors must lie inside their storage,
   without zero strides (one stored number cannot stand for a whole weight matrix);
 - numpy is not used: scalars are decoded from their bytes with a dtype from a fixed list;
 - no opcode reads more bytes than the file holds (a length field cannot allocate memory the file does not back).
-The pure-Python pickle machinery (`pickle._Unpickler`) is used because the C one cannot be hooked per opcode."""
+The pure-Python pickle machinery (`pickle._Unpickler`) is used because the C one cannot be hooked per opcode.
+
+The project's own .pt files (plain data written by torch.save) are read by `load_plain`: scan_torch_file's opcode walk,
+then torch.load(weights_only=True)."""
 
 from __future__ import annotations
 
 import collections
 import io
 import math
+import os
 import pickle
+import pickletools
 import reprlib
 import struct
 import types
+import zipfile
 from collections.abc import Mapping
 from typing import Any, BinaryIO
 
@@ -31,6 +41,10 @@ import torch
 
 MAX_DIMS = 8                  # tensor dimensions (EDM: at most 4)
 MAX_TUPLE_DEPTH = 64          # tuples in tuples (EDM: 3); hashing a deeper one overflows the C stack
+MAX_KEYS = 100_000            # entries of one dict or set (EDM: a few hundred)
+KEY_INTS = 2 ** 31            # integer keys lie in [-KEY_INTS, KEY_INTS): hash(n) = n there, so no two collide (Python
+# hashes an integer modulo 2**61 - 1: 10**5 keys n + k * (2**61 - 1) share one hash, and inserting them takes ~40 s)
+_KEY_ITEMS = (str, bytes, bool, type(None))  # what a tuple key may hold
 _MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER of the legacy format
 _LEGACY_PROTOCOL = 1001       # torch.serialization.PROTOCOL_VERSION
 
@@ -74,6 +88,8 @@ class _NumpyDType:
         self.endian = ">" if state[1] == ">" else "<"
 
 
+_DICTS = (dict, collections.OrderedDict)  # what SETITEM(S) may fill
+_CONTAINER_TYPES = (dict, set, frozenset, collections.OrderedDict)  # callable by REDUCE; their items are checked
 _REPR = reprlib.Repr()
 _REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 60, 60
 
@@ -81,6 +97,22 @@ _REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 60, 60
 def _short(value: Any) -> str:
     """A bounded, one-line repr for messages (a crafted value may be nested or shared without end)."""
     return _REPR.repr(value).replace("\n", " ")
+
+
+def check_key(key: Any) -> None:
+    """Refuse a dict or set key that a crafted file could make hash alike with many others (CheckpointError)."""
+    kind = type(key)
+    if kind in _KEY_ITEMS or kind is float or (kind is int and -KEY_INTS <= key < KEY_INTS):
+        return
+    if kind is tuple and len(key) <= 8 and all(type(k) in _KEY_ITEMS for k in key):
+        return
+    raise CheckpointError(f"refusing to load: a dict or set key {_short(key)} (keys are strings, small integers or "
+                          f"tuples of strings in an EDM/SiD snapshot)")
+
+
+def check_size(size: int) -> None:
+    if size > MAX_KEYS:
+        raise CheckpointError(f"refusing to load: a dict or set of more than {MAX_KEYS} entries")
 
 
 def _ints(value: Any, what: str) -> tuple[int, ...]:
@@ -129,6 +161,8 @@ class SnapshotUnpickler(pickle._Unpickler):
                                   f"allowed function of an EDM/SiD snapshot")
         if not isinstance(args, tuple):
             raise CheckpointError("malformed pickle: call arguments are not a tuple")
+        if func in _CONTAINER_TYPES:
+            self.check_container_call(func, args)
         try:
             self.stack[-1] = func(*args)
         except (TypeError, ValueError, OverflowError, RuntimeError) as e:
@@ -172,12 +206,100 @@ class SnapshotUnpickler(pickle._Unpickler):
                 raise CheckpointError(f"malformed snapshot: the state of a {inst.class_name} is a "
                                       f"{type(state).__name__}, not a dict")
             inst.state = state
-        elif isinstance(inst, dict) and state in (None, {}):
+        elif type(inst) in _DICTS and (state is None or (type(state) is dict and not state)):
             pass
         else:
             raise CheckpointError(f"refusing to load: the pickle sets the state of a {type(inst).__name__} "
                                   f"(only snapshot records may have their state set)")
     dispatch[pickle.BUILD[0]] = load_build
+
+    # -- the container opcodes: only on exact lists, dicts and sets, with checked keys
+    def _target(self, kinds: tuple[type, ...], opcode: str) -> Any:
+        target = self.stack[-1]
+        if type(target) not in kinds:
+            raise CheckpointError(f"refusing to load: {opcode} on a {type(target).__name__} (only on a "
+                                  f"{' or '.join(k.__name__ for k in kinds)})")
+        return target
+
+    def load_append(self) -> None:
+        value = self.stack.pop()
+        self._target((list,), "APPEND").append(value)
+    dispatch[pickle.APPEND[0]] = load_append
+
+    def load_appends(self) -> None:
+        items = self.pop_mark()
+        self._target((list,), "APPENDS").extend(items)
+    dispatch[pickle.APPENDS[0]] = load_appends
+
+    def load_setitem(self) -> None:
+        value, key = self.stack.pop(), self.stack.pop()
+        target = self._target(_DICTS, "SETITEM")
+        check_key(key)
+        check_size(len(target) + 1)
+        target[key] = value
+    dispatch[pickle.SETITEM[0]] = load_setitem
+
+    def load_setitems(self) -> None:
+        items = self.pop_mark()
+        target = self._target(_DICTS, "SETITEMS")
+        self.set_items(target, items)
+    dispatch[pickle.SETITEMS[0]] = load_setitems
+
+    def load_dict(self) -> None:
+        items = self.pop_mark()
+        target: dict = {}
+        self.set_items(target, items)
+        self.append(target)
+    dispatch[pickle.DICT[0]] = load_dict
+
+    @staticmethod
+    def set_items(target: dict, items: list) -> None:
+        if len(items) % 2:
+            raise CheckpointError("malformed pickle: a dict of an odd number of keys and values")
+        keys = items[::2]
+        for key in keys:
+            check_key(key)
+        check_size(len(target) + len(keys))
+        for i in range(0, len(items), 2):
+            target[items[i]] = items[i + 1]
+
+    def load_additems(self) -> None:
+        items = self.pop_mark()
+        target = self._target((set,), "ADDITEMS")
+        for item in items:
+            check_key(item)
+        check_size(len(target) + len(items))
+        target.update(items)
+    dispatch[pickle.ADDITEMS[0]] = load_additems
+
+    def load_frozenset(self) -> None:
+        items = self.pop_mark()
+        for item in items:
+            check_key(item)
+        check_size(len(items))
+        self.append(frozenset(items))
+    dispatch[pickle.FROZENSET[0]] = load_frozenset
+
+    def check_container_call(self, func: Any, args: tuple) -> None:
+        """dict(...), set(...), frozenset(...), OrderedDict(...): of a list or tuple (of pairs) or a dict only, with
+        checked keys."""
+        if not args:
+            return
+        if len(args) != 1 or type(args[0]) not in (list, tuple, dict, collections.OrderedDict):
+            raise CheckpointError(f"refusing to load: {func.__name__} of {_short(args)} (only of a list, tuple or "
+                                  f"dict)")
+        items = args[0]
+        if func in (set, frozenset):
+            keys = list(items)
+        elif type(items) in _DICTS:
+            keys = []  # its keys were checked when it was built
+        elif all(type(pair) is tuple and len(pair) == 2 for pair in items):
+            keys = [pair[0] for pair in items]
+        else:
+            raise CheckpointError(f"refusing to load: {func.__name__} of items that are not (key, value) pairs")
+        for key in keys:
+            check_key(key)
+        check_size(len(items))
 
     def _tuple(self, items: tuple) -> tuple:
         """Every tuple the pickle builds: refuse nesting deeper than MAX_TUPLE_DEPTH before anything hashes it."""
@@ -409,3 +531,84 @@ def _allowed_globals(unpickler: SnapshotUnpickler) -> dict[tuple[str, str], Any]
 
 
 _TORCH_DTYPES = {("torch", name): value for name, value in vars(torch).items() if isinstance(value, torch.dtype)}
+
+
+# ---------------------------------------------------------------------------------------------- torch.save files
+MAX_PICKLE_BYTES = 64 * 2 ** 20  # the pickle of a torch.save archive (this project's checkpoint.pt: ~0.2 MB)
+MAX_BIG_INTS = 64                # integers of magnitude >= 2**61 - 1 in it (they can hash alike; this project: none)
+_BIG_INT = 2 ** 61 - 1           # Python hashes integers modulo this prime
+# The opcodes torch's weights_only unpickler implements (protocol 2, as torch.save writes).
+_TORCH_OPCODES = frozenset(
+    "PROTO STOP GLOBAL NEWOBJ REDUCE BUILD APPEND APPENDS SETITEM SETITEMS MARK TUPLE TUPLE1 TUPLE2 TUPLE3 NONE "
+    "NEWFALSE NEWTRUE EMPTY_TUPLE EMPTY_LIST EMPTY_DICT EMPTY_SET BININT BININT1 BININT2 BINFLOAT BINUNICODE "
+    "SHORT_BINSTRING BINPERSID BINGET LONG_BINGET BINPUT LONG_BINPUT LONG1".split())
+
+
+def _torch_file_globals() -> frozenset[str]:
+    """The globals a plain-data torch.save file of this project may name: tensors, parameters, storages, dtypes,
+    containers. Not bytearray (its argument can be a length: 10 bytes ask for gigabytes), sparse, quantized, nested
+    or meta tensors."""
+    names = {"collections OrderedDict", "torch._utils _rebuild_tensor_v2", "torch._utils _rebuild_parameter",
+             "torch Size", "torch device", "_codecs encode", "builtins set"}
+    names.update(f"torch {name}" for name in _STORAGE_DTYPES)
+    names.update(f"torch {name}" for _, name in _TORCH_DTYPES)
+    return frozenset(names)
+
+
+def scan_torch_file(path: str | os.PathLike) -> None:
+    """Check a torch.save archive before torch.load(weights_only=True) reads it (CheckpointError saying why): every
+    member stored uncompressed (no member can expand beyond the file), one pickle of at most MAX_PICKLE_BYTES, whose
+    opcodes torch implements, whose globals are those of plain data, with at most MAX_BIG_INTS integers that could
+    hash alike. An opcode walk (pickletools): nothing is built, so the walk costs time linear in the pickle."""
+    size = os.path.getsize(path)
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError("not a torch.save zip archive (files of this project are written by torch.save)")
+    with zipfile.ZipFile(path) as archive:
+        members = archive.infolist()
+        packed = [m.filename for m in members if m.compress_type != zipfile.ZIP_STORED]
+        if packed:
+            raise CheckpointError(f"refusing to load: compressed member {packed[0]!r} (torch.save stores every "
+                                  f"member uncompressed)")
+        if sum(m.file_size for m in members) > size:
+            raise CheckpointError("refusing to load: the members declare more bytes than the file holds")
+        pickles = [m for m in members if m.filename.endswith("/data.pkl") and m.filename.count("/") == 1]
+        if len(pickles) != 1:
+            raise CheckpointError(f"not a torch.save archive: expected one <name>/data.pkl, found {len(pickles)}")
+        if pickles[0].file_size > MAX_PICKLE_BYTES:
+            raise CheckpointError(f"refusing to load: a pickle of {pickles[0].file_size} bytes (at most "
+                                  f"{MAX_PICKLE_BYTES})")
+        data = archive.read(pickles[0])
+    allowed, big = _torch_file_globals(), 0
+    try:
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name not in _TORCH_OPCODES:
+                raise CheckpointError(f"refusing to load: the pickle uses opcode {opcode.name}, which torch.save "
+                                      f"never writes")
+            if opcode.name == "GLOBAL" and arg not in allowed:
+                raise CheckpointError(f"refusing to load: GLOBAL {str(arg).replace(' ', '.')} is not a global of "
+                                      f"plain tensors and containers (nothing was executed)")
+            if opcode.name == "LONG1" and abs(arg) >= _BIG_INT:
+                big += 1
+                if big > MAX_BIG_INTS:
+                    raise CheckpointError(f"refusing to load: more than {MAX_BIG_INTS} integers of 2**61 or more "
+                                          f"(keys that hash alike make loading quadratic)")
+    except CheckpointError:
+        raise
+    except Exception as e:  # pickletools' own ValueError for a cut or malformed stream
+        raise CheckpointError(f"malformed pickle ({type(e).__name__}: {str(e)[:200]})".replace("\n", " ")) from None
+
+
+def load_plain(path: str | os.PathLike, what: str) -> Any:
+    """torch.load of a file of plain data (tensors, containers, numbers): weights_only=True refuses a pickle that
+    names any other global before anything runs, and scan_torch_file refuses before it what would
+    make the load balloon or crawl. Every failure is one ValueError naming the file and `what`."""
+    try:
+        scan_torch_file(path)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such {what}") from None
+    except CheckpointError as exc:
+        raise ValueError(f"{path}: not a {what} ({exc})") from None
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as exc:  # refused global, torn or foreign file
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        raise ValueError(f"{path}: not a {what} ({next((x for x in lines if 'GLOBAL' in x), lines[0])})") from exc

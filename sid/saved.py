@@ -27,16 +27,18 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 from torch import nn
 
+from sid.checkpoints import build_checked, check_weights
 from sid.config import DistillConfig
 from sid.files import save_torch_atomic, write_bytes_atomic, write_text_atomic
 from sid.networks.build import build_network, network_kind
-from sid.networks.kinds import FACTORY_KIND
-from sid.teachers import load_plain
+from sid.networks.kinds import EDM_KIND, FACTORY_KIND
+from sid.safe_pickle import load_plain
 
 FORMAT = "sid-generator-v1"  # the "format" of an export's JSON
 EXPORT_SUFFIXES = (".safetensors", ".json")
 # What an export's JSON repeats of its config at the top level (exports from before `config` have only these).
 EXPORT_CONFIG_KEYS = ("preset", "teacher", "fid_detector", "fid_ref", "sigma_init")
+NOT_SAVED = ("source", "file_bytes")  # fields that describe where the weights were read, not the generator
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class SavedGenerator:
     sigma_rel: float | None = None           # a post-hoc EMA profile's length (sid/phema.py)
     gamma: float | None = None               # and its exponent
     source: str = ""                         # the file (or name) it was read from; an export records it as origin
+    file_bytes: int | None = None            # size of the file the weights were read from (None: made in memory)
 
     @classmethod
     def of(cls, net: torch.nn.Module, **fields: Any) -> SavedGenerator:
@@ -70,17 +73,24 @@ class SavedGenerator:
 
     def network(self, factory: str | None = None) -> nn.Module:
         """The network (eval mode, float32, CPU, frozen) of the recorded kind (sid.networks.build), built around these
-        tensors without a random init first. A factory-made generator needs `factory` (module:function), named by
-        the user: the name in the file is never run. ValueError naming the source when the weights do not fit the
-        constructor arguments."""
+        tensors without a random init first. An EDMPrecond goes through the architecture gate
+        (sid.checkpoints.build_checked: limits, plain tensors backed by the file's bytes, a meta-device build, names
+        and shapes); another kind is built on the meta device and its weights checked (check_weights) before they are
+        assigned. A factory-made generator needs `factory` (module:function), named by the user: the name in the
+        file is never run. One ValueError naming the source otherwise."""
+        nbytes = math.inf if self.file_bytes is None else self.file_bytes  # weights made in memory: no file bounds them
+        source = self.source or "generator"
+        kind = network_kind(self.init_kwargs)
+        if kind == EDM_KIND:
+            return build_checked(self.init_kwargs, self.state_dict, source, nbytes=nbytes)
         try:
             # every tensor is assigned below; the user's factory runs as usual (its buffers must be real)
-            meta = network_kind(self.init_kwargs) != FACTORY_KIND
-            with torch.device("meta") if meta else contextlib.nullcontext():
+            with torch.device("meta") if kind != FACTORY_KIND else contextlib.nullcontext():
                 net = build_network(self.init_kwargs, factory=factory)
+            check_weights(net, self.state_dict, source, nbytes=nbytes)
             net.load_state_dict(self.state_dict, strict=True, assign=True)
         except (TypeError, ValueError, RuntimeError, KeyError, AttributeError) as exc:
-            raise ValueError(f"{self.source or 'generator'}: weights do not fit the recorded init_kwargs "
+            raise ValueError(f"{source}: weights do not fit the recorded init_kwargs "
                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
         return net.float().eval().requires_grad_(False)
 
@@ -97,7 +107,7 @@ class SavedGenerator:
             write_bytes_atomic(path, save(tensors, metadata={"sid": text}))
             write_text_atomic(path.with_suffix(".json"), text + "\n")
             return path
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "source"}
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in NOT_SAVED}
         return save_torch_atomic({k: v for k, v in fields.items() if v is not None}, path)
 
     def export_json(self) -> dict[str, Any]:
@@ -139,8 +149,9 @@ class SavedGenerator:
             saved = {**saved, "iteration": saved["step"]}
         if not isinstance(saved.get("config"), dict):
             saved = {**saved, "config": None}
-        known = {f.name for f in dataclasses.fields(cls)} - {"source"}
-        return cls(**{k: v for k, v in saved.items() if k in known}, source=str(path))
+        known = {f.name for f in dataclasses.fields(cls)} - set(NOT_SAVED)
+        return _checked(cls(**{k: v for k, v in saved.items() if k in known}, source=str(path),
+                            file_bytes=os.path.getsize(path)))
 
 
 def _strict(value: Any) -> Any:
@@ -178,7 +189,16 @@ def _load_export(path: Path) -> SavedGenerator:
         config = {k: _number(v) for k, v in meta["config"].items()} if isinstance(meta["config"], dict) else None
     else:  # an export from before the whole config was written
         config = {k: meta.get(k) for k in EXPORT_CONFIG_KEYS}
-    return SavedGenerator(init_kwargs={k: _number(v) for k, v in meta["init_kwargs"].items()}, state_dict=tensors,
-                          sigma_init=meta.get("sigma_init"), config=config,
-                          kimg=meta.get("kimg"), iteration=meta.get("iteration"), fid=_number(meta.get("best_fid")),
-                          fid_detector=meta.get("fid_detector"), fid_images=meta.get("fid_images"), source=str(path))
+    return _checked(SavedGenerator(
+        init_kwargs={k: _number(v) for k, v in meta["init_kwargs"].items()}, state_dict=tensors,
+        sigma_init=meta.get("sigma_init"), config=config, kimg=meta.get("kimg"), iteration=meta.get("iteration"),
+        fid=_number(meta.get("best_fid")), fid_detector=meta.get("fid_detector"), fid_images=meta.get("fid_images"),
+        source=str(path), file_bytes=os.path.getsize(weights)))
+
+
+def _checked(saved: SavedGenerator) -> SavedGenerator:
+    """A loaded generator whose recorded sigma_init is a number > 0 (or absent). ValueError naming the file."""
+    sigma = saved.sigma_init
+    if sigma is not None and not (type(sigma) in (int, float) and 0 < sigma < math.inf):
+        raise ValueError(f"{saved.source}: the recorded sigma_init {str(sigma)[:60]!r} is not a number > 0")
+    return saved

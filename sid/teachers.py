@@ -15,7 +15,6 @@ img_resolution, img_channels and label_dim. `load_teacher(spec)` reads a spec in
 from __future__ import annotations
 
 import math
-import pickle
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -27,14 +26,16 @@ from torch import nn
 
 from sid import hub
 from sid.assets import Asset, is_url
-from sid.checkpoints import fetch_checkpoint, fetch_fid_ref, load_edm_pickle
+from sid.checkpoints import build_checked, check_weights, fetch_checkpoint, fetch_fid_ref, load_edm_pickle
 from sid.config import DistillConfig
 from sid.digits import DDPM_TEACHER_DIR, TEACHER_FILE, TEACHER_KWARGS, DigitsDetector, load_digits_images
 from sid.losses import generator_sigma_max
 from sid.metrics import FeatureStats, load_reference_stats, quantize
-from sid.networks.build import build_network
+from sid.networks.build import build_network, network_kind
 from sid.networks.factory import FactoryDenoiser, call_factory, is_factory_spec
+from sid.networks.kinds import EDM_KIND
 from sid.networks.precond import EDMPrecond
+from sid.safe_pickle import load_plain
 
 # One registry per kind of name: the EDM assets 'edm:<name>' resolves to, each with its pinned sha256 (checked by
 # sid.assets.fetch on download and on every load from the cache). No public record of the sha256 of these NVIDIA
@@ -57,29 +58,23 @@ EDM_FID_REFS: dict[str, Asset] = {  # Inception reference statistics (npz with m
 }
 
 
-def load_plain(path: str | Path, what: str) -> Any:
-    """torch.load of a file of plain data (tensors, containers, numbers): weights_only=True refuses a pickle that
-    names any other global before anything runs. Every failure is one ValueError naming the file and `what`."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such {what}") from None
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as exc:  # refused global, torn or foreign file
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
-        raise ValueError(f"{path}: not a {what} ({next((x for x in lines if 'GLOBAL' in x), lines[0])})") from exc
-
-
 def load_network_file(path: str | Path) -> nn.Module:
     """A network saved by this project (`{init_kwargs, state_dict, ...}`, e.g. a run's generator.pt or the digits
     teacher), of any kind but a factory's (sid.networks.build): plain data only, loaded with weights_only=True."""
     saved = load_plain(path, "network file")
+    if not (isinstance(saved, dict) and "init_kwargs" in saved and "state_dict" in saved):
+        raise ValueError(f"{path}: not a network file of this project ({{init_kwargs, state_dict}})")
+    if not isinstance(saved["init_kwargs"], dict) or network_kind(saved["init_kwargs"]) == EDM_KIND:
+        return build_checked(saved["init_kwargs"], saved["state_dict"], path)
     try:
-        net = build_network(saved["init_kwargs"])
-        net.load_state_dict(saved["state_dict"])
+        with torch.device("meta"):  # names and shapes first; the weights are assigned, never copied into a random init
+            net = build_network(saved["init_kwargs"])
+        check_weights(net, saved["state_dict"], path)
+        net.load_state_dict(saved["state_dict"], strict=True, assign=True)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise ValueError(f"{path}: not a network file of this project ({{init_kwargs, state_dict}}): "
                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
-    return net.eval().requires_grad_(False)
+    return net.float().eval().requires_grad_(False)
 
 
 DIFFUSERS, HUB = "diffusers:", "hf://"

@@ -11,7 +11,7 @@ import torch
 from huggingface_hub import ModelCard
 
 from sid.commands import evaluate, export
-from sid.config import preset
+from sid.config import PRESETS, preset
 from sid.generators import load_generator
 from sid.model_card import format_score, render, teacher_licence
 from sid.results import upsert_evaluations
@@ -21,7 +21,7 @@ from sid.testing.fixtures import hub_cache, use_offline_hub
 from sid.testing.results import row
 
 FID, FID_STD, KIMG = 3.2512, 0.2137, 12.8
-FID_IMAGES = 1000  # not the digits preset's 2048: read from the run's config, not from the preset
+FID_IMAGES = 1000  # not the digits preset's 2048: the card shows the run's, sid evaluate the preset's
 
 
 @pytest.fixture
@@ -72,9 +72,12 @@ def test_what_the_card_says_uploads_and_reads_back_as_the_same_generator(run, tm
     assert saved.fid == FID and saved.kimg == KIMG
     for key, value in local.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
-    # sid evaluate takes the detector, reference and image count from the uploaded export's JSON, as from a run
+    # an uploaded export names its preset, nothing more: sid evaluate takes the preset's detector, reference and image
+    # count, never the file's (a file never chooses the work: docs/reliability.md)
     args = evaluate.build_parser().parse_args(["hf://lab/sid-digits/generator.safetensors"])
-    assert evaluate.settings(args) == dict(detector_name="digits-features-v1", ref="digits", images=FID_IMAGES)
+    digits = PRESETS["digits"]
+    assert evaluate.settings(args) == dict(detector_name=digits["fid_detector"], ref=digits["fid_ref"],
+                                           images=digits["fid_images"]) and digits["fid_images"] != FID_IMAGES
 
 
 @pytest.mark.parametrize("teacher, licence, base_model", [

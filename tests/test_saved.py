@@ -119,7 +119,7 @@ def test_files_written_by_earlier_versions_still_load(tmp_path, net, write, name
     (b"torn", "not a generator file"),
     ([1, 2], "not a generator file of this project"),
     (dict(init_kwargs={}, weights={}), "not a generator file of this project"),
-    (dict(init_kwargs=dict(TEACHER_KWARGS), state_dict={}), "weights do not fit the recorded init_kwargs"),
+    (dict(init_kwargs=dict(TEACHER_KWARGS), state_dict={}), "weights do not fit the SongUNet built from the recorded"),
     (dict(init_kwargs=dict(TEACHER_KWARGS, model_channels=32), state_dict="NET"), "weights do not fit"),
 ])
 def test_a_file_that_is_not_a_saved_generator_is_one_error_naming_it(tmp_path, net, content, match):

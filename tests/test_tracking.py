@@ -145,7 +145,8 @@ def test_study_metrics_and_sample_grids_reach_tensorboard_mlflow_and_wandb_and_t
         tmp_path, wandb_offline, capsys):
     import ray  # noqa: PLC0415 (Ray: only the distributed path needs it)
 
-    from sid.cluster.study import Study, result_grid, run_study  # noqa: PLC0415 (imports Ray: only this path needs it)
+    from sid.cluster.study import Study, run_study  # noqa: PLC0415 (imports Ray: only this path needs it)
+    from sid.cluster.trust import result_grid  # noqa: PLC0415 (imports Ray)
 
     study = Study(name="tracked", base=preset("digits", **TINY), space={"alpha": Grid([1.0, 1.2])},
                   storage=tmp_path, tracking=TrackingSettings(("tensorboard", "mlflow", "wandb"),

@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +38,6 @@ import pandas as pd
 import ray
 import ray.tune
 import yaml
-from ray.tune import ExperimentAnalysis, ResultGrid
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from sid.assets import is_url
@@ -49,6 +47,7 @@ from sid.cluster.search import StorageError, StudyStopper, make_searcher, open_s
 from sid.cluster.space import SAMPLERS, Dimension, Grid, StudyError, check_point, check_space, space_data
 from sid.cluster.stopping import CurveRule
 from sid.cluster.trials import TrialRecord, TrialSettings, write_trials_table
+from sid.cluster.trust import untrusted_study
 from sid.cluster.watch import Progress, evaluation_line
 from sid.config import SEARCHABLE, ConfigError, DistillConfig
 from sid.files import CONFIG_FILE, EVALUATIONS_DIR, MLFLOW_DIR, RUNS_DIR, TRAIN_DIR, TRIALS_FILE, write_text_atomic
@@ -344,19 +343,6 @@ def _tuner(study: Study, trainable: Any, concurrency: int, settings: TrialSettin
     )
 
 
-def check_trusted_folder(folder: Path) -> None:
-    """Ray's Tuner.restore unpickles <study>/tuner.pkl (and the searcher's *.pkl state): whoever can write them runs
-    code in this process. Refuse (StudyError) a study folder, or a pickle in it, that another user owns or may write."""
-    for path in [folder, *sorted(folder.rglob("*.pkl"))]:
-        st = path.stat()
-        if st.st_uid != os.getuid():
-            raise StudyError(f"--resume: refusing {path}: it is owned by user id {st.st_uid}, not by you, and resuming "
-                             f"unpickles the study's files (code could run); copy the study folder to resume it")
-        if st.st_mode & 0o022:
-            raise StudyError(f"--resume: refusing {path}: it is writable by other users (mode {st.st_mode & 0o777:o}) "
-                             f"and resuming unpickles the study's files (code could run); chmod go-w it first")
-
-
 def study_yaml(study: Study) -> str:
     """config.yaml of a study made in Python: its definition (the space as data: sid.cluster.space.space_data), the
     base config in full."""
@@ -364,12 +350,6 @@ def study_yaml(study: Study) -> str:
                                asha=study.asha, space=space_data(study.space),
                                resources=dataclasses.asdict(study.resources), base=study.base.to_dict()),
                           sort_keys=False)
-
-
-def result_grid(folder: str | os.PathLike) -> ray.tune.ResultGrid:
-    """Tune's ResultGrid of a study folder, offline (no cluster, nothing resumed): one Result per trial with its flat
-    config (searched fields + preset), last metrics and the per-report history (`metrics_dataframe`)."""
-    return ResultGrid(ExperimentAnalysis(str(Path(folder).resolve())))
 
 
 def rescore_at_end(study: Study, worker: TrialResources) -> None:
@@ -402,8 +382,8 @@ def rescore_at_end(study: Study, worker: TrialResources) -> None:
 def run_study(study: Study, *, resume: bool = False, address: str | None = None,
               config_text: str | None = None) -> pd.DataFrame:
     """Run (or, with resume, continue) a study; return its trials table (also in <folder>/trials.parquet); Tune's
-    own view of it is result_grid(study.folder). `config_text`: the study command's resolved config, written to
-    <folder>/config.yaml (a resume keeps the first one).
+    own view of it is sid.cluster.trust.result_grid(study.folder). `config_text`: the study command's resolved
+    config, written to <folder>/config.yaml (a resume keeps the first one).
 
     Uses the connected Ray if there is one, else joins `address` ('auto': a running cluster) or starts a local one.
     A resumed study keeps its saved definition (space, searcher and Optuna state, scheduler); unfinished and errored
@@ -415,7 +395,8 @@ def run_study(study: Study, *, resume: bool = False, address: str | None = None,
         raise StudyError(f"--resume: {folder} holds no study to continue")
     saved = None
     if resume:
-        check_trusted_folder(folder)
+        if why := untrusted_study(folder):  # before anything of Ray or of ours reads the study's files
+            raise StudyError(f"--resume: {why}")
         saved = TrialSettings.read(folder)  # before Ray starts: a torn or edited file is one line
     if not resume and folder.exists() and any(folder.iterdir()):
         raise StudyError(f"{folder} already holds a study; pass --resume to continue it, or another --name")

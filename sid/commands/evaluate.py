@@ -223,7 +223,8 @@ def build_parser() -> Parser:
     parser.add_argument("--preset", default=None, choices=list(PRESETS), metavar="NAME",
                         help="detector, reference and image count of this preset (default: the run's, else digits)")
     parser.add_argument("--fid-detector", default=None,
-                        help=f"feature network: {', '.join(DETECTORS)} or registered (default: the preset's)")
+                        help=f"feature network: {', '.join(DETECTORS)}, a registered one, or a TorchScript "
+                             f"file PATH.pt (default: the preset's)")
     parser.add_argument("--fid-ref", default=None,
                         help="reference statistics: 'digits', 'edm:<name>', .npz path or URL (default: the preset's)")
     parser.add_argument("--fid-images", type=int, default=None, help="images per draw (default: the preset's)")
@@ -252,16 +253,17 @@ def build_parser() -> Parser:
 
 
 def settings(args: argparse.Namespace) -> dict:
-    """Detector, reference and images per draw: flags, else --preset, else the run's config, else digits."""
-    config = {}
+    """Detector, reference and images per draw: flags, else those of --preset, else of the preset the generator's
+    file names (one of PRESETS: only its name is taken from the file), else of digits. A file never chooses the work
+    itself: its recorded image count or reference (a URL would be downloaded) are not read."""
+    name = args.preset
     own = Path(args.source).is_dir() or args.source.endswith((".pt", ".safetensors", ".json"))
-    on_hub = is_hub(args.source)  # an uploaded export (sid.hub): its JSON names its detector and reference too
-    if source_kind(args.source) == "generator" and args.preset is None and (own and Path(args.source).exists()
-                                                                            or on_hub):
-        config = load_generator(args.source, factory=args.factory)[1].config or {}
-    base = dict(PRESETS.get(args.preset or config.get("preset") or "digits", PRESETS["digits"]))
-    if args.preset is None:  # the run's own choices over its preset's
-        base.update({k: config[k] for k in ("fid_detector", "fid_ref", "fid_images") if config.get(k)})
+    # a local or uploaded (hf://, sid.hub) generator file may name its preset, nothing more (never its reference)
+    if name is None and source_kind(args.source) == "generator" and (own and Path(args.source).exists()
+                                                                     or is_hub(args.source)):
+        recorded = (load_generator(args.source, factory=args.factory)[1].config or {}).get("preset")
+        name = recorded if isinstance(recorded, str) and recorded in PRESETS else None
+    base = PRESETS[name or "digits"]
     return dict(detector_name=args.fid_detector or base["fid_detector"], ref=args.fid_ref or base["fid_ref"],
                 images=args.fid_images or base["fid_images"])
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from sid.checkpoints import check_architecture
 from sid.config import DistillConfig, parse_sigma_rels
 from sid.datasets import label_distribution
 from sid.devices import parse_device
@@ -23,7 +24,8 @@ from sid.distill import sample_evaluation_batch
 from sid.files import PHEMA, PHEMA_FILE
 from sid.flags import Parser
 from sid.loop import Evaluator
-from sid.networks.build import build_network
+from sid.networks.build import build_network, network_kind
+from sid.networks.kinds import EDM_KIND
 from sid.phema import combine, exponent
 from sid.results import CONFIG_COLUMNS, PHEMA_KEY, PHEMA_SCHEMA, now_utc, provenance, upsert
 from sid.saved import SavedGenerator
@@ -49,7 +51,12 @@ def list_snapshots(run: Path) -> tuple[list[tuple[int, float, Path]], SavedGener
     header = SavedGenerator.load(paths[-1])
     if header.config is None:
         raise ValueError(f"{paths[-1]}: a post-hoc EMA snapshot without its run's config")
-    batch = DistillConfig(**header.config).batch
+    try:
+        batch = DistillConfig(**header.config).batch
+    except (TypeError, ValueError) as exc:  # a config this version refuses
+        raise ValueError(f"{paths[-1]}: not a post-hoc EMA snapshot of this project ({str(exc)[:300]})") from None
+    if network_kind(header.init_kwargs) == EDM_KIND:  # other kinds: their snapshots are checked in rebuild()
+        check_architecture(header.init_kwargs, paths[-1])
     found = []
     for path in paths:
         try:
@@ -64,9 +71,12 @@ def rebuild(snaps: list[tuple[int, float, Path]], header: SavedGenerator, step: 
             sigma_rel: float) -> tuple[torch.nn.Module, int]:
     """The generator (of the run's kind) with the sigma_rel EMA at `step`, and how many snapshots went into it."""
     usable = [s for s in snaps if s[0] <= step]
-    with torch.device("meta"):  # only the buffer names: buffers are copied, not averaged (sid/phema.py)
-        buffers = {name for name, _ in build_network(header.init_kwargs).named_buffers()}
-    state = combine([(s, g) for s, g, _ in usable], [p for _, _, p in usable], step, sigma_rel, buffers=buffers)
+    if network_kind(header.init_kwargs) == EDM_KIND:
+        like = check_architecture(header.init_kwargs, header.source)  # each snapshot is checked against it
+    else:
+        with torch.device("meta"):  # the names and shapes each snapshot must have (a factory's runs need --factory)
+            like = build_network(header.init_kwargs)
+    state = combine([(s, g) for s, g, _ in usable], [p for _, _, p in usable], step, sigma_rel, like=like)
     return SavedGenerator(init_kwargs=header.init_kwargs, state_dict=state, source=header.source).network(), len(usable)
 
 
@@ -89,10 +99,11 @@ def phema_run(run: Path, targets: tuple[float, ...], *, last_only: bool, device:
             score = evaluator.score(sample, images)
             rows.append(dict(study="", trial_id=run.name, **{c: getattr(config, c) for c in CONFIG_COLUMNS},
                              sigma_rel=sigma_rel, kimg=step * config.batch / 1000, iteration=step, snapshots=used,
-                             fid=score.fd, fid_detector=config.fid_detector, fid_images=images, fid_std=score.fd_std,
+                             fid=score.fd, fid_detector=evaluator.detector.name, fid_images=images,
+                             fid_std=score.fd_std,
                              written_at=now_utc()))
             print(f"{run.name}  kimg {step * config.batch / 1000:8.3f}  sigma_rel {sigma_rel:.3f}  "
-                  f"{config.fid_detector} FD({images}) {score.fd:9.4f} ± {score.fd_std:.3g}", flush=True)
+                  f"{evaluator.detector.name} FD({images}) {score.fd:9.4f} ± {score.fd_std:.3g}", flush=True)
     return upsert(run / PHEMA_FILE, rows, PHEMA_SCHEMA, PHEMA_KEY,
                   metadata=provenance(config.to_dict(), str(device)))
 

@@ -19,7 +19,8 @@ def build_parser() -> Parser:
                         help="image folder (searched recursively; EDM's dataset.json labels it), zip of images (EDM's "
                              "dataset_tool), .npz (uint8 images under arr_0 or images, labels under arr_1 or labels) "
                              "or 'digits'")
-    parser.add_argument("--fid-detector", required=True, help=f"detector name: {', '.join(detector_names())}")
+    parser.add_argument("--fid-detector", required=True,
+                        help=f"detector name ({', '.join(detector_names())}) or a TorchScript file PATH.pt")
     parser.add_argument("--out", required=True, help="output .npz path")
     parser.add_argument("--batch-per-device", type=int, default=64, help="images per detector call")
     parser.add_argument("--device", default="cpu", help="torch device of the detector, e.g. cuda")

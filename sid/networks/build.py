@@ -27,8 +27,11 @@ def build_network(init_kwargs: dict[str, Any], *, factory: str | None = None) ->
     if kind == EDM_KIND:
         return EDMPrecond(**init_kwargs)
     if kind == VP_KIND:
-        from sid.networks.vp import VPDenoiser  # noqa: PLC0415 (imports diffusers: only a VP network needs it)
+        from sid.networks.vp import VPDenoiser, check_unet_config  # noqa: PLC0415 (imports diffusers: VP only)
 
+        if not isinstance(init_kwargs.get("unet"), dict):
+            raise ValueError("the recorded VP arguments hold no UNet config")
+        check_unet_config(init_kwargs["unet"], "the recorded VP arguments")  # the architecture gate, as from a folder
         return VPDenoiser(**init_kwargs)
     if kind == FACTORY_KIND:
         if not factory:

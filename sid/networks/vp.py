@@ -24,10 +24,11 @@ from typing import Any
 
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
-from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from sid.checkpoints import ARCHITECTURE_LIMITS
+from sid.files import read_regular
 from sid.networks.kinds import VP_KIND
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -147,18 +148,54 @@ BETA_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "
              "rescale_betas_zero_snr")
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 MAX_PARAMETERS = 4_000_000_000  # far above any pixel-space UNet2DModel; a config asking for more is refused unbuilt
+MAX_CONFIG_BYTES = 2 ** 20      # a config.json / scheduler_config.json (diffusers': about 1 KB; trained_betas: 20 KB)
+MAX_TIMESTEPS = 100_000         # a scheduler's num_train_timesteps (DDPM: 1000; 4000 in improved DDPM)
 
 
 def _json(path: Path, what: str) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_regular(path, MAX_CONFIG_BYTES, f"diffusers {what} config"))
     except FileNotFoundError:
         raise ValueError(f"{path.parent}: not a diffusers {what} folder (no {path.name})") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ValueError(f"{path}: not a diffusers {what} config ({exc})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
+
+
+def check_unet_config(config: dict[str, Any], path: Path) -> None:
+    """The UNet2DModel config within the limits of every network built from a file (sid.checkpoints
+    ARCHITECTURE_LIMITS), before anything is built: the constructor's time grows with levels x blocks even on the
+    meta device (10**6 layers per block hang it). ValueError naming the file and the key."""
+    limits = ARCHITECTURE_LIMITS
+
+    def integer(key: str, low: int, high: int, default: Any = None) -> None:
+        value = config.get(key, default)
+        if value is not None and not (type(value) is int and low <= value <= high):
+            raise ValueError(f"{path}: {key} = {str(value)[:60]} is outside {low}..{high:,}, the limits of a network "
+                             f"read from a file")
+
+    integer("layers_per_block", 1, limits["num_blocks"], 2)
+    integer("in_channels", 1, limits["img_channels"])
+    integer("out_channels", 1, limits["img_channels"])
+    integer("num_class_embeds", 0, limits["label_dim"])
+    integer("norm_num_groups", 1, limits["widest_level"])
+    integer("attention_head_dim", 1, limits["widest_level"])
+    integer("time_embedding_dim", 1, 4 * limits["widest_level"])
+    integer("num_train_timesteps", 1, MAX_TIMESTEPS)
+    size = config.get("sample_size")
+    sizes = size if isinstance(size, (list, tuple)) else [size]
+    if not (1 <= len(sizes) <= 2 and all(type(s) is int and 1 <= s <= limits["img_resolution"] for s in sizes)):
+        raise ValueError(f"{path}: sample_size = {str(size)[:60]}: expected 1..{limits['img_resolution']} pixels")
+    for key in ("block_out_channels", "down_block_types", "up_block_types"):
+        value = config.get(key)
+        if value is not None and not (isinstance(value, (list, tuple)) and 1 <= len(value) <= limits["levels"]):
+            raise ValueError(f"{path}: {key} = {str(value)[:60]}: expected 1..{limits['levels']} levels")
+    channels = config.get("block_out_channels") or ()
+    if not all(type(c) is int and 1 <= c <= limits["widest_level"] for c in channels):
+        raise ValueError(f"{path}: block_out_channels = {str(channels)[:60]}: expected 1..{limits['widest_level']} "
+                         f"channels per level")
 
 
 def alphas_cumprod_of(scheduler: dict[str, Any], path: Path) -> list[float]:
@@ -167,9 +204,14 @@ def alphas_cumprod_of(scheduler: dict[str, Any], path: Path) -> list[float]:
     if name not in VP_SCHEDULERS:
         raise ValueError(f"{path}: scheduler {name!r} is not a discrete-time VP scheduler; supported: "
                          f"{', '.join(VP_SCHEDULERS)} (epsilon, v or sample prediction)")
+    steps, betas = scheduler.get("num_train_timesteps", 1000), scheduler.get("trained_betas")
+    if not (type(steps) is int and 2 <= steps <= MAX_TIMESTEPS):
+        raise ValueError(f"{path}: num_train_timesteps {str(steps)[:40]} is outside 2..{MAX_TIMESTEPS:,}")
+    if not (betas is None or (isinstance(betas, list) and 2 <= len(betas) <= MAX_TIMESTEPS)):
+        raise ValueError(f"{path}: trained_betas must be a list of 2..{MAX_TIMESTEPS:,} numbers")
     try:
         ddpm = DDPMScheduler(**{k: scheduler[k] for k in BETA_KEYS if k in scheduler})
-    except (TypeError, ValueError, NotImplementedError) as exc:
+    except (TypeError, ValueError, NotImplementedError, IndexError) as exc:
         raise ValueError(f"{path}: scheduler config not understood ({exc})") from None
     abar = ddpm.alphas_cumprod.double()
     if not bool((abar > 0).all()):
@@ -196,6 +238,7 @@ def diffusers_kwargs(folder: str | Path) -> dict[str, Any]:
     if config.get("_class_name") not in UNET_CLASSES:
         raise ValueError(f"{unet_dir / 'config.json'}: {config.get('_class_name')!r} is not supported; supported: "
                          f"{', '.join(UNET_CLASSES)} (pixel-space, unconditional or class-conditional)")
+    check_unet_config(config, unet_dir / "config.json")  # the architecture gate, before anything is built
     scheduler = _json(scheduler_dir / "scheduler_config.json", "scheduler")
     prediction = scheduler.get("prediction_type", "epsilon")
     if prediction not in PREDICTION_TYPES:
@@ -222,6 +265,7 @@ def load_diffusers(folder: str | Path) -> VPDenoiser:
             raise ValueError(f"{size:,} parameters, above the limit of {MAX_PARAMETERS:,}")
         net = VPDenoiser(**kwargs)
         net.unet.load_state_dict(load_file(str(weights)), strict=True)
-    except (TypeError, ValueError, RuntimeError, OSError, SafetensorError) as exc:
-        raise ValueError(f"{folder}: not a usable diffusers VP model ({str(exc).splitlines()[0][:300]})") from None
+    except Exception as exc:  # odd config values can fail anywhere in diffusers' constructors
+        lines = str(exc).splitlines() or [type(exc).__name__]
+        raise ValueError(f"{folder}: not a usable diffusers VP model ({lines[0][:300]})") from None
     return net.eval().requires_grad_(False)

@@ -58,7 +58,7 @@ OUT_OF_RANGE = {
                    ("1", "must be >= 2")],
     "fid_images_final": [("-1", "must be >= 0")],
     "eval_metrics": [("fid,xx", "distinct metrics from fd, is"), ("is", "that includes fd"), ("fd,pr", "got 'fd,pr'")],
-    "fid_detector": [("inception", "must be one of inception-2015-12-05")],
+    "fid_detector": [("inception", "must be one of inception-2015-12-05"), ("missing.pt", "cannot read it")],
     "fid_ref": [("missing.npz", "no such file: 'missing.npz'"), ("edm:nope", "known names")],
     "seed": [("-1", "must be >= 0")],
     "class_counts": [("counts.txt", "must be '', 'uniform' or an .npz"),

@@ -22,6 +22,7 @@ import torch
 from _util import ROOT, run_command
 
 from sid.networks.precond import EDMPrecond
+from sid.testing.crafted import colliding_ints, name
 from sid.testing.edm_pickles import SONG, EDMPickler, Persistent, edm_code_modules
 from sid.testing.fixtures import TINY, flags
 
@@ -32,10 +33,6 @@ SECONDS = 5.0   # each refusal, on a loaded 2-core machine (they take millisecon
 def text(value: str) -> bytes:      # SHORT_BINUNICODE
     data = value.encode()
     return b"\x8c" + bytes([len(data)]) + data
-
-
-def name(module: str, attr: str) -> bytes:   # GLOBAL
-    return b"c" + f"{module}\n{attr}\n".encode()
 
 
 def binbytes(data: bytes) -> bytes:
@@ -191,6 +188,56 @@ def bytearray_of_2_gib(tmp: Path) -> bytes:
     return b"\x80\x05\x96" + struct.pack("<Q", 2 ** 31) + STOP
 
 
+def storage(numel: int, key: str) -> bytes:
+    """Pushes a float32 storage of `numel` zeros that the file holds (a legacy blob, as EDM's pickles carry them)."""
+    persistent_id = (b"\x80\x02(" + text("storage") + name("torch", "FloatStorage") + text(key) + text("cpu")
+                     + int4(numel) + b"Nt" + b"Q" + STOP)
+    blob = legacy_blob(persistent_id, [key], struct.pack("<q", numel) + bytes(4 * numel))
+    return name("torch.storage", "_load_from_bytes") + binbytes(blob) + TUPLE1 + REDUCE
+
+
+def tensor(numel: int, key: str, size: tuple[int, ...], stride: tuple[int, ...]) -> bytes:
+    """Pushes _rebuild_tensor_v2(storage, 0, size, stride, False, OrderedDict()): a tensor the file backs."""
+    ints = lambda values: b"(" + b"".join(int4(v) for v in values) + b"t"  # noqa: E731
+    hooks = name("collections", "OrderedDict") + b")" + REDUCE
+    return (name("torch._utils", "_rebuild_tensor_v2") + b"(" + storage(numel, key) + int4(0) + ints(size)
+            + ints(stride) + b"\x89" + hooks + b"t" + REDUCE)
+
+
+N_ADD = 16_384  # floats per storage: two 64 KB storages, whose broadcast sum is 16384 x 16384 floats (1 GiB)
+
+
+def additems_on_a_tensor(tmp: Path) -> bytes:
+    """(e) pickle's ADDITEMS calls `.add` of whatever is below it: here Tensor.add, broadcasting [16384] + [16384, 1]
+    to 1 GiB from a 132 KB file (again for each item: hours)."""
+    column = tensor(N_ADD, "1", (N_ADD, 1), (1, 1))
+    return ema(tensor(N_ADD, "0", (N_ADD,), (1,)) + b"(" + column + b"\x90")
+
+
+def setitem_on_a_tensor(tmp: Path) -> bytes:
+    """(e) SETITEM on a tensor: tensor[0] = value, a write into a weight by index (pickle's SETITEM calls
+    __setitem__ of anything)."""
+    return ema(tensor(N_ADD, "0", (N_ADD,), (1,)) + int4(0) + b"G" + struct.pack(">d", 1.0) + SETITEM)
+
+
+KEYS = 75_000  # < 1 MB of integer keys that hash alike: tens of seconds to insert into a dict or set (O(n^2))
+
+
+def dict_of_keys_that_hash_alike(tmp: Path) -> bytes:
+    """(e) a dict of 75000 integer keys with one hash: each insert walks all the others."""
+    return ema(b"}(" + b"".join(key + b"N" for key in colliding_ints(KEYS)) + b"u")
+
+
+def set_of_keys_that_hash_alike(tmp: Path) -> bytes:
+    """(e) set([...]) through the allowed builtins.set, of the same keys."""
+    return ema(name("builtins", "set") + b"](" + b"".join(colliding_ints(KEYS)) + b"e" + TUPLE1 + REDUCE)
+
+
+def frozenset_of_keys_that_hash_alike(tmp: Path) -> bytes:
+    """(e) protocol 4's FROZENSET opcode over the same keys."""
+    return ema(b"(" + b"".join(colliding_ints(KEYS)) + b"\x91")
+
+
 # case -> (maker, what the one-line error must say)
 CASES = {
     "tensor from a pointer": (tensor_from_a_pointer, "storage blob names 'torch.Tensor'"),
@@ -210,6 +257,11 @@ CASES = {
     "tuple key nested 10**6 deep": (tuple_key_nested_10e6_deep, "tuples nested deeper than 64 levels"),
     "arguments shared without end": (arguments_shared_without_end, "with more than 100000 values"),
     "bytearray of 2 GiB": (bytearray_of_2_gib, "an opcode .* that an EDM/SiD network snapshot never contains"),
+    "ADDITEMS on a tensor": (additems_on_a_tensor, "ADDITEMS on a Tensor"),
+    "SETITEM on a tensor": (setitem_on_a_tensor, "SETITEM on a Tensor"),
+    "dict of keys that hash alike": (dict_of_keys_that_hash_alike, "a dict or set key 2305843009213693951"),
+    "set of keys that hash alike": (set_of_keys_that_hash_alike, "a dict or set key 2305843009213693951"),
+    "frozenset of keys that hash alike": (frozenset_of_keys_that_hash_alike, "a dict or set key 2305843009213693951"),
 }
 
 CHILD = r"""

@@ -1,34 +1,38 @@
 """Untrusted files: no teacher, checkpoint or snapshot runs code from the file; every torch.load in the code is
 weights_only=True (a source audit, so that a regression fails here); downloaded assets are checked against their
 pinned sha256 (or the one recorded at download time) on every use; downloads stay on https and under a size cap;
-a Parquet file with crafted metadata is skipped; --resume refuses a study folder other users can write. Crafted
-snapshot pickles are in test_crafted_files.py."""
+a link planted in the cache is refused; a Parquet file with crafted metadata is skipped; a generator file never
+chooses what sid evaluate does. Crafted snapshot pickles are in test_crafted_files.py, crafted files of the other
+formats in test_hostile_inputs.py, study folders in test_study_folders.py."""
 
 from __future__ import annotations
 
 import ast
 import hashlib
 import http.server
+import json
 import os
 import pickle
+import re
 import threading
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import ray
 import torch
 from _util import ROOT, run_command
+from safetensors.torch import save_file
 
+from analysis import report
 from sid.assets import Asset, AssetError, cache_path, fetch
 from sid.checkpoints import fetch_checkpoint
-from sid.cluster.space import Grid, StudyError
-from sid.cluster.study import Study, run_study
 from sid.commands.distill import main as distill_main
+from sid.commands.evaluate import build_parser, settings
 from sid.metrics import INCEPTION_FILE
 from sid.results import read_evaluations, write_evaluations
+from sid.saved import FORMAT
 from sid.teachers import load_network_file, load_teacher
-from sid.testing.fixtures import TINY, flags, make_teacher, tiny_config
+from sid.testing.fixtures import TINY, flags, make_teacher
 from sid.testing.results import row
 
 
@@ -93,6 +97,8 @@ SOURCES = ["sid", "studies", "analysis", "benchmarks"]
 ALLOWED = {
     ("sid/safe_pickle.py", "pickle._Unpickler"): "the restricted unpickler of EDM/SiD snapshots (allow-list)",
     ("sid/metrics.py", "torch.jit.load"): "NVIDIA's Inception-v3 exists only as TorchScript (fetched by sid.assets)",
+    ("sid/detectors.py", "torch.jit.load"): "a user's own feature network, named by --fid-detector PATH.pt (the trust "
+                                            "model: sid/detectors.py, docs/evaluate.md)",
 }
 
 
@@ -147,7 +153,7 @@ def test_every_load_in_the_code_is_weights_only_or_the_restricted_unpickler():
             problems += found
             checked += n
     assert not problems, "\n".join(problems)
-    assert checked >= 2  # teachers.load_plain, digits: the audit saw them
+    assert checked >= 2  # safe_pickle.load_plain, digits: the audit saw them
 
 
 @pytest.mark.parametrize("source, problem", [
@@ -305,25 +311,68 @@ def test_parquet_file_with_crafted_pandas_metadata_is_skipped_naming_it(tmp_path
     assert sorted(frame["trial_id"]) == ["a", "a", "b", "b"]
 
 
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("how", ["folder writable by others", "tuner.pkl writable by the group", "another owner"])
-def test_resume_refuses_a_study_folder_others_can_write(tmp_path, marker, how):
-    if how == "another owner" and os.getuid() != 0:
-        pytest.skip("changing a file's owner needs root")
-    study = Study(name="shared", base=tiny_config("digits"), storage=tmp_path / "results",
-                  space={"alpha": Grid([1.0])})
-    study.folder.mkdir(parents=True)
-    tuner = study.folder / "tuner.pkl"  # what Tuner.restore unpickles: here it would run a command
-    tuner.write_bytes(pickle.dumps(RunsCommand(marker)))
-    tuner.chmod(0o644)
-    study.folder.chmod(0o755)
-    if how == "folder writable by others":
-        study.folder.chmod(0o777)
-    elif how == "tuner.pkl writable by the group":
-        tuner.chmod(0o664)
-    else:
-        os.chown(tuner, 4242, -1)
-    message = "owned by user id 4242" if how == "another owner" else "writable by other users"
-    with pytest.raises(StudyError, match=f"refusing {study.folder}.*{message}.*code could run"):
-        run_study(study, resume=True)
-    assert not marker.exists() and not ray.is_initialized()
+# ------------------------------------------------------------------------------------ files never choose the work
+def generator_file(tmp_path: Path, kind: str, config: dict) -> Path:
+    """A genuine tiny generator as a snapshot .pt or an export, whose embedded config says `config`."""
+    tmp_path.mkdir(exist_ok=True)
+    saved = torch.load(make_teacher(tmp_path / "net.pt"), weights_only=True)
+    if kind == "snapshot":
+        path = tmp_path / "generator-000001.000.pt"
+        torch.save(dict(saved, sigma_init=2.5, config=config), path)
+        return path
+    save_file(saved["state_dict"], tmp_path / "g.safetensors")
+    (tmp_path / "g.json").write_text(json.dumps(dict(format=FORMAT, init_kwargs=saved["init_kwargs"], sigma_init=2.5,
+                                                     **config)))
+    return tmp_path / "g.safetensors"
+
+
+@pytest.mark.parametrize("kind", ["snapshot", "export"])
+def test_evaluate_takes_image_count_and_reference_from_flags_or_a_preset_never_from_the_file(tmp_path, kind):
+    """A generator file's config chose sid evaluate's work: 2e9 images (days) and a reference URL (downloaded).
+    Now only the name of a known preset is taken from it."""
+    hostile = dict(preset="digits", fid_images=2 * 10**9, fid_detector="inception-2015-12-05",
+                   fid_ref="https://attacker.example/ref.npz")
+    path = str(generator_file(tmp_path, kind, hostile))
+    digits = dict(detector_name="digits-features-v1", ref="digits", images=2048)
+    assert settings(build_parser().parse_args([path])) == digits
+    assert settings(build_parser().parse_args([path, "--fid-images", "64", "--fid-ref", "x.npz"])) == dict(
+        digits, images=64, ref="x.npz")
+    unknown = str(generator_file(tmp_path / "unknown", kind, dict(hostile, preset="attacker")))
+    assert settings(build_parser().parse_args([unknown])) == digits
+
+
+@pytest.mark.parametrize("planted", ["record linked to a file", "record linked to nowhere", "cached file linked"])
+def test_a_link_planted_in_the_cache_is_one_clear_error_and_nothing_is_written_through_it(genuine, tmp_path, planted):
+    """A shared cache: another user plants `<file>.sha256` (or the cached file) as a link. It was followed: read as
+    the record, or written through (creating or overwriting the link's target)."""
+    cache, victim = tmp_path / "cache", tmp_path / "victim"
+    if planted != "record linked to nowhere":
+        victim.write_text("precious\n")
+    cached = cache_path(genuine.as_uri(), cache)
+    cache.mkdir()
+    link = cached if planted == "cached file linked" else cached.with_name(cached.name + ".sha256")
+    link.symlink_to(victim)
+    with pytest.raises(AssetError, match=f"refusing .*{link.name}.*symbolic link"):
+        fetch(genuine.as_uri(), cache_dir=cache)
+    assert (victim.read_text() == "precious\n") if planted != "record linked to nowhere" else not victim.exists()
+
+
+@pytest.mark.parametrize("field", ["study", "fid_detector"])
+def test_report_values_from_a_results_file_never_become_markup_or_new_lines(tmp_path, field):
+    """A study name with a newline put an image line into report.md that report.html loaded from a remote host, and
+    values kept raw HTML; values are now one escaped line and report.html shows only the report's own figures."""
+    hostile = "x\n![pixel](https=//attacker.example/p.png) <img src=https://attacker.example/q.png> | *y*"
+    study = tmp_path / (hostile.replace("/", "%") if field == "study" else "study")  # the study's name: its folder's
+    rows = [dict(row(study.name, f"a{alpha}-s{seed}", alpha=alpha, seed=seed, kimg=kimg,
+                     fid=5.0 - alpha * kimg / 10 + seed), **({"fid_detector": hostile} if field != "study" else {}))
+            for alpha in (1.0, 1.2) for seed in (0, 1) for kimg in (0.0, 1.0, 2.0)]
+    write_evaluations(study / "evaluations" / "all.parquet", rows)
+    path, _ = report.build([study], tmp_path / "out")
+    md, page = path.read_text(), path.with_suffix(".html").read_text()
+    assert "attacker.example" in md  # the value is shown, as text
+    assert not [line for line in md.splitlines() if "attacker" in line and line.lstrip().startswith(("!", "<", "#"))
+                and not line.startswith("# Study report: ")]
+    # in report.md a value's '<' and ']' are backslash-escaped (literal text in Markdown); report.html has no raw tag
+    assert not re.search(r"(?<!\\)<img src=https", md) and "<img src=https" not in page
+    assert "](https" not in md.replace("\\]", "")
+    assert not re.search(r"<img [^>]*src=\"?https?[:=%]", page) and page.count("<img ") == 4
