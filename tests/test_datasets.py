@@ -25,7 +25,7 @@ from sid.datasets import MAX_LABELS_BYTES, open_dataset
 from sid.digits import DigitsDetector, load_digits_labels
 from sid.metrics import load_class_counts, load_reference_stats
 from sid.results import read_evaluations, read_scores
-from sid.teachers import teacher_architecture
+from sid.teachers import load_teacher
 from sid.testing.fixtures import TINY, flags, write_dataset
 
 KINDS = ("folder", "zip", "npz", "npz-nchw")
@@ -267,7 +267,7 @@ def test_sid_evaluate_scores_every_kind_of_dataset_alike(tmp_path, capsys):
 @pytest.mark.parametrize("name", [p for p in PRESETS if PRESETS[p].get("data")])
 def test_a_preset_with_data_defaults_to_images_that_fit_its_teacher(name):
     config = preset(name)
-    arch = teacher_architecture(config.teacher)
+    teacher = load_teacher(config.teacher)  # any kind (EDM, diffusers VP): the denoiser interface's three numbers
     assert config.data == "digits"
-    open_dataset(config.data).info.check_matches(resolution=arch["img_resolution"], channels=arch["img_channels"],
-                                                 label_dim=arch["label_dim"])
+    open_dataset(config.data).info.check_matches(resolution=teacher.img_resolution, channels=teacher.img_channels,
+                                                 label_dim=teacher.label_dim)

@@ -196,7 +196,7 @@ def test_sharding_over_two_processes_gives_the_same_images(tmp_path, digits):
     (["--batch-per-device", "0"], "--batch-per-device: expected >= 1"),
     (["--npz", "out.zip"], "ending in .npz"),
     (["--device", "tpu"], "--device"),
-    (["--network", "nowhere.pkl"], "no such file or folder"),
+    (["--network", "nowhere.pkl"], "no such file"),
     (["--rng", "official", "--device", "cpu"], "--rng official needs a CUDA device (got cpu): the official "
                                               "generate_onestep.py draws each seed's latents from a CUDA generator"),
 ])
