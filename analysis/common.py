@@ -19,7 +19,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.lines import Line2D
 
-from sid.config import INCEPTION, SEARCHABLE
+from sid.config import INCEPTION, SEARCHABLE, DistillConfig
 from sid.flags import RENAMED, Parser
 from sid.results import CONFIG_COLUMNS, best_row, read_evaluations, read_trials, summarise_rows
 
@@ -31,8 +31,8 @@ SETTING = ["study", *(c for c in CONFIG_COLUMNS if c != "seed"), "fid_detector",
 SPREAD = ("pi", 100)  # seaborn errorbar: min-max over runs (never below zero on a log axis, unlike +-s.d.)
 SPREAD_LABEL = "mean, min–max over runs"
 MAX_LEVELS = 8  # more distinct values than this get a continuous colour map
-# Config columns a figure can sweep: the searchable fields (sid.config.SEARCHABLE, seeds aside) and two set by hand.
-SWEEPABLE = (*(k for k, scale in SEARCHABLE.items() if scale != "int"), "tmax", "batch")
+# Config columns a figure can sweep: the searchable fields with numeric values (sid.config.SEARCHABLE), seeds aside.
+SWEEPABLE = tuple(k for k in SEARCHABLE if k != "seed" and isinstance(getattr(DistillConfig(), k), (int, float)))
 LOG_PARAMS = tuple(k for k, scale in SEARCHABLE.items() if scale == "log")  # swept over decades: log axes
 SYMBOLS = {"alpha": "α", "sigma_init": "σ_init", "lr": "lr (fake score)", "glr": "glr (generator)", "tmax": "t_max"}
 
