@@ -28,7 +28,7 @@ import yaml
 from matplotlib.lines import Line2D
 from scipy import stats
 
-from sid.config import FD_STD_GROUPS, INCEPTION, SEARCHABLE
+from sid.config import FD_STD_GROUPS, INCEPTION, SEARCHABLE, DistillConfig
 from sid.files import CONFIG_FILE, RUNS_DIR, samples_iteration
 from sid.flags import RENAMED, Parser
 from sid.results import CONFIG_COLUMNS, best_row, read_evaluations, read_trials, summarise_rows
@@ -41,8 +41,8 @@ SETTING = ["study", *(c for c in CONFIG_COLUMNS if c != "seed"), "fid_detector",
 SPREAD = ("pi", 100)  # seaborn errorbar: min-max over runs (never below zero on a log axis, unlike +-s.d.)
 SPREAD_LABEL = "mean, min–max over runs"
 MAX_LEVELS = 8  # more distinct values than this get a continuous colour map
-# Config columns a figure can sweep: the searchable fields (sid.config.SEARCHABLE, seeds aside) and two set by hand.
-SWEEPABLE = (*(k for k, scale in SEARCHABLE.items() if scale != "int"), "tmax", "batch")
+# Config columns a figure can sweep: the searchable fields with numeric values (sid.config.SEARCHABLE), seeds aside.
+SWEEPABLE = tuple(k for k in SEARCHABLE if k != "seed" and isinstance(getattr(DistillConfig(), k), (int, float)))
 LOG_PARAMS = tuple(k for k, scale in SEARCHABLE.items() if scale == "log")  # swept over decades: log axes
 SYMBOLS = {"alpha": "α", "sigma_init": "σ_init", "lr": "lr (fake score)", "glr": "glr (generator)", "tmax": "t_max"}
 LEVEL = 0.95  # the confidence level of every interval the analysis prints

@@ -36,9 +36,38 @@ FD_STD_METHOD = f"delete-one-group jackknife s.e. over {FD_STD_GROUPS} disjoint 
 METRICS = ("fd", "is", "pr")
 TRAINING_METRICS = ("fd", "is")          # a training evaluation's: precision/recall needs real images (sid evaluate)
 CLASS_DETECTORS = (INCEPTION,)           # detectors with class probabilities: the ones an Inception Score can use
-# Fields a study can search (sid/cluster/space.py), with the scale of their values: 'linear' (a Range is searched
-# uniformly), 'log' (log-uniformly; figures use log axes), 'int' (integers; a Range covers low..high).
-SEARCHABLE: dict[str, str] = {"alpha": "linear", "sigma_init": "linear", "lr": "log", "glr": "log", "seed": "int"}
+# The registry of searchable fields (sid/cluster/space.py): each DistillConfig field a study can search, with the scale
+# of its values: 'linear' (a Range is searched uniformly), 'log' (log-uniformly; figures use log axes), 'int'
+# (integers; a Range covers low..high), 'categorical' (given values only: Grid or Choice). A field is searchable by
+# being here; every other field is in UNSEARCHABLE with the reason (tests/test_space.py checks that each field is in
+# one of the two, and docs/studies.md's table against both).
+SEARCHABLE: dict[str, str] = {
+    "alpha": "linear", "tmax": "int", "sigma_init": "linear", "ls": "log", "lsg": "log",
+    "lr": "log", "glr": "log", "beta1": "linear", "g_beta1": "linear", "beta2": "linear", "adam_eps": "log",
+    "batch": "categorical", "precision": "categorical", "dropout": "linear", "augment": "linear",
+    "ema_mimg": "log", "ema_rampup": "linear", "seed": "int",
+}
+_MEASUREMENT = "how trials are scored: trials are compared only when scored alike (run one study per measurement)"
+_WHEN = "when the run evaluates or saves, not what it trains"
+UNSEARCHABLE: dict[str, str] = {  # field (or a command's flag) -> why a study cannot search it
+    "preset": "a label of the values the study started from",
+    "teacher": "the model being distilled: a study compares settings for one teacher (run one study per teacher)",
+    "init_generator": "a starting generator file, not a setting (run one study per starting point)",
+    "batch_per_device": "memory only: accumulation rounds train the same batch to the same result",
+    "memory_format": "speed only: the same training in another memory layout",
+    "compile": "speed only: the same training, compiled",
+    "phema": "post-hoc EMA profiles: `sid phema` rebuilds any EMA length after training (search ema_mimg to train "
+             "with one)",
+    "phema_every_kimg": _WHEN,
+    "duration_kimg": "every trial's budget: trials are compared at equal kimg (asha stops poor trials early instead)",
+    "eval_every_kimg": _WHEN, "eval_schedule": _WHEN, "eval_tick_kimg": _WHEN, "keep_snapshots": _WHEN,
+    "fid_images": _MEASUREMENT, "fid_images_final": _MEASUREMENT, "fid_detector": _MEASUREMENT, "fid_ref": _MEASUREMENT,
+    "out": "the output folder, a command flag: each trial writes its own, <study>/runs/<trial_id>",
+    "seeds": "a count, a command flag: search seed (Grid([0, 1, 2])), or repeat the study with num_samples",
+    "eval_metrics": _MEASUREMENT,
+    "data": "the real images a method trains on: a study compares settings for one dataset (one study per dataset)",
+    "class_counts": "the dataset's class frequencies: a fact of the data, not a setting",
+}
 EVAL_SCHEDULES = ("every", "official")
 SNAPSHOT_KINDS = ("all", "best", "last")  # keep_snapshots: 'all', or a comma list of 'best' and 'last'
 ADAM_EPS = {"fp16": 1e-6}                # the official rule: 1e-6 with fp16, else ADAM_EPS_DEFAULT

@@ -27,6 +27,7 @@ A study folder (`<storage>/<name>/`, sid/cluster/study.py):
     stops/<trial_id>.json          why the study stopped a trial
     train/train-<trial_id>/        the trial's Ray Train run (its checkpoints)
     optuna.journal                 the Optuna study (the default storage)
+    progress.log                   evaluation lines and trial ends (the `progress-file` callback, if the study names it)
 
 Every file the project writes itself goes through the atomic writers below (the trackers' and Ray's own files are
 written by those libraries): a temporary file beside its final name, fsync'd, then renamed onto it, so a reader sees
@@ -77,6 +78,7 @@ RUNS_DIR = "runs"                      # runs/<trial_id>/: the trial's snapshots
 STOPS_DIR = "stops"                    # stops/<trial_id>.json: why the study stopped a trial (sid/cluster/search.py)
 TRAIN_DIR = "train"                    # train/train-<trial_id>: the trials' Ray Train runs
 JOURNAL = "optuna.journal"             # the default Optuna storage
+PROGRESS_LOG = "progress.log"          # the progress-file callback's lines (sid/cluster/callbacks.py)
 NOT_EVALUATIONS = (TRIALS_FILE, SCORES_FILE, PHEMA_FILE)  # Parquet files beside evaluations that hold other rows
 
 

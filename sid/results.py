@@ -111,6 +111,7 @@ TRIAL_SCHEMA = pa.schema([
     ("study", pa.string()),
     ("trial_id", pa.string()),
     *[EVALUATION_SCHEMA.field(c) for c in CONFIG_COLUMNS],
+    *[EVALUATION_SCHEMA.field(c) for c in MORE_CONFIG_COLUMNS],  # any searchable field is a column (later columns)
     ("world_size", pa.int64()),
     ("fid_detector", pa.string()),
     ("state", pa.string()),            # one of TRIAL_STATES

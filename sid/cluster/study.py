@@ -1,9 +1,10 @@
 """Hyperparameter studies: Ray Tune (grid or Optuna TPE, optional ASHA) over DistillConfig fields; every trial is one
 Ray Train run.
 
-A study is a search space over a few fields (alpha, lr, glr, sigma_init, seed; the rest fixed by a base config) in
-the project's own terms (sid/cluster/space.py: Grid, Range, Choice), a searcher, a scheduler, the resources of one
-trial and a storage folder. Each Tune trial is a driver function holding 0.01 CPU that builds the trial's
+A study is a search space over a few fields (any of the registry sid.config.SEARCHABLE; the rest fixed by a base
+config) in the project's own terms (sid/cluster/space.py: Grid, Range, Choice), a searcher and its sampler, a
+scheduler, callbacks, the resources of one trial and a storage folder; from Python or from a YAML file
+(sid/cluster/study_file.py). Each Tune trial is a driver function holding 0.01 CPU that builds the trial's
 TorchTrainer (sid.cluster.distributed.build_trainer) and waits for it; the trial's rank 0 writes every evaluation to
 Parquet before reporting it, and TuneReportCallback forwards the metrics to Tune. All of a study lives in
 <storage>/<name>/:
@@ -41,10 +42,23 @@ import yaml
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from sid.assets import is_url
+from sid.cluster.callbacks import build_callbacks, check_callbacks, check_saved_callbacks
 from sid.cluster.distributed import build_trainer, check_resources, connect, default_placement, resolve
 from sid.cluster.resources import TrialResources
 from sid.cluster.search import StorageError, StudyStopper, make_searcher, open_storage, tune_space
-from sid.cluster.space import SAMPLERS, Dimension, Grid, StudyError, check_point, check_space, space_data
+from sid.cluster.space import (
+    FIELD_TYPES,
+    OBJECT,
+    SAMPLERS,
+    Dimension,
+    Grid,
+    StudyError,
+    check_point,
+    check_sampler,
+    check_space,
+    saved_name,
+    space_data,
+)
 from sid.cluster.stopping import CurveRule
 from sid.cluster.trials import TrialRecord, TrialSettings, write_trials_table
 from sid.cluster.trust import untrusted_study
@@ -74,17 +88,18 @@ class Study:
     reduction_factor: float = 2.0              # ASHA keeps the best 1/reduction_factor of the trials at each rung
     curve_stop: bool = False                   # also stop a trial whose power-law forecast cannot beat the best final
     noise_z: float = 1.0                       # differences below noise_z x the measured noise are ties (no stop)
-    sampler: str = "tpe"                       # optuna: 'tpe' or 'gp' (a GP with a noise term)
+    sampler: str | Any = "tpe"                 # optuna: a key of sid.cluster.space.SAMPLERS or an Optuna sampler
     optuna_storage: str | None = None          # optuna: database URL or journal file (None: <study>/optuna.journal)
     points_to_evaluate: tuple[dict, ...] = ()  # optuna: first trials to run, e.g. the preset's published values
     divergence: Divergence = field(default_factory=Divergence)  # when a trial is stopped at once as diverged
     resources: TrialResources = TrialResources()  # of each trial; CPUs per worker (default 1) include the driver's
     max_concurrent: int | None = None          # trials at once; None: as many as the cluster holds
     storage: Path = Path("results")            # parent folder; on a multi-node cluster a path every node shares
-    optuna_seed: int = 0                       # seed of the TPE sampler
+    optuna_seed: int = 0                       # seed of the sampler a key names
     tracking: TrackingSettings = TrackingSettings()  # trackers, through Ray Tune's logger callbacks
     rescore_trials: str = "best"               # at the end: re-score the best trial's best.pt, 'all' trials', 'none'
     rescore_repeats: int = RESCORE_REPEATS     # its draws on fresh latents, each of the evaluations' image count
+    callbacks: tuple[str | Any, ...] = ()      # keys of sid.cluster.callbacks.CALLBACKS or ray.tune.Callback objects
 
     @property
     def cpus_per_worker(self) -> float:
@@ -127,8 +142,11 @@ class Study:
             raise bad(f"reduction_factor must be > 1, got {self.reduction_factor}")
         if not (math.isfinite(self.noise_z) and self.noise_z >= 0):
             raise bad(f"noise_z must be a finite number >= 0, got {self.noise_z}")
-        if self.sampler not in SAMPLERS:
-            raise bad(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        try:
+            check_sampler(self.sampler)
+            check_callbacks(self.callbacks)
+        except StudyError as exc:
+            raise bad(str(exc)) from None
         if self.optuna_storage is not None:
             try:
                 open_storage(self.optuna_storage)
@@ -166,7 +184,8 @@ class Study:
 def trial_config(tune_config: Mapping[str, Any], base: DistillConfig) -> DistillConfig:
     """A trial's DistillConfig: the study's base config with the trial's searched values. Tune's trial config is
     flat: the searched fields and the preset's name (a label); the base travels in the TrialSettings."""
-    searched = {k: int(v) if SEARCHABLE[k] == "int" else float(v) for k, v in tune_config.items() if k in SEARCHABLE}
+    cast = {"int": int, "float": float, "str": str}
+    searched = {k: cast[FIELD_TYPES[k]](v) for k, v in tune_config.items() if k in SEARCHABLE}
     return base.replace(**searched)
 
 
@@ -284,8 +303,9 @@ def plan(study: Study, folder: Path, saved: TrialSettings | None = None) -> tupl
     placement = worker.placement_strategy or default_placement(worker.workers, worker.per_worker())
     worker = worker.replace(placement_strategy=placement)
     check_resources(worker.workers, worker.per_worker(), placement)
-    settings = TrialSettings(base=study.base, study=study.name, folder=folder, resources=worker) if saved is None \
-        else dataclasses.replace(saved, resources=worker)
+    settings = TrialSettings(base=study.base, study=study.name, folder=folder, resources=worker,
+                             sampler=saved_name(study.sampler), callbacks=tuple(map(saved_name, study.callbacks))) \
+        if saved is None else dataclasses.replace(saved, resources=worker)
     # Counts the nodes that exist now: on an autoscaling cluster (which may have none yet) give max_concurrent.
     concurrency = study.max_concurrent or max(1, trial_capacity(ray.cluster_resources(), trial))
     return settings, trial, concurrency
@@ -338,16 +358,47 @@ def _tuner(study: Study, trainable: Any, concurrency: int, settings: TrialSettin
             name=study.name, storage_path=str(study.folder.parent), verbose=0,
             stop=StudyStopper(study.folder, study.divergence, rule),
             callbacks=[StudyCallback(study.folder, study.name, study.divergence, settings, planned_trials(study)),
-                       *tracker_callbacks(study)],
+                       *tracker_callbacks(study), *build_callbacks(study)],
             failure_config=ray.tune.FailureConfig(max_failures=0)),  # Train already restarts failed workers
     )
+
+
+def resumed_sampler(study: Study, saved: TrialSettings) -> Any:
+    """The sampler a resumed study uses: None to keep its saved one (a key: Tune restores the sampler it built, with
+    its random state), else the object given again for one given as an object (StudyError when none is)."""
+    if not saved.sampler.startswith(OBJECT):
+        if saved.sampler not in SAMPLERS:
+            raise StudyError(f"--resume: study {study.name!r} names the sampler key {saved.sampler!r}, not registered "
+                             f"in this process (register_sampler it before resuming)")
+        return None
+    if isinstance(study.sampler, str):
+        raise StudyError(f"--resume: study {study.name!r} ran with a sampler object ({saved.sampler[len(OBJECT):]}), "
+                         f"which is not saved; give it again: Study(..., sampler=<the sampler>)")
+    return study.sampler
+
+
+def reattach(tuner: ray.tune.Tuner, study: Study, saved: TrialSettings) -> None:
+    """A restored Tuner with the study's callbacks and sampler for this process: keys rebuilt from the registries,
+    objects as given again. Tune unpickles the RunConfig and the searcher it saved; the study's own callbacks
+    (StudyCallback, the trackers) stay as restored, the user's (the last len(saved.callbacks)) are replaced."""
+    sampler = resumed_sampler(study, saved) if study.searcher == "optuna" else None
+    callbacks = build_callbacks(study, saved.callbacks)
+    internal = tuner._local_tuner  # Ray 2.60: Tuner.restore keeps its TunerInternal here (no public setter)
+    run_config = internal.get_run_config()
+    own = list(run_config.callbacks or [])[:len(run_config.callbacks or []) - len(saved.callbacks)]
+    run_config.callbacks = [*own, *callbacks]
+    if sampler is not None:
+        internal._tune_config.search_alg.resumed_sampler = sampler  # applied after Tune restores the searcher
 
 
 def study_yaml(study: Study) -> str:
     """config.yaml of a study made in Python: its definition (the space as data: sid.cluster.space.space_data), the
     base config in full."""
+    optuna = dict(sampler=saved_name(study.sampler), optuna_seed=study.optuna_seed) if study.searcher == "optuna" \
+        else {}
     return yaml.safe_dump(dict(name=study.name, searcher=study.searcher, num_samples=study.num_samples,
-                               asha=study.asha, space=space_data(study.space),
+                               asha=study.asha, space=space_data(study.space), **optuna,
+                               callbacks=list(map(saved_name, study.callbacks)),
                                resources=dataclasses.asdict(study.resources), base=study.base.to_dict()),
                           sort_keys=False)
 
@@ -398,6 +449,9 @@ def run_study(study: Study, *, resume: bool = False, address: str | None = None,
         if why := untrusted_study(folder):  # before anything of Ray or of ours reads the study's files
             raise StudyError(f"--resume: {why}")
         saved = TrialSettings.read(folder)  # before Ray starts: a torn or edited file is one line
+        if study.searcher == "optuna":
+            resumed_sampler(study, saved)  # objects given in Python are asked for again, before Ray starts
+        check_saved_callbacks(study, saved.callbacks)
     if not resume and folder.exists() and any(folder.iterdir()):
         raise StudyError(f"{folder} already holds a study; pass --resume to continue it, or another --name")
     started = connect(address, quiet=True)  # our progress lines, not Tune's tables
@@ -411,6 +465,7 @@ def run_study(study: Study, *, resume: bool = False, address: str | None = None,
         if resume:
             print(f"resuming {folder}", flush=True)
             tuner = ray.tune.Tuner.restore(str(folder), trainable, resume_unfinished=True, resume_errored=True)
+            reattach(tuner, study, saved)
         else:
             print(f"study {study.name}: up to {concurrency} trial(s) at once, {trial.workers} worker(s) x "
                   f"{trial.per_worker()} each; {folder}", flush=True)
