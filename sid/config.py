@@ -26,6 +26,7 @@ FD_STD_METHOD = f"delete-one-group jackknife s.e. over {FD_STD_GROUPS} disjoint 
 # uniformly), 'log' (log-uniformly; figures use log axes), 'int' (integers; a Range covers low..high).
 SEARCHABLE: dict[str, str] = {"alpha": "linear", "sigma_init": "linear", "lr": "log", "glr": "log", "seed": "int"}
 EVAL_SCHEDULES = ("every", "official")
+METHODS = ("sid", "sida")  # SiD (data-free), SiDA (the fake score's encoder as a discriminator on real images)
 SNAPSHOT_KINDS = ("all", "best", "last")  # keep_snapshots: 'all', or a comma list of 'best' and 'last'
 ADAM_EPS = {"fp16": 1e-6}                # the official rule: 1e-6 with fp16, else ADAM_EPS_DEFAULT
 ADAM_EPS_DEFAULT = 1e-8
@@ -60,12 +61,19 @@ class DistillConfig:
     preset: str = "digits"                  # name of the preset these values started from (a label only)
     teacher: str = "digits"                 # 'digits', 'edm:<name>', a local .pkl path or an http(s) URL
     init_generator: str = ""                # initial generator: snapshot, run folder or SiD .pkl ('' = the teacher)
+    method: str = "sid"                     # 'sid', or 'sida' (adversarial, needs real images: data; docs/sida.md)
+    data: str = ""                          # real images ('digits': the shipped digits images); SiDA needs them
     # SiD
     alpha: float = 1.2                      # weight of the ||f_phi - f_psi||^2 term in the generator loss
     tmax: int = 800                         # generator-loss noise: t ~ U[0, tmax/1000] on the rho=7 schedule
     sigma_init: float = 2.5                 # generator input noise level, fixed in training and sampling
     ls: float = 1.0                         # fake-score loss scale
     lsg: float = 100.0                      # generator loss scale (never un-scaled, as in the official code)
+    # SiDA (method 'sida'; official defaults of sida_train.py)
+    lsd: float = 1.0                        # scale of the discriminator (BCE) term of the fake-score loss
+    lsg_gan: float = 0.01                   # scale of the adversarial term of the generator loss
+    generator_warmup_kimg: float = 100.0    # the generator does not step before this many kimg (fake score alone)
+    adversarial_warmup_kimg: float = 200.0  # the generator loss is SiD's alone until this many kimg, then 0.5/0.5
     # Optimisers
     lr: float = 1e-5                        # fake-score Adam learning rate
     glr: float = 1e-5                       # generator Adam learning rate
@@ -157,6 +165,13 @@ class DistillConfig:
             raise bad("keep_snapshots", "must be 'all', 'best', 'last' or 'best,last'")
         if self.seed < 0:
             raise bad("seed", "must be >= 0")
+        if self.method not in METHODS:
+            raise bad("method", f"must be one of {', '.join(METHODS)}")
+        for name in ("lsd", "lsg_gan", "generator_warmup_kimg", "adversarial_warmup_kimg"):
+            if getattr(self, name) < 0:
+                raise bad(name, "must be >= 0")
+        if self.method == "sida" and not self.data.strip():
+            raise bad("data", "method 'sida' needs real images (--data)")
         try:
             parse_sigma_rels(self.phema)
         except ValueError as exc:
@@ -244,6 +259,10 @@ _FFHQ_LIKE = dict(batch=512, batch_per_device=32, precision="fp16", dropout=0.05
                   fid_images=50_000,
                   fid_detector=INCEPTION)
 
+# SiDA on the digits: the generator steps from GENERATOR_WARMUP kimg on, the adversarial term from ADVERSARIAL_WARMUP
+# kimg on. Measured (docs/sida.md, `python benchmarks/sida_warmup.py`): MEASURED_BELOW.
+WARMUPS_DIGITS = dict(generator_warmup_kimg=1.28, adversarial_warmup_kimg=2.56)
+
 PRESETS: dict[str, dict[str, Any]] = {
     "cifar10-uncond": dict(_CIFAR, teacher="edm:cifar10-uncond", duration_kimg=500_000.0),
     "cifar10-cond": dict(_CIFAR, teacher="edm:cifar10-cond", duration_kimg=800_000.0),
@@ -258,14 +277,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The embedded default: 8x8 digits, a small teacher and a project-trained feature network; minutes on a CPU.
     # EMA: a 20 kimg half-life, ramped at 0.3 x images seen; the former 2 kimg (rampup 0.05) let the curve jump 2x
     # between evaluations (docs/digits_preset.md).
+    # SiDA's warm-ups (official 100 and 200 kimg, more than a whole digits run): WARMUPS_DIGITS below.
     "digits": dict(teacher="digits", alpha=1.2, batch=128, batch_per_device=128, lr=1e-4, glr=1e-4,
                    precision="fp32", dropout=0.0, augment=0.0, ema_mimg=0.02, ema_rampup=0.3, duration_kimg=25.6,
-                   eval_every_kimg=6.4, fid_images=2048, fid_detector=DIGITS_FEATURES, fid_ref="digits"),
+                   eval_every_kimg=6.4, fid_images=2048, fid_detector=DIGITS_FEATURES, fid_ref="digits",
+                   **WARMUPS_DIGITS),
 }
 # The study scripts' default: the digits default at a budget for many trials (the default alpha sweep's 9 trials,
 # 2 at a time on 2 CPU cores, in under 10 minutes). 4,096 images per evaluation: half the sampling error of 1,024
 # for about 3% more time (docs/digits_preset.md).
 PRESETS["digits-study"] = dict(PRESETS["digits"], duration_kimg=9.6, eval_every_kimg=1.92, fid_images=4096)
+# SiDA on the digits default: its real images are the shipped digits.
+PRESETS["digits-sida"] = dict(PRESETS["digits"], method="sida", data="digits")
 
 
 def preset(name: str, **overrides: Any) -> DistillConfig:

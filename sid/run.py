@@ -48,7 +48,9 @@ from sid.tracking import RunTracker, TrackingSettings
 RESUMABLE_CHANGES = ("duration_kimg", "keep_snapshots")
 # Fields added after the first checkpoints were written, with the value those runs had.
 LATER_FIELDS = {"init_generator": "", "eval_schedule": "every", "phema": "", "phema_every_kimg": 0.0,
-                "eval_tick_kimg": 10.0}
+                "eval_tick_kimg": 10.0, "method": "sid"}
+# SiDA's settings, added later: a checkpoint without them was a SiD run, whose numbers they do not shape.
+SIDA_FIELDS = ("data", "lsd", "lsg_gan", "generator_warmup_kimg", "adversarial_warmup_kimg")
 
 def save_image_grid(images: torch.Tensor, path: Path, scale: int = 4) -> None:
     """Images in [-1, 1] (N, C, H, W) tiled into a square-ish PNG, upscaled `scale` times for small images."""
@@ -138,7 +140,8 @@ def load_checkpoint(path: Path, config: DistillConfig) -> dict:
     """A run's saved state, refused if it was made with a different config (RESUMABLE_CHANGES may differ)."""
     state = load_plain(path, "training checkpoint of this project")
     try:
-        saved = {**LATER_FIELDS, **state["config"], **{k: getattr(config, k) for k in RESUMABLE_CHANGES}}
+        saved = {**LATER_FIELDS, **{k: getattr(config, k) for k in SIDA_FIELDS}, **state["config"],
+                 **{k: getattr(config, k) for k in RESUMABLE_CHANGES}}
     except (KeyError, TypeError) as exc:
         raise ValueError(f"{path}: not a training checkpoint of this project (no config: {exc!r})") from exc
     if saved != config.to_dict():
