@@ -35,21 +35,19 @@ from sid.files import NOT_EVALUATIONS, SCORES_FILE, TRIALS_FILE, write_file_atom
 SCHEMA_VERSION = "1"
 
 # Columns copied from the run's config into every row (and into the trials table).
-CONFIG_COLUMNS = ("preset", "method", "teacher", "alpha", "tmax", "sigma_init", "lr", "glr", "batch", "precision",
-                  "seed")
+CONFIG_COLUMNS = ("preset", "teacher", "alpha", "tmax", "sigma_init", "lr", "glr", "batch", "precision", "seed")
 # The other config fields that shape an evaluation's numbers, also in every row (added in schema 1 without a version
 # change: readers fill them with nulls for files written before). Fields that only say when to evaluate or what to
 # keep (eval_*, keep_snapshots, fid_images_final) are not columns; the complete config is in the file's metadata.
 MORE_CONFIG_COLUMNS = ("init_generator", "ls", "lsg", "beta1", "g_beta1", "beta2", "adam_eps", "batch_per_device",
                        "memory_format", "compile", "dropout", "augment", "ema_mimg", "ema_rampup", "duration_kimg",
-                       "fid_ref", "data", "lsd", "lsg_gan", "generator_warmup_kimg",
+                       "fid_ref", "method", "data", "lsd", "lsg_gan", "generator_warmup_kimg",
                        "adversarial_warmup_kimg")
 
 EVALUATION_SCHEMA = pa.schema([
     ("study", pa.string()),            # study name ('' for a single run)
     ("trial_id", pa.string()),         # Tune trial id, or the run folder's name for a single run
     ("preset", pa.string()),
-    ("method", pa.string()),           # 'sid' | 'sida' (a later column: files from before SiDA read as 'sid')
     ("teacher", pa.string()),
     ("alpha", pa.float64()),
     ("tmax", pa.int64()),
@@ -89,6 +87,7 @@ EVALUATION_SCHEMA = pa.schema([
     ("ema_rampup", pa.float64()),
     ("duration_kimg", pa.float64()),   # the run's planned length
     ("fid_ref", pa.string()),          # reference statistics of the Frechet distance
+    ("method", pa.string()),           # 'sid' | 'sida' (null in files from before SiDA: those are SiD)
     ("data", pa.string()),             # SiDA's real images ('' for SiD)
     ("lsd", pa.float64()),             # SiDA: discriminator loss scale
     ("lsg_gan", pa.float64()),         # SiDA: generator adversarial loss scale
@@ -100,9 +99,7 @@ EVALUATION_SCHEMA = pa.schema([
 ])
 EVALUATION_KEY = ("trial_id", "kimg")  # one row per evaluation point of a trial
 # Columns a file may lack because it was written before they existed: read back as nulls.
-LATER_COLUMNS = frozenset((*MORE_CONFIG_COLUMNS, "method", "fid_std", "loss_discriminator", "loss_generator_gan"))
-# Later columns whose value in the older files is known (every run before SiDA was SiD); the others read as nulls.
-LATER_DEFAULTS = {"method": "sid"}
+LATER_COLUMNS = frozenset((*MORE_CONFIG_COLUMNS, "fid_std", "loss_discriminator", "loss_generator_gan"))
 
 TRIAL_STATES = ("completed", "stopped_early", "diverged", "error", "running")
 
@@ -185,13 +182,11 @@ def _table(rows: pd.DataFrame | Iterable[Mapping[str, Any]], schema: pa.Schema,
 
 
 def _fill_later(frame: pd.DataFrame, schema: pa.Schema) -> pd.DataFrame:
-    """LATER_DEFAULTS, else nulls, for the LATER_COLUMNS of `schema` that `frame` lacks (a file or rows from before
-    they existed)."""
+    """Nulls for the LATER_COLUMNS of `schema` that `frame` lacks (a file or rows from before they existed)."""
     lacking = [n for n in schema.names if n in LATER_COLUMNS and n not in frame.columns]
     if not lacking:
         return frame
-    fill = {n: pa.nulls(len(frame), schema.field(n).type).to_pandas() if n not in LATER_DEFAULTS
-            else pd.Series([LATER_DEFAULTS[n]] * len(frame), dtype=object) for n in lacking}
+    fill = {n: pa.nulls(len(frame), schema.field(n).type).to_pandas() for n in lacking}
     return frame.assign(**{n: v.set_axis(frame.index) for n, v in fill.items()})
 
 
