@@ -23,8 +23,10 @@ DETECTORS = (INCEPTION, DIGITS_FEATURES)
 FD_STD_GROUPS = 10
 FD_STD_METHOD = f"delete-one-group jackknife s.e. over {FD_STD_GROUPS} disjoint groups of the generated images"
 # Fields a study can search (sid/cluster/space.py), with the scale of their values: 'linear' (a Range is searched
-# uniformly), 'log' (log-uniformly; figures use log axes), 'int' (integers; a Range covers low..high).
-SEARCHABLE: dict[str, str] = {"alpha": "linear", "sigma_init": "linear", "lr": "log", "glr": "log", "seed": "int"}
+# uniformly), 'log' (log-uniformly; figures use log axes), 'int' (integers; a Range covers low..high), 'name' (one of
+# the field's names: a Grid or Choice, no Range).
+SEARCHABLE: dict[str, str] = {"alpha": "linear", "sigma_init": "linear", "lr": "log", "glr": "log", "seed": "int",
+                              "method": "name"}
 EVAL_SCHEDULES = ("every", "official")
 METHODS = ("sid", "sida")  # SiD (data-free), SiDA (the fake score's encoder as a discriminator on real images)
 SNAPSHOT_KINDS = ("all", "best", "last")  # keep_snapshots: 'all', or a comma list of 'best' and 'last'

@@ -109,6 +109,7 @@ TRIAL_SCHEMA = pa.schema([
     *[EVALUATION_SCHEMA.field(c) for c in CONFIG_COLUMNS],
     ("world_size", pa.int64()),
     ("fid_detector", pa.string()),
+    EVALUATION_SCHEMA.field("method"),  # 'sid' | 'sida' (a later column: null in tables from before SiDA)
     ("state", pa.string()),            # one of TRIAL_STATES
     ("best_fid", pa.float64()),        # lowest finite fid of the trial (NaN if none)
     ("best_kimg", pa.float64()),       # kimg where best_fid occurred

@@ -9,12 +9,15 @@ import math
 import pytest
 import torch
 
+from sid.cluster.space import Grid, Range, StudyError, check_space, space_data
+from sid.cluster.study import trial_config
 from sid.config import ConfigError, preset
 from sid.distill import Distiller
 from sid.loop import Evaluator, train
 from sid.networks.vp import VPDenoiser
 from sid.real_images import RealImages
 from sid.testing.fixtures import TINY, RowSink, tiny_teacher
+from studies import method_compare
 
 # iterations of 8 images: nimg 0, 8, 16, ... before each; a warm-up of 0.008 kimg lasts 2 iterations (0 and 8 <= 8)
 WARMUP = 0.008
@@ -152,3 +155,20 @@ def test_rows_carry_the_method_and_sida_its_adversarial_losses(method):
     assert last["status"] == "ok" and math.isfinite(last["fid"])
     assert math.isfinite(last["loss_discriminator"]) == (method == "sida")
     assert math.isfinite(last["loss_generator_gan"]) == (method == "sida")
+
+
+# ---------------------------------------------------------------------------------------------- the study dimension
+def test_method_is_a_study_dimension_of_names():
+    check_space({"method": Grid(["sid", "sida"]), "seed": Grid([0, 1])}, "grid")
+    assert space_data({"method": Grid(["sid", "sida"])}) == {"method": {"grid": ["sid", "sida"]}}
+    assert trial_config({"method": "sida", "seed": 1}, preset("digits-sida")).method == "sida"
+    for dimension, words in [(Range("sid", "sida"), "no range"), (Grid([1, 2]), "expected names")]:
+        with pytest.raises(StudyError, match=words):
+            check_space({"method": dimension}, "grid" if isinstance(dimension, Grid) else "optuna")
+
+
+def test_method_compare_needs_real_images_except_for_the_digits(capsys):
+    with pytest.raises(SystemExit) as raised:
+        method_compare.main(["--preset", "cifar10-uncond", "--dry-run"])
+    assert raised.value.code == 2
+    assert "--data: SiDA trains on the teacher's real images" in capsys.readouterr().err

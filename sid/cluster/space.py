@@ -93,6 +93,10 @@ def _value_error(field: str, value: Any, what: str = "values") -> str | None:
     """Why `value` cannot be a value of `field` (None: it can): the registry's kind, finite, > 0 on a log scale;
     `what` names the value in the message ('values', 'low', 'high')."""
     scale = SEARCHABLE[field]
+    if scale == "name":
+        if what != "values":
+            return f"expected Grid([...]) or Choice([...]) of names ({field} has no range)"
+        return None if isinstance(value, str) else "expected names"
     if scale == "int":
         return None if isinstance(value, numbers.Integral) and not isinstance(value, bool) else "expected integers"
     if not _is_number(value) or not math.isfinite(value):
@@ -179,6 +183,8 @@ def space_data(space: Mapping[str, Dimension]) -> dict[str, dict[str, Any]]:
     return data
 
 
-def _plain(value: Any) -> int | float:
-    """A checked value as a Python int or float (numpy's scalars are no YAML)."""
+def _plain(value: Any) -> int | float | str:
+    """A checked value as a Python int, float or str (numpy's scalars are no YAML)."""
+    if isinstance(value, str):
+        return str(value)
     return int(value) if isinstance(value, numbers.Integral) else float(value)

@@ -156,7 +156,8 @@ class Study:
 def trial_config(tune_config: Mapping[str, Any], base: DistillConfig) -> DistillConfig:
     """A trial's DistillConfig: the study's base config with the trial's searched values. Tune's trial config is
     flat: the searched fields and the preset's name (a label); the base travels in the TrialSettings."""
-    searched = {k: int(v) if SEARCHABLE[k] == "int" else float(v) for k, v in tune_config.items() if k in SEARCHABLE}
+    convert = {"int": int, "name": str}
+    searched = {k: convert.get(SEARCHABLE[k], float)(v) for k, v in tune_config.items() if k in SEARCHABLE}
     return base.replace(**searched)
 
 

@@ -140,6 +140,7 @@ def trial_row(record: TrialRecord, rows: pd.DataFrame, study: str, divergence: D
     summary = summarise_rows(rows, divergence)
     return dict(
         study=study, trial_id=record.trial_id, **{c: getattr(record.config, c) for c in CONFIG_COLUMNS},
+        method=record.config.method,
         world_size=int(rows["world_size"].iloc[-1]) if not rows.empty else record.world_size,
         fid_detector=record.config.fid_detector, state=state,
         **{k: summary[k] for k in ("best_fid", "best_kimg", "last_kimg", "evaluations", "device_hours")},
