@@ -3,10 +3,10 @@
     python benchmarks/sida_cost.py step --preset digits --iterations 20     # time per iteration, SiDA / SiD
     python benchmarks/sida_cost.py warmup --iterations 80                   # the digits preset's SiDA warm-ups
 
-`step` alternates SiD and SiDA iterations (the same teacher, batch and settings; SiDA with both warm-ups over, so each
-of its iterations has every term) and prints the median seconds per iteration of each, their interquartile ranges and
-the ratio of the medians. EDM presets use a random teacher of the preset's architecture and random real images of its
-shape (the cost does not depend on the weights); the digits presets the shipped teacher and images.
+`step` counts the floating-point work of one iteration of each (torch's FlopCounterMode), then alternates SiD and SiDA
+iterations (the same teacher, batch and settings; SiDA with both warm-ups over, so each of its iterations has every
+term) and prints the median seconds per iteration of each, their interquartile ranges and the ratio of the medians. EDM presets use a random teacher of the preset's architecture and random real
+images of its shape (the cost does not depend on the weights); the digits presets the shipped teacher and images.
 
 `warmup` runs SiDA on the digits with the generator frozen (the first warm-up) and prints the fake score's two loss
 terms per window of iterations: the warm-ups of the digits preset (sid/config.py) are set from where they settle.
@@ -19,6 +19,7 @@ import statistics
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from sid.config import PRESETS, preset
 from sid.distill import Distiller
@@ -55,6 +56,11 @@ def step_cost(args: argparse.Namespace, device: torch.device) -> None:
     for d in runs.values():  # warm-up iterations: allocator, Adam state, the adversarial term switched on
         for _ in range(2):
             d.step()
+    flops = {}
+    for method, d in runs.items():  # the work of one iteration: independent of the machine and its load
+        with FlopCounterMode(display=False) as counter:
+            d.step()
+        flops[method] = counter.get_total_flops()
     times = {method: [] for method in runs}
     for _ in range(args.iterations):
         for method, d in runs.items():  # alternating: a slow spell of a shared machine hits both
@@ -67,6 +73,9 @@ def step_cost(args: argparse.Namespace, device: torch.device) -> None:
     for method, values in times.items():
         q1, median, q3 = quartiles(values)
         print(f"  {method:5s} {median:8.4f} s/iteration (IQR {q1:.4f}-{q3:.4f})")
+    for method, value in flops.items():
+        print(f"  {method:5s} {value / 1e9:10.2f} GFLOP/iteration (torch's FlopCounterMode: convolutions, matmuls)")
+    print(f"  SiDA / SiD work per iteration: {flops['sida'] / flops['sid']:.3f}")
     ratios = [a / b for a, b in zip(times["sida"], times["sid"])]
     q1, median, q3 = quartiles(ratios)
     print(f"  SiDA / SiD time per iteration: {statistics.median(times['sida']) / statistics.median(times['sid']):.3f}"
