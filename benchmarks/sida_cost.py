@@ -5,8 +5,9 @@
 
 `step` counts the floating-point work of one iteration of each (torch's FlopCounterMode), then alternates SiD and SiDA
 iterations (the same teacher, batch and settings; SiDA with both warm-ups over, so each of its iterations has every
-term) and prints the median seconds per iteration of each, their interquartile ranges and the ratio of the medians. EDM presets use a random teacher of the preset's architecture and random real
-images of its shape (the cost does not depend on the weights); the digits presets the shipped teacher and images.
+term) and prints the median seconds per iteration of each, their interquartile ranges and the ratio of the medians.
+EDM presets use a random teacher of the preset's architecture and random real images of its shape (the cost does not
+depend on the weights); the digits presets the shipped teacher and images.
 
 `warmup` runs SiDA on the digits with the generator frozen (the first warm-up) and prints the fake score's two loss
 terms per window of iterations: the warm-ups of the digits preset (sid/config.py) are set from where they settle.
