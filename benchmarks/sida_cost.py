@@ -47,10 +47,9 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
 
 
 def step_cost(args: argparse.Namespace, device: torch.device) -> None:
-    overrides, teacher, real = setup(args.preset, device, **({"batch": args.batch} if args.batch else {}))
+    batch = {"batch": args.batch, "batch_per_device": min(PRESETS[args.preset]["batch_per_device"], args.batch)}
+    overrides, teacher, real = setup(args.preset, device, **(batch if args.batch else {}))
     base = preset(args.preset, **overrides)
-    if args.batch:
-        base = base.replace(batch_per_device=min(base.batch_per_device, args.batch))
     runs = {method: Distiller(base.replace(method=method, generator_warmup_kimg=0.0, adversarial_warmup_kimg=0.0),
                               teacher, device=device, real=real if method == "sida" else None)
             for method in ("sid", "sida")}
