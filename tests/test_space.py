@@ -25,6 +25,7 @@ from sid.testing.fixtures import code_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 BOUNDS = {"log": (1e-5, 1e-3), "linear": (0.5, 4.0), "int": (0, 3)}  # a valid Range of each scale
+BOUNDS["name"] = ("sid", "sida")  # two values of a scale without ranges (Grid and Choice only)
 
 
 def study(space, searcher="grid", **kwargs) -> Study:
@@ -91,7 +92,7 @@ def test_the_batch_must_split_over_each_trials_workers_before_anything_starts(tm
 
 
 # ---------------------------------------------------------------------------------------------- translation
-@pytest.mark.parametrize("field", list(SEARCHABLE))
+@pytest.mark.parametrize("field", [f for f, scale in SEARCHABLE.items() if scale != "name"])  # names: no range
 def test_a_range_is_searched_on_the_registrys_scale(field):
     scale = SEARCHABLE[field]
     low, high = BOUNDS[scale]
@@ -156,7 +157,8 @@ def test_the_studies_defined_in_the_docs_are_valid(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------- no Ray
 @pytest.mark.timeout(60)
 def test_the_study_scripts_and_the_space_load_without_ray():
-    code = ("import sys, studies.alpha_sweep, studies.sigma_init_sweep, studies.hpo, sid.cluster.space, "
+    code = ("import sys, studies.alpha_sweep, studies.sigma_init_sweep, studies.hpo, studies.method_compare, "
+            "sid.cluster.space, "
             "sid.cluster.trials; print(sorted(m for m in sys.modules if m.split('.')[0] == 'ray'))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
