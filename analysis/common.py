@@ -89,7 +89,8 @@ def summarise(evals: pd.DataFrame, stored: pd.DataFrame | None = None) -> pd.Dat
         last = g.iloc[-1]
         rows.append({
             "study": study, "trial_id": trial,
-            **{c: last[c] for c in (*CONFIG_COLUMNS, "world_size", "fid_detector", "method")},
+            **{c: last[c] for c in (*CONFIG_COLUMNS, "world_size", "fid_detector")},
+            "method": last.get("method"),  # null in rows from before SiDA (those are SiD)
             "fid_images": int(best["fid_images"] if best is not None else last["fid_images"]),
             "state": "diverged" if summary["diverged"] else "completed",
             **{k: summary[k] for k in ("best_fid", "best_kimg", "final_fid", "last_kimg", "evaluations",
