@@ -37,7 +37,7 @@ plt.switch_backend("Agg")  # figures are files; never open a window or need a di
 
 KEYS = ["study", "trial_id"]
 # Runs that differ only in seed form one setting; they are averaged over.
-SETTING = ["study", *(c for c in CONFIG_COLUMNS if c != "seed"), "fid_detector", "fid_images"]
+SETTING = ["study", *(c for c in CONFIG_COLUMNS if c != "seed"), "method", "fid_detector", "fid_images"]
 SPREAD = ("pi", 100)  # seaborn errorbar: min-max over runs (never below zero on a log axis, unlike +-s.d.)
 SPREAD_LABEL = "mean, min–max over runs"
 MAX_LEVELS = 8  # more distinct values than this get a continuous colour map
@@ -144,6 +144,7 @@ def summarise(evals: pd.DataFrame, stored: pd.DataFrame | None = None) -> pd.Dat
         rows.append({
             "study": study, "trial_id": trial,
             **{c: last[c] for c in (*CONFIG_COLUMNS, "world_size", "fid_detector")},
+            "method": last.get("method"),  # null in rows from before SiDA (those are SiD)
             "fid_images": int(best["fid_images"] if best is not None else last["fid_images"]),
             "state": "diverged" if summary["diverged"] else "completed",
             **{k: summary[k] for k in ("best_fid", "best_kimg", "final_fid", "last_kimg", "evaluations",

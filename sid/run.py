@@ -55,9 +55,10 @@ from sid.tracking import RunTracker, TrackingSettings
 RESUMABLE_CHANGES = ("duration_kimg", "keep_snapshots", "eval_metrics")
 # Fields added after the first checkpoints were written, with the value those runs had.
 LATER_FIELDS = {"init_generator": "", "eval_schedule": "every", "phema": "", "phema_every_kimg": 0.0,
-                "eval_tick_kimg": 10.0, "class_counts": ""}
-# Later fields that the runs written before them never read: a checkpoint without one matches any value.
-UNREAD_LATER_FIELDS = ("data",)
+                "eval_tick_kimg": 10.0, "class_counts": "", "method": "sid"}
+# Later fields that the runs written before them never read (SiDA's settings: those runs were SiD): a checkpoint
+# without one matches any value.
+UNREAD_LATER_FIELDS = ("data", "lsd", "lsg_gan", "generator_warmup_kimg", "adversarial_warmup_kimg")
 # What torchrun (torch.distributed.run) sets in each process it starts; all of them mean "a rank of a torchrun run".
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 TORCHRUN_RESTARTS = "TORCHELASTIC_RESTART_COUNT"  # set by torchrun too: restarts of the worker group so far
