@@ -39,9 +39,11 @@ from sid.files import (
 from sid.generators import load_generator
 from sid.loop import Evaluator, Sink, train
 from sid.micro_batch import fit_micro_batch
+from sid.process_cache import cached_file
 from sid.results import EVALUATION_SCHEMA, best_row, provenance, read_parquet, upsert_evaluations
 from sid.saved import SavedGenerator
 from sid.teachers import load_plain, load_teacher
+from sid.timeline import phase
 from sid.tracking import RunTracker, TrackingSettings
 
 # Config fields a resumed run may change: they do not shape the numbers of the evaluations already made.
@@ -162,13 +164,15 @@ def run_rank(config: DistillConfig, folder: RunFolder | None, *, device: torch.d
     """Run (or continue) one rank of a run to config.duration_kimg: rank 0 evaluates and writes `folder`."""
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # denormals made CPU iterations up to 10x slower
-    teacher = load_teacher(config.teacher)
-    generator = load_generator(config.init_generator)[0] if config.init_generator else None
-    micro_batch = 0
-    if not config.batch_per_device:  # 0: the largest that fits, measured on this device before the run starts
-        micro_batch = fit_micro_batch(config, teacher, device=device, world_size=world_size, generator=generator)
-    distiller = Distiller(config, teacher, device=device, rank=rank, world_size=world_size, generator=generator,
-                          micro_batch=micro_batch)
+    with phase("load_teacher"):  # once per process (sid.process_cache): a study's trials share their process
+        teacher = cached_file("teacher", config.teacher, load_teacher)
+        generator = load_generator(config.init_generator)[0] if config.init_generator else None
+    with phase("build_distiller"):
+        micro_batch = 0
+        if not config.batch_per_device:  # 0: the largest that fits, measured on this device before the run starts
+            micro_batch = fit_micro_batch(config, teacher, device=device, world_size=world_size, generator=generator)
+        distiller = Distiller(config, teacher, device=device, rank=rank, world_size=world_size, generator=generator,
+                              micro_batch=micro_batch)
     wall_s, best = 0.0, None
     if state is not None:
         distiller.load_state_dict(state)
@@ -177,7 +181,9 @@ def run_rank(config: DistillConfig, folder: RunFolder | None, *, device: torch.d
             print(f"continuing at kimg {distiller.kimg:g} (iteration {distiller.iteration})", flush=True)
             best = folder.best_until(trial_id, distiller.kimg) if folder is not None else None
     writes = rank == 0 and folder is not None
-    train(distiller, evaluator=Evaluator(config, device) if rank == 0 else None,
+    with phase("load_evaluator"):
+        evaluator = Evaluator(config, device) if rank == 0 else None
+    train(distiller, evaluator=evaluator,
           sinks=[folder, *sinks] if writes else list(sinks), best=best, study=study, trial_id=trial_id,
           wall_s=wall_s, progress=progress and rank == 0, resumed=state is not None,
           phema_snapshot=folder.write_phema if (writes and config.phema) else None)
