@@ -1,4 +1,5 @@
-"""benchmarks/step_throughput.py: the command-line table on CPU, variant names, and the preset architectures."""
+"""benchmarks/step_throughput.py: the command-line table on CPU, variant names, and the preset architectures;
+benchmarks/ray_overhead.py: its arithmetic on a timeline."""
 
 import subprocess
 import sys
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.ray_overhead import breakdown, trial_shares
 from benchmarks.step_throughput import variant_config
 from sid.config import ConfigError, preset
 from sid.networks.precond import EDMPrecond
@@ -103,3 +105,26 @@ def test_benchmark_networks_are_the_official_architectures(name, params):
     with torch.device("meta"):
         net = EDMPrecond(**preset_architecture(name))
     assert sum(p.numel() for p in net.parameters()) == params
+
+
+def phase(name: str, start: float, end: float, pid: int = 1) -> dict:
+    return dict(phase=name, start=start, end=end, pid=pid)
+
+
+def test_ray_share_counts_each_trials_wait_for_its_slot_and_its_time_outside_the_runs_work():
+    # Two slots from t=0; trial A (pid 1) 1-11 with 8 s of work, B (pid 2) 2-12 with 9 s, C (pid 1) 13-23 with 9 s
+    # takes A's slot (free at 11): Ray's time = (1 + 2) + (2 + 1) + (2 + 1) = 9 s, work 26 s.
+    timeline = [phase("tune", 0, 24), phase("trial", 1, 11), phase("load_teacher", 1, 2), phase("train", 2, 9),
+                phase("trial", 2, 12, 2), phase("train", 2.5, 11.5, 2), phase("trial", 13, 23),
+                phase("train", 13.5, 22.5), phase("ray_start", -3, -1)]
+    share, ray_s, trials, work_s = trial_shares(timeline, slots=2)
+    assert (trials, ray_s, work_s) == (3, pytest.approx(9.0), pytest.approx(26.0))
+    assert share == pytest.approx(9 / 35)
+
+
+def test_a_runs_phases_add_up_to_its_wall_time():
+    timeline = [phase("ray_start", 1, 4), phase("load_teacher", 10, 11), phase("load_evaluator", 11, 12),
+                phase("train", 12, 20), phase("evaluate", 20, 22), phase("write", 22, 23)]
+    row = breakdown(30.0, timeline, start=0.0)
+    assert row == dict(total=30.0, **{"ray start": 3.0, "load": 2.0, "train": 8.0, "eval": 2.0, "write": 1.0,
+                                      "to trial": 6.0, "rest": 8.0})
