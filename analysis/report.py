@@ -19,6 +19,7 @@ import pandas as pd
 
 from analysis import ablation, common, compare, fid_vs_images
 from sid.config import FD_STD_METHOD
+from sid.plan import PLAN_FILE, Plan, PlanError
 
 REPORT = "report"  # file name of the report, without extension
 
@@ -114,6 +115,24 @@ def settings_markdown(trials: pd.DataFrame, evals: pd.DataFrame, x: str, metric:
     return "\n".join(lines) + "\n"
 
 
+def cost_markdown(plan: Plan, trials: pd.DataFrame, evals: pd.DataFrame) -> str:
+    """The study's plan (--plan, written before it ran) beside what it cost: how good the plan was."""
+    reached = evals.groupby("trial_id")["kimg"].max()
+    stamps = pd.to_datetime(evals["written_at"], utc=True) if "written_at" in evals else pd.Series(dtype=object)
+    span = (stamps.max() - stamps.min()).total_seconds() if len(stamps) > 1 else math.nan
+    low, high = (plan.train_device_hours * (1 - s) for s in (plan.saving_low, plan.saving_high))
+    saved = f" ({high:.3g}-{low:.3g} after the stopping rule)" if plan.saving_high > 0 else ""
+    rows = [("trials", f"{plan.trials}", f"{len(trials)}"),
+            ("training images", f"{plan.images / 1e6:.4g} M", f"{reached.sum() * 1000 / 1e6:.4g} M"),
+            ("training device-hours", f"{plan.train_device_hours:.3g}{saved}", f"{trials['device_hours'].sum():.3g}"),
+            ("wall time", f"{plan.wall_s / 3600:.3g} h (all of it)", f"{span / 3600:.3g} h (first to last row)")]
+    c = plan.calibration
+    return "\n".join(["| | plan | actual |", "|---|---|---|", *(f"| {a} | {b} | {d} |" for a, b, d in rows), "",
+                      f"Plan from {plan.cluster}, {plan.concurrency} trial(s) at once; calibration: "
+                      f"{c.train_images_per_s:.4g} training img/s, {c.eval_images_per_s:.4g} evaluation img/s, setup "
+                      f"{c.setup_s:.3g} s on {c.device} ({c.source})."]) + "\n"
+
+
 def noise_markdown(values: pd.DataFrame) -> str:
     seed_sd = values["final_sd"].dropna()
     sampling = values["fid_std"].dropna()
@@ -158,6 +177,13 @@ def build(study: Sequence[str | Path], out: str | Path, *, x: str = "alpha", tea
     md += ["## Best value per setting, with spread", "", value_markdown(values, x, metric),
            "Noise: " + noise_markdown(values), "## Paired verdicts", "", compare.to_markdown(verdicts, x)
            if not verdicts.empty else f"Only one value of {x}: nothing to compare.\n"]
+    plans = [Path(p) / PLAN_FILE for p in study if (Path(p) / PLAN_FILE).is_file()]
+    if len(plans) == 1:  # one study priced with --plan before it ran
+        try:
+            cost = cost_markdown(Plan.read(plans[0]), trials, evals)
+        except PlanError as exc:  # a torn or edited plan.json: said in the report, the rest stands
+            cost = f"{exc}\n"
+        md += ["## Cost: plan and actual", "", cost]
     text = "\n".join(md)
     path = out / f"{REPORT}.md"
     path.write_text(text)

@@ -27,6 +27,7 @@ A study folder (`<storage>/<name>/`, sid/cluster/study.py):
     stops/<trial_id>.json          why the study stopped a trial
     train/train-<trial_id>/        a trial of several workers: its Ray Train run (its checkpoints)
     trial-<trial_id>/              Tune's files of the trial; a one-worker trial's checkpoints (checkpoint_*/state.pt)
+    plan.json, calibration.json    the study's price before it ran (--plan; names and format: sid/plan.py)
     optuna.journal                 the Optuna study (the default storage)
 
 Every file the project writes itself goes through the atomic writers below (the trackers' and Ray's own files are

@@ -63,6 +63,7 @@ from sid.files import (
     TRIALS_FILE,
     write_text_atomic,
 )
+from sid.plan import CALIBRATION_FILE, PLAN_FILE
 from sid.results import Divergence, is_uri, read_parquet
 from sid.run import RunFolder, load_checkpoint, run_rank
 from sid.timeline import phase
@@ -417,7 +418,7 @@ def run_study(study: Study, *, resume: bool = False, address: str | None = None,
     if resume:
         check_trusted_folder(folder)
         saved = TrialSettings.read(folder)  # before Ray starts: a torn or edited file is one line
-    if not resume and folder.exists() and any(folder.iterdir()):
+    if not resume and folder.exists() and any(p.name not in (PLAN_FILE, CALIBRATION_FILE) for p in folder.iterdir()):
         raise StudyError(f"{folder} already holds a study; pass --resume to continue it, or another --name")
     started = connect(address, quiet=True)  # our progress lines, not Tune's tables
     try:
