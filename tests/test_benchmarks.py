@@ -1,6 +1,7 @@
 """benchmarks/step_throughput.py: the command-line table on CPU, variant names, and the preset architectures;
 benchmarks/ray_overhead.py: its arithmetic on a timeline."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from benchmarks.ray_overhead import breakdown, trial_shares
-from benchmarks.step_throughput import variant_config
+from benchmarks.step_throughput import variant_config, variant_threads
 from sid.config import ConfigError, preset
 from sid.networks.precond import EDMPrecond
 from sid.testing.fixtures import preset_architecture
@@ -34,10 +35,16 @@ def table(out: str) -> dict[str, dict[str, str]]:
 
 @pytest.mark.timeout(120)
 def test_cpu_throughput_table_lists_each_variant_with_its_ratio_to_official():
-    out = run_script("--device", "cpu", "--preset", "digits", "--iterations", "3", "--variants", "official,bf16",
+    out = run_script("--device", "cpu", "--preset", "digits", "--iterations", "3", "--variants",
+                     "official,bf16,fp32-t1",
                      "--batch", "32", "--warmup", "1")
     rows = table(out)
-    assert list(rows) == ["official", "bf16"]
+    assert list(rows) == ["official", "bf16", "fp32-t1"]
+    assert rows["fp32-t1"]["threads"] == "1" and "matmul peak" in out
+    # achieved FLOP/s over the peak measured in the same process (each rounded as printed)
+    peak = float(re.search(r"fp32 ([\d.e+-]+) TFLOP/s", out).group(1))
+    assert float(rows["official"]["of-peak"].rstrip("%")) == pytest.approx(
+        100 * float(rows["official"]["TFLOP/s"]) / peak, rel=0.02, abs=1)
     assert rows["official"]["ratio"] == "1.00x" and rows["official"]["precision"] == "fp32"
     ratio, rate = float(rows["bf16"]["ratio"].rstrip("x")), float(rows["bf16"]["img/s"])
     assert ratio > 0 and rate > 0 and float(rows["bf16"]["s/kimg"]) == pytest.approx(1000 / rate, rel=0.01)
@@ -85,6 +92,7 @@ def test_cpu_fid_cost_table_has_each_generator_and_detector_precision():
                                    memory_format="channels_last")),
     ("fp16-mb32", dict(precision="fp16", batch_per_device=32)),
     ("tf32-compile", dict(precision="tf32", compile="default")),
+    ("fp32-cl-t1", dict(precision="fp32", memory_format="channels_last", batch_per_device=64)),
 ])
 def test_variant_names_map_to_configs(name, expected):
     config = variant_config(name, preset("cifar10-uncond"), batch=64)
@@ -128,3 +136,9 @@ def test_a_runs_phases_add_up_to_its_wall_time():
     row = breakdown(30.0, timeline, start=0.0)
     assert row == dict(total=30.0, **{"ray start": 3.0, "load": 2.0, "train": 8.0, "eval": 2.0, "write": 1.0,
                                       "to trial": 6.0, "rest": 8.0})
+
+
+@pytest.mark.parametrize("name, threads", [("fp32-t1", 1), ("bf16-tf32-cl-t4", 4), ("bf16-tf32", None),
+                                           ("official-t2-b256", 2)])
+def test_thread_suffix_is_read_from_the_variant_name(name, threads):
+    assert variant_threads(name) == threads

@@ -309,7 +309,7 @@ def test_optuna_study_samples_within_the_space_and_keeps_its_state(tmp_path, loc
 
 
 @pytest.mark.ray
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(480)
 def test_a_one_worker_trial_in_its_tune_process_writes_the_rows_of_a_train_worker_group(tmp_path, local_ray):
     # The study runs its one-worker trial in Tune's trial process (no Train worker group); run_distributed runs the
     # same config through a Ray Train worker group of one. One CPU (so one torch thread) each: the rows match bit
