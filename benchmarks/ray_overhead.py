@@ -6,9 +6,10 @@
 
 Every mode is a whole command in its own process, as a user runs it (Python, torch and Ray imports included):
 `in-process` is `python -m sid distill`; `study` is `studies/alpha_sweep.py` with one alpha and one seed (its one
-trial runs in Tune's trial process) and the trial's CPUs = this machine's, so it trains with the same torch threads;
-`train-group` runs the same config through a Ray Train worker group of one (`run_distributed`), the path every
-study trial took before. The modes alternate within each round, and the table gives each mode's median over the
+trial runs in Tune's trial process); `train-group` runs the same config through a Ray Train worker group of one
+(`run_distributed`), the path every study trial took before. The study's trial and the Train worker hold as many
+CPUs as the in-process run has torch threads (OMP_NUM_THREADS if set, else the machine's CPUs), so all three train
+with the same threads. The modes alternate within each round, and the table gives each mode's median over the
 rounds, its ratio to the in-process run of the same round (median), and the load average beside it.
 
 The phases come from the timeline every process of a run appends to (sid/timeline.py): `ray start`, `to trial`
@@ -42,6 +43,8 @@ WORK = ("load_teacher", "build_distiller", "load_evaluator", "train", "evaluate"
 COLUMNS = {"ray start": ("ray_start",), "load": WORK[:3], "train": ("train",), "eval": ("evaluate",),
            "write": ("write",)}
 MODES = ("in-process", "study", "train-group")
+# torch threads of the in-process run; the study's trial and the Train worker get as many CPUs, so as many threads
+THREADS = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
 
 
 def total(phases: list[dict], names: tuple[str, ...]) -> float:
@@ -55,7 +58,7 @@ def command(mode: str, args: argparse.Namespace, out: Path, alphas: str = "1.0",
         return [sys.executable, "-m", "sid", "distill", *preset_flags, "--out", str(out), "--device", "cpu",
                 "--no-progress"]
     if mode == "study":
-        cpus = [] if args.trials > 1 else ["--cpus-per-worker", str(os.cpu_count())]
+        cpus = [] if args.trials > 1 else ["--cpus-per-worker", str(THREADS)]
         return [sys.executable, "studies/alpha_sweep.py", *preset_flags, "--alphas", alphas, "--seeds", str(seeds),
                 "--storage", str(out), "--name", "study", *cpus]
     return [sys.executable, __file__, "--train-group", str(out), "--preset", args.preset, "--kimg", str(args.kimg),
@@ -120,7 +123,7 @@ def main() -> None:
         from sid.cluster.resources import TrialResources  # noqa: PLC0415
 
         run_distributed(config, args.train_group, address=None, resume=False,
-                        resources=TrialResources(workers=1, gpus_per_worker=0.0, cpus_per_worker=os.cpu_count()))
+                        resources=TrialResources(workers=1, gpus_per_worker=0.0, cpus_per_worker=THREADS))
         return
     root = args.out or Path(tempfile.mkdtemp(prefix="ray_overhead-"))
     print(f"{args.preset}: {args.kimg} kimg = {config.iterations} iterations of batch {config.batch}, "
