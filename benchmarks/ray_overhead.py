@@ -126,6 +126,7 @@ def main() -> None:
                         resources=TrialResources(workers=1, gpus_per_worker=0.0, cpus_per_worker=THREADS))
         return
     root = args.out or Path(tempfile.mkdtemp(prefix="ray_overhead-"))
+    root.mkdir(parents=True, exist_ok=True)
     print(f"{args.preset}: {args.kimg} kimg = {config.iterations} iterations of batch {config.batch}, "
           f"{args.evaluations + 1} evaluations of {config.fid_images} images; {os.cpu_count()} CPUs; in {root}")
     if args.trials > 1:

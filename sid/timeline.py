@@ -26,8 +26,11 @@ def record(phase: str, start: float, end: float) -> None:
     if not path:
         return
     line = json.dumps(dict(phase=phase, start=start, end=end, pid=os.getpid())) + "\n"
-    with open(path, "a") as f:
-        f.write(line)
+    try:
+        with open(path, "a") as f:
+            f.write(line)
+    except OSError:  # a timeline is a diagnostic: a bad path must not stop a run
+        pass
 
 
 @contextmanager

@@ -74,3 +74,6 @@ def test_phases_are_appended_to_the_timeline_file_only_when_it_is_named(tmp_path
     assert all(line["pid"] == os.getpid() and line["start"] <= line["end"] for line in lines)
     assert lines[1]["start"] <= lines[0]["start"] and lines[0]["end"] <= lines[1]["end"]
     assert read_timeline(tmp_path / "missing.jsonl") == []
+    monkeypatch.setenv(TIMELINE_ENV, str(tmp_path / "no" / "such" / "folder.jsonl"))
+    with phase("lost"):  # an unwritable timeline loses its lines, never the run
+        pass
