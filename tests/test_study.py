@@ -509,3 +509,26 @@ def test_a_study_searching_tmax_and_the_ema_length_runs_and_resumes_from_python_
         assert sorted(again["trial_id"]) == sorted(trials["trial_id"])
     resumed = read_evaluations(study.folder / "evaluations")
     assert len(resumed) == len(rows)  # a finished study resumed: nothing run again, nothing duplicated
+
+@pytest.mark.ray
+@pytest.mark.timeout(480)
+def test_a_one_worker_trial_in_its_tune_process_writes_the_rows_of_a_train_worker_group(tmp_path, local_ray):
+    # The study runs its one-worker trial in Tune's trial process (no Train worker group); run_distributed runs the
+    # same config through a Ray Train worker group of one. One CPU (so one torch thread) each: the rows match bit
+    # for bit but for the labels and the clocks.
+    from sid.cluster.distributed import run_distributed  # noqa: PLC0415 (beside the study it checks)
+
+    base = preset("digits", **TINY)
+    study = Study(name="in-trial", base=base, space={"alpha": Grid([base.alpha])}, storage=tmp_path)
+    trials = run_study(study)
+    assert (trials["state"] == "completed").all()
+    assert not (study.folder / "train").exists()  # no Train run was made for it
+    in_trial = read_evaluations(study.folder / "evaluations")
+    path = run_distributed(base, tmp_path / "train-group", address=None, resume=False,
+                           resources=TrialResources(workers=1, gpus_per_worker=0.0, cpus_per_worker=1.0))
+    group = read_evaluations(path)
+    assert json.loads((tmp_path / "train-group" / "workers" / "rank0.json").read_text())["torch_threads"] == 1
+    clocks_and_labels = ["study", "trial_id", "wall_s", "device_s", "images_per_s", "written_at"]
+    assert len(in_trial) == len(base.evaluation_kimg())
+    pd.testing.assert_frame_equal(in_trial.drop(columns=clocks_and_labels).reset_index(drop=True),
+                                  group.drop(columns=clocks_and_labels).reset_index(drop=True), check_exact=True)

@@ -1,17 +1,19 @@
 """Hyperparameter studies: Ray Tune (grid or Optuna TPE, optional ASHA) over DistillConfig fields; every trial is one
-Ray Train run.
+run: in its Tune trial process for one worker, a Ray Train run for several.
 
 A study is a search space over a few fields (any of the registry sid.config.SEARCHABLE; the rest fixed by a base
 config) in the project's own terms (sid/cluster/space.py: Grid, Range, Choice), a searcher and its sampler, a
 scheduler, callbacks, the resources of one trial and a storage folder; from Python or from a YAML file
-(sid/cluster/study_file.py). Each Tune trial is a driver function holding 0.01 CPU that builds the trial's
-TorchTrainer (sid.cluster.distributed.build_trainer) and waits for it; the trial's rank 0 writes every evaluation to
-Parquet before reporting it, and TuneReportCallback forwards the metrics to Tune. All of a study lives in
+(sid/cluster/study_file.py). A one-worker trial trains in its Tune trial process (run_in_trial: no Train worker
+group, whose start-up is all it would add); a larger trial's Tune function holds 0.01 CPU, builds the trial's
+TorchTrainer (sid.cluster.distributed.build_trainer) and waits for it. The trial's rank 0 writes every evaluation to
+Parquet before reporting it to Tune (directly, or through TuneReportCallback). All of a study lives in
 <storage>/<name>/:
 
     evaluations/<trial_id>.parquet   every evaluation of one trial, keyed (trial_id, kimg)
     trials.parquet                   one row per trial: state, best FID, where, last kimg, device-hours
-    train/train-<trial_id>/          the trial's Ray Train run (checkpoints: what a resumed trial continues from)
+    train/train-<trial_id>/          a trial of several workers: its Ray Train run (checkpoints: what it continues from)
+    trial-<trial_id>/checkpoint_*/   a one-worker trial's checkpoints (Tune's: what it continues from)
     trial_settings.json              what every trial gets (sid.cluster.trials.TrialSettings): the resume contract
     trial-<trial_id>/, experiment_state-*.json, searcher-state-*.pkl, tuner.pkl    Tune's own files
 
@@ -38,12 +40,13 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import ray
 import ray.tune
+import torch
 import yaml
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from sid.assets import is_url
 from sid.cluster.callbacks import build_callbacks, check_callbacks, check_saved_callbacks
-from sid.cluster.distributed import build_trainer, check_resources, connect, default_placement, resolve
+from sid.cluster.distributed import Reporter, build_trainer, check_resources, connect, default_placement, resolve
 from sid.cluster.resources import TrialResources
 from sid.cluster.search import StorageError, StudyStopper, make_searcher, open_storage, tune_space
 from sid.cluster.space import (
@@ -64,10 +67,22 @@ from sid.cluster.trials import TrialRecord, TrialSettings, write_trials_table
 from sid.cluster.trust import untrusted_study
 from sid.cluster.watch import Progress, evaluation_line
 from sid.config import SEARCHABLE, ConfigError, DistillConfig
-from sid.files import CONFIG_FILE, EVALUATIONS_DIR, MLFLOW_DIR, RUNS_DIR, TRAIN_DIR, TRIALS_FILE, write_text_atomic
+from sid.files import (
+    CONFIG_FILE,
+    EVALUATIONS_DIR,
+    MLFLOW_DIR,
+    RAY_STATE_FILE,
+    RUNS_DIR,
+    TRAIN_DIR,
+    TRIALS_FILE,
+    write_text_atomic,
+)
+from sid.plan import CALIBRATION_FILE, PLAN_FILE
 from sid.results import Divergence, is_uri, read_parquet
+from sid.run import RunFolder, load_checkpoint, run_rank
 from sid.scoring import RESCORE_REPEATS, RESCORE_TRIALS, rescore_study
 from sid.teachers import teacher_kind
+from sid.timeline import phase
 from sid.tracking import STEP_KEY, TrackingSettings, mlflow_uri, step_of
 
 if TYPE_CHECKING:
@@ -204,9 +219,40 @@ def run_trial(tune_config: dict[str, Any], settings: TrialSettings) -> None:
         metrics = {k: float(v) for k, v in last.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         ray.tune.report({**metrics, "best_fid": float(rows["fid"].min()), STEP_KEY: step_of(last)})
         return
-    build_trainer(config, resources=settings.resources, rows_path=rows_path, storage_path=folder / TRAIN_DIR,
-                  name=f"train-{trial_id}", trial_id=trial_id, run_folder=folder / RUNS_DIR / trial_id,
-                  study=settings.study, callbacks=[TuneReportCallback()], check=False).fit()  # plan() checked
+    with phase("trial"):
+        if settings.resources.workers == 1:
+            run_in_trial(config, settings, trial_id, rows_path)
+        else:
+            build_trainer(config, resources=settings.resources, rows_path=rows_path, storage_path=folder / TRAIN_DIR,
+                          name=f"train-{trial_id}", trial_id=trial_id, run_folder=folder / RUNS_DIR / trial_id,
+                          study=settings.study, callbacks=[TuneReportCallback()], check=False).fit()  # plan() checked
+
+
+def run_in_trial(config: DistillConfig, settings: TrialSettings, trial_id: str, rows_path: Path) -> None:
+    """A one-worker trial in its Tune trial process (no Ray Train worker group: a DDP group of one adds nothing but
+    its start-up): the same run_rank as a Train worker's, with the trial's CPUs as torch threads and its GPU (Ray sets
+    CUDA_VISIBLE_DEVICES); it continues from the trial's newest Tune checkpoint (a retry, a restored study). Tune's
+    FailureConfig restarts it (_tuner), as Train's restarts a worker group."""
+    assigned = ray.get_runtime_context().get_assigned_resources()
+    device = torch.device("cuda", 0) if assigned.get("GPU") else torch.device("cpu")
+    if device.type == "cpu":  # one thread per CPU of the trial, rounded, like a Train worker (distributed.py)
+        torch.set_num_threads(max(1, round(assigned.get("CPU", 1))))
+    state = None
+    checkpoint = ray.tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as saved:
+            state = load_checkpoint(Path(saved) / RAY_STATE_FILE, config)
+    folder = RunFolder(settings.folder / RUNS_DIR / trial_id, rows_path=rows_path, keep_state=False)
+    run_rank(config, folder, device=device, state=state, study=settings.study, trial_id=trial_id,
+             sinks=[Reporter(folder, tune=True)], progress=False)
+
+
+def trial_process_resources(trial: TrialResources) -> dict[str, float]:
+    """What Tune's trial process holds: a one-worker trial runs in it, so all of the trial's resources (plan()'s
+    `trial`, the driver's CPU included); a larger trial only drives its Train worker group (DRIVER_CPU)."""
+    if trial.workers > 1:
+        return {"cpu": DRIVER_CPU}
+    return {"cpu": trial.cpus_per_worker, **({"gpu": trial.gpus_per_worker} if trial.gpus_per_worker else {})}
 
 
 def trial_capacity(cluster: Mapping[str, float], resources: TrialResources) -> int:
@@ -350,16 +396,22 @@ def _tuner(study: Study, trainable: Any, concurrency: int, settings: TrialSettin
         rule = CurveRule(grace_kimg=min(grace, base.final_kimg), final_kimg=base.final_kimg,
                          eta=study.reduction_factor if study.asha else math.inf, z=study.noise_z,
                          curve=study.curve_stop)
+    # One-worker trials run in Tune's trial process (run_in_trial): Tune restarts them, and reusing the process for
+    # the next trial keeps what it loaded (sid.process_cache). Larger trials: Train restarts their worker groups.
+    in_trial = settings.resources.workers == 1
     return ray.tune.Tuner(
         trainable, param_space=param_space,
         tune_config=ray.tune.TuneConfig(search_alg=search_alg, num_samples=study.num_samples,
-                                        max_concurrent_trials=concurrency, trial_dirname_creator=trial_dirname),
+                                        max_concurrent_trials=concurrency, trial_dirname_creator=trial_dirname,
+                                        reuse_actors=in_trial),
         run_config=ray.tune.RunConfig(
             name=study.name, storage_path=str(study.folder.parent), verbose=0,
             stop=StudyStopper(study.folder, study.divergence, rule),
             callbacks=[StudyCallback(study.folder, study.name, study.divergence, settings, planned_trials(study)),
                        *tracker_callbacks(study), *build_callbacks(study)],
-            failure_config=ray.tune.FailureConfig(max_failures=0)),  # Train already restarts failed workers
+            checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=2),
+            # a one-worker trial restarts through Tune; a Train group restarts its own workers
+            failure_config=ray.tune.FailureConfig(max_failures=settings.resources.max_failures if in_trial else 0)),
     )
 
 
@@ -452,7 +504,7 @@ def run_study(study: Study, *, resume: bool = False, address: str | None = None,
         if study.searcher == "optuna":
             resumed_sampler(study, saved)  # objects given in Python are asked for again, before Ray starts
         check_saved_callbacks(study, saved.callbacks)
-    if not resume and folder.exists() and any(folder.iterdir()):
+    if not resume and folder.exists() and any(p.name not in (PLAN_FILE, CALIBRATION_FILE) for p in folder.iterdir()):
         raise StudyError(f"{folder} already holds a study; pass --resume to continue it, or another --name")
     started = connect(address, quiet=True)  # our progress lines, not Tune's tables
     try:
@@ -461,7 +513,7 @@ def run_study(study: Study, *, resume: bool = False, address: str | None = None,
             settings.write()
             write_text_atomic(folder / CONFIG_FILE, config_text or study_yaml(study))
         trainable = ray.tune.with_resources(ray.tune.with_parameters(run_trial, settings=settings),
-                                            {"cpu": DRIVER_CPU})
+                                            trial_process_resources(trial))
         if resume:
             print(f"resuming {folder}", flush=True)
             tuner = ray.tune.Tuner.restore(str(folder), trainable, resume_unfinished=True, resume_errored=True)
@@ -470,7 +522,8 @@ def run_study(study: Study, *, resume: bool = False, address: str | None = None,
             print(f"study {study.name}: up to {concurrency} trial(s) at once, {trial.workers} worker(s) x "
                   f"{trial.per_worker()} each; {folder}", flush=True)
             tuner = _tuner(study, trainable, concurrency, settings)
-        tuner.fit()
+        with phase("tune"):
+            tuner.fit()
         rescore_at_end(study, settings.resources)
     finally:
         if started:
