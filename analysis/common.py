@@ -28,7 +28,7 @@ import yaml
 from matplotlib.lines import Line2D
 from scipy import stats
 
-from sid.config import FD_STD_GROUPS, INCEPTION, SEARCHABLE
+from sid.config import FD_STD_GROUPS, INCEPTION, SEARCHABLE, DistillConfig
 from sid.files import CONFIG_FILE, RUNS_DIR, samples_iteration
 from sid.flags import RENAMED, Parser
 from sid.results import CONFIG_COLUMNS, best_row, read_evaluations, read_trials, summarise_rows
@@ -37,12 +37,12 @@ plt.switch_backend("Agg")  # figures are files; never open a window or need a di
 
 KEYS = ["study", "trial_id"]
 # Runs that differ only in seed form one setting; they are averaged over.
-SETTING = ["study", *(c for c in CONFIG_COLUMNS if c != "seed"), "fid_detector", "fid_images"]
+SETTING = ["study", *(c for c in CONFIG_COLUMNS if c != "seed"), "method", "fid_detector", "fid_images"]
 SPREAD = ("pi", 100)  # seaborn errorbar: min-max over runs (never below zero on a log axis, unlike +-s.d.)
 SPREAD_LABEL = "mean, min–max over runs"
 MAX_LEVELS = 8  # more distinct values than this get a continuous colour map
-# Config columns a figure can sweep: the searchable fields (sid.config.SEARCHABLE, seeds aside) and two set by hand.
-SWEEPABLE = (*(k for k, scale in SEARCHABLE.items() if scale != "int"), "tmax", "batch")
+# Config columns a figure can sweep: the searchable fields with numeric values (sid.config.SEARCHABLE), seeds aside.
+SWEEPABLE = tuple(k for k in SEARCHABLE if k != "seed" and isinstance(getattr(DistillConfig(), k), (int, float)))
 LOG_PARAMS = tuple(k for k, scale in SEARCHABLE.items() if scale == "log")  # swept over decades: log axes
 SYMBOLS = {"alpha": "α", "sigma_init": "σ_init", "lr": "lr (fake score)", "glr": "glr (generator)", "tmax": "t_max"}
 LEVEL = 0.95  # the confidence level of every interval the analysis prints
@@ -144,6 +144,7 @@ def summarise(evals: pd.DataFrame, stored: pd.DataFrame | None = None) -> pd.Dat
         rows.append({
             "study": study, "trial_id": trial,
             **{c: last[c] for c in (*CONFIG_COLUMNS, "world_size", "fid_detector")},
+            "method": last.get("method"),  # null in rows from before SiDA (those are SiD)
             "fid_images": int(best["fid_images"] if best is not None else last["fid_images"]),
             "state": "diverged" if summary["diverged"] else "completed",
             **{k: summary[k] for k in ("best_fid", "best_kimg", "final_fid", "last_kimg", "evaluations",

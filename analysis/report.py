@@ -26,6 +26,7 @@ import pandas as pd
 
 from analysis import ablation, common, compare, decay_rate, fid_vs_images, hpo_report, page, rescore, searches
 from sid.config import FD_STD_METHOD
+from sid.plan import PLAN_FILE, Plan, PlanError
 
 REPORT = "report"  # file name of the report, without extension
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -159,6 +160,24 @@ def settings_markdown(trials: pd.DataFrame, evals: pd.DataFrame, x: str, metric:
     return "\n".join(lines) + "\n"
 
 
+def cost_markdown(plan: Plan, trials: pd.DataFrame, evals: pd.DataFrame) -> str:
+    """The study's plan (--plan, written before it ran) beside what it cost: how good the plan was."""
+    reached = evals.groupby("trial_id")["kimg"].max()
+    stamps = pd.to_datetime(evals["written_at"], utc=True) if "written_at" in evals else pd.Series(dtype=object)
+    span = (stamps.max() - stamps.min()).total_seconds() if len(stamps) > 1 else math.nan
+    low, high = (plan.train_device_hours * (1 - s) for s in (plan.saving_low, plan.saving_high))
+    saved = f" ({high:.3g}-{low:.3g} after the stopping rule)" if plan.saving_high > 0 else ""
+    rows = [("trials", f"{plan.trials}", f"{len(trials)}"),
+            ("training images", f"{plan.images / 1e6:.4g} M", f"{reached.sum() * 1000 / 1e6:.4g} M"),
+            ("training device-hours", f"{plan.train_device_hours:.3g}{saved}", f"{trials['device_hours'].sum():.3g}"),
+            ("wall time", f"{plan.wall_s / 3600:.3g} h (all of it)", f"{span / 3600:.3g} h (first to last row)")]
+    c = plan.calibration
+    return "\n".join(["| | plan | actual |", "|---|---|---|", *(f"| {a} | {b} | {d} |" for a, b, d in rows), "",
+                      f"Plan from {plan.cluster}, {plan.concurrency} trial(s) at once; calibration: "
+                      f"{c.train_images_per_s:.4g} training img/s, {c.eval_images_per_s:.4g} evaluation img/s, setup "
+                      f"{c.setup_s:.3g} s on {c.device} ({c.source})."]) + "\n"
+
+
 def noise_markdown(values: pd.DataFrame) -> str:
     seed_sd = values["final_sd"].dropna()
     sampling = values["fid_std"].dropna()
@@ -258,6 +277,7 @@ def build(study: Sequence[str | Path], out: str | Path, *, x: str = "alpha", tea
         md += ["## Decay rate of the FD", "", decay_rate.to_markdown(rates, x)]
     md += ["## Paired verdicts", "", compare.to_markdown(verdicts, x) if not verdicts.empty
            else f"Only one value of {x}: nothing to compare.\n"]
+    md += _cost_section(study, trials, evals)
     return _write(out, "\n".join(md), title), _plain(verdict)
 
 
@@ -285,7 +305,20 @@ def _build_search(study, out, evals, trials, x, metric, title, names, width, for
            "![FD against generator images seen, per trial](fid_vs_images.png)", "",
            "*FD against generator images seen, per trial.*", "", "## Re-scored generators", "",
            rescore.to_markdown(rescore.read(study, trials), trials, evals, x)]
+    md += _cost_section(study, trials, evals)
     return _write(out, "\n".join(md), title), _plain(verdict)
+
+
+def _cost_section(study, trials: pd.DataFrame, evals: pd.DataFrame) -> list[str]:
+    """'Cost: plan and actual' for one study priced with --plan before it ran (plan.json in its folder); none else."""
+    plans = [Path(p) / PLAN_FILE for p in study if (Path(p) / PLAN_FILE).is_file()]
+    if len(plans) != 1:
+        return []
+    try:
+        cost = cost_markdown(Plan.read(plans[0]), trials, evals)
+    except PlanError as exc:  # a torn or edited plan.json: said in the report, the rest stands
+        cost = f"{exc}\n"
+    return ["## Cost: plan and actual", "", cost]
 
 
 def _write(out: Path, text: str, title: str) -> Path:

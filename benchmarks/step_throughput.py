@@ -9,7 +9,12 @@ weights, each against the official settings measured in the same process.
 A variant is 'official' (fp32, TF32 off, the preset's micro-batch: 16 for CIFAR) or a precision of
 DistillConfig (fp32, tf32, bf16, bf16-tf32, fp16 = the official use_fp16 mode) followed by any of the suffixes
 -cl (channels_last), -compile (torch.compile), -fit (the largest micro-batch that fits, measured), -mbN (micro-batches
-of N), -bN (batch N instead of --batch). Without -fit or -mbN the whole batch is one micro-batch.
+of N), -bN (batch N instead of --batch), -tN (N CPU threads while it runs). Without -fit or -mbN the whole batch is one
+micro-batch.
+
+Beside each variant's achieved FLOP/s (FLOPs counted with torch.utils.flop_counter.FlopCounterMode) the table gives
+its share of the device's matmul peak, measured in the same process (a square fp32 matmul, or bf16 for bf16
+variants): what stands between a SiD step and the hardware's limit.
 
 --curves N runs each variant N iterations from the same weights and seeds instead of timing it, and compares its
 losses and its generator update with the first variant's: the precision soundness check (sid/fast.py).
@@ -45,12 +50,14 @@ SUFFIXES = {"cl": dict(memory_format="channels_last"), "compile": dict(compile="
 def variant_config(name: str, base: DistillConfig, batch: int) -> DistillConfig:
     """The DistillConfig of a variant name (see the module docstring)."""
     tokens, overrides = name.split("-"), {}
-    while len(tokens) > 1 and (tokens[-1] in SUFFIXES or re.fullmatch(r"(mb|b)\d+", tokens[-1])):
+    while len(tokens) > 1 and (tokens[-1] in SUFFIXES or re.fullmatch(r"(mb|b|t)\d+", tokens[-1])):
         token = tokens.pop()
         if token in SUFFIXES:
             overrides.update(SUFFIXES[token])
         elif token.startswith("mb"):
             overrides["batch_per_device"] = int(token[2:])
+        elif token.startswith("t"):
+            pass  # threads: not a config field (variant_threads)
         else:
             batch = int(token[1:])
     head = "-".join(tokens)
@@ -61,6 +68,28 @@ def variant_config(name: str, base: DistillConfig, batch: int) -> DistillConfig:
         raise ConfigError(f"variant {name!r}: expected 'official' or a precision ({', '.join(PRECISIONS)}) followed "
                           f"by -cl, -compile, -fit, -mbN or -bN")
     return base.replace(**{"batch": batch, "batch_per_device": batch, "precision": head, **overrides})
+
+
+def variant_threads(name: str) -> int | None:
+    """The -tN suffix of a variant name: CPU threads while it runs (None: the process's)."""
+    found = re.search(r"-t(\d+)(?=-|$)", name)
+    return int(found.group(1)) if found else None
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, *, size: int = 0,
+                repeats: int = 5) -> float:
+    """FLOP/s of a square matmul on `device` (best of `repeats`): the machine's practical peak for dense math."""
+    size = size or (8192 if device.type == "cuda" else 1024)
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    a @ b  # warm-up: library initialisation, kernel choice
+    best = math.inf
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
 
 
 def release(device: torch.device) -> None:
@@ -200,11 +229,14 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def measure(args: argparse.Namespace, name: str, config: DistillConfig, teacher: EDMPrecond, device: torch.device,
-            flops: float, ref_curves: dict | None) -> tuple[dict, dict | None]:
+            flops: float, peaks: dict[str, float], ref_curves: dict | None) -> tuple[dict, dict | None]:
     """One variant's row (and its curves in --curves mode); a variant that runs out of memory gets a row saying so."""
     row = dict(variant=name, precision=config.precision, memory_format=config.memory_format, batch=config.batch,
                micro_batch=config.batch_per_device, rounds=math.nan, images_per_s=math.nan, error="")
     curves = None
+    threads = torch.get_num_threads()
+    torch.set_num_threads(variant_threads(name) or threads)
+    row["threads"] = torch.get_num_threads()
     try:
         fitted = 0 if config.batch_per_device else fit_micro_batch(config, teacher, device=device)
         distiller = Distiller(config, teacher, device=device, micro_batch=fitted)
@@ -217,9 +249,12 @@ def measure(args: argparse.Namespace, name: str, config: DistillConfig, teacher:
             row.update(time_variant(distiller, warmup=args.warmup, iterations=args.iterations, repeats=args.repeats))
             row["syncs"] = count_syncs(distiller) if args.sync_check and device.type == "cuda" else math.nan
             row["tflop_s"] = row["images_per_s"] * flops / 1e12
+            row["of_peak"] = row["tflop_s"] * 1e12 / peaks["bf16" if "bf16" in config.precision else "fp32"]
         del distiller
     except torch.OutOfMemoryError:
         row["error"] = "OOM"
+    finally:
+        torch.set_num_threads(threads)
     release(device)
     if row["error"]:
         summary = row["error"]
@@ -239,8 +274,13 @@ def run_all(args: argparse.Namespace, configs: dict[str, DistillConfig], teacher
         anchor = ANCHOR_GFLOP_PER_IMAGE.get(args.preset)
         print(f"# {flops / 1e9:.1f} GFLOP per generator image per iteration (matmul/conv/attention, counted)"
               + (f"; the official step: {anchor:.0f} (docs/sid-facts.md section 7)" if anchor else ""), flush=True)
+    peaks = {}
+    if not args.curves:
+        peaks = {"fp32": matmul_peak(device), "bf16": matmul_peak(device, torch.bfloat16)}
+        print(f"# matmul peak ({torch.get_num_threads()} threads on CPU): fp32 {peaks['fp32'] / 1e12:.3g} TFLOP/s, "
+              f"bf16 {peaks['bf16'] / 1e12:.3g} TFLOP/s", flush=True)
     for name, config in configs.items():
-        row, curves = measure(args, name, config, teacher, device, flops, ref_curves)
+        row, curves = measure(args, name, config, teacher, device, flops, peaks, ref_curves)
         ref_curves = ref_curves or curves
         results.append(row)
     ok = [r for r in results if not r["error"]]
@@ -252,12 +292,13 @@ def run_all(args: argparse.Namespace, configs: dict[str, DistillConfig], teacher
                       f"{r['fake_score_update_dev']:.2e}", str(r["nan_samples"]), str(r["finite"])] for r in ok])
     else:
         ref = results[0]["images_per_s"]
-        print_table(["variant", "precision", "format", "micro-batch", "img/s", "spread", "s/kimg", "peak-GiB",
-                     "TFLOP/s", "syncs", "ratio"],
+        print_table(["variant", "precision", "format", "micro-batch", "threads", "img/s", "spread", "s/kimg",
+                     "peak-GiB", "TFLOP/s", "of-peak", "syncs", "ratio"],
                     [[r["variant"], r["precision"], r["memory_format"], f"{r['micro_batch']}x{r['rounds']}",
-                      f"{r['images_per_s']:.1f}", f"{r['spread']:.0%}", f"{1000 / r['images_per_s']:.2f}",
-                      fmt(r["peak_gib"], ".1f"), fmt(r["tflop_s"], ".3g"), fmt(r["syncs"], ".0f"),
-                      fmt(r["images_per_s"] / ref, ".2f") + "x"] for r in ok])
+                      str(r["threads"]), f"{r['images_per_s']:.1f}", f"{r['spread']:.0%}",
+                      f"{1000 / r['images_per_s']:.2f}", fmt(r["peak_gib"], ".1f"), fmt(r["tflop_s"], ".3g"),
+                      fmt(r["of_peak"], ".0%"), fmt(r["syncs"], ".0f"), fmt(r["images_per_s"] / ref, ".2f") + "x"]
+                     for r in ok])
     for r in results:
         if r["error"]:
             print(f"{r['variant']}: {r['error']} (batch {r['batch']}, micro-batch {r['micro_batch']})")

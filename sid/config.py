@@ -36,10 +36,42 @@ FD_STD_METHOD = f"delete-one-group jackknife s.e. over {FD_STD_GROUPS} disjoint 
 METRICS = ("fd", "is", "pr")
 TRAINING_METRICS = ("fd", "is")          # a training evaluation's: precision/recall needs real images (sid evaluate)
 CLASS_DETECTORS = (INCEPTION,)           # detectors with class probabilities: the ones an Inception Score can use
-# Fields a study can search (sid/cluster/space.py), with the scale of their values: 'linear' (a Range is searched
-# uniformly), 'log' (log-uniformly; figures use log axes), 'int' (integers; a Range covers low..high).
-SEARCHABLE: dict[str, str] = {"alpha": "linear", "sigma_init": "linear", "lr": "log", "glr": "log", "seed": "int"}
+# The registry of searchable fields (sid/cluster/space.py): each DistillConfig field a study can search, with the scale
+# of its values: 'linear' (a Range is searched uniformly), 'log' (log-uniformly; figures use log axes), 'int'
+# (integers; a Range covers low..high), 'categorical' (given values only: Grid or Choice). A field is searchable by
+# being here; every other field is in UNSEARCHABLE with the reason (tests/test_space.py checks that each field is in
+# one of the two, and docs/studies.md's table against both).
+SEARCHABLE: dict[str, str] = {
+    "alpha": "linear", "tmax": "int", "sigma_init": "linear", "ls": "log", "lsg": "log",
+    "lr": "log", "glr": "log", "beta1": "linear", "g_beta1": "linear", "beta2": "linear", "adam_eps": "log",
+    "batch": "categorical", "precision": "categorical", "dropout": "linear", "augment": "linear",
+    "ema_mimg": "log", "ema_rampup": "linear", "seed": "int",
+    "method": "categorical", "lsd": "log", "lsg_gan": "log", "generator_warmup_kimg": "linear",
+    "adversarial_warmup_kimg": "linear",
+}
+_MEASUREMENT = "how trials are scored: trials are compared only when scored alike (run one study per measurement)"
+_WHEN = "when the run evaluates or saves, not what it trains"
+UNSEARCHABLE: dict[str, str] = {  # field (or a command's flag) -> why a study cannot search it
+    "preset": "a label of the values the study started from",
+    "teacher": "the model being distilled: a study compares settings for one teacher (run one study per teacher)",
+    "init_generator": "a starting generator file, not a setting (run one study per starting point)",
+    "batch_per_device": "memory only: accumulation rounds train the same batch to the same result",
+    "memory_format": "speed only: the same training in another memory layout",
+    "compile": "speed only: the same training, compiled",
+    "phema": "post-hoc EMA profiles: `sid phema` rebuilds any EMA length after training (search ema_mimg to train "
+             "with one)",
+    "phema_every_kimg": _WHEN,
+    "duration_kimg": "every trial's budget: trials are compared at equal kimg (asha stops poor trials early instead)",
+    "eval_every_kimg": _WHEN, "eval_schedule": _WHEN, "eval_tick_kimg": _WHEN, "keep_snapshots": _WHEN,
+    "fid_images": _MEASUREMENT, "fid_images_final": _MEASUREMENT, "fid_detector": _MEASUREMENT, "fid_ref": _MEASUREMENT,
+    "out": "the output folder, a command flag: each trial writes its own, <study>/runs/<trial_id>",
+    "seeds": "a count, a command flag: search seed (Grid([0, 1, 2])), or repeat the study with num_samples",
+    "eval_metrics": _MEASUREMENT,
+    "data": "the real images a method trains on: a study compares settings for one dataset (one study per dataset)",
+    "class_counts": "the dataset's class frequencies: a fact of the data, not a setting",
+}
 EVAL_SCHEDULES = ("every", "official")
+METHODS = ("sid", "sida")  # SiD (data-free), SiDA (the fake score's encoder as a discriminator on real images)
 SNAPSHOT_KINDS = ("all", "best", "last")  # keep_snapshots: 'all', or a comma list of 'best' and 'last'
 ADAM_EPS = {"fp16": 1e-6}                # the official rule: 1e-6 with fp16, else ADAM_EPS_DEFAULT
 ADAM_EPS_DEFAULT = 1e-8
@@ -83,12 +115,18 @@ class DistillConfig:
     preset: str = "digits"                  # name of the preset these values started from (a label only)
     teacher: str = "digits"                 # digits, edm:<name>, diffusers:PATH, path, URL, hf://, module:function
     init_generator: str = ""                # initial generator: snapshot, run folder, .pkl, hf://... ('' = the teacher)
+    method: str = "sid"                     # 'sid', or 'sida' (adversarial, needs real images: data; docs/sida.md)
     # SiD
     alpha: float = 1.2                      # weight of the ||f_phi - f_psi||^2 term in the generator loss
     tmax: int = 800                         # generator-loss noise: t ~ U[0, tmax/1000] on the rho=7 schedule
     sigma_init: float = 2.5                 # generator input noise level, fixed in training and sampling
     ls: float = 1.0                         # fake-score loss scale
     lsg: float = 100.0                      # generator loss scale (never un-scaled, as in the official code)
+    # SiDA (method 'sida'; official defaults of sida_train.py)
+    lsd: float = 1.0                        # scale of the discriminator (BCE) term of the fake-score loss
+    lsg_gan: float = 0.01                   # scale of the adversarial term of the generator loss
+    generator_warmup_kimg: float = 100.0    # the generator does not step before this many kimg (fake score alone)
+    adversarial_warmup_kimg: float = 200.0  # the generator loss is SiD's alone until this many kimg, then 0.5/0.5
     # Optimisers
     lr: float = 1e-5                        # fake-score Adam learning rate
     glr: float = 1e-5                       # generator Adam learning rate
@@ -184,6 +222,13 @@ class DistillConfig:
             raise bad("keep_snapshots", "must be 'all', 'best', 'last' or 'best,last'")
         if self.seed < 0:
             raise bad("seed", "must be >= 0")
+        if self.method not in METHODS:
+            raise bad("method", f"must be one of {', '.join(METHODS)}")
+        for name in ("lsd", "lsg_gan", "generator_warmup_kimg", "adversarial_warmup_kimg"):
+            if getattr(self, name) < 0:
+                raise bad(name, "must be >= 0")
+        if self.method == "sida" and not self.data.strip():
+            raise bad("data", "method 'sida' needs real images (--data)")
         try:
             parse_sigma_rels(self.phema)
         except ValueError as exc:
@@ -280,6 +325,13 @@ _FFHQ_LIKE = dict(batch=512, batch_per_device=32, precision="fp16", dropout=0.05
                   fid_images=50_000,
                   fid_detector=INCEPTION)
 
+# SiDA's warm-ups on the digits. The official 100 and 200 kimg are more than a whole digits run (25.6 kimg). With the
+# generator frozen, the fake score's denoising term fell 44.2, 31.6, 24.9, 21.0, 20.7 over its first five kimg and then
+# held (-1.7% from kimg 4.1 to 5.1; the discriminator term only fluctuated, 75-149): the generator steps after 4.096
+# kimg (32 iterations of 128), and the adversarial term joins after twice that, as in the official 100/200
+# (`python benchmarks/sida_cost.py warmup`, docs/sida.md).
+WARMUPS_DIGITS = dict(generator_warmup_kimg=4.096, adversarial_warmup_kimg=8.192)
+
 PRESETS: dict[str, dict[str, Any]] = {
     # The official CIFAR-10 uncond run reports the Inception Score at each evaluation (--metrics fid50k_full,is50k);
     # every other official run only the FID.
@@ -296,10 +348,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The embedded default: 8x8 digits, a small teacher and a project-trained feature network; minutes on a CPU.
     # EMA: a 20 kimg half-life, ramped at 0.3 x images seen; the former 2 kimg (rampup 0.05) let the curve jump 2x
     # between evaluations (docs/digits_preset.md).
+    # SiDA's warm-ups from a measurement on the digits (the official 100/200 kimg exceed the run): WARMUPS_DIGITS.
     "digits": dict(teacher="digits", alpha=1.2, batch=128, batch_per_device=128, lr=1e-4, glr=1e-4,
                    precision="fp32", dropout=0.0, augment=0.0, ema_mimg=0.02, ema_rampup=0.3, duration_kimg=25.6,
                    eval_every_kimg=6.4, fid_images=2048, fid_detector=DIGITS_FEATURES, fid_ref="digits",
-                   data="digits"),
+                   data="digits", **WARMUPS_DIGITS),
 }
 # The second embedded teacher, of another kind (a diffusers DDPM, sid/digits_ddpm.py), with the digits settings: its
 # sigma range (sigma_init 2.5; 24.4 at tmax 800) lies within the teacher's (sigma 0.01 to 157; docs/teachers.md).
@@ -308,6 +361,8 @@ PRESETS["digits-ddpm"] = dict(PRESETS["digits"], teacher="digits-ddpm")
 # 2 at a time on 2 CPU cores, in under 10 minutes). 4,096 images per evaluation: half the sampling error of 1,024
 # for about 3% more time (docs/digits_preset.md).
 PRESETS["digits-study"] = dict(PRESETS["digits"], duration_kimg=9.6, eval_every_kimg=1.92, fid_images=4096)
+# SiDA on the digits default: its real images are the shipped digits.
+PRESETS["digits-sida"] = dict(PRESETS["digits"], method="sida", data="digits")
 
 
 def preset(name: str, **overrides: Any) -> DistillConfig:

@@ -8,6 +8,11 @@ kimg = iterations * batch / 1000 (each iteration also generates a second batch f
 Noise is drawn per micro-batch slot from a seed derived from (run seed, iteration, phase, global slot index), so a run
 gives the same numbers whether its global batch is split over ranks or accumulated in one process, and however often
 it was interrupted and resumed.
+
+SiDA (config.method 'sida', docs/sida.md) runs in the same iteration: the fake-score update adds the discriminator
+term on real images (their labels condition the generated ones), its gradients clipped by value at 1; the generator
+update adds the adversarial term after adversarial_warmup_kimg, and the generator does not step before
+generator_warmup_kimg.
 """
 
 from __future__ import annotations
@@ -27,11 +32,20 @@ from sid.augment import AugmentPipe
 from sid.config import DistillConfig, parse_sigma_rels
 from sid.datasets import UNCONDITIONAL, LabelDistribution, sample_classes
 from sid.generators import check_same_architecture
-from sid.losses import fake_score_loss, generator_loss, sample_fake_score_sigma, sample_generator_sigma
+from sid.losses import (
+    fake_score_adversarial_loss,
+    fake_score_loss,
+    generator_adversarial_loss,
+    generator_loss,
+    sample_fake_score_sigma,
+    sample_generator_sigma,
+)
 from sid.networks.precond import architecture_difference
+from sid.real_images import RealImages, check_real_images, real_batches
 from sid.teachers import sigma_range
 
 PHASE_FAKE, PHASE_GENERATOR, PHASE_EVAL = 0, 1, 2
+FAKE_SCORE_GRAD_CLIP = 1.0  # SiDA: the fake score's gradients are clipped by value to +-this (official)
 DDP_ARGS = inspect.signature(nn.parallel.DistributedDataParallel).parameters
 
 
@@ -104,10 +118,11 @@ class Distiller:
                  student: nn.Module | None = None,    # initial weights of fake score and generator (default: teacher)
                  generator: nn.Module | None = None,  # config.init_generator, loaded by the caller (load_generator)
                  micro_batch: int = 0,                # per-device micro-batch when config.batch_per_device is 0
-                 labels: LabelDistribution | None = None) -> None:  # classes drawn (None: uniform)
-        """SiD (the default) starts fake score and generator from the teacher's weights. No I/O here: the caller
-        loads what the config names (teacher, init_generator, the labels' class counts: sid.datasets.
-        label_distribution) and, with batch_per_device 0, measures `micro_batch` first
+                 labels: LabelDistribution | None = None,  # classes drawn (None: uniform)
+                 real: RealImages | None = None) -> None:  # SiDA's real images (None: real_batches(config))
+        """SiD (the default) starts fake score and generator from the teacher's weights. No I/O here but SiDA's
+        real images when not given: the caller loads what the config names (teacher, init_generator, the labels'
+        class counts: sid.datasets.label_distribution) and, with batch_per_device 0, measures `micro_batch` first
         (sid.micro_batch.fit_micro_batch)."""
         self.config, self.device, self.rank, self.world_size = config, torch.device(device), rank, world_size
         per_device = config.batch_per_device or micro_batch
@@ -149,6 +164,16 @@ class Distiller:
         self.augment = None
         if config.augment > 0:
             self.augment = AugmentPipe(p=config.augment)
+        self.sida = config.method == "sida"
+        self.real = None
+        if self.sida:  # refused here, before anything trains
+            if not getattr(self.fake_score, "has_encoder", False):
+                raise ValueError(f"method 'sida' reuses the fake score's encoder as its discriminator; the teacher's "
+                                 f"network ({type(teacher).__name__}) has none: use method 'sid'")
+            if real is None:
+                real = real_batches(config, device=self.device, label_dim=self.label_dim)
+            check_real_images(real, teacher)
+            self.real = real.with_labels(self.label_dim).to(self.device)
         self.fake_ddp, self.gen_ddp = self.fake_score, self.generator
         if world_size > 1 and torch.distributed.is_initialized():
             # Buffers (resample filters) are constants: never re-broadcast them in forward. torch >= 2.13 names
@@ -161,7 +186,8 @@ class Distiller:
         self.fake_score.eval().requires_grad_(False)
         self.generator.eval().requires_grad_(False)
         self.iteration = 0
-        self._stats = torch.zeros(3, dtype=torch.float64, device=self.device)  # fake loss, G loss, NaN samples
+        # fake loss, G loss, NaN samples, discriminator loss, G adversarial loss
+        self._stats = torch.zeros(5, dtype=torch.float64, device=self.device)
         self._stat_iterations = 0
 
     @property
@@ -204,43 +230,72 @@ class Distiller:
         for r in range(self.rounds):
             rng = self._rng(PHASE_FAKE, r)
             z, labels = self._generator_inputs(n, rng)
+            real = None
+            if self.sida:  # the generated images take the real batch's labels
+                real, labels = self.real.draw(n, rng)
             with torch.no_grad(), self._autocast():
                 images = self.generator(z, self._sigma(n), labels).float()
-            augment_labels = None
-            if self.augment is not None:
+            augment_labels = real_augment_labels = None
+            if self.augment is not None:  # real and generated images: each its own draw
                 images, augment_labels = self.augment(images, generator=rng)
+                if real is not None:
+                    real, real_augment_labels = self.augment(real, generator=rng)
             sigma = sample_fake_score_sigma(n, generator=rng, device=self.device)
             noise = torch.randn(images.shape, generator=rng, device=self.device)
             with self._sync(self.fake_ddp, r == self.rounds - 1), self._autocast():
-                loss, kept = fake_score_loss(self.fake_ddp, images, labels, sigma=sigma, noise=noise,
-                                             augment_labels=augment_labels, return_kept=True)
-                (loss.sum() * (cfg.ls / self.batch_per_rank)).backward()
+                if self.sida:
+                    loss, disc, kept = fake_score_adversarial_loss(
+                        self.fake_ddp, images, real, labels, sigma=sigma, noise=noise, augment_labels=augment_labels,
+                        real_augment_labels=real_augment_labels, return_kept=True)
+                    total = loss.sum() * (cfg.ls / self.batch_per_rank) + disc.sum() * (cfg.lsd / self.batch_per_rank)
+                    self._stats[3] += disc.detach().sum() / self.batch_per_rank
+                else:
+                    loss, kept = fake_score_loss(self.fake_ddp, images, labels, sigma=sigma, noise=noise,
+                                                 augment_labels=augment_labels, return_kept=True)
+                    total = loss.sum() * (cfg.ls / self.batch_per_rank)
+                total.backward()
             self._stats[0] += loss.detach().sum() / self.batch_per_rank
             self._stats[2] += (~kept).sum()
         self.fake_score.eval().requires_grad_(False)
         _grads_nan_to_num(self.fake_score.parameters())
+        if self.sida:
+            nn.utils.clip_grad_value_(self.fake_score.parameters(), FAKE_SCORE_GRAD_CLIP)
         self.fake_opt.step()
 
         # Phase B: generator update on another fresh batch, backpropagating through teacher and fake score.
         self.generator.train().requires_grad_(True)
         self.gen_opt.zero_grad(set_to_none=True)
+        nimg = self.iteration * cfg.batch  # images before this iteration: the official warm-ups compare it
+        adversarial = self.sida and nimg > cfg.adversarial_warmup_kimg * 1000
         for r in range(self.rounds):
             rng = self._rng(PHASE_GENERATOR, r)
             z, labels = self._generator_inputs(n, rng)
+            if self.sida:
+                _, labels = self.real.draw(n, rng)
             with self._sync(self.gen_ddp, r == self.rounds - 1):
                 with self._autocast():
                     images = self.gen_ddp(z, self._sigma(n), labels).float()
                 sigma = sample_generator_sigma(n, cfg.tmax, generator=rng, device=self.device)
                 noise = torch.randn(images.shape, generator=rng, device=self.device)
                 with self._autocast(scores=True):
-                    loss, kept = generator_loss(self.teacher, self.fake_score, images, labels, alpha=cfg.alpha,
-                                                sigma=sigma, noise=noise, return_kept=True)
-                (loss.sum() * (cfg.lsg / self.batch_per_rank)).backward()
+                    if self.sida:
+                        loss, gan, kept = generator_adversarial_loss(
+                            self.teacher, self.fake_score, images, labels, alpha=cfg.alpha, sigma=sigma, noise=noise,
+                            return_kept=True)
+                        self._stats[4] += gan.detach().sum() / self.batch_per_rank
+                    else:
+                        loss, kept = generator_loss(self.teacher, self.fake_score, images, labels, alpha=cfg.alpha,
+                                                    sigma=sigma, noise=noise, return_kept=True)
+                total = loss.sum() * (cfg.lsg / self.batch_per_rank)
+                if adversarial:
+                    total = 0.5 * total + 0.5 * gan.sum() * (cfg.lsg_gan / self.batch_per_rank)
+                total.backward()
             self._stats[1] += loss.detach().sum() / self.batch_per_rank
             self._stats[2] += (~kept).sum()
         self.generator.eval().requires_grad_(False)
         _grads_nan_to_num(self.generator.parameters())
-        self.gen_opt.step()
+        if not self.sida or nimg > cfg.generator_warmup_kimg * 1000:
+            self.gen_opt.step()
 
         self._update_ema()
         self.iteration += 1
@@ -260,17 +315,21 @@ class Distiller:
     def pop_stats(self) -> dict[str, float]:
         """Mean losses per iteration and NaN samples since the last call (one device sync). The losses are NaN
         without an iteration, and when the NaN guard dropped every sample of both phases: their means are 0/0 then,
-        not the 0 that was summed. Over DDP ranks (every rank calls this at the same iterations): the global
-        batch's, as one process accumulating it would report, not rank 0's share."""
+        not the 0 that was summed. SiDA's two adversarial terms (unscaled, like the others) are NaN for SiD. Over DDP
+        ranks (every rank calls this at the same iterations): the global batch's, as one process accumulating it
+        would report, not rank 0's share."""
         stats, ranks = self._stats, 1
         if self.world_size > 1 and torch.distributed.is_initialized():
             stats, ranks = stats.clone(), self.world_size
             torch.distributed.all_reduce(stats)
-        fake, gen, nans = stats.tolist()
+        fake, gen, nans, disc, gan = stats.tolist()
         k = self._stat_iterations
         measured = k > 0 and nans < 2 * k * self.batch_per_rank * ranks
+        adversarial = measured and self.sida
         out = dict(loss_fake_score=fake / (k * ranks) if measured else math.nan,
-                   loss_generator=gen / (k * ranks) if measured else math.nan, nan_samples=int(nans))
+                   loss_generator=gen / (k * ranks) if measured else math.nan, nan_samples=int(nans),
+                   loss_discriminator=disc / (k * ranks) if adversarial else math.nan,
+                   loss_generator_gan=gan / (k * ranks) if adversarial else math.nan)
         self._stats.zero_()
         self._stat_iterations = 0
         return out

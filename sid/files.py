@@ -5,7 +5,7 @@ A run folder (`sid distill --out DIR`, or `<study>/runs/<trial_id>/` for a study
     config.yaml                    the complete resolved config (a file for --config), written with the first row
     evaluations.parquet            one row per evaluation (a study's trials write <study>/evaluations/<trial>.parquet)
     checkpoint.pt                  the complete training state, rewritten once per evaluation (one-run folders only:
-                                   a study trial's state lives in its Ray Train checkpoints)
+                                   a study trial's state lives in its Tune or Ray Train checkpoints)
     snapshots/generator-<kimg>.pt  G_ema of an evaluation: weights, constructor arguments, sigma_init, config and the
                                    evaluation's FD; which ones stay is the config's keep_snapshots ('best,last')
     best.pt                        the snapshot of the lowest finite FD (ties: the earlier), a hard link or a copy
@@ -25,8 +25,11 @@ A study folder (`<storage>/<name>/`, sid/cluster/study.py):
     trials.parquet                 one row per trial
     runs/<trial_id>/               the trial's run folder (snapshots, best.pt, sample grids)
     stops/<trial_id>.json          why the study stopped a trial
-    train/train-<trial_id>/        the trial's Ray Train run (its checkpoints)
+    train/train-<trial_id>/        a trial of several workers: its Ray Train run (its checkpoints)
+    trial-<trial_id>/              Tune's files of the trial; a one-worker trial's checkpoints (checkpoint_*/state.pt)
+    plan.json, calibration.json    the study's price before it ran (--plan; names and format: sid/plan.py)
     optuna.journal                 the Optuna study (the default storage)
+    progress.log                   evaluation lines and trial ends (the `progress-file` callback, if the study names it)
 
 Every file the project writes itself goes through the atomic writers below (the trackers' and Ray's own files are
 written by those libraries): a temporary file beside its final name, fsync'd, then renamed onto it, so a reader sees
@@ -77,6 +80,7 @@ RUNS_DIR = "runs"                      # runs/<trial_id>/: the trial's snapshots
 STOPS_DIR = "stops"                    # stops/<trial_id>.json: why the study stopped a trial (sid/cluster/search.py)
 TRAIN_DIR = "train"                    # train/train-<trial_id>: the trials' Ray Train runs
 JOURNAL = "optuna.journal"             # the default Optuna storage
+PROGRESS_LOG = "progress.log"          # the progress-file callback's lines (sid/cluster/callbacks.py)
 NOT_EVALUATIONS = (TRIALS_FILE, SCORES_FILE, PHEMA_FILE)  # Parquet files beside evaluations that hold other rows
 
 

@@ -23,8 +23,10 @@ from sid.config import DistillConfig, parse_metrics
 from sid.distill import Distiller
 from sid.fast import eval_batch_size
 from sid.metrics import Detector, Score, get_detector, score_generated
+from sid.process_cache import cached_file
 from sid.results import CONFIG_COLUMNS, MORE_CONFIG_COLUMNS, best_of, now_utc
 from sid.teachers import load_reference
+from sid.timeline import phase, record
 
 
 class Sink(Protocol):
@@ -42,8 +44,10 @@ class Evaluator:
                  detector: Detector | None = None,  # the features' network (default: config.fid_detector's)
                  ) -> None:
         self.config, self.batch_size = config, batch_size or eval_batch_size(torch.device(device))
-        self.detector = detector or get_detector(config.fid_detector, device)
-        self.mu, self.sigma = load_reference(config.fid_ref)
+        # loaded once per process (sid.process_cache): a study's trials that share a process share them
+        self.detector = detector or cached_file("detector", config.fid_detector,
+                                                lambda name: get_detector(name, device), str(torch.device(device)))
+        self.mu, self.sigma = cached_file("reference", config.fid_ref, load_reference)
         self.with_is = "is" in parse_metrics(config.eval_metrics)
         if self.with_is and not hasattr(self.detector, "probabilities"):
             raise ValueError(f"eval_metrics {config.eval_metrics!r}: detector {self.detector.name} gives no class "
@@ -99,10 +103,13 @@ def train(distiller: Distiller, *, evaluator: Evaluator | None, sinks: Sequence[
                 torch.cuda.synchronize(distiller.device)
             elapsed = time.perf_counter() - last_wall
             wall_s += elapsed
+            if distiller.iteration != last_iteration:
+                record("train", time.time() - elapsed, time.time())
             images = (distiller.iteration - last_iteration) * cfg.batch
             stats = distiller.pop_stats()
-            score = evaluator(distiller, cfg.fid_images_at(distiller.iteration)) \
-                if (evaluator is not None and is_main) else None
+            with phase("evaluate"):
+                score = evaluator(distiller, cfg.fid_images_at(distiller.iteration)) \
+                    if (evaluator is not None and is_main) else None
             fid, fid_std = (score.fd, score.fd_std) if score is not None else (math.nan, math.nan)
             is_mean, is_std = (score.is_mean, score.is_std) if score is not None else (math.nan, math.nan)
             row = make_row(distiller, fid=fid, fid_std=fid_std, is_mean=is_mean, is_std=is_std, stats=stats,
@@ -116,8 +123,9 @@ def train(distiller: Distiller, *, evaluator: Evaluator | None, sinks: Sequence[
                           f"± {fid_std:<7.3g}{inception}loss_fake {stats['loss_fake_score']:10.4g}  "
                           f"loss_G {stats['loss_generator']:10.4g}  {row['images_per_s']:8.1f} img/s  "
                           f"status {row['status']}")
-            for sink in sinks:
-                sink.on_evaluation(row, distiller, best)
+            with phase("write"):  # rows, snapshots, checkpoints, reports
+                for sink in sinks:
+                    sink.on_evaluation(row, distiller, best)
             last_wall, last_iteration = time.perf_counter(), distiller.iteration
 
         # Post-hoc EMA snapshot: saved again after a resume (the same file, the same weights).

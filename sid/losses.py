@@ -1,4 +1,5 @@
-"""SiD losses (docs/sid-facts.md section 2): the fake-score DSM loss, the generator loss and their two sigma samplers.
+"""SiD losses (docs/sid-facts.md section 2): the fake-score DSM loss, the generator loss and their two sigma samplers;
+SiDA's two (docs/sida.md): the same with the fake score's encoder as a discriminator (BCE on its logits).
 
 Pure functions: noise levels and noise are arguments, so tests and the Distiller control every random draw.
 Networks are EDM preconditioned denoisers `net(x, sigma, class_labels=None, augment_labels=None) -> D(x; sigma)`
@@ -22,7 +23,10 @@ the Distiller's nan_to_num on grads covers that, as in the official loop.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+from sid.networks.layers import ENCODER, ENCODER_DECODER
 
 SIGMA_MIN = 0.002    # rho-schedule endpoints of the generator loss (EDM sampler defaults)
 SIGMA_MAX = 80.0
@@ -31,6 +35,7 @@ P_MEAN = -1.2        # EDM log-normal noise distribution of the fake-score loss
 P_STD = 1.2
 SIGMA_DATA = 0.5     # EDM data standard deviation (loss weight)
 WEIGHT_FLOOR = 1e-5  # lower clip of the generator loss normaliser w_i
+LOGIT_CLAMP = 10.0   # SiDA: the generator's adversarial term sees the discriminator's logits clamped to +-10
 
 
 def finite_samples(*tensors: Tensor) -> Tensor:
@@ -72,6 +77,29 @@ def _pixel_sum(t: Tensor) -> Tensor:
     return t.reshape(t.shape[0], -1).sum(dim=1)
 
 
+def edm_weight(sigma: Tensor) -> Tensor:
+    """lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2, EDM's loss weight (any shape)."""
+    return (sigma ** 2 + SIGMA_DATA ** 2) / (sigma * SIGMA_DATA) ** 2
+
+
+def _sid_term(images: Tensor, y_real: Tensor, y_fake: Tensor, keep: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
+    """SiD's generator term per sample [N] and its normaliser w [N] (stop-gradient), dropped samples at 0."""
+    y, y_real, y_fake = (_zero_dropped(keep, t) for t in (images, y_real, y_fake))
+    with torch.no_grad():
+        w = (y.float() - y_real.float()).abs().reshape(y.shape[0], -1).mean(dim=1).clamp_min(WEIGHT_FLOOR)
+    diff = y_real - y_fake
+    return _pixel_sum(diff * ((y_real - y) - alpha * diff) / _rows(w, y)), w
+
+
+def _bce_mean(logits: Tensor, target: float, keep: Tensor) -> Tensor:
+    """torch's BCEWithLogitsLoss (mean reduction) over the kept samples' logits, every element of their patch maps:
+    a scalar shared by the micro-batch (0 if none is kept)."""
+    logits = _zero_dropped(keep, logits)
+    per = _zero_dropped(keep, F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target),
+                                                                 reduction="none"))
+    return per.sum() / (keep.sum() * per[0].numel()).clamp_min(1)
+
+
 def generator_loss(teacher, fake_score, images: Tensor, labels: Tensor | None = None, *, alpha: float,
                    sigma: Tensor, noise: Tensor,
                    return_kept: bool = False,  # also return Bool [N] of the samples the NaN guard kept
@@ -89,11 +117,7 @@ def generator_loss(teacher, fake_score, images: Tensor, labels: Tensor | None = 
     y_real = teacher(x_t, sigma, class_labels=labels)
     y_fake = fake_score(x_t, sigma, class_labels=labels)
     keep = keep & finite_samples(y_real, y_fake)
-    y, y_real, y_fake = (_zero_dropped(keep, t) for t in (images, y_real, y_fake))
-    with torch.no_grad():
-        w = (y.float() - y_real.float()).abs().reshape(y.shape[0], -1).mean(dim=1).clamp_min(WEIGHT_FLOOR)
-    diff = y_real - y_fake
-    loss = _pixel_sum(diff * ((y_real - y) - alpha * diff) / _rows(w, y))
+    loss, _ = _sid_term(images, y_real, y_fake, keep, alpha)
     return (loss, keep) if return_kept else loss
 
 
@@ -108,12 +132,62 @@ def fake_score_loss(fake_score, images: Tensor, labels: Tensor | None = None, *,
     """
     images, noise, keep = _finite_inputs(images, sigma, noise)
     s = _rows(sigma, images)
-    weight = (s ** 2 + SIGMA_DATA ** 2) / (s * SIGMA_DATA) ** 2
+    weight = edm_weight(s)
     y_fake = fake_score(images + s * noise, sigma, class_labels=labels, augment_labels=augment_labels)
     keep = keep & finite_samples(y_fake)
     y, y_fake = _zero_dropped(keep, images), _zero_dropped(keep, y_fake)
     loss = _pixel_sum(weight * (y_fake - y) ** 2)
     return (loss, keep) if return_kept else loss
+
+
+def generator_adversarial_loss(teacher, fake_score, images: Tensor, labels: Tensor | None = None, *, alpha: float,
+                               sigma: Tensor, noise: Tensor,
+                               return_kept: bool = False,  # also return Bool [N] of the samples the NaN guard kept
+                               ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
+    """SiDA's generator losses per sample, (sid [N], adversarial [N]) (docs/sida.md): the SiD term of
+    generator_loss, and the adversarial term C*H*W * BCE_mean(clamp(logits, +-10), 1) / w_i, where the logits come
+    from the same encoder+decoder pass of the fake score that gives f_psi, BCE_mean is the micro-batch mean (torch's
+    BCEWithLogitsLoss) and w_i is SiD's normaliser. The caller sums each over the micro-batch: the adversarial sum is
+    the official batch-mean BCE x C*H*W x sum_i 1/w_i, not a per-sample BCE / w_i."""
+    images, noise, keep = _finite_inputs(images, sigma, noise)
+    x_t = images + _rows(sigma, images) * noise
+    y_real = teacher(x_t, sigma, class_labels=labels)
+    y_fake, logits = fake_score(x_t, sigma, class_labels=labels, mode=ENCODER_DECODER)
+    keep = keep & finite_samples(y_real, y_fake, logits)
+    sid, w = _sid_term(images, y_real, y_fake, keep, alpha)
+    bce = _bce_mean(logits.clamp(-LOGIT_CLAMP, LOGIT_CLAMP), 1.0, keep)
+    adversarial = torch.where(keep, bce * images[0].numel() / w, torch.zeros((), device=images.device))
+    return (sid, adversarial, keep) if return_kept else (sid, adversarial)
+
+
+def fake_score_adversarial_loss(fake_score, images: Tensor, real_images: Tensor, labels: Tensor | None = None, *,
+                                sigma: Tensor, noise: Tensor,
+                                augment_labels: Tensor | None = None,       # the generated images' augment labels
+                                real_augment_labels: Tensor | None = None,  # the real images' (their own draw)
+                                return_kept: bool = False,  # also return Bool [N] of the samples the NaN guard kept
+                                ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
+    """SiDA's fake-score losses per sample, (dsm [N], discriminator [N]) (docs/sida.md): fake_score_loss's term
+    from an encoder+decoder pass on the generated images y + sigma n, which also gives their logits, and
+    lambda(sigma_i) (BCE_mean(real logits, 1) + BCE_mean(fake logits, 0)) / 2, the real logits from an encoder-only
+    pass on real_images + sigma n (the same noise). BCE_mean is the micro-batch mean over kept samples; `labels`
+    (the real batch's) condition both passes. Both inputs come augmented by the caller, each with its own draw."""
+    images, noise, keep = _finite_inputs(images, sigma, noise)
+    if real_images.shape != images.shape:
+        raise ValueError(f"real_images must have the shape of images {tuple(images.shape)}, "
+                         f"got {tuple(real_images.shape)}")
+    keep = keep & finite_samples(real_images)
+    real_images = _zero_dropped(keep, real_images)
+    s = _rows(sigma, images)
+    y_fake, logit_fake = fake_score(images + s * noise, sigma, class_labels=labels, augment_labels=augment_labels,
+                                    mode=ENCODER_DECODER)
+    logit_real = fake_score(real_images + s * noise, sigma, class_labels=labels,
+                            augment_labels=real_augment_labels, mode=ENCODER)
+    keep = keep & finite_samples(y_fake, logit_fake, logit_real)
+    y, y_fake = _zero_dropped(keep, images), _zero_dropped(keep, y_fake)
+    dsm = _pixel_sum(edm_weight(s) * (y_fake - y) ** 2)
+    bce = (_bce_mean(logit_real, 1.0, keep) + _bce_mean(logit_fake, 0.0, keep)) / 2
+    discriminator = torch.where(keep, edm_weight(sigma) * bce, torch.zeros((), device=images.device))
+    return (dsm, discriminator, keep) if return_kept else (dsm, discriminator)
 
 
 def _device(generator: torch.Generator | None, device) -> torch.device | None:

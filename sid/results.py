@@ -45,7 +45,8 @@ CONFIG_COLUMNS = ("preset", "teacher", "alpha", "tmax", "sigma_init", "lr", "glr
 # keep (eval_*, keep_snapshots, fid_images_final) are not columns; the complete config is in the file's metadata.
 MORE_CONFIG_COLUMNS = ("init_generator", "ls", "lsg", "beta1", "g_beta1", "beta2", "adam_eps", "batch_per_device",
                        "memory_format", "compile", "dropout", "augment", "ema_mimg", "ema_rampup", "duration_kimg",
-                       "fid_ref")
+                       "fid_ref", "method", "data", "lsd", "lsg_gan", "generator_warmup_kimg",
+                       "adversarial_warmup_kimg")
 
 # The Inception Score of a set of images: the same two columns in evaluation rows and score rows.
 IS_FIELDS = (
@@ -98,12 +99,21 @@ EVALUATION_SCHEMA = pa.schema([
     ("duration_kimg", pa.float64()),   # the run's planned length
     ("fid_ref", pa.string()),          # reference statistics of the Frechet distance
     ("labels", pa.string()),           # where the classes of a conditional generator came from (sid.datasets)
+    ("method", pa.string()),           # 'sid' | 'sida' (null in files from before SiDA: those are SiD)
+    ("data", pa.string()),             # SiDA's real images ('' for SiD)
+    ("lsd", pa.float64()),             # SiDA: discriminator loss scale
+    ("lsg_gan", pa.float64()),         # SiDA: generator adversarial loss scale
+    ("generator_warmup_kimg", pa.float64()),    # SiDA: the generator steps after this many kimg
+    ("adversarial_warmup_kimg", pa.float64()),  # SiDA: the adversarial term starts after this many kimg
+    ("loss_discriminator", pa.float64()),  # SiDA: mean discriminator term of the fake-score loss (NaN for SiD)
+    ("loss_generator_gan", pa.float64()),  # SiDA: mean adversarial term of the generator loss (NaN for SiD)
     ("written_at", pa.timestamp("us", tz="UTC")),
 ])
 EVALUATION_KEY = ("trial_id", "kimg")  # one row per evaluation point of a trial
 # Columns a file may lack because it was written before they existed: read back as nulls.
 LATER_COLUMNS = frozenset((*MORE_CONFIG_COLUMNS, "fid_std", "labels", *(f.name for f in IS_FIELDS), "pr_precision",
-                           "pr_recall", "pr_ref", "pr_real_images", "generator_kimg"))
+                           "pr_recall", "pr_ref", "pr_real_images", "generator_kimg", "loss_discriminator",
+                           "loss_generator_gan"))
 
 TRIAL_STATES = ("completed", "stopped_early", "diverged", "error", "running")
 
@@ -111,6 +121,7 @@ TRIAL_SCHEMA = pa.schema([
     ("study", pa.string()),
     ("trial_id", pa.string()),
     *[EVALUATION_SCHEMA.field(c) for c in CONFIG_COLUMNS],
+    *[EVALUATION_SCHEMA.field(c) for c in MORE_CONFIG_COLUMNS],  # any searchable field is a column (later columns)
     ("world_size", pa.int64()),
     ("fid_detector", pa.string()),
     ("state", pa.string()),            # one of TRIAL_STATES

@@ -45,19 +45,22 @@ from sid.files import (
 from sid.generators import load_generator
 from sid.loop import Evaluator, Sink, train
 from sid.micro_batch import fit_micro_batch
+from sid.process_cache import cached_file
 from sid.results import EVALUATION_SCHEMA, best_row, provenance, read_parquet, upsert_evaluations
 from sid.safe_pickle import load_plain
 from sid.saved import SavedGenerator
 from sid.teachers import load_teacher, teacher_kind
+from sid.timeline import phase
 from sid.tracking import RunTracker, TrackingSettings
 
 # Config fields a resumed run may change: they do not shape the numbers of the evaluations already made.
 RESUMABLE_CHANGES = ("duration_kimg", "keep_snapshots", "eval_metrics")
 # Fields added after the first checkpoints were written, with the value those runs had.
 LATER_FIELDS = {"init_generator": "", "eval_schedule": "every", "phema": "", "phema_every_kimg": 0.0,
-                "eval_tick_kimg": 10.0, "class_counts": ""}
-# Later fields that the runs written before them never read: a checkpoint without one matches any value.
-UNREAD_LATER_FIELDS = ("data",)
+                "eval_tick_kimg": 10.0, "class_counts": "", "method": "sid"}
+# Later fields that the runs written before them never read (SiDA's settings: those runs were SiD): a checkpoint
+# without one matches any value.
+UNREAD_LATER_FIELDS = ("data", "lsd", "lsg_gan", "generator_warmup_kimg", "adversarial_warmup_kimg")
 # What torchrun (torch.distributed.run) sets in each process it starts; all of them mean "a rank of a torchrun run".
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 TORCHRUN_RESTARTS = "TORCHELASTIC_RESTART_COUNT"  # set by torchrun too: restarts of the worker group so far
@@ -178,16 +181,18 @@ def run_rank(config: DistillConfig, folder: RunFolder | None, *, device: torch.d
     """Run (or continue) one rank of a run to config.duration_kimg: rank 0 evaluates and writes `folder`."""
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # denormals made CPU iterations up to 10x slower
-    teacher = load_teacher(config.teacher)
-    labels = label_distribution(config, teacher.label_dim, warn=rank == 0)
-    # a factory-made init generator is rebuilt by the factory the user named as the teacher (never the file's name)
-    factory = config.teacher if teacher_kind(config.teacher) == "factory" else None
-    generator = load_generator(config.init_generator, factory=factory)[0] if config.init_generator else None
-    micro_batch = 0
-    if not config.batch_per_device:  # 0: the largest that fits, measured on this device before the run starts
-        micro_batch = fit_micro_batch(config, teacher, device=device, world_size=world_size, generator=generator)
-    distiller = Distiller(config, teacher, device=device, rank=rank, world_size=world_size, generator=generator,
-                          micro_batch=micro_batch, labels=labels)
+    with phase("load_teacher"):  # once per process (sid.process_cache): a study's trials share their process
+        teacher = cached_file("teacher", config.teacher, load_teacher)
+        labels = label_distribution(config, teacher.label_dim, warn=rank == 0)
+        # a factory-made init generator is rebuilt by the factory the user named as the teacher (never the file's)
+        factory = config.teacher if teacher_kind(config.teacher) == "factory" else None
+        generator = load_generator(config.init_generator, factory=factory)[0] if config.init_generator else None
+    with phase("build_distiller"):
+        micro_batch = 0
+        if not config.batch_per_device:  # 0: the largest that fits, measured on this device before the run starts
+            micro_batch = fit_micro_batch(config, teacher, device=device, world_size=world_size, generator=generator)
+        distiller = Distiller(config, teacher, device=device, rank=rank, world_size=world_size, generator=generator,
+                              micro_batch=micro_batch, labels=labels)
     wall_s, best = 0.0, None
     if rank == 0:
         for note in distiller.notes:  # said once per run, not per sigma
@@ -199,7 +204,9 @@ def run_rank(config: DistillConfig, folder: RunFolder | None, *, device: torch.d
             print(f"continuing at kimg {distiller.kimg:g} (iteration {distiller.iteration})", flush=True)
             best = folder.best_until(trial_id, distiller.kimg) if folder is not None else None
     writes = rank == 0 and folder is not None
-    train(distiller, evaluator=Evaluator(config, device) if rank == 0 else None,
+    with phase("load_evaluator"):
+        evaluator = Evaluator(config, device) if rank == 0 else None
+    train(distiller, evaluator=evaluator,
           sinks=[folder, *sinks] if writes else list(sinks), best=best, study=study, trial_id=trial_id,
           wall_s=wall_s, progress=progress and rank == 0, resumed=state is not None,
           phema_snapshot=folder.write_phema if (writes and config.phema) else None)

@@ -59,6 +59,15 @@ def build_parser(doc: str, *, swept: tuple[str, ...], asha: bool) -> Parser:
                        help="train nothing: start every trial's workers where the study would, load the assets "
                             "through each node's cache, and print where each trial ran and how many ran at once "
                             "(folder <storage>/<name>-dry-run)")
+    group.add_argument("--plan", action="store_true",
+                       help="train nothing: print the study's trials, images, device-hours and wall time on the "
+                            "cluster (--plan-cluster) from a short calibration of the preset on this machine's device "
+                            "(or --calibration), and write them to <storage>/<name>/plan.json for the report")
+    group.add_argument("--plan-cluster", default=None,
+                       help="the cluster --plan prices, e.g. GPU=8,CPU=64 (default: this machine)")
+    group.add_argument("--calibration", type=Path, default=None,
+                       help="--plan from this stored calibration.json (one of the preset on the cluster's device) "
+                            "instead of measuring one here")
     group.add_argument("--address", default=None,
                        help="Ray cluster: 'auto' joins a running cluster, or host:port (default: start a local Ray)")
     group.add_argument("--max-concurrent", type=int, default=None,
@@ -144,8 +153,13 @@ def main(parser: argparse.ArgumentParser, args: argparse.Namespace, *, script: s
                  **study)
     if args.print_config:
         print_config(values)
+    if args.dry_run and args.plan:
+        parser.error("--dry-run and --plan: choose one (placement, or price)")
     if args.dry_run:
         dry_run(parser, spec, args)
+        return
+    if args.plan:
+        plan(parser, spec, args)
         return
     try:
         trials = run_study(spec, resume=args.resume, address=args.address, config_text=config_yaml(values))
@@ -190,3 +204,21 @@ def dry_run(parser: Parser, spec: Study, args: argparse.Namespace) -> None:
     print()
     print(summary(table))
     print(f"\nplacements: {dry_run_folder(spec) / PLACEMENTS_FILE}")
+
+
+def plan(parser: Parser, spec: Study, args: argparse.Namespace) -> None:
+    """--plan: print the study's price and write it into the study folder; train nothing."""
+    # Ray and the networks load here, when a plan is asked for (see main).
+    from sid.cluster.price import parse_cluster, plan_study  # noqa: PLC0415
+    from sid.plan import PLAN_FILE, PlanError  # noqa: PLC0415
+
+    if args.resume:
+        parser.error("--plan prices a study before it runs; there is nothing to --resume")
+    try:
+        cluster = parse_cluster(args.plan_cluster) if args.plan_cluster else None
+        priced = plan_study(spec, cluster=cluster, calibration=args.calibration)
+    except (StudyError, PlanError, ValueError) as exc:  # a bad study, cluster, calibration file or asset: one line
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    print(priced.summary())
+    print(f"\nplan: {spec.folder / PLAN_FILE} (run the same command without --plan to run the study)")

@@ -51,8 +51,9 @@ def main(argv: list[str] | None = None) -> None:
                                  f"(default: {default})")
     parser.add_argument("--num-samples", type=int, default=8, help="trials Optuna proposes (default: 8)")
     parser.add_argument("--optuna-seed", type=int, default=0, help="seed of the sampler (default: 0)")
-    parser.add_argument("--sampler", default="tpe", choices=SAMPLERS,
-                        help="Optuna sampler: tpe, or gp (a Gaussian process with a noise term) (default: tpe)")
+    parser.add_argument("--sampler", default="tpe", choices=list(SAMPLERS),
+                        help="Optuna sampler, a key of sid.cluster.space.SAMPLERS: tpe, gp (a Gaussian process with a "
+                             "noise term) or random (default: tpe)")
     parser.add_argument("--optuna-storage", default=None, metavar="URL_OR_FILE",
                         help="Optuna storage: a database URL (sqlite:///hpo.db) or a journal file (default: "
                              "<storage>/<name>/optuna.journal); optuna-dashboard opens it")

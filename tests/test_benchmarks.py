@@ -1,5 +1,7 @@
-"""benchmarks/step_throughput.py: the command-line table on CPU, variant names, and the preset architectures."""
+"""benchmarks/step_throughput.py: the command-line table on CPU, variant names, and the preset architectures;
+benchmarks/ray_overhead.py: its arithmetic on a timeline."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -7,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.step_throughput import variant_config
+from benchmarks.ray_overhead import breakdown, trial_shares
+from benchmarks.step_throughput import variant_config, variant_threads
 from sid.config import ConfigError, preset
 from sid.networks.precond import EDMPrecond
 from sid.testing.fixtures import preset_architecture
@@ -32,10 +35,16 @@ def table(out: str) -> dict[str, dict[str, str]]:
 
 @pytest.mark.timeout(120)
 def test_cpu_throughput_table_lists_each_variant_with_its_ratio_to_official():
-    out = run_script("--device", "cpu", "--preset", "digits", "--iterations", "3", "--variants", "official,bf16",
+    out = run_script("--device", "cpu", "--preset", "digits", "--iterations", "3", "--variants",
+                     "official,bf16,fp32-t1",
                      "--batch", "32", "--warmup", "1")
     rows = table(out)
-    assert list(rows) == ["official", "bf16"]
+    assert list(rows) == ["official", "bf16", "fp32-t1"]
+    assert rows["fp32-t1"]["threads"] == "1" and "matmul peak" in out
+    # achieved FLOP/s over the peak measured in the same process (each rounded as printed)
+    peak = float(re.search(r"fp32 ([\d.e+-]+) TFLOP/s", out).group(1))
+    assert float(rows["official"]["of-peak"].rstrip("%")) == pytest.approx(
+        100 * float(rows["official"]["TFLOP/s"]) / peak, rel=0.02, abs=1)
     assert rows["official"]["ratio"] == "1.00x" and rows["official"]["precision"] == "fp32"
     ratio, rate = float(rows["bf16"]["ratio"].rstrip("x")), float(rows["bf16"]["img/s"])
     assert ratio > 0 and rate > 0 and float(rows["bf16"]["s/kimg"]) == pytest.approx(1000 / rate, rel=0.01)
@@ -83,6 +92,7 @@ def test_cpu_fid_cost_table_has_each_generator_and_detector_precision():
                                    memory_format="channels_last")),
     ("fp16-mb32", dict(precision="fp16", batch_per_device=32)),
     ("tf32-compile", dict(precision="tf32", compile="default")),
+    ("fp32-cl-t1", dict(precision="fp32", memory_format="channels_last", batch_per_device=64)),
 ])
 def test_variant_names_map_to_configs(name, expected):
     config = variant_config(name, preset("cifar10-uncond"), batch=64)
@@ -103,3 +113,32 @@ def test_benchmark_networks_are_the_official_architectures(name, params):
     with torch.device("meta"):
         net = EDMPrecond(**preset_architecture(name))
     assert sum(p.numel() for p in net.parameters()) == params
+
+
+def phase(name: str, start: float, end: float, pid: int = 1) -> dict:
+    return dict(phase=name, start=start, end=end, pid=pid)
+
+
+def test_ray_share_counts_each_trials_wait_for_its_slot_and_its_time_outside_the_runs_work():
+    # Two slots from t=0; trial A (pid 1) 1-11 with 8 s of work, B (pid 2) 2-12 with 9 s, C (pid 1) 13-23 with 9 s
+    # takes A's slot (free at 11): Ray's time = (1 + 2) + (2 + 1) + (2 + 1) = 9 s, work 26 s.
+    timeline = [phase("tune", 0, 24), phase("trial", 1, 11), phase("load_teacher", 1, 2), phase("train", 2, 9),
+                phase("trial", 2, 12, 2), phase("train", 2.5, 11.5, 2), phase("trial", 13, 23),
+                phase("train", 13.5, 22.5), phase("ray_start", -3, -1)]
+    share, ray_s, trials, work_s = trial_shares(timeline, slots=2)
+    assert (trials, ray_s, work_s) == (3, pytest.approx(9.0), pytest.approx(26.0))
+    assert share == pytest.approx(9 / 35)
+
+
+def test_a_runs_phases_add_up_to_its_wall_time():
+    timeline = [phase("ray_start", 1, 4), phase("load_teacher", 10, 11), phase("load_evaluator", 11, 12),
+                phase("train", 12, 20), phase("evaluate", 20, 22), phase("write", 22, 23)]
+    row = breakdown(30.0, timeline, start=0.0)
+    assert row == dict(total=30.0, **{"ray start": 3.0, "load": 2.0, "train": 8.0, "eval": 2.0, "write": 1.0,
+                                      "to trial": 6.0, "rest": 8.0})
+
+
+@pytest.mark.parametrize("name, threads", [("fp32-t1", 1), ("bf16-tf32-cl-t4", 4), ("bf16-tf32", None),
+                                           ("official-t2-b256", 2)])
+def test_thread_suffix_is_read_from_the_variant_name(name, threads):
+    assert variant_threads(name) == threads

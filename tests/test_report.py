@@ -36,7 +36,7 @@ def synthetic_trials(values: dict[float, list[float]], *, detector="digits-featu
         for seed, fd in enumerate(fds):
             rows.append(dict(study="s", trial_id=f"a{alpha}-s{seed}", preset="digits", teacher="digits", alpha=alpha,
                              tmax=800, sigma_init=2.5, lr=1e-4, glr=1e-4, batch=128, precision="fp32", seed=seed,
-                             fid_detector=detector, fid_images=images, best_fid=fd, final_fid=fd + 1.0,
+                             method="sid", fid_detector=detector, fid_images=images, best_fid=fd, final_fid=fd + 1.0,
                              best_kimg=9.6, diverged=False, device_hours=0.01, state="completed"))
     return pd.DataFrame(rows)
 

@@ -17,7 +17,7 @@ from sid.files import BEST, SNAPSHOTS, snapshot_name
 from sid.loop import make_row
 from sid.networks.precond import EDMPrecond
 from sid.results import best_of
-from sid.run import LATER_FIELDS, RunFolder, load_checkpoint
+from sid.run import LATER_FIELDS, UNREAD_LATER_FIELDS, RunFolder, load_checkpoint
 from sid.teachers import load_network_file
 from sid.testing.fixtures import TEACHER_KWARGS, make_teacher
 
@@ -124,7 +124,7 @@ def test_adam_eps_follows_the_official_rule_unless_set(name, precision, expected
 def test_checkpoints_written_before_todays_fields_still_resume(tmp_path, teacher_file):
     cfg = config(teacher_file)
     distiller = Distiller(cfg, load_network_file(teacher_file))
-    old = {k: v for k, v in cfg.to_dict().items() if k not in (*LATER_FIELDS, "keep_snapshots")}
+    old = {k: v for k, v in cfg.to_dict().items() if k not in (*LATER_FIELDS, *UNREAD_LATER_FIELDS, "keep_snapshots")}
     _torch.save({**distiller.state_dict(), "config": old, "wall_s": 0.0}, tmp_path / "checkpoint.pt")
     assert load_checkpoint(tmp_path / "checkpoint.pt", cfg)["iteration"] == 0
     with pytest.raises(ValueError, match="different config"):  # a run that did use a later field is not one of them

@@ -23,13 +23,17 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import ray
+import ray.tune
+import yaml
 from ray.tune.experiment import Trial
 
+from sid.cluster.callbacks import register_callback
 from sid.cluster.distributed import RAY_ENV, ResourceError, connect
 from sid.cluster.resources import TrialResources
 from sid.cluster.search import open_storage
-from sid.cluster.space import Grid, Range
+from sid.cluster.space import Grid, Range, StudyError
 from sid.cluster.study import Study, StudyCallback, plan, rescore_at_end, run_study, trial_capacity
+from sid.cluster.study_file import read_study_file
 from sid.cluster.trials import TrialRecord, trial_state
 from sid.cluster.watch import Progress, duration, evaluation_line
 from sid.config import preset
@@ -37,6 +41,7 @@ from sid.files import BEST, RUNS_DIR, SCORES_FILE, TRIALS_FILE
 from sid.results import (
     CONFIG_COLUMNS,
     EVALUATION_SCHEMA,
+    MORE_CONFIG_COLUMNS,
     SCHEMA_VERSION,
     TRIAL_SCHEMA,
     Divergence,
@@ -180,6 +185,27 @@ def test_bad_alpha_list_exits_2_from_the_command_line(tmp_path):
     assert done.returncode == 2 and "'abc' is not a number" in done.stderr and not list(tmp_path.iterdir())
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("text, words", [
+    ("space: {teacher: {grid: [digits]}}", ["cannot search teacher: the model being distilled"]),
+    ("space: {alpha: {grid: '1.0,1.2'}}", ["study.yaml: space: alpha: grid takes a YAML list, got '1.0,1.2'"]),
+    ("space: {batch: {range: [8, 64]}}\nsearcher: optuna", ["batch:", "given values only (categorical)"]),
+    ("space: {alpha: {range: [0.5, 1.5]}}\nsearcher: optuna\nsampler: nope", ["sampler must be one of tpe, gp"]),
+    ("space: {alpha: {grid: [1.0]}}\ncallbacks: [nope]", ["callbacks: unknown key 'nope'"]),
+])
+def test_a_bad_study_file_is_one_error_with_exit_code_2_and_writes_nothing(tmp_path, capsys, text, words):
+    path = tmp_path / "study.yaml"
+    path.write_text(f"name: s\nbase: {{preset: digits}}\n{text}\n")
+    connected = ray.is_initialized()
+    with pytest.raises(SystemExit) as exited:
+        importlib.import_module("studies.search").main([str(path), "--storage", str(tmp_path / "results")])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "error:" in error and all(w in error for w in words), error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.yaml"]
+    assert ray.is_initialized() == connected  # failed before starting Ray
+
+
 # ---------------------------------------------------------------------------------------------- resume
 @pytest.mark.ray
 @pytest.mark.timeout(300)
@@ -316,7 +342,7 @@ def check_study_files(folder: Path, trials: pd.DataFrame, searched: list[str]) -
             mine = mine[mine["kimg"] <= trial.last_kimg + 1e-9]
         tuned = params(folder, trial.trial_id)
         base = preset("digits", **TINY)
-        for column in CONFIG_COLUMNS:  # every row carries the config Tune gave this trial
+        for column in (*CONFIG_COLUMNS, *MORE_CONFIG_COLUMNS):  # every row carries the config Tune gave this trial
             want = tuned[column] if column in searched else getattr(base, column)
             want = pytest.approx(want) if isinstance(want, float) else want
             assert mine[column].tolist() == [want] * len(mine), column
@@ -419,3 +445,90 @@ def test_a_finished_study_rescores_its_chosen_generators_as_a_ray_task(tmp_path,
         assert rows["generator_kimg"].eq(0.032).all() and f"re-scored {study.folder / RUNS_DIR / trial / BEST}" in out
     if case == "broken best.pt":
         assert "re-score failed (" in out and f"run `sid evaluate --rescore {study.folder}` to finish it" in out
+
+class Counter(ray.tune.Callback):
+    """A user's callback: counts the evaluations it hears (in the Tune driver, this process)."""
+
+    def __init__(self) -> None:
+        self.results = 0
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self.results += 1
+
+
+BUILT: list[str] = []  # the studies the 'test-counter' key was built for, in order
+register_callback("test-counter", lambda study: BUILT.append(study.name) or Counter())
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("source", ["python", "yaml"])
+def test_a_study_searching_tmax_and_the_ema_length_runs_and_resumes_from_python_and_from_yaml(tmp_path, local_ray,
+                                                                                              source):
+    space = {"tmax": Range(500, 900), "ema_mimg": Range(0.05, 0.5)}
+    if source == "yaml":  # sampler and callbacks by registry key
+        path = tmp_path / "study.yaml"
+        path.write_text(yaml.safe_dump(dict(
+            name="tmax-ema", base={"preset": "digits", **TINY}, searcher="optuna", num_samples=2, sampler="random",
+            callbacks=["progress-file", "test-counter"],
+            space={"tmax": {"range": [500, 900]}, "ema_mimg": {"range": [0.05, 0.5]}})))
+        study = read_study_file(path, storage=tmp_path)
+        saved = ("random", ["progress-file", "test-counter"])
+    else:  # objects: they serve this process, and a resume asks for them again
+        counter = Counter()
+        study = Study(name="tmax-ema", base=preset("digits", **TINY), space=space, searcher="optuna", num_samples=2,
+                      sampler=optuna.samplers.RandomSampler(seed=1), callbacks=("progress-file", counter),
+                      storage=tmp_path)
+        saved = ("object:RandomSampler", ["progress-file", "object:Counter"])
+    built = len(BUILT)
+    trials = run_study(study)
+    assert len(trials) == 2 and (trials["state"] == "completed").all()
+    assert trials["tmax"].between(500, 900).all() and trials["ema_mimg"].between(0.05, 0.5).all()
+    assert trials["tmax"].nunique() == 2 and trials["ema_mimg"].nunique() == 2
+    rows = check_study_files(study.folder, trials, ["tmax", "ema_mimg"])  # each trial trained with its values
+    assert rows["tmax"].dtype == np.int64
+    settings = json.loads((study.folder / "trial_settings.json").read_text())
+    assert (settings["sampler"], settings["callbacks"]) == saved
+    log = (study.folder / "progress.log").read_text().splitlines()
+    for trial_id in trials["trial_id"]:  # the progress-file callback: 3 evaluations and the end of each trial
+        assert sum(line.startswith(f"[{trial_id}] kimg ") for line in log) == 3
+        assert f"[{trial_id}] ended" in log
+    if source == "yaml":
+        assert BUILT[built:] == ["tmax-ema"]
+        run_study(study, resume=True)  # keys: the callbacks are built again from the registry
+        assert BUILT[built:] == ["tmax-ema", "tmax-ema"]
+    else:
+        assert counter.results == 6
+        for given, words in [(dataclasses.replace(study, sampler="tpe", callbacks=("progress-file",)),
+                              "ran with a sampler object (RandomSampler), which is not saved; give it again"),
+                             (dataclasses.replace(study, callbacks=("progress-file",)),
+                              "ran with the callback object(s) ['Counter'], which are not saved; give them again")]:
+            with pytest.raises(StudyError, match=re.escape(words)):
+                run_study(given, resume=True)
+        again = run_study(dataclasses.replace(study, callbacks=("progress-file", Counter())), resume=True)
+        assert sorted(again["trial_id"]) == sorted(trials["trial_id"])
+    resumed = read_evaluations(study.folder / "evaluations")
+    assert len(resumed) == len(rows)  # a finished study resumed: nothing run again, nothing duplicated
+
+@pytest.mark.ray
+@pytest.mark.timeout(480)
+def test_a_one_worker_trial_in_its_tune_process_writes_the_rows_of_a_train_worker_group(tmp_path, local_ray):
+    # The study runs its one-worker trial in Tune's trial process (no Train worker group); run_distributed runs the
+    # same config through a Ray Train worker group of one. One CPU (so one torch thread) each: the rows match bit
+    # for bit but for the labels and the clocks.
+    from sid.cluster.distributed import run_distributed  # noqa: PLC0415 (beside the study it checks)
+
+    base = preset("digits", **TINY)
+    study = Study(name="in-trial", base=base, space={"alpha": Grid([base.alpha])}, storage=tmp_path)
+    trials = run_study(study)
+    assert (trials["state"] == "completed").all()
+    assert not (study.folder / "train").exists()  # no Train run was made for it
+    in_trial = read_evaluations(study.folder / "evaluations")
+    path = run_distributed(base, tmp_path / "train-group", address=None, resume=False,
+                           resources=TrialResources(workers=1, gpus_per_worker=0.0, cpus_per_worker=1.0))
+    group = read_evaluations(path)
+    assert json.loads((tmp_path / "train-group" / "workers" / "rank0.json").read_text())["torch_threads"] == 1
+    clocks_and_labels = ["study", "trial_id", "wall_s", "device_s", "images_per_s", "written_at"]
+    assert len(in_trial) == len(base.evaluation_kimg())
+    pd.testing.assert_frame_equal(in_trial.drop(columns=clocks_and_labels).reset_index(drop=True),
+                                  group.drop(columns=clocks_and_labels).reset_index(drop=True), check_exact=True)

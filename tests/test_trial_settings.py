@@ -26,7 +26,8 @@ TINY = dict(batch=8, batch_per_device=8, fid_images=256, duration_kimg=0.032, ev
 def settings(folder: Path) -> TrialSettings:
     return TrialSettings(base=preset("digits", **TINY, alpha=1.0), study=folder.name, folder=folder.resolve(),
                          resources=TrialResources(workers=2, gpus_per_worker=0.0, cpus_per_worker=0.995,
-                                                  placement_strategy="PACK"))
+                                                  placement_strategy="PACK"),
+                         sampler="object:CmaEsSampler", callbacks=("progress-file", "object:MyCallback"))
 
 
 def written(folder: Path, change) -> Path:
@@ -52,6 +53,7 @@ def test_a_folder_written_before_a_field_existed_resumes_with_its_default(tmp_pa
         for key in ("keep_snapshots", "phema", "phema_every_kimg", "fid_images_final"):
             del data["base"][key]
         del data["resources"]["max_failures"], data["resources"]["placement_strategy"]
+        del data["sampler"], data["callbacks"]
 
     written(tmp_path / "study", older)
     read = TrialSettings.read(tmp_path / "study")
@@ -60,6 +62,7 @@ def test_a_folder_written_before_a_field_existed_resumes_with_its_default(tmp_pa
     assert read.base.keep_snapshots == fields["keep_snapshots"] and read.base.phema == fields["phema"]
     assert read.resources.max_failures == TrialResources().max_failures
     assert read.resources.placement_strategy is None  # open: plan() chooses it on the resumed cluster
+    assert (read.sampler, read.callbacks) == ("tpe", ())  # the only sampler and no callbacks back then
 
 
 def set_key(path: str, value):
@@ -92,6 +95,8 @@ DELETE = object()
     (set_key("resources.gpus", 1), ["key 'resources': TrialResources has no field 'gpus'"]),
     (set_key("resources.cpus_per_worker", None), ["key 'resources': cpus_per_worker is null"]),
     (set_key("study", ""), ["key 'study': expected a study name"]),
+    (set_key("sampler", {"key": "tpe"}), ["key 'sampler': expected a string, got dict"]),
+    (set_key("callbacks", "progress-file"), ["key 'callbacks': expected a list of strings, got 'progress-file'"]),
     (set_key("folder", "results/elsewhere"), ["key 'folder': expected a study name and an absolute folder"]),
     (set_key("folder", "/somewhere/else"), ["key 'folder': /somewhere/else, but the file is in",
                                             "resumes where it was started"]),

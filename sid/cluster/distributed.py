@@ -19,6 +19,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 import ray
 import ray.train
 import ray.train.torch
+import ray.tune
 import torch
 
 from sid.cluster.resources import STRATEGIES, TrialResources
@@ -43,6 +45,7 @@ from sid.files import (
 )
 from sid.run import RunFolder, load_checkpoint, run_rank
 from sid.teachers import load_teacher
+from sid.timeline import phase, record
 from sid.tracking import STEP_KEY, RunTracker, TrackingSettings, step_of
 
 RUN_NAME = "train"             # Ray Train run name of a one-run folder (storage: <out>/ray/train)
@@ -136,10 +139,14 @@ def _restored_state(loop_config: dict[str, Any], config: DistillConfig) -> dict 
 class Reporter:
     """The last sink, on every rank: report the metrics and (rank 0, a good state) a checkpoint to Ray. The run
     folder wrote the row and files before, so a restart from this checkpoint never skips a row; the report is a
-    barrier, and the checkpoint may end this worker."""
+    barrier, and the checkpoint may end this worker. `tune`: report to Tune (a one-worker trial running in its Tune
+    trial process, sid.cluster.study) instead of Ray Train. A study trial's last evaluation gets no checkpoint: a
+    resumed trial whose rows reach the end is not run again (sid.cluster.study.run_trial)."""
 
-    def __init__(self, folder: RunFolder | None) -> None:  # rank 0's folder; None on the other ranks
+    def __init__(self, folder: RunFolder | None, *, tune: bool = False) -> None:  # folder: rank 0's; None elsewhere
         self.folder = folder
+        self.report, self.checkpoint = (ray.tune.report, ray.tune.Checkpoint) if tune else \
+            (ray.train.report, ray.train.Checkpoint)
 
     def on_evaluation(self, row: dict[str, Any], distiller: Distiller, best: Mapping[str, Any] | None) -> None:
         metrics = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -147,18 +154,19 @@ class Reporter:
         metrics[STEP_KEY] = step_of(row)  # Tune's TensorBoard/MLflow callbacks step on it: images, not reports
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
-            if self.folder is not None and row["status"] == "ok":  # a diverged state is no checkpoint
-                state = Path(tmp) / RAY_STATE_FILE
-                if self.folder.state_path is not None:  # the run folder's checkpoint.pt: the state is saved once
-                    link_atomic(self.folder.state_path, state)
-                else:
-                    save_torch_atomic({**distiller.state_dict(), "wall_s": row["wall_s"]}, state)
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=checkpoint)
+            keep = self.folder is not None and row["status"] == "ok"  # a diverged state is no checkpoint
+            if keep and self.folder.state_path is not None:  # the run folder's checkpoint.pt: the state is saved once
+                link_atomic(self.folder.state_path, Path(tmp) / RAY_STATE_FILE)
+            elif keep and distiller.iteration < distiller.config.iterations:
+                save_torch_atomic({**distiller.state_dict(), "wall_s": row["wall_s"]}, Path(tmp) / RAY_STATE_FILE)
+            if any(Path(tmp).iterdir()):
+                checkpoint = self.checkpoint.from_directory(tmp)
+            self.report(metrics, checkpoint=checkpoint)
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
     """The function each Ray Train worker runs: one DDP rank of one SiD run (see build_trainer for loop_config)."""
+    record("worker_start", time.time(), time.time())  # the worker group is up: its first rank's code runs
     config = DistillConfig(**loop_config["config"])
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
@@ -258,8 +266,9 @@ def connect(address: str | None, *, quiet: bool = False) -> bool:
         return True
     for key, value in LOCAL_RAY_ENV.items():
         os.environ.setdefault(key, value)
-    ray.init(address="local", num_cpus=os.cpu_count(), object_store_memory=256 * 2**20, include_dashboard=True,
-             **options)
+    with phase("ray_start"):
+        ray.init(address="local", num_cpus=os.cpu_count(), object_store_memory=256 * 2**20, include_dashboard=True,
+                 **options)
     return True
 
 

@@ -80,12 +80,13 @@ def open_storage(spec: str | Path) -> optuna.storages.BaseStorage:
                            f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
 
 
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
-    if name == "gp":  # a Gaussian process with a learned noise term: made for noisy objectives such as an FD
-        return optuna.samplers.GPSampler(seed=seed, deterministic_objective=False)
-    raise ValueError(f"unknown sampler {name!r}; expected one of {', '.join(SAMPLERS)}")
+def make_sampler(sampler: str | optuna.samplers.BaseSampler, seed: int) -> optuna.samplers.BaseSampler:
+    """A study's sampler: a key of sid.cluster.space.SAMPLERS made with `seed`, or an object as given."""
+    if not isinstance(sampler, str):
+        return sampler
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
+    return SAMPLERS[sampler](seed)
 
 
 class FidelityOptunaSearch(OptunaSearch):
@@ -126,8 +127,13 @@ class FidelityOptunaSearch(OptunaSearch):
 
     def restore(self, checkpoint_path: str) -> None:
         """Tune's saved searcher state, then: a trial the storage holds as running that this state does not know was
-        asked just before the study was interrupted and never ran: FAIL, so that no sampler waits on it."""
+        asked just before the study was interrupted and never ran: FAIL, so that no sampler waits on it. A resumed
+        study's sampler object, given again (sid.cluster.study.reattach sets `resumed_sampler`), replaces the
+        unpickled one."""
+        sampler = self.__dict__.pop("resumed_sampler", None)
         super().restore(checkpoint_path)
+        if sampler is not None:
+            self._sampler = self._ot_study.sampler = sampler
         known = {t.number for t in self._ot_trials.values()}
         for orphan in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if orphan.number not in known:

@@ -1,29 +1,49 @@
 """A study's search space in the project's own terms: `Grid`, `Range`, `Choice`, and the words a study is defined in
-(searchers, Optuna samplers, StudyError).
+(searchers, the Optuna samplers it names by key, StudyError).
 
     space = {"alpha": Grid([0.5, 1.0, 1.2]), "seed": Grid([0, 1, 2])}                      # searcher="grid"
     space = {"alpha": Range(0.5, 1.5), "lr": Range(1e-5, 1e-3), "seed": Choice([0, 1])}    # searcher="optuna"
 
 A space says which values a field takes, not how they are spread: the searchable-field registry
-(`sid.config.SEARCHABLE`) decides that a Range of `lr` or `glr` is searched on a log scale, one of `seed` over the
-integers low..high (both included), and any other on a linear scale. `check_space` validates a space for a searcher
-(every message names the field); `sid.cluster.search.tune_space` is the one translation to Ray Tune.
+(`sid.config.SEARCHABLE`) decides that a Range of `lr` is searched on a log scale, one of `tmax` or `seed` over the
+integers low..high (both included), one of `alpha` on a linear scale, and that `batch` or `precision` take given
+values only (Grid or Choice); a field outside it is refused with its reason (`sid.config.UNSEARCHABLE`). A value has
+the type of its DistillConfig field. `check_space` validates a space for a searcher (every message names the field);
+`space_from_data` reads one from a study YAML; `sid.cluster.search.tune_space` is the one translation to Ray Tune.
 
 Plain Python, no Ray: the study scripts build and check a space without importing or starting Ray.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import numbers
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sid.config import SEARCHABLE
+from sid.config import SEARCHABLE, UNSEARCHABLE, DistillConfig
 
 SEARCHERS = ("grid", "optuna")  # grid: every combination of the Grids' values; optuna: TPE/GP over Ranges and Choices
-SAMPLERS = ("tpe", "gp")        # Optuna's samplers a study may use (sid.cluster.search.make_sampler)
+# The type of each config field's values ('int', 'float' or 'str'), from DistillConfig's annotations.
+FIELD_TYPES = {f.name: str(f.type).split(" |")[0] for f in dataclasses.fields(DistillConfig)}
+
+
+def _optuna_sampler(name: str, seed: int, **kwargs: Any) -> Any:
+    import optuna  # noqa: PLC0415 (1.5 s to import: the study scripts' --help and bad flags must not wait for it)
+
+    return getattr(optuna.samplers, name)(seed=seed, **kwargs)
+
+
+# Optuna samplers by key: a study names its sampler by key (in its YAML and in its saved settings, so a resume
+# rebuilds it); each entry makes the sampler from the study's optuna_seed. register_sampler adds one.
+SAMPLERS: dict[str, Callable[[int], Any]] = {
+    "tpe": functools.partial(_optuna_sampler, "TPESampler"),      # Tree-structured Parzen estimator (default)
+    "gp": functools.partial(_optuna_sampler, "GPSampler", deterministic_objective=False),  # a GP with a noise term
+    "random": functools.partial(_optuna_sampler, "RandomSampler"),  # independent uniform draws (a baseline)
+}
 
 
 class StudyError(ValueError):
@@ -36,10 +56,10 @@ def _values(values: Iterable[Any] | Any) -> Any:
 
 
 @dataclass(frozen=True)
-class Grid:
-    """Every value is run (with every value of the other Grids): the grid searcher's dimension."""
+class _Values:
+    """A dimension given as its values (Grid, Choice): one home for how they are kept and checked."""
 
-    values: tuple[Any, ...]  # the field's values, in the order the trials are made
+    values: tuple[Any, ...]  # the field's values: a Grid runs each, in this order; a Choice's searcher picks one
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "values", _values(self.values))
@@ -49,6 +69,11 @@ class Grid:
 
     def contains(self, value: Any) -> bool:
         return value in self.values
+
+
+@dataclass(frozen=True)
+class Grid(_Values):
+    """Every value is run (with every value of the other Grids): the grid searcher's dimension."""
 
 
 @dataclass(frozen=True)
@@ -66,19 +91,8 @@ class Range:
 
 
 @dataclass(frozen=True)
-class Choice:
+class Choice(_Values):
     """One of the values, picked by the searcher: Optuna's categorical dimension."""
-
-    values: tuple[Any, ...]  # the field's candidate values
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "values", _values(self.values))
-
-    def corners(self) -> list[Any]:
-        return list(self.values)
-
-    def contains(self, value: Any) -> bool:
-        return value in self.values
 
 
 Dimension = Grid | Range | Choice
@@ -90,22 +104,32 @@ def _is_number(value: Any) -> bool:
 
 
 def _value_error(field: str, value: Any, what: str = "values") -> str | None:
-    """Why `value` cannot be a value of `field` (None: it can): the registry's kind, finite, > 0 on a log scale;
-    `what` names the value in the message ('values', 'low', 'high')."""
-    scale = SEARCHABLE[field]
-    if scale == "int":
+    """Why `value` cannot be a value of `field` (None: it can): the type of the field (an integer, a finite number,
+    a string), > 0 on a log scale; `what` names the value in the message ('values', 'low', 'high')."""
+    kind = FIELD_TYPES[field]
+    if kind == "int":
         return None if isinstance(value, numbers.Integral) and not isinstance(value, bool) else "expected integers"
+    if kind == "str":
+        return None if isinstance(value, str) else "expected strings"
     if not _is_number(value) or not math.isfinite(value):
         return "expected finite numbers"
-    if scale == "log" and value <= 0:
+    if SEARCHABLE[field] == "log" and value <= 0:
         return f"expected {what} > 0 ({field} is searched on a log scale)"
     return None
 
 
+def check_field(field: Any) -> None:
+    """StudyError unless `field` is searchable: a field of the registry, or the reason it is not."""
+    if field in SEARCHABLE:
+        return
+    why = UNSEARCHABLE.get(field, "not a DistillConfig field" if field not in FIELD_TYPES else
+                           "not in the registry of searchable fields (sid.config.SEARCHABLE)")
+    raise StudyError(f"cannot search {field}: {why}; searchable fields: {', '.join(SEARCHABLE)}")
+
+
 def check_dimension(field: str, dimension: Any) -> None:
     """StudyError naming `field` when `dimension` is not a valid Grid, Range or Choice of that field."""
-    if field not in SEARCHABLE:
-        raise StudyError(f"cannot search {field}; searchable fields: {', '.join(SEARCHABLE)}")
+    check_field(field)
     if isinstance(dimension, dict) and "grid_search" in dimension:
         raise StudyError(f"{field}: {{'grid_search': ...}} is Ray Tune's spelling; give "
                          f"Grid({list(dimension['grid_search'])!r}) (from sid.cluster.space)")
@@ -115,6 +139,9 @@ def check_dimension(field: str, dimension: Any) -> None:
     if not isinstance(dimension, (Grid, Range, Choice)):
         raise StudyError(f"{field}: expected Grid([...]), Range(low, high) or Choice([...]) (from sid.cluster.space), "
                          f"got {dimension!r}")
+    if isinstance(dimension, Range) and SEARCHABLE[field] == "categorical":
+        raise StudyError(f"{field}: {dimension!r}: {field} takes given values only (categorical): give Grid([...]) "
+                         f"or Choice([...])")
     if isinstance(dimension, Range):
         why = _value_error(field, dimension.low, "low") or _value_error(field, dimension.high, "high")
         if why is None and not dimension.low < dimension.high:
@@ -179,6 +206,65 @@ def space_data(space: Mapping[str, Dimension]) -> dict[str, dict[str, Any]]:
     return data
 
 
-def _plain(value: Any) -> int | float:
-    """A checked value as a Python int or float (numpy's scalars are no YAML)."""
+def _plain(value: Any) -> int | float | str:
+    """A checked value as a Python int, float or str (numpy's scalars are no YAML)."""
+    if isinstance(value, str):
+        return str(value)
     return int(value) if isinstance(value, numbers.Integral) else float(value)
+
+
+def space_from_data(data: Any, source: str = "space") -> dict[str, Dimension]:
+    """The space of a study YAML (space_data's form: {field: {grid: [...]} | {range: [low, high]} | {choice:
+    [...]}}, `scale` optional and then the registry's), checked for any searcher; StudyError naming `source` and the
+    field for anything else (a string such as '0.5,1.0' is not a list)."""
+    if not isinstance(data, Mapping) or not data:
+        raise StudyError(f"{source}: expected a mapping of fields to {{grid: [...]}}, {{range: [low, high]}} or "
+                         f"{{choice: [...]}}, got {data!r}")
+    kinds = {name: kind for kind, name in KINDS.items()}
+    space: dict[str, Dimension] = {}
+    for field, spec in data.items():
+        where = f"{source}: {field}"
+        check_field(field)
+        if not isinstance(spec, Mapping) or len(set(spec) & set(kinds)) != 1 or set(spec) - {*kinds, "scale"}:
+            raise StudyError(f"{where}: expected one of {{grid: [...]}}, {{range: [low, high]}}, {{choice: [...]}} "
+                             f"(and an optional scale), got {spec!r}")
+        (name,) = set(spec) & set(kinds)
+        values = spec[name]
+        if not isinstance(values, list) or (name == "range" and len(values) != 2):
+            raise StudyError(f"{where}: {name} takes a YAML list{' [low, high]' if name == 'range' else ''}, "
+                             f"got {values!r}")
+        if "scale" in spec and spec["scale"] != SEARCHABLE[field]:
+            raise StudyError(f"{where}: scale {spec['scale']!r}, but {field} is searched on a {SEARCHABLE[field]} "
+                             f"scale (sid.config.SEARCHABLE; leave scale out)")
+        space[field] = Range(*values) if name == "range" else kinds[name](values)
+        check_dimension(field, space[field])
+    return space
+
+
+OBJECT = "object:"  # a study's saved sampler or callback given as an object: OBJECT + its class (a resume asks again)
+
+
+def saved_name(entry: Any) -> str:
+    """How a study's settings record its sampler or a callback: the registry key, or OBJECT + the object's class."""
+    return entry if isinstance(entry, str) else OBJECT + type(entry).__name__
+
+
+def check_sampler(sampler: Any) -> None:
+    """StudyError unless `sampler` is a registered key or an Optuna sampler object (anything with sample_relative)."""
+    if isinstance(sampler, str):
+        if sampler not in SAMPLERS:
+            raise StudyError(f"sampler must be one of {', '.join(SAMPLERS)} (register_sampler adds one) or an Optuna "
+                             f"sampler object, got {sampler!r}")
+    elif not callable(getattr(sampler, "sample_relative", None)):
+        raise StudyError(f"sampler: expected a registered key ({', '.join(SAMPLERS)}) or an Optuna sampler object, "
+                         f"got {sampler!r}")
+
+
+def register_sampler(key: str, factory: Callable[[int], Any]) -> None:
+    """Make an Optuna sampler nameable by `key` (factory(seed) -> the sampler): a study that names it can be
+    defined in YAML and resumed, in a process that registered it too (import your module before the study runs)."""
+    if not isinstance(key, str) or not key.replace("-", "").replace("_", "").isalnum():
+        raise StudyError(f"a sampler key is a plain name (letters, digits, - and _), got {key!r}")
+    if not callable(factory):
+        raise StudyError(f"sampler {key!r}: expected a callable factory(seed) -> sampler, got {factory!r}")
+    SAMPLERS[key] = factory

@@ -1,16 +1,19 @@
 """Hyperparameter studies: Ray Tune (grid or Optuna TPE, optional ASHA) over DistillConfig fields; every trial is one
-Ray Train run.
+run: in its Tune trial process for one worker, a Ray Train run for several.
 
-A study is a search space over a few fields (alpha, lr, glr, sigma_init, seed; the rest fixed by a base config) in
-the project's own terms (sid/cluster/space.py: Grid, Range, Choice), a searcher, a scheduler, the resources of one
-trial and a storage folder. Each Tune trial is a driver function holding 0.01 CPU that builds the trial's
-TorchTrainer (sid.cluster.distributed.build_trainer) and waits for it; the trial's rank 0 writes every evaluation to
-Parquet before reporting it, and TuneReportCallback forwards the metrics to Tune. All of a study lives in
+A study is a search space over a few fields (any of the registry sid.config.SEARCHABLE; the rest fixed by a base
+config) in the project's own terms (sid/cluster/space.py: Grid, Range, Choice), a searcher and its sampler, a
+scheduler, callbacks, the resources of one trial and a storage folder; from Python or from a YAML file
+(sid/cluster/study_file.py). A one-worker trial trains in its Tune trial process (run_in_trial: no Train worker
+group, whose start-up is all it would add); a larger trial's Tune function holds 0.01 CPU, builds the trial's
+TorchTrainer (sid.cluster.distributed.build_trainer) and waits for it. The trial's rank 0 writes every evaluation to
+Parquet before reporting it to Tune (directly, or through TuneReportCallback). All of a study lives in
 <storage>/<name>/:
 
     evaluations/<trial_id>.parquet   every evaluation of one trial, keyed (trial_id, kimg)
     trials.parquet                   one row per trial: state, best FID, where, last kimg, device-hours
-    train/train-<trial_id>/          the trial's Ray Train run (checkpoints: what a resumed trial continues from)
+    train/train-<trial_id>/          a trial of several workers: its Ray Train run (checkpoints: what it continues from)
+    trial-<trial_id>/checkpoint_*/   a one-worker trial's checkpoints (Tune's: what it continues from)
     trial_settings.json              what every trial gets (sid.cluster.trials.TrialSettings): the resume contract
     trial-<trial_id>/, experiment_state-*.json, searcher-state-*.pkl, tuner.pkl    Tune's own files
 
@@ -37,23 +40,49 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import ray
 import ray.tune
+import torch
 import yaml
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from sid.assets import is_url
-from sid.cluster.distributed import build_trainer, check_resources, connect, default_placement, resolve
+from sid.cluster.callbacks import build_callbacks, check_callbacks, check_saved_callbacks
+from sid.cluster.distributed import Reporter, build_trainer, check_resources, connect, default_placement, resolve
 from sid.cluster.resources import TrialResources
 from sid.cluster.search import StorageError, StudyStopper, make_searcher, open_storage, tune_space
-from sid.cluster.space import SAMPLERS, Dimension, Grid, StudyError, check_point, check_space, space_data
+from sid.cluster.space import (
+    FIELD_TYPES,
+    OBJECT,
+    SAMPLERS,
+    Dimension,
+    Grid,
+    StudyError,
+    check_point,
+    check_sampler,
+    check_space,
+    saved_name,
+    space_data,
+)
 from sid.cluster.stopping import CurveRule
 from sid.cluster.trials import TrialRecord, TrialSettings, write_trials_table
 from sid.cluster.trust import untrusted_study
 from sid.cluster.watch import Progress, evaluation_line
 from sid.config import SEARCHABLE, ConfigError, DistillConfig
-from sid.files import CONFIG_FILE, EVALUATIONS_DIR, MLFLOW_DIR, RUNS_DIR, TRAIN_DIR, TRIALS_FILE, write_text_atomic
+from sid.files import (
+    CONFIG_FILE,
+    EVALUATIONS_DIR,
+    MLFLOW_DIR,
+    RAY_STATE_FILE,
+    RUNS_DIR,
+    TRAIN_DIR,
+    TRIALS_FILE,
+    write_text_atomic,
+)
+from sid.plan import CALIBRATION_FILE, PLAN_FILE
 from sid.results import Divergence, is_uri, read_parquet
+from sid.run import RunFolder, load_checkpoint, run_rank
 from sid.scoring import RESCORE_REPEATS, RESCORE_TRIALS, rescore_study
 from sid.teachers import teacher_kind
+from sid.timeline import phase
 from sid.tracking import STEP_KEY, TrackingSettings, mlflow_uri, step_of
 
 if TYPE_CHECKING:
@@ -74,17 +103,18 @@ class Study:
     reduction_factor: float = 2.0              # ASHA keeps the best 1/reduction_factor of the trials at each rung
     curve_stop: bool = False                   # also stop a trial whose power-law forecast cannot beat the best final
     noise_z: float = 1.0                       # differences below noise_z x the measured noise are ties (no stop)
-    sampler: str = "tpe"                       # optuna: 'tpe' or 'gp' (a GP with a noise term)
+    sampler: str | Any = "tpe"                 # optuna: a key of sid.cluster.space.SAMPLERS or an Optuna sampler
     optuna_storage: str | None = None          # optuna: database URL or journal file (None: <study>/optuna.journal)
     points_to_evaluate: tuple[dict, ...] = ()  # optuna: first trials to run, e.g. the preset's published values
     divergence: Divergence = field(default_factory=Divergence)  # when a trial is stopped at once as diverged
     resources: TrialResources = TrialResources()  # of each trial; CPUs per worker (default 1) include the driver's
     max_concurrent: int | None = None          # trials at once; None: as many as the cluster holds
     storage: Path = Path("results")            # parent folder; on a multi-node cluster a path every node shares
-    optuna_seed: int = 0                       # seed of the TPE sampler
+    optuna_seed: int = 0                       # seed of the sampler a key names
     tracking: TrackingSettings = TrackingSettings()  # trackers, through Ray Tune's logger callbacks
     rescore_trials: str = "best"               # at the end: re-score the best trial's best.pt, 'all' trials', 'none'
     rescore_repeats: int = RESCORE_REPEATS     # its draws on fresh latents, each of the evaluations' image count
+    callbacks: tuple[str | Any, ...] = ()      # keys of sid.cluster.callbacks.CALLBACKS or ray.tune.Callback objects
 
     @property
     def cpus_per_worker(self) -> float:
@@ -127,8 +157,11 @@ class Study:
             raise bad(f"reduction_factor must be > 1, got {self.reduction_factor}")
         if not (math.isfinite(self.noise_z) and self.noise_z >= 0):
             raise bad(f"noise_z must be a finite number >= 0, got {self.noise_z}")
-        if self.sampler not in SAMPLERS:
-            raise bad(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        try:
+            check_sampler(self.sampler)
+            check_callbacks(self.callbacks)
+        except StudyError as exc:
+            raise bad(str(exc)) from None
         if self.optuna_storage is not None:
             try:
                 open_storage(self.optuna_storage)
@@ -166,7 +199,8 @@ class Study:
 def trial_config(tune_config: Mapping[str, Any], base: DistillConfig) -> DistillConfig:
     """A trial's DistillConfig: the study's base config with the trial's searched values. Tune's trial config is
     flat: the searched fields and the preset's name (a label); the base travels in the TrialSettings."""
-    searched = {k: int(v) if SEARCHABLE[k] == "int" else float(v) for k, v in tune_config.items() if k in SEARCHABLE}
+    cast = {"int": int, "float": float, "str": str}
+    searched = {k: cast[FIELD_TYPES[k]](v) for k, v in tune_config.items() if k in SEARCHABLE}
     return base.replace(**searched)
 
 
@@ -185,9 +219,40 @@ def run_trial(tune_config: dict[str, Any], settings: TrialSettings) -> None:
         metrics = {k: float(v) for k, v in last.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         ray.tune.report({**metrics, "best_fid": float(rows["fid"].min()), STEP_KEY: step_of(last)})
         return
-    build_trainer(config, resources=settings.resources, rows_path=rows_path, storage_path=folder / TRAIN_DIR,
-                  name=f"train-{trial_id}", trial_id=trial_id, run_folder=folder / RUNS_DIR / trial_id,
-                  study=settings.study, callbacks=[TuneReportCallback()], check=False).fit()  # plan() checked
+    with phase("trial"):
+        if settings.resources.workers == 1:
+            run_in_trial(config, settings, trial_id, rows_path)
+        else:
+            build_trainer(config, resources=settings.resources, rows_path=rows_path, storage_path=folder / TRAIN_DIR,
+                          name=f"train-{trial_id}", trial_id=trial_id, run_folder=folder / RUNS_DIR / trial_id,
+                          study=settings.study, callbacks=[TuneReportCallback()], check=False).fit()  # plan() checked
+
+
+def run_in_trial(config: DistillConfig, settings: TrialSettings, trial_id: str, rows_path: Path) -> None:
+    """A one-worker trial in its Tune trial process (no Ray Train worker group: a DDP group of one adds nothing but
+    its start-up): the same run_rank as a Train worker's, with the trial's CPUs as torch threads and its GPU (Ray sets
+    CUDA_VISIBLE_DEVICES); it continues from the trial's newest Tune checkpoint (a retry, a restored study). Tune's
+    FailureConfig restarts it (_tuner), as Train's restarts a worker group."""
+    assigned = ray.get_runtime_context().get_assigned_resources()
+    device = torch.device("cuda", 0) if assigned.get("GPU") else torch.device("cpu")
+    if device.type == "cpu":  # one thread per CPU of the trial, rounded, like a Train worker (distributed.py)
+        torch.set_num_threads(max(1, round(assigned.get("CPU", 1))))
+    state = None
+    checkpoint = ray.tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as saved:
+            state = load_checkpoint(Path(saved) / RAY_STATE_FILE, config)
+    folder = RunFolder(settings.folder / RUNS_DIR / trial_id, rows_path=rows_path, keep_state=False)
+    run_rank(config, folder, device=device, state=state, study=settings.study, trial_id=trial_id,
+             sinks=[Reporter(folder, tune=True)], progress=False)
+
+
+def trial_process_resources(trial: TrialResources) -> dict[str, float]:
+    """What Tune's trial process holds: a one-worker trial runs in it, so all of the trial's resources (plan()'s
+    `trial`, the driver's CPU included); a larger trial only drives its Train worker group (DRIVER_CPU)."""
+    if trial.workers > 1:
+        return {"cpu": DRIVER_CPU}
+    return {"cpu": trial.cpus_per_worker, **({"gpu": trial.gpus_per_worker} if trial.gpus_per_worker else {})}
 
 
 def trial_capacity(cluster: Mapping[str, float], resources: TrialResources) -> int:
@@ -284,8 +349,9 @@ def plan(study: Study, folder: Path, saved: TrialSettings | None = None) -> tupl
     placement = worker.placement_strategy or default_placement(worker.workers, worker.per_worker())
     worker = worker.replace(placement_strategy=placement)
     check_resources(worker.workers, worker.per_worker(), placement)
-    settings = TrialSettings(base=study.base, study=study.name, folder=folder, resources=worker) if saved is None \
-        else dataclasses.replace(saved, resources=worker)
+    settings = TrialSettings(base=study.base, study=study.name, folder=folder, resources=worker,
+                             sampler=saved_name(study.sampler), callbacks=tuple(map(saved_name, study.callbacks))) \
+        if saved is None else dataclasses.replace(saved, resources=worker)
     # Counts the nodes that exist now: on an autoscaling cluster (which may have none yet) give max_concurrent.
     concurrency = study.max_concurrent or max(1, trial_capacity(ray.cluster_resources(), trial))
     return settings, trial, concurrency
@@ -330,24 +396,61 @@ def _tuner(study: Study, trainable: Any, concurrency: int, settings: TrialSettin
         rule = CurveRule(grace_kimg=min(grace, base.final_kimg), final_kimg=base.final_kimg,
                          eta=study.reduction_factor if study.asha else math.inf, z=study.noise_z,
                          curve=study.curve_stop)
+    # One-worker trials run in Tune's trial process (run_in_trial): Tune restarts them, and reusing the process for
+    # the next trial keeps what it loaded (sid.process_cache). Larger trials: Train restarts their worker groups.
+    in_trial = settings.resources.workers == 1
     return ray.tune.Tuner(
         trainable, param_space=param_space,
         tune_config=ray.tune.TuneConfig(search_alg=search_alg, num_samples=study.num_samples,
-                                        max_concurrent_trials=concurrency, trial_dirname_creator=trial_dirname),
+                                        max_concurrent_trials=concurrency, trial_dirname_creator=trial_dirname,
+                                        reuse_actors=in_trial),
         run_config=ray.tune.RunConfig(
             name=study.name, storage_path=str(study.folder.parent), verbose=0,
             stop=StudyStopper(study.folder, study.divergence, rule),
             callbacks=[StudyCallback(study.folder, study.name, study.divergence, settings, planned_trials(study)),
-                       *tracker_callbacks(study)],
-            failure_config=ray.tune.FailureConfig(max_failures=0)),  # Train already restarts failed workers
+                       *tracker_callbacks(study), *build_callbacks(study)],
+            checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=2),
+            # a one-worker trial restarts through Tune; a Train group restarts its own workers
+            failure_config=ray.tune.FailureConfig(max_failures=settings.resources.max_failures if in_trial else 0)),
     )
+
+
+def resumed_sampler(study: Study, saved: TrialSettings) -> Any:
+    """The sampler a resumed study uses: None to keep its saved one (a key: Tune restores the sampler it built, with
+    its random state), else the object given again for one given as an object (StudyError when none is)."""
+    if not saved.sampler.startswith(OBJECT):
+        if saved.sampler not in SAMPLERS:
+            raise StudyError(f"--resume: study {study.name!r} names the sampler key {saved.sampler!r}, not registered "
+                             f"in this process (register_sampler it before resuming)")
+        return None
+    if isinstance(study.sampler, str):
+        raise StudyError(f"--resume: study {study.name!r} ran with a sampler object ({saved.sampler[len(OBJECT):]}), "
+                         f"which is not saved; give it again: Study(..., sampler=<the sampler>)")
+    return study.sampler
+
+
+def reattach(tuner: ray.tune.Tuner, study: Study, saved: TrialSettings) -> None:
+    """A restored Tuner with the study's callbacks and sampler for this process: keys rebuilt from the registries,
+    objects as given again. Tune unpickles the RunConfig and the searcher it saved; the study's own callbacks
+    (StudyCallback, the trackers) stay as restored, the user's (the last len(saved.callbacks)) are replaced."""
+    sampler = resumed_sampler(study, saved) if study.searcher == "optuna" else None
+    callbacks = build_callbacks(study, saved.callbacks)
+    internal = tuner._local_tuner  # Ray 2.60: Tuner.restore keeps its TunerInternal here (no public setter)
+    run_config = internal.get_run_config()
+    own = list(run_config.callbacks or [])[:len(run_config.callbacks or []) - len(saved.callbacks)]
+    run_config.callbacks = [*own, *callbacks]
+    if sampler is not None:
+        internal._tune_config.search_alg.resumed_sampler = sampler  # applied after Tune restores the searcher
 
 
 def study_yaml(study: Study) -> str:
     """config.yaml of a study made in Python: its definition (the space as data: sid.cluster.space.space_data), the
     base config in full."""
+    optuna = dict(sampler=saved_name(study.sampler), optuna_seed=study.optuna_seed) if study.searcher == "optuna" \
+        else {}
     return yaml.safe_dump(dict(name=study.name, searcher=study.searcher, num_samples=study.num_samples,
-                               asha=study.asha, space=space_data(study.space),
+                               asha=study.asha, space=space_data(study.space), **optuna,
+                               callbacks=list(map(saved_name, study.callbacks)),
                                resources=dataclasses.asdict(study.resources), base=study.base.to_dict()),
                           sort_keys=False)
 
@@ -398,7 +501,10 @@ def run_study(study: Study, *, resume: bool = False, address: str | None = None,
         if why := untrusted_study(folder):  # before anything of Ray or of ours reads the study's files
             raise StudyError(f"--resume: {why}")
         saved = TrialSettings.read(folder)  # before Ray starts: a torn or edited file is one line
-    if not resume and folder.exists() and any(folder.iterdir()):
+        if study.searcher == "optuna":
+            resumed_sampler(study, saved)  # objects given in Python are asked for again, before Ray starts
+        check_saved_callbacks(study, saved.callbacks)
+    if not resume and folder.exists() and any(p.name not in (PLAN_FILE, CALIBRATION_FILE) for p in folder.iterdir()):
         raise StudyError(f"{folder} already holds a study; pass --resume to continue it, or another --name")
     started = connect(address, quiet=True)  # our progress lines, not Tune's tables
     try:
@@ -407,15 +513,17 @@ def run_study(study: Study, *, resume: bool = False, address: str | None = None,
             settings.write()
             write_text_atomic(folder / CONFIG_FILE, config_text or study_yaml(study))
         trainable = ray.tune.with_resources(ray.tune.with_parameters(run_trial, settings=settings),
-                                            {"cpu": DRIVER_CPU})
+                                            trial_process_resources(trial))
         if resume:
             print(f"resuming {folder}", flush=True)
             tuner = ray.tune.Tuner.restore(str(folder), trainable, resume_unfinished=True, resume_errored=True)
+            reattach(tuner, study, saved)
         else:
             print(f"study {study.name}: up to {concurrency} trial(s) at once, {trial.workers} worker(s) x "
                   f"{trial.per_worker()} each; {folder}", flush=True)
             tuner = _tuner(study, trainable, concurrency, settings)
-        tuner.fit()
+        with phase("tune"):
+            tuner.fit()
         rescore_at_end(study, settings.resources)
     finally:
         if started:

@@ -22,7 +22,7 @@ from sid.cluster.resources import TrialResources
 from sid.cluster.space import StudyError
 from sid.config import ConfigError, DistillConfig
 from sid.files import EVALUATIONS_DIR, SETTINGS_FILE, STOPS_DIR, TRIALS_FILE, write_text_atomic
-from sid.results import CONFIG_COLUMNS, Divergence, read_evaluations, summarise_rows, write_trials
+from sid.results import CONFIG_COLUMNS, MORE_CONFIG_COLUMNS, Divergence, read_evaluations, summarise_rows, write_trials
 
 
 @dataclass(frozen=True)
@@ -35,10 +35,15 @@ class TrialSettings:
     study: str                   # the study's name: the `study` column of its rows
     folder: Path                 # the study folder (absolute): rows, run folders and Train runs of every trial
     resources: TrialResources    # each Train worker's, resolved: GPUs, CPUs (less the driver's share), placement
+    # The study's own, for its resume: the Optuna sampler and the callbacks, each a registry key (rebuilt) or
+    # sid.cluster.space.OBJECT + the class of an object given in Python (a resume asks for it again).
+    sampler: str = "tpe"
+    callbacks: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return dict(base=self.base.to_dict(), study=self.study, folder=str(self.folder),
-                    resources=dataclasses.asdict(self.resources))
+                    resources=dataclasses.asdict(self.resources), sampler=self.sampler,
+                    callbacks=list(self.callbacks))
 
     @classmethod
     def from_dict(cls, data: Any, source: str) -> TrialSettings:
@@ -79,7 +84,13 @@ class TrialSettings:
                 raise bad("resources", f"{name} is null; a study saves the value the cluster resolved")
         if not data["study"] or not Path(data["folder"]).is_absolute():
             raise bad("study" if not data["study"] else "folder", "expected a study name and an absolute folder")
-        return cls(base=base, study=data["study"], folder=Path(data["folder"]), resources=resources)
+        sampler, callbacks = data.get("sampler", "tpe"), data.get("callbacks", [])
+        if not isinstance(sampler, str):
+            raise bad("sampler", f"expected a string, got {type(sampler).__name__}")
+        if not (isinstance(callbacks, list) and all(isinstance(c, str) for c in callbacks)):
+            raise bad("callbacks", f"expected a list of strings, got {callbacks!r}")
+        return cls(base=base, study=data["study"], folder=Path(data["folder"]), resources=resources,
+                   sampler=sampler, callbacks=tuple(callbacks))
 
     def write(self) -> Path:
         """<folder>/trial_settings.json, atomically: a reader (a resume after a crash) sees the whole file or none."""
@@ -139,7 +150,8 @@ def trial_row(record: TrialRecord, rows: pd.DataFrame, study: str, divergence: D
         rows = rows[rows["kimg"] <= record.reported_kimg + 1e-9]
     summary = summarise_rows(rows, divergence)
     return dict(
-        study=study, trial_id=record.trial_id, **{c: getattr(record.config, c) for c in CONFIG_COLUMNS},
+        study=study, trial_id=record.trial_id,
+        **{c: getattr(record.config, c) for c in (*CONFIG_COLUMNS, *MORE_CONFIG_COLUMNS)},
         world_size=int(rows["world_size"].iloc[-1]) if not rows.empty else record.world_size,
         fid_detector=record.config.fid_detector, state=state,
         **{k: summary[k] for k in ("best_fid", "best_kimg", "last_kimg", "evaluations", "device_hours")},

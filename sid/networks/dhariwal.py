@@ -7,7 +7,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sid.networks.layers import Conv2d, GroupNorm, Linear, PositionalEmbedding, UNetBlock, drop_labels, init_kwargs_of
+from sid.networks.layers import (
+    DECODER,
+    ENCODER,
+    Conv2d,
+    GroupNorm,
+    Linear,
+    PositionalEmbedding,
+    UNetBlock,
+    check_mode,
+    drop_labels,
+    encoder_logits,
+    init_kwargs_of,
+)
 
 
 class DhariwalUNet(nn.Module):
@@ -70,7 +82,10 @@ class DhariwalUNet(nn.Module):
         self.out_conv = Conv2d(cout, out_channels, kernel=3, **init_zero)
 
     def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None,
-                augment_labels: torch.Tensor | None = None) -> torch.Tensor:
+                augment_labels: torch.Tensor | None = None,
+                mode: str = DECODER,  # 'decoder': the output; 'encoder': logits only; 'encoder_decoder': both
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        check_mode(mode)
         emb = self.map_noise(noise_labels)
         if self.map_augment is not None and augment_labels is not None:
             emb = emb + self.map_augment(augment_labels)
@@ -84,8 +99,12 @@ class DhariwalUNet(nn.Module):
         for block in self.enc.values():
             x = block(x, emb) if isinstance(block, UNetBlock) else block(x)
             skips.append(x)
+        if mode == ENCODER:
+            return encoder_logits(x)
+        logits = encoder_logits(x) if mode != DECODER else None
         for block in self.dec.values():
             if x.shape[1] != block.in_channels:
                 x = torch.cat([x, skips.pop()], dim=1)
             x = block(x, emb)
-        return self.out_conv(F.silu(self.out_norm(x)))
+        out = self.out_conv(F.silu(self.out_norm(x)))
+        return out if logits is None else (out, logits)

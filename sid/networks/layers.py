@@ -13,6 +13,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# What a U-Net forward returns (SiDA reuses the fake score's encoder as its discriminator): the denoiser output, the
+# encoder's logits (the channel mean of the last encoder feature map, a patch map at the lowest resolution), or both
+# from one pass.
+DECODER, ENCODER, ENCODER_DECODER = "decoder", "encoder", "encoder_decoder"
+FORWARD_MODES = (DECODER, ENCODER, ENCODER_DECODER)
+
+
+def check_mode(mode: str) -> None:
+    if mode not in FORWARD_MODES:
+        raise ValueError(f"mode must be one of {', '.join(FORWARD_MODES)}, got {mode!r}")
+
+
+def encoder_logits(x: torch.Tensor) -> torch.Tensor:
+    """[N, C, h, w] last encoder feature map -> [N, 1, h, w] logits (the official SiDA discriminator's output)."""
+    return x.mean(dim=1, keepdim=True)
+
 
 def init_kwargs_of(local_vars: dict[str, Any]) -> dict[str, Any]:
     """Constructor arguments (from `locals()` at the top of `__init__`) as a plain dict, deep-copied."""

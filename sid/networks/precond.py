@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from sid.networks.dhariwal import DhariwalUNet
+from sid.networks.layers import DECODER, ENCODER, check_mode
 from sid.networks.songunet import SongUNet
 
 MODEL_TYPES: dict[str, type[nn.Module]] = {"SongUNet": SongUNet, "DhariwalUNet": DhariwalUNet}
@@ -25,6 +26,8 @@ def architecture_difference(a: dict[str, Any], b: dict[str, Any]) -> dict[str, t
 
 
 class EDMPrecond(nn.Module):
+    has_encoder = True  # forward(mode='encoder' | 'encoder_decoder') gives discriminator logits (SiDA)
+
     def __init__(self, img_resolution: int, img_channels: int,
                  label_dim: int = 0,              # number of classes, 0 = unconditional
                  use_fp16: bool = False,          # run the U-Net body in fp16 (CUDA only; weights stay fp32)
@@ -54,9 +57,13 @@ class EDMPrecond(nn.Module):
                                 model_type=model_type, **unet_kwargs)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, class_labels: torch.Tensor | None = None,
-                augment_labels: torch.Tensor | None = None) -> torch.Tensor:
+                augment_labels: torch.Tensor | None = None,
+                mode: str = DECODER,  # 'decoder': D(x; sigma); 'encoder': logits; 'encoder_decoder': (D, logits)
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """x: (N, C, R, R); sigma: a scalar, (N,) or (N, 1, 1, 1); class_labels: (N, label_dim) one-hot or None
-        (zeros); augment_labels: (N, augment_dim) or None (zeros). Returns D(x; sigma) in float32.
+        (zeros); augment_labels: (N, augment_dim) or None (zeros). Returns D(x; sigma) in float32; with `mode`
+        'encoder' the encoder's logits [N, 1, h, w] (the channel mean of its last feature map, the lowest
+        resolution) in float32 from an encoder-only pass, with 'encoder_decoder' both from one pass (SiDA).
 
         None becomes zeros, as the official loop passes them: the bias-free map_augment then adds exactly 0, and its
         weight stays in the graph, which DDP with find_unused_parameters=False needs (EDM's `-vp` nets have 9)."""
@@ -74,6 +81,7 @@ class EDMPrecond(nn.Module):
             class_labels = class_labels.to(torch.float32).reshape(-1, self.label_dim)
         if self.augment_dim and augment_labels is None:
             augment_labels = torch.zeros([n, self.augment_dim], device=x.device)
+        check_mode(mode)
         dtype = torch.float16 if self.use_fp16 and x.device.type == "cuda" else torch.float32
 
         c_skip = self.sigma_data ** 2 / (sigma ** 2 + self.sigma_data ** 2)
@@ -81,9 +89,13 @@ class EDMPrecond(nn.Module):
         c_in = 1 / (self.sigma_data ** 2 + sigma ** 2).sqrt()
         c_noise = sigma.log() / 4
 
-        F_x = self.model((c_in * x).to(dtype), c_noise.flatten(), class_labels=class_labels,
-                         augment_labels=augment_labels)
-        return c_skip * x + c_out * F_x.to(torch.float32)
+        out = self.model((c_in * x).to(dtype), c_noise.flatten(), class_labels=class_labels,
+                         augment_labels=augment_labels, mode=mode)
+        if mode == ENCODER:
+            return out.to(torch.float32)
+        F_x, logits = (out, None) if mode == DECODER else out
+        D_x = c_skip * x + c_out * F_x.to(torch.float32)
+        return D_x if logits is None else (D_x, logits.to(torch.float32))
 
     def round_sigma(self, sigma: torch.Tensor | float) -> torch.Tensor:
         """EDM samplers call this; EDM preconditioning supports any sigma."""

@@ -8,13 +8,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from sid.networks.layers import (
+    DECODER,
+    ENCODER,
     Conv2d,
     FourierEmbedding,
     GroupNorm,
     Linear,
     PositionalEmbedding,
     UNetBlock,
+    check_mode,
     drop_labels,
+    encoder_logits,
     init_kwargs_of,
 )
 
@@ -110,7 +114,10 @@ class SongUNet(nn.Module):
                 self.dec[f"{res}x{res}_aux_conv"] = Conv2d(cout, out_channels, kernel=3, **init_zero)
 
     def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None,
-                augment_labels: torch.Tensor | None = None) -> torch.Tensor:
+                augment_labels: torch.Tensor | None = None,
+                mode: str = DECODER,  # 'decoder': the output; 'encoder': logits only; 'encoder_decoder': both
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        check_mode(mode)
         emb = self.map_noise(noise_labels)
         emb = emb.reshape(emb.shape[0], 2, -1).flip(1).reshape(emb.shape)  # [cos|sin] -> [sin|cos], as EDM
         if self.map_label is not None:
@@ -132,6 +139,9 @@ class SongUNet(nn.Module):
             else:
                 x = block(x, emb) if isinstance(block, UNetBlock) else block(x)
                 skips.append(x)
+        if mode == ENCODER:
+            return encoder_logits(x)
+        logits = encoder_logits(x) if mode != DECODER else None
 
         aux = tmp = None
         for name, block in self.dec.items():
@@ -146,4 +156,4 @@ class SongUNet(nn.Module):
                 if x.shape[1] != block.in_channels:
                     x = torch.cat([x, skips.pop()], dim=1)
                 x = block(x, emb)
-        return aux
+        return aux if logits is None else (aux, logits)

@@ -106,11 +106,11 @@ def flags(**values: Any) -> list[str]:
 def preset_architecture(name: str, *, scaled: bool = False) -> dict[str, Any]:
     """The constructor arguments of preset `name`'s teacher (sid.teachers) with the dropout SiD trains it with.
     `scaled`: small enough for a CPU test, keeping everything that changes the computation graph (model type,
-    embedding/encoder/decoder types, augment_dim, label_dim, attention): 16 px (digits keeps its 8 px), one block per
-    level, 16 base channels (32 for ADM, which attends with 64 channels per head: one head at 8 px). A diffusers VP
-    teacher (digits-ddpm) is returned at its size."""
+    embedding/encoder/decoder types, augment_dim, label_dim, attention): 16 px (the digits teacher keeps its 8 px),
+    one block per level, 16 base channels (32 for ADM, which attends with 64 channels per head: one head at 8 px). A
+    diffusers VP teacher (digits-ddpm) is returned at its size."""
     arch = {**teacher_architecture(PRESETS[name]["teacher"]), "dropout": preset(name).dropout}
-    if not scaled or name == "digits" or "model_type" not in arch:  # digits and a VP teacher (8 px) stay as they are
+    if not scaled or PRESETS[name]["teacher"] == "digits" or "model_type" not in arch:  # small already, or VP
         return arch
     channels = 32 if arch["model_type"] == "DhariwalUNet" else 16
     return dict(arch, img_resolution=16, model_channels=channels, num_blocks=1)

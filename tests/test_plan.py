@@ -1,0 +1,159 @@
+"""--plan (sid/plan.py, sid/cluster/price.py, studies/_common.py): the plan's numbers from a given calibration against
+the same arithmetic written out here, the stopping rule's saving against a hand count of ASHA's rungs, a stored
+calibration through the command line (a cifar10 study on 8 GPUs priced on this CPU machine, nothing downloaded),
+one-line errors for bad calibration files, and the study report putting the actual cost beside the plan."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analysis import report
+from sid.cluster.price import parse_cluster, plan_study, price, trial_count
+from sid.cluster.resources import TrialResources
+from sid.cluster.space import Grid, Range
+from sid.cluster.study import Study
+from sid.config import preset
+from sid.plan import CALIBRATION_FILE, PLAN_FILE, Calibration, Plan, PlanError, stopping_saving
+from sid.results import CONFIG_COLUMNS, write_evaluations
+from sid.testing.fixtures import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+CALIBRATION = Calibration(preset="digits-study", device="test CPU", train_images_per_s=100.0,
+                          eval_images_per_s=200.0, setup_s=5.0, source="made up for the test")
+
+
+def digits_study(**overrides) -> Study:
+    return Study(name="s", base=preset("digits-study"), space={"alpha": Grid([0.5, 1.0, 1.2]), "seed": Grid([0, 1, 2])},
+                 **overrides)
+
+
+@pytest.mark.parametrize("cluster, workers, concurrency", [
+    ({"CPU": 2.0}, 1, 2), ({"CPU": 2.0}, 2, 1), ({"CPU": 16.0, "GPU": 8.0}, 1, 8), ({"CPU": 16.0, "GPU": 8.0}, 4, 2)])
+def test_plan_numbers_are_the_arithmetic_of_the_calibration(cluster, workers, concurrency):
+    study = digits_study(resources=TrialResources(workers=workers))
+    plan = price(study, cluster, CALIBRATION)
+    # digits-study: 9.6 kimg = 75 iterations of 128 (9,600 images); 6 evaluations of 4,096 images
+    train_s = 9600 / (100.0 * workers)
+    eval_s = 6 * 4096 / 200.0
+    trial_s = 5.0 + train_s + eval_s
+    assert (plan.trials, plan.workers, plan.concurrency) == (9, workers, concurrency)
+    assert plan.images == 9 * 9600 and plan.eval_images == 9 * 6 * 4096
+    assert (plan.train_s, plan.eval_s, plan.trial_s) == pytest.approx((train_s, eval_s, trial_s))
+    assert plan.device_hours == pytest.approx(9 * trial_s * workers / 3600)
+    assert plan.train_device_hours == pytest.approx(9 * train_s * workers / 3600)
+    assert plan.wall_s == pytest.approx(math.ceil(9 / concurrency) * trial_s)
+    assert (plan.saving_low, plan.saving_high, plan.stopping) == (0.0, 0.0, "none")
+
+
+def test_asha_saving_counts_the_trials_each_rung_stops():
+    # 8 trials of 9.6 kimg, rungs at 1.92, 3.84, 7.68 (15.36 is past the end), half kept at each: 4 trials stop at
+    # 1.92, 2 at 3.84, 1 at 7.68 and 1 runs to 9.6 kimg.
+    kimg = 4 * 1.92 + 2 * 3.84 + 1 * 7.68 + 1 * 9.6
+    assert stopping_saving(8, 9.6, grace_kimg=1.92, eta=2.0, curve=False) == pytest.approx((0, 1 - kimg / (8 * 9.6)))
+    # the curve forecast may stop all but the best at the first rung
+    assert stopping_saving(8, 9.6, grace_kimg=1.92, eta=math.inf, curve=True) == pytest.approx(
+        (0, 1 - (7 * 1.92 + 9.6) / (8 * 9.6)))
+    assert stopping_saving(2, 9.6, grace_kimg=1.92, eta=3.0, curve=False) == pytest.approx(  # one is always kept
+        (0, 1 - (1.92 + 9.6) / (2 * 9.6)))
+    assert stopping_saving(8, 9.6, grace_kimg=None, eta=2.0, curve=False) == (0.0, 0.0)
+    plan = price(digits_study(asha=True), {"CPU": 2.0}, CALIBRATION)
+    assert plan.stopping.startswith("ASHA") and plan.saving_high == pytest.approx(
+        stopping_saving(9, 9.6, grace_kimg=1.92, eta=2.0, curve=False)[1])
+
+
+def test_trial_count_of_grids_and_optuna():
+    assert trial_count(digits_study()) == 9 and trial_count(digits_study(num_samples=2)) == 18
+    optuna = Study(name="o", base=preset("digits"), space={"lr": Range(1e-5, 1e-3)}, searcher="optuna",
+                   num_samples=7)
+    assert trial_count(optuna) == 7
+
+
+def test_stored_calibration_prices_a_gpu_cluster_from_the_command_line(tmp_path):
+    stored = tmp_path / "h200.json"
+    stored.write_text(json.dumps({**CALIBRATION.to_dict(), "preset": "cifar10-uncond", "device": "NVIDIA H200",
+                                  "train_images_per_s": 63.0, "eval_images_per_s": 2000.0, "setup_s": 60.0}))
+    done = subprocess.run([sys.executable, "studies/alpha_sweep.py", "--preset", "cifar10-uncond", "--plan",
+                           "--calibration", str(stored), "--plan-cluster", "GPU=8,CPU=64", "--storage",
+                           str(tmp_path), "--name", "c10", "--alphas", "1.0,1.2", "--seeds", "2",
+                           "--duration-kimg", "10000"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    plan = Plan.read(tmp_path / "c10" / PLAN_FILE)
+    assert Calibration.read(tmp_path / "c10" / CALIBRATION_FILE) == plan.calibration
+    # 4 trials on 8 GPUs: one wave; 10,000 kimg at 63 img/s; 50,000 images per evaluation
+    config = preset("cifar10-uncond", duration_kimg=10000)
+    evaluations = sum(config.fid_images_at(i) for i in config.evaluation_iterations())
+    trial_s = 60.0 + config.final_kimg * 1000 / 63.0 + evaluations / 2000.0
+    assert (plan.trials, plan.concurrency, plan.cluster) == (4, 8, "GPU 8, CPU 64")
+    assert plan.wall_s == pytest.approx(trial_s) and plan.device_hours == pytest.approx(4 * trial_s / 3600)
+    assert f"{plan.device_hours:.4g}" in done.stdout and "trials        4, 8 at once" in done.stdout
+    assert not list((tmp_path / "c10").glob("trial-*"))  # nothing ran
+    again = subprocess.run([sys.executable, "studies/alpha_sweep.py", "--preset", "digits-study", "--plan",
+                            "--calibration", str(stored), "--storage", str(tmp_path), "--name", "d"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "calibration is of preset 'cifar10-uncond'" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("text, words", [
+    ("{", "not a readable calibration file"),
+    ("[1, 2]", "expected a JSON object"),
+    (json.dumps({**CALIBRATION.to_dict(), "gpu": 1}), "key 'gpu': not a calibration field"),
+    (json.dumps({k: v for k, v in CALIBRATION.to_dict().items() if k != "setup_s"}), "key 'setup_s': missing"),
+    (json.dumps({**CALIBRATION.to_dict(), "train_images_per_s": -1}), "train_images_per_s must be a number > 0"),
+    (json.dumps({**CALIBRATION.to_dict(), "eval_images_per_s": "fast"}), "eval_images_per_s must be a number > 0"),
+])
+def test_bad_calibration_files_are_one_line_errors(tmp_path, text, words):
+    path = tmp_path / "calibration.json"
+    path.write_text(text)
+    with pytest.raises(PlanError, match="calibration") as info:
+        Calibration.read(path)
+    assert words in str(info.value) and str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["GPU=8,CPU=x", "TPU=4", "GPU=-1", ""])
+def test_bad_cluster_is_refused(text):
+    with pytest.raises(PlanError, match="--plan-cluster"):
+        parse_cluster(text)
+
+
+def test_a_study_folder_that_ran_is_not_planned_again(tmp_path):
+    study = Study(name="ran", base=preset("digits", **TINY), space={"alpha": Grid([1.0])}, storage=tmp_path)
+    (study.folder / "evaluations").mkdir(parents=True)
+    stored = tmp_path / "c.json"
+    stored.write_text(json.dumps({**CALIBRATION.to_dict(), "preset": "digits"}))
+    with pytest.raises(PlanError, match="already holds a study"):
+        plan_study(study, calibration=stored)
+
+
+def test_the_report_shows_the_actual_cost_beside_the_plan(tmp_path):
+    # A planned study's folder after it ran (rows written by hand: the report only reads them).
+    study = Study(name="planned", base=preset("digits", **TINY), space={"alpha": Grid([1.0, 1.2])}, storage=tmp_path)
+    stored = tmp_path / "c.json"
+    stored.write_text(json.dumps({**CALIBRATION.to_dict(), "preset": "digits"}))
+    plan = plan_study(study, cluster={"CPU": 2.0}, calibration=stored)
+    rows = []
+    for alpha in (1.0, 1.2):
+        for k, kimg in enumerate(study.base.evaluation_kimg()):
+            rows.append(dict(trial_id=f"t{alpha}", alpha=alpha, kimg=kimg, iteration=k * 2, fid=30.0 - k - alpha,
+                             wall_s=10.0 * k, device_s=10.0 * k, world_size=1, fid_detector=study.base.fid_detector,
+                             fid_images=study.base.fid_images, loss_fake_score=1.0, loss_generator=1.0,
+                             images_per_s=100.0, nan_samples=0, status="ok",
+                             written_at=pd.Timestamp("2026-12-07 05:00", tz="UTC") + pd.Timedelta(minutes=k)))
+    frame = pd.DataFrame(rows)
+    for column in CONFIG_COLUMNS:
+        if column not in frame:
+            frame[column] = getattr(study.base, column)
+    write_evaluations(study.folder / "evaluations" / "all.parquet", frame.assign(study="planned"))
+    path, _ = report.build([study.folder], tmp_path / "report")
+    md = path.read_text()
+    assert "## Cost: plan and actual" in md
+    assert f"| trials | {plan.trials} | 2 |" in md
+    assert f"| training device-hours | {plan.train_device_hours:.3g} | {2 * 20.0 / 3600:.3g} |" in md
+    assert f"| wall time | {plan.wall_s / 3600:.3g} h (all of it) | {2 / 60:.3g} h (first to last row) |" in md
