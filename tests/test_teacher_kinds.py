@@ -22,8 +22,9 @@ import torch
 from sid.commands import evaluate as evaluate_command
 from sid.commands import export as export_command
 from sid.commands import generate as generate_command
+from sid.commands import phema as phema_command
 from sid.distill import Distiller
-from sid.files import CHECKPOINT, EVALUATIONS
+from sid.files import CHECKPOINT, EVALUATIONS, PHEMA_FILE
 from sid.generators import load_generator
 from sid.networks.build import network_kind
 from sid.run import run_local
@@ -215,3 +216,17 @@ def test_sid_distill_with_a_bad_teacher_stops_with_one_line(tmp_path):
     assert done.returncode != 0
     last = done.stderr.strip().splitlines()[-1]
     assert "cannot import no_such_package_f24.nets" in last and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("kind", ["diffusers-epsilon", "factory-module"])
+def test_post_hoc_ema_rebuilds_a_run_of_each_teacher_kind(kind, specs, tmp_path):
+    config = tiny_config(specs[kind], duration_kimg=0.032, phema="0.05,0.1", phema_every_kimg=0.016)
+    run_local(config, tmp_path / "run", device=torch.device("cpu"), resume=False, progress=False)
+    factory = ["--factory", specs[kind]] if kind in FACTORY_KINDS else []
+    phema_command.main([str(tmp_path / "run"), "--sigma-rel", "0.08", "--last", "--device", "cpu", *factory])
+    rows = pd.read_parquet(tmp_path / "run" / PHEMA_FILE)
+    assert rows["sigma_rel"].tolist() == [0.08] and np.isfinite(rows["fid"]).all()
+    if factory:  # a factory-made run's snapshots are rebuilt only with the factory named again
+        with pytest.raises(SystemExit) as refused:
+            phema_command.main([str(tmp_path / "run"), "--sigma-rel", "0.08", "--last", "--device", "cpu"])
+        assert refused.value.code == 2

@@ -99,6 +99,28 @@ def test_two_torchrun_ranks_give_the_rows_and_folder_of_one_process_and_resume(t
     assert files_of(out) == files_of(reference)  # the same run folder: snapshots, best.pt, grids, config.yaml
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_a_factory_teacher_shards_over_two_torchrun_ranks_as_one_process(tmp_path):
+    spec = "sid.testing.fixtures:user_teacher"  # the user's own network, named as module:function (docs/teachers.md)
+    out, reference = tmp_path / "torchrun" / "run", tmp_path / "one" / "run"
+    torchrun(out, spec)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # like each torchrun rank
+    try:
+        run_local(preset("digits", teacher=spec, **DDP_TINY), reference, device=torch.device("cpu"), resume=False,
+                  progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    rows, expected = read_evaluations(out / "evaluations.parquet"), read_evaluations(reference / "evaluations.parquet")
+    assert rows["iteration"].tolist() == expected["iteration"].tolist() == [0, 2, 4]
+    assert set(rows["world_size"]) == {2} and rows["status"].eq("ok").all()
+    measured = ["fid", "fid_std", "loss_fake_score", "loss_generator"]
+    pd.testing.assert_frame_equal(rows[measured], expected[measured], check_exact=False, rtol=1e-4)
+    assert_same_networks(torch.load(out / "checkpoint.pt", weights_only=True),
+                         torch.load(reference / "checkpoint.pt", weights_only=True))
+
+
 def rank_pid(launcher: int, rank: int) -> int | None:
     """The pid of the process torchrun (`launcher`) started as `rank`, read from /proc, or None."""
     for stat in Path("/proc").glob("[0-9]*/stat"):

@@ -10,6 +10,7 @@ with the length. The table printed at the end gives each run's best length.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -23,9 +24,10 @@ from sid.devices import parse_device
 from sid.distill import sample_evaluation_batch
 from sid.files import PHEMA, PHEMA_FILE
 from sid.flags import Parser
+from sid.generators import FACTORY_HELP
 from sid.loop import Evaluator
 from sid.networks.build import build_network, network_kind
-from sid.networks.kinds import EDM_KIND
+from sid.networks.kinds import EDM_KIND, FACTORY_KIND
 from sid.phema import combine, exponent
 from sid.results import CONFIG_COLUMNS, PHEMA_KEY, PHEMA_SCHEMA, now_utc, provenance, upsert
 from sid.saved import SavedGenerator
@@ -67,20 +69,24 @@ def list_snapshots(run: Path) -> tuple[list[tuple[int, float, Path]], SavedGener
     return sorted(found, key=lambda s: (s[0], s[1])), header
 
 
-def rebuild(snaps: list[tuple[int, float, Path]], header: SavedGenerator, step: int,
-            sigma_rel: float) -> tuple[torch.nn.Module, int]:
+def rebuild(snaps: list[tuple[int, float, Path]], header: SavedGenerator, step: int, sigma_rel: float, *,
+            factory: str | None = None,  # module:function of a factory-made run's teacher, named by the user
+            ) -> tuple[torch.nn.Module, int]:
     """The generator (of the run's kind) with the sigma_rel EMA at `step`, and how many snapshots went into it."""
     usable = [s for s in snaps if s[0] <= step]
-    if network_kind(header.init_kwargs) == EDM_KIND:
+    kind = network_kind(header.init_kwargs)
+    if kind == EDM_KIND:
         like = check_architecture(header.init_kwargs, header.source)  # each snapshot is checked against it
-    else:
-        with torch.device("meta"):  # the names and shapes each snapshot must have (a factory's runs need --factory)
-            like = build_network(header.init_kwargs)
+    else:  # the names and shapes each snapshot must have; the user's factory builds for real (its buffers)
+        with torch.device("meta") if kind != FACTORY_KIND else contextlib.nullcontext():
+            like = build_network(header.init_kwargs, factory=factory)
     state = combine([(s, g) for s, g, _ in usable], [p for _, _, p in usable], step, sigma_rel, like=like)
-    return SavedGenerator(init_kwargs=header.init_kwargs, state_dict=state, source=header.source).network(), len(usable)
+    saved = SavedGenerator(init_kwargs=header.init_kwargs, state_dict=state, source=header.source)
+    return saved.network(factory=factory), len(usable)
 
 
-def phema_run(run: Path, targets: tuple[float, ...], *, last_only: bool, device: torch.device) -> pd.DataFrame:
+def phema_run(run: Path, targets: tuple[float, ...], *, last_only: bool, device: torch.device,
+              factory: str | None = None) -> pd.DataFrame:
     """Rows for one run folder (also written to <run>/phema.parquet, replacing the same (sigma_rel, kimg))."""
     snaps, header = list_snapshots(run)
     config = DistillConfig(**header.config)
@@ -90,7 +96,7 @@ def phema_run(run: Path, targets: tuple[float, ...], *, last_only: bool, device:
     rows = []
     for step in steps[-1:] if last_only else steps:
         for sigma_rel in targets:
-            net, used = rebuild(snaps, header, step, sigma_rel)
+            net, used = rebuild(snaps, header, step, sigma_rel, factory=factory)
             images = config.fid_images_at(step)  # as many images as the run's own evaluation there
             net = net.to(device)
             def sample(index: int, n: int, net=net) -> torch.Tensor:
@@ -115,6 +121,7 @@ def build_parser() -> Parser:
                         help="EMA lengths to rebuild, in (0, 0.3)")
     parser.add_argument("--last", action="store_true", help="only at the last snapshot point (default: at each)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda if present, else cpu)")
+    parser.add_argument("--factory", default=None, metavar="MODULE:FUNCTION", help=FACTORY_HELP)
     return parser
 
 
@@ -135,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # as in training: denormals made CPU networks up to 10x slower
     try:
-        frames = [phema_run(run, targets, last_only=args.last, device=device) for run in runs]
+        frames = [phema_run(run, targets, last_only=args.last, device=device, factory=args.factory) for run in runs]
     except ValueError as exc:
         print(f"sid phema: error: {exc}", file=sys.stderr)
         sys.exit(2)
