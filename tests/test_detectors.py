@@ -32,6 +32,7 @@ from sid.metrics import (
 from sid.networks.dinov2 import VITL14, DinoVisionTransformer
 from sid.results import read_parquet
 from sid.run import run_local
+from sid.testing.crafted import RunsCommand
 from sid.testing.fixtures import make_teacher, tiny_config
 
 TINY_VIT = dict(img_size=28, patch_size=14, embed_dim=32, depth=2, num_heads=4, mlp_ratio=4.0)
@@ -117,13 +118,6 @@ def test_dinov2_weights_load_through_the_gate(tmp_path):
     x = torch.randn(2, 3, 28, 28)
     torch.testing.assert_close(loaded(x), net(x))
 
-
-class RunsCommand:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
 
 
 @pytest.mark.parametrize("case, match", [

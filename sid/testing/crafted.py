@@ -3,6 +3,9 @@ file that pickle.dumps would never write."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 HASH_PRIME = 2 ** 61 - 1  # Python hashes an integer modulo this prime: n + k * HASH_PRIME all share n's hash
 
 
@@ -14,3 +17,13 @@ def name(module: str, attr: str) -> bytes:
 def colliding_ints(count: int) -> list[bytes]:
     """`count` LONG1 integers k * (2**61 - 1), k = 1..count: all distinct, all with hash 0 (12 bytes each)."""
     return [b"\x8a\x0a" + (k * HASH_PRIME).to_bytes(10, "little", signed=True) for k in range(1, count + 1)]
+
+
+class RunsCommand:
+    """Unpickling this runs a shell command (the classic pickle exploit): here one that creates a marker file."""
+
+    def __init__(self, marker: Path | str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)

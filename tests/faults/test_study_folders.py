@@ -17,17 +17,8 @@ from ray import cloudpickle
 from sid.cluster.space import Grid, StudyError
 from sid.cluster.study import Study, run_study
 from sid.cluster.trust import result_grid, untrusted_study
+from sid.testing.crafted import RunsCommand
 from sid.testing.fixtures import tiny_config
-
-
-class RunsCommand:
-    """Unpickling this runs a shell command (the classic pickle exploit): here one that creates a marker file."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import ast
 import hashlib
 import http.server
 import json
-import os
 import pickle
 import re
 import threading
@@ -32,18 +31,9 @@ from sid.metrics import INCEPTION_FILE
 from sid.results import read_evaluations, write_evaluations
 from sid.saved import FORMAT
 from sid.teachers import load_network_file, load_teacher
+from sid.testing.crafted import RunsCommand
 from sid.testing.fixtures import TINY, flags, make_teacher
 from sid.testing.results import row
-
-
-class RunsCommand:
-    """Unpickling this runs a shell command (the classic pickle exploit): here one that creates a marker file."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
 
 
 @pytest.fixture
