@@ -30,10 +30,10 @@ def table(trials: pd.DataFrame) -> pd.DataFrame:
     """One row per setting with numeric columns: runs, diverged, seeds_finite, best_mean, best_std,
     best_kimg_min/max (over seeds), not_converged (runs), device_hours (mean per run), metric (axis label); sorted by
     study, best_mean."""
-    rows = []
-    for key, g in trials.groupby(common.SETTING, dropna=False, sort=False):
+    rows, setting = [], common.setting_columns(trials)
+    for key, g in trials.groupby(setting, dropna=False, sort=False):
         best = g["best_fid"][np.isfinite(g["best_fid"])]
-        rows.append({**dict(zip(common.SETTING, key)), "runs": len(g), "diverged": int(g["diverged"].sum()),
+        rows.append({**dict(zip(setting, key)), "runs": len(g), "diverged": int(g["diverged"].sum()),
                      "seeds_finite": len(best), "best_mean": best.mean() if len(best) else math.nan,
                      "best_std": best.std(ddof=1) if len(best) > 1 else math.nan,
                      "best_kimg_min": g.loc[best.index, "best_kimg"].min() if len(best) else math.nan,
@@ -47,7 +47,7 @@ def table(trials: pd.DataFrame) -> pd.DataFrame:
 
 def _layout(frame: pd.DataFrame) -> tuple[list[str], list[list[str]], list[bool], str]:
     """Header, text cells, bold flags (best row of each study) and a note on the settings all rows share."""
-    config = [c for c in common.SETTING if c not in ("fid_detector", "fid_images")]
+    config = [c for c in common.setting_columns(frame) if c not in ("fid_detector", "fid_images")]
     varying = [c for c in config if c in SHOWN_ALWAYS or frame[c].nunique(dropna=False) > 1]
     shared = [f"{c}={common.fmt(frame[c].iloc[0])}" for c in config if c not in varying]
     metrics = frame["metric"].unique()

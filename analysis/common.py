@@ -38,6 +38,11 @@ plt.switch_backend("Agg")  # figures are files; never open a window or need a di
 KEYS = ["study", "trial_id"]
 # Runs that differ only in seed form one setting; they are averaged over.
 SETTING = ["study", *(c for c in CONFIG_COLUMNS if c != "seed"), "method", "fid_detector", "fid_images"]
+
+
+def setting_columns(frame: pd.DataFrame) -> list[str]:
+    """The SETTING columns a table has: one from before a column existed (method: before SiDA) holds one value."""
+    return [c for c in SETTING if c in frame.columns]
 SPREAD = ("pi", 100)  # seaborn errorbar: min-max over runs (never below zero on a log axis, unlike +-s.d.)
 SPREAD_LABEL = "mean, min–max over runs"
 MAX_LEVELS = 8  # more distinct values than this get a continuous colour map

@@ -67,7 +67,7 @@ def paired_values(trials: pd.DataFrame, *, x: str, column: str, level: float = L
     pair within noise) and verdict for a against b: words[0] when the interval is below 0, words[1] above it."""
     if x not in trials.columns:
         raise common.AnalysisError(f"--x {x!r} is not a results column")
-    others = [c for c in common.SETTING if c != x]
+    others = [c for c in common.setting_columns(trials) if c != x]
     rows = []
     for _, group in trials.groupby(others, dropna=False, sort=True):
         values = group.pivot_table(index="seed", columns=x, values=column, aggfunc="first", dropna=False)

@@ -139,7 +139,7 @@ def _budget(trials: pd.DataFrame) -> str:
 
 
 def settings_markdown(trials: pd.DataFrame, evals: pd.DataFrame, x: str, metric: str) -> str:
-    config = [c for c in common.SETTING if c not in ("study", x, "fid_detector", "fid_images")]
+    config = [c for c in common.setting_columns(trials) if c not in ("study", x, "fid_detector", "fid_images")]
     fixed = ", ".join(f"{c} = {common.md_text(common.fmt(trials[c].iloc[0]))}" for c in config
                       if trials[c].nunique() == 1)
     varying = [c for c in config if trials[c].nunique() > 1]

@@ -227,7 +227,7 @@ def test_sid_console_script_dispatches_to_the_commands(tmp_path, digits):
                                                                            "phema", "ref", "digits"}
     assert {v for k, v in scripts.items() if k != "sid"} == {"studies.alpha_sweep:main",
                                                           "studies.sigma_init_sweep:main",
-                                                          "studies.hpo:main"}  # the study commands
+                                                          "studies.hpo:main", "studies.search:main"}  # studies
     torch.save(snapshot(digits), tmp_path / "g.pt")
     code = "from sid.commands import main; main()"
     done = subprocess.run([sys.executable, "-m", "sid", "generate", "--network", str(tmp_path / "g.pt"), "--seeds",
