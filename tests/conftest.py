@@ -1,6 +1,10 @@
-"""Shared test setup: Ray environment for a 2-core machine (see docs/ray-notes.md section 4)."""
+"""Shared test setup: Ray environment for a 2-core machine (see docs/ray-notes.md section 4); no test leaves a figure
+open."""
 
 import os
+import sys
+
+import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
@@ -15,3 +19,12 @@ torch.set_flush_denormal(True)
 # One thread per process: with several processes on 2 cores (Ray workers, subprocesses), torch's spinning
 # OpenMP threads made small convolutions ~100x slower here.
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    """Every test leaves no matplotlib figure open (the analysis tests draw many; pyplot is not imported for this)."""
+    yield
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        pyplot.close("all")

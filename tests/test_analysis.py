@@ -10,14 +10,13 @@ import sys
 from pathlib import Path
 
 import matplotlib.image
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
 
 from analysis import ablation, best_table, common, fid_vs_images, hpo_report, import_official_logs, searches
 from sid.results import read_evaluations, write_evaluations
-from sid.testing.results import ALPHAS, DIVERGED, ERRORED, KIMG, NAN_ROW, SEEDS, distance, row, write_results
+from sid.testing.results import ALPHAS, DIVERGED, ERRORED, KIMG, NAN_ROW, SEEDS, distance, gid, row, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,14 +39,6 @@ def hpo(results):
     return common.load([results.hpo])
 
 
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
-
-
-def gid(artists, prefix):
-    return [a for a in artists if (a.get_gid() or "").startswith(prefix)]
 
 
 # ---------------------------------------------------------------- loading

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,11 +16,6 @@ from sid.testing.results import write_study
 
 KIMG = np.arange(1.0, 21.0)
 
-
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
 
 
 def exponential(rate: float, noise: float, seed: int, floor: float = 0.0) -> np.ndarray:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 import warnings
 
-import matplotlib.pyplot as plt
 import optuna
 import pandas as pd
 import pytest
@@ -29,11 +28,6 @@ TRIALS = [(1.0, 1e-4, [800.0, 40.0, 30.0, 25.0], "completed"),
           (0.9, 1e-3, [800.0, 45.0, 33.0, 29.0], "completed")]
 STATES = {"completed": "COMPLETE", "stopped_early": "PRUNED", "diverged": "PRUNED"}
 
-
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
 
 
 def write_hpo(folder, *, storage: str | None, trials_file: bool = True, orphan: bool = True) -> None:

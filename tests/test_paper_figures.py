@@ -9,28 +9,19 @@ import re
 import xml.etree.ElementTree as ET
 
 import matplotlib.colors
-import matplotlib.pyplot as plt
 import pytest
 
 from analysis import ablation, common, compare, decay_rate, fid_vs_images, hpo_report, page, report
-from sid.testing.results import write_results, write_study
+from sid.testing.results import gid, write_results, write_study
 
 OVERLAP = {(a, s): [800.0, 40.0 + s, 30.0 + s, 25.0 + s] for a in (0.5, 1.0, 1.2) for s in (0, 1, 2)}
 
-
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     return write_results(tmp_path_factory.mktemp("results"))
 
-
-def gid(artists, prefix):
-    return [a for a in artists if (a.get_gid() or "").startswith(prefix)]
 
 
 def test_overlapping_bands_and_seed_lines_stay_apart(tmp_path):

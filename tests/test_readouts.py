@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 import re
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,17 +15,7 @@ from scipy import stats
 from analysis import ablation, best_table, common, compare, fid_vs_images, report
 from sid.config import FD_STD_GROUPS
 from sid.results import SCORE_KEY, SCORE_SCHEMA, now_utc, upsert
-from sid.testing.results import row, write_study
-
-
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
-
-
-def gid(artists, prefix):
-    return [a for a in artists if (a.get_gid() or "").startswith(prefix)]
+from sid.testing.results import gid, row, write_study
 
 
 # ---------------------------------------------------------------------------------------------- not converged

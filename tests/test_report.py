@@ -17,16 +17,7 @@ from sid.config import preset
 from sid.results import read_evaluations
 from sid.run import run_local
 from sid.testing.fixtures import make_teacher
-
-
-def gid(artists, prefix):
-    return [a for a in artists if (a.get_gid() or "").startswith(prefix)]
-
-
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
+from sid.testing.results import gid
 
 
 def synthetic_trials(values: dict[float, list[float]], *, detector="digits-features-v1", images=1024) -> pd.DataFrame:

@@ -161,3 +161,8 @@ def write_study(root: Path, curves: dict[tuple[float, int], Sequence[float]], *,
     if config is not None:
         (folder / CONFIG_FILE).write_text(config)
     return folder
+
+
+def gid(artists, prefix: str) -> list:
+    """The matplotlib artists whose gid starts with `prefix` (the analysis figures tag what they draw)."""
+    return [a for a in artists if (a.get_gid() or "").startswith(prefix)]
