@@ -52,15 +52,16 @@ def torchrun(out: Path, teacher: str, *extra: str) -> str:
     return done.stdout
 
 
-def run_one_process(out: Path, teacher: str) -> None:
-    """The reference: one process, 2 accumulation rounds of 4, the same start and resume as the torchrun run."""
+def run_one_process(out: Path, teacher: str, *, resume: bool = True) -> None:
+    """The reference: one process, 2 accumulation rounds of 4, the same start (and resume) as the torchrun run."""
     config = preset("digits", teacher=teacher, **DDP_TINY)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # like each torchrun rank (OMP_NUM_THREADS=1); 2 threads crawl on a busy 2-core box
     try:
         run_local(config, out, device=torch.device("cpu"), resume=False, progress=False)
-        run_local(config.replace(duration_kimg=LONGER_KIMG), out, device=torch.device("cpu"), resume=True,
-                  progress=False)
+        if resume:
+            run_local(config.replace(duration_kimg=LONGER_KIMG), out, device=torch.device("cpu"), resume=True,
+                      progress=False)
     finally:
         torch.set_num_threads(threads)
 
@@ -105,13 +106,7 @@ def test_a_factory_teacher_shards_over_two_torchrun_ranks_as_one_process(tmp_pat
     spec = "sid.testing.fixtures:user_teacher"  # the user's own network, named as module:function (docs/teachers.md)
     out, reference = tmp_path / "torchrun" / "run", tmp_path / "one" / "run"
     torchrun(out, spec)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # like each torchrun rank
-    try:
-        run_local(preset("digits", teacher=spec, **DDP_TINY), reference, device=torch.device("cpu"), resume=False,
-                  progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    run_one_process(reference, spec, resume=False)
     rows, expected = read_evaluations(out / "evaluations.parquet"), read_evaluations(reference / "evaluations.parquet")
     assert rows["iteration"].tolist() == expected["iteration"].tolist() == [0, 2, 4]
     assert set(rows["world_size"]) == {2} and rows["status"].eq("ok").all()
