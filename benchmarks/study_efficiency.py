@@ -3,15 +3,17 @@
 Runs a full grid once (values of alpha x glr x seeds on digits, each trial in this process, one after another), then
 replays the cheaper variants on its rows: ASHA's noise-aware rung rule, the rule plus the curve forecast
 (sid/cluster/stopping.py, the code a study's stopper runs), and Optuna (TPE, GP) choosing among the grid's settings
-with those
-stops. The replay is exact: a run's noise is drawn per slot from (seed, iteration), so a trial stopped at kimg k would
-have produced the same rows up to k that the full run did. Trials arrive in grid order, one at a time.
+with those stops. The replay is exact: a run's noise is drawn per slot from (seed, iteration), so a trial stopped at
+kimg k would have produced the same rows up to k that the full run did. Trials arrive in grid order, one at a time.
 
-For each variant: device-hours spent (the kimg each trial ran, at the grid's median device-seconds per kimg) and
-their ratio to the full grid, the setting it picks (lowest mean final FD over the seeds it completed), whether that is
-the full
-grid's winner or within the seed noise of it, and the Spearman rank correlation of the first-rung values it decided
-on with the trials' final values.
+First the grid's own answer: its winner (lowest mean smoothed final FD over the seeds) and every other setting's
+paired verdict against it (analysis.compare, the report's test: paired by seed, t-interval). A grid whose winner is
+tied with others says little about a variant that "finds the winner", so the table says whether the winner beats
+every other setting beyond noise. Then for each variant: device-hours spent (the kimg each trial ran, at the grid's
+median device-seconds per kimg) and their ratio to the full grid, the setting it picks (lowest mean final FD over the
+seeds it completed), whether that is the winner (same) and whether it is right (the winner, or tied with it by the
+grid's paired verdicts), and the Spearman rank correlation of the first-rung values it decided on with the trials'
+final values.
 
     python benchmarks/study_efficiency.py --out /tmp/eff                     # 3 alphas x 3 glr x 2 seeds, 9.6 kimg
     python benchmarks/study_efficiency.py --tiny --out /tmp/eff-tiny         # the CI size: 2 x 2 x 1, a small teacher
@@ -30,6 +32,7 @@ import pandas as pd
 import torch
 from scipy import stats
 
+from analysis import compare
 from sid.cluster.stopping import CurveRule, Point, smoothed
 from sid.config import preset
 from sid.files import CHECKPOINT
@@ -83,34 +86,60 @@ def cost_hours(by_trial: dict[str, pd.DataFrame], ended: dict[str, float]) -> fl
     return sum(ended[t] * rate for t in by_trial if t in ended) / 3600
 
 
+def label(values) -> str:
+    """A setting's name, e.g. 'alpha=1.2, glr=0.0001'."""
+    return ", ".join(f"{k}={float(v):g}" for k, v in zip(SETTING, values))
+
+
 def final_values(by_trial: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """One row per trial: its setting, seed, smoothed final FD and the value at its first rung."""
+    """One row per trial: its setting, seed, smoothed final FD and the metric it is on."""
     rows = []
     for trial, g in by_trial.items():
         rows.append(dict(trial=trial, **{k: g[k].iloc[0] for k in SETTING}, seed=g["seed"].iloc[0],
-                         final=smoothed(points(g))[0]))
+                         setting=label(g[k].iloc[0] for k in SETTING), final=smoothed(points(g))[0],
+                         fid_detector=g["fid_detector"].iloc[0] if "fid_detector" in g else "unnamed",
+                         fid_images=g["fid_images"].iloc[0] if "fid_images" in g else 0))
     return pd.DataFrame(rows)
 
 
-def verdict(finals: pd.DataFrame, ended: dict[str, float], full_kimg: float) -> dict:
-    """The setting a variant picks among the trials it completed, and how it compares with the grid's winner."""
+def grid_verdicts(finals: pd.DataFrame) -> tuple[str, pd.DataFrame]:
+    """The full grid's winner (lowest mean final FD over seeds) and the paired verdict of every other setting against
+    it: the report's own test (analysis.compare: paired by seed, t-interval), so 'tied' means what a report says."""
+    winner = finals.groupby("setting")["final"].mean().idxmin()
+    table = compare.paired_values(finals.drop(columns=SETTING).assign(study="grid"), x="setting", column="final",
+                                  words=("beats the winner", "worse than the winner"))
+    table = table[(table["a"] == winner) | (table["b"] == winner)].copy()
+    flip = {"beats the winner": "worse than the winner", "worse than the winner": "beats the winner"}
+    against = []
+    for _, row in table.iterrows():  # each row read as "other against the winner"
+        other_is_a = row["a"] != winner
+        sign = 1.0 if other_is_a else -1.0
+        against.append(dict(setting=row["a"] if other_is_a else row["b"], n=row["n"], diff=sign * row["diff"],
+                            lo=min(sign * row["lo"], sign * row["hi"]), hi=max(sign * row["lo"], sign * row["hi"]),
+                            p=row["p"], verdict=row["verdict"] if other_is_a else flip.get(row["verdict"],
+                                                                                            row["verdict"])))
+    return winner, pd.DataFrame(against, columns=["setting", "n", "diff", "lo", "hi", "p", "verdict"])
+
+
+def verdict(finals: pd.DataFrame, ended: dict[str, float], full_kimg: float, winner: str,
+            against: pd.DataFrame) -> dict:
+    """The setting a variant picks among the trials it completed; right = the grid's winner or tied with it by the
+    grid's own paired verdict (within noise). With one seed there is no verdict, so only the winner is right."""
     done = finals[[ended.get(t, -1) >= full_kimg - 1e-9 for t in finals["trial"]]]
-    means = finals.groupby(SETTING)["final"].agg(["mean", "std", "count"])
-    winner = means["mean"].idxmin()
-    picked = done.groupby(SETTING)["final"].mean().idxmin() if not done.empty else None
-    if picked is None:
-        return dict(picked=None, same=False, within_noise=False)
-    # Seed noise of a setting's mean (pooled over settings), doubled for a difference of two means.
-    noise = math.sqrt(2) * float(np.nanmean(means["std"])) / math.sqrt(max(1, int(means["count"].min())))
-    gap = float(means.loc[picked, "mean"] - means.loc[winner, "mean"])
-    return dict(picked=", ".join(f"{k}={float(v):g}" for k, v in zip(SETTING, picked)), same=picked == winner,
-                gap=gap, within_noise=picked == winner or (math.isfinite(noise) and gap <= noise))
+    if done.empty:
+        return dict(picked=None, same=False, gap=math.nan, right=False)
+    picked = done.groupby("setting")["final"].mean().idxmin()
+    means = finals.groupby("setting")["final"].mean()
+    tied = set(against.loc[against["verdict"] == "within noise", "setting"])
+    return dict(picked=picked, same=picked == winner, gap=float(means[picked] - means[winner]),
+                right=picked == winner or picked in tied)
 
 
 def variants(rows: pd.DataFrame, grace: float, full_kimg: float, optuna_trials: int) -> pd.DataFrame:
     by_trial = curves(rows)
     trials = list(by_trial)
     finals = final_values(by_trial)
+    winner, against = grid_verdicts(finals)
 
     def rule(curve: bool, eta: float = 2.0) -> CurveRule:
         return CurveRule(grace_kimg=grace, final_kimg=full_kimg, eta=eta, curve=curve)
@@ -132,7 +161,7 @@ def variants(rows: pd.DataFrame, grace: float, full_kimg: float, optuna_trials: 
         rho = stats.spearmanr([first_rung[t] for t in decided], final)[0] if len(decided) > 2 else math.nan
         hours = cost_hours(by_trial, ended)
         out.append(dict(variant=name, trials=len(order), stopped=sum(ended[t] < full_kimg - 1e-9 for t in order),
-                        device_h=hours, ratio=hours / full_cost, **verdict(finals, ended, full_kimg),
+                        device_h=hours, ratio=hours / full_cost, **verdict(finals, ended, full_kimg, winner, against),
                         spearman_first_rung=rho))
     return pd.DataFrame(out)
 
@@ -201,6 +230,12 @@ def main(argv: list[str] | None = None) -> None:
     n = args.optuna_trials or max(2, len(alphas) * len(glrs) * seeds // 2)
     table = variants(rows, grace=base.evaluation_kimg()[1], full_kimg=base.final_kimg, optuna_trials=n)
     table.to_csv(args.out / "study_efficiency.csv", index=False)
+    winner, against = grid_verdicts(final_values(curves(rows)))
+    against.to_csv(args.out / "grid_verdicts.csv", index=False)
+    print(f"grid winner: {winner} (lowest mean smoothed final FD); each other setting against it, {compare.TEST}:")
+    print(against.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    beats = (against["verdict"] == "worse than the winner").all() and len(against) > 0
+    print(f"the winner beats every other setting beyond noise: {'yes' if beats else 'no'}\n")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"\nrows: {args.out / 'grid'}; table: {args.out / 'study_efficiency.csv'}")
 
