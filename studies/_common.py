@@ -40,6 +40,34 @@ if TYPE_CHECKING:  # sid.cluster.study imports Ray: loaded only when a study run
 DEFAULT_PRESET = "digits-study"  # the digits default at a study's budget (sid/config.py)
 
 
+def add_before_run_flags(group: argparse._ArgumentGroup) -> None:
+    """--dry-run and --plan (with --plan-cluster, --calibration): what every study command can do before it runs."""
+    group.add_argument("--dry-run", action="store_true",
+                       help="train nothing: start every trial's workers where the study would, load the assets "
+                            "through each node's cache, and print where each trial ran and how many ran at once "
+                            "(folder <storage>/<name>-dry-run)")
+    group.add_argument("--plan", action="store_true",
+                       help="train nothing: print the study's trials, images, device-hours and wall time on the "
+                            "cluster (--plan-cluster) from a short calibration of the preset on this machine's device "
+                            "(or --calibration), and write them to <storage>/<name>/plan.json for the report")
+    group.add_argument("--plan-cluster", default=None,
+                       help="the cluster --plan prices, e.g. GPU=8,CPU=64 (default: this machine)")
+    group.add_argument("--calibration", type=Path, default=None,
+                       help="--plan from this stored calibration.json (one of the preset on the cluster's device) "
+                            "instead of measuring one here")
+
+
+def before_run(parser: Parser, spec: Study, args: argparse.Namespace) -> bool:
+    """--dry-run or --plan, when asked for: done here, and True (the study itself does not run)."""
+    if args.dry_run and args.plan:
+        parser.error("--dry-run and --plan: choose one (placement, or price)")
+    if args.dry_run:
+        dry_run(parser, spec, args)
+    elif args.plan:
+        plan(parser, spec, args)
+    return args.dry_run or args.plan
+
+
 def build_parser(doc: str, *, swept: tuple[str, ...], asha: bool) -> Parser:
     """The flags every study script has; config fields in `swept` get no fixed-value flag (and, without
     abbreviations, --lr is not taken for --lr-range)."""
@@ -55,19 +83,7 @@ def build_parser(doc: str, *, swept: tuple[str, ...], asha: bool) -> Parser:
     group.add_argument("--resume", action="store_true",
                        help="continue the interrupted study <storage>/<name> with its saved settings: unfinished "
                             "trials continue from their checkpoints, Optuna keeps its history")
-    group.add_argument("--dry-run", action="store_true",
-                       help="train nothing: start every trial's workers where the study would, load the assets "
-                            "through each node's cache, and print where each trial ran and how many ran at once "
-                            "(folder <storage>/<name>-dry-run)")
-    group.add_argument("--plan", action="store_true",
-                       help="train nothing: print the study's trials, images, device-hours and wall time on the "
-                            "cluster (--plan-cluster) from a short calibration of the preset on this machine's device "
-                            "(or --calibration), and write them to <storage>/<name>/plan.json for the report")
-    group.add_argument("--plan-cluster", default=None,
-                       help="the cluster --plan prices, e.g. GPU=8,CPU=64 (default: this machine)")
-    group.add_argument("--calibration", type=Path, default=None,
-                       help="--plan from this stored calibration.json (one of the preset on the cluster's device) "
-                            "instead of measuring one here")
+    add_before_run_flags(group)
     group.add_argument("--address", default=None,
                        help="Ray cluster: 'auto' joins a running cluster, or host:port (default: start a local Ray)")
     group.add_argument("--max-concurrent", type=int, default=None,
@@ -153,13 +169,7 @@ def main(parser: argparse.ArgumentParser, args: argparse.Namespace, *, script: s
                  **study)
     if args.print_config:
         print_config(values)
-    if args.dry_run and args.plan:
-        parser.error("--dry-run and --plan: choose one (placement, or price)")
-    if args.dry_run:
-        dry_run(parser, spec, args)
-        return
-    if args.plan:
-        plan(parser, spec, args)
+    if before_run(parser, spec, args):
         return
     try:
         trials = run_study(spec, resume=args.resume, address=args.address, config_text=config_yaml(values))

@@ -3,6 +3,7 @@ and callbacks by registry key (docs/studies.md, "A study from a YAML file").
 
     python studies/search.py study.yaml
     python studies/search.py study.yaml --resume
+    python studies/search.py study.yaml --plan          # its price before it runs (or --dry-run: its placement)
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from sid.cluster.trials import summary as trials_summary
 from sid.config import SEARCHABLE
 from sid.files import EVALUATIONS_DIR, TRIALS_FILE
 from sid.flags import Parser
+from studies import _common
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,6 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the interrupted study with its saved settings")
     parser.add_argument("--address", default=None,
                         help="Ray cluster: 'auto' joins a running cluster, or host:port (default: start a local Ray)")
+    _common.add_before_run_flags(parser)
     args = parser.parse_args(argv)
     # Ray loads here, when a study runs: --help and bad flags answer at once.
     from sid.cluster.distributed import ResourceError  # noqa: PLC0415
@@ -33,6 +36,12 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         study = read_study_file(args.file, **({"storage": args.storage} if args.storage else {}))
+    except StudyError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    if _common.before_run(parser, study, args):
+        return
+    try:
         trials = run_study(study, resume=args.resume, address=args.address,
                            config_text=args.file.read_text())
     except (StudyError, ResourceError) as exc:

@@ -157,3 +157,26 @@ def test_the_report_shows_the_actual_cost_beside_the_plan(tmp_path):
     assert f"| trials | {plan.trials} | 2 |" in md
     assert f"| training device-hours | {plan.train_device_hours:.3g} | {2 * 20.0 / 3600:.3g} |" in md
     assert f"| wall time | {plan.wall_s / 3600:.3g} h (all of it) | {2 / 60:.3g} h (first to last row) |" in md
+
+
+@pytest.mark.parametrize("command", [
+    ["studies/alpha_sweep.py", "--alphas", "1.0,1.2", "--seeds", "2"],
+    ["studies/hpo.py", "--num-samples", "4", "--no-asha"],
+    ["studies/method_compare.py", "--seeds", "2"],
+    ["studies/search.py", "STUDY_YAML"],
+])
+def test_every_study_command_prices_its_study_with_plan(tmp_path, command):
+    stored = tmp_path / "cal.json"
+    stored.write_text(json.dumps({**CALIBRATION.to_dict(), "preset": "digits-study"}))
+    study_yaml = tmp_path / "s.yaml"
+    study_yaml.write_text("name: s\nbase: {preset: digits-study}\nsearcher: grid\n"
+                          "space:\n  alpha: {grid: [1.0, 1.2]}\n  seed: {grid: [0, 1]}\n")
+    command = [str(study_yaml) if part == "STUDY_YAML" else part for part in command]
+    name = [] if command[0].endswith("search.py") else ["--name", "s", "--preset", "digits-study"]
+    done = subprocess.run([sys.executable, *command, *name, "--plan", "--calibration", str(stored), "--storage",
+                           str(tmp_path), "--plan-cluster", "CPU=2"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    plan = Plan.read(tmp_path / "s" / PLAN_FILE)
+    assert plan.trials == 4 and f"{plan.device_hours:.4g}" in done.stdout
+    assert not (tmp_path / "s" / "evaluations").exists()  # nothing ran
