@@ -6,11 +6,13 @@
 
 Every mode is a whole command in its own process, as a user runs it (Python, torch and Ray imports included):
 `in-process` is `python -m sid distill`; `study` is `studies/alpha_sweep.py` with one alpha and one seed (its one
-trial runs in Tune's trial process); `train-group` runs the same config through a Ray Train worker group of one
-(`run_distributed`), the path every study trial took before. The study's trial and the Train worker hold as many
-CPUs as the in-process run has torch threads (OMP_NUM_THREADS if set, else the machine's CPUs), so all three train
-with the same threads. The modes alternate within each round, and the table gives each mode's median over the
-rounds, its ratio to the in-process run of the same round (median), and the load average beside it.
+trial runs in Tune's trial process; `--rescore-trials none`: a study's closing re-score of its best generator on
+fresh latents is work `sid distill` does not do, timed as the phase `rescore` when a study runs it); `train-group`
+runs the same config through a Ray Train worker group of one (`run_distributed`), the path every study trial took
+before. The study's trial and the Train worker hold as many CPUs as the in-process run has torch threads
+(OMP_NUM_THREADS if set, else the machine's CPUs), so all three train with the same threads. The modes alternate
+within each round, and the table gives each mode's median over the rounds, its ratio to the in-process run of the
+same round (median), and the load average beside it.
 
 The phases come from the timeline every process of a run appends to (sid/timeline.py): `ray start`, `to trial`
 (Ray up -> the first line of the run's own code: Tune's trial process or Train's worker group, imports), `load`
@@ -41,7 +43,7 @@ from sid.timeline import TIMELINE_ENV, read_timeline
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ("load_teacher", "build_distiller", "load_evaluator", "train", "evaluate", "write")  # the run's own phases
 COLUMNS = {"ray start": ("ray_start",), "load": WORK[:3], "train": ("train",), "eval": ("evaluate",),
-           "write": ("write",)}
+           "write": ("write",), "rescore": ("rescore",)}
 MODES = ("in-process", "study", "train-group")
 # torch threads of the in-process run; the study's trial and the Train worker get as many CPUs, so as many threads
 THREADS = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
@@ -60,7 +62,7 @@ def command(mode: str, args: argparse.Namespace, out: Path, alphas: str = "1.0",
     if mode == "study":
         cpus = [] if args.trials > 1 else ["--cpus-per-worker", str(THREADS)]
         return [sys.executable, "studies/alpha_sweep.py", *preset_flags, "--alphas", alphas, "--seeds", str(seeds),
-                "--storage", str(out), "--name", "study", *cpus]
+                "--storage", str(out), "--name", "study", "--rescore-trials", "none", *cpus]
     return [sys.executable, __file__, "--train-group", str(out), "--preset", args.preset, "--kimg", str(args.kimg),
             "--evaluations", str(args.evaluations)]
 

@@ -468,8 +468,9 @@ def rescore_at_end(study: Study, worker: TrialResources) -> None:
     print(f"re-scoring {'the best trial' if study.rescore_trials == 'best' else 'every trial'} on fresh latents "
           f"({study.rescore_repeats} draws)", flush=True)
     try:
-        rows = ray.get(task.remote(study.folder, trials=study.rescore_trials, repeats=study.rescore_repeats,
-                                   device="cuda" if gpus else "cpu"))
+        with phase("rescore"):
+            rows = ray.get(task.remote(study.folder, trials=study.rescore_trials, repeats=study.rescore_repeats,
+                                       device="cuda" if gpus else "cpu"))
     except Exception as exc:  # any failure of the re-score leaves the study's own results intact
         cause = getattr(exc, "cause", None) or exc
         print(f"re-score failed ({type(cause).__name__}: {str(cause).splitlines()[-1] if str(cause) else ''}); "
