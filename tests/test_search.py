@@ -45,18 +45,24 @@ def result(kimg: float, best: float, fid: float | None = None, iteration: int | 
     ([result(0.016, 40.0), result(0.032, 40.0, fid=44.0)], "COMPLETE", 40.0, {16: 40.0, 32: 44.0}),
     # stopped at its first rung: pruned (Optuna keeps its last intermediate value), never COMPLETE at full budget
     ([result(0.016, 60.0)], "PRUNED", 60.0, {16: 60.0}),
+    # stopped at its second rung: Optuna's value is the FD it was stopped on (30), not the one before (60)
+    ([result(0.008, 60.0), result(0.016, 30.0)], "PRUNED", 30.0, {8: 60.0, 16: 30.0}),
     # diverged at the end: its fid is NaN (not a point of the curve), its best is an earlier value: pruned
     ([result(0.016, 45.0), result(0.032, 45.0, fid=math.nan)], "PRUNED", 45.0, {16: 45.0}),
     # failed before any result
     ([], "FAIL", None, {}),
 ])
+@pytest.mark.parametrize("last_to_complete_only", [False, True], ids=["every-result-reported", "stopped-on-last"])
 def test_optuna_hears_completed_stopped_diverged_and_failed_trials_for_what_they_are(tmp_path, story, state, value,
-                                                                                    intermediate):
+                                                                                    intermediate,
+                                                                                    last_to_complete_only):
+    """Tune hands the result a stopper or scheduler stops a trial on to on_trial_complete alone (not to
+    on_trial_result): Optuna must hear it all the same, or a pruned trial shows the value before its stopping point."""
     journal = tmp_path / "optuna.journal"
     search = searcher(open_storage(journal))
     config = search.suggest("t1")
     assert 0.5 <= config["alpha"] <= 1.5 and 1e-5 <= config["lr"] <= 1e-3
-    for r in story:
+    for r in story[:-1] if last_to_complete_only else story:
         search.on_trial_result("t1", r)
     search.on_trial_complete("t1", story[-1] if story else None, error=not story)
     # A second process sees the same study in the journal file (what optuna-dashboard reads).

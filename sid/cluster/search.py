@@ -143,6 +143,8 @@ class FidelityOptunaSearch(OptunaSearch):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         ot_trial = self._ot_trials[trial_id]
+        if result is not None and not error:  # Tune hands the result it stops a trial on to this method only
+            self.on_trial_result(trial_id, result)
         value = (result or {}).get(self.metric)
         reached = (result or {}).get("kimg", -math.inf) >= self.final_kimg - 1e-9
         if error or result is None:
