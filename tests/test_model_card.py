@@ -120,3 +120,25 @@ def test_the_command_warns_about_a_placeholder_licence_and_refuses_a_bad_repo_id
 ])
 def test_a_score_is_rounded_to_its_spreads_second_digit(value, spread, expected):
     assert format_score(value, spread).startswith(expected)
+
+
+@pytest.mark.parametrize("teacher", ["digits", "digits-ddpm"])  # an EDM network and a diffusers VP one
+@pytest.mark.parametrize("layout", ["run folder", "study trial"])
+def test_the_card_finds_the_spread_and_the_shape_for_every_teacher_kind_and_folder_layout(tmp_path, teacher, layout):
+    """A study trial keeps its rows in <study>/evaluations/<trial_id>.parquet beside <study>/runs/<trial_id>; a VP
+    network's init_kwargs do not spell out its resolution: the card takes it from the network."""
+    net = load_teacher(teacher)
+    study = tmp_path / "study"
+    folder = study / "runs" / "t1" if layout == "study trial" else tmp_path / "run"
+    config = preset(teacher, alpha=0.8595079, fid_images=FID_IMAGES).to_dict()
+    SavedGenerator.of(net, sigma_init=1.1806764, config=config, kimg=KIMG, iteration=100, fid=FID,
+                      fid_detector="digits-features-v1", fid_images=2048).save(folder / "best.pt")
+    rows_path = study / "evaluations" / "t1.parquet" if layout == "study trial" else folder / "evaluations.parquet"
+    upsert_evaluations(rows_path, [row("", "t1", alpha=0.8595079, seed=0, kimg=KIMG, fid=FID) | {"fid_std": FID_STD}])
+    export.main([str(folder), "--model-card", "--repo-id", "lab/x"])
+    card = ModelCard.load(folder / "export" / "README.md")
+    assert card.data.license == "mit"  # both embedded teachers are this project's (NOTICE)
+    assert card.data.eval_results[0].metric_args["std_error"] == pytest.approx(FID_STD)
+    assert card.data.eval_results[0].dataset_name == "digits reference statistics"  # the reference, not the preset
+    assert "**FD 3.25 ± 0.21**" in card.text and "| resolution | 8 px, 1 channel(s) |" in card.text
+    assert "| alpha | 0.8595 |" in card.text and "| sigma_init | 1.181 |" in card.text

@@ -41,11 +41,12 @@ def export_safetensors(source: str | Path, out: str | Path, *,
     if out.suffix != ".safetensors":
         raise ValueError(f"--out: expected a file name ending in .safetensors, got {str(out)!r}")
     # the network is built once: weights that do not fit are refused here
-    _, saved = load_generator(source, factory=factory)
+    net, saved = load_generator(source, factory=factory)
     written = (saved.save(out), out.with_suffix(".json"))
     if card_repo is None:
         return written
-    text, placeholder = render(saved, repo_id=card_repo, export_folder=out.parent, row=evaluation_row(source, saved))
+    text, placeholder = render(saved, repo_id=card_repo, export_folder=out.parent, row=evaluation_row(source, saved),
+                               shape=(int(net.img_resolution), int(net.img_channels)))
     if placeholder:
         print(f"warning: the teacher's licence is not known: {out.parent / CARD_FILE} says 'license: unknown'; "
               "fill it in before uploading", file=sys.stderr)
