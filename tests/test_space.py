@@ -312,7 +312,7 @@ def test_the_docs_list_every_searchable_field_with_its_scale_and_every_other_wit
 @pytest.mark.timeout(60)
 def test_the_study_scripts_and_the_space_load_without_ray():
     code = ("import sys, studies.alpha_sweep, studies.sigma_init_sweep, studies.hpo, studies.search, "
-            "studies.method_compare, sid.cluster.space, sid.cluster.trials; "
+            "studies.method_compare, studies.confirm, sid.cluster.space, sid.cluster.trials; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'ray'))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
