@@ -74,6 +74,17 @@ def test_bad_settings_are_one_study_error_naming_the_label_and_field(space, sear
     assert str(raised.value).startswith("study 'c': ") and "\n" not in str(raised.value)
 
 
+@pytest.mark.parametrize("data, words", [
+    ({SETTING: {"grid": ["preset"]}}, "space: setting: expected {settings: {label: {field: value, ...}, ...}}"),
+    ({SETTING: {"settings": ["preset"]}}, "space: setting: expected {settings:"),
+    ({SETTING: {"settings": {"a": {"teacher": "x"}}}}, "space: setting 'a': cannot search teacher"),
+    ({"alpha": {"settings": {"a": {"lr": 1e-4}}}}, "space: alpha: expected one of {grid: [...]}"),
+])
+def test_a_bad_settings_in_yaml_is_one_error_naming_it(data, words):
+    with pytest.raises(StudyError, match=re.escape(words)):
+        space_from_data(data)
+
+
 def test_the_trial_settings_keep_the_settings_for_a_resume_and_refuse_edited_ones(tmp_path):
     mine = TrialSettings(base=preset("digits", **TINY), study="c", folder=tmp_path.resolve(),
                          resources=confirm_resources(), setting_fields=ARMS)
