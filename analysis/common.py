@@ -37,17 +37,31 @@ plt.switch_backend("Agg")  # figures are files; never open a window or need a di
 
 KEYS = ["study", "trial_id"]
 # Runs that differ only in seed form one setting; they are averaged over.
-SETTING = ["study", *(c for c in CONFIG_COLUMNS if c != "seed"), "method", "fid_detector", "fid_images"]
+SETTING = ["study", *(c for c in CONFIG_COLUMNS if c != "seed"), "method", "setting", "fid_detector", "fid_images"]
+# A label of several fields at once (a study's Settings dimension, sid.cluster.space): its trials' `setting` column.
+LABEL = "setting"
 
 
 def setting_columns(frame: pd.DataFrame) -> list[str]:
     """The SETTING columns a table has: one from before a column existed (method: before SiDA) holds one value."""
     return [c for c in SETTING if c in frame.columns]
+
+
+def set_by(frame: pd.DataFrame, x: str) -> list[str]:
+    """For x = LABEL (a label of several fields at once), the config columns its labels set: those that hold one
+    value within each label of each study and differ between labels; for any other x, none."""
+    if x != LABEL or x not in frame or frame.empty:
+        return []
+    candidates = [c for c in setting_columns(frame) if c not in ("study", x, "fid_detector", "fid_images")]
+    groups = frame.groupby(["study", x], dropna=False)
+    return [c for c in candidates if groups[c].nunique(dropna=False).max() <= 1 and frame[c].nunique(dropna=False) > 1]
 SPREAD = ("pi", 100)  # seaborn errorbar: min-max over runs (never below zero on a log axis, unlike +-s.d.)
 SPREAD_LABEL = "mean, min–max over runs"
 MAX_LEVELS = 8  # more distinct values than this get a continuous colour map
 # Config columns a figure can sweep: the searchable fields with numeric values (sid.config.SEARCHABLE), seeds aside.
 SWEEPABLE = tuple(k for k in SEARCHABLE if k != "seed" and isinstance(getattr(DistillConfig(), k), (int, float)))
+# What compare.py and report.py compare paired by seed: a swept field, the method, or whole settings by their label.
+COMPARABLE = (*SWEEPABLE, "method", LABEL)
 LOG_PARAMS = tuple(k for k, scale in SEARCHABLE.items() if scale == "log")  # swept over decades: log axes
 SYMBOLS = {"alpha": "α", "sigma_init": "σ_init", "lr": "lr (fake score)", "glr": "glr (generator)", "tmax": "t_max"}
 LEVEL = 0.95  # the confidence level of every interval the analysis prints
@@ -150,6 +164,7 @@ def summarise(evals: pd.DataFrame, stored: pd.DataFrame | None = None) -> pd.Dat
             "study": study, "trial_id": trial,
             **{c: last[c] for c in (*CONFIG_COLUMNS, "world_size", "fid_detector")},
             "method": last.get("method"),  # null in rows from before SiDA (those are SiD)
+            LABEL: last.get(LABEL),  # a study's setting label ('' for none; null in rows from before the column)
             "fid_images": int(best["fid_images"] if best is not None else last["fid_images"]),
             "state": "diverged" if summary["diverged"] else "completed",
             **{k: summary[k] for k in ("best_fid", "best_kimg", "final_fid", "last_kimg", "evaluations",
@@ -377,7 +392,8 @@ def auto_title(trials: pd.DataFrame, x: str | None = None) -> str:
     """A figure title that says what the data are: the swept values (or the searched fields), seeds, preset and
     budget, e.g. 'α = 0.5, 1.0, 1.2 × 3 seeds · digits-study · 9.6 kimg per trial'."""
     frame = trials
-    varying = [c for c in SWEEPABLE if c in frame and frame[c].nunique(dropna=True) > 1]
+    labelled = set_by(frame, x) if x is not None else []  # fields a setting label sets vary with it
+    varying = [c for c in SWEEPABLE if c in frame and frame[c].nunique(dropna=True) > 1 and c not in labelled]
     parts = []
     seeds = int(frame["seed"].nunique()) if "seed" in frame else 1
     if x is not None and x in frame and varying in ([], [x]):

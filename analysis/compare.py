@@ -12,6 +12,7 @@ are one ('best = final'). No correction for multiple comparisons is applied; the
 every table.
 
   python analysis/compare.py results/alpha_sweep-digits-study --x alpha --out figures
+  python analysis/compare.py results/hpo-digits-ddpm-confirm --x setting     # studies/confirm.py: best vs preset
 """
 
 from __future__ import annotations
@@ -61,13 +62,14 @@ def seeds_needed(diffs: np.ndarray, level: float = LEVEL) -> float:
 
 def paired_values(trials: pd.DataFrame, *, x: str, column: str, level: float = LEVEL,
                   words: tuple[str, str] = ("better", "worse")) -> pd.DataFrame:
-    """One row per pair of values (a < b) of `x` within each setting, comparing `column` paired by seed: a, b, n
+    """One row per pair of values (a < b) of `x` within each setting (for x = 'setting', the fields its labels set
+    are part of the label: common.set_by), comparing `column` paired by seed: a, b, n
     (paired seeds), dropped (seeds without a finite value on one side), diff (mean of column(a) - column(b)), lo, hi
     (t-interval; NaN for n < 2), p (paired t-test), diffs (the per-seed differences), needed (seeds_needed() for a
     pair within noise) and verdict for a against b: words[0] when the interval is below 0, words[1] above it."""
     if x not in trials.columns:
         raise common.AnalysisError(f"--x {x!r} is not a results column")
-    others = [c for c in common.setting_columns(trials) if c != x]
+    others = [c for c in common.setting_columns(trials) if c != x and c not in common.set_by(trials, x)]
     rows = []
     for _, group in trials.groupby(others, dropna=False, sort=True):
         values = group.pivot_table(index="seed", columns=x, values=column, aggfunc="first", dropna=False)
@@ -227,7 +229,8 @@ def compare(trials: pd.DataFrame, *, x: str = "alpha", detector: str | None = No
 
 def build_parser() -> argparse.ArgumentParser:
     p = common.parser(__doc__)
-    p.add_argument("--x", choices=common.SWEEPABLE, default="alpha", help="the swept setting whose values are compared")
+    p.add_argument("--x", choices=common.COMPARABLE, default="alpha",
+                   help="the swept setting whose values are compared (setting: a confirm study's labelled settings)")
     p.add_argument("--name", default="compare", help="output file name without extension (.md, and each --format)")
     return p
 

@@ -142,7 +142,8 @@ def settings_markdown(trials: pd.DataFrame, evals: pd.DataFrame, x: str, metric:
     config = [c for c in common.setting_columns(trials) if c not in ("study", x, "fid_detector", "fid_images")]
     fixed = ", ".join(f"{c} = {common.md_text(common.fmt(trials[c].iloc[0]))}" for c in config
                       if trials[c].nunique() == 1)
-    varying = [c for c in config if trials[c].nunique() > 1]
+    labelled = common.set_by(trials, x)  # fields a setting label sets: shown per label
+    varying = [c for c in config if trials[c].nunique() > 1 and c not in labelled]
     kimg = sorted(evals["kimg"].unique())
     seeds = sorted(int(s) for s in trials["seed"].dropna().unique())
     per_value = sorted(set(trials.groupby(x)["seed"].nunique()))
@@ -151,6 +152,9 @@ def settings_markdown(trials: pd.DataFrame, evals: pd.DataFrame, x: str, metric:
     points = ", ".join(f"{k:g}" for k in kimg)
     lines = [f"- swept: {common.short(x)} = {', '.join(common.fmt(v) for v in sorted(trials[x].unique()))}"
              + (f"; also varying: {', '.join(varying)}" if varying else ""),
+             *(f"- {common.md_text(common.level_name(x, label))}: "
+               + ", ".join(f"{common.short(c)} = {common.md(g[c].iloc[0])}" for c in labelled)
+               for label, g in trials.groupby(x, sort=True) if labelled),
              f"- seeds: {', '.join(map(str, seeds))} ({per_value} per value); trials: {len(trials)} ({states})",
              f"- budget: {max(kimg):g} kimg per trial, {len(kimg)} evaluations (kimg {points})",
              f"- metric: {metric}; each evaluation's sampling error: {FD_STD_METHOD}",
@@ -226,7 +230,7 @@ def build(study: Sequence[str | Path], out: str | Path, *, x: str = "alpha", tea
     if x not in trials.columns:
         raise common.AnalysisError(f"--x {x!r} is not a results column")
     varying = searches.searched(trials)
-    if x not in varying and len(varying) == 1:  # a sweep of another field (sigma_init_sweep.py): compare that
+    if x not in varying and len(varying) == 1 and trials[x].nunique() <= 1:  # a sweep of another field: compare that
         x = varying[0]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -334,9 +338,9 @@ def _plain(markdown: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = common.parser(__doc__, out_default="report")
-    p.add_argument("--x", choices=common.SWEEPABLE, default="alpha",
+    p.add_argument("--x", choices=common.COMPARABLE, default="alpha",
                    help="the swept setting the report compares (default alpha; the only one that varies, if alpha "
-                        "does not)")
+                        "does not; setting: a confirm study's labelled settings)")
     p.add_argument("--teacher-fid", type=float, default=None, help="teacher's FD: a dashed line in the curve figure")
     return p
 

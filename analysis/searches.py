@@ -135,9 +135,9 @@ def storage_of(folder: Path) -> tuple[object | None, str]:
 
 
 def is_search(paths: Sequence[str | Path], trials: pd.DataFrame, x: str) -> bool:
-    """Whether the trials are an Optuna search rather than a sweep of `x`: fields other than x vary, or a folder has
-    an Optuna storage."""
-    if [p for p in searched(trials) if p != x]:
+    """Whether the trials are an Optuna search rather than a sweep of `x`: fields other than x (and those a setting
+    label sets: common.set_by) vary, or a folder has an Optuna storage."""
+    if [p for p in searched(trials) if p != x and p not in common.set_by(trials, x)]:
         return True
     return any(_recorded_storage(Path(f)) for f in paths if Path(f).is_dir())
 

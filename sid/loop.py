@@ -66,9 +66,9 @@ class Evaluator:
 
 def make_row(distiller: Distiller, *, fid: float, stats: dict, wall_s: float, images_per_s: float, study: str,
              trial_id: str, fid_std: float = math.nan, is_mean: float = math.nan, is_std: float = math.nan,
-             fid_detector: str | None = None) -> dict[str, Any]:
+             fid_detector: str | None = None, setting: str = "") -> dict[str, Any]:
     """One evaluation row. `fid_detector`: the detector's name (a TorchScript file's carries its digest); default the
-    config's."""
+    config's. `setting`: a study's label of the trial's whole setting ('' for none)."""
     cfg = distiller.config
     finite = math.isfinite(fid) and all(math.isfinite(stats[k]) or distiller.iteration == 0
                                         for k in ("loss_fake_score", "loss_generator"))
@@ -78,13 +78,15 @@ def make_row(distiller: Distiller, *, fid: float, stats: dict, wall_s: float, im
         device_s=wall_s * distiller.world_size, fid=fid, fid_detector=fid_detector or cfg.fid_detector,
         fid_images=cfg.fid_images_at(distiller.iteration), fid_std=fid_std, is_mean=is_mean, is_std=is_std,
         images_per_s=images_per_s, **stats, status="ok" if finite else "diverged",
-        **{c: getattr(cfg, c) for c in MORE_CONFIG_COLUMNS}, labels=distiller.labels.source, written_at=now_utc(),
+        **{c: getattr(cfg, c) for c in MORE_CONFIG_COLUMNS}, labels=distiller.labels.source, setting=setting,
+        written_at=now_utc(),
     )
 
 
 def train(distiller: Distiller, *, evaluator: Evaluator | None, sinks: Sequence[Sink] = (),
           best: Mapping[str, Any] | None = None,  # the best row before this call (a resumed run's, from its rows)
-          study: str = "", trial_id: str = "run", wall_s: float = 0.0, progress: bool = True, resumed: bool = False,
+          study: str = "", trial_id: str = "run", setting: str = "", wall_s: float = 0.0, progress: bool = True,
+          resumed: bool = False,
           phema_snapshot: Callable[[Distiller], None] | None = None) -> None:  # saves the post-hoc EMA profiles
     """Run `distiller` to config.duration_kimg, evaluating on the schedule. A `resumed` distiller was restored from a
     checkpoint, which is always taken right after an evaluation (kimg 0 included), so it continues without
@@ -113,7 +115,7 @@ def train(distiller: Distiller, *, evaluator: Evaluator | None, sinks: Sequence[
             fid, fid_std = (score.fd, score.fd_std) if score is not None else (math.nan, math.nan)
             is_mean, is_std = (score.is_mean, score.is_std) if score is not None else (math.nan, math.nan)
             row = make_row(distiller, fid=fid, fid_std=fid_std, is_mean=is_mean, is_std=is_std, stats=stats,
-                           wall_s=wall_s, study=study, trial_id=trial_id,
+                           wall_s=wall_s, study=study, trial_id=trial_id, setting=setting,
                            images_per_s=images / elapsed if images else math.nan,
                            fid_detector=evaluator.detector.name if evaluator is not None and is_main else None)
             best = best_of(best, row)

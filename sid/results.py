@@ -105,6 +105,7 @@ EVALUATION_SCHEMA = pa.schema([
     ("lsg_gan", pa.float64()),         # SiDA: generator adversarial loss scale
     ("generator_warmup_kimg", pa.float64()),    # SiDA: the generator steps after this many kimg
     ("adversarial_warmup_kimg", pa.float64()),  # SiDA: the adversarial term starts after this many kimg
+    ("setting", pa.string()),          # a study's label of the trial's whole setting ('' for none; null: from before)
     ("loss_discriminator", pa.float64()),  # SiDA: mean discriminator term of the fake-score loss (NaN for SiD)
     ("loss_generator_gan", pa.float64()),  # SiDA: mean adversarial term of the generator loss (NaN for SiD)
     ("written_at", pa.timestamp("us", tz="UTC")),
@@ -113,7 +114,7 @@ EVALUATION_KEY = ("trial_id", "kimg")  # one row per evaluation point of a trial
 # Columns a file may lack because it was written before they existed: read back as nulls.
 LATER_COLUMNS = frozenset((*MORE_CONFIG_COLUMNS, "fid_std", "labels", *(f.name for f in IS_FIELDS), "pr_precision",
                            "pr_recall", "pr_ref", "pr_real_images", "generator_kimg", "loss_discriminator",
-                           "loss_generator_gan"))
+                           "loss_generator_gan", "setting"))
 
 TRIAL_STATES = ("completed", "stopped_early", "diverged", "error", "running")
 
@@ -122,6 +123,7 @@ TRIAL_SCHEMA = pa.schema([
     ("trial_id", pa.string()),
     *[EVALUATION_SCHEMA.field(c) for c in CONFIG_COLUMNS],
     *[EVALUATION_SCHEMA.field(c) for c in MORE_CONFIG_COLUMNS],  # any searchable field is a column (later columns)
+    EVALUATION_SCHEMA.field("setting"),  # the trial's setting label (a later column)
     ("world_size", pa.int64()),
     ("fid_detector", pa.string()),
     ("state", pa.string()),            # one of TRIAL_STATES

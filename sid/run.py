@@ -176,6 +176,7 @@ def run_rank(config: DistillConfig, folder: RunFolder | None, *, device: torch.d
              world_size: int = 1,
              state: dict | None = None,                  # training state to continue from (load_checkpoint)
              study: str = "", trial_id: str = "run",     # the rows' labels
+             setting: str = "",                          # a study's label of the trial's whole setting
              sinks: Sequence[Sink] = (),                 # after the run folder, on every rank (trackers, Ray's report)
              progress: bool = True) -> Distiller:
     """Run (or continue) one rank of a run to config.duration_kimg: rank 0 evaluates and writes `folder`."""
@@ -207,7 +208,7 @@ def run_rank(config: DistillConfig, folder: RunFolder | None, *, device: torch.d
     with phase("load_evaluator"):
         evaluator = Evaluator(config, device) if rank == 0 else None
     train(distiller, evaluator=evaluator,
-          sinks=[folder, *sinks] if writes else list(sinks), best=best, study=study, trial_id=trial_id,
+          sinks=[folder, *sinks] if writes else list(sinks), best=best, study=study, trial_id=trial_id, setting=setting,
           wall_s=wall_s, progress=progress and rank == 0, resumed=state is not None,
           phema_snapshot=folder.write_phema if (writes and config.phema) else None)
     return distiller

@@ -74,12 +74,27 @@ def build_parser(doc: str, *, swept: tuple[str, ...], asha: bool) -> Parser:
     parser = Parser(description=doc, renamed={"--workers-per-trial": "--workers"})
     add_preset_flag(parser, DEFAULT_PRESET)
     add_config_file_flags(parser)
+    add_study_flags(parser, asha=asha)
+    parser.epilog = ("Results: <storage>/<name>/trials.parquet and <storage>/<name>/evaluations/*.parquet, snapshots "
+                     "in <storage>/<name>/runs/<trial_id>/ (see docs/studies.md).")
+    add_resource_flags(parser, per="trial")
+    add_tracking_flags(parser, experiment="the study's name")
+    add_config_flags(parser, skip=swept)
+    return parser
+
+
+def add_study_flags(parser: Parser, *, asha: bool | None, name: str = "<script>-<preset>",
+                    storage: Path | None = Path("results"), storage_text: str = "./results") -> None:
+    """The study group of flags: name, storage, resume, dry run, plan, cluster, concurrency, re-score; the stopping
+    rules too unless `asha` is None (a study whose trials must all run their whole budget). `name` describes the
+    default name (None: the script chooses it), `storage` is the default storage (None: the script chooses it) and
+    `storage_text` describes it."""
     group = parser.group("study")
     group.add_argument("--name", default=None,
-                       help="study name: its folder under --storage (default: <script>-<preset>)")
-    group.add_argument("--storage", type=Path, default=Path("results"),
-                       help="folder that holds the study folder (default: ./results); on a multi-node cluster a "
-                            "path every node sees (NFS)")
+                       help=f"study name: its folder under --storage (default: {name})")
+    group.add_argument("--storage", type=Path, default=storage,
+                       help=f"folder that holds the study folder (default: {storage_text}); on a multi-node cluster "
+                            "a path every node sees (NFS)")
     group.add_argument("--resume", action="store_true",
                        help="continue the interrupted study <storage>/<name> with its saved settings: unfinished "
                             "trials continue from their checkpoints, Optuna keeps its history")
@@ -89,25 +104,21 @@ def build_parser(doc: str, *, swept: tuple[str, ...], asha: bool) -> Parser:
     group.add_argument("--max-concurrent", type=int, default=None,
                        help="trials at once (default: as many as the cluster holds: GPUs // GPUs per trial, or "
                             "CPUs // CPUs per trial)")
-    group.add_argument("--asha", action=argparse.BooleanOptionalAction, default=asha,
-                       help="stop trials early whose smoothed FD trails the others' at a rung beyond the measured "
-                            "noise (ASHA's rule, sid/cluster/stopping.py)")
-    group.add_argument("--curve-stop", action="store_true",
-                       help="also stop a trial whose power-law forecast of its final FD cannot beat the best final FD")
-    group.add_argument("--noise-z", type=float, default=1.0,
-                       help="differences below this many times the measured noise are ties (default: 1)")
+    if asha is not None:
+        group.add_argument("--asha", action=argparse.BooleanOptionalAction, default=asha,
+                           help="stop trials early whose smoothed FD trails the others' at a rung beyond the measured "
+                                "noise (ASHA's rule, sid/cluster/stopping.py)")
+        group.add_argument("--curve-stop", action="store_true",
+                           help="also stop a trial whose power-law forecast of its final FD cannot beat the best "
+                                "final FD")
+        group.add_argument("--noise-z", type=float, default=1.0,
+                           help="differences below this many times the measured noise are ties (default: 1)")
     group.add_argument("--rescore-trials", choices=(*RESCORE_TRIALS, "none"), default="best",
                        help="at the end, score the best trial's best.pt (or every trial's: all) again on fresh "
                             "latents into its run folder's scores.parquet (default: best)")
     group.add_argument("--rescore-repeats", type=int, default=RESCORE_REPEATS,
                        help=f"draws of that re-score, each of the evaluations' image count (default: "
                             f"{RESCORE_REPEATS})")
-    parser.epilog = ("Results: <storage>/<name>/trials.parquet and <storage>/<name>/evaluations/*.parquet, snapshots "
-                     "in <storage>/<name>/runs/<trial_id>/ (see docs/studies.md).")
-    add_resource_flags(parser, per="trial")
-    add_tracking_flags(parser, experiment="the study's name")
-    add_config_flags(parser, skip=swept)
-    return parser
 
 
 def parse_numbers(parser: argparse.ArgumentParser, text: str, flag: str) -> list[float]:
@@ -154,8 +165,7 @@ def main(parser: argparse.ArgumentParser, args: argparse.Namespace, *, script: s
          space: Callable[[DistillConfig], Mapping[str, Dimension]], **study: Any) -> None:
     """Build the study from the flags (space(base) gives its search space), run it, print the table and paths."""
     # Ray loads here, when a study runs: --help and bad flags answer at once.
-    from sid.cluster.distributed import ResourceError  # noqa: PLC0415
-    from sid.cluster.study import Study, run_study  # noqa: PLC0415
+    from sid.cluster.study import Study  # noqa: PLC0415
 
     base = config_from_args(parser, args)
     study = {k: v(base) if callable(v) else v for k, v in study.items()}  # values that depend on the preset
@@ -169,15 +179,27 @@ def main(parser: argparse.ArgumentParser, args: argparse.Namespace, *, script: s
                  **study)
     if args.print_config:
         print_config(values)
+    run(parser, args, spec, config_text=config_yaml(values))
+
+
+def run(parser: Parser, args: argparse.Namespace, spec: Study, *, config_text: str | None = None,
+        columns: list[str] | None = None) -> None:
+    """Dry-run, price or run the study `spec` as the flags say; print the trials table (`columns`: the searched
+    fields it shows, default those of the space) and the paths; exit 2 for a bad study, 130 when interrupted, 1 when
+    no trial ran."""
+    # Ray loads here, when a study runs: --help and bad flags answer at once.
+    from sid.cluster.distributed import ResourceError  # noqa: PLC0415
+    from sid.cluster.study import run_study  # noqa: PLC0415
+
     if before_run(parser, spec, args):
         return
     try:
-        trials = run_study(spec, resume=args.resume, address=args.address, config_text=config_yaml(values))
+        trials = run_study(spec, resume=args.resume, address=args.address, config_text=config_text)
     except (StudyError, ResourceError) as exc:  # bad study or a trial the cluster cannot hold: one line
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         sys.exit(2)
     print()
-    print(trials_summary(trials, [k for k in SEARCHABLE if k in spec.space]))
+    print(trials_summary(trials, columns if columns is not None else [k for k in SEARCHABLE if k in spec.space]))
     print(f"\ntrials:      {spec.folder / TRIALS_FILE}\nevaluations: {spec.folder / EVALUATIONS_DIR}/*.parquet")
     unfinished = int((trials["state"] == "running").sum()) if not trials.empty else 0
     if unfinished:

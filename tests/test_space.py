@@ -171,6 +171,10 @@ def test_the_studies_defined_in_the_docs_are_valid(tmp_path, monkeypatch):
     assert sorted((c.alpha, c.glr) for c in grid.trial_configs()) == [(a, g) for a in (1.0, 1.2)
                                                                        for g in (3e-5, 1e-4, 3e-4)]
     assert isinstance(tune_space(tpe.space)["lr"].get_sampler(), tune.search.sample.LogUniform)
+    arms = namespace["arms"]  # a Settings dimension: each label's fields, with each seed
+    arms.validate()
+    assert sorted((c.alpha, c.lr, c.ema_mimg, c.seed) for c in arms.trial_configs()) == sorted(
+        [(1.2, 1e-4, arms.base.ema_mimg, s) for s in (10, 11, 12)] + [(1.0, 3e-4, 0.05, s) for s in (10, 11, 12)])
     assert not list(tmp_path.iterdir())  # defining a study writes nothing
 
 
@@ -312,7 +316,7 @@ def test_the_docs_list_every_searchable_field_with_its_scale_and_every_other_wit
 @pytest.mark.timeout(60)
 def test_the_study_scripts_and_the_space_load_without_ray():
     code = ("import sys, studies.alpha_sweep, studies.sigma_init_sweep, studies.hpo, studies.search, "
-            "studies.method_compare, sid.cluster.space, sid.cluster.trials; "
+            "studies.method_compare, studies.confirm, sid.cluster.space, sid.cluster.trials; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'ray'))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]

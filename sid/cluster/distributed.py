@@ -188,8 +188,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     sinks = [*([tracker] if tracker is not None else []), Reporter(folder)]  # the report last: a barrier
     try:
         run_rank(config, folder, device=device, rank=rank, world_size=world_size,
-                 state=state, study=loop_config["study"],
-                 trial_id=loop_config["trial_id"], sinks=sinks, progress=False)
+                 state=state, study=loop_config["study"], trial_id=loop_config["trial_id"],
+                 setting=loop_config.get("setting", ""), sinks=sinks, progress=False)
     finally:
         if tracker is not None:
             tracker.close()
@@ -205,6 +205,7 @@ def build_trainer(
     name: str,                                # Ray Train run name: keep it stable per run/trial so a retry resumes
     trial_id: str,                            # the rows' trial_id
     study: str = "",                          # the rows' study ('' for a single run)
+    setting: str = "",                        # the rows' setting label (a study's Settings dimension; '' for none)
     run_folder: str | os.PathLike | None = None,  # snapshots, best.pt, sample grids (sid/run.py; train_worker)
     keep_state: bool = False,                 # also checkpoint.pt in run_folder (one-run folders; Ray gets a link)
     resume_path: str | os.PathLike | None = None,  # checkpoint.pt to start from when this Train run has none
@@ -226,6 +227,7 @@ def build_trainer(
         config.accumulation_rounds(workers)  # batch must split over the ranks: fail here, not inside every worker
         check_resources(workers, per_worker, placement_strategy)
     loop_config = dict(config=config.to_dict(), rows_path=str(rows_path), trial_id=trial_id, study=study,
+                       setting=setting,
                        run_folder=str(run_folder) if run_folder else None, keep_state=keep_state,
                        resume_path=str(resume_path) if resume_path else None,
                        workers_dir=str(workers_dir) if workers_dir else None, **(loop_extra or {}))

@@ -99,7 +99,8 @@ def probe_trial(tune_config: dict[str, Any], settings: TrialSettings, hold_s: fl
     runtime = ray.get_runtime_context()
     _write_json(folder / "drivers" / f"{trial_id}.json",
                 dict(trial_id=trial_id, node_id=runtime.get_node_id(), resources=runtime.get_assigned_resources()))
-    build_trainer(trial_config(tune_config, settings.base), resources=settings.resources.replace(max_failures=0),
+    build_trainer(trial_config(tune_config, settings.base, settings.setting_fields),
+                  resources=settings.resources.replace(max_failures=0),
                   rows_path=folder / "no-rows.parquet",  # probes write no rows
                   storage_path=folder / TRAIN_DIR, name=f"probe-{trial_id}", trial_id=trial_id,
                   study=settings.study, loop=probe_worker, backend="gloo", check=False,  # plan() checked

@@ -14,8 +14,7 @@ from pathlib import Path
 import torch
 
 from sid.cluster.resources import TrialResources
-from sid.cluster.space import Grid
-from sid.cluster.study import Study, trial_capacity
+from sid.cluster.study import Study, planned_trials, trial_capacity
 from sid.files import write_text_atomic
 from sid.plan import CALIBRATION_FILE, PLAN_FILE, Calibration, Plan, PlanError, make_plan, stopping_saving
 
@@ -44,9 +43,7 @@ def this_machine() -> dict[str, float]:
 
 def trial_count(study: Study) -> int:
     """Trials the study runs: a grid's every combination (times num_samples), Optuna's num_samples."""
-    if study.searcher == "optuna":
-        return study.num_samples
-    return math.prod(len(d.values) for d in study.space.values() if isinstance(d, Grid)) * study.num_samples
+    return planned_trials(study)
 
 
 def price(study: Study, cluster: Mapping[str, float], calibration: Calibration) -> Plan:

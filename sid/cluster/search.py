@@ -29,7 +29,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from sid.cluster.space import SAMPLERS, Choice, Dimension, Grid, Range
+from sid.cluster.space import SAMPLERS, Choice, Dimension, Grid, Range, Settings
 from sid.cluster.stopping import CurveRule, Point
 from sid.cluster.trials import record_stop
 from sid.config import SEARCHABLE
@@ -40,9 +40,13 @@ from sid.tracking import step_of
 
 def tune_space(space: Mapping[str, Dimension]) -> dict[str, Any]:
     """A study's space (checked: sid.cluster.space.check_space) in Ray Tune's terms, the scale of each Range from
-    the registry: 'log' -> loguniform, 'int' -> randint over low..high (both included), else uniform."""
+    the registry: 'log' -> loguniform, 'int' -> randint over low..high (both included), else uniform; a Settings:
+    a grid over its labels."""
     tuned = {}
     for field, dimension in space.items():
+        if isinstance(dimension, Settings):  # a grid over the labels; trial_config expands each into its fields
+            tuned[field] = ray.tune.grid_search(list(dimension.values))
+            continue
         scale = SEARCHABLE[field]
         if isinstance(dimension, Grid):
             tuned[field] = ray.tune.grid_search(list(dimension.values))

@@ -3,6 +3,12 @@
 
     space = {"alpha": Grid([0.5, 1.0, 1.2]), "seed": Grid([0, 1, 2])}                      # searcher="grid"
     space = {"alpha": Range(0.5, 1.5), "lr": Range(1e-5, 1e-3), "seed": Choice([0, 1])}    # searcher="optuna"
+    space = {"setting": Settings({"preset": {"alpha": 1.2}, "best": {"alpha": 1.0, "lr": 3e-4}}),
+             "seed": Grid([10, 11])}                                                       # searcher="grid"
+
+A `Settings` dimension runs whole settings, each several fields at once under a label, as a grid over its labels; it
+sits under the key SETTING ('setting'), which is also the column of the rows and the trials table that holds a
+trial's label (sid.results), so analysis/compare.py compares the settings paired by seed (`--x setting`).
 
 A space says which values a field takes, not how they are spread: the searchable-field registry
 (`sid.config.SEARCHABLE`) decides that a Range of `lr` is searched on a log scale, one of `tmax` or `seed` over the
@@ -26,6 +32,7 @@ from typing import Any
 
 from sid.config import SEARCHABLE, UNSEARCHABLE, DistillConfig
 
+SETTING = "setting"  # the space key of a Settings dimension, and the results column that holds a trial's label
 SEARCHERS = ("grid", "optuna")  # grid: every combination of the Grids' values; optuna: TPE/GP over Ranges and Choices
 # The type of each config field's values ('int', 'float' or 'str'), from DistillConfig's annotations.
 FIELD_TYPES = {f.name: str(f.type).split(" |")[0] for f in dataclasses.fields(DistillConfig)}
@@ -95,8 +102,40 @@ class Choice(_Values):
     """One of the values, picked by the searcher: Optuna's categorical dimension."""
 
 
-Dimension = Grid | Range | Choice
-KINDS = {Grid: "grid", Range: "range", Choice: "choice"}  # a dimension's name in a study's config.yaml
+@dataclass(frozen=True)
+class Settings:
+    """Whole settings, each a label and the values it gives several fields at once (the base config's for the
+    fields it leaves out): every setting is run, as a Grid over the labels. Its space key is SETTING."""
+
+    settings: Mapping[str, Mapping[str, Any]]  # label -> {field: value}, e.g. {"preset": {...}, "best": {...}}
+
+    def __post_init__(self) -> None:
+        if isinstance(self.settings, Mapping):  # kept as given otherwise, for check_settings to refuse
+            object.__setattr__(self, "settings", {label: dict(fields) if isinstance(fields, Mapping) else fields
+                                                  for label, fields in self.settings.items()})
+
+    @property
+    def values(self) -> tuple[str, ...]:
+        """The labels, in order: what a grid runs (the Tune config holds the label, trial_config the fields)."""
+        return tuple(self.settings)
+
+    def corners(self) -> list[Any]:
+        return list(self.values)
+
+    def contains(self, value: Any) -> bool:
+        return value in self.settings
+
+    def fields(self) -> list[str]:
+        """Every field some setting gives a value, in first-seen order."""
+        return list(dict.fromkeys(f for fields in self.settings.values() for f in fields))
+
+    def __hash__(self) -> int:  # a frozen dataclass of a dict: hashed by its labels and values
+        return hash(tuple((label, tuple(sorted(fields.items()))) for label, fields in self.settings.items()))
+
+
+Dimension = Grid | Range | Choice | Settings
+# a dimension's name in a study's config.yaml
+KINDS = {Grid: "grid", Range: "range", Choice: "choice", Settings: "settings"}
 
 
 def _is_number(value: Any) -> bool:
@@ -127,8 +166,48 @@ def check_field(field: Any) -> None:
     raise StudyError(f"cannot search {field}: {why}; searchable fields: {', '.join(SEARCHABLE)}")
 
 
+def check_settings(settings: Any, others: Iterable[str] = ()) -> None:
+    """StudyError naming the label and the field unless `settings` is a non-empty Settings of plain labels, each a
+    mapping of searchable fields (not seed, which pairs the settings, nor a field of the space's `others`
+    dimensions) to valid values, no two alike."""
+    if not isinstance(settings, Settings) or not isinstance(settings.settings, Mapping):
+        raise StudyError(f"{SETTING}: expected Settings({{label: {{field: value, ...}}, ...}}) (from "
+                         f"sid.cluster.space), got {settings!r}")
+    if not settings.settings:
+        raise StudyError(f"{SETTING}: Settings is empty; give at least one labelled setting")
+    seen: dict[tuple, str] = {}
+    for label, fields in settings.settings.items():
+        if not isinstance(label, str) or not label.strip() or label != label.strip() or "/" in label:
+            raise StudyError(f"{SETTING}: a label is a non-empty string without surrounding spaces or '/', "
+                             f"got {label!r}")
+        if not isinstance(fields, Mapping):
+            raise StudyError(f"{SETTING} {label!r}: expected a mapping of fields to values, got {fields!r}")
+        for field, value in fields.items():
+            try:
+                check_field(field)
+            except StudyError as exc:
+                raise StudyError(f"{SETTING} {label!r}: {exc}") from None
+            if field == "seed" or field in others:
+                why = "seeds pair the settings: give them as a seed Grid" if field == "seed" else \
+                    "also a dimension of the space: search it there or set it in each setting"
+                raise StudyError(f"{SETTING} {label!r}: {field}: {why}")
+            why = _value_error(field, value)
+            if why is not None:
+                raise StudyError(f"{SETTING} {label!r}: {field}={value!r}: {why}")
+        key = tuple(sorted((f, _plain(v)) for f, v in fields.items()))
+        if key in seen:
+            raise StudyError(f"{SETTING}: {label!r} gives the same values as {seen[key]!r}; each setting must differ")
+        seen[key] = label
+
+
 def check_dimension(field: str, dimension: Any) -> None:
-    """StudyError naming `field` when `dimension` is not a valid Grid, Range or Choice of that field."""
+    """StudyError naming `field` when `dimension` is not a valid Grid, Range or Choice of that field (or a valid
+    Settings under the key SETTING)."""
+    if field == SETTING or isinstance(dimension, Settings):
+        if field != SETTING:
+            raise StudyError(f"{field}: a Settings dimension sits under the key {SETTING!r}, not a field's")
+        check_settings(dimension)
+        return
     check_field(field)
     if isinstance(dimension, dict) and "grid_search" in dimension:
         raise StudyError(f"{field}: {{'grid_search': ...}} is Ray Tune's spelling; give "
@@ -171,6 +250,12 @@ def check_space(space: Mapping[str, Any], searcher: str) -> None:
         raise StudyError("the search space is empty; give at least one of " + ", ".join(SEARCHABLE))
     for field, dimension in space.items():
         check_dimension(field, dimension)
+        if isinstance(dimension, Settings):
+            check_settings(dimension, others=[f for f in space if f != SETTING])
+            if searcher != "grid":
+                raise StudyError(f"{searcher} searcher: {SETTING} is a Settings, which a grid runs: give "
+                                 f"searcher='grid'")
+            continue
         if searcher == "grid" and not isinstance(dimension, Grid):
             raise StudyError(f"grid searcher: {field} is a {type(dimension).__name__}; a grid runs given values: "
                              f"give Grid([...]), or searcher='optuna'")
@@ -201,6 +286,9 @@ def space_data(space: Mapping[str, Dimension]) -> dict[str, dict[str, Any]]:
         kind = KINDS[type(dimension)]
         if isinstance(dimension, Range):
             data[field] = {kind: [_plain(dimension.low), _plain(dimension.high)], "scale": SEARCHABLE[field]}
+        elif isinstance(dimension, Settings):
+            data[field] = {kind: {label: {f: _plain(v) for f, v in fields.items()}
+                                  for label, fields in dimension.settings.items()}}
         else:
             data[field] = {kind: [_plain(v) for v in dimension.values]}
     return data
@@ -215,15 +303,25 @@ def _plain(value: Any) -> int | float | str:
 
 def space_from_data(data: Any, source: str = "space") -> dict[str, Dimension]:
     """The space of a study YAML (space_data's form: {field: {grid: [...]} | {range: [low, high]} | {choice:
-    [...]}}, `scale` optional and then the registry's), checked for any searcher; StudyError naming `source` and the
-    field for anything else (a string such as '0.5,1.0' is not a list)."""
+    [...]}}, `scale` optional and then the registry's; and `setting: {settings: {label: {field: value}}}`), checked
+    for any searcher; StudyError naming `source` and the field for anything else (a string such as '0.5,1.0' is not a
+    list)."""
     if not isinstance(data, Mapping) or not data:
         raise StudyError(f"{source}: expected a mapping of fields to {{grid: [...]}}, {{range: [low, high]}} or "
                          f"{{choice: [...]}}, got {data!r}")
-    kinds = {name: kind for kind, name in KINDS.items()}
+    kinds = {name: kind for kind, name in KINDS.items() if kind is not Settings}  # Settings: under SETTING only
     space: dict[str, Dimension] = {}
     for field, spec in data.items():
         where = f"{source}: {field}"
+        if field == SETTING:
+            if not isinstance(spec, Mapping) or set(spec) != {"settings"} or not isinstance(spec["settings"], Mapping):
+                raise StudyError(f"{where}: expected {{settings: {{label: {{field: value, ...}}, ...}}}}, got {spec!r}")
+            space[field] = Settings(spec["settings"])
+            try:
+                check_dimension(field, space[field])
+            except StudyError as exc:
+                raise StudyError(f"{source}: {exc}") from None
+            continue
         check_field(field)
         if not isinstance(spec, Mapping) or len(set(spec) & set(kinds)) != 1 or set(spec) - {*kinds, "scale"}:
             raise StudyError(f"{where}: expected one of {{grid: [...]}}, {{range: [low, high]}}, {{choice: [...]}} "

@@ -53,8 +53,10 @@ from sid.cluster.space import (
     FIELD_TYPES,
     OBJECT,
     SAMPLERS,
+    SETTING,
     Dimension,
     Grid,
+    Settings,
     StudyError,
     check_point,
     check_sampler,
@@ -132,7 +134,7 @@ class Study:
         configs = []
         for combo in itertools.product(*corners.values()):
             try:
-                configs.append(trial_config(dict(zip(corners, combo)), self.base))
+                configs.append(trial_config(dict(zip(corners, combo)), self.base, setting_fields(self.space)))
             except (ConfigError, TypeError, ValueError) as exc:
                 raise StudyError(f"study {self.name!r}: {exc}") from None
         return configs
@@ -196,11 +198,28 @@ class Study:
         self.trial_configs()
 
 
-def trial_config(tune_config: Mapping[str, Any], base: DistillConfig) -> DistillConfig:
+def setting_fields(space: Mapping[str, Dimension]) -> dict[str, dict[str, Any]]:
+    """The space's Settings as label -> {field: value} (empty without one): what trial_config expands a label into,
+    saved in the TrialSettings."""
+    dimension = space.get(SETTING)
+    return {label: dict(fields) for label, fields in dimension.settings.items()} \
+        if isinstance(dimension, Settings) else {}
+
+
+def trial_config(tune_config: Mapping[str, Any], base: DistillConfig,
+                 settings: Mapping[str, Mapping[str, Any]] | None = None) -> DistillConfig:
     """A trial's DistillConfig: the study's base config with the trial's searched values. Tune's trial config is
-    flat: the searched fields and the preset's name (a label); the base travels in the TrialSettings."""
+    flat: the searched fields, the label of a Settings dimension (SETTING, expanded into its fields by `settings`:
+    setting_fields) and the preset's name (a label); the base travels in the TrialSettings."""
     cast = {"int": int, "float": float, "str": str}
-    searched = {k: cast[FIELD_TYPES[k]](v) for k, v in tune_config.items() if k in SEARCHABLE}
+    values = dict(tune_config)
+    if SETTING in values:
+        label = values.pop(SETTING)
+        if label not in (settings or {}):
+            raise StudyError(f"trial setting {label!r}: not a label of the study's Settings "
+                             f"({', '.join(map(repr, settings or {})) or 'none'})")
+        values = {**settings[label], **values}
+    searched = {k: cast[FIELD_TYPES[k]](v) for k, v in values.items() if k in SEARCHABLE}
     return base.replace(**searched)
 
 
@@ -210,7 +229,8 @@ def run_trial(tune_config: dict[str, Any], settings: TrialSettings) -> None:
     checkpoint."""
     trial_id = ray.tune.get_context().get_trial_id()
     folder = settings.folder
-    config, rows_path = trial_config(tune_config, settings.base), folder / EVALUATIONS_DIR / f"{trial_id}.parquet"
+    config = trial_config(tune_config, settings.base, settings.setting_fields)
+    label, rows_path = tune_config.get(SETTING, ""), folder / EVALUATIONS_DIR / f"{trial_id}.parquet"
     rows = read_parquet(rows_path) if rows_path.exists() else None
     if rows is not None and len(rows) and rows["iteration"].max() >= config.iterations:
         # The trial finished just before the study was interrupted: its Train run has nothing left to report, so
@@ -221,14 +241,16 @@ def run_trial(tune_config: dict[str, Any], settings: TrialSettings) -> None:
         return
     with phase("trial"):
         if settings.resources.workers == 1:
-            run_in_trial(config, settings, trial_id, rows_path)
+            run_in_trial(config, settings, trial_id, rows_path, setting=label)
         else:
             build_trainer(config, resources=settings.resources, rows_path=rows_path, storage_path=folder / TRAIN_DIR,
                           name=f"train-{trial_id}", trial_id=trial_id, run_folder=folder / RUNS_DIR / trial_id,
-                          study=settings.study, callbacks=[TuneReportCallback()], check=False).fit()  # plan() checked
+                          study=settings.study, setting=label, callbacks=[TuneReportCallback()],
+                          check=False).fit()  # plan() checked
 
 
-def run_in_trial(config: DistillConfig, settings: TrialSettings, trial_id: str, rows_path: Path) -> None:
+def run_in_trial(config: DistillConfig, settings: TrialSettings, trial_id: str, rows_path: Path,
+                 setting: str = "") -> None:
     """A one-worker trial in its Tune trial process (no Ray Train worker group: a DDP group of one adds nothing but
     its start-up): the same run_rank as a Train worker's, with the trial's CPUs as torch threads and its GPU (Ray sets
     CUDA_VISIBLE_DEVICES); it continues from the trial's newest Tune checkpoint (a retry, a restored study). Tune's
@@ -243,7 +265,7 @@ def run_in_trial(config: DistillConfig, settings: TrialSettings, trial_id: str, 
         with checkpoint.as_directory() as saved:
             state = load_checkpoint(Path(saved) / RAY_STATE_FILE, config)
     folder = RunFolder(settings.folder / RUNS_DIR / trial_id, rows_path=rows_path, keep_state=False)
-    run_rank(config, folder, device=device, state=state, study=settings.study, trial_id=trial_id,
+    run_rank(config, folder, device=device, state=state, study=settings.study, trial_id=trial_id, setting=setting,
              sinks=[Reporter(folder, tune=True)], progress=False)
 
 
@@ -267,7 +289,7 @@ def trial_capacity(cluster: Mapping[str, float], resources: TrialResources) -> i
 
 def trial_label(trial: ray.tune.experiment.Trial) -> str:
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                    for k, v in trial.config.items() if k in SEARCHABLE)
+                    for k, v in trial.config.items() if k in SEARCHABLE or k == SETTING)
 
 
 class StudyCallback(ray.tune.Callback):
@@ -326,8 +348,10 @@ class StudyCallback(ray.tune.Callback):
         if state == "error":
             text = Path(trial.error_file).read_text() if trial.error_file and Path(trial.error_file).exists() else ""
             error = next((line for line in reversed(text.splitlines()) if line.strip()), "unknown error")[:500]
-        return TrialRecord(trial.trial_id, state, error, trial_config(trial.config, self.settings.base),
-                           self.settings.resources.workers, float(trial.last_result.get("kimg", math.nan)))
+        return TrialRecord(trial.trial_id, state, error,
+                           trial_config(trial.config, self.settings.base, self.settings.setting_fields),
+                           self.settings.resources.workers, float(trial.last_result.get("kimg", math.nan)),
+                           str(trial.config.get(SETTING, "")))
 
 
 def trial_dirname(trial: Trial) -> str:
@@ -350,7 +374,8 @@ def plan(study: Study, folder: Path, saved: TrialSettings | None = None) -> tupl
     worker = worker.replace(placement_strategy=placement)
     check_resources(worker.workers, worker.per_worker(), placement)
     settings = TrialSettings(base=study.base, study=study.name, folder=folder, resources=worker,
-                             sampler=saved_name(study.sampler), callbacks=tuple(map(saved_name, study.callbacks))) \
+                             sampler=saved_name(study.sampler), callbacks=tuple(map(saved_name, study.callbacks)),
+                             setting_fields=setting_fields(study.space)) \
         if saved is None else dataclasses.replace(saved, resources=worker)
     # Counts the nodes that exist now: on an autoscaling cluster (which may have none yet) give max_concurrent.
     concurrency = study.max_concurrent or max(1, trial_capacity(ray.cluster_resources(), trial))
@@ -382,7 +407,8 @@ def planned_trials(study: Study) -> int:
     """Trials the study runs: grid: every combination num_samples times; optuna: num_samples."""
     if study.searcher != "grid":
         return study.num_samples
-    return study.num_samples * math.prod(len(d.values) for d in study.space.values() if isinstance(d, Grid))
+    return study.num_samples * math.prod(len(d.values) for d in study.space.values()
+                                         if isinstance(d, (Grid, Settings)))
 
 
 def _tuner(study: Study, trainable: Any, concurrency: int, settings: TrialSettings) -> ray.tune.Tuner:

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import pandas as pd
 
 from sid.cluster.resources import TrialResources
-from sid.cluster.space import StudyError
+from sid.cluster.space import Settings, StudyError, check_settings
 from sid.config import ConfigError, DistillConfig
 from sid.files import EVALUATIONS_DIR, SETTINGS_FILE, STOPS_DIR, TRIALS_FILE, write_text_atomic
 from sid.results import CONFIG_COLUMNS, MORE_CONFIG_COLUMNS, Divergence, read_evaluations, summarise_rows, write_trials
@@ -39,11 +39,15 @@ class TrialSettings:
     # sid.cluster.space.OBJECT + the class of an object given in Python (a resume asks for it again).
     sampler: str = "tpe"
     callbacks: tuple[str, ...] = ()
+    # The space's Settings dimension (sid.cluster.space.Settings): label -> {field: value}, what a trial's label
+    # expands into (sid.cluster.study.trial_config); empty without one.
+    setting_fields: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(base=self.base.to_dict(), study=self.study, folder=str(self.folder),
                     resources=dataclasses.asdict(self.resources), sampler=self.sampler,
-                    callbacks=list(self.callbacks))
+                    callbacks=list(self.callbacks),
+                    setting_fields={label: dict(fields) for label, fields in self.setting_fields.items()})
 
     @classmethod
     def from_dict(cls, data: Any, source: str) -> TrialSettings:
@@ -89,8 +93,17 @@ class TrialSettings:
             raise bad("sampler", f"expected a string, got {type(sampler).__name__}")
         if not (isinstance(callbacks, list) and all(isinstance(c, str) for c in callbacks)):
             raise bad("callbacks", f"expected a list of strings, got {callbacks!r}")
+        labelled = data.get("setting_fields", {})
+        if not isinstance(labelled, Mapping):
+            raise bad("setting_fields", f"expected a JSON object, got {type(labelled).__name__}")
+        try:
+            if labelled:
+                check_settings(Settings(labelled))
+        except StudyError as exc:
+            raise bad("setting_fields", str(exc)) from None
         return cls(base=base, study=data["study"], folder=Path(data["folder"]), resources=resources,
-                   sampler=sampler, callbacks=tuple(callbacks))
+                   sampler=sampler, callbacks=tuple(callbacks),
+                   setting_fields={label: dict(values) for label, values in labelled.items()})
 
     def write(self) -> Path:
         """<folder>/trial_settings.json, atomically: a reader (a resume after a crash) sees the whole file or none."""
@@ -125,6 +138,7 @@ class TrialRecord(NamedTuple):
     config: DistillConfig         # the trial's full config (base + searched values)
     world_size: int               # DDP ranks of the trial
     reported_kimg: float = math.nan  # kimg of the last result Tune received (NaN: none or unknown)
+    setting: str = ""             # the label of its setting (a Settings dimension: sid.cluster.space), else ''
 
 
 def trial_state(record: TrialRecord, rows: pd.DataFrame, divergence: Divergence) -> tuple[str, str]:
@@ -150,7 +164,7 @@ def trial_row(record: TrialRecord, rows: pd.DataFrame, study: str, divergence: D
         rows = rows[rows["kimg"] <= record.reported_kimg + 1e-9]
     summary = summarise_rows(rows, divergence)
     return dict(
-        study=study, trial_id=record.trial_id,
+        study=study, trial_id=record.trial_id, setting=record.setting,
         **{c: getattr(record.config, c) for c in (*CONFIG_COLUMNS, *MORE_CONFIG_COLUMNS)},
         world_size=int(rows["world_size"].iloc[-1]) if not rows.empty else record.world_size,
         fid_detector=record.config.fid_detector, state=state,
