@@ -12,6 +12,9 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "30")
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by subprocesses and Ray workers
+# Ray runs its workers at nice +15 by default: on a busy machine a test's trial then waits behind every other process
+# and its timeout fires; the same priority as the test itself keeps the tests' timing what the machine gives them.
+os.environ.setdefault("RAY_worker_niceness", "0")
 
 import torch
 
