@@ -48,7 +48,7 @@ from sid.assets import is_url
 from sid.cluster.callbacks import build_callbacks, check_callbacks, check_saved_callbacks
 from sid.cluster.distributed import Reporter, build_trainer, check_resources, connect, default_placement, resolve
 from sid.cluster.resources import TrialResources
-from sid.cluster.search import StorageError, StudyStopper, make_searcher, open_storage, tune_space
+from sid.cluster.search import SaveBeforeStart, StorageError, StudyStopper, make_searcher, open_storage, tune_space
 from sid.cluster.space import (
     FIELD_TYPES,
     OBJECT,
@@ -401,9 +401,10 @@ def _tuner(study: Study, trainable: Any, concurrency: int, settings: TrialSettin
     in_trial = settings.resources.workers == 1
     return ray.tune.Tuner(
         trainable, param_space=param_space,
-        tune_config=ray.tune.TuneConfig(search_alg=search_alg, num_samples=study.num_samples,
-                                        max_concurrent_trials=concurrency, trial_dirname_creator=trial_dirname,
-                                        reuse_actors=in_trial),
+        # SaveBeforeStart: Tune's state saved before a new trial starts, so a resume knows every trial that wrote rows
+        tune_config=ray.tune.TuneConfig(search_alg=search_alg, scheduler=SaveBeforeStart(),
+                                        num_samples=study.num_samples, max_concurrent_trials=concurrency,
+                                        trial_dirname_creator=trial_dirname, reuse_actors=in_trial),
         run_config=ray.tune.RunConfig(
             name=study.name, storage_path=str(study.folder.parent), verbose=0,
             stop=StudyStopper(study.folder, study.divergence, rule),
@@ -432,13 +433,15 @@ def resumed_sampler(study: Study, saved: TrialSettings) -> Any:
 def reattach(tuner: ray.tune.Tuner, study: Study, saved: TrialSettings) -> None:
     """A restored Tuner with the study's callbacks and sampler for this process: keys rebuilt from the registries,
     objects as given again. Tune unpickles the RunConfig and the searcher it saved; the study's own callbacks
-    (StudyCallback, the trackers) stay as restored, the user's (the last len(saved.callbacks)) are replaced."""
+    (StudyCallback, the trackers) stay as restored, the user's (the last len(saved.callbacks)) are replaced. The
+    scheduler is SaveBeforeStart, also for a study saved before it existed (its FIFOScheduler schedules alike)."""
     sampler = resumed_sampler(study, saved) if study.searcher == "optuna" else None
     callbacks = build_callbacks(study, saved.callbacks)
     internal = tuner._local_tuner  # Ray 2.60: Tuner.restore keeps its TunerInternal here (no public setter)
     run_config = internal.get_run_config()
     own = list(run_config.callbacks or [])[:len(run_config.callbacks or []) - len(saved.callbacks)]
     run_config.callbacks = [*own, *callbacks]
+    internal._tune_config.scheduler = SaveBeforeStart()
     if sampler is not None:
         internal._tune_config.search_alg.resumed_sampler = sampler  # applied after Tune restores the searcher
 
