@@ -15,6 +15,7 @@ Parquet before reporting it to Tune (directly, or through TuneReportCallback). A
     train/train-<trial_id>/          a trial of several workers: its Ray Train run (checkpoints: what it continues from)
     trial-<trial_id>/checkpoint_*/   a one-worker trial's checkpoints (Tune's: what it continues from)
     trial_settings.json              what every trial gets (sid.cluster.trials.TrialSettings): the resume contract
+    orphaned/<trial_id>.parquet.orphaned   rows of a trial a resumed study's Tune state did not know (set aside)
     trial-<trial_id>/, experiment_state-*.json, searcher-state-*.pkl, tuner.pkl    Tune's own files
 
 The checks run once per study: Study.validate (the space, every corner config, the batch split, the teacher path,
@@ -63,7 +64,7 @@ from sid.cluster.space import (
     space_data,
 )
 from sid.cluster.stopping import CurveRule
-from sid.cluster.trials import TrialRecord, TrialSettings, write_trials_table
+from sid.cluster.trials import TrialRecord, TrialSettings, set_aside_orphans, write_trials_table
 from sid.cluster.trust import untrusted_study
 from sid.cluster.watch import Progress, evaluation_line
 from sid.config import SEARCHABLE, ConfigError, DistillConfig
@@ -273,13 +274,22 @@ def trial_label(trial: ray.tune.experiment.Trial) -> str:
 class StudyCallback(ray.tune.Callback):
     """In the Tune driver: one line per evaluation and per trial start and end, a study progress line
     (sid.cluster.watch) after each trial start and end and at most every PROGRESS_EVERY_S between them;
-    trials.parquet rewritten at each trial end and at the end of the study."""
+    trials.parquet rewritten at each trial end and at the end of the study; at the first step, the rows of trials
+    Tune's (restored) state does not know set aside (sid.cluster.trials.set_aside_orphans)."""
 
     def __init__(self, folder: Path, study: str, divergence: Divergence, settings: TrialSettings,
                  planned: int = 1) -> None:
         self.folder, self.study, self.divergence, self.settings = folder, study, divergence, settings
         self.final_kimg = settings.base.final_kimg
         self.progress = Progress(planned=planned, final_kimg=self.final_kimg)
+
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        if getattr(self, "orphans_checked", False):  # getattr: a callback unpickled from an older study lacks it
+            return
+        self.orphans_checked = True  # at the first step: Tune's trials are the restored ones and none has started
+        for path in set_aside_orphans(self.folder, [t.trial_id for t in trials]):
+            print(f"set aside {path}: the rows of a trial this study's saved Tune state does not know (it started "
+                  f"after the last save of a study run before Tune's state was saved at each trial start)", flush=True)
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         print(f"[{trial.trial_id}] start  {trial_label(trial)}", flush=True)
