@@ -78,6 +78,9 @@ EVALUATIONS_DIR = "evaluations"        # evaluations/<trial_id>.parquet: every e
 TRIALS_FILE = "trials.parquet"         # one row per trial
 RUNS_DIR = "runs"                      # runs/<trial_id>/: the trial's snapshots, best.pt, sample grids
 STOPS_DIR = "stops"                    # stops/<trial_id>.json: why the study stopped a trial (sid/cluster/search.py)
+# orphaned/<trial_id>.parquet.orphaned: rows of a trial the study's Tune state does not know (sid.cluster.trials
+# set_aside_orphans); the suffix keeps them out of every reader of evaluations
+ORPHANS_DIR, ORPHAN_SUFFIX = "orphaned", ".orphaned"
 TRAIN_DIR = "train"                    # train/train-<trial_id>: the trials' Ray Train runs
 JOURNAL = "optuna.journal"             # the default Optuna storage
 PROGRESS_LOG = "progress.log"          # the progress-file callback's lines (sid/cluster/callbacks.py)

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from analysis import common
-from sid.cluster.trials import TrialRecord, trial_row
+from sid.cluster.trials import TrialRecord, set_aside_orphans, trial_row
 from sid.config import preset
 from sid.results import (
     EVALUATION_KEY,
@@ -143,6 +143,25 @@ def test_summarise_rows_is_the_one_definition(fids, statuses, best, best_kimg, f
     assert got["final_fid"] == pytest.approx(final, nan_ok=True)
     assert (diverged in got["diverged"]) if diverged else got["diverged"] == ""
     assert got["evaluations"] == len(fids) and got["device_hours"] == pytest.approx(10.0 * len(fids) / 3600)
+
+
+@pytest.mark.parametrize("known", [("t1", "t2"), ("t1",), ()], ids=["none-orphaned", "one-orphaned", "all-orphaned"])
+def test_rows_of_trials_the_study_does_not_know_are_set_aside_whole_and_no_longer_read_as_results(tmp_path, known):
+    evaluations = tmp_path / "evaluations"
+    for trial_id in ("t1", "t2"):
+        upsert_evaluations(evaluations / f"{trial_id}.parquet", [row(trial_id, kimg=0.0, fid=30.0),
+                                                                 row(trial_id, kimg=6.4, fid=20.0)])
+    temporary = evaluations / ".t3.parquet.1234.tmp"  # a killed writer's temporary: no trial's rows
+    temporary.write_bytes(b"torn")
+    before = read_evaluations(evaluations)
+    moved = set_aside_orphans(tmp_path, known)
+    orphans = sorted({"t1", "t2"} - set(known))
+    assert [p.relative_to(tmp_path).as_posix() for p in moved] == [f"orphaned/{t}.parquet.orphaned" for t in orphans]
+    assert sorted(read_evaluations(tmp_path)["trial_id"].unique()) == sorted(known)  # the study folder, recursively
+    for path, trial_id in zip(moved, orphans):  # kept whole: the same rows, readable
+        kept = read_parquet(path, EVALUATION_SCHEMA)
+        pd.testing.assert_frame_equal(kept, before[before["trial_id"] == trial_id].reset_index(drop=True))
+    assert temporary.exists() and set_aside_orphans(tmp_path, known) == []  # once only
 
 
 def test_analysis_and_the_study_table_agree_on_every_trial(tmp_path):

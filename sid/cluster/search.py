@@ -13,6 +13,8 @@ successive halving and curve forecasts.
 * Stopping: sid/cluster/stopping.py's rules on the trial's Parquet rows (read, not kept, so a restored study judges the
   whole history); the reason of every stop goes to `<study>/stops/<trial_id>.json` and from there into
   trials.parquet.
+* Saving: `SaveBeforeStart` saves Tune's experiment state (trials, the searcher's state) before a new trial gets a
+  process, so every trial that writes rows is one a resumed study restores (docs/reliability.md, "Study resume").
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import optuna
 import ray.tune
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
+from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from sid.cluster.space import SAMPLERS, Choice, Dimension, Grid, Range, Settings
@@ -214,6 +217,30 @@ class StudyStopper(ray.tune.Stopper):
 
     def stop_all(self) -> bool:
         return False
+
+
+class SaveBeforeStart(FIFOScheduler):
+    """Tune's first-in-first-out scheduling, and Tune's experiment state (experiment_state-*.json: every trial, its
+    config and checkpoints; searcher-state-*.pkl: the Optuna trial of each) saved into the study folder, the write
+    waited for, whenever the searcher added trials since the last such save, before Tune gives any of them a process.
+    Without it Tune saves every 10 s at most: a trial started since then wrote rows a killed study's --resume did not
+    know, and the searcher sampled another trial in its place. One save per step that added trials (as many as the
+    searcher added at once), in the driver, before the new trials start (docs/reliability.md: its time)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.saved = 0  # trials Tune had at this scheduler's last save (a restored study's scheduler starts at 0)
+
+    def choose_trial_to_run(self, tune_controller: Any) -> Any:
+        # Tune calls this once per step, after the searcher added that step's trials and before it starts any trial
+        # (TuneController._maybe_add_actors: every trial's actor, new or reused, is requested after this call).
+        trials = len(tune_controller.get_trials())  # Tune only ever appends to its trials
+        if trials > self.saved:
+            # Ray 2.60: schedulers get the controller wrapped (TrialRunnerWrapper), which keeps it here; its
+            # checkpoint() is Tune's own save (force: now, whatever the period; wait: until it is in the study folder).
+            tune_controller._tune_controller.checkpoint(force=True, wait=True)
+            self.saved = trials
+        return super().choose_trial_to_run(tune_controller)
 
 
 def points_of(rows: Any) -> list[Point]:

@@ -15,6 +15,7 @@ Parquet before reporting it to Tune (directly, or through TuneReportCallback). A
     train/train-<trial_id>/          a trial of several workers: its Ray Train run (checkpoints: what it continues from)
     trial-<trial_id>/checkpoint_*/   a one-worker trial's checkpoints (Tune's: what it continues from)
     trial_settings.json              what every trial gets (sid.cluster.trials.TrialSettings): the resume contract
+    orphaned/<trial_id>.parquet.orphaned   rows of a trial a resumed study's Tune state did not know (set aside)
     trial-<trial_id>/, experiment_state-*.json, searcher-state-*.pkl, tuner.pkl    Tune's own files
 
 The checks run once per study: Study.validate (the space, every corner config, the batch split, the teacher path,
@@ -48,7 +49,7 @@ from sid.assets import is_url
 from sid.cluster.callbacks import build_callbacks, check_callbacks, check_saved_callbacks
 from sid.cluster.distributed import Reporter, build_trainer, check_resources, connect, default_placement, resolve
 from sid.cluster.resources import TrialResources
-from sid.cluster.search import StorageError, StudyStopper, make_searcher, open_storage, tune_space
+from sid.cluster.search import SaveBeforeStart, StorageError, StudyStopper, make_searcher, open_storage, tune_space
 from sid.cluster.space import (
     FIELD_TYPES,
     OBJECT,
@@ -65,7 +66,7 @@ from sid.cluster.space import (
     space_data,
 )
 from sid.cluster.stopping import CurveRule
-from sid.cluster.trials import TrialRecord, TrialSettings, write_trials_table
+from sid.cluster.trials import TrialRecord, TrialSettings, set_aside_orphans, write_trials_table
 from sid.cluster.trust import untrusted_study
 from sid.cluster.watch import Progress, evaluation_line
 from sid.config import SEARCHABLE, ConfigError, DistillConfig
@@ -295,13 +296,22 @@ def trial_label(trial: ray.tune.experiment.Trial) -> str:
 class StudyCallback(ray.tune.Callback):
     """In the Tune driver: one line per evaluation and per trial start and end, a study progress line
     (sid.cluster.watch) after each trial start and end and at most every PROGRESS_EVERY_S between them;
-    trials.parquet rewritten at each trial end and at the end of the study."""
+    trials.parquet rewritten at each trial end and at the end of the study; at the first step, the rows of trials
+    Tune's (restored) state does not know set aside (sid.cluster.trials.set_aside_orphans)."""
 
     def __init__(self, folder: Path, study: str, divergence: Divergence, settings: TrialSettings,
                  planned: int = 1) -> None:
         self.folder, self.study, self.divergence, self.settings = folder, study, divergence, settings
         self.final_kimg = settings.base.final_kimg
         self.progress = Progress(planned=planned, final_kimg=self.final_kimg)
+
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        if getattr(self, "orphans_checked", False):  # getattr: a callback unpickled from an older study lacks it
+            return
+        self.orphans_checked = True  # at the first step: Tune's trials are the restored ones and none has started
+        for path in set_aside_orphans(self.folder, [t.trial_id for t in trials]):
+            print(f"set aside {path}: the rows of a trial this study's saved Tune state does not know (it started "
+                  f"after the last save of a study run before Tune's state was saved at each trial start)", flush=True)
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         print(f"[{trial.trial_id}] start  {trial_label(trial)}", flush=True)
@@ -427,9 +437,10 @@ def _tuner(study: Study, trainable: Any, concurrency: int, settings: TrialSettin
     in_trial = settings.resources.workers == 1
     return ray.tune.Tuner(
         trainable, param_space=param_space,
-        tune_config=ray.tune.TuneConfig(search_alg=search_alg, num_samples=study.num_samples,
-                                        max_concurrent_trials=concurrency, trial_dirname_creator=trial_dirname,
-                                        reuse_actors=in_trial),
+        # SaveBeforeStart: Tune's state saved before a new trial starts, so a resume knows every trial that wrote rows
+        tune_config=ray.tune.TuneConfig(search_alg=search_alg, scheduler=SaveBeforeStart(),
+                                        num_samples=study.num_samples, max_concurrent_trials=concurrency,
+                                        trial_dirname_creator=trial_dirname, reuse_actors=in_trial),
         run_config=ray.tune.RunConfig(
             name=study.name, storage_path=str(study.folder.parent), verbose=0,
             stop=StudyStopper(study.folder, study.divergence, rule),
@@ -458,13 +469,15 @@ def resumed_sampler(study: Study, saved: TrialSettings) -> Any:
 def reattach(tuner: ray.tune.Tuner, study: Study, saved: TrialSettings) -> None:
     """A restored Tuner with the study's callbacks and sampler for this process: keys rebuilt from the registries,
     objects as given again. Tune unpickles the RunConfig and the searcher it saved; the study's own callbacks
-    (StudyCallback, the trackers) stay as restored, the user's (the last len(saved.callbacks)) are replaced."""
+    (StudyCallback, the trackers) stay as restored, the user's (the last len(saved.callbacks)) are replaced. The
+    scheduler is SaveBeforeStart, also for a study saved before it existed (its FIFOScheduler schedules alike)."""
     sampler = resumed_sampler(study, saved) if study.searcher == "optuna" else None
     callbacks = build_callbacks(study, saved.callbacks)
     internal = tuner._local_tuner  # Ray 2.60: Tuner.restore keeps its TunerInternal here (no public setter)
     run_config = internal.get_run_config()
     own = list(run_config.callbacks or [])[:len(run_config.callbacks or []) - len(saved.callbacks)]
     run_config.callbacks = [*own, *callbacks]
+    internal._tune_config.scheduler = SaveBeforeStart()
     if sampler is not None:
         internal._tune_config.search_alg.resumed_sampler = sampler  # applied after Tune restores the searcher
 

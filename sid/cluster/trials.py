@@ -21,7 +21,15 @@ import pandas as pd
 from sid.cluster.resources import TrialResources
 from sid.cluster.space import Settings, StudyError, check_settings
 from sid.config import ConfigError, DistillConfig
-from sid.files import EVALUATIONS_DIR, SETTINGS_FILE, STOPS_DIR, TRIALS_FILE, write_text_atomic
+from sid.files import (
+    EVALUATIONS_DIR,
+    ORPHAN_SUFFIX,
+    ORPHANS_DIR,
+    SETTINGS_FILE,
+    STOPS_DIR,
+    TRIALS_FILE,
+    write_text_atomic,
+)
 from sid.results import CONFIG_COLUMNS, MORE_CONFIG_COLUMNS, Divergence, read_evaluations, summarise_rows, write_trials
 
 
@@ -187,6 +195,22 @@ def write_trials_table(folder: Path, study: str, records: Iterable[TrialRecord],
     if not table.empty:
         write_trials(folder / TRIALS_FILE, table)
     return table
+
+
+def set_aside_orphans(folder: Path, trial_ids: Iterable[str]) -> list[Path]:
+    """Move the rows file of every trial not in `trial_ids` (every trial of the study's Tune state) from
+    <folder>/evaluations/ to <folder>/orphaned/<trial_id>.parquet.orphaned, where no reader of evaluations takes it
+    for a result; return the moved files. Such rows come from a trial that started after Tune's last save in a study
+    run before Tune's state was saved at each trial start (sid.cluster.search.SaveBeforeStart): a resume does not
+    know that trial and samples another in its place, so its rows would count as a trial the study never had."""
+    evaluations, known, moved = Path(folder) / EVALUATIONS_DIR, set(trial_ids), []
+    for path in sorted(evaluations.glob("*.parquet")) if evaluations.is_dir() else []:
+        if path.stem not in known and not path.name.startswith("."):
+            target = Path(folder) / ORPHANS_DIR / f"{path.name}{ORPHAN_SUFFIX}"
+            target.parent.mkdir(exist_ok=True)
+            path.replace(target)  # a rename: the rows are kept as they were
+            moved.append(target)
+    return moved
 
 
 def summary(trials: pd.DataFrame, searched: Sequence[str]) -> str:
