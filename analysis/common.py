@@ -37,13 +37,17 @@ plt.switch_backend("Agg")  # figures are files; never open a window or need a di
 
 KEYS = ["study", "trial_id"]
 # Runs that differ only in seed form one setting; they are averaged over.
-SETTING = ["study", *(c for c in CONFIG_COLUMNS if c != "seed"), "method", "setting", "fid_detector", "fid_images"]
+# The searchable fields beyond the rows' first config columns (ema_mimg, dropout, ...): a study may vary them too.
+MORE_SETTINGS = tuple(c for c in SEARCHABLE if c not in (*CONFIG_COLUMNS, "method"))
+SETTING = ["study", *(c for c in CONFIG_COLUMNS if c != "seed"), "method", "setting", *MORE_SETTINGS, "fid_detector",
+           "fid_images"]  # the metric last: its detector and images name a table's axis
 # A label of several fields at once (a study's Settings dimension, sid.cluster.space): its trials' `setting` column.
 LABEL = "setting"
 
 
 def setting_columns(frame: pd.DataFrame) -> list[str]:
-    """The SETTING columns a table has: one from before a column existed (method: before SiDA) holds one value."""
+    """The SETTING columns a table has: one from before a column existed (method: before SiDA; ema_mimg, dropout, ...
+    before every field was searchable) holds one value."""
     return [c for c in SETTING if c in frame.columns]
 
 
@@ -165,6 +169,7 @@ def summarise(evals: pd.DataFrame, stored: pd.DataFrame | None = None) -> pd.Dat
             **{c: last[c] for c in (*CONFIG_COLUMNS, "world_size", "fid_detector")},
             "method": last.get("method"),  # null in rows from before SiDA (those are SiD)
             LABEL: last.get(LABEL),  # a study's setting label ('' for none; null in rows from before the column)
+            **{c: last[c] for c in MORE_SETTINGS if c in g.columns},
             "fid_images": int(best["fid_images"] if best is not None else last["fid_images"]),
             "state": "diverged" if summary["diverged"] else "completed",
             **{k: summary[k] for k in ("best_fid", "best_kimg", "final_fid", "last_kimg", "evaluations",
