@@ -130,12 +130,14 @@ def test_ray_share_counts_each_trials_wait_for_its_slot_and_its_time_outside_the
     assert share == pytest.approx(9 / 35)
 
 
-def test_a_runs_phases_add_up_to_its_wall_time():
+@pytest.mark.parametrize("rescore", [0.0, 2.5])  # a study's closing re-score is its own column, not 'rest'
+def test_a_runs_phases_add_up_to_its_wall_time(rescore):
     timeline = [phase("ray_start", 1, 4), phase("load_teacher", 10, 11), phase("load_evaluator", 11, 12),
-                phase("train", 12, 20), phase("evaluate", 20, 22), phase("write", 22, 23)]
+                phase("train", 12, 20), phase("evaluate", 20, 22), phase("write", 22, 23),
+                *([phase("rescore", 24, 24 + rescore)] if rescore else [])]
     row = breakdown(30.0, timeline, start=0.0)
     assert row == dict(total=30.0, **{"ray start": 3.0, "load": 2.0, "train": 8.0, "eval": 2.0, "write": 1.0,
-                                      "to trial": 6.0, "rest": 8.0})
+                                      "rescore": rescore, "to trial": 6.0, "rest": 8.0 - rescore})
 
 
 @pytest.mark.parametrize("name, threads", [("fp32-t1", 1), ("bf16-tf32-cl-t4", 4), ("bf16-tf32", None),
