@@ -66,8 +66,9 @@ def build_parser(doc: str, *, swept: tuple[str, ...], asha: bool) -> Parser:
     group.add_argument("--plan-cluster", default=None,
                        help="the cluster --plan prices, e.g. GPU=8,CPU=64 (default: this machine)")
     group.add_argument("--calibration", type=Path, default=None,
-                       help="--plan from this stored calibration.json (one of the preset on the cluster's device) "
-                            "instead of measuring one here")
+                       help="a stored calibration.json of the preset on the cluster's device: --plan prices from it "
+                            "instead of measuring one here; a study's progress line takes its ETA from it until the "
+                            "trials have measured their rate (default: the study folder's, written by --plan)")
     group.add_argument("--address", default=None,
                        help="Ray cluster: 'auto' joins a running cluster, or host:port (default: start a local Ray)")
     group.add_argument("--max-concurrent", type=int, default=None,
@@ -162,7 +163,8 @@ def main(parser: argparse.ArgumentParser, args: argparse.Namespace, *, script: s
         plan(parser, spec, args)
         return
     try:
-        trials = run_study(spec, resume=args.resume, address=args.address, config_text=config_yaml(values))
+        trials = run_study(spec, resume=args.resume, address=args.address, config_text=config_yaml(values),
+                           calibration=args.calibration)
     except (StudyError, ResourceError) as exc:  # bad study or a trial the cluster cannot hold: one line
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the interrupted study with its saved settings")
     parser.add_argument("--address", default=None,
                         help="Ray cluster: 'auto' joins a running cluster, or host:port (default: start a local Ray)")
+    parser.add_argument("--calibration", type=Path, default=None,
+                        help="a stored calibration.json of the preset: the progress line's ETA until the trials have "
+                             "measured their rate (default: the study folder's, written by --plan)")
     args = parser.parse_args(argv)
     # Ray loads here, when a study runs: --help and bad flags answer at once.
     from sid.cluster.distributed import ResourceError  # noqa: PLC0415
@@ -34,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         study = read_study_file(args.file, **({"storage": args.storage} if args.storage else {}))
         trials = run_study(study, resume=args.resume, address=args.address,
-                           config_text=args.file.read_text())
+                           config_text=args.file.read_text(), calibration=args.calibration)
     except (StudyError, ResourceError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         sys.exit(2)
