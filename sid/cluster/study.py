@@ -491,7 +491,7 @@ def run_study(study: Study, *, resume: bool = False, address: str | None = None,
     own view of it is sid.cluster.trust.result_grid(study.folder). `config_text`: the study command's resolved
     config, written to <folder>/config.yaml (a resume keeps the first one). `calibration`: a calibration.json of the
     preset (sid.plan) for the progress line's ETA until the trials have measured their rate; default: the one --plan
-    left in the study folder, if any.
+    left in the study folder, if any (a resumed study keeps its first run's).
 
     Uses the connected Ray if there is one, else joins `address` ('auto': a running cluster) or starts a local one.
     A resumed study keeps its saved definition (space, searcher and Optuna state, scheduler); unfinished and errored
@@ -512,7 +512,8 @@ def run_study(study: Study, *, resume: bool = False, address: str | None = None,
     if not resume and folder.exists() and any(p.name not in (PLAN_FILE, CALIBRATION_FILE) for p in folder.iterdir()):
         raise StudyError(f"{folder} already holds a study; pass --resume to continue it, or another --name")
     try:
-        calibrated = study_calibration(folder, study.base.preset, calibration)
+        # a resumed study's progress line is its first run's, restored with Tune's callbacks
+        calibrated = None if resume else study_calibration(folder, study.base.preset, calibration)
     except PlanError as exc:
         raise StudyError(str(exc)) from None
     started = connect(address, quiet=True)  # our progress lines, not Tune's tables
