@@ -62,8 +62,9 @@ def student_kwargs(teacher_kwargs: dict, config: DistillConfig) -> dict:
     return {**teacher_kwargs, "dropout": config.dropout, "use_fp16": config.precision == "fp16"}
 
 
-def check_architecture(saved: dict, built: dict) -> None:
-    """ValueError naming every differing constructor argument when a state was made with another network."""
+def check_state_architecture(saved: dict, built: dict) -> None:
+    """ValueError naming every differing constructor argument when a training state (its `saved` generator_init_kwargs)
+    was made with another network than the one this run `built`."""
     differences = architecture_difference(dict(saved or {}), dict(built))
     if differences:
         diff = ", ".join(f"{k}: saved {a!r}, this run {b!r}" for k, (a, b) in differences.items())
@@ -355,7 +356,7 @@ class Distiller:
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from `state`; a ValueError naming both architectures if it was made with another network."""
-        check_architecture(state.get("generator_init_kwargs"), self.generator.init_kwargs)
+        check_state_architecture(state.get("generator_init_kwargs"), self.generator.init_kwargs)
         self.fake_score.load_state_dict(state["fake_score"])
         self.generator.load_state_dict(state["generator"])
         self.generator_ema.load_state_dict(state["generator_ema"])

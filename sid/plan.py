@@ -11,7 +11,11 @@ device (r = training images per second, e = evaluation images per second, s = ea
     evaluation s per trial = sum of the evaluations' images / e   (rank 0 evaluates alone)
     trial s                = s + training + evaluation
     device-hours           = T x trial s x W / 3600      (the devices a trial holds, evaluations and setup included)
-    wall s                 = ceil(T / C) x trial s       (whole waves of trials)
+    wall s                 = ceil(T / C) x trial s       (whole waves of trials: finish_s)
+
+A running study's ETA (sid/cluster/watch.py) is the same model (finish_s) on what is left: each running trial's
+remaining seconds, then the pending trials of trial s each, C at a time; trial s from the calibration until the
+trials have measured their own rate.
 
 Ray's start (once) and its per-trial cost are not in it: benchmarks/ray_overhead.py measures them (docs/studies.md).
 The stopping rule's saving is a range of the training images: 0 (no trial stopped) to the most the rule can stop.
@@ -20,6 +24,7 @@ The stopping rule's saving is a range of the training images: 0 (no trial stoppe
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import json
 import math
 from dataclasses import dataclass
@@ -134,6 +139,19 @@ class Plan:
         ])
 
 
+def study_calibration(folder: str | Path, preset: str, path: str | Path | None = None) -> Calibration | None:
+    """The calibration a study's ETA starts from: the file at `path` if given, else the one --plan left in the study
+    `folder`, else None. PlanError (one line) for an unreadable file or a calibration of another preset."""
+    if path is None:
+        path = Path(folder) / CALIBRATION_FILE
+        if not path.is_file():
+            return None
+    calibration = Calibration.read(path)
+    if calibration.preset != preset:
+        raise PlanError(f"{path}: the calibration is of preset {calibration.preset!r}, the study runs {preset!r}")
+    return calibration
+
+
 def _read_json(path: str | Path, what: str) -> dict[str, Any]:
     try:
         data = json.loads(Path(path).read_bytes())
@@ -169,6 +187,32 @@ def stopping_saving(trials: int, final_kimg: float, *, grace_kimg: float | None,
     return 0.0, most
 
 
+def trial_images(config: Any) -> tuple[int, int]:
+    """(training, evaluation) images of one trial of `config` (a sid.config.DistillConfig) run to its end."""
+    return config.iterations * config.batch, sum(config.fid_images_at(i) for i in config.evaluation_iterations())
+
+
+def trial_seconds(calibration: Calibration, *, workers: int, images: int,
+                  eval_images: int) -> tuple[float, float, float]:
+    """(setup, training, evaluation) seconds of one trial of `images` training and `eval_images` evaluation images on
+    `workers` devices by the calibration (the module docstring's arithmetic); a trial takes their sum."""
+    return (calibration.setup_s, images / (calibration.train_images_per_s * workers),
+            eval_images / calibration.eval_images_per_s)
+
+
+def finish_s(left_s: list[float], pending: int, trial_s: float, concurrency: int) -> float:
+    """Seconds until the last trial ends: the running trials end after their `left_s`, each pending trial (of
+    `trial_s`) starts in the first of the `concurrency` slots to come free. Nothing running: ceil(pending /
+    concurrency) x trial_s, the plan's wall time."""
+    slots = [max(0.0, s) for s in left_s] + [0.0] * max(0, concurrency - len(left_s))
+    if not slots:
+        slots = [0.0]
+    heapq.heapify(slots)
+    for _ in range(pending):
+        heapq.heapreplace(slots, slots[0] + trial_s)
+    return max(slots)
+
+
 def make_plan(*, study: str, preset: str, trials: int, workers: int, concurrency: int, cluster: str,
               images_per_trial: int, eval_images_per_trial: int, calibration: Calibration,
               stopping: str = "none", saving: tuple[float, float] = (0.0, 0.0)) -> Plan:
@@ -180,14 +224,14 @@ def make_plan(*, study: str, preset: str, trials: int, workers: int, concurrency
     if concurrency < 1:
         raise PlanError(f"no trial fits on {cluster} ({workers} device(s) per trial)")
     c = calibration
-    train_s = images_per_trial / (c.train_images_per_s * workers)
-    eval_s = eval_images_per_trial / c.eval_images_per_s
-    trial_s = c.setup_s + train_s + eval_s
+    setup_s, train_s, eval_s = trial_seconds(c, workers=workers, images=images_per_trial,
+                                             eval_images=eval_images_per_trial)
+    trial_s = setup_s + train_s + eval_s
     return Plan(study=study, preset=preset, trials=trials, workers=workers, concurrency=concurrency, cluster=cluster,
                 kimg_per_trial=images_per_trial / 1000, images=trials * images_per_trial,
-                eval_images=trials * eval_images_per_trial, setup_s=c.setup_s, train_s=train_s, eval_s=eval_s,
+                eval_images=trials * eval_images_per_trial, setup_s=setup_s, train_s=train_s, eval_s=eval_s,
                 trial_s=trial_s, device_hours=trials * trial_s * workers / 3600,
                 train_device_hours=trials * train_s * workers / 3600,
-                wall_s=math.ceil(trials / concurrency) * trial_s, stopping=stopping, saving_low=saving[0],
+                wall_s=finish_s([], trials, trial_s, concurrency), stopping=stopping, saving_low=saving[0],
                 saving_high=saving[1], calibration=c)
 

@@ -53,8 +53,9 @@ def add_before_run_flags(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--plan-cluster", default=None,
                        help="the cluster --plan prices, e.g. GPU=8,CPU=64 (default: this machine)")
     group.add_argument("--calibration", type=Path, default=None,
-                       help="--plan from this stored calibration.json (one of the preset on the cluster's device) "
-                            "instead of measuring one here")
+                       help="a stored calibration.json of the preset on the cluster's device: --plan prices from it "
+                            "instead of measuring one here; a study's progress line takes its ETA from it until the "
+                            "trials have measured their rate (default: the study folder's, written by --plan)")
 
 
 def before_run(parser: Parser, spec: Study, args: argparse.Namespace) -> bool:
@@ -194,7 +195,8 @@ def run(parser: Parser, args: argparse.Namespace, spec: Study, *, config_text: s
     if before_run(parser, spec, args):
         return
     try:
-        trials = run_study(spec, resume=args.resume, address=args.address, config_text=config_text)
+        trials = run_study(spec, resume=args.resume, address=args.address, config_text=config_text,
+                           calibration=args.calibration)
     except (StudyError, ResourceError) as exc:  # bad study or a trial the cluster cannot hold: one line
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     try:
         trials = run_study(study, resume=args.resume, address=args.address,
-                           config_text=args.file.read_text())
+                           config_text=args.file.read_text(), calibration=args.calibration)
     except (StudyError, ResourceError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         sys.exit(2)

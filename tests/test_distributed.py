@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,6 +26,7 @@ from sid.results import read_evaluations
 from sid.run import run_local
 from sid.teachers import load_teacher
 from sid.testing.fixtures import DDP_TINY, assert_same_networks, flags, make_teacher
+from sid.testing.processes import kill_during_run
 
 pytestmark = pytest.mark.ray
 
@@ -114,23 +113,12 @@ def test_cli_run_survives_a_killed_worker_without_losing_or_duplicating_rows(tmp
     tiny_flags = flags(**{k: v for k, v in DDP_TINY.items() if k != "duration_kimg"})
     command = [sys.executable, "-m", "sid", "distill", "--workers", "2", "--out", str(out), "--duration-kimg=0.096",
                f"--teacher={teacher}", "--no-progress", *tiny_flags]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        victim = None
-        deadline = time.time() + 120
-        while victim is None and process.poll() is None and time.time() < deadline:
-            rows = out / "evaluations.parquet"
-            # 3 rows: the checkpoint reported after the first is registered by Ray Train by then (a kill right after
-            # a row can come before its checkpoint's registration, and the group then rightly starts over)
-            if rows.exists() and len(read_evaluations(rows)) >= 3:
-                victim = worker_info(out, 1)["pid"]
-                os.kill(victim, signal.SIGKILL)
-            time.sleep(0.05)
-        log, _ = process.communicate(timeout=150)
-    finally:
-        process.kill()
+    # 3 rows: the checkpoint reported after the first is registered by Ray Train by then (a kill right after a row
+    # can come before its checkpoint's registration, and the group then rightly starts over)
+    victim, log, code = kill_during_run(command, out, lambda process: worker_info(out, 1)["pid"], cwd=ROOT, rows=3,
+                                        wait_s=120, run_s=150)
     assert victim is not None, f"the run ended before a worker could be killed:\n{log[-3000:]}"
-    assert process.returncode == 0, log[-3000:]
+    assert code == 0, log[-3000:]
     assert worker_info(out, 1)["pid"] != victim  # the worker group was restarted...
     assert worker_info(out, 1)["restored_iteration"] is not None  # ...from a checkpoint, not from scratch (the
     # rank's own record: its "continuing at kimg" line may not reach the driver's log before the driver exits)

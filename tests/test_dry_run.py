@@ -1,7 +1,8 @@
 """A study's dry run (sid.cluster.dry_run) on a simulated GPU cluster: a ray.cluster_utils.Cluster whose two worker
-nodes declare 4 GPUs each and a head with none. The dry run's workers touch no CUDA (gloo, CPU loads), so fake GPUs
-suffice; each node has its own asset cache (SID_CACHE in the node's environment), and the teacher is a local file
-served through the URL code path (file://)."""
+nodes declare 2 GPUs each and a head with none, one cluster for the module (2 GPUs a node: as few worker processes as
+show packing, waiting and sharing, on a 2-core machine). The dry run's workers touch no CUDA (gloo, CPU loads), so
+fake GPUs suffice; each node has its own asset cache (SID_CACHE in the node's environment), and the teacher is a local
+file served through the URL code path (file://)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
+from sid.cluster import dry_run
 from sid.cluster.distributed import LOCAL_RAY_ENV, RAY_ENV, ResourceError
 from sid.cluster.dry_run import (
     MARKER,
@@ -35,7 +37,8 @@ from sid.results import read_parquet
 from sid.testing.fixtures import TINY, flags, make_teacher
 
 pytestmark = pytest.mark.ray
-GPUS_PER_NODE, NODES = 4, 2
+GPUS_PER_NODE, NODES = 2, 2
+WORKERS = GPUS_PER_NODE  # of a whole-GPU trial: one fills a node
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +46,8 @@ def gpu_cluster(tmp_path_factory):
     for key, value in LOCAL_RAY_ENV.items():  # the Train controllers run in the raylets' environment
         os.environ.setdefault(key, value)
     caches = tmp_path_factory.mktemp("caches")
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0}, connect=False)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0, "include_dashboard": False},
+                      connect=False)
     for i in range(NODES):
         cluster.add_node(num_cpus=GPUS_PER_NODE, num_gpus=GPUS_PER_NODE, env_vars={"SID_CACHE": str(caches / str(i))})
     cluster.wait_for_nodes()
@@ -69,21 +73,21 @@ def drivers(folder: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def whole_gpu_trials(gpu_cluster, teacher_url, tmp_path_factory):
-    """3 trials of 4 one-GPU workers on 2 nodes of 4 GPUs: 2 fit at once, the third waits."""
+    """3 trials of 2 one-GPU workers on 2 nodes of 2 GPUs: 2 fit at once, the third waits."""
     spec = study(teacher_url, tmp_path_factory.mktemp("results"), "packed", [0.5, 1.0, 1.2],
-                 workers=4, gpus_per_worker=1.0)
+                 workers=WORKERS, gpus_per_worker=1.0)
     return spec, dry_run_study(spec, hold_s=3.0)
 
 
 @pytest.mark.timeout(240)
 def test_each_worker_holds_one_gpu_and_the_cpu_the_flags_ask_for(whole_gpu_trials):
     _, table = whole_gpu_trials
-    assert len(table) == 3 * 4 and table.groupby("trial_id").size().eq(4).all()
+    assert len(table) == 3 * WORKERS and table.groupby("trial_id").size().eq(WORKERS).all()
     held = table["resources"].map(json.loads)
     assert held.map(lambda r: r["GPU"]).eq(1.0).all()
-    assert held.map(lambda r: r["CPU"]).sub(1.0 - DRIVER_CPU / 4).abs().lt(1e-9).all()  # the driver's share
+    assert held.map(lambda r: r["CPU"]).sub(1.0 - DRIVER_CPU / WORKERS).abs().lt(1e-9).all()  # the driver's share
     assert table["gpu_ids"].map(json.loads).map(len).eq(1).all()
-    assert table["ranks_reduced"].eq(4).all() and table["world_size"].eq(4).all()
+    assert table["ranks_reduced"].eq(WORKERS).all() and table["world_size"].eq(WORKERS).all()
 
 
 @pytest.mark.timeout(240)
@@ -99,7 +103,7 @@ def test_a_trial_that_fits_one_node_is_packed_on_one_node_on_distinct_gpus(whole
     _, table = whole_gpu_trials
     for _, mine in table.groupby("trial_id"):
         assert mine["node_id"].nunique() == 1
-        assert sorted(json.loads(ids)[0] for ids in mine["gpu_ids"]) == ["0", "1", "2", "3"]
+        assert sorted(json.loads(ids)[0] for ids in mine["gpu_ids"]) == [str(i) for i in range(GPUS_PER_NODE)]
     assert table["node_id"].nunique() == NODES  # two trials at once need both nodes
 
 
@@ -107,7 +111,7 @@ def test_a_trial_that_fits_one_node_is_packed_on_one_node_on_distinct_gpus(whole
 def test_concurrent_trials_never_exceed_the_gpus_and_no_gpu_is_held_twice(whole_gpu_trials):
     _, table = whole_gpu_trials
     spans = [(g["start"].min(), g["end"].max()) for _, g in table.groupby("trial_id")]
-    assert max_overlap(spans) <= NODES * GPUS_PER_NODE // 4
+    assert max_overlap(spans) <= NODES * GPUS_PER_NODE // WORKERS
     for (node, gpu), users in table.assign(gpu=table["gpu_ids"].map(lambda s: json.loads(s)[0])).groupby(
             ["node_id", "gpu"]):
         assert max_overlap(list(zip(users["start"], users["end"]))) == 1, (node, gpu)
@@ -133,14 +137,14 @@ def test_the_placements_table_is_written_and_summarised(whole_gpu_trials):
     assert (folder / MARKER).exists() and folder.name == "packed-dry-run" and not spec.folder.exists()
     pd.testing.assert_frame_equal(read_parquet(folder / PLACEMENTS_FILE), table)
     text = summary(table)
-    assert text.count("4 worker(s), GPU") == 3 and text.endswith("trial(s) ran at once")
+    assert text.count(f"{WORKERS} worker(s), GPU") == 3 and text.endswith("trial(s) ran at once")
 
 
 @pytest.mark.timeout(240)
 def test_fractional_gpu_trials_share_gpus_at_most_two_to_one(gpu_cluster, teacher_url, tmp_path):
-    spec = study(teacher_url, tmp_path, "shared", [0.5, 1.0, 1.2, 1.5], workers=1, gpus_per_worker=0.5)
+    spec = study(teacher_url, tmp_path, "shared", [0.5, 1.0, 1.2], workers=1, gpus_per_worker=0.5)  # 3 at once
     table = dry_run_study(spec, hold_s=1.0)
-    assert len(table) == 4
+    assert len(table) == 3
     assert table["resources"].map(lambda r: json.loads(r)["GPU"]).eq(0.5).all()
     for _, users in table.assign(gpu=table["gpu_ids"].map(lambda s: json.loads(s)[0])).groupby(["node_id", "gpu"]):
         assert max_overlap(list(zip(users["start"], users["end"]))) <= 2
@@ -155,11 +159,12 @@ def test_the_study_script_dry_run_prints_where_each_trial_ran(gpu_cluster, teach
                                                               script, searched):
     for key in RAY_ENV:  # the scripts set none of Ray's environment: connect() does, also on a cluster joined before
         monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(dry_run, "DEFAULT_HOLD_S", 0.0)  # one trial: nothing to overlap with
     importlib.import_module(f"studies.{script}").main(
         ["--dry-run", "--teacher", teacher_url, *searched, "--workers", "2", "--storage", str(tmp_path),
          *flags(**TINY)])
     out = capsys.readouterr().out
-    assert "up to 4 trial(s) at once, 2 worker(s) x {'CPU': 0.995, 'GPU': 1.0}" in out
+    assert "up to 2 trial(s) at once, 2 worker(s) x {'CPU': 0.995, 'GPU': 1.0}" in out
     assert "2 worker(s), GPU " in out and "at most 1 trial(s) ran at once" in out
     assert f"placements: {tmp_path.resolve() / f'{script}-digits-study-dry-run' / PLACEMENTS_FILE}" in out
     assert not (tmp_path / f"{script}-digits-study").exists()  # the study's own folder stays free
@@ -170,8 +175,8 @@ def test_the_study_script_dry_run_prints_where_each_trial_ran(gpu_cluster, teach
 def test_a_trial_the_cluster_cannot_hold_fails_before_anything_waits(gpu_cluster, teacher_url, tmp_path):
     spec = study(teacher_url, tmp_path, "too-big", [1.0], workers=GPUS_PER_NODE + 1, gpus_per_worker=1.0,
                  placement_strategy="STRICT_PACK")
-    spec = dataclasses.replace(spec, base=spec.base.replace(batch=10, batch_per_device=2))  # splits over 5 ranks
-    with pytest.raises(ResourceError, match="room for 4 such worker"):
+    spec = dataclasses.replace(spec, base=spec.base.replace(batch=6, batch_per_device=2))  # splits over 3 ranks
+    with pytest.raises(ResourceError, match=f"room for {GPUS_PER_NODE} such worker"):
         dry_run_study(spec, hold_s=0.0)
 
 

@@ -8,29 +8,9 @@ import scipy.stats
 import torch
 
 from sid.losses import fake_score_loss, finite_samples, generator_loss, sample_fake_score_sigma, sample_generator_sigma
+from sid.testing.losses import ToyDenoiser
 
 N, C, H, W = 6, 3, 4, 4
-
-
-class LinearDenoiser(torch.nn.Module):
-    """EDM-preconditioned denoiser whose 'network' mixes channels per pixel: F = tanh(A c_in x + b + E label)."""
-
-    def __init__(self, seed: int, label_dim: int = 0):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.A = torch.nn.Parameter(torch.randn(C, C, generator=g) * 0.5)
-        self.b = torch.nn.Parameter(torch.randn(C, generator=g) * 0.1)
-        self.E = torch.nn.Parameter(torch.randn(max(label_dim, 1), C, generator=g) * 0.1)
-        self.last_input = None
-
-    def forward(self, x, sigma, class_labels=None, augment_labels=None):
-        self.last_input = x
-        s = sigma.reshape(-1, 1, 1, 1).to(x.dtype)
-        c_skip, c_out, c_in = 0.25 / (s**2 + 0.25), 0.5 * s / (s**2 + 0.25).sqrt(), 1 / (s**2 + 0.25).sqrt()
-        h = torch.einsum("ij,njhw->nihw", self.A.to(x.dtype), c_in * x) + self.b.to(x.dtype).reshape(1, C, 1, 1)
-        if class_labels is not None:
-            h = h + (class_labels.to(x.dtype) @ self.E.to(x.dtype)).reshape(-1, C, 1, 1)
-        return c_skip * x + c_out * torch.tanh(h)
 
 
 def frozen(net):
@@ -63,7 +43,7 @@ def reference_fake_score_loss(fake, images, sigma, noise, labels=None):
 @pytest.mark.parametrize("alpha", [0.5, 1.0, 1.2])
 @pytest.mark.parametrize("conditional", [False, True])
 def test_generator_loss_matches_float64_reference(alpha, conditional):
-    teacher, fake = frozen(LinearDenoiser(1, label_dim=4)), frozen(LinearDenoiser(2, label_dim=4))
+    teacher, fake = frozen(ToyDenoiser(1, label_dim=4)), frozen(ToyDenoiser(2, label_dim=4))
     images, sigma, noise = inputs()
     labels = torch.eye(4)[torch.arange(N) % 4] if conditional else None
     got = generator_loss(teacher, fake, images, labels, alpha=alpha, sigma=sigma, noise=noise)
@@ -75,7 +55,7 @@ def test_generator_loss_matches_float64_reference(alpha, conditional):
 
 def test_generator_loss_alpha_one_is_inner_product_with_fake_residual():
     # Hand-derived special case: alpha = 1 leaves <f_phi - f_psi, f_psi - x_g> / w; identical networks give 0.
-    teacher = frozen(LinearDenoiser(1))
+    teacher = frozen(ToyDenoiser(1))
     images, sigma, noise = inputs()
     got = generator_loss(teacher, teacher, images, alpha=1.0, sigma=sigma, noise=noise)
     assert torch.equal(got, torch.zeros(N))
@@ -83,7 +63,7 @@ def test_generator_loss_alpha_one_is_inner_product_with_fake_residual():
 
 @pytest.mark.parametrize("with_augment_labels", [False, True])
 def test_fake_score_loss_matches_float64_reference(with_augment_labels):
-    fake = LinearDenoiser(3)
+    fake = ToyDenoiser(3)
     images, sigma, noise = inputs(1)
     aug = torch.randn(N, 9) if with_augment_labels else None
     got = fake_score_loss(fake, images, sigma=sigma, noise=noise, augment_labels=aug)
@@ -100,7 +80,7 @@ def test_fake_score_weight_is_edm_lambda():
 
 
 def test_generator_gradient_reaches_generator_through_frozen_networks():
-    teacher, fake = frozen(LinearDenoiser(1)), frozen(LinearDenoiser(2))
+    teacher, fake = frozen(ToyDenoiser(1)), frozen(ToyDenoiser(2))
     gen = torch.nn.Linear(8, C * H * W)
     _, sigma, noise = inputs()
     images = gen(torch.randn(N, 8, generator=torch.Generator().manual_seed(5))).reshape(N, C, H, W)
@@ -119,7 +99,7 @@ def test_generator_gradient_reaches_generator_through_frozen_networks():
 
 
 def test_generator_gradient_matches_reference_with_only_weight_detached():
-    teacher, fake = frozen(LinearDenoiser(1)), frozen(LinearDenoiser(2))
+    teacher, fake = frozen(ToyDenoiser(1)), frozen(ToyDenoiser(2))
     images, sigma, noise = inputs()
     x32 = images.clone().requires_grad_(True)
     generator_loss(teacher, fake, x32, alpha=1.2, sigma=sigma, noise=noise).sum().backward()
@@ -138,7 +118,7 @@ def nan_in_row(net, row: int, value: float):
 @pytest.mark.parametrize("where", ["images", "teacher", "fake"])
 @pytest.mark.parametrize("value", [math.nan, math.inf])
 def test_generator_loss_drops_nonfinite_samples_with_finite_grads(where, value):
-    teacher, fake = frozen(LinearDenoiser(1)), frozen(LinearDenoiser(2))
+    teacher, fake = frozen(ToyDenoiser(1)), frozen(ToyDenoiser(2))
     images, sigma, noise = inputs()
     clean = generator_loss(teacher, fake, images, alpha=1.2, sigma=sigma, noise=noise)
     if where == "images":
@@ -157,7 +137,7 @@ def test_generator_loss_drops_nonfinite_samples_with_finite_grads(where, value):
 
 @pytest.mark.parametrize("value", [math.nan, -math.inf])
 def test_fake_score_loss_drops_nonfinite_samples_with_finite_grads(value):
-    fake = LinearDenoiser(3)
+    fake = ToyDenoiser(3)
     images, sigma, noise = inputs()
     clean = fake_score_loss(fake, images, sigma=sigma, noise=noise)
     loss, kept = fake_score_loss(nan_in_row(fake, 4, value), images, sigma=sigma, noise=noise, return_kept=True)
@@ -176,8 +156,8 @@ def test_finite_samples_counts_rows_with_any_nonfinite_element():
 
 @pytest.mark.parametrize("bad", [dict(sigma=torch.ones(N, 1)), dict(noise=torch.zeros(N, C, H, W + 1))])
 @pytest.mark.parametrize("loss", [
-    lambda images, **kw: fake_score_loss(LinearDenoiser(3), images, **kw),
-    lambda images, **kw: generator_loss(LinearDenoiser(1), LinearDenoiser(2), images, alpha=1.2, **kw),
+    lambda images, **kw: fake_score_loss(ToyDenoiser(3), images, **kw),
+    lambda images, **kw: generator_loss(ToyDenoiser(1), ToyDenoiser(2), images, alpha=1.2, **kw),
 ])
 def test_losses_reject_misshaped_sigma_and_noise(bad, loss):
     images, sigma, noise = inputs()

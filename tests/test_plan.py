@@ -15,12 +15,22 @@ import pandas as pd
 import pytest
 
 from analysis import report
-from sid.cluster.price import parse_cluster, plan_study, price, trial_count
+from sid.cluster.price import parse_cluster, plan_study, price
 from sid.cluster.resources import TrialResources
-from sid.cluster.space import Grid, Range
-from sid.cluster.study import Study
+from sid.cluster.space import Grid, Range, StudyError
+from sid.cluster.study import Study, planned_trials, run_study
+from sid.cluster.watch import Progress, calibrated_trial_s, duration
 from sid.config import preset
-from sid.plan import CALIBRATION_FILE, PLAN_FILE, Calibration, Plan, PlanError, stopping_saving
+from sid.plan import (
+    CALIBRATION_FILE,
+    PLAN_FILE,
+    Calibration,
+    Plan,
+    PlanError,
+    finish_s,
+    stopping_saving,
+    study_calibration,
+)
 from sid.results import CONFIG_COLUMNS, write_evaluations
 from sid.testing.fixtures import TINY
 
@@ -69,10 +79,73 @@ def test_asha_saving_counts_the_trials_each_rung_stops():
 
 
 def test_trial_count_of_grids_and_optuna():
-    assert trial_count(digits_study()) == 9 and trial_count(digits_study(num_samples=2)) == 18
+    assert planned_trials(digits_study()) == 9 and planned_trials(digits_study(num_samples=2)) == 18
     optuna = Study(name="o", base=preset("digits"), space={"lr": Range(1e-5, 1e-3)}, searcher="optuna",
                    num_samples=7)
-    assert trial_count(optuna) == 7
+    assert planned_trials(optuna) == 7
+
+
+# ---------------------------------------------------------------------------------------------- a running study's ETA
+@pytest.mark.parametrize("left_s, pending, trial_s, concurrency, expected", [
+    ([], 9, 10.0, 2, 50.0),             # nothing running: whole waves, ceil(9 / 2) x 10
+    ([], 0, 10.0, 2, 0.0),
+    ([5.0], 1, 10.0, 2, 10.0),          # a free slot takes the pending trial at once
+    ([5.0, 3.0], 1, 10.0, 2, 13.0),     # ... else the first slot to come free
+    ([5.0, 3.0, 1.0], 0, 10.0, 2, 5.0),  # more running than slots: each still ends when it ends
+    ([-1.0], 0, 10.0, 1, 0.0),          # a trial past its budget ends now
+])
+def test_finish_time_fills_the_first_free_slot(left_s, pending, trial_s, concurrency, expected):
+    assert finish_s(left_s, pending, trial_s, concurrency) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("cluster, workers", [({"CPU": 2.0}, 1), ({"CPU": 2.0}, 2), ({"CPU": 16.0, "GPU": 8.0}, 4)])
+def test_before_any_trial_measured_the_study_eta_is_the_plans_wall_time(cluster, workers):
+    study = digits_study(resources=TrialResources(workers=workers))
+    plan = price(study, cluster, CALIBRATION)
+    progress = Progress(planned=plan.trials, final_kimg=study.base.final_kimg, concurrency=plan.concurrency,
+                        trial_s=calibrated_trial_s(CALIBRATION, study.base, workers))
+    assert progress.trial_s == pytest.approx(plan.trial_s)
+    assert progress.line([], now=0.0).endswith(f"; ETA {duration(plan.wall_s)} (calibrated)")
+
+
+class Running:  # what Progress reads of a Tune trial
+    status = "RUNNING"
+
+    def __init__(self, trial_id: str, kimg: float) -> None:
+        self.trial_id, self.last_result = trial_id, {"kimg": kimg}
+
+
+def test_the_eta_switches_from_the_calibration_to_the_measured_rate():
+    progress = Progress(planned=2, final_kimg=1.0, concurrency=1, trial_s=100.0)  # 0.01 kimg/s by the calibration
+    a = Running("a", 0.0)
+    progress.observe("a", 0.0, now=0.0)
+    assert progress.line([a], now=0.0).endswith("; 10 img/s; ETA 0:03:20 (calibrated)")  # a's 100 s, then b's
+    a.last_result["kimg"] = 0.5
+    assert progress.line([a], now=1.0).endswith("; ETA 0:02:30 (calibrated)")  # half of a is left, by the calibration
+    progress.observe("a", 0.5, now=10.0)  # measured: 0.05 kimg/s, five times the calibration's
+    assert progress.line([a], now=10.0).endswith("; 50 img/s; ETA 0:00:30 (measured)")  # a's 10 s, then b's 20 s
+
+
+def test_a_study_takes_the_calibration_given_else_the_one_plan_left_in_its_folder(tmp_path):
+    assert study_calibration(tmp_path, "digits-study") is None
+    (tmp_path / CALIBRATION_FILE).write_text(json.dumps(CALIBRATION.to_dict()))
+    assert study_calibration(tmp_path, "digits-study") == CALIBRATION
+    given = tmp_path / "given.json"
+    given.write_text(json.dumps({**CALIBRATION.to_dict(), "setup_s": 1.0}))
+    assert study_calibration(tmp_path, "digits-study", given).setup_s == 1.0
+    with pytest.raises(PlanError, match="no such calibration file"):
+        study_calibration(tmp_path, "digits-study", tmp_path / "nowhere.json")
+    with pytest.raises(PlanError, match="of preset 'digits-study', the study runs 'digits'"):
+        study_calibration(tmp_path, "digits")
+
+
+def test_a_study_refuses_a_calibration_of_another_preset_before_ray_starts(tmp_path):
+    study = digits_study(storage=tmp_path)
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**CALIBRATION.to_dict(), "preset": "cifar10-uncond"}))
+    with pytest.raises(StudyError, match="calibration is of preset 'cifar10-uncond'"):
+        run_study(study, calibration=other)
+    assert not study.folder.exists()
 
 
 def test_stored_calibration_prices_a_gpu_cluster_from_the_command_line(tmp_path):

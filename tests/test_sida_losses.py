@@ -8,32 +8,9 @@ import pytest
 import torch
 
 from sid.losses import fake_score_adversarial_loss, fake_score_loss, generator_adversarial_loss, generator_loss
+from sid.testing.losses import ToyDenoiser
 
 N, C, H, W = 6, 3, 4, 4
-
-
-class EncoderDenoiser(torch.nn.Module):
-    """EDM-preconditioned toy denoiser with an 'encoder': h = A c_in x + b + E label; F = tanh(h); the logits are the
-    channel mean of 3 h, 2x2 average-pooled (a [N, 1, 2, 2] patch map, large enough to reach the +-10 clamp)."""
-
-    def __init__(self, seed: int, label_dim: int = 0):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.A = torch.nn.Parameter(torch.randn(C, C, generator=g) * 0.5)
-        self.b = torch.nn.Parameter(torch.randn(C, generator=g) * 0.1)
-        self.E = torch.nn.Parameter(torch.randn(max(label_dim, 1), C, generator=g) * 0.1)
-        self.inputs = []
-
-    def forward(self, x, sigma, class_labels=None, augment_labels=None, mode="decoder"):
-        self.inputs.append((mode, x.detach().clone()))
-        s = sigma.reshape(-1, 1, 1, 1).to(x.dtype)
-        c_skip, c_out, c_in = 0.25 / (s**2 + 0.25), 0.5 * s / (s**2 + 0.25).sqrt(), 1 / (s**2 + 0.25).sqrt()
-        h = torch.einsum("ij,njhw->nihw", self.A.to(x.dtype), c_in * x) + self.b.to(x.dtype).reshape(1, C, 1, 1)
-        if class_labels is not None:
-            h = h + (class_labels.to(x.dtype) @ self.E.to(x.dtype)).reshape(-1, C, 1, 1)
-        logits = torch.nn.functional.avg_pool2d(3 * h.mean(dim=1, keepdim=True), 2)
-        denoised = c_skip * x + c_out * torch.tanh(h)
-        return {"decoder": denoised, "encoder": logits, "encoder_decoder": (denoised, logits)}[mode]
 
 
 def frozen(net):
@@ -81,7 +58,7 @@ def reference_generator(teacher, fake, images, sigma, noise, alpha, labels):
 
 @pytest.mark.parametrize("conditional", [False, True])
 def test_fake_score_losses_match_the_official_float64_computation(conditional):
-    fake = EncoderDenoiser(2, label_dim=4)
+    fake = ToyDenoiser(2, label_dim=4)
     images, real, sigma, noise = inputs()
     labels = torch.eye(4)[torch.arange(N) % 4] if conditional else None
     dsm, disc = fake_score_adversarial_loss(fake, images, real, labels, sigma=sigma, noise=noise)
@@ -95,7 +72,7 @@ def test_fake_score_losses_match_the_official_float64_computation(conditional):
 
 
 def test_real_and_generated_images_get_the_same_noise_and_the_real_ones_only_an_encoder_pass():
-    fake = EncoderDenoiser(2)
+    fake = ToyDenoiser(2)
     images, real, sigma, noise = inputs()
     fake_score_adversarial_loss(fake, images, real, sigma=sigma, noise=noise)
     (mode_fake, x_fake), (mode_real, x_real) = fake.inputs
@@ -107,7 +84,7 @@ def test_real_and_generated_images_get_the_same_noise_and_the_real_ones_only_an_
 @pytest.mark.parametrize("alpha", [1.0, 1.2])
 @pytest.mark.parametrize("conditional", [False, True])
 def test_generator_losses_match_the_official_float64_computation(alpha, conditional):
-    teacher, fake = frozen(EncoderDenoiser(1, label_dim=4)), frozen(EncoderDenoiser(2, label_dim=4))
+    teacher, fake = frozen(ToyDenoiser(1, label_dim=4)), frozen(ToyDenoiser(2, label_dim=4))
     images, _, sigma, noise = inputs()
     images = images * 4  # some logits beyond the +-10 clamp
     labels = torch.eye(4)[torch.arange(N) % 4] if conditional else None
@@ -122,7 +99,7 @@ def test_generator_losses_match_the_official_float64_computation(alpha, conditio
 
 
 def test_the_generator_weighting_is_the_batch_mean_bce_times_the_summed_inverse_normaliser():
-    teacher, fake = frozen(EncoderDenoiser(1)), frozen(EncoderDenoiser(2))
+    teacher, fake = frozen(ToyDenoiser(1)), frozen(ToyDenoiser(2))
     images, _, sigma, noise = inputs()
     _, adversarial = generator_adversarial_loss(teacher, fake, images, alpha=1.2, sigma=sigma, noise=noise)
     x_t = images + sigma.reshape(-1, 1, 1, 1) * noise
@@ -134,7 +111,7 @@ def test_the_generator_weighting_is_the_batch_mean_bce_times_the_summed_inverse_
 
 
 def test_a_nan_real_image_drops_its_sample_and_the_bce_means_cover_the_kept_ones():
-    fake = EncoderDenoiser(2)
+    fake = ToyDenoiser(2)
     images, real, sigma, noise = inputs()
     real[2, 0, 1, 1] = float("nan")
     dsm, disc, kept = fake_score_adversarial_loss(fake, images, real, sigma=sigma, noise=noise, return_kept=True)
@@ -148,13 +125,13 @@ def test_a_nan_real_image_drops_its_sample_and_the_bce_means_cover_the_kept_ones
 
 
 def test_fake_score_losses_train_the_fake_score_and_the_generator_losses_reach_the_images():
-    fake = EncoderDenoiser(2)
+    fake = ToyDenoiser(2)
     images, real, sigma, noise = inputs()
     _, disc = fake_score_adversarial_loss(fake, images, real, sigma=sigma, noise=noise)
     disc.sum().backward()
     assert fake.A.grad.abs().sum() > 0 and fake.b.grad.abs().sum() > 0
 
-    teacher, fake = frozen(EncoderDenoiser(1)), frozen(EncoderDenoiser(2))
+    teacher, fake = frozen(ToyDenoiser(1)), frozen(ToyDenoiser(2))
     images = images.clone().requires_grad_(True)
     _, adversarial = generator_adversarial_loss(teacher, fake, images, alpha=1.2, sigma=sigma, noise=noise)
     adversarial.sum().backward()
@@ -162,7 +139,7 @@ def test_fake_score_losses_train_the_fake_score_and_the_generator_losses_reach_t
 
 
 def test_logits_beyond_the_clamp_give_the_generator_no_adversarial_gradient():
-    teacher, fake = frozen(EncoderDenoiser(1)), frozen(EncoderDenoiser(2))
+    teacher, fake = frozen(ToyDenoiser(1)), frozen(ToyDenoiser(2))
     _, _, sigma, noise = inputs()
     with torch.no_grad():  # every logit far beyond +10: 3 * mean_c(A c_in x + b) with x large along A's row sums
         fake.A.copy_(torch.eye(C))
@@ -174,7 +151,7 @@ def test_logits_beyond_the_clamp_give_the_generator_no_adversarial_gradient():
 
 
 def test_real_images_of_another_shape_are_refused():
-    fake = EncoderDenoiser(2)
+    fake = ToyDenoiser(2)
     images, real, sigma, noise = inputs()
     with pytest.raises(ValueError, match="real_images must have the shape"):
         fake_score_adversarial_loss(fake, images, real[:, :1], sigma=sigma, noise=noise)

@@ -35,9 +35,10 @@ from sid.cluster.space import Grid, Range, StudyError
 from sid.cluster.study import Study, StudyCallback, plan, rescore_at_end, run_study, trial_capacity
 from sid.cluster.study_file import read_study_file
 from sid.cluster.trials import TrialRecord, trial_state
-from sid.cluster.watch import Progress, duration, evaluation_line
+from sid.cluster.watch import Progress, evaluation_line
 from sid.config import preset
 from sid.files import BEST, RUNS_DIR, SCORES_FILE, TRIALS_FILE
+from sid.plan import CALIBRATION_FILE
 from sid.results import (
     CONFIG_COLUMNS,
     EVALUATION_SCHEMA,
@@ -157,6 +158,7 @@ def test_tune_state_tells_an_interrupted_trial_from_a_finished_one(status, done,
     ("alpha_sweep", ["--teacher", "/nowhere/teacher.pt"], ["teacher /nowhere/teacher.pt", "no such file"]),
     ("alpha_sweep", ["--seeds", "0"], ["--seeds", ">= 1"]),
     ("alpha_sweep", ["--resume"], ["--resume", "holds no study"]),
+    ("alpha_sweep", ["--calibration", "FILE"], ["FILE", "not a readable calibration file"]),
     ("alpha_sweep", ["--workers", "0"], ["workers must be >= 1"]),
     ("alpha_sweep", ["--gpus-per-worker", "0.5", "--workers", "2"], ["Duplicate GPU"]),
     ("sigma_init_sweep", ["--sigma-inits", "0,2.5"], ["sigma_init", "must be > 0"]),
@@ -287,7 +289,7 @@ class FakeTrial:  # what Progress reads of a Tune trial
 
 
 def test_progress_counts_trials_and_kimg_and_estimates_from_the_measured_rate():
-    progress = Progress(planned=4, final_kimg=1.0)
+    progress = Progress(planned=4, final_kimg=1.0, concurrency=2)  # no calibration: no ETA until a rate is measured
     a, b = FakeTrial("a", "RUNNING", 0.0), FakeTrial("b", "PENDING")
     progress.observe("a", 0.0, now=100.0)
     assert progress.line([a, b], started=b, now=100.0) == \
@@ -295,16 +297,17 @@ def test_progress_counts_trials_and_kimg_and_estimates_from_the_measured_rate():
     assert not progress.due(now=129.0) and progress.due(now=130.0)
     progress.observe("a", 0.5, now=110.0)  # 0.05 kimg/s; b not measured yet: counted at a's rate
     a.last_result, b.status = {"kimg": 0.5}, "RUNNING"
+    # a ends in 10 s, b in 20 s; the two pending trials (20 s each) take the first slots to come free: 10+20, 20+20
     assert progress.line([a, b], now=110.0) == \
-        f"study: 0 of 4 trials done, 2 running, 2 pending; kimg 0.5/4; 100 img/s; ETA {duration(3.5 / 0.1)}"
-    # a stopped early at 0.5: its budget ends there
+        "study: 0 of 4 trials done, 2 running, 2 pending; kimg 0.5/4; 100 img/s; ETA 0:00:40 (measured)"
+    # a stopped early at 0.5: its budget ends there; b (0.75 kimg left: 15 s) and the pending one (20 s) side by side
     a.status, b.status, b.last_result = "TERMINATED", "RUNNING", {"kimg": 0.25}
     line = progress.line([a, b, FakeTrial("c", "ERROR", 0.0)], now=120.0)
-    assert line.startswith("study: 2 of 4 trials done, 1 running, 1 pending; kimg 0.75/2.5; 50 img/s; ETA 0:00:35")
+    assert line == "study: 2 of 4 trials done, 1 running, 1 pending; kimg 0.75/2.5; 50 img/s; ETA 0:00:20 (measured)"
     done = [FakeTrial(x, "TERMINATED", 1.0) for x in "abcd"]
     # between trials (none running, one pending): the trials' mean rate
     assert progress.line(done[:3], now=130.0).endswith("3 of 4 trials done, 0 running, 1 pending; kimg 3/4; 50 img/s; "
-                                                       "ETA 0:00:20")
+                                                       "ETA 0:00:20 (measured)")
     assert progress.line(done).endswith("kimg 4/4; 0 img/s; finished")
 
 
@@ -389,6 +392,10 @@ def test_optuna_study_samples_within_the_space_and_keeps_its_state(tmp_path, loc
     space = {"alpha": Range(0.5, 1.5), "lr": Range(1e-5, 1e-3)}
     study = Study(name="tpe", base=preset("digits", **TINY), space=space, searcher="optuna", num_samples=3,
                   storage=tmp_path)
+    study.folder.mkdir()
+    (study.folder / CALIBRATION_FILE).write_text(json.dumps(dict(
+        preset=study.base.preset, device="test CPU", train_images_per_s=500.0, eval_images_per_s=1000.0, setup_s=2.0,
+        source="made up for the test")))
     trials = run_study(study)
     assert len(trials) == 3 and (trials["state"] == "completed").all()
     assert trials["alpha"].between(0.5, 1.5).all() and trials["lr"].between(1e-5, 1e-3).all()
@@ -410,8 +417,9 @@ def test_optuna_study_samples_within_the_space_and_keeps_its_state(tmp_path, loc
         assert trial.state.name == "COMPLETE" and trial.value == pytest.approx(mine["fid"].min())
 
     progress = [x for x in capsys.readouterr().out.splitlines() if x.startswith("study: ")]
-    assert progress[0].startswith("study: 0 of 3 trials done, ") and progress[0].endswith("; ETA unknown")
-    assert any(re.search(r"; \d+ img/s; ETA \d+:\d\d:\d\d$", x) for x in progress)  # once a rate was measured
+    # the calibration --plan left in the folder gives the ETA from the start, until the trials measure their rate
+    assert progress[0].startswith("study: 0 of 3 trials done, ") and progress[0].endswith(" (calibrated)")
+    assert any(re.search(r"; \d+ img/s; ETA \d+:\d\d:\d\d \(measured\)$", x) for x in progress)
     assert progress[-1] == "study: 3 of 3 trials done, 0 running, 0 pending; kimg 0.096/0.096; 0 img/s; finished"
 
 @pytest.mark.ray

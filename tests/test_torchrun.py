@@ -7,11 +7,8 @@ slots); torchrun starts 2 CPU processes (`python -m torch.distributed.run`, whic
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -24,6 +21,7 @@ from sid.devices import rank_device
 from sid.results import read_evaluations
 from sid.run import TORCHRUN_ENV, TorchrunRank, run_local, torchrun_rank
 from sid.testing.fixtures import DDP_TINY, assert_same_networks, flags, make_teacher
+from sid.testing.processes import kill_during_run
 
 ROOT = Path(__file__).resolve().parents[1]
 # Columns that say how and when a row was made, not what it measured: they differ between the two layouts.
@@ -135,21 +133,10 @@ def test_a_killed_rank_restarts_the_group_from_the_checkpoint_with_max_restarts(
     out = tmp_path / "run"
     kimg = 6 * DDP_TINY["eval_every_kimg"]  # 12 iterations, an evaluation every 2: the kill lands mid-run
     command = torchrun_command(out, teacher, f"--duration-kimg={kimg}", launcher=("--max-restarts=1",))
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        victim, deadline = None, time.time() + 200
-        while victim is None and process.poll() is None and time.time() < deadline:
-            rows = out / "evaluations.parquet"
-            if rows.exists() and len(read_evaluations(rows)) >= 2 and (out / "checkpoint.pt").exists():
-                victim = rank_pid(process.pid, 1)
-                if victim is not None:
-                    os.kill(victim, signal.SIGKILL)
-            time.sleep(0.05)
-        log, _ = process.communicate(timeout=300)
-    finally:
-        process.kill()
+    victim, log, code = kill_during_run(command, out, lambda process: rank_pid(process.pid, 1), cwd=ROOT, rows=2,
+                                        wait_s=200, run_s=300, checkpoint=True)
     assert victim is not None, f"the run ended before a rank could be killed:\n{log[-3000:]}"
-    assert process.returncode == 0, log[-3000:]
+    assert code == 0, log[-3000:]
     assert "continuing at kimg" in log  # the restarted group resumed from checkpoint.pt, not from scratch
     rows = read_evaluations(out / "evaluations.parquet")
     config = preset("digits", **dict(DDP_TINY, duration_kimg=kimg))

@@ -32,7 +32,7 @@ import torch
 
 from sid.cluster.resources import STRATEGIES, TrialResources
 from sid.config import DistillConfig
-from sid.distill import Distiller, check_architecture, student_kwargs
+from sid.distill import Distiller, check_state_architecture, student_kwargs
 from sid.files import (
     CHECKPOINT,
     EVALUATIONS,
@@ -306,8 +306,8 @@ def run_distributed(config: DistillConfig, out: Path, *, resources: TrialResourc
     if resume:  # here, one line, rather than as a failed worker group
 
         state = load_checkpoint(out / CHECKPOINT, config)
-        check_architecture(state.get("generator_init_kwargs"),
-                           student_kwargs(load_teacher(config.teacher).init_kwargs, config))
+        check_state_architecture(state.get("generator_init_kwargs"),
+                                 student_kwargs(load_teacher(config.teacher).init_kwargs, config))
     if not resume and (out / CHECKPOINT).exists():
         raise ValueError(f"{out} already holds a run; resume it or choose another folder")
     out.mkdir(parents=True, exist_ok=True)

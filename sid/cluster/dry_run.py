@@ -179,11 +179,14 @@ def summary(table: pd.DataFrame) -> str:
     return "\n".join([*lines, f"at most {max_overlap(spans)} trial(s) ran at once"])
 
 
-def dry_run_study(study: Study, *, address: str | None = None, hold_s: float = DEFAULT_HOLD_S) -> pd.DataFrame:
+def dry_run_study(study: Study, *, address: str | None = None,
+                  hold_s: float | None = None,  # seconds each worker holds its resources (None: DEFAULT_HOLD_S)
+                  ) -> pd.DataFrame:
     """Place every trial of `study` on the cluster without training; return the placements table (also in
     <storage>/<name>-dry-run/placements.parquet). A bad study raises StudyError before anything starts; trials whose
     workers did not all run with the resources asked for raise PlacementError, one line each."""
     study.validate()
+    hold_s = DEFAULT_HOLD_S if hold_s is None else hold_s
     if not math.isfinite(hold_s) or hold_s < 0:
         raise StudyError(f"hold_s must be a finite number >= 0, got {hold_s}")
     folder = dry_run_folder(study)

@@ -16,7 +16,16 @@ import torch
 from sid.cluster.resources import TrialResources
 from sid.cluster.study import Study, planned_trials, trial_capacity
 from sid.files import write_text_atomic
-from sid.plan import CALIBRATION_FILE, PLAN_FILE, Calibration, Plan, PlanError, make_plan, stopping_saving
+from sid.plan import (
+    CALIBRATION_FILE,
+    PLAN_FILE,
+    Calibration,
+    Plan,
+    PlanError,
+    make_plan,
+    stopping_saving,
+    trial_images,
+)
 
 
 def parse_cluster(text: str) -> dict[str, float]:
@@ -41,11 +50,6 @@ def this_machine() -> dict[str, float]:
     return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
 
 
-def trial_count(study: Study) -> int:
-    """Trials the study runs: a grid's every combination (times num_samples), Optuna's num_samples."""
-    return planned_trials(study)
-
-
 def price(study: Study, cluster: Mapping[str, float], calibration: Calibration) -> Plan:
     """The plan of `study` on `cluster` (sid/plan.py's arithmetic), its trials sized as plan() sizes them: one GPU
     per worker on a cluster with GPUs, else one CPU per worker (the driver's share included), unless given."""
@@ -62,14 +66,13 @@ def price(study: Study, cluster: Mapping[str, float], calibration: Calibration) 
         rules = [f"ASHA (keeps 1/{study.reduction_factor:g} per rung)"] * study.asha + ["curve forecast"] * \
             study.curve_stop
         stopping = f"{' + '.join(rules)} from kimg {grace:g}"
-        saving = stopping_saving(trial_count(study), base.final_kimg, grace_kimg=grace, eta=eta,
+        saving = stopping_saving(planned_trials(study), base.final_kimg, grace_kimg=grace, eta=eta,
                                  curve=study.curve_stop)
     shown = ", ".join(f"{k} {v:g}" for k, v in sorted(cluster.items(), reverse=True) if v)
-    return make_plan(study=study.name, preset=base.preset, trials=trial_count(study), workers=trial.workers,
-                     concurrency=concurrency, cluster=shown or "no resources",
-                     images_per_trial=base.iterations * base.batch,
-                     eval_images_per_trial=sum(base.fid_images_at(i) for i in base.evaluation_iterations()),
-                     calibration=calibration, stopping=stopping, saving=saving)
+    images, eval_images = trial_images(base)
+    return make_plan(study=study.name, preset=base.preset, trials=planned_trials(study), workers=trial.workers,
+                     concurrency=concurrency, cluster=shown or "no resources", images_per_trial=images,
+                     eval_images_per_trial=eval_images, calibration=calibration, stopping=stopping, saving=saving)
 
 
 def plan_study(study: Study, *, cluster: Mapping[str, float] | None = None, calibration: str | Path | None = None,

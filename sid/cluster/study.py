@@ -68,7 +68,7 @@ from sid.cluster.space import (
 from sid.cluster.stopping import CurveRule
 from sid.cluster.trials import TrialRecord, TrialSettings, set_aside_orphans, write_trials_table
 from sid.cluster.trust import untrusted_study
-from sid.cluster.watch import Progress, evaluation_line
+from sid.cluster.watch import Progress, calibrated_trial_s, evaluation_line
 from sid.config import SEARCHABLE, ConfigError, DistillConfig
 from sid.files import (
     CONFIG_FILE,
@@ -80,7 +80,7 @@ from sid.files import (
     TRIALS_FILE,
     write_text_atomic,
 )
-from sid.plan import CALIBRATION_FILE, PLAN_FILE
+from sid.plan import CALIBRATION_FILE, PLAN_FILE, PlanError, study_calibration
 from sid.results import Divergence, is_uri, read_parquet
 from sid.run import RunFolder, load_checkpoint, run_rank
 from sid.scoring import RESCORE_REPEATS, RESCORE_TRIALS, rescore_study
@@ -300,10 +300,10 @@ class StudyCallback(ray.tune.Callback):
     Tune's (restored) state does not know set aside (sid.cluster.trials.set_aside_orphans)."""
 
     def __init__(self, folder: Path, study: str, divergence: Divergence, settings: TrialSettings,
-                 planned: int = 1) -> None:
+                 planned: int = 1, concurrency: int = 0, trial_s: float | None = None) -> None:
         self.folder, self.study, self.divergence, self.settings = folder, study, divergence, settings
         self.final_kimg = settings.base.final_kimg
-        self.progress = Progress(planned=planned, final_kimg=self.final_kimg)
+        self.progress = Progress(planned=planned, final_kimg=self.final_kimg, concurrency=concurrency, trial_s=trial_s)
 
     def on_step_begin(self, iteration, trials, **info) -> None:
         if getattr(self, "orphans_checked", False):  # getattr: a callback unpickled from an older study lacks it
@@ -421,7 +421,9 @@ def planned_trials(study: Study) -> int:
                                          if isinstance(d, (Grid, Settings)))
 
 
-def _tuner(study: Study, trainable: Any, concurrency: int, settings: TrialSettings) -> ray.tune.Tuner:
+def _tuner(study: Study, trainable: Any, concurrency: int, settings: TrialSettings,
+           trial_s: float | None = None) -> ray.tune.Tuner:
+    """`trial_s`: one trial's seconds by the calibration, the progress line's ETA until trials measure theirs."""
     base = study.base
     search_alg, param_space = None, {**tune_space(study.space), "preset": base.preset}
     if study.searcher == "optuna":  # metric/mode given to the searcher itself (docs/studies.md)
@@ -444,7 +446,8 @@ def _tuner(study: Study, trainable: Any, concurrency: int, settings: TrialSettin
         run_config=ray.tune.RunConfig(
             name=study.name, storage_path=str(study.folder.parent), verbose=0,
             stop=StudyStopper(study.folder, study.divergence, rule),
-            callbacks=[StudyCallback(study.folder, study.name, study.divergence, settings, planned_trials(study)),
+            callbacks=[StudyCallback(study.folder, study.name, study.divergence, settings, planned_trials(study),
+                                     concurrency, trial_s),
                        *tracker_callbacks(study), *build_callbacks(study)],
             checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=2),
             # a one-worker trial restarts through Tune; a Train group restarts its own workers
@@ -522,11 +525,13 @@ def rescore_at_end(study: Study, worker: TrialResources) -> None:
               f"over {len(fid)} draws of {int(group['fid_images'].iloc[0])} images", flush=True)
 
 
-def run_study(study: Study, *, resume: bool = False, address: str | None = None,
-              config_text: str | None = None) -> pd.DataFrame:
+def run_study(study: Study, *, resume: bool = False, address: str | None = None, config_text: str | None = None,
+              calibration: str | Path | None = None) -> pd.DataFrame:
     """Run (or, with resume, continue) a study; return its trials table (also in <folder>/trials.parquet); Tune's
     own view of it is sid.cluster.trust.result_grid(study.folder). `config_text`: the study command's resolved
-    config, written to <folder>/config.yaml (a resume keeps the first one).
+    config, written to <folder>/config.yaml (a resume keeps the first one). `calibration`: a calibration.json of the
+    preset (sid.plan) for the progress line's ETA until the trials have measured their rate; default: the one --plan
+    left in the study folder, if any (a resumed study keeps its first run's).
 
     Uses the connected Ray if there is one, else joins `address` ('auto': a running cluster) or starts a local one.
     A resumed study keeps its saved definition (space, searcher and Optuna state, scheduler); unfinished and errored
@@ -546,6 +551,11 @@ def run_study(study: Study, *, resume: bool = False, address: str | None = None,
         check_saved_callbacks(study, saved.callbacks)
     if not resume and folder.exists() and any(p.name not in (PLAN_FILE, CALIBRATION_FILE) for p in folder.iterdir()):
         raise StudyError(f"{folder} already holds a study; pass --resume to continue it, or another --name")
+    try:
+        # a resumed study's progress line is its first run's, restored with Tune's callbacks
+        calibrated = None if resume else study_calibration(folder, study.base.preset, calibration)
+    except PlanError as exc:
+        raise StudyError(str(exc)) from None
     started = connect(address, quiet=True)  # our progress lines, not Tune's tables
     try:
         settings, trial, concurrency = plan(study, folder, saved)
@@ -561,7 +571,8 @@ def run_study(study: Study, *, resume: bool = False, address: str | None = None,
         else:
             print(f"study {study.name}: up to {concurrency} trial(s) at once, {trial.workers} worker(s) x "
                   f"{trial.per_worker()} each; {folder}", flush=True)
-            tuner = _tuner(study, trainable, concurrency, settings)
+            trial_s = calibrated_trial_s(calibrated, study.base, trial.workers)
+            tuner = _tuner(study, trainable, concurrency, settings, trial_s)
         with phase("tune"):
             tuner.fit()
         rescore_at_end(study, settings.resources)

@@ -1,6 +1,10 @@
 """Watching a study from its Tune driver: a progress line (trials done / running / pending of the planned number, kimg
-done of the total, img/s and an ETA measured on the trials so far), one line per evaluation, and what the trackers
-get of a report (sid/cluster/study_trackers.py). Plain Python: no Ray import.
+done of the total, img/s and an ETA), one line per evaluation, and what the trackers get of a report
+(sid/cluster/study_trackers.py). Plain Python: no Ray import.
+
+The ETA is the plan's model (sid.plan.finish_s: trials in `concurrency` slots) on what is left. Its rate is the
+calibration's (the trial seconds --plan prices, sid.plan) from the start, `(calibrated)`; once a trial has measured its
+own rate over an evaluation interval, the trials' measured rates, `(measured)`.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sid.files import RUNS_DIR, samples_name
+from sid.plan import Calibration, finish_s, trial_images, trial_seconds
 from sid.results import EVALUATION_SCHEMA
 from sid.tracking import metrics_of
 
@@ -38,12 +43,23 @@ def duration(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def calibrated_trial_s(calibration: Calibration | None, config: Any, workers: int) -> float | None:
+    """Seconds one trial of `config` (a DistillConfig) on `workers` devices takes by `calibration`, as --plan prices
+    it (sid.plan); None without a calibration."""
+    if calibration is None:
+        return None
+    images, eval_images = trial_images(config)
+    return sum(trial_seconds(calibration, workers=workers, images=images, eval_images=eval_images))
+
+
 @dataclass
 class Progress:
     """The study's progress, from the trials Tune holds and the kimg of their reports (times on the driver's clock)."""
 
     planned: int                   # trials the study runs (grid: its combinations x num_samples; optuna: num_samples)
     final_kimg: float              # kimg of a trial that runs to the end
+    concurrency: int = 0           # trials at once (0: as many as run now)
+    trial_s: float | None = None   # seconds of one trial by the calibration (sid.plan); None: no ETA until measured
     every_s: float = PROGRESS_EVERY_S
     seen: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)  # id: t0, kimg0, t, kimg
     printed: float = -math.inf
@@ -70,11 +86,19 @@ class Progress:
         # a stopped trial's budget ends where it stopped; every other trial runs to final_kimg
         total = sum(last[t.trial_id] for t in done) + (self.planned - len(done)) * self.final_kimg
         known = [r for r in map(self.rate, self.seen) if r is not None]
-        mean = sum(known) / len(known) if known else 0.0
-        speed = sum(self.rate(t.trial_id) or mean for t in running) or (mean if pending else 0.0)  # between trials
-        eta = "ETA unknown" if not known or speed <= 0 else f"ETA {duration(max(0.0, total - kimg_done) / speed)}"
+        # kimg/s of a trial without its own measured rate: the trials' mean, else the calibration's
+        source, each = ("measured", sum(known) / len(known)) if known else \
+            ("calibrated", self.final_kimg / self.trial_s) if self.trial_s else ("", 0.0)
+        rates = [self.rate(t.trial_id) or each for t in running]
+        speed = sum(rates) or (each if pending else 0.0)  # between trials: one trial's
         if pending == 0 and not running:
             eta = "finished"
+        elif each <= 0:
+            eta = "ETA unknown"
+        else:
+            left = [max(0.0, self.final_kimg - last[t.trial_id]) / r for t, r in zip(running, rates)]
+            slots = self.concurrency or max(1, len(running))
+            eta = f"ETA {duration(finish_s(left, pending, self.final_kimg / each, slots))} ({source})"
         self.printed = now
         return (f"study: {len(done)} of {self.planned} trials done, {len(running)} running, {pending} pending; "
                 f"kimg {kimg_done:.4g}/{total:.4g}; {speed * 1000:.0f} img/s; {eta}")
