@@ -150,8 +150,12 @@ class FidelityOptunaSearch(OptunaSearch):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         ot_trial = self._ot_trials[trial_id]
-        if result is not None and not error:  # Tune hands the result it stops a trial on to this method only
-            self.on_trial_result(trial_id, result)
+        if result is not None and not error and "kimg" in result:
+            # Tune hands the result it stops a trial on to this method only; a completed trial's last result came
+            # through on_trial_result already (Optuna warns on a step reported twice)
+            frozen = next(t for t in self._ot_study.get_trials(deepcopy=False) if t.number == ot_trial.number)
+            if step_of(result) not in frozen.intermediate_values:
+                self.on_trial_result(trial_id, result)
         value = (result or {}).get(self.metric)
         reached = (result or {}).get("kimg", -math.inf) >= self.final_kimg - 1e-9
         if error or result is None:
