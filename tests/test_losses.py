@@ -13,10 +13,6 @@ from sid.testing.losses import ToyDenoiser
 N, C, H, W = 6, 3, 4, 4
 
 
-def frozen(net):
-    return net.requires_grad_(False)
-
-
 def inputs(seed: int = 0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     images = torch.randn(N, C, H, W, generator=g, dtype=dtype)
@@ -43,7 +39,7 @@ def reference_fake_score_loss(fake, images, sigma, noise, labels=None):
 @pytest.mark.parametrize("alpha", [0.5, 1.0, 1.2])
 @pytest.mark.parametrize("conditional", [False, True])
 def test_generator_loss_matches_float64_reference(alpha, conditional):
-    teacher, fake = frozen(ToyDenoiser(1, label_dim=4)), frozen(ToyDenoiser(2, label_dim=4))
+    teacher, fake = ToyDenoiser(1, label_dim=4).requires_grad_(False), ToyDenoiser(2, label_dim=4).requires_grad_(False)
     images, sigma, noise = inputs()
     labels = torch.eye(4)[torch.arange(N) % 4] if conditional else None
     got = generator_loss(teacher, fake, images, labels, alpha=alpha, sigma=sigma, noise=noise)
@@ -55,7 +51,7 @@ def test_generator_loss_matches_float64_reference(alpha, conditional):
 
 def test_generator_loss_alpha_one_is_inner_product_with_fake_residual():
     # Hand-derived special case: alpha = 1 leaves <f_phi - f_psi, f_psi - x_g> / w; identical networks give 0.
-    teacher = frozen(ToyDenoiser(1))
+    teacher = ToyDenoiser(1).requires_grad_(False)
     images, sigma, noise = inputs()
     got = generator_loss(teacher, teacher, images, alpha=1.0, sigma=sigma, noise=noise)
     assert torch.equal(got, torch.zeros(N))
@@ -80,7 +76,7 @@ def test_fake_score_weight_is_edm_lambda():
 
 
 def test_generator_gradient_reaches_generator_through_frozen_networks():
-    teacher, fake = frozen(ToyDenoiser(1)), frozen(ToyDenoiser(2))
+    teacher, fake = ToyDenoiser(1).requires_grad_(False), ToyDenoiser(2).requires_grad_(False)
     gen = torch.nn.Linear(8, C * H * W)
     _, sigma, noise = inputs()
     images = gen(torch.randn(N, 8, generator=torch.Generator().manual_seed(5))).reshape(N, C, H, W)
@@ -99,7 +95,7 @@ def test_generator_gradient_reaches_generator_through_frozen_networks():
 
 
 def test_generator_gradient_matches_reference_with_only_weight_detached():
-    teacher, fake = frozen(ToyDenoiser(1)), frozen(ToyDenoiser(2))
+    teacher, fake = ToyDenoiser(1).requires_grad_(False), ToyDenoiser(2).requires_grad_(False)
     images, sigma, noise = inputs()
     x32 = images.clone().requires_grad_(True)
     generator_loss(teacher, fake, x32, alpha=1.2, sigma=sigma, noise=noise).sum().backward()
@@ -118,7 +114,7 @@ def nan_in_row(net, row: int, value: float):
 @pytest.mark.parametrize("where", ["images", "teacher", "fake"])
 @pytest.mark.parametrize("value", [math.nan, math.inf])
 def test_generator_loss_drops_nonfinite_samples_with_finite_grads(where, value):
-    teacher, fake = frozen(ToyDenoiser(1)), frozen(ToyDenoiser(2))
+    teacher, fake = ToyDenoiser(1).requires_grad_(False), ToyDenoiser(2).requires_grad_(False)
     images, sigma, noise = inputs()
     clean = generator_loss(teacher, fake, images, alpha=1.2, sigma=sigma, noise=noise)
     if where == "images":

@@ -13,10 +13,6 @@ from sid.testing.losses import ToyDenoiser
 N, C, H, W = 6, 3, 4, 4
 
 
-def frozen(net):
-    return net.requires_grad_(False)
-
-
 def inputs(seed: int = 0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     images = torch.randn(N, C, H, W, generator=g, dtype=dtype)
@@ -84,7 +80,7 @@ def test_real_and_generated_images_get_the_same_noise_and_the_real_ones_only_an_
 @pytest.mark.parametrize("alpha", [1.0, 1.2])
 @pytest.mark.parametrize("conditional", [False, True])
 def test_generator_losses_match_the_official_float64_computation(alpha, conditional):
-    teacher, fake = frozen(ToyDenoiser(1, label_dim=4)), frozen(ToyDenoiser(2, label_dim=4))
+    teacher, fake = ToyDenoiser(1, label_dim=4).requires_grad_(False), ToyDenoiser(2, label_dim=4).requires_grad_(False)
     images, _, sigma, noise = inputs()
     images = images * 4  # some logits beyond the +-10 clamp
     labels = torch.eye(4)[torch.arange(N) % 4] if conditional else None
@@ -99,7 +95,7 @@ def test_generator_losses_match_the_official_float64_computation(alpha, conditio
 
 
 def test_the_generator_weighting_is_the_batch_mean_bce_times_the_summed_inverse_normaliser():
-    teacher, fake = frozen(ToyDenoiser(1)), frozen(ToyDenoiser(2))
+    teacher, fake = ToyDenoiser(1).requires_grad_(False), ToyDenoiser(2).requires_grad_(False)
     images, _, sigma, noise = inputs()
     _, adversarial = generator_adversarial_loss(teacher, fake, images, alpha=1.2, sigma=sigma, noise=noise)
     x_t = images + sigma.reshape(-1, 1, 1, 1) * noise
@@ -131,7 +127,7 @@ def test_fake_score_losses_train_the_fake_score_and_the_generator_losses_reach_t
     disc.sum().backward()
     assert fake.A.grad.abs().sum() > 0 and fake.b.grad.abs().sum() > 0
 
-    teacher, fake = frozen(ToyDenoiser(1)), frozen(ToyDenoiser(2))
+    teacher, fake = ToyDenoiser(1).requires_grad_(False), ToyDenoiser(2).requires_grad_(False)
     images = images.clone().requires_grad_(True)
     _, adversarial = generator_adversarial_loss(teacher, fake, images, alpha=1.2, sigma=sigma, noise=noise)
     adversarial.sum().backward()
@@ -139,7 +135,7 @@ def test_fake_score_losses_train_the_fake_score_and_the_generator_losses_reach_t
 
 
 def test_logits_beyond_the_clamp_give_the_generator_no_adversarial_gradient():
-    teacher, fake = frozen(ToyDenoiser(1)), frozen(ToyDenoiser(2))
+    teacher, fake = ToyDenoiser(1).requires_grad_(False), ToyDenoiser(2).requires_grad_(False)
     _, _, sigma, noise = inputs()
     with torch.no_grad():  # every logit far beyond +10: 3 * mean_c(A c_in x + b) with x large along A's row sums
         fake.A.copy_(torch.eye(C))
