@@ -189,10 +189,6 @@ def local_ray():
 
 @pytest.mark.ray
 @pytest.mark.timeout(300)
-@pytest.mark.xfail(strict=False, reason="known defect (issue #28 follow-up): --resume of a finished study once "
-                   "reported a completed trial as running (exit 130) in 1 of 3 runs here, after Tune's forced "
-                   "experiment-state saves (SaveBeforeStart) overlapped its last save; the confirmation's own checks "
-                   "before the resume passed in all 3")
 def test_a_search_is_confirmed_on_fresh_seeds_paired_by_seed_and_resumes(tmp_path, local_ray, capsys):
     common_flags = ["--storage", str(tmp_path), "--rescore-trials", "none", "--max-concurrent", "2"]
     hpo.main(["--preset", "digits", *flags(**TINY), "--num-samples", "2", "--points-to-evaluate", "none",

@@ -540,3 +540,20 @@ def test_a_one_worker_trial_in_its_tune_process_writes_the_rows_of_a_train_worke
     assert len(in_trial) == len(base.evaluation_kimg())
     pd.testing.assert_frame_equal(in_trial.drop(columns=clocks_and_labels).reset_index(drop=True),
                                   group.drop(columns=clocks_and_labels).reset_index(drop=True), check_exact=True)
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(200)
+def test_a_finished_study_resumed_reads_every_completed_trial_as_completed(tmp_path, local_ray, monkeypatch):
+    # A trial that runs its whole budget returns without a `done` result: Tune sets done on its last result in place,
+    # which its cached JSON of the trial's results does not see. Saving at every step (period 0) caches that JSON
+    # between the trial's last evaluation and its return, the window in which this went wrong 1 run in 3.
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    study = Study(name="finished", base=preset("digits", **TINY), space={"alpha": Grid([1.0, 1.2])},
+                  storage=tmp_path, rescore_trials="none")
+    trials = run_study(study)
+    assert (trials["state"] == "completed").all() and len(trials) == 2
+    rows = read_evaluations(study.folder / "evaluations")
+    again = run_study(study, resume=True)
+    assert again.set_index("trial_id")["state"].to_dict() == dict.fromkeys(trials["trial_id"], "completed")
+    pd.testing.assert_frame_equal(read_evaluations(study.folder / "evaluations"), rows)  # nothing ran again

@@ -324,6 +324,9 @@ class StudyCallback(ray.tune.Callback):
             print(self.progress.line(trials), flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        # A trial that ran its budget returns without a done result, and Ray 2.60 sets done on its last result in
+        # place, unseen by the results' cached JSON: without this, a save cached earlier restores it as 'running'.
+        trial.run_metadata.invalidate_cache()
         self.write(trials, ended=trial)  # Tune marks it TERMINATED only after this call
         print(self.progress.line(trials, ended=trial), flush=True)
 
