@@ -6,6 +6,8 @@ replays the cheaper variants on its rows: ASHA's noise-aware rung rule, the rule
 with those stops. The replay is exact: a run's noise is drawn per slot from (seed, iteration), so a trial stopped at
 kimg k would have produced the same rows up to k that the full run did. Trials arrive in grid order, one at a time.
 
+Besides alpha and glr, `--sigma-inits` makes sigma_init a third dimension of the grid (default: the preset's value).
+
 First the grid's own answer: its winner (lowest mean smoothed final FD over the seeds) and every other setting's
 paired verdict against it (analysis.compare, the report's test: paired by seed, t-interval). A grid whose winner is
 tied with others says little about a variant that "finds the winner", so the table says whether the winner beats
@@ -40,14 +42,21 @@ from sid.results import read_evaluations
 from sid.run import run_local
 from sid.testing.fixtures import make_teacher
 
-SETTING = ["alpha", "glr"]
+SETTING = ["alpha", "glr"]  # the fields that name a setting; sigma_init too where a grid varies it (setting_fields)
 
 
-def run_grid(out: Path, alphas: list[float], glrs: list[float], seeds: int, **config) -> pd.DataFrame:
+def setting_fields(rows: pd.DataFrame) -> list[str]:
+    return SETTING + (["sigma_init"] if "sigma_init" in rows and rows["sigma_init"].nunique() > 1 else [])
+
+
+def run_grid(out: Path, alphas: list[float], glrs: list[float], seeds: int, sigma_inits: list[float] | None = None,
+             **config) -> pd.DataFrame:
     """Every trial of the grid (kept in <out>/grid/<trial>; an existing one is read, not run again)."""
-    for alpha, glr, seed in itertools.product(alphas, glrs, range(seeds)):
-        folder = out / "grid" / f"a{alpha:g}-g{glr:g}-s{seed}"
-        cfg = preset("digits-study", alpha=alpha, glr=glr, seed=seed, **config)
+    sigmas = sigma_inits or [None]  # None: the preset's sigma_init, and the folder names of a two-field grid
+    for alpha, glr, sigma, seed in itertools.product(alphas, glrs, sigmas, range(seeds)):
+        folder = out / "grid" / (f"a{alpha:g}-g{glr:g}" + (f"-si{sigma:g}" if sigma is not None else "") + f"-s{seed}")
+        cfg = preset("digits-study", alpha=alpha, glr=glr, seed=seed, **config,
+                     **({"sigma_init": sigma} if sigma is not None else {}))
         rows = read_evaluations(folder) if (folder / "evaluations.parquet").exists() else None
         if rows is not None and rows["kimg"].max() >= cfg.final_kimg - 1e-9:
             continue  # finished earlier: its rows are the record
@@ -86,17 +95,18 @@ def cost_hours(by_trial: dict[str, pd.DataFrame], ended: dict[str, float]) -> fl
     return sum(ended[t] * rate for t in by_trial if t in ended) / 3600
 
 
-def label(values) -> str:
+def label(values, fields: list[str] = SETTING) -> str:
     """A setting's name, e.g. 'alpha=1.2, glr=0.0001'."""
-    return ", ".join(f"{k}={float(v):g}" for k, v in zip(SETTING, values))
+    return ", ".join(f"{k}={float(v):g}" for k, v in zip(fields, values))
 
 
 def final_values(by_trial: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """One row per trial: its setting, seed, smoothed final FD and the metric it is on."""
     rows = []
+    fields = setting_fields(pd.concat(list(by_trial.values())))
     for trial, g in by_trial.items():
-        rows.append(dict(trial=trial, **{k: g[k].iloc[0] for k in SETTING}, seed=g["seed"].iloc[0],
-                         setting=label(g[k].iloc[0] for k in SETTING), final=smoothed(points(g))[0],
+        rows.append(dict(trial=trial, **{k: g[k].iloc[0] for k in fields}, seed=g["seed"].iloc[0],
+                         setting=label((g[k].iloc[0] for k in fields), fields), final=smoothed(points(g))[0],
                          fid_detector=g["fid_detector"].iloc[0] if "fid_detector" in g else "unnamed",
                          fid_images=g["fid_images"].iloc[0] if "fid_images" in g else 0))
     return pd.DataFrame(rows)
@@ -106,7 +116,8 @@ def grid_verdicts(finals: pd.DataFrame) -> tuple[str, pd.DataFrame]:
     """The full grid's winner (lowest mean final FD over seeds) and the paired verdict of every other setting against
     it: the report's own test (analysis.compare: paired by seed, t-interval), so 'tied' means what a report says."""
     winner = finals.groupby("setting")["final"].mean().idxmin()
-    table = compare.paired_values(finals.drop(columns=SETTING).assign(study="grid"), x="setting", column="final",
+    fields = [k for k in (*SETTING, "sigma_init") if k in finals]
+    table = compare.paired_values(finals.drop(columns=fields).assign(study="grid"), x="setting", column="final",
                                   words=("beats the winner", "worse than the winner"))
     table = table[(table["a"] == winner) | (table["b"] == winner)].copy()
     flip = {"beats the winner": "worse than the winner", "worse than the winner": "beats the winner"}
@@ -175,15 +186,16 @@ def optuna_order(by_trial, finals, sampler: str, n: int, grace: float, full_kimg
     from sid.cluster.search import make_sampler  # noqa: PLC0415 (imports Ray: only this path needs it)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    settings = finals.groupby(SETTING)["trial"].apply(list).to_dict()
+    fields = [k for k in (*SETTING, "sigma_init") if k in finals]
+    settings = finals.groupby(fields)["trial"].apply(list).to_dict()
     study = optuna.create_study(direction="minimize", sampler=make_sampler(sampler, 0))
     rule = CurveRule(grace_kimg=grace, final_kimg=full_kimg, eta=2.0)
-    choices = {k: sorted({s[i] for s in settings}) for i, k in enumerate(SETTING)}
+    choices = {k: sorted({s[i] for s in settings}) for i, k in enumerate(fields)}
     used: dict[tuple, int] = {}
     order, ended = [], {}
     for _ in range(n):
         trial = study.ask({k: optuna.distributions.CategoricalDistribution(v) for k, v in choices.items()})
-        key = tuple(trial.params[k] for k in SETTING)
+        key = tuple(trial.params[k] for k in fields)
         runs = settings[key]
         name = runs[used.get(key, 0) % len(runs)]
         used[key] = used.get(key, 0) + 1
@@ -213,21 +225,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tiny", action="store_true", help="the CI size: 2 alphas x 2 glr x 1 seed, a few kimg")
     parser.add_argument("--alphas", default="0.8,1.0,1.2", help="grid values of alpha")
     parser.add_argument("--glrs", default="3e-5,1e-4,3e-4", help="grid values of the generator learning rate")
+    parser.add_argument("--sigma-inits", default="", help="grid values of sigma_init (default: the preset's)")
     parser.add_argument("--seeds", type=int, default=2, help="seeds per setting")
     parser.add_argument("--optuna-trials", type=int, default=0, help="trials Optuna runs (default: half the grid)")
     args = parser.parse_args(argv)
     torch.set_flush_denormal(True)
     if args.tiny:  # the pipeline at its smallest: a small random 8x8 teacher (its FDs mean nothing), few images
-        alphas, glrs, seeds = [1.0, 1.2], [1e-4, 3e-4], 1
+        alphas, glrs, seeds, sigmas = [1.0, 1.2], [1e-4, 3e-4], 1, []
         config = dict(teacher=make_teacher(args.out / "teacher.pt"), batch=8, batch_per_device=8,
                       duration_kimg=0.064, eval_every_kimg=0.016, fid_images=64)
     else:
         alphas, glrs, seeds = [float(a) for a in args.alphas.split(",")], [float(g) for g in args.glrs.split(",")], \
             args.seeds
+        sigmas = [float(v) for v in args.sigma_inits.split(",")] if args.sigma_inits else []
         config = {}
     base = preset("digits-study", **config)
-    rows = run_grid(args.out, alphas, glrs, seeds, **config)
-    n = args.optuna_trials or max(2, len(alphas) * len(glrs) * seeds // 2)
+    rows = run_grid(args.out, alphas, glrs, seeds, sigmas, **config)
+    n = args.optuna_trials or max(2, len(alphas) * len(glrs) * max(1, len(sigmas)) * seeds // 2)
     table = variants(rows, grace=base.evaluation_kimg()[1], full_kimg=base.final_kimg, optuna_trials=n)
     table.to_csv(args.out / "study_efficiency.csv", index=False)
     winner, against = grid_verdicts(final_values(curves(rows)))

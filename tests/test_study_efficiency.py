@@ -72,6 +72,22 @@ def test_a_variant_is_right_when_it_picks_the_winner_or_a_setting_tied_with_it(r
     assert got["picked"] == "alpha=1.5, glr=0.0001" and not got["same"] and got["right"] is right
 
 
+def test_a_grid_over_sigma_init_names_its_settings_by_it_and_optuna_chooses_among_them():
+    rows = grid_rows(seeds=3)
+    rows = rows[rows["glr"] == 1e-4].copy()  # one glr, and sigma_init 1.0 as a second level: 20% worse
+    rows["sigma_init"] = 2.5
+    other = rows.assign(sigma_init=1.0, trial_id=rows["trial_id"] + "-si1", fid=rows["fid"] * 1.2)
+    finals = final_values(curves(pd.concat([rows, other], ignore_index=True)))
+    assert set(finals["setting"]) == {f"alpha={a:g}, glr=0.0001, sigma_init={s:g}" for a in (0.5, 1.0, 1.5)
+                                      for s in (1.0, 2.5)}
+    winner, against = grid_verdicts(finals)
+    assert winner == "alpha=1, glr=0.0001, sigma_init=2.5" and len(against) == 5
+    assert against.set_index("setting").loc["alpha=1, glr=0.0001, sigma_init=1", "verdict"] == "worse than the winner"
+    table = variants(pd.concat([rows, other], ignore_index=True), grace=1.0, full_kimg=8.0, optuna_trials=6)
+    assert table.set_index("variant").loc["full grid", "picked"] == winner
+    assert table["trials"].between(1, 18).all()
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_the_benchmark_runs_at_its_ci_size(tmp_path):
