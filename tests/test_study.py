@@ -519,6 +519,18 @@ def test_a_study_searching_tmax_and_the_ema_length_runs_and_resumes_from_python_
                 run_study(given, resume=True)
         again = run_study(dataclasses.replace(study, callbacks=("progress-file", Counter())), resume=True)
     assert again.set_index("trial_id")["state"].to_dict() == dict.fromkeys(trials["trial_id"], "completed")
+    # A finished study saved by a version without that fix: its trials' last results lack done, and resume still
+    # reads them as completed (saved TERMINATED: Tune saves an interrupted trial as RUNNING)
+    for path in study.folder.glob("experiment_state-*.json"):
+        state = json.loads(path.read_text())
+        for _, metadata in state["trial_data"]:
+            assert '"done": true' in metadata
+        state["trial_data"] = [[trial, metadata.replace('"done": true', '"done": false')]
+                               for trial, metadata in state["trial_data"]]
+        path.write_text(json.dumps(state))
+    old = run_study(dataclasses.replace(study, callbacks=("progress-file", Counter())) if source == "python" else study,
+                    resume=True)
+    assert old.set_index("trial_id")["state"].to_dict() == dict.fromkeys(trials["trial_id"], "completed")
     resumed = read_evaluations(study.folder / "evaluations")
     assert len(resumed) == len(rows)  # a finished study resumed: nothing run again, nothing duplicated
 

@@ -296,8 +296,9 @@ def trial_label(trial: ray.tune.experiment.Trial) -> str:
 class StudyCallback(ray.tune.Callback):
     """In the Tune driver: one line per evaluation and per trial start and end, a study progress line
     (sid.cluster.watch) after each trial start and end and at most every PROGRESS_EVERY_S between them;
-    trials.parquet rewritten at each trial end and at the end of the study; at the first step, the rows of trials
-    Tune's (restored) state does not know set aside (sid.cluster.trials.set_aside_orphans)."""
+    trials.parquet rewritten at each trial end and at the end of the study; at the first step (or at the end of a
+    resumed study that had nothing left to run), the rows of trials Tune's (restored) state does not know set aside
+    (sid.cluster.trials.set_aside_orphans) and the trials it restored as ended remembered as finished."""
 
     def __init__(self, folder: Path, study: str, divergence: Divergence, settings: TrialSettings,
                  planned: int = 1, concurrency: int = 0, trial_s: float | None = None) -> None:
@@ -309,6 +310,9 @@ class StudyCallback(ray.tune.Callback):
         if getattr(self, "orphans_checked", False):  # getattr: a callback unpickled from an older study lacks it
             return
         self.orphans_checked = True  # at the first step: Tune's trials are the restored ones and none has started
+        # Tune saves a trial as TERMINATED only once it ended (an interrupted one is saved RUNNING): finished, also
+        # where a study saved before on_trial_complete dropped the results' cache lost its done result
+        self.finished_before = {t.trial_id for t in trials if t.status == "TERMINATED"}
         for path in set_aside_orphans(self.folder, [t.trial_id for t in trials]):
             print(f"set aside {path}: the rows of a trial this study's saved Tune state does not know (it started "
                   f"after the last save of a study run before Tune's state was saved at each trial start)", flush=True)
@@ -336,6 +340,8 @@ class StudyCallback(ray.tune.Callback):
         print(self.progress.line(trials, ended=trial), flush=True)
 
     def on_experiment_end(self, trials, **info) -> None:
+        if not getattr(self, "orphans_checked", False):  # a resumed finished study: Tune ran no step
+            self.on_step_begin(0, trials)
         self.write(trials)
 
     @staticmethod
@@ -349,7 +355,9 @@ class StudyCallback(ray.tune.Callback):
         return "terminated" if finished and trial.last_result.get("done") else "running"
 
     def write(self, trials: list[Trial], ended: Trial | None = None) -> None:
-        records = [self.record(t, self.tune_state(t, t is ended)) for t in trials]
+        finished = getattr(self, "finished_before", set())
+        records = [self.record(t, "terminated" if t.trial_id in finished else self.tune_state(t, t is ended))
+                   for t in trials]
         table = write_trials_table(self.folder, self.study, records, self.divergence)
         if ended is not None and ended.last_result.get("done"):
             row = table.set_index("trial_id").loc[ended.trial_id]
