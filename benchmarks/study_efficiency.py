@@ -51,19 +51,22 @@ def setting_fields(rows: pd.DataFrame) -> list[str]:
 
 def run_grid(out: Path, alphas: list[float], glrs: list[float], seeds: int, sigma_inits: list[float] | None = None,
              **config) -> pd.DataFrame:
-    """Every trial of the grid (kept in <out>/grid/<trial>; an existing one is read, not run again)."""
+    """Every trial of the grid (kept in <out>/grid/<trial>; an existing one is read, not run again); the rows of this
+    grid's trials only, whatever else <out>/grid holds."""
+    folders = []
     sigmas = sigma_inits or [None]  # None: the preset's sigma_init, and the folder names of a two-field grid
     for alpha, glr, sigma, seed in itertools.product(alphas, glrs, sigmas, range(seeds)):
         folder = out / "grid" / (f"a{alpha:g}-g{glr:g}" + (f"-si{sigma:g}" if sigma is not None else "") + f"-s{seed}")
         cfg = preset("digits-study", alpha=alpha, glr=glr, seed=seed, **config,
                      **({"sigma_init": sigma} if sigma is not None else {}))
+        folders.append(folder)
         rows = read_evaluations(folder) if (folder / "evaluations.parquet").exists() else None
         if rows is not None and rows["kimg"].max() >= cfg.final_kimg - 1e-9:
             continue  # finished earlier: its rows are the record
         start = time.time()
         run_local(cfg, folder, device=torch.device("cpu"), resume=(folder / CHECKPOINT).exists(), progress=False)
         print(f"{folder.name}: {time.time() - start:.0f} s", flush=True)
-    return read_evaluations(out / "grid").sort_values(["trial_id", "kimg"])
+    return read_evaluations(*folders).sort_values(["trial_id", "kimg"])
 
 
 def curves(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -116,9 +119,8 @@ def grid_verdicts(finals: pd.DataFrame) -> tuple[str, pd.DataFrame]:
     """The full grid's winner (lowest mean final FD over seeds) and the paired verdict of every other setting against
     it: the report's own test (analysis.compare: paired by seed, t-interval), so 'tied' means what a report says."""
     winner = finals.groupby("setting")["final"].mean().idxmin()
-    fields = [k for k in (*SETTING, "sigma_init") if k in finals]
-    table = compare.paired_values(finals.drop(columns=fields).assign(study="grid"), x="setting", column="final",
-                                  words=("beats the winner", "worse than the winner"))
+    table = compare.paired_values(finals.drop(columns=setting_fields(finals)).assign(study="grid"), x="setting",
+                                  column="final", words=("beats the winner", "worse than the winner"))
     table = table[(table["a"] == winner) | (table["b"] == winner)].copy()
     flip = {"beats the winner": "worse than the winner", "worse than the winner": "beats the winner"}
     against = []
@@ -177,6 +179,11 @@ def variants(rows: pd.DataFrame, grace: float, full_kimg: float, optuna_trials: 
     return pd.DataFrame(out)
 
 
+def optuna_choices(finals: pd.DataFrame) -> dict[str, list[float]]:
+    """What Optuna chooses among: each field that names a setting, with the grid's values of it."""
+    return {k: sorted(finals[k].unique().tolist()) for k in setting_fields(finals)}
+
+
 def optuna_order(by_trial, finals, sampler: str, n: int, grace: float, full_kimg: float):
     """Optuna choosing settings of the grid (categorical), told the truth about stopped trials (sid.cluster.search's
     rules:
@@ -186,11 +193,11 @@ def optuna_order(by_trial, finals, sampler: str, n: int, grace: float, full_kimg
     from sid.cluster.search import make_sampler  # noqa: PLC0415 (imports Ray: only this path needs it)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    fields = [k for k in (*SETTING, "sigma_init") if k in finals]
+    choices = optuna_choices(finals)
+    fields = list(choices)
     settings = finals.groupby(fields)["trial"].apply(list).to_dict()
     study = optuna.create_study(direction="minimize", sampler=make_sampler(sampler, 0))
     rule = CurveRule(grace_kimg=grace, final_kimg=full_kimg, eta=2.0)
-    choices = {k: sorted({s[i] for s in settings}) for i, k in enumerate(fields)}
     used: dict[tuple, int] = {}
     order, ended = [], {}
     for _ in range(n):

@@ -521,12 +521,15 @@ def test_a_study_searching_tmax_and_the_ema_length_runs_and_resumes_from_python_
     assert again.set_index("trial_id")["state"].to_dict() == dict.fromkeys(trials["trial_id"], "completed")
     # A finished study saved by a version without that fix: its trials' last results lack done, and resume still
     # reads them as completed (saved TERMINATED: Tune saves an interrupted trial as RUNNING)
-    for path in study.folder.glob("experiment_state-*.json"):
+    saved = sorted(study.folder.glob("experiment_state-*.json"))
+    assert saved
+    for path in saved:
         state = json.loads(path.read_text())
-        for _, metadata in state["trial_data"]:
-            assert '"done": true' in metadata
-        state["trial_data"] = [[trial, metadata.replace('"done": true', '"done": false')]
-                               for trial, metadata in state["trial_data"]]
+        for pair in state["trial_data"]:  # [the trial's JSON, its run metadata's JSON]
+            metadata = json.loads(pair[1])
+            assert metadata["last_result"]["done"] is True
+            metadata["last_result"]["done"] = False
+            pair[1] = json.dumps(metadata)
         path.write_text(json.dumps(state))
     old = run_study(dataclasses.replace(study, callbacks=("progress-file", Counter())) if source == "python" else study,
                     resume=True)
@@ -556,4 +559,3 @@ def test_a_one_worker_trial_in_its_tune_process_writes_the_rows_of_a_train_worke
     assert len(in_trial) == len(base.evaluation_kimg())
     pd.testing.assert_frame_equal(in_trial.drop(columns=clocks_and_labels).reset_index(drop=True),
                                   group.drop(columns=clocks_and_labels).reset_index(drop=True), check_exact=True)
-

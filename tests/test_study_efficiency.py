@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmarks.study_efficiency import curves, final_values, grid_verdicts, variants, verdict
+from benchmarks.study_efficiency import curves, final_values, grid_verdicts, optuna_choices, variants, verdict
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -86,6 +86,7 @@ def test_a_grid_over_sigma_init_names_its_settings_by_it_and_optuna_chooses_amon
     table = variants(pd.concat([rows, other], ignore_index=True), grace=1.0, full_kimg=8.0, optuna_trials=6)
     assert table.set_index("variant").loc["full grid", "picked"] == winner
     assert table["trials"].between(1, 18).all()
+    assert optuna_choices(finals) == {"alpha": [0.5, 1.0, 1.5], "glr": [1e-4], "sigma_init": [1.0, 2.5]}
 
 
 @pytest.mark.slow

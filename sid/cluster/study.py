@@ -347,8 +347,8 @@ class StudyCallback(ray.tune.Callback):
     @staticmethod
     def tune_state(trial: Trial, ended: bool) -> str:
         """'error', 'terminated' (it ended by itself or a scheduler/stopper ended it: Tune then marks its last
-        result done), or 'running'. A trial Tune ends because the study was interrupted is TERMINATED without a done
-        result, and --resume continues it: 'running'."""
+        result done), or 'running'. A trial Tune ends because the study was interrupted is TERMINATED in memory
+        without a done result (Tune saved it RUNNING before ending it), and --resume continues it: 'running'."""
         if trial.status == "ERROR":
             return "error"
         finished = ended or trial.status == "TERMINATED"
