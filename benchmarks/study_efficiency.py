@@ -42,10 +42,10 @@ from sid.results import read_evaluations
 from sid.run import run_local
 from sid.testing.fixtures import make_teacher
 
-SETTING = ["alpha", "glr"]  # the fields that name a setting; sigma_init too where a grid varies it (setting_fields)
+SETTING = ["alpha", "glr"]  # the fields that name a setting; sigma_init too where a grid varies it (grid_fields)
 
 
-def setting_fields(rows: pd.DataFrame) -> list[str]:
+def grid_fields(rows: pd.DataFrame) -> list[str]:
     return SETTING + (["sigma_init"] if "sigma_init" in rows and rows["sigma_init"].nunique() > 1 else [])
 
 
@@ -106,7 +106,7 @@ def label(values, fields: list[str] = SETTING) -> str:
 def final_values(by_trial: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """One row per trial: its setting, seed, smoothed final FD and the metric it is on."""
     rows = []
-    fields = setting_fields(pd.concat(list(by_trial.values())))
+    fields = grid_fields(pd.concat(list(by_trial.values())))
     for trial, g in by_trial.items():
         rows.append(dict(trial=trial, **{k: g[k].iloc[0] for k in fields}, seed=g["seed"].iloc[0],
                          setting=label((g[k].iloc[0] for k in fields), fields), final=smoothed(points(g))[0],
@@ -119,7 +119,7 @@ def grid_verdicts(finals: pd.DataFrame) -> tuple[str, pd.DataFrame]:
     """The full grid's winner (lowest mean final FD over seeds) and the paired verdict of every other setting against
     it: the report's own test (analysis.compare: paired by seed, t-interval), so 'tied' means what a report says."""
     winner = finals.groupby("setting")["final"].mean().idxmin()
-    table = compare.paired_values(finals.drop(columns=setting_fields(finals)).assign(study="grid"), x="setting",
+    table = compare.paired_values(finals.drop(columns=grid_fields(finals)).assign(study="grid"), x="setting",
                                   column="final", words=("beats the winner", "worse than the winner"))
     table = table[(table["a"] == winner) | (table["b"] == winner)].copy()
     flip = {"beats the winner": "worse than the winner", "worse than the winner": "beats the winner"}
@@ -181,7 +181,7 @@ def variants(rows: pd.DataFrame, grace: float, full_kimg: float, optuna_trials: 
 
 def optuna_choices(finals: pd.DataFrame) -> dict[str, list[float]]:
     """What Optuna chooses among: each field that names a setting, with the grid's values of it."""
-    return {k: sorted(finals[k].unique().tolist()) for k in setting_fields(finals)}
+    return {k: sorted(finals[k].unique().tolist()) for k in grid_fields(finals)}
 
 
 def optuna_order(by_trial, finals, sampler: str, n: int, grace: float, full_kimg: float):

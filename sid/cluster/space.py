@@ -200,13 +200,13 @@ def check_settings(settings: Any, others: Iterable[str] = ()) -> None:
         seen[key] = label
 
 
-def check_dimension(field: str, dimension: Any) -> None:
+def check_dimension(field: str, dimension: Any, others: Iterable[str] = ()) -> None:
     """StudyError naming `field` when `dimension` is not a valid Grid, Range or Choice of that field (or a valid
-    Settings under the key SETTING)."""
+    Settings under the key SETTING, none of whose settings gives a value to a field of the space's `others`)."""
     if field == SETTING or isinstance(dimension, Settings):
         if field != SETTING:
             raise StudyError(f"{field}: a Settings dimension sits under the key {SETTING!r}, not a field's")
-        check_settings(dimension)
+        check_settings(dimension, others)
         return
     check_field(field)
     if isinstance(dimension, dict) and "grid_search" in dimension:
@@ -249,9 +249,8 @@ def check_space(space: Mapping[str, Any], searcher: str) -> None:
     if not isinstance(space, Mapping) or not space:
         raise StudyError("the search space is empty; give at least one of " + ", ".join(SEARCHABLE))
     for field, dimension in space.items():
-        check_dimension(field, dimension)
+        check_dimension(field, dimension, others=[f for f in space if f != SETTING])
         if isinstance(dimension, Settings):
-            check_settings(dimension, others=[f for f in space if f != SETTING])
             if searcher != "grid":
                 raise StudyError(f"{searcher} searcher: {SETTING} is a Settings, which a grid runs: give "
                                  f"searcher='grid'")

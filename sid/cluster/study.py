@@ -307,9 +307,13 @@ class StudyCallback(ray.tune.Callback):
         self.progress = Progress(planned=planned, final_kimg=self.final_kimg, concurrency=concurrency, trial_s=trial_s)
 
     def on_step_begin(self, iteration, trials, **info) -> None:
+        self.first_look(trials)
+
+    def first_look(self, trials: list[Trial]) -> None:
+        """Once, before any trial of this process started: Tune's trials are the restored ones."""
         if getattr(self, "orphans_checked", False):  # getattr: a callback unpickled from an older study lacks it
             return
-        self.orphans_checked = True  # at the first step: Tune's trials are the restored ones and none has started
+        self.orphans_checked = True
         # Tune saves a trial as TERMINATED only once it ended (an interrupted one is saved RUNNING): finished, also
         # where a study saved before on_trial_complete dropped the results' cache lost its done result
         self.finished_before = {t.trial_id for t in trials if t.status == "TERMINATED"}
@@ -340,8 +344,7 @@ class StudyCallback(ray.tune.Callback):
         print(self.progress.line(trials, ended=trial), flush=True)
 
     def on_experiment_end(self, trials, **info) -> None:
-        if not getattr(self, "orphans_checked", False):  # a resumed finished study: Tune ran no step
-            self.on_step_begin(0, trials)
+        self.first_look(trials)  # a resumed finished study: Tune ran no step
         self.write(trials)
 
     @staticmethod
